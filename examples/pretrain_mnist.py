@@ -67,7 +67,7 @@ def main() -> None:
     pred = np.argmax(model.predict(digits_x, verbose=0), axis=1)
     print(f"zero-shot accuracy on sklearn digits: {np.mean(pred == digits_y):.4f}")
     # Ship the weights without the optimizer state (a third of the size).
-    shipped = keras.models.clone_model(model)
+    shipped = keras.Model.from_config(model.get_config())
     shipped.set_weights(model.get_weights())
     with atomic_file(args.out) as tmp:
         shipped.save(tmp)
