@@ -1,0 +1,549 @@
+"""``kerasft.finetune``: fine-tune a pretrained classifier on new labelled data, in one call.
+
+The default recipe is LP-FT, the Keras transfer-learning guide's and fastai
+``fine_tune``'s: train a (possibly new) head on a frozen body, then unfreeze the body
+(all of it, or its top layers) and train everything at a lower rate with warmup and
+cosine decay. BatchNormalization stays in inference mode throughout, early stopping
+watches the validation metric, and the best weights seen in any phase are the ones
+returned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerasft import _onednn, data as data_lib, surgery
+
+__all__ = ["finetune", "FinetuneResult", "PhaseResult", "load_model", "RECIPES"]
+
+RECIPES = ("lp-ft", "full", "head")
+
+
+@dataclass
+class PhaseResult:
+    """What one training phase did."""
+
+    name: str
+    epochs: int
+    history: dict[str, list[float]]
+    seconds: float
+    trainable_params: int
+    learning_rate: float
+    steps_per_epoch: int
+
+    @property
+    def images_per_second(self) -> float:
+        return 0.0 if not self.seconds else self.epochs * self.steps_per_epoch / self.seconds
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned model and what happened on the way.
+
+    Attributes:
+        model: the fine-tuned Keras model, with the best weights seen on validation.
+        phases: one :class:`PhaseResult` per phase, in order.
+        monitor: the validation quantity used to pick the best weights.
+        best_score: its best value (``None`` without validation data).
+        best_phase: the phase in which it was reached.
+        num_classes: number of classes of the task.
+        label_mode: ``"sparse"``, ``"one_hot"`` or ``"binary"``.
+        head_rebuilt: whether the output layer was replaced.
+    """
+
+    model: keras.Model
+    phases: list[PhaseResult]
+    monitor: str
+    best_score: float | None
+    best_phase: str | None
+    num_classes: int
+    label_mode: str
+    head_rebuilt: bool
+    batch_size: int = 32
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def history(self) -> dict[str, dict[str, list[float]]]:
+        """Per-phase Keras history: ``{phase name: {metric: [per-epoch values]}}``."""
+        return {p.name: p.history for p in self.phases}
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Wall seconds per phase."""
+        return {p.name: p.seconds for p in self.phases}
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """Best validation accuracy of any epoch, or ``None`` without validation data."""
+        values = [v for p in self.phases for v in p.history.get("val_accuracy", [])]
+        return max(values) if values else None
+
+    def evaluate(self, test_data: Any, *, batch_size: int | None = None) -> dict[str, float]:
+        """Loss and metrics of :attr:`model` on ``test_data`` (any form ``finetune`` accepts)."""
+        prepared = data_lib.prepare_data(
+            test_data, model=self.model, validation_split=0.0,
+            batch_size=batch_size or self.batch_size, num_classes=self.num_classes,
+            label_mode=self.label_mode, shuffle=False, check_classes=False,
+        )
+        values = self.model.evaluate(prepared.train, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in values.items()}
+
+    def export(self, path: str, **kwargs: Any) -> str:
+        """Export :attr:`model` with :func:`kerasft.export.export_model`; returns the path."""
+        from kerasft.export import export_model
+
+        return export_model(self.model, path, **kwargs)
+
+    def summary(self) -> str:
+        lines = [f"{'phase':<10}{'epochs':>7}{'seconds':>9}{'trainable':>12}  best {self.monitor}"]
+        for p in self.phases:
+            vals = p.history.get(self.monitor, [])
+            best = (min(vals) if "loss" in self.monitor else max(vals)) if vals else float("nan")
+            lines.append(f"{p.name:<10}{p.epochs:>7}{p.seconds:>9.1f}{p.trainable_params:>12,}  {best:.4f}")
+        return "\n".join(lines)
+
+
+def load_model(path: str, *, safe_mode: bool = True) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` model file for fine-tuning, refusing unsafe code by default.
+
+    Args:
+        path: file path.
+        safe_mode: refuse to deserialize Python code (``Lambda`` layers) in the file, as
+            Keras does. Set ``False`` only for files you trust. Defaults to `True`.
+
+    Raises:
+        ValueError: a missing file, an unsupported extension, or a file Keras cannot read.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"Argument `model`: no file or directory at {path!r}.")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "saved_model.pb")):
+            from kerasft.export import load_for_finetuning
+
+            return load_for_finetuning(path)
+        raise ValueError(
+            f"Argument `model`: {path!r} is a directory without saved_model.pb. Pass a .keras "
+            "or .h5 file, or a SavedModel directory."
+        )
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".keras", ".h5", ".hdf5"):
+        raise ValueError(
+            f"Argument `model`: {path!r} has extension {ext!r}; kerasft loads '.keras' and "
+            "'.h5' model files and SavedModel directories."
+        )
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except ValueError as e:
+        if "safe_mode" in str(e) or "Lambda" in str(e):
+            raise ValueError(
+                f"Argument `model`: {path!r} contains Python code (e.g. a Lambda layer) that "
+                "kerasft will not run from a file by default. If you trust the file, pass "
+                f"safe_mode=False. Keras said: {e}"
+            ) from None
+        raise ValueError(f"Argument `model`: {path!r} could not be read as a Keras model: {e}") from None
+    except Exception as e:  # corrupt zip / h5 files raise many types
+        raise ValueError(
+            f"Argument `model`: {path!r} could not be read as a Keras model "
+            f"({type(e).__name__}: {e}). Is the file complete and a .keras/.h5 model?"
+        ) from None
+
+
+def _copy(model: keras.Model) -> keras.Model:
+    try:
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+    except Exception as e:
+        raise ValueError(
+            f"kerasft could not copy model {model.name!r} ({type(e).__name__}: {e}). "
+            "HINT: register custom layers with keras.saving.register_keras_serializable, "
+            "or pass copy=False to fine-tune the model in place."
+        ) from None
+    for (_, a), (_, b) in zip(surgery.iter_layers(model), surgery.iter_layers(clone)):
+        b.trainable = a.trainable
+    return clone
+
+
+class _BestWeights(keras.callbacks.Callback):
+    """Remember the best weights on ``monitor`` across phases and restore them on request."""
+
+    def __init__(self, monitor: str):
+        super().__init__()
+        self.monitor = monitor
+        self.sign = -1.0 if "loss" in monitor else 1.0
+        self.best = -math.inf
+        self.best_weights: list[np.ndarray] | None = None
+        self.best_phase: str | None = None
+        self.phase = ""
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        if self.sign * value > self.best:
+            self.best = self.sign * value
+            self.best_weights = self.model.get_weights()
+            self.best_phase = self.phase
+
+    @property
+    def best_value(self) -> float | None:
+        return None if self.best_weights is None else self.sign * self.best
+
+    def restore(self, model: keras.Model) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
+
+
+def _loss_and_metrics(label_mode: str, from_logits: bool):
+    if label_mode == "one_hot":
+        return (keras.losses.CategoricalCrossentropy(from_logits=from_logits),
+                [keras.metrics.CategoricalAccuracy(name="accuracy")])
+    if label_mode == "binary":
+        return (keras.losses.BinaryCrossentropy(from_logits=from_logits),
+                [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5)])
+    return (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+            [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def _make_optimizer(name: str, learning_rate, weight_decay: float | None, clipnorm, global_clipnorm):
+    kwargs: dict[str, Any] = {"learning_rate": learning_rate}
+    if clipnorm is not None:
+        kwargs["clipnorm"] = clipnorm
+    if global_clipnorm is not None:
+        kwargs["global_clipnorm"] = global_clipnorm
+    name = name.lower()
+    if name == "adam":
+        return keras.optimizers.Adam(**kwargs)
+    if name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=weight_decay or 1e-4, **kwargs)
+    if name == "sgd":
+        return keras.optimizers.SGD(momentum=0.9, nesterov=True, **kwargs)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(**kwargs)
+    raise ValueError(
+        f"Argument `optimizer` must be one of ['adam', 'adamw', 'sgd', 'rmsprop'] or a "
+        f"callable returning a Keras optimizer. Received: optimizer={name!r}"
+    )
+
+
+def _warmup_cosine(peak: float, total_steps: int, warmup_fraction: float):
+    warmup = int(round(warmup_fraction * total_steps))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak,
+        decay_steps=max(1, total_steps - warmup),
+        alpha=0.0,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def _body_selection(model: keras.Model, head: keras.layers.Layer, unfreeze: Any) -> list[keras.layers.Layer]:
+    """Leaf layers of the body to unfreeze in the fine-tuning phase."""
+    leaves = [lyr for _, lyr in surgery.iter_layers(model) if not surgery._is_container(lyr)]
+    body = [lyr for lyr in leaves if lyr is not head]
+    weighted = [lyr for lyr in body if lyr.weights and not isinstance(lyr, keras.layers.BatchNormalization)]
+    if unfreeze in ("all", None):
+        return body
+    if isinstance(unfreeze, bool):
+        raise ValueError(f"Argument `unfreeze` must be 'all', an int or a float. Received: unfreeze={unfreeze!r}")
+    if isinstance(unfreeze, int):
+        if unfreeze < 1:
+            raise ValueError(
+                f"Argument `unfreeze` must be 'all', a positive number of weighted layers, or a "
+                f"fraction in (0, 1]. Received: unfreeze={unfreeze!r}"
+            )
+        keep = weighted[-unfreeze:]
+    elif isinstance(unfreeze, float):
+        if not 0.0 < unfreeze <= 1.0:
+            raise ValueError(
+                f"Argument `unfreeze` as a fraction must be in (0, 1]. Received: unfreeze={unfreeze!r}"
+            )
+        keep = weighted[-max(1, int(round(unfreeze * len(weighted)))):]
+    elif isinstance(unfreeze, str):
+        keep = surgery.select_layers(model, pattern=unfreeze)
+        return [lyr for lyr in keep if lyr is not head]
+    else:
+        raise ValueError(
+            f"Argument `unfreeze` must be 'all', an int (top N weighted layers), a float "
+            f"(top fraction) or a regex string. Received: unfreeze={unfreeze!r}"
+        )
+    if not keep:
+        return []
+    first = body.index(keep[0])
+    return body[first:]
+
+
+def _log(verbose: int, msg: str) -> None:
+    if verbose:
+        print(msg, flush=True)
+
+
+def finetune(
+    model: keras.Model | str,
+    data: Any,
+    *,
+    validation_data: Any = None,
+    validation_split: float = 0.2,
+    recipe: str = "lp-ft",
+    head_epochs: int = 5,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    finetune_lr: float | None = None,
+    warmup: float = 0.1,
+    unfreeze: str | int | float = "all",
+    train_bn: bool = False,
+    batch_size: int = 32,
+    optimizer: str = "adam",
+    weight_decay: float | None = None,
+    clipnorm: float | None = None,
+    global_clipnorm: float | None = None,
+    num_classes: int | None = None,
+    label_mode: str | None = None,
+    from_logits: bool | None = None,
+    new_head: bool | None = None,
+    head_dropout: float = 0.0,
+    head_activation: str | None = None,
+    loss: Any = None,
+    metrics: Sequence[Any] | None = None,
+    monitor: str | None = None,
+    patience: int | None = 5,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    seed: int = 0,
+    copy: bool = True,
+    safe_mode: bool = True,
+    verbose: int = 1,
+) -> FinetuneResult:
+    """Fine-tune a pretrained Keras classifier on new labelled data.
+
+    Phase 1 (``"head"``) trains the output layer with everything else frozen; phase 2
+    (``"finetune"``) unfreezes the body (``unfreeze``) and trains at ``finetune_lr``
+    with linear warmup and cosine decay. BatchNormalization layers stay in inference
+    mode in both phases unless ``train_bn=True``. Early stopping watches ``monitor``,
+    and the best weights of the whole run are restored at the end.
+
+    Example:
+
+    ```python
+    import kerasft
+    result = kerasft.finetune("saved_models/mnist_cnn.keras", (x, y))
+    result.evaluate((x_test, y_test))
+    ```
+
+    Args:
+        model: a Sequential or Functional Keras 3 model (a nested backbone is fine), or a
+            path to a ``.keras``/``.h5`` file or SavedModel directory.
+        data: ``(x, y)`` arrays, a ``tf.data.Dataset`` of ``(x, y)`` (batched or not),
+            or a tensorflow-datasets builder/split.
+        validation_data: same forms; when ``None``, ``validation_split`` of ``data`` is
+            held out (seeded, stratified). Defaults to `None`.
+        validation_split: held-out fraction when ``validation_data`` is ``None``; ``0``
+            trains without validation (no early stopping). Defaults to `0.2`.
+        recipe: ``"lp-ft"`` (head, then body), ``"full"`` (everything at once) or
+            ``"head"`` (linear probe). Defaults to `"lp-ft"`.
+        head_epochs: epochs of the head phase. Defaults to `5`.
+        epochs: epochs of the fine-tuning phase (of the only phase for ``"full"``).
+            Defaults to `10`.
+        lr: learning rate of the head phase. Defaults to `1e-3`.
+        finetune_lr: peak learning rate after unfreezing. Defaults to ``lr / 10``.
+        warmup: fraction of the fine-tuning steps spent warming up linearly.
+            Defaults to `0.1`.
+        unfreeze: what the fine-tuning phase unfreezes: ``"all"``, the top N weighted
+            layers (int), the top fraction of them (float), or a regex over layer paths.
+            Defaults to `"all"`.
+        train_bn: let BatchNormalization layers train (batch statistics, updated moving
+            averages) once unfrozen. Defaults to `False`.
+        batch_size: batch size (global, across replicas). Defaults to `32`.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"rmsprop"``. Defaults to `"adam"`.
+        weight_decay: decoupled weight decay for ``"adamw"``. Defaults to `None`.
+        clipnorm: per-variable gradient norm clip. Defaults to `None`.
+        global_clipnorm: global gradient norm clip. Defaults to `None`.
+        num_classes: number of classes; read off the labels by default. Defaults to `None`.
+        label_mode: ``"sparse"``, ``"one_hot"`` or ``"binary"``; detected by default.
+            Defaults to `None`.
+        from_logits: whether the head outputs logits; detected from its activation.
+            Defaults to `None`.
+        new_head: ``True`` always rebuilds the output layer, ``False`` never does (an
+            error if the class count differs), ``None`` rebuilds it when the class count
+            differs. Defaults to `None`.
+        head_dropout: dropout before a rebuilt head. Defaults to `0.0`.
+        head_activation: activation of a rebuilt head; ``None`` keeps the old head's
+            kind (logits stay logits, probabilities stay probabilities). Defaults to `None`.
+        loss: overrides the loss chosen from the labels. Defaults to `None`.
+        metrics: overrides the metrics (``["accuracy"]``-like). Defaults to `None`.
+        monitor: quantity for early stopping and best-weights restore. Defaults to
+            ``"val_loss"`` with validation data, else ``"loss"``.
+        patience: epochs without improvement before a phase stops; ``None`` never stops
+            early. Defaults to `5`.
+        callbacks: extra Keras callbacks, passed to every phase. Defaults to `None`.
+        seed: seed of the split, shuffling, new-head initialisation and dropout.
+            Defaults to `0`.
+        copy: fine-tune a copy, leaving ``model`` untouched. Defaults to `True`.
+        safe_mode: when loading from a file, refuse Python code in it. Defaults to `True`.
+        verbose: 0 silent, 1 progress bars and a line per phase, 2 a line per epoch.
+            Defaults to `1`.
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Raises:
+        ValueError: bad option values, data that does not fit the model, labels out of
+            range, a model without a Dense head, nothing left to train.
+        TypeError: a subclassed model or data of an unsupported type.
+        RuntimeError: the model would crash TensorFlow's oneDNN kernels (see README).
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"Argument `recipe` must be one of {list(RECIPES)}. Received: recipe={recipe!r}")
+    for arg, value, low in (("head_epochs", head_epochs, 0), ("epochs", epochs, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"Argument `{arg}` must be an integer >= {low}. Received: {arg}={value!r}")
+    for arg, value in (("lr", lr), ("finetune_lr", finetune_lr)):
+        if value is not None and (not isinstance(value, (int, float)) or not 0 < value < 10):
+            raise ValueError(f"Argument `{arg}` must be a number in (0, 10). Received: {arg}={value!r}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"Argument `warmup` must be a fraction in [0, 1). Received: warmup={warmup!r}")
+    if patience is not None and (not isinstance(patience, int) or patience < 0):
+        raise ValueError(f"Argument `patience` must be a non-negative int or None. Received: patience={patience!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"Argument `verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
+    finetune_lr = lr / 10 if finetune_lr is None else finetune_lr
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, safe_mode=safe_mode)
+        copy = False
+    surgery.check_operable(model)
+    keras.utils.set_random_seed(seed)
+    head = surgery.find_head(model)
+    old_activation = surgery.head_activation(model)
+
+    prepared = data_lib.prepare_data(
+        data, model=model, validation_data=validation_data, validation_split=validation_split,
+        batch_size=batch_size, seed=seed, num_classes=num_classes, label_mode=label_mode,
+        head_units=head.units,
+    )
+    spec = prepared.spec
+    units = 1 if spec.label_mode == "binary" else spec.num_classes
+    rebuild = new_head if new_head is not None else head.units != units
+    if new_head is False and head.units != units:
+        raise ValueError(
+            f"Argument `new_head=False`, but the head {head.name!r} has {head.units} units and "
+            f"the data has {spec.num_classes} classes ({spec.label_mode} labels). Pass "
+            "new_head=None to rebuild it."
+        )
+    if copy and not rebuild:
+        model = _copy(model)
+        head = surgery.find_head(model)
+    if rebuild:
+        if head_activation is None:
+            if old_activation == "linear":
+                head_activation = "linear"
+            else:
+                head_activation = "sigmoid" if units == 1 else "softmax"
+        if copy:
+            model = _copy(model)
+        model = surgery.replace_head(model, units, activation=head_activation,
+                                     dropout=head_dropout, seed=seed)
+        head = surgery.find_head(model)
+    activation = surgery.head_activation(model)
+    if from_logits is None:
+        if activation not in ("linear", "softmax", "sigmoid"):
+            raise ValueError(
+                f"The head of model {model.name!r} has activation {activation!r}; kerasft cannot "
+                "tell whether it outputs logits. Pass from_logits=True or False."
+            )
+        from_logits = activation == "linear"
+    auto_loss, auto_metrics = _loss_and_metrics(spec.label_mode, from_logits)
+    loss = loss if loss is not None else auto_loss
+    has_val = prepared.validation is not None
+    monitor = monitor or ("val_loss" if has_val else "loss")
+    if monitor.startswith("val_") and not has_val:
+        raise ValueError(
+            f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
+            "no validation_data were given. Use monitor='loss' or give validation data."
+        )
+
+    _onednn.check_model(model, trains_body=recipe != "head")
+    best = _BestWeights(monitor)
+    phases_plan = _plan(recipe, head_epochs, epochs)
+    results: list[PhaseResult] = []
+    _log(verbose, f"kerasft: {prepared.n_train} training / {prepared.n_validation} validation examples, "
+                  f"{spec.num_classes} classes ({spec.label_mode} labels); head "
+                  f"{'rebuilt' if rebuild else 'kept'} ({head.name}, {units} units, "
+                  f"{'logits' if from_logits else 'probabilities'})")
+    for index, (phase, phase_epochs) in enumerate(phases_plan):
+        if phase_epochs == 0:
+            continue
+        if phase == "head":
+            surgery.freeze(model)
+            surgery.set_trainable(model, {_path_of(model, head): True})
+            learning_rate: Any = lr
+            peak = lr
+        else:
+            surgery.freeze(model)
+            to_train = _body_selection(model, head, unfreeze if phase == "finetune" else "all")
+            ids = {id(x) for x in to_train} | {id(head)}
+            state = {p: (id(lyr) in ids) and (train_bn or not isinstance(lyr, keras.layers.BatchNormalization))
+                     for p, lyr in surgery.iter_layers(model) if not surgery._is_container(lyr)}
+            surgery.set_trainable(model, state)
+            peak = finetune_lr if phase == "finetune" else lr
+            learning_rate = _warmup_cosine(peak, phase_epochs * prepared.steps_per_epoch, warmup)
+        if not model.trainable_weights:
+            raise ValueError(
+                f"Nothing to train in phase {phase!r}: every weight of model {model.name!r} is "
+                "frozen. HINT: check `unfreeze=` and that the head has weights."
+            )
+        opt = _make_optimizer(optimizer, learning_rate, weight_decay, clipnorm, global_clipnorm)
+        model.compile(optimizer=opt, loss=loss, metrics=list(metrics) if metrics else auto_metrics)
+        counts = surgery.count_params(model)
+        _log(verbose, f"kerasft phase {index + 1}/{len(phases_plan)} '{phase}': {phase_epochs} epochs, "
+                      f"lr {peak:g}{' (warmup+cosine)' if phase != 'head' else ''}, {counts}")
+        best.phase = phase
+        cbs: list[keras.callbacks.Callback] = [best]
+        if patience is not None:
+            cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
+                                                     mode="min" if "loss" in monitor else "max"))
+        cbs.extend(callbacks or [])
+        start = time.perf_counter()
+        hist = model.fit(prepared.train, validation_data=prepared.validation, epochs=phase_epochs,
+                         callbacks=cbs, verbose=verbose, shuffle=False)
+        seconds = time.perf_counter() - start
+        best.restore(model)
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        results.append(PhaseResult(phase, len(history.get("loss", [])), history, seconds,
+                                   counts.trainable, float(peak), prepared.steps_per_epoch))
+    if not results:
+        raise ValueError(
+            f"Arguments `head_epochs={head_epochs}` and `epochs={epochs}` leave nothing to train "
+            f"for recipe={recipe!r}."
+        )
+    best.restore(model)
+    result = FinetuneResult(
+        model=model, phases=results, monitor=monitor, best_score=best.best_value,
+        best_phase=best.best_phase, num_classes=spec.num_classes, label_mode=spec.label_mode,
+        head_rebuilt=bool(rebuild), batch_size=batch_size,
+    )
+    if verbose:
+        _log(verbose, f"kerasft: done; best {monitor} {result.best_score} in phase {result.best_phase!r}")
+    return result
+
+
+def _path_of(model: keras.Model, layer: keras.layers.Layer) -> str:
+    for path, lyr in surgery.iter_layers(model):
+        if lyr is layer:
+            return path
+    raise ValueError(f"Layer {layer.name!r} is not in model {model.name!r}.")
+
+
+def _plan(recipe: str, head_epochs: int, epochs: int) -> list[tuple[str, int]]:
+    if recipe == "lp-ft":
+        return [("head", head_epochs), ("finetune", epochs)]
+    if recipe == "head":
+        return [("head", epochs)]
+    return [("full", epochs)]

@@ -1,0 +1,521 @@
+"""Model surgery: find the head and the backbone, freeze and unfreeze, replace the head.
+
+Works on Sequential and Functional Keras 3 models, including Functional models that
+hold a nested backbone model (the Keras transfer-learning guide's pattern). Layers are
+addressed by their path, ``"backbone/block_1_conv"`` for a layer inside a nested model,
+or by bare name when that name is unique.
+
+BatchNormalization gets special care: in Keras 3 a BN layer with ``trainable=False``
+runs in inference mode (moving statistics used, never updated), which is what
+fine-tuning wants. ``unfreeze`` therefore leaves BN layers frozen unless
+``train_bn=True``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+__all__ = [
+    "ParamCount",
+    "iter_layers",
+    "get_layer",
+    "select_layers",
+    "freeze",
+    "unfreeze",
+    "set_trainable",
+    "trainable_state",
+    "find_head",
+    "find_backbone",
+    "replace_head",
+    "count_params",
+    "check_operable",
+    "head_activation",
+]
+
+_NORM_TYPES = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+def check_operable(model: Any, argument: str = "model") -> None:
+    """Raise unless ``model`` is a Sequential or Functional Keras 3 model.
+
+    Subclassed models have no layer graph that kerasft can read or rebuild.
+
+    Raises:
+        TypeError: naming the type received and what to pass instead.
+    """
+    if isinstance(model, keras.Sequential) or _is_functional(model):
+        return
+    if isinstance(model, keras.Model):
+        raise TypeError(
+            f"Argument `{argument}` must be a Sequential or Functional Keras model, but "
+            f"received a subclassed model of type {type(model).__name__}, whose layer graph "
+            "cannot be read or rebuilt. HINT: build the same network with the Functional API "
+            "(`inputs = keras.Input(shape); outputs = ...; keras.Model(inputs, outputs)`), "
+            "or wrap it: `x = keras.Input(shape); keras.Model(x, keras.layers.Dense(n)("
+            "my_backbone(x, training=False)))` and pass that."
+        )
+    raise TypeError(
+        f"Argument `{argument}` must be a Keras 3 `keras.Model` (Sequential or Functional) "
+        f"or a path to a .keras/.h5 file. Received: {argument}={model!r} of type "
+        f"{type(model).__name__}."
+    )
+
+
+def _is_functional(model: Any) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional)
+
+
+def _is_container(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, keras.Model) and (
+        isinstance(layer, keras.Sequential) or _is_functional(layer)
+    )
+
+
+def iter_layers(model: keras.Model, *, recursive: bool = True) -> list[tuple[str, keras.layers.Layer]]:
+    """List ``(path, layer)`` pairs in graph order, descending into nested models.
+
+    Input layers are skipped. A nested model appears itself (its path is its name) and,
+    with ``recursive=True``, is followed by its own layers (``"outer/inner"``).
+
+    Args:
+        model: a Sequential or Functional model.
+        recursive: descend into nested Sequential/Functional models. Defaults to `True`.
+    """
+    out: list[tuple[str, keras.layers.Layer]] = []
+
+    def walk(container: keras.Model, prefix: str) -> None:
+        for layer in container.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            path = f"{prefix}{layer.name}"
+            out.append((path, layer))
+            if recursive and _is_container(layer):
+                walk(layer, path + "/")
+
+    walk(model, "")
+    return out
+
+
+def _leaf_layers(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
+    return [(p, lyr) for p, lyr in iter_layers(model) if not _is_container(lyr)]
+
+
+def _names_listing(model: keras.Model) -> str:
+    return "[" + ", ".join(repr(p) for p, _ in iter_layers(model)) + "]"
+
+
+def get_layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    """Return the layer at ``name``: a path (``"backbone/conv1"``) or a unique bare name.
+
+    Raises:
+        ValueError: when no layer has that name (the message lists existing layers), or
+            the bare name is ambiguous (it lists the matching paths).
+    """
+    pairs = iter_layers(model)
+    for path, layer in pairs:
+        if path == name:
+            return layer
+    matches = [(p, lyr) for p, lyr in pairs if lyr.name == name]
+    if len(matches) == 1:
+        return matches[0][1]
+    if len(matches) > 1:
+        raise ValueError(
+            f"Layer name {name!r} is ambiguous in model {model.name!r}; use a full path: "
+            f"{[p for p, _ in matches]}"
+        )
+    raise ValueError(
+        f"No layer named {name!r} in model {model.name!r}. Existing layers are: "
+        f"{_names_listing(model)}"
+    )
+
+
+def select_layers(
+    model: keras.Model,
+    *,
+    names: str | Sequence[str] | None = None,
+    pattern: str | None = None,
+    indices: int | Sequence[int] | None = None,
+    types: type | tuple[type, ...] | None = None,
+    up_to: str | None = None,
+    include_up_to: bool = True,
+) -> list[keras.layers.Layer]:
+    """Select leaf layers (nested models are looked into) by one or more criteria.
+
+    The criteria combine with AND. With none given, every leaf layer is selected.
+
+    Args:
+        model: a Sequential or Functional model.
+        names: layer paths or unique bare names. Defaults to `None`.
+        pattern: a regex searched (``re.search``) in each layer path. Defaults to `None`.
+        indices: positions in ``iter_layers(model, recursive=False)``, negative allowed;
+            a nested model at an index selects all its layers. Defaults to `None`.
+        types: layer classes (``isinstance``). Defaults to `None`.
+        up_to: a layer path/name: select every leaf layer before it in graph order.
+            Defaults to `None`.
+        include_up_to: whether ``up_to`` itself is included. Defaults to `True`.
+
+    Returns:
+        The selected leaf layers, in graph order.
+
+    Raises:
+        ValueError: unknown names (listing the layers that exist), a pattern that
+            matches nothing, an index out of range.
+    """
+    check_operable(model)
+    leaves = _leaf_layers(model)
+    selected = {id(lyr) for _, lyr in leaves}
+
+    def restrict(ids: Iterable[int]) -> None:
+        nonlocal selected
+        selected &= set(ids)
+
+    if names is not None:
+        names = [names] if isinstance(names, str) else list(names)
+        ids = set()
+        for n in names:
+            layer = get_layer(model, n)
+            ids |= _leaf_ids(layer)
+        restrict(ids)
+    if pattern is not None:
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"Argument `pattern` is not a valid regex: {pattern!r} ({e})") from None
+        ids = {id(lyr) for p, lyr in leaves if rx.search(p)}
+        if not ids:
+            raise ValueError(
+                f"Argument `pattern={pattern!r}` matches no layer of model {model.name!r}. "
+                f"Existing layers are: {_names_listing(model)}"
+            )
+        restrict(ids)
+    if indices is not None:
+        top = iter_layers(model, recursive=False)
+        indices = [indices] if isinstance(indices, int) else list(indices)
+        ids = set()
+        for i in indices:
+            if not -len(top) <= i < len(top):
+                raise ValueError(
+                    f"Argument `indices` contains {i}, out of range for model {model.name!r} "
+                    f"with {len(top)} layers (valid: {-len(top)}..{len(top) - 1})."
+                )
+            ids |= _leaf_ids(top[i][1])
+        restrict(ids)
+    if types is not None:
+        restrict(id(lyr) for _, lyr in leaves if isinstance(lyr, types))
+    if up_to is not None:
+        target = get_layer(model, up_to)
+        target_ids = _leaf_ids(target)
+        ids = set()
+        for _, lyr in leaves:
+            if id(lyr) in target_ids:
+                if include_up_to:
+                    ids |= target_ids
+                break
+            ids.add(id(lyr))
+        restrict(ids)
+    return [lyr for _, lyr in leaves if id(lyr) in selected]
+
+
+def _leaf_ids(layer: keras.layers.Layer) -> set[int]:
+    if _is_container(layer):
+        return {id(lyr) for _, lyr in _leaf_layers(layer)}
+    return {id(layer)}
+
+
+def trainable_state(model: keras.Model) -> dict[str, bool]:
+    """Map each leaf layer path to its ``trainable`` flag (effective, parents included)."""
+    state = {}
+
+    def walk(container: keras.Model, prefix: str, parent_trainable: bool) -> None:
+        for layer in container.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            path = f"{prefix}{layer.name}"
+            effective = parent_trainable and layer.trainable
+            if _is_container(layer):
+                walk(layer, path + "/", effective)
+            else:
+                state[path] = effective
+
+    walk(model, "", model.trainable)
+    return state
+
+
+def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
+    """Apply a ``{leaf path: trainable}`` map (as returned by :func:`trainable_state`).
+
+    Leaves not in ``state`` keep their flag. Containers are made trainable when any of
+    their leaves is, because Keras hides all weights of a non-trainable container.
+    """
+    current = trainable_state(model)
+    unknown = sorted(set(state) - set(current))
+    if unknown:
+        raise ValueError(
+            f"Argument `state` names layers that model {model.name!r} does not have: "
+            f"{unknown}. Existing layers are: {_names_listing(model)}"
+        )
+    wanted = {**current, **state}
+    leaves = dict(_leaf_layers(model))
+    # Keras propagates a container's flag down to every sublayer, so set containers
+    # first (trainable if any leaf below is), then every leaf.
+    def fix_containers(container: keras.Model, prefix: str) -> bool:
+        any_trainable = False
+        for layer in container.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            path = f"{prefix}{layer.name}"
+            if _is_container(layer):
+                sub = fix_containers(layer, path + "/")
+                any_trainable |= sub
+            else:
+                any_trainable |= wanted[path]
+        return any_trainable
+
+    model_trainable = fix_containers(model, "")
+    model.trainable = True
+    for path, layer in iter_layers(model):
+        if _is_container(layer):
+            layer.trainable = True
+    for path, layer in leaves.items():
+        layer.trainable = wanted[path]
+    # Containers with nothing trainable below are marked frozen too, so that
+    # `summary()` and a later `container.trainable` read as users expect.
+    for path, layer in reversed(iter_layers(model)):
+        if _is_container(layer) and not any(
+            wanted[p] for p in wanted if p.startswith(path + "/")
+        ):
+            layer._trainable = False  # flag only: every leaf below is already frozen
+    if not model_trainable:
+        model._trainable = False
+
+
+def freeze(model: keras.Model, **selection: Any) -> list[keras.layers.Layer]:
+    """Freeze the selected layers (all leaf layers by default).
+
+    Selection keywords are those of :func:`select_layers`: ``names``, ``pattern``,
+    ``indices``, ``types``, ``up_to``, ``include_up_to``. A frozen BatchNormalization
+    layer runs in inference mode.
+
+    Example:
+
+    >>> import keras, kerasft
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+    ...                       keras.layers.Dense(2, name="b")])
+    >>> [layer.name for layer in kerasft.freeze(m, up_to="a")]
+    ['a']
+    >>> kerasft.count_params(m).trainable
+    8
+
+    Returns:
+        The layers frozen.
+    """
+    layers = select_layers(model, **selection)
+    _set_flags(model, layers, False)
+    return layers
+
+
+def unfreeze(model: keras.Model, *, train_bn: bool = False, **selection: Any) -> list[keras.layers.Layer]:
+    """Unfreeze the selected layers (all leaf layers by default), BatchNorm excepted.
+
+    Args:
+        model: a Sequential or Functional model.
+        train_bn: also unfreeze BatchNormalization layers, which then train in training
+            mode and update their moving statistics. The Keras transfer-learning guide
+            keeps them frozen when fine-tuning. Defaults to `False`.
+        **selection: keywords of :func:`select_layers`.
+
+    Returns:
+        The layers unfrozen.
+    """
+    layers = select_layers(model, **selection)
+    if not train_bn:
+        layers = [lyr for lyr in layers if not isinstance(lyr, keras.layers.BatchNormalization)]
+    _set_flags(model, layers, True)
+    return layers
+
+
+def _set_flags(model: keras.Model, layers: Sequence[keras.layers.Layer], value: bool) -> None:
+    ids = {id(lyr) for lyr in layers}
+    state = {p: value for p, lyr in _leaf_layers(model) if id(lyr) in ids}
+    set_trainable(model, state)
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Trainable and frozen (non-trainable) parameter counts."""
+
+    trainable: int
+    frozen: int
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen
+
+    def __str__(self) -> str:
+        return f"{self.trainable:,} trainable / {self.frozen:,} frozen / {self.total:,} total"
+
+
+def count_params(model: keras.Model) -> ParamCount:
+    """Count trainable and frozen parameters (BatchNorm moving statistics count as frozen)."""
+    trainable = sum(int(v.numpy().size) for v in model.trainable_weights)
+    total = sum(int(v.numpy().size) for v in model.weights)
+    return ParamCount(trainable, total - trainable)
+
+
+_WEIGHTLESS_TAIL = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
+
+
+def _output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.layers.Layer]]:
+    """The output Dense layer and the weightless layers after it (Activation/Softmax)."""
+    if len(model.outputs) != 1:
+        raise ValueError(
+            f"Argument `model` must have one output, but {model.name!r} has "
+            f"{len(model.outputs)}. HINT: build a single-output model for classification."
+        )
+    tail: list[keras.layers.Layer] = []
+    layer = model.outputs[0]._keras_history.operation
+    while True:
+        if isinstance(layer, keras.layers.Dense):
+            return layer, tail[::-1]
+        if _is_container(layer):
+            inner, inner_tail = _output_chain(layer)
+            if not inner_tail and not tail:
+                return inner, []
+            break
+        if isinstance(layer, _WEIGHTLESS_TAIL) and not layer.weights:
+            tail.append(layer)
+            parents = layer._inbound_nodes[0].parent_nodes if layer._inbound_nodes else []
+            if len(parents) != 1:
+                break
+            layer = parents[0].operation
+            continue
+        break
+    raise ValueError(
+        f"Model {model.name!r} has no Dense output layer (its output comes from "
+        f"{layer.name!r} of type {type(layer).__name__}). kerasft fine-tunes classifiers "
+        "whose last weighted layer is a Dense head. HINT: add one, e.g. "
+        "`keras.Model(model.input, keras.layers.Dense(num_classes)(model.output))`."
+    )
+
+
+def find_head(model: keras.Model) -> keras.layers.Layer:
+    """Return the output Dense layer (looking through trailing Activation/Softmax layers).
+
+    Raises:
+        ValueError: when the model's output does not come from a Dense layer.
+    """
+    check_operable(model)
+    return _output_chain(model)[0]
+
+
+def head_activation(model: keras.Model) -> str:
+    """Name of the output activation: ``"softmax"``, ``"sigmoid"`` or ``"linear"`` (logits)."""
+    head, tail = _output_chain(model)
+    name = keras.activations.serialize(head.activation)
+    name = name if isinstance(name, str) else getattr(head.activation, "__name__", "custom")
+    for layer in tail:
+        if isinstance(layer, keras.layers.Softmax):
+            name = "softmax"
+        elif isinstance(layer, keras.layers.Activation):
+            act = keras.activations.serialize(layer.activation)
+            if act != "linear":
+                name = act if isinstance(act, str) else "custom"
+    return name
+
+
+def find_backbone(model: keras.Model) -> keras.layers.Layer | list[keras.layers.Layer]:
+    """Return the backbone: the nested model if there is one, else the layers below the head.
+
+    For the guide's pattern ``inputs -> base_model -> pooling -> Dense`` this is
+    ``base_model``. Otherwise it is the list of leaf layers that carry weights before the
+    head (the "body").
+    """
+    check_operable(model)
+    nested = [lyr for _, lyr in iter_layers(model, recursive=False) if _is_container(lyr)]
+    if nested:
+        return max(nested, key=lambda m: m.count_params())
+    head = find_head(model)
+    return [lyr for _, lyr in _leaf_layers(model) if lyr is not head and lyr.weights]
+
+
+def replace_head(
+    model: keras.Model,
+    num_classes: int,
+    *,
+    activation: str | Callable | None = "softmax",
+    dropout: float = 0.0,
+    name: str | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """Return a new model whose output Dense layer is rebuilt for ``num_classes``.
+
+    Every other layer is shared with ``model`` (same objects, same weights): the new
+    model is the old body plus a freshly initialised head. A trailing Activation/Softmax
+    layer after the old head is dropped; the new head carries ``activation``.
+
+    Example:
+
+    >>> import keras, kerasft
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="body"),
+    ...                       keras.layers.Dense(10, activation="softmax", name="head")])
+    >>> kerasft.replace_head(m, 3).output.shape
+    (None, 3)
+
+    Args:
+        model: a Sequential or Functional model with a Dense output layer.
+        num_classes: width of the new head; 1 means one sigmoid unit. Must be >= 1.
+        activation: output activation, ``None``/``"linear"`` for logits.
+            Defaults to `"softmax"`.
+        dropout: dropout rate before the new head, in ``[0, 1)``. Defaults to `0.0`.
+        name: name of the new Dense layer. Defaults to the old head's name.
+        seed: seed of the new head's initialiser. Defaults to `None`.
+
+    Returns:
+        A new Functional model.
+
+    Raises:
+        ValueError: bad ``num_classes``/``dropout``, or a model without a Dense head.
+        TypeError: a subclassed model.
+    """
+    check_operable(model)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(
+            f"Argument `num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
+        )
+    if num_classes == 1 and activation == "softmax":
+        raise ValueError(
+            "Argument `num_classes=1` with activation='softmax' always outputs 1.0. "
+            "HINT: use num_classes=2 with softmax, or num_classes=1 with activation='sigmoid'."
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    head, _tail = _output_chain(model)
+    if head not in model.layers:
+        raise ValueError(
+            f"The Dense head {head.name!r} of model {model.name!r} is inside a nested model. "
+            "HINT: build the outer model from the nested model's features, e.g. "
+            "`keras.Model(inner.input, inner.get_layer(<layer before head>).output)`."
+        )
+    features = head.input
+    x = features
+    if dropout:
+        x = keras.layers.Dropout(dropout, seed=seed, name=f"{head.name}_dropout")(x)
+    new_head = keras.layers.Dense(
+        num_classes,
+        activation=activation,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        name=name or head.name,
+    )
+    outputs = new_head(x)
+    return keras.Model(model.inputs, outputs, name=model.name)
