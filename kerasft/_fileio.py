@@ -83,7 +83,14 @@ def atomic_directory(path: str, *, overwrite: bool = False) -> Iterator[str]:
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
             os.rmdir(old)
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            # Put the previous directory back rather than delete it below.
+            if old is not None and not os.path.exists(path):
+                os.replace(old, path)
+                old = None
+            raise
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,681 @@
+"""The engine behind `kerasft.pruning`: tfmot's magnitude pruning ported to Keras 3.
+
+This module holds the pruning schedules, the mask arithmetic and the `PruneLowMagnitude`
+layer wrapper. Each piece replicates `tensorflow_model_optimization.sparsity.keras`
+0.8.1 (`pruning_schedule.py`, `pruning_impl.py`, `pruning_utils.py`,
+`pruning_wrapper.py`) op for op, so that a Keras 3 model and the same tf_keras model
+pruned by tfmot get the same masks. The public entry points live in `kerasft.pruning`.
+
+tfmot itself is never imported here: importing it switches `tf.keras` to Keras 2 for the
+whole process (it sets ``TF_USE_LEGACY_KERAS=1``), which a Keras 3 user must not pay for.
+"""
+
+from __future__ import annotations
+
+import abc
+import numbers
+
+import keras
+import tensorflow as tf
+
+__all__ = [
+    "PruningSchedule",
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "PruneLowMagnitude",
+    "prunable_weights",
+    "PRUNABLE_LAYER_TYPES",
+]
+
+_PACKAGE = "kerasft"
+
+# Which variable of each built-in layer holds the weights to prune. Like tfmot, a
+# separable convolution prunes its pointwise kernel only (the depthwise one is tiny);
+# unlike tfmot, DepthwiseConv2D is prunable (tfmot registers it with no weights).
+_PRUNABLE_ATTRS: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (keras.layers.Dense, ("_kernel", "kernel")),
+    (keras.layers.Conv1D, ("_kernel", "kernel")),
+    (keras.layers.Conv2D, ("_kernel", "kernel")),
+    (keras.layers.Conv3D, ("_kernel", "kernel")),
+    (keras.layers.Conv1DTranspose, ("_kernel", "kernel")),
+    (keras.layers.Conv2DTranspose, ("_kernel", "kernel")),
+    (keras.layers.Conv3DTranspose, ("_kernel", "kernel")),
+    (keras.layers.DepthwiseConv1D, ("_kernel", "kernel")),
+    (keras.layers.DepthwiseConv2D, ("_kernel", "kernel")),
+    (keras.layers.SeparableConv1D, ("pointwise_kernel",)),
+    (keras.layers.SeparableConv2D, ("pointwise_kernel",)),
+    (keras.layers.Embedding, ("_embeddings", "embeddings")),
+)
+
+PRUNABLE_LAYER_TYPES: tuple[str, ...] = tuple(cls.__name__ for cls, _ in _PRUNABLE_ATTRS) + (
+    "any layer with a `get_prunable_weights()` method",
+)
+
+_CALLBACK_ERROR = (
+    "PruneLowMagnitude needs the `kerasft.pruning.UpdatePruningStep` callback during "
+    "training: pass `callbacks=[UpdatePruningStep()]` to `model.fit()`. In a custom "
+    "training loop, call `UpdatePruningStep().set_model(model)` then `.on_train_begin()` "
+    "once before the first step."
+)
+
+
+def is_prunable(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` is a built-in prunable type or declares `get_prunable_weights`."""
+    if callable(getattr(layer, "get_prunable_weights", None)):
+        return True
+    return any(isinstance(layer, cls) for cls, _ in _PRUNABLE_ATTRS)
+
+
+def prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
+    """Return the variables of a built `layer` that pruning masks.
+
+    A custom layer declares its own by defining ``get_prunable_weights()`` returning a
+    list of its `keras.Variable`s (the same protocol as tfmot's `PrunableLayer`).
+
+    Raises:
+        ValueError: if the layer is not prunable, or is quantized or LoRA-enabled
+            (their effective kernel is not a variable that a mask can be applied to).
+    """
+    if callable(getattr(layer, "get_prunable_weights", None)):
+        weights = list(layer.get_prunable_weights())
+    else:
+        for cls, attrs in _PRUNABLE_ATTRS:
+            if isinstance(layer, cls):
+                break
+        else:
+            raise ValueError(
+                f"Layer '{layer.name}' of type {type(layer).__name__} cannot be pruned. "
+                f"Prunable types are: {list(PRUNABLE_LAYER_TYPES)}."
+            )
+        if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+            raise ValueError(
+                f"Layer '{layer.name}' is quantized or LoRA-enabled and cannot be pruned. "
+                "HINT: prune before calling `quantize()` or `enable_lora()`."
+            )
+        weights = []
+        for attr in attrs:
+            value = getattr(layer, attr, None)
+            if isinstance(value, keras.Variable):
+                weights.append(value)
+                break
+    for weight in weights:
+        if not isinstance(weight, keras.Variable):
+            raise ValueError(
+                f"`{type(layer).__name__}.get_prunable_weights()` must return "
+                f"`keras.Variable`s. Received: {weight!r}"
+            )
+    return weights
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class PruningSchedule(abc.ABC):
+    """Decides at which steps to prune and to which sparsity.
+
+    A schedule is called with the current pruning step (an int64 scalar tensor) and
+    returns ``(should_prune, sparsity)``: a boolean scalar tensor and a float32 scalar
+    tensor in ``[0, 1)``. tfmot's `PruningSchedule` objects follow the same contract and
+    are accepted wherever a schedule is. Subclasses used in saved models must implement
+    `get_config()` and be registered with `keras.saving.register_keras_serializable()`.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, step):
+        """Return ``(should_prune, sparsity)`` for `step`."""
+
+    @abc.abstractmethod
+    def get_config(self) -> dict:
+        """Return the constructor arguments as a JSON-serializable dict."""
+
+    @classmethod
+    def from_config(cls, config: dict) -> PruningSchedule:
+        return cls(**config)
+
+    @staticmethod
+    def _should_prune_in_step(step, begin_step, end_step, frequency):
+        # Same ops as tfmot, so that a step gives the same boolean in both libraries.
+        is_in_pruning_range = tf.math.logical_and(
+            tf.math.greater_equal(step, begin_step),
+            tf.math.logical_or(tf.math.less_equal(step, end_step), tf.math.less(end_step, 0)),
+        )
+        is_pruning_turn = tf.math.equal(
+            tf.math.floormod(tf.math.subtract(step, begin_step), frequency), 0
+        )
+        return tf.math.logical_and(is_in_pruning_range, is_pruning_turn)
+
+
+def _check_steps(begin_step, end_step, frequency, allow_forever: bool) -> None:
+    if not isinstance(begin_step, numbers.Integral) or begin_step < 0:
+        raise ValueError(
+            f"Argument `begin_step` must be an int >= 0. Received: begin_step={begin_step!r}"
+        )
+    valid_end = "an int >= begin_step" + (", or -1 to prune forever" if allow_forever else "")
+    if (
+        not isinstance(end_step, numbers.Integral)
+        or (end_step == -1 and not allow_forever)
+        or (end_step != -1 and end_step < begin_step)
+    ):
+        raise ValueError(
+            f"Argument `end_step` must be {valid_end}. Received: end_step={end_step!r} "
+            f"with begin_step={begin_step}"
+        )
+    if not isinstance(frequency, numbers.Integral) or frequency <= 0:
+        raise ValueError(
+            f"Argument `frequency` must be an int > 0. Received: frequency={frequency!r}"
+        )
+
+
+def _check_sparsity(value, name: str) -> None:
+    if not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"Argument `{name}` must be a float in [0, 1). Received: {name}={value!r}"
+        )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConstantSparsity(PruningSchedule):
+    """Prune to a constant sparsity every `frequency` steps in ``[begin_step, end_step]``.
+
+    Same arguments and results as `tfmot.sparsity.keras.ConstantSparsity`.
+
+    Args:
+        target_sparsity: fraction of weights set to zero, in ``[0, 1)``.
+        begin_step: first step at which masks are updated.
+        end_step: last step at which masks may be updated, or ``-1`` to keep updating
+            until training ends. Defaults to `-1`.
+        frequency: update the masks every `frequency` steps. Defaults to `100`.
+
+    Example:
+
+    >>> schedule = ConstantSparsity(0.5, begin_step=0, frequency=10)
+    >>> [bool(schedule(tf.constant(s, tf.int64))[0]) for s in (9, 10)]
+    [False, True]
+    """
+
+    def __init__(
+        self, target_sparsity: float, begin_step: int, end_step: int = -1, frequency: int = 100
+    ):
+        _check_sparsity(target_sparsity, "target_sparsity")
+        _check_steps(begin_step, end_step, frequency, allow_forever=True)
+        self.target_sparsity = target_sparsity
+        self.begin_step = begin_step
+        self.end_step = end_step
+        self.frequency = frequency
+
+    def __call__(self, step):
+        return (
+            self._should_prune_in_step(step, self.begin_step, self.end_step, self.frequency),
+            tf.constant(self.target_sparsity, dtype=tf.float32),
+        )
+
+    def get_config(self) -> dict:
+        return {
+            "target_sparsity": self.target_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "frequency": self.frequency,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PolynomialDecay(PruningSchedule):
+    """Raise sparsity from `initial_sparsity` to `final_sparsity` along a polynomial.
+
+    ``sparsity(step) = final + (initial - final) * (1 - p) ** power`` with
+    ``p = clip((step - begin_step) / (end_step - begin_step), 0, 1)``, applied every
+    `frequency` steps in ``[begin_step, end_step]``: sparsity rises fast at first, then
+    levels off (Zhu & Gupta, 2017). Same arguments and results as
+    `tfmot.sparsity.keras.PolynomialDecay`.
+
+    Args:
+        initial_sparsity: sparsity at `begin_step`, in ``[0, 1)``.
+        final_sparsity: sparsity reached at `end_step`, in ``[0, 1)``.
+        begin_step: first step at which masks are updated.
+        end_step: step at which `final_sparsity` is reached (pick it so that
+            ``end_step - begin_step`` is a multiple of `frequency`, or the last update
+            falls short of `final_sparsity`).
+        power: exponent of the decay. Defaults to `3`.
+        frequency: update the masks every `frequency` steps. Defaults to `100`.
+
+    Example:
+
+    >>> schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100, frequency=10)
+    >>> round(float(schedule(tf.constant(100, tf.int64))[1]), 3)
+    0.8
+    """
+
+    def __init__(
+        self,
+        initial_sparsity: float,
+        final_sparsity: float,
+        begin_step: int,
+        end_step: int,
+        power: float = 3,
+        frequency: int = 100,
+    ):
+        _check_sparsity(initial_sparsity, "initial_sparsity")
+        _check_sparsity(final_sparsity, "final_sparsity")
+        _check_steps(begin_step, end_step, frequency, allow_forever=False)
+        self.initial_sparsity = initial_sparsity
+        self.final_sparsity = final_sparsity
+        self.power = power
+        self.begin_step = begin_step
+        self.end_step = end_step
+        self.frequency = frequency
+
+    def __call__(self, step):
+        p = tf.math.minimum(
+            1.0,
+            tf.math.maximum(
+                0.0,
+                tf.math.divide(
+                    tf.dtypes.cast(step - self.begin_step, tf.float32),
+                    self.end_step - self.begin_step,
+                ),
+            ),
+        )
+        sparsity = tf.math.add(
+            tf.math.multiply(
+                self.initial_sparsity - self.final_sparsity, tf.math.pow(1 - p, self.power)
+            ),
+            self.final_sparsity,
+        )
+        return (
+            self._should_prune_in_step(step, self.begin_step, self.end_step, self.frequency),
+            sparsity,
+        )
+
+    def get_config(self) -> dict:
+        return {
+            "initial_sparsity": self.initial_sparsity,
+            "final_sparsity": self.final_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "power": self.power,
+            "frequency": self.frequency,
+        }
+
+
+_TFMOT_SCHEDULES = {"ConstantSparsity": ConstantSparsity, "PolynomialDecay": PolynomialDecay}
+
+
+def from_tfmot_schedule(schedule):
+    """Translate tfmot's built-in schedules to the identical kerasft ones.
+
+    Other objects are returned as they are. The translation lets a pruned Keras 3 model
+    save and load without tfmot (whose configs nest ``class_name`` in a way Keras 3
+    cannot read back).
+    """
+    cls = type(schedule)
+    if cls.__module__.startswith("tensorflow_model_optimization") and (
+        cls.__name__ in _TFMOT_SCHEDULES
+    ):
+        return _TFMOT_SCHEDULES[cls.__name__](**schedule.get_config()["config"])
+    return schedule
+
+
+def _check_schedule(schedule) -> None:
+    if not callable(schedule):
+        raise TypeError(
+            "Argument `pruning_schedule` must be a `ConstantSparsity`, a `PolynomialDecay` "
+            "(from kerasft or tfmot) or a callable `schedule(step) -> (should_prune, "
+            f"sparsity)`. Received: pruning_schedule={schedule!r}"
+        )
+
+
+# ----------------------------------------------------------------------- mask arithmetic
+
+
+def magnitude_mask(weights, sparsity):
+    """tfmot `Pruning._update_mask`: keep the ``round(size * (1 - sparsity))`` largest."""
+    abs_weights = tf.math.abs(weights)
+    size = tf.size(abs_weights)
+    k = tf.dtypes.cast(
+        tf.math.maximum(tf.math.round(tf.dtypes.cast(size, tf.float32) * (1 - sparsity)), 1),
+        tf.int32,
+    )
+    values, indices = tf.math.top_k(tf.reshape(abs_weights, [-1]), k=size)
+    threshold_value = tf.gather(values, k - 1)
+    threshold_pos = tf.gather(indices, k - 1)
+    # The one-hot term keeps the threshold element itself, as tfmot does.
+    new_mask = tf.math.logical_or(
+        tf.math.greater_equal(abs_weights, threshold_value),
+        tf.reshape(
+            tf.one_hot(threshold_pos, depth=size, on_value=True, off_value=False, dtype=tf.bool),
+            abs_weights.shape,
+        ),
+    )
+    return tf.dtypes.cast(threshold_value, weights.dtype), tf.dtypes.cast(new_mask, weights.dtype)
+
+
+def _factorized_pool(abs_weights, block_size, pooling_type):
+    """tfmot `pruning_utils.factorized_pool` with SAME padding, stride = window."""
+    height, width = abs_weights.shape
+    aligned = tf.reshape(abs_weights, [1, 1, height, width])
+    pooled = tf.nn.pool(
+        aligned,
+        window_shape=[1, block_size[0]],
+        pooling_type=pooling_type,
+        strides=[1, block_size[0]],
+        padding="SAME",
+    )
+    pooled = tf.nn.pool(
+        tf.transpose(pooled, perm=[0, 1, 3, 2]),
+        window_shape=[1, block_size[1]],
+        pooling_type=pooling_type,
+        strides=[1, block_size[1]],
+        padding="SAME",
+    )
+    # tfmot squeezes here, which breaks when a pooled side is 1; a reshape does not.
+    pooled = tf.transpose(pooled, perm=[0, 1, 3, 2])
+    return tf.reshape(pooled, pooled.shape[2:])
+
+
+def block_mask(weights, sparsity, block_size, pooling_type):
+    """tfmot `_maybe_update_block_mask` for a rank-2 weight and a non-trivial block."""
+    abs_weights = tf.math.abs(weights)
+    pooled = _factorized_pool(abs_weights, block_size, pooling_type)
+    threshold, mask = magnitude_mask(pooled, sparsity)
+    expanded = tf.repeat(tf.repeat(mask, block_size[0], axis=0), block_size[1], axis=1)
+    return threshold, tf.slice(expanded, [0, 0], weights.shape)
+
+
+def rearrange_for_m_by_n(weights):
+    """tfmot `weights_rearrange`: put input channels last, one row per output position.
+
+    tfmot handles rank 2 (Dense) and rank 4 (Conv2D); the same rule extends to the
+    rank-3 and rank-5 kernels of Conv1D and Conv3D.
+    """
+    rank = weights.shape.rank
+    if rank == 2:
+        return tf.transpose(weights)
+    perm = [rank - 1] + list(range(rank - 1))
+    return tf.reshape(tf.transpose(weights, perm=perm), [-1, weights.shape[-2]])
+
+
+def _unrearrange_m_by_n(mask, weights_shape):
+    """tfmot `m_by_n_sparsity_mask_prepare`: the inverse of `rearrange_for_m_by_n`."""
+    rank = len(weights_shape)
+    if rank == 2:
+        return tf.transpose(mask)
+    mask = tf.reshape(mask, [weights_shape[-1]] + list(weights_shape[:-1]))
+    return tf.transpose(mask, perm=list(range(1, rank)) + [0])
+
+
+def m_by_n_mask(weights, m_by_n):
+    """tfmot `generate_m_by_n_mask` on the rearranged weights: m zeros in every n."""
+    prepared = tf.abs(rearrange_for_m_by_n(weights))
+    num_zeros, block = m_by_n
+    num_non_zeros = block - num_zeros
+    # Like tfmot, pad a whole extra group when the width is already a multiple of n.
+    pad_after = block - prepared.shape[-1] % block
+    padded = tf.pad(prepared, [[0, 0], [0, pad_after]], "CONSTANT")
+    num_blocks = tf.size(padded) // block
+    groups = tf.reshape(padded, [num_blocks, block])
+    _, top_k_indices = tf.math.top_k(groups, k=num_non_zeros, sorted=False)
+    ind_i, _ = tf.meshgrid(tf.range(num_blocks), tf.range(num_non_zeros), indexing="ij")
+    ind_ij = tf.stack([ind_i, top_k_indices], axis=-1)
+    mask_padded = tf.scatter_nd(
+        ind_ij, tf.ones([num_blocks, num_non_zeros]), [num_blocks, block]
+    )
+    mask = tf.slice(tf.reshape(mask_padded, tf.shape(padded)), [0, 0], prepared.shape)
+    return tf.dtypes.cast(_unrearrange_m_by_n(mask, weights.shape), weights.dtype)
+
+
+# ------------------------------------------------------------------------------ wrapper
+
+
+def check_pruning_args(block_size, block_pooling_type, sparsity_m_by_n):
+    """Validate and normalise the structure arguments shared by every entry point."""
+    if (
+        not isinstance(block_size, (tuple, list))
+        or len(block_size) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in block_size)
+        or min(block_size) < 1
+    ):
+        raise ValueError(
+            "Argument `block_size` must be a tuple of 2 positive ints. "
+            f"Received: block_size={block_size!r}"
+        )
+    if block_pooling_type not in ("AVG", "MAX"):
+        raise ValueError(
+            "Argument `block_pooling_type` must be 'AVG' or 'MAX'. "
+            f"Received: block_pooling_type={block_pooling_type!r}"
+        )
+    block_size = (int(block_size[0]), int(block_size[1]))
+    if sparsity_m_by_n is not None:
+        if (
+            not isinstance(sparsity_m_by_n, (tuple, list))
+            or len(sparsity_m_by_n) != 2
+            or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sparsity_m_by_n
+            )
+            or not 0 < sparsity_m_by_n[0] < sparsity_m_by_n[1]
+        ):
+            raise ValueError(
+                "Argument `sparsity_m_by_n` must be None or a tuple (m, n) of ints with "
+                f"0 < m < n, meaning m zeros in every n weights. "
+                f"Received: sparsity_m_by_n={sparsity_m_by_n!r}"
+            )
+        if block_size != (1, 1):
+            raise ValueError(
+                "Arguments `block_size` and `sparsity_m_by_n` cannot be combined: m-by-n "
+                f"sparsity sets its own structure. Received: block_size={block_size}, "
+                f"sparsity_m_by_n={tuple(sparsity_m_by_n)}"
+            )
+        sparsity_m_by_n = (int(sparsity_m_by_n[0]), int(sparsity_m_by_n[1]))
+    return block_size, sparsity_m_by_n
+
+
+def check_weight_ranks(layer, weights, block_size, sparsity_m_by_n) -> None:
+    for weight in weights:
+        rank = len(weight.shape)
+        if block_size != (1, 1) and rank != 2:
+            raise ValueError(
+                f"Block sparsity needs rank-2 weights, but layer '{layer.name}' has "
+                f"'{weight.name}' of shape {tuple(weight.shape)}. HINT: restrict "
+                "`layers=` to Dense/Embedding layers, or use block_size=(1, 1)."
+            )
+        if sparsity_m_by_n is not None and not 2 <= rank <= 5:
+            raise ValueError(
+                f"m-by-n sparsity needs weights of rank 2 to 5, but layer '{layer.name}' "
+                f"has '{weight.name}' of shape {tuple(weight.shape)}."
+            )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Prune the weights of a Keras 3 layer by magnitude while it trains.
+
+    Keras 3 port of tfmot's wrapper of the same name. For each prunable weight the
+    wrapper keeps a non-trainable ``mask`` of the same shape and a ``threshold``; a
+    shared int64 ``pruning_step`` counts training steps. In every training step, inside
+    the compiled train function and in tfmot's order, it: increments the step; if the
+    schedule fires (or, for m-by-n sparsity, at step 1) recomputes the masks from the
+    weights' magnitudes; assigns ``weight * mask`` to the weight; then calls the layer.
+    Outside training the layer runs on ``weight * mask`` without changing any variable,
+    so evaluation and export see the pruned weights.
+
+    Use `kerasft.pruning.prune_low_magnitude()` rather than this class directly, and
+    train with the `kerasft.pruning.UpdatePruningStep` callback.
+
+    Args:
+        layer: the layer to prune: a prunable built-in layer or one defining
+            ``get_prunable_weights()``.
+        pruning_schedule: a schedule (kerasft's or tfmot's `ConstantSparsity` /
+            `PolynomialDecay`, or any callable ``schedule(step) -> (should_prune,
+            sparsity)``). tfmot's built-ins are replaced by the identical kerasft ones.
+            Defaults to `ConstantSparsity(0.5, 0)`.
+        block_size: ``(height, width)`` of the blocks pruned together in rank-2
+            weights. Defaults to `(1, 1)`.
+        block_pooling_type: ``"AVG"`` or ``"MAX"``, how a block's magnitude is pooled.
+            Defaults to `"AVG"`.
+        sparsity_m_by_n: ``(m, n)`` to zero m of every n consecutive input-channel
+            weights (for example ``(2, 4)``), fixed at the first training step.
+            Defaults to `None`.
+        **kwargs: base layer arguments. The name defaults to
+            ``"prune_low_magnitude_" + layer.name``.
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        pruning_schedule=None,
+        block_size=(1, 1),
+        block_pooling_type: str = "AVG",
+        sparsity_m_by_n=None,
+        **kwargs,
+    ):
+        if not isinstance(layer, keras.layers.Layer) or not is_prunable(layer):
+            raise ValueError(
+                f"Argument `layer` must be a prunable Keras 3 layer ({list(PRUNABLE_LAYER_TYPES)}). "
+                f"Received: layer={layer!r}"
+            )
+        if pruning_schedule is None:
+            pruning_schedule = ConstantSparsity(0.5, 0)
+        _check_schedule(pruning_schedule)
+        block_size, sparsity_m_by_n = check_pruning_args(
+            block_size, block_pooling_type, sparsity_m_by_n
+        )
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        # Reading the weights for `weight * mask` must not be autocast to float16;
+        # the wrapped layer still autocasts its own inputs and variables.
+        kwargs.setdefault("autocast", False)
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = from_tfmot_schedule(pruning_schedule)
+        self.block_size = block_size
+        self.block_pooling_type = block_pooling_type
+        self.sparsity_m_by_n = sparsity_m_by_n
+        self.pruning_vars: list[tuple[keras.Variable, keras.Variable, keras.Variable]] = []
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        weights = prunable_weights(self.layer)
+        check_weight_ranks(self.layer, weights, self.block_size, self.sparsity_m_by_n)
+        self.pruning_vars = []
+        for weight in weights:
+            mask = self.add_weight(
+                name=f"{weight.name}_mask",
+                shape=weight.shape,
+                initializer="ones",
+                dtype=weight.dtype,
+                trainable=False,
+                aggregation="mean",
+            )
+            threshold = self.add_weight(
+                name=f"{weight.name}_threshold",
+                shape=(),
+                initializer="zeros",
+                dtype=weight.dtype,
+                trainable=False,
+                aggregation="mean",
+            )
+            self.pruning_vars.append((weight, mask, threshold))
+        # -1 until UpdatePruningStep starts a run, so that a missing callback is caught.
+        self.pruning_step = self.add_weight(
+            name="pruning_step",
+            shape=(),
+            initializer=keras.initializers.Constant(-1),
+            dtype="int64",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.built = True
+
+    # The mask arithmetic runs on tf tensors: tfmot's schedules are TensorFlow
+    # callables, and the same ops give the same masks as tfmot.
+    def _new_masks(self, sparsity):
+        updates = []
+        for weight, mask, threshold in self.pruning_vars:
+            value = tf.convert_to_tensor(weight.value)
+            if self.sparsity_m_by_n is not None:
+                new_threshold = tf.constant(999.0, value.dtype)  # tfmot's placeholder
+                new_mask = m_by_n_mask(value, self.sparsity_m_by_n)
+            elif self.block_size == (1, 1):
+                new_threshold, new_mask = magnitude_mask(value, sparsity)
+            else:
+                new_threshold, new_mask = block_mask(
+                    value, sparsity, self.block_size, self.block_pooling_type
+                )
+            updates.append((mask, new_mask))
+            updates.append((threshold, new_threshold))
+        return updates
+
+    def update_masks(self, step=None):
+        """Recompute the masks now, at `step` (the current step by default)."""
+        step = tf.convert_to_tensor(self.pruning_step.value) if step is None else step
+        for variable, value in self._new_masks(self.pruning_schedule(step)[1]):
+            variable.assign(value)
+
+    def apply_masks(self) -> None:
+        """Assign ``weight * mask`` to each pruned weight (tfmot's `weight_mask_op`)."""
+        for weight, mask, _ in self.pruning_vars:
+            weight.assign(tf.math.multiply(weight.value, mask.value))
+
+    def _training_updates(self):
+        self.pruning_step.assign_add(1)
+        step = tf.convert_to_tensor(self.pruning_step.value)
+        check = tf.debugging.assert_greater_equal(
+            step, tf.constant(1, tf.int64), message=_CALLBACK_ERROR
+        )
+        with tf.control_dependencies([check] if check is not None else []):
+            should_prune, sparsity = self.pruning_schedule(step)
+            if self.sparsity_m_by_n is not None:
+                should_prune = tf.math.equal(step, 1)  # m-by-n masks are set once
+
+            def update():
+                for variable, value in self._new_masks(sparsity):
+                    variable.assign(value)
+                return tf.no_op()
+
+            tf.cond(should_prune, update, tf.no_op)
+        self.apply_masks()
+
+    def call(self, inputs, training=None, **kwargs):
+        if training:
+            self._training_updates()
+            return self.layer(inputs, **kwargs)
+        # Substitute weight * mask for the weights without assigning them. Every
+        # variable of the wrapped layer is mapped, so that an enclosing StatelessScope
+        # (if any) still provides the values of the unpruned ones.
+        masked = {id(w): tf.math.multiply(w.value, m.value) for w, m, _ in self.pruning_vars}
+        mapping = [(v, masked.get(id(v), v.value)) for v in self.layer.variables]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            before = [scope.get_current_value(v) for v, _ in mapping]
+            outputs = self.layer(inputs, **kwargs)
+        # Pass on state updates the wrapped layer made (none for built-in layers).
+        for (variable, _), old in zip(mapping, before):
+            new = scope.get_current_value(variable)
+            if new is not old and id(variable) not in masked:
+                variable.assign(new)
+        return outputs
+
+    def compute_output_spec(self, inputs, training=None, **kwargs):
+        return self.layer.compute_output_spec(inputs, **kwargs)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+                "block_size": list(self.block_size),
+                "block_pooling_type": self.block_pooling_type,
+                "sparsity_m_by_n": (
+                    None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n)
+                ),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["pruning_schedule"] = keras.saving.deserialize_keras_object(
+            config["pruning_schedule"], custom_objects=custom_objects
+        )
+        config["block_size"] = tuple(config["block_size"])
+        if config.get("sparsity_m_by_n") is not None:
+            config["sparsity_m_by_n"] = tuple(config["sparsity_m_by_n"])
+        return super().from_config(config, custom_objects=custom_objects)

@@ -1,0 +1,386 @@
+"""PNG plots of a fine-tuning run: training curves across phases, the LR finder, a confusion matrix.
+
+Figures are drawn with matplotlib's object-oriented API on an Agg canvas, so plotting
+never touches `pyplot`'s global state or needs a display, and works the same in scripts,
+tests and notebooks. Each function writes one PNG atomically and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kerasft._fileio import atomic_file
+
+__all__ = ["plot_history", "plot_lr_find", "plot_confusion_matrix"]
+
+_DPI = 100
+
+
+def plot_history(
+    phases: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
+    path: str | os.PathLike,
+) -> str:
+    """Plot training curves of several fine-tuning phases end to end, boundaries marked.
+
+    One panel per quantity: `loss` first, then each metric (`accuracy`, ...), each with
+    its `val_` counterpart dashed; a `learning_rate` (or `lr`) series gets a log-scale
+    panel. Epochs are numbered continuously across phases and a vertical line marks
+    where each phase starts, labelled with its name. A quantity a phase did not log is
+    left blank for that phase.
+
+    Example:
+
+    ```python
+    plot_history(
+        [("head", {"loss": [1.2, 0.6], "val_loss": [0.9, 0.7]}),
+         ("full", {"loss": [0.5, 0.4], "val_loss": [0.6, 0.55]})],
+        "/tmp/history.png",
+    )
+    ```
+
+    Args:
+        phases: `(name, history)` pairs in training order, where `history` maps a
+            quantity to its per-epoch values: a Keras `History.history` dict, or a
+            `keras.callbacks.History` itself.
+        path: destination file, ending in `.png`.
+
+    Returns:
+        The absolute path of the PNG.
+
+    Raises:
+        ValueError: if `phases` is empty, a phase is not a `(name, history)` pair, its
+            series have different lengths, no phase has any epoch, or `path` does not
+            end in `.png`.
+    """
+    path = _check_png_path(path)
+    if isinstance(phases, (str, bytes, Mapping)) or not isinstance(phases, Sequence):
+        raise ValueError(
+            "Argument `phases` must be a list of (name, history) pairs. "
+            f"Received: phases of type {type(phases).__name__}"
+        )
+    if not phases:
+        raise ValueError("Argument `phases` must hold at least one (name, history) pair.")
+    parsed = []
+    for i, phase in enumerate(phases):
+        if not isinstance(phase, (tuple, list)) or len(phase) != 2:
+            raise ValueError(
+                f"Argument `phases[{i}]` must be a (name, history) pair. Received: {phase!r}"
+            )
+        name, history = phase
+        history = getattr(history, "history", history)  # a keras.callbacks.History
+        if not isinstance(history, Mapping):
+            raise ValueError(
+                f"Argument `phases[{i}]` ({name!r}): history must be a dict of per-epoch "
+                f"lists. Received: {type(history).__name__}"
+            )
+        lengths = {key: len(values) for key, values in history.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"Argument `phases[{i}]` ({name!r}): every series must have one value per "
+                f"epoch, but the lengths differ: {lengths}"
+            )
+        epochs = next(iter(lengths.values()), 0)
+        parsed.append((str(name), dict(history), epochs))
+    total = sum(epochs for _, _, epochs in parsed)
+    if total == 0:
+        raise ValueError("Argument `phases` holds no epochs: every history is empty.")
+
+    panels = _history_panels(key for _, history, _ in parsed for key in history)
+    n = len(panels)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(6.0 * cols, 3.6 * rows), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    colours = {"train": "tab:blue", "val": "tab:orange"}
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            # One continuous line across phases; NaN where a phase lacks the key.
+            ys = []
+            for _, history, epochs in parsed:
+                values = history.get(key)
+                ys.extend([float(v) for v in values] if values is not None else [np.nan] * epochs)
+            xs = np.arange(1, total + 1)
+            is_val = key.startswith("val_")
+            ax.plot(
+                xs,
+                ys,
+                marker="o" if total <= 30 else None,
+                markersize=3,
+                linestyle="--" if is_val else "-",
+                color=colours["val" if is_val else "train"] if len(keys) <= 2 else None,
+                label=key,
+            )
+        if title in ("learning_rate", "lr"):
+            ax.set_yscale("log")
+        start = 0
+        for i, (name, _, epochs) in enumerate(parsed):
+            if i > 0:
+                ax.axvline(start + 0.5, color="0.4", linestyle=":", linewidth=1)
+            if i % 2:
+                ax.axvspan(start + 0.5, start + epochs + 0.5, color="0.94", zorder=0)
+            ax.text(
+                start + 0.5 + 0.02 * total,
+                1.0,
+                name,
+                transform=ax.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                color="0.3",
+            )
+            start += epochs
+        ax.set_xlim(0.5, total + 0.5)
+        ax.set_title(title)
+        ax.set_xlabel("epoch (all phases)")
+        ax.legend(fontsize=8, loc="best")
+        ax.grid(alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(" → ".join(name for name, _, _ in parsed))
+    return _save(fig, path)
+
+
+def plot_lr_find(
+    learning_rates: Sequence[float],
+    losses: Sequence[float],
+    suggestions: Mapping[str, float] | None,
+    path: str | os.PathLike,
+) -> str:
+    """Plot an LR-finder sweep: loss against learning rate (log scale), suggestions marked.
+
+    The y-axis is clipped to the interesting range: from the lowest loss to a little
+    above the starting loss, so that the divergence at the end of the sweep does not
+    flatten the curve. Non-finite losses are left out.
+
+    Example:
+
+    ```python
+    lrs = np.geomspace(1e-6, 1, 50)
+    plot_lr_find(lrs, losses, {"valley": 3e-3, "steep": 1e-3}, "/tmp/lr_find.png")
+    ```
+
+    Args:
+        learning_rates: learning rates of the sweep, all positive.
+        losses: (smoothed) loss at each learning rate.
+        suggestions: name -> suggested learning rate, e.g. `{"valley": 3e-3}`; `None`
+            values are skipped. May be `None` or empty.
+        path: destination file, ending in `.png`.
+
+    Returns:
+        The absolute path of the PNG.
+
+    Raises:
+        ValueError: if the two sequences differ in length, hold fewer than 2 points or
+            no finite loss, a learning rate or a suggestion is not positive, or `path`
+            does not end in `.png`.
+    """
+    path = _check_png_path(path)
+    lrs = np.asarray(learning_rates, dtype="float64").ravel()
+    loss = np.asarray(losses, dtype="float64").ravel()
+    if len(lrs) != len(loss):
+        raise ValueError(
+            "Arguments `learning_rates` and `losses` must have the same length. "
+            f"Received: {len(lrs)} learning rates and {len(loss)} losses."
+        )
+    if len(lrs) < 2:
+        raise ValueError(
+            f"Argument `learning_rates` must hold at least 2 points. Received: {len(lrs)}"
+        )
+    if not np.all(np.isfinite(lrs) & (lrs > 0)):
+        raise ValueError(
+            "Argument `learning_rates` must be positive and finite (log scale). "
+            f"Received: min={lrs.min()!r}"
+        )
+    finite = np.isfinite(loss)
+    if not finite.any():
+        raise ValueError("Argument `losses` holds no finite value: nothing to plot.")
+    suggestions = dict(suggestions or {})
+    for name, lr in suggestions.items():
+        if lr is not None and not (isinstance(lr, (int, float, np.floating)) and lr > 0):
+            raise ValueError(
+                f"Argument `suggestions[{name!r}]` must be a positive learning rate or None. "
+                f"Received: {lr!r}"
+            )
+
+    fig = Figure(figsize=(7.0, 4.5), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(lrs[finite], loss[finite], color="tab:blue", label="loss")
+    ax.set_xscale("log")
+    low = loss[finite].min()
+    first = loss[finite][0]
+    high = loss[finite].max()
+    # Divergence at high LRs dwarfs the curve; show up to a bit above the start.
+    top = min(high, first + 0.5 * max(first - low, 1e-12)) if first > low else high
+    pad = 0.05 * max(top - low, 1e-12)
+    ax.set_ylim(low - pad, top + pad)
+    order = np.argsort(lrs[finite])
+    markers = iter(["o", "s", "^", "D", "v", "P", "X"])
+    colours = iter(["tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+    for name, lr in suggestions.items():
+        if lr is None:
+            continue
+        y = np.interp(np.log(lr), np.log(lrs[finite][order]), loss[finite][order])
+        ax.plot(
+            [lr],
+            [y],
+            marker=next(markers, "o"),
+            markersize=9,
+            linestyle="none",
+            color=next(colours, "black"),
+            label=f"{name}: {lr:.2e}",
+        )
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("loss")
+    ax.set_title("Learning-rate finder")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+) -> str:
+    """Plot the confusion matrix of a test set: counts, colour by row share.
+
+    Rows are true classes, columns predicted ones. Cells show counts; the colour is the
+    share of the row (the per-class recall on the diagonal), so rare classes stay
+    readable. The title gives accuracy and the number of examples.
+
+    Example:
+
+    ```python
+    probabilities = model.predict(x_test)
+    plot_confusion_matrix(y_test, probabilities.argmax(-1), [str(i) for i in range(10)],
+                          "/tmp/confusion.png")
+    ```
+
+    Args:
+        y_true: true class ids, shape `(n,)`.
+        y_pred: predicted class ids `(n,)`, or probabilities `(n, num_classes)` (the
+            arg-max is taken).
+        class_names: one name per class, in class-id order.
+        path: destination file, ending in `.png`.
+
+    Returns:
+        The absolute path of the PNG.
+
+    Raises:
+        ValueError: if the label arrays are empty or differ in length, hold a class id
+            outside `[0, len(class_names))`, or `path` does not end in `.png`.
+    """
+    path = _check_png_path(path)
+    names = [str(n) for n in class_names]
+    k = len(names)
+    if k == 0:
+        raise ValueError("Argument `class_names` must hold at least one name.")
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred)
+    if y_pred.ndim == 2:
+        if y_pred.shape[1] != k:
+            raise ValueError(
+                f"Argument `y_pred` holds probabilities for {y_pred.shape[1]} classes, but "
+                f"`class_names` has {k} names."
+            )
+        y_pred = y_pred.argmax(axis=-1)
+    y_pred = y_pred.reshape(-1)
+    if len(y_true) == 0 or len(y_true) != len(y_pred):
+        raise ValueError(
+            "Arguments `y_true` and `y_pred` must be non-empty and of the same length. "
+            f"Received: {len(y_true)} and {len(y_pred)} labels."
+        )
+    for arg, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.equal(np.mod(y, 1), 0)):
+                raise ValueError(f"Argument `{arg}` must hold integer class ids. Received: {y[:5]!r}")
+        bad = y[(y < 0) | (y >= k)]
+        if len(bad):
+            raise ValueError(
+                f"Argument `{arg}` holds class ids outside [0, {k}) for {k} class names: "
+                f"{sorted(set(bad.astype(int).tolist()))[:10]}"
+            )
+    y_true = y_true.astype(int)
+    y_pred = y_pred.astype(int)
+    matrix = np.zeros((k, k), dtype=int)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+
+    size = min(max(4.0, 0.55 * k + 2.0), 20.0)
+    fig = Figure(figsize=(size + 1.0, size), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    if k <= 30:  # beyond that the numbers are unreadable
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        str(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
+    long_names = max(map(len, names)) > 3
+    ax.set_xticks(
+        range(k), names, rotation=45 if long_names else 0, ha="right" if long_names else "center"
+    )
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = np.trace(matrix) / matrix.sum()
+    ax.set_title(f"Confusion matrix: accuracy {accuracy:.1%} on {matrix.sum()} examples")
+    return _save(fig, path)
+
+
+def _check_png_path(path: Any) -> str:
+    path = os.path.abspath(os.fspath(path))
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"Argument `path` must end with '.png'. Received: path={path!r}")
+    return path
+
+
+def _history_panels(keys) -> list[tuple[str, list[str]]]:
+    """Group series into panels: 'loss' first, then metrics, learning rate last."""
+    order: list[str] = []
+    series: dict[str, list[str]] = {}
+    for key in keys:
+        base = key[4:] if key.startswith("val_") else key
+        if base not in series:
+            order.append(base)
+            series[base] = []
+        if key not in series[base]:
+            series[base].append(key)
+
+    def rank(base: str) -> tuple[int, int]:
+        if base == "loss":
+            return (0, 0)
+        if base in ("learning_rate", "lr"):
+            return (2, 0)
+        return (1, order.index(base))
+
+    panels = []
+    for base in sorted(order, key=rank):
+        keys_ = sorted(series[base], key=lambda k: k.startswith("val_"))
+        panels.append((base, keys_))
+    return panels
+
+
+def _save(fig: Figure, path: str) -> str:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
