@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 
+# isort: off
 import kerasft  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS=0 before TensorFlow loads)
+
+# isort: on
 import keras
 import numpy as np
 

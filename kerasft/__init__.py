@@ -10,7 +10,7 @@ from kerasft import _onednn
 _onednn.configure()
 
 from kerasft.data import DataSpec, PreparedData, prepare_data  # noqa: E402
-from kerasft.finetune import FinetuneResult, PhaseResult, finetune, load_model  # noqa: E402
+from kerasft.finetuning import FinetuneResult, PhaseResult, finetune, load_model  # noqa: E402
 from kerasft.surgery import (  # noqa: E402
     ParamCount,
     count_params,

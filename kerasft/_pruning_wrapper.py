@@ -79,10 +79,8 @@ def prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
     if callable(getattr(layer, "get_prunable_weights", None)):
         weights = list(layer.get_prunable_weights())
     else:
-        for cls, attrs in _PRUNABLE_ATTRS:
-            if isinstance(layer, cls):
-                break
-        else:
+        attrs = next((a for cls, a in _PRUNABLE_ATTRS if isinstance(layer, cls)), None)
+        if attrs is None:
             raise ValueError(
                 f"Layer '{layer.name}' of type {type(layer).__name__} cannot be pruned. "
                 f"Prunable types are: {list(PRUNABLE_LAYER_TYPES)}."
@@ -168,9 +166,7 @@ def _check_steps(begin_step, end_step, frequency, allow_forever: bool) -> None:
 
 def _check_sparsity(value, name: str) -> None:
     if not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"Argument `{name}` must be a float in [0, 1). Received: {name}={value!r}"
-        )
+        raise ValueError(f"Argument `{name}` must be a float in [0, 1). Received: {name}={value!r}")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -416,9 +412,7 @@ def m_by_n_mask(weights, m_by_n):
     _, top_k_indices = tf.math.top_k(groups, k=num_non_zeros, sorted=False)
     ind_i, _ = tf.meshgrid(tf.range(num_blocks), tf.range(num_non_zeros), indexing="ij")
     ind_ij = tf.stack([ind_i, top_k_indices], axis=-1)
-    mask_padded = tf.scatter_nd(
-        ind_ij, tf.ones([num_blocks, num_non_zeros]), [num_blocks, block]
-    )
+    mask_padded = tf.scatter_nd(ind_ij, tf.ones([num_blocks, num_non_zeros]), [num_blocks, block])
     mask = tf.slice(tf.reshape(mask_padded, tf.shape(padded)), [0, 0], prepared.shape)
     return tf.dtypes.cast(_unrearrange_m_by_n(mask, weights.shape), weights.dtype)
 

@@ -174,7 +174,7 @@ def _accuracy(model, x, y) -> float:
 def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
-    from kerasft import finetune as ft
+    from kerasft import finetuning as ft
 
     model_path = args.model or default_model_path()
     verbose = 0 if args.quiet or args.json else 1
@@ -251,7 +251,7 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    from kerasft import finetune as ft
+    from kerasft import finetuning as ft
     from kerasft.export import export_model
 
     model = ft.load_model(args.model, safe_mode=not args.unsafe)
@@ -263,7 +263,7 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:
-    from kerasft import finetune as ft
+    from kerasft import finetuning as ft
     from kerasft.lr_finder import lr_find
 
     model = ft.load_model(args.model or default_model_path(), safe_mode=not args.unsafe)
@@ -286,7 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _EXIT_USAGE
     # Quiet TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import kerasft  # noqa: F401  (oneDNN setting before TensorFlow loads)
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")

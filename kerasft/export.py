@@ -78,8 +78,9 @@ def export_model(
     ```python
     model = keras.models.load_model("saved_models/mnist_cnn.keras")
     path = export_model(model, "/tmp/mnist_export", class_names=[str(i) for i in range(10)])
-    served = tf.saved_model.load(path).serve(x)   # x: float32 (n, 28, 28, 1), 0..255
-    served["class_name"]                          # e.g. [b"7", b"2", ...]
+    reloaded = tf.saved_model.load(path)  # keep a reference while calling it
+    served = reloaded.serve(x)            # x: float32 (n, 28, 28, 1), raw 0..255
+    served["class_name"]                  # e.g. [b"7", b"2", ...]
     export_model(model, "/tmp/mnist.tflite", format="tflite", quantize="dynamic")
     ```
 
@@ -381,6 +382,36 @@ class SavedModelLayer(keras.layers.TFSMLayer):
         name: layer name. Defaults to `None`.
         dtype: layer dtype policy. Defaults to `None`.
     """
+
+    def __init__(
+        self,
+        filepath: str,
+        call_endpoint: str = "serve",
+        call_training_endpoint: str | None = None,
+        trainable: bool = True,
+        name: str | None = None,
+        dtype=None,
+    ):
+        super().__init__(
+            filepath,
+            call_endpoint=call_endpoint,
+            call_training_endpoint=call_training_endpoint,
+            trainable=trainable,
+            name=name,
+            dtype=dtype,
+        )
+        # An endpoint found only among the signatures (not as an attribute) is a
+        # signature function, which accepts keyword arguments only.
+        self._input_keyword = None
+        if not hasattr(self._reloaded_obj, call_endpoint):
+            _, keywords = self.call_endpoint_fn.structured_input_signature
+            if len(keywords) == 1:
+                (self._input_keyword,) = keywords
+
+    def call(self, inputs, training=False, **kwargs):
+        if self._input_keyword is not None and not (training and self.call_training_endpoint):
+            return self.call_endpoint_fn(**{self._input_keyword: inputs}, **kwargs)
+        return super().call(inputs, training=training, **kwargs)
 
     def _add_existing_weight(self, weight):
         name = re.sub(r"[^A-Za-z0-9_.\-]", "_", weight.name.split(":")[0])

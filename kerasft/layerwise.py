@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import keras
 
 from kerasft import schedules as _schedules
+from kerasft import surgery
 
 __all__ = [
     "layer_groups",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 LayerGroups = list[tuple[str, list[keras.layers.Layer]]]
-Patterns = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
+Patterns = str | Sequence[str] | Mapping[str, str | Sequence[str]]
 
 _NORMALIZATION = (
     keras.layers.BatchNormalization,
@@ -49,21 +50,9 @@ def _snake(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def walk_layers(model: keras.layers.Layer, prefix: str = "") -> list[tuple[str, keras.layers.Layer]]:
-    """Leaf layers of ``model`` in order, descending into nested models.
-
-    Returns ``(qualified_name, layer)`` pairs; a layer inside a nested model ``backbone``
-    is named ``"backbone/<layer name>"``. Layers with their own sub-layers that are not
-    models (custom blocks) count as leaves.
-    """
-    out = []
-    for layer in getattr(model, "layers", []):
-        qualified = f"{prefix}{layer.name}"
-        if isinstance(layer, keras.Model):
-            out.extend(walk_layers(layer, prefix=f"{qualified}/"))
-        else:
-            out.append((qualified, layer))
-    return out
+def _leaves(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
+    """``(path, layer)`` of the leaf layers, nested models looked into (``"backbone/conv1"``)."""
+    return [(p, layer) for p, layer in surgery.iter_layers(model) if not isinstance(layer, keras.Model)]
 
 
 def _block_key(layer: keras.layers.Layer) -> str:
@@ -148,7 +137,7 @@ def layer_groups(model: keras.Model, patterns: Patterns | None = None) -> LayerG
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
-    leaves = [(q, layer) for q, layer in walk_layers(model) if layer.weights]
+    leaves = [(q, layer) for q, layer in _leaves(model) if layer.weights]
     if not leaves:
         raise ValueError(f"Model {model.name!r} has no layers with weights to group.")
     order = {id(layer): i for i, (_, layer) in enumerate(leaves)}
@@ -274,7 +263,7 @@ def no_decay_variables(model: keras.Model) -> list:
         The model's variables that should not be decayed, moving statistics excluded.
     """
     out = []
-    for _, layer in walk_layers(model):
+    for _, layer in _leaves(model):
         for v in layer.weights:
             if _is_trainable_kind(layer, v) and _is_no_decay(layer, v):
                 out.append(v)
@@ -333,6 +322,12 @@ def _base_rate(optimizer: Any):
     if isinstance(lr, sched):
         return lr
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _path_tail(layer: keras.layers.Layer, variable) -> str:
+    """The variable's path from its layer's name on (``"fc/kernel"``)."""
+    match = re.search(rf"(?:^|/)({re.escape(layer.name)}/.*)$", variable.path)
+    return match.group(1) if match else variable.path
 
 
 def _safe_name(name: str) -> str:
@@ -413,21 +408,24 @@ def discriminative_optimizer(
         decay_paths, plain_paths = [], []
         for layer in layers:
             for v in layer.weights:
-                if v.path in seen and seen[v.path] != group:
+                tail = _path_tail(layer, v)
+                if tail in seen and seen[tail] != group:
                     raise ValueError(
-                        f"Variable path {v.path!r} is shared by layers in groups "
-                        f"{seen[v.path]!r} and {group!r}, so rates cannot be routed by path. "
-                        "HINT: give the layers of nested models distinct names."
+                        f"Two layers hold a variable {tail!r} (groups {seen[tail]!r} and "
+                        f"{group!r}), so rates cannot be routed by variable path. HINT: give "
+                        "the layers of nested models distinct names."
                     )
-                seen[v.path] = group
+                seen[tail] = group
                 if weight_decay and _is_no_decay(layer, v):
-                    plain_paths.append(v.path)
+                    plain_paths.append(tail)
                 else:
-                    decay_paths.append(v.path)
+                    decay_paths.append(tail)
         rate = _schedules.scale_schedule(base, mult)
         for paths, wd, suffix in ((decay_paths, weight_decay, ""), (plain_paths, None, "_no_decay")):
             if paths:
-                key = "(?:" + "|".join(re.escape(p) for p in paths) + ")"
+                # Any prefix: Sequential models put their own (auto-generated) name in
+                # front of variable paths, and it changes when the model is reloaded.
+                key = "(?:.*/)?(?:" + "|".join(re.escape(p) for p in paths) + ")"
                 optimizer_map[key] = make(rate, _safe_name(group) + suffix, wd)
     default = make(_schedules.scale_schedule(base, 1.0), "rest", weight_decay)
     return keras.optimizers.MultiOptimizer(

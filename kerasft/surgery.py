@@ -284,7 +284,7 @@ def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
 
     model_trainable = fix_containers(model, "")
     model.trainable = True
-    for path, layer in iter_layers(model):
+    for _path, layer in iter_layers(model):
         if _is_container(layer):
             layer.trainable = True
     for path, layer in leaves.items():

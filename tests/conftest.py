@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 
+# isort: off
+import kerasft  # noqa: F401  (before TensorFlow, so it loads with oneDNN off)
+
+# isort: on
 import keras
 import numpy as np
 import pytest
 
-import kerasft  # noqa: F401  (first, so TensorFlow loads with oneDNN off)
 from kerasft import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerasft import _onednn, data as data_lib, surgery
+from kerasft import _onednn, surgery
+from kerasft import data as data_lib
 
 __all__ = ["finetune", "FinetuneResult", "PhaseResult", "load_model", "RECIPES"]
 

@@ -1,0 +1,85 @@
+"""The ``kerasft`` command line: the bundled main job, image folders, and error output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kerasft import cli
+
+
+def _run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "kerasft.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_main_job_defaults_json(tmp_path):
+    """The README's main job: fine-tuned >= 0.93 and >= 5 points above scratch."""
+    out = tmp_path / "export"
+    proc = _run_cli("finetune", "--json", "--export", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report) >= {"test_accuracy", "pretrained_accuracy", "scratch_accuracy", "seconds", "export_path"}
+    assert report["test_accuracy"] >= 0.93
+    assert report["test_accuracy"] - report["scratch_accuracy"] >= 0.05
+    assert report["test_accuracy"] > report["pretrained_accuracy"]
+    assert os.path.isfile(os.path.join(report["export_path"], "saved_model.pb"))
+
+
+def _write_folder(root, x, y, classes):
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = root / classes[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[..., 0].astype("uint8")).save(d / f"{i}.png")
+
+
+def test_image_folder_data(tmp_path, digits_small):
+    x, y = digits_small
+    mask = y < 3
+    _write_folder(tmp_path / "digits", x[mask], y[mask], ["zero", "one", "two"])
+    assert cli.main(["finetune", "--data", str(tmp_path / "digits"), "--head-epochs", "1",
+                     "--epochs", "1", "--no-scratch", "--no-export", "--json", "-q"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["finetune", "missing.keras"], "Argument `model`: no file or directory at 'missing.keras'"),
+        (["finetune", "--data", "/nonexistent"], "Argument `--data` must be 'digits' or an existing image folder"),
+        (["finetune", "--recipe", "warp", "--no-export"], "Argument `recipe` must be one of"),
+        (["finetune", "--epochs", "-1"], "argument --epochs: must be an integer >= 0, got '-1'"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(args, message):
+    proc = _run_cli(*args)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "finetune" in capsys.readouterr().out
+
+
+def test_export_path_that_is_a_file(tmp_path, shipped_model_path):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    assert cli.main(["export", shipped_model_path, str(target)]) == 2
+
+
+def test_accuracy_helper_handles_binary_and_logits():
+    import keras
+
+    m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    m.layers[0].set_weights([np.array([[1.0], [0.0]], "float32")])
+    x = np.array([[1.0, 0], [-1.0, 0]], "float32")
+    assert cli._accuracy(m, x, np.array([1, 0])) == 1.0

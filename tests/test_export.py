@@ -1,0 +1,399 @@
+"""Tests for kerasft.export: SavedModel and TFLite exports checked with TensorFlow's own tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasft.export import (
+    SavedModelLayer,
+    export_model,
+    load_for_finetuning,
+    read_export_metadata,
+)
+
+BIN = os.path.dirname(sys.executable)
+DIGIT_NAMES = [f"digit_{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def model(shipped_model_path):
+    return keras.models.load_model(shipped_model_path)
+
+
+@pytest.fixture(scope="module")
+def x_test(digits):
+    return digits[0][:64]
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "mnist_cnn"
+    return export_model(model, path, class_names=DIGIT_NAMES)
+
+
+def _load(path):
+    # Keep the loaded object referenced: calling .serve on a temporary fails, because
+    # the restored function references variables that the object owns.
+    _LOADED.append(tf.saved_model.load(path))
+    return _LOADED[-1]
+
+
+_LOADED: list = []
+
+
+def _cli(*args: str) -> str:
+    result = subprocess.run(
+        [os.path.join(BIN, "saved_model_cli"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+# --- SavedModel --------------------------------------------------------------------------
+
+
+def test_saved_model_serves_raw_pixels_like_keras(model, exported, x_test):
+    expected = model.predict(x_test, verbose=0)
+    served = _load(exported).serve(x_test)  # raw 0..255, no preprocessing
+
+    assert set(served) == {"probabilities", "class_id", "class_name"}
+    assert served["probabilities"].dtype == tf.float32
+    assert served["class_id"].dtype == tf.int64
+    assert served["class_name"].dtype == tf.string
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(served["class_id"].numpy(), expected.argmax(-1))
+    names = [n.decode() for n in served["class_name"].numpy()]
+    assert names == [DIGIT_NAMES[i] for i in expected.argmax(-1)]
+
+
+def test_saved_model_ships_class_names_and_metadata(exported):
+    with open(os.path.join(exported, "assets", "class_names.txt")) as f:
+        assert f.read().splitlines() == DIGIT_NAMES
+    meta = read_export_metadata(exported)
+    assert meta["input"] == {"name": "image", "shape": [None, 28, 28, 1], "dtype": "float32"}
+    assert meta["output_kind"] == "softmax"
+    assert meta["num_classes"] == 10
+    assert meta["class_names"] == DIGIT_NAMES
+    assert meta["features_endpoint"] == "features"
+    assert meta["features_dim"] == 128
+    with open(os.path.join(exported, "kerasft.json")) as f:
+        assert json.load(f) == meta
+    # Readable by everyone, writable by the owner only.
+    for root, _, files in os.walk(exported):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o755
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o644
+    # Nothing left beside the export.
+    assert os.listdir(os.path.dirname(exported)) == [os.path.basename(exported)]
+
+
+def test_saved_model_cli_show_and_run_match_keras(model, exported, x_test, tmp_path):
+    shown = _cli("show", "--all", "--dir", exported)
+    serve = shown.split("signature_def['serve']:")[1].split("signature_def[")[0]
+    assert "inputs['image'] tensor_info:" in serve
+    assert "shape: (-1, 28, 28, 1)" in serve
+    for output in ("probabilities", "class_id", "class_name"):
+        assert f"outputs['{output}'] tensor_info:" in serve
+    assert "signature_def['serving_default']:" in shown
+    assert "signature_def['features']:" in shown
+
+    np.save(tmp_path / "x.npy", x_test)
+    _cli(
+        "run", "--dir", exported, "--tag_set", "serve", "--signature_def", "serve",
+        "--inputs", f"image={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out"),
+    )
+    probabilities = np.load(tmp_path / "out" / "probabilities.npy")
+    class_id = np.load(tmp_path / "out" / "class_id.npy")
+    class_name = np.load(tmp_path / "out" / "class_name.npy", allow_pickle=True)
+    expected = model.predict(x_test, verbose=0)
+    # Measured: max abs difference ~5e-7.
+    assert np.abs(probabilities - expected).max() < 1e-5
+    np.testing.assert_array_equal(class_id, expected.argmax(-1))
+    assert [n.decode() for n in class_name] == [DIGIT_NAMES[i] for i in expected.argmax(-1)]
+
+
+def test_tfsm_layer_reloads_the_export(model, exported, x_test):
+    layer = keras.layers.TFSMLayer(exported, call_endpoint="serve")
+    out = layer(x_test)
+    np.testing.assert_allclose(
+        np.asarray(out["probabilities"]), model.predict(x_test, verbose=0), atol=1e-5
+    )
+    # Every weight of the model is reachable, so it can train.
+    assert len(layer.trainable_weights) == len(model.trainable_weights)
+    features = keras.layers.TFSMLayer(exported, call_endpoint="features")(x_test)["features"]
+    assert tuple(features.shape) == (64, 128)
+
+
+def test_logits_head_gets_a_softmax(model, x_test, tmp_path):
+    # Same weights as the shipped head, without its softmax: served probabilities must
+    # equal the shipped model's.
+    head = model.get_layer("predictions")
+    logits = keras.layers.Dense(10, name="logits")(head.input)
+    logits_model = keras.Model(model.inputs, logits)
+    logits_model.get_layer("logits").set_weights(head.get_weights())
+
+    path = export_model(logits_model, tmp_path / "logits")
+    served = _load(path).serve(x_test)
+    assert set(served) == {"probabilities", "class_id"}  # no class names given
+    np.testing.assert_allclose(
+        served["probabilities"].numpy(), model.predict(x_test, verbose=0), atol=1e-5
+    )
+    assert read_export_metadata(path)["output_kind"] == "logits"
+    assert not os.path.exists(os.path.join(path, "assets", "class_names.txt"))
+
+
+@pytest.mark.parametrize("activation, kind", [("sigmoid", "sigmoid"), (None, "binary_logits")])
+def test_binary_head_serves_two_columns(digits_small, tmp_path, activation, kind):
+    x, y = digits_small
+    inputs = keras.Input((28, 28, 1), name="pixels")
+    h = keras.layers.Rescaling(1 / 255)(inputs)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(1, activation=activation)(h)
+    binary = keras.Model(inputs, out)
+    binary.compile("adam", keras.losses.BinaryCrossentropy(from_logits=activation is None))
+    binary.fit(x, (y == 0).astype("float32"), epochs=2, verbose=0)
+
+    path = export_model(binary, tmp_path / "binary", class_names=["other", "zero"])
+    served = _load(path).serve(x[:50])
+    p = binary.predict(x[:50], verbose=0)[:, 0]
+    if activation is None:
+        p = 1 / (1 + np.exp(-p))
+    probabilities = served["probabilities"].numpy()
+    assert probabilities.shape == (50, 2)
+    np.testing.assert_allclose(probabilities[:, 1], p, atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(served["class_id"].numpy(), (p > 0.5).astype(int))
+    assert read_export_metadata(path)["output_kind"] == kind
+
+
+# --- Fine-tuning from a SavedModel -------------------------------------------------------
+
+
+def test_load_for_finetuning_continues_on_same_classes(model, exported, x_test):
+    reloaded = load_for_finetuning(exported)
+    assert isinstance(reloaded.get_layer("saved_model"), SavedModelLayer)
+    np.testing.assert_allclose(
+        reloaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-5
+    )
+    assert len(reloaded.trainable_weights) == len(model.trainable_weights)
+
+
+def test_load_for_finetuning_new_head_trains_saved_weights(exported, digits, tmp_path):
+    x, y = digits
+    keep = y >= 5  # a new 5-class task: digits 5..9
+    x_new, y_new = x[keep], y[keep] - 5
+    new = load_for_finetuning(exported, num_classes=5)
+    assert new.output.shape == (None, 5)
+    body = new.get_layer("saved_model")
+    before = [w.numpy().copy() for w in body.trainable_weights]
+
+    new.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = new.fit(x_new[:150], y_new[:150], epochs=3, batch_size=32, verbose=0)
+    accuracy = new.evaluate(x_new[150:450], y_new[150:450], verbose=0)[1]
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert accuracy > 0.8  # measured 0.93-0.97
+    changed = [not np.allclose(a, b.numpy()) for a, b in zip(before, body.trainable_weights)]
+    assert all(changed), "the SavedModel's own variables should train"
+
+    # Save -> load: the .keras file holds the fine-tuned weights.
+    new.save(tmp_path / "new.keras")
+    again = keras.models.load_model(tmp_path / "new.keras", safe_mode=False)
+    np.testing.assert_allclose(
+        again.predict(x_new[:32], verbose=0), new.predict(x_new[:32], verbose=0), atol=1e-6
+    )
+    # ... and the fine-tuned model exports again, features endpoint included.
+    path = export_model(new, tmp_path / "again", class_names=list("56789"))
+    served = _load(path).serve(x_new[:32])
+    np.testing.assert_allclose(
+        served["probabilities"].numpy(), new.predict(x_new[:32], verbose=0), atol=1e-5
+    )
+    assert read_export_metadata(path)["features_endpoint"] == "features"
+
+
+def test_load_for_finetuning_plain_keras_export(model, x_test, tmp_path):
+    # A SavedModel written by Keras itself (model.export): no kerasft.json, no features.
+    path = str(tmp_path / "plain")
+    model.export(path, format="tf_saved_model", verbose=False)
+    same = load_for_finetuning(path)
+    np.testing.assert_allclose(
+        same.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="has no 'features' endpoint .*not written by kerasft"):
+        load_for_finetuning(path, num_classes=3)
+    stacked = load_for_finetuning(path, num_classes=3, endpoint="serve")
+    assert stacked.output.shape == (None, 3)
+
+
+def test_load_for_finetuning_errors(exported, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_for_finetuning(tmp_path / "missing")
+    tflite = tmp_path / "m.tflite"
+    tflite.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a SavedModel directory.*TFLite"):
+        load_for_finetuning(tflite)
+    with pytest.raises(ValueError, match=r"No endpoint named 'serv' .*Existing endpoints are: "
+        r"\['features', 'serve', 'serving_default'\]"):
+        load_for_finetuning(exported, endpoint="serv")
+    with pytest.raises(ValueError, match="num_classes"):
+        load_for_finetuning(exported, num_classes=0)
+
+    # A graph whose weights are constants (as after freezing): nothing to train.
+    class Frozen(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, 4), tf.float32, name="x")])
+        def serve(self, x):
+            return tf.matmul(x, tf.ones((4, 2)))
+
+    frozen = str(tmp_path / "frozen")
+    tf.saved_model.save(Frozen(), frozen)
+    with pytest.raises(ValueError, match="uses no variables at all.*constants"):
+        load_for_finetuning(frozen)
+    as_features = load_for_finetuning(frozen, trainable=False)  # fine as a fixed extractor
+    assert as_features.output.shape == (None, 2)
+
+
+# --- TFLite ------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+def test_tflite_float_and_dynamic_match_keras(model, digits, tmp_path):
+    x = digits[0][:300]
+    expected = model.predict(x, verbose=0)
+    outputs, sizes = {}, {}
+    for quantize in (None, "dynamic"):
+        path = export_model(
+            model, tmp_path / f"m_{quantize}.tflite", format="tflite",
+            class_names=DIGIT_NAMES, quantize=quantize,
+        )
+        sizes[quantize] = os.path.getsize(path)
+        runner = tf.lite.Interpreter(model_path=path).get_signature_runner("serve")
+        outputs[quantize] = runner(image=x)
+
+    exact = outputs[None]
+    assert np.abs(exact["probabilities"] - expected).max() < 1e-5  # measured ~1.4e-6
+    np.testing.assert_array_equal(exact["class_id"], expected.argmax(-1))
+    assert [n.decode() for n in exact["class_name"]] == [DIGIT_NAMES[i] for i in exact["class_id"]]
+
+    quantized = outputs["dynamic"]
+    assert sizes["dynamic"] < 0.3 * sizes[None]  # measured 480 KB vs 1.88 MB
+    assert np.mean(quantized["class_id"] == expected.argmax(-1)) >= 0.97  # measured 0.98-0.99
+    assert np.abs(quantized["probabilities"] - expected).max() < 0.15
+
+
+# --- Atomic writes and argument checks ---------------------------------------------------
+
+
+def test_no_overwrite_without_permission(model, tmp_path):
+    path = export_model(model, tmp_path / "m", class_names=DIGIT_NAMES)
+    with pytest.raises(FileExistsError, match="already exists. Pass overwrite=True"):
+        export_model(model, path, class_names=list("abcdefghij"))
+    assert read_export_metadata(path)["class_names"] == DIGIT_NAMES
+
+    export_model(model, path, class_names=list("abcdefghij"), overwrite=True)
+    assert read_export_metadata(path)["class_names"] == list("abcdefghij")
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # no temporary or old copies left
+
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    with pytest.raises(ValueError, match="is an existing file"):
+        export_model(model, a_file, overwrite=True)
+    assert a_file.read_text() == "keep me"
+    (tmp_path / "x.tflite").mkdir()
+    with pytest.raises(ValueError, match="is an existing directory"):
+        export_model(model, tmp_path / "x.tflite", format="tflite", overwrite=True)
+
+
+_INTERRUPTED_EXPORT = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    import kerasft, keras
+    from kerasft.export import export_model
+
+    path = sys.argv[2]
+    parent, base = os.path.dirname(path), os.path.basename(path)
+
+    def kill_mid_write():
+        # SIGKILL this process as soon as the variables are being written.
+        while True:
+            for name in os.listdir(parent):
+                partial = os.path.join(parent, name)
+                if name.startswith("." + base) and name.endswith(".partial"):
+                    if os.path.isdir(os.path.join(partial, "variables")):
+                        os.kill(os.getpid(), 9)
+            time.sleep(0.001)
+
+    model = keras.models.load_model(sys.argv[1])
+    threading.Thread(target=kill_mid_write, daemon=True).start()
+    export_model(model, path, class_names=list("abcdefghij"), overwrite=True)
+    print("finished before it could be killed")
+    """
+)
+
+
+@pytest.mark.slow
+def test_interrupted_export_keeps_the_previous_model(model, shipped_model_path, x_test, tmp_path):
+    good = export_model(model, tmp_path / "m", class_names=DIGIT_NAMES)
+    script = tmp_path / "interrupt.py"
+    script.write_text(_INTERRUPTED_EXPORT)
+    result = subprocess.run(
+        [sys.executable, str(script), shipped_model_path, good],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr[-2000:]
+    # The good export is still there, whole, with its own class names.
+    assert read_export_metadata(good)["class_names"] == DIGIT_NAMES
+    served = _load(good).serve(x_test)
+    np.testing.assert_allclose(
+        served["probabilities"].numpy(), model.predict(x_test, verbose=0), atol=1e-5
+    )
+    leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".partial")]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".m.")  # hidden, beside it
+
+
+def test_argument_errors(model, tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `format` must be one of \['saved_model', 'tflite'\]\. "
+        r"Received: format='onnx'",
+    ):
+        export_model(model, tmp_path / "m", format="onnx")
+    with pytest.raises(ValueError, match=r"must be one of \[None, 'dynamic'\]. Received: quantize='int8'"):
+        export_model(model, tmp_path / "m.tflite", format="tflite", quantize="int8")
+    with pytest.raises(ValueError, match="applies to format='tflite' only"):
+        export_model(model, tmp_path / "m", quantize="dynamic")
+    with pytest.raises(ValueError, match="must end with '.tflite'"):
+        export_model(model, tmp_path / "m", format="tflite")
+    with pytest.raises(ValueError, match="ends with '.keras'"):
+        export_model(model, tmp_path / "m.keras")
+    with pytest.raises(ValueError, match="the model has 10 classes. Received 3 names"):
+        export_model(model, tmp_path / "m", class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"duplicates: \['a'\]"):
+        export_model(model, tmp_path / "m", class_names=["a"] * 10)
+    with pytest.raises(ValueError, match="without line breaks"):
+        export_model(model, tmp_path / "m", class_names=["a\nb"] + list("bcdefghij"))
+    with pytest.raises(TypeError, match="must be a list of strings"):
+        export_model(model, tmp_path / "m", class_names="0123456789")
+    with pytest.raises(TypeError, match="must be a keras.Model"):
+        export_model(model.get_layer("predictions"), tmp_path / "m")
+
+    inputs = keras.Input((4,))
+    relu = keras.Model(inputs, keras.layers.Dense(3, activation="relu", name="last")(inputs))
+    with pytest.raises(ValueError, match="'last', is Dense with activation 'relu'"):
+        export_model(relu, tmp_path / "m")
+    multi = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid")(inputs))
+    with pytest.raises(ValueError, match="multi-label head"):
+        export_model(multi, tmp_path / "m")
+    assert os.listdir(tmp_path) == []  # nothing written by failed calls
