@@ -26,7 +26,13 @@ import tensorflow as tf
 
 from kerasft._fileio import atomic_directory, atomic_file
 
-__all__ = ["export_model", "load_for_finetuning", "read_export_metadata", "SavedModelLayer"]
+__all__ = [
+    "export_model",
+    "load_for_finetuning",
+    "load_saved_model",
+    "read_export_metadata",
+    "SavedModelLayer",
+]
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZE = (None, "dynamic")
@@ -162,6 +168,7 @@ def export_model(
         if features is not None:
             metadata["endpoints"].append(FEATURES_ENDPOINT)
             metadata["features_dim"] = int(features.outputs[0].shape[-1])
+            metadata["head"] = head.name
         metadata["class_names_file"] = f"assets/{CLASS_NAMES_ASSET}" if names else None
         with atomic_directory(path, overwrite=overwrite) as tmp:
             _write_saved_model(model, tmp, spec, kind, names, features, table_lookup=True)
@@ -222,11 +229,16 @@ def load_for_finetuning(
 
     The SavedModel becomes a `SavedModelLayer` (a `keras.layers.TFSMLayer`) named
     `"saved_model"` whose variables are the SavedModel's own, so training the returned
-    model updates them. With `num_classes=None` the model reproduces the export (its
-    `probabilities` output, when the endpoint returns kerasft's dict) to continue
-    fine-tuning on the same classes. With `num_classes=k` it calls the `features`
-    endpoint that `export_model` writes and puts a new
-    `Dense(k, activation, name="predictions")` on top.
+    model updates them. Three shapes of model come out:
+
+    - `num_classes=k`: the `features` endpoint that `export_model` writes, with a new
+      `Dense(k, activation, name="predictions")` on top.
+    - `num_classes=None` on an export of `export_model`: the `features` endpoint with the
+      exported classification layer restored on top, as a `Dense` layer holding the
+      SavedModel's head weights. It computes what the exported model computed (logits
+      stay logits), and `kerasft.finetune` can keep or replace its head.
+    - `num_classes=None` on any other SavedModel (or with `endpoint=` given): the
+      endpoint itself, its `probabilities` output when it returns kerasft's dict.
 
     What cannot be recovered from a SavedModel: per-layer structure (the body trains as
     one block, so no gradual unfreezing), training-mode behaviour (dropout stays off and
@@ -249,8 +261,8 @@ def load_for_finetuning(
         num_classes: size of a new classification head on the `features` endpoint, or
             `None` for no new head. Defaults to `None`.
         activation: activation of the new head. Defaults to `"softmax"`.
-        endpoint: name of the SavedModel function to wrap; `None` picks `"features"` when
-            `num_classes` is given and `"serve"` (or `"serving_default"`) otherwise.
+        endpoint: name of the SavedModel function to wrap; `None` picks `"features"`
+            when the export has it and `"serve"` (or `"serving_default"`) otherwise.
             Defaults to `None`.
         trainable: whether the SavedModel's weights train. Defaults to `True`.
 
@@ -272,6 +284,7 @@ def load_for_finetuning(
             f"Received: num_classes={num_classes!r}"
         )
     signatures = _read_signatures(path)
+    restore_head = False
     metadata = None
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
         metadata = read_export_metadata(path)
@@ -290,6 +303,9 @@ def load_for_finetuning(
                     "endpoint='serve' to stack the new head on its outputs instead."
                 )
             endpoint = FEATURES_ENDPOINT
+        elif FEATURES_ENDPOINT in signatures and metadata is not None:
+            endpoint = FEATURES_ENDPOINT
+            restore_head = True
         elif SERVE_ENDPOINT in signatures:
             endpoint = SERVE_ENDPOINT
         elif "serving_default" in signatures:
@@ -360,8 +376,54 @@ def load_for_finetuning(
         outputs = keras.layers.Dense(num_classes, activation=activation, name="predictions")(
             outputs
         )
+    elif restore_head:
+        outputs = _restored_head(layer, metadata, path)(outputs)
     name = metadata["model_name"] if metadata else "saved_model"
     return keras.Model(inputs, outputs, name=f"{name}_from_saved_model")
+
+
+def load_saved_model(path: str | os.PathLike) -> keras.Model:
+    """Load a SavedModel directory as a classifier that `kerasft.finetune` can fine-tune.
+
+    This is what `kerasft.finetune("path/to/saved_model", data)` and
+    `kerasft.load_model` do with a directory: `load_for_finetuning(path)`, which for an
+    export of `export_model` gives the trainable body (the `features` endpoint) and the
+    exported classification layer as a `Dense` head. Other SavedModels (for example from
+    Keras's own `model.export`) have no endpoint that stops before the classification
+    layer, and their head's weights are folded into one opaque function, so no `Dense`
+    head can be separated from them; those are refused with the alternatives.
+
+    Args:
+        path: a SavedModel directory.
+
+    Returns:
+        An uncompiled `keras.Model`: `SavedModelLayer` body, then a `Dense` head.
+
+    Raises:
+        ValueError: if `path` is not a SavedModel, or is one from which no `Dense` head
+            can be separated (the message says why and what to do instead).
+    """
+    path = os.path.abspath(os.fspath(path))
+    signatures = _read_signatures(path)
+    has_metadata = os.path.isfile(os.path.join(path, METADATA_FILE))
+    if FEATURES_ENDPOINT not in signatures or not has_metadata:
+        why = (
+            "it was written by kerasft.export_model, but its classification layer could "
+            "not be located then"
+            if has_metadata
+            else "it was not written by kerasft.export_model"
+        )
+        raise ValueError(
+            f"Argument `model`: kerasft cannot fine-tune the SavedModel at {path!r}: it has "
+            f"no {FEATURES_ENDPOINT!r} endpoint ({why}); its endpoints are "
+            f"{sorted(signatures)}. A SavedModel keeps functions, not layers, so without "
+            "an endpoint that stops before the classification layer there is no Dense head "
+            "to keep or replace. HINT: fine-tune the original .keras model; re-export it "
+            "with kerasft.export_model; or build a model yourself with "
+            "kerasft.export.load_for_finetuning(path, num_classes=k, endpoint='serve'), "
+            "which stacks a new head on the SavedModel's outputs."
+        )
+    return load_for_finetuning(path)
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
@@ -659,6 +721,56 @@ def _write_saved_model(
                 input_signature=[spec],
             )
         archive.write_out(directory, verbose=False)
+
+
+def _restored_head(
+    layer: SavedModelLayer, metadata: dict, path: str
+) -> keras.layers.Dense:
+    """A `Dense` layer holding the exported classification layer's weights.
+
+    The `serve` endpoint uses every variable the `features` endpoint uses plus those of
+    the classification layer, so the difference is its kernel (and bias).
+    """
+    loaded = layer._reloaded_obj
+
+    def used(fn_name: str) -> list:
+        fn = getattr(loaded, fn_name, None)
+        if fn is None:
+            return []
+        functions = getattr(fn, "concrete_functions", None) or [fn]
+        return [v for f in functions for v in f.variables]
+
+    features = {v.ref() for v in used(FEATURES_ENDPOINT)}
+    extra = {v.ref(): v for v in used(SERVE_ENDPOINT) if v.ref() not in features}
+    kernels = [v for v in extra.values() if len(v.shape) == 2]
+    biases = [v for v in extra.values() if len(v.shape) == 1]
+    dim = metadata.get("features_dim")
+    units = 1 if metadata.get("output_kind") in ("sigmoid", "binary_logits") else metadata.get(
+        "num_classes"
+    )
+    if (
+        len(kernels) != 1
+        or len(biases) > 1
+        or tuple(kernels[0].shape) != (dim, units)
+        or (biases and tuple(biases[0].shape) != (units,))
+    ):
+        shapes = sorted(str(tuple(v.shape)) for v in extra.values())
+        raise ValueError(
+            f"The SavedModel at {path!r} does not hold its classification layer as one "
+            f"({dim}, {units}) kernel and a bias: the variables its 'serve' endpoint uses "
+            f"beyond 'features' have shapes {shapes}. HINT: pass num_classes= for a new "
+            "head, or endpoint='serve'."
+        )
+    activation = {"softmax": "softmax", "sigmoid": "sigmoid"}.get(metadata["output_kind"])
+    head = keras.layers.Dense(
+        units,
+        activation=activation,
+        use_bias=bool(biases),
+        name=metadata.get("head") or "predictions",
+    )
+    head.build((None, dim))
+    head.set_weights([np.asarray(v.numpy()) for v in kernels + biases])
+    return head
 
 
 def _read_signatures(path: str) -> dict[str, dict[str, tuple[list | None, str]]]:

@@ -10,9 +10,11 @@ returned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerasft import _onednn, surgery
+from kerasft import _onednn, _runstate, surgery
 from kerasft import data as data_lib
 
 __all__ = ["finetune", "FinetuneResult", "PhaseResult", "load_model", "RECIPES"]
@@ -128,9 +130,9 @@ def load_model(path: str, *, safe_mode: bool = True) -> keras.Model:
         raise ValueError(f"Argument `model`: no file or directory at {path!r}.")
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "saved_model.pb")):
-            from kerasft.export import load_for_finetuning
+            from kerasft.export import load_saved_model
 
-            return load_for_finetuning(path)
+            return load_saved_model(path)
         raise ValueError(
             f"Argument `model`: {path!r} is a directory without saved_model.pb. Pass a .keras "
             "or .h5 file, or a SavedModel directory."
@@ -317,6 +319,8 @@ def finetune(
     monitor: str | None = None,
     patience: int | None = 5,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    tensorboard: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     seed: int = 0,
     copy: bool = True,
     safe_mode: bool = True,
@@ -384,6 +388,14 @@ def finetune(
         patience: epochs without improvement before a phase stops; ``None`` never stops
             early. Defaults to `5`.
         callbacks: extra Keras callbacks, passed to every phase. Defaults to `None`.
+        tensorboard: directory for TensorBoard event files: losses, metrics and learning
+            rate per epoch, numbered across phases, and where each phase begins (see
+            :class:`kerasft.tensorboard.TensorBoardLogger`). Defaults to `None`.
+        checkpoint_dir: directory for resumable checkpoints (weights, optimizer state,
+            epoch, finished phases, best weights), written every epoch. Calling
+            ``finetune`` again with the same arguments after an interruption skips the
+            finished phases and continues the interrupted one where it stopped. A
+            directory written by a different call is refused. Defaults to `None`.
         seed: seed of the split, shuffling, new-head initialisation and dropout.
             Defaults to `0`.
         copy: fine-tune a copy, leaving ``model`` untouched. Defaults to `True`.
@@ -472,7 +484,22 @@ def finetune(
 
     _onednn.check_model(model, trains_body=recipe != "head")
     best = _BestWeights(monitor)
+    board = None
+    if tensorboard is not None:
+        from kerasft.tensorboard import TensorBoardLogger
+
+        board = TensorBoardLogger(tensorboard)
     phases_plan = _plan(recipe, head_epochs, epochs)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = _runstate.RunCheckpoint(checkpoint_dir, {
+            "model": model.name, "params": int(model.count_params()), "recipe": str(recipe),
+            "phases": [[p, e] for p, e in phases_plan], "lr": lr, "finetune_lr": finetune_lr,
+            "batch_size": batch_size, "seed": seed, "n_train": prepared.n_train,
+            "num_classes": spec.num_classes, "unfreeze": str(unfreeze), "optimizer": str(optimizer),
+        })
+        checkpoint.restore_best(best)
+    nan_event = None
     results: list[PhaseResult] = []
     _log(verbose, f"kerasft: {prepared.n_train} training / {prepared.n_validation} validation examples, "
                   f"{spec.num_classes} classes ({spec.label_mode} labels); head "
@@ -480,6 +507,14 @@ def finetune(
                   f"{'logits' if from_logits else 'probabilities'})")
     for index, (phase, phase_epochs) in enumerate(phases_plan):
         if phase_epochs == 0:
+            continue
+        done = checkpoint.completed(index) if checkpoint is not None else None
+        if done is not None:
+            saved, weights = done
+            model.set_weights(weights)
+            results.append(PhaseResult(**saved["result"]))
+            _log(verbose, f"kerasft phase {index + 1}/{len(phases_plan)} '{phase}': finished in an "
+                          f"earlier run (checkpoint {checkpoint.directory})")
             continue
         if phase == "head":
             surgery.freeze(model)
@@ -507,10 +542,22 @@ def finetune(
                       f"lr {peak:g}{' (warmup+cosine)' if phase != 'head' else ''}, {counts}")
         best.phase = phase
         cbs: list[keras.callbacks.Callback] = [best]
+        if checkpoint is not None:
+            resumed_at = checkpoint.in_progress(index)
+            if resumed_at is not None:
+                _log(verbose, f"kerasft: resuming phase '{phase}' after epoch {resumed_at} "
+                              f"from {checkpoint.backup_dir(index)}")
+            cbs.extend(checkpoint.callbacks(index, best))
+        guard = _runstate.NaNGuard(phase)
+        cbs.append(guard)
         if patience is not None:
             cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
                                                      mode="min" if "loss" in monitor else "max"))
         cbs.extend(callbacks or [])
+        if board is not None:
+            board.begin_phase(phase, epochs=phase_epochs, learning_rate=f"{peak:g}",
+                              trainable_params=counts.trainable)
+            cbs.append(board)
         start = time.perf_counter()
         hist = model.fit(prepared.train, validation_data=prepared.validation, epochs=phase_epochs,
                          callbacks=cbs, verbose=verbose, shuffle=False)
@@ -519,6 +566,22 @@ def finetune(
         history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         results.append(PhaseResult(phase, len(history.get("loss", [])), history, seconds,
                                    counts.trainable, float(peak), prepared.steps_per_epoch))
+        if guard.event is not None:
+            nan_event = dict(guard.event, learning_rate=float(peak))
+            warnings.warn(
+                f"kerasft: the loss became {guard.event['loss']} at step {guard.event['step']} of "
+                f"epoch {guard.event['epoch']} in phase {phase!r} (peak learning rate {peak:g}). "
+                "Training stopped and the last weights with a finite loss were restored; later "
+                f"phases were skipped. HINT: try a lower learning rate (e.g. {peak / 10:g}), "
+                "gradient clipping (global_clipnorm=1.0), or check the inputs for extreme values.",
+                RuntimeWarning, stacklevel=2,
+            )
+            break
+        if checkpoint is not None:
+            checkpoint.finish_phase(index, {"result": dataclasses.asdict(results[-1])},
+                                    model.get_weights())
+    if board is not None:
+        board.close()
     if not results:
         raise ValueError(
             f"Arguments `head_epochs={head_epochs}` and `epochs={epochs}` leave nothing to train "
@@ -530,6 +593,8 @@ def finetune(
         best_phase=best.best_phase, num_classes=spec.num_classes, label_mode=spec.label_mode,
         head_rebuilt=bool(rebuild), batch_size=batch_size,
     )
+    if nan_event is not None:
+        result.extras["nan"] = nan_event
     if verbose:
         _log(verbose, f"kerasft: done; best {monitor} {result.best_score} in phase {result.best_phase!r}")
     return result

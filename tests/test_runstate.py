@@ -1,0 +1,148 @@
+"""Interrupted and failing runs: resumable checkpoints, kill-and-resume, the NaN guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import kerasft
+from kerasft import datasets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One fine-tuning call, run in a child process so that it can be killed for real.
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import kerasft, keras
+    from kerasft import datasets
+
+    class Mark(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            print("BEGIN", len(self.model.trainable_weights), flush=True)
+        def on_epoch_end(self, epoch, logs=None):
+            print("EPOCH", epoch + 1, flush=True)
+
+    x, y = datasets.load_digits()
+    split = datasets.few_shot_split(x, y, shots=30, seed=0)
+    result = kerasft.finetune(
+        sys.argv[1], (split.x_train, split.y_train), head_epochs=2, epochs=8,
+        patience=None, checkpoint_dir=sys.argv[2], callbacks=[Mark()], verbose=2,
+    )
+    print("RESULT", json.dumps({
+        "accuracy": result.evaluate((split.x_test, split.y_test))["accuracy"],
+        "iterations": int(result.model.optimizer.iterations.numpy()),
+        "phases": [p.name for p in result.phases],
+    }), flush=True)
+""")
+
+
+def _run(script: str, model: str, ckpt: str, kill_after_epochs: int | None = None):
+    """Run the script; with ``kill_after_epochs``, SIGKILL it that many epochs into phase 2."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, model, ckpt], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    lines, in_phase2, epochs2 = [], False, 0
+    deadline = time.monotonic() + 300
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if "phase 2/2" in line:
+                in_phase2 = True
+            if in_phase2 and "EPOCH " in line:
+                epochs2 += 1
+                if kill_after_epochs is not None and epochs2 >= kill_after_epochs:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            if time.monotonic() > deadline:
+                break
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, lines
+
+
+def _result(lines: list[str]) -> dict:
+    found = [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("RESULT ")]
+    assert found, "\n".join(lines[-30:])
+    return found[0]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_in_phase_two(tmp_path, shipped_model_path):
+    ckpt = str(tmp_path / "ckpt")
+    code, lines = _run(SCRIPT, shipped_model_path, ckpt, kill_after_epochs=3)
+    assert code == -signal.SIGKILL
+    assert not any(x.startswith("RESULT") for x in lines)
+    state = json.load(open(os.path.join(ckpt, "run.json")))
+    assert list(state["phases"]) == ["0"]                  # head phase finished, phase 2 not
+    meta = json.load(open(os.path.join(ckpt, "phase-1", "training_metadata.json")))
+    assert 3 <= meta["epoch"] < 8
+
+    code, resumed = _run(SCRIPT, shipped_model_path, ckpt)
+    assert code == 0, "\n".join(resumed[-30:])
+    text = "\n".join(resumed)
+    assert "'head': finished in an earlier run" in text
+    assert f"resuming phase 'finetune' after epoch {meta['epoch']}" in text
+    # Only the rest of phase 2 ran, with phase 2's trainable set (the whole model).
+    begins = [int(x.split("BEGIN ")[1].split()[0]) for x in resumed if "BEGIN " in x]
+    assert len(begins) == 1 and begins[0] > 2
+    assert sum("EPOCH " in x for x in resumed) == 8 - meta["epoch"]
+
+    code, straight = _run(SCRIPT, shipped_model_path, str(tmp_path / "other"))
+    assert code == 0
+    a, b = _result(resumed), _result(straight)
+    # The optimizer state came back: its step count continued instead of restarting.
+    assert a["iterations"] == b["iterations"]
+    assert a["phases"] == b["phases"] == ["head", "finetune"]
+    assert b["accuracy"] > 0.85
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.03
+
+
+def test_finished_checkpoint_is_reused_not_retrained(tmp_path, shipped_model, digits_small):
+    x, y = digits_small
+    kwargs = dict(head_epochs=1, epochs=1, checkpoint_dir=str(tmp_path / "c"), verbose=0)
+    first = kerasft.finetune(shipped_model, (x, y), **kwargs)
+    again = kerasft.finetune(shipped_model, (x, y), **kwargs)
+    for u, v in zip(first.model.get_weights(), again.model.get_weights()):
+        np.testing.assert_array_equal(u, v)
+    assert [p.history for p in again.phases] == [p.history for p in first.phases]
+    assert again.best_score == pytest.approx(first.best_score)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, shipped_model, digits_small):
+    x, y = digits_small
+    ckpt = str(tmp_path / "c")
+    kerasft.finetune(shipped_model, (x, y), recipe="head", epochs=1, checkpoint_dir=ckpt, verbose=0)
+    with pytest.raises(ValueError, match=r"checkpoint_dir=.*different run.*'recipe'"):
+        kerasft.finetune(shipped_model, (x, y), recipe="full", epochs=1, checkpoint_dir=ckpt,
+                         verbose=0)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="`checkpoint_dir` must be a directory"):
+        kerasft.finetune(shipped_model, (x, y), epochs=1, checkpoint_dir=str(tmp_path / "file"),
+                         verbose=0)
+
+
+def test_nan_loss_stops_and_restores_last_good_weights(shipped_model, digits):
+    x, y = digits
+    split = datasets.few_shot_split(x, y, shots=30, seed=0)
+    # SGD at rate 5 diverges within the first epoch of the body phase.
+    with pytest.warns(RuntimeWarning, match=r"loss became nan at step \d+ of epoch 1 in phase "
+                                            r"'finetune'.*lower learning rate"):
+        result = kerasft.finetune(shipped_model, (split.x_train, split.y_train), head_epochs=2,
+                                  epochs=3, finetune_lr=5.0, optimizer="sgd", verbose=0)
+    event = result.extras["nan"]
+    assert event["phase"] == "finetune" and event["epoch"] == 1 and event["step"] >= 1
+    assert all(np.isfinite(w).all() for w in result.model.get_weights())
+    assert result.best_phase == "head"
+    assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.7
