@@ -15,6 +15,7 @@ import math
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +23,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerasft import _onednn, _runstate, surgery
+from kerasft import _onednn, _runstate, _speed, _strategies, surgery
+from kerasft import distribute as _distribute
 from kerasft import data as data_lib
 
 __all__ = ["finetune", "FinetuneResult", "PhaseResult", "load_model", "RECIPES"]
 
-RECIPES = ("lp-ft", "full", "head")
+RECIPES = ("lp-ft", "full", "head", "gradual")
 
 
 @dataclass
@@ -143,6 +145,12 @@ def load_model(path: str, *, safe_mode: bool = True) -> keras.Model:
             f"Argument `model`: {path!r} has extension {ext!r}; kerasft loads '.keras' and "
             "'.h5' model files and SavedModel directories."
         )
+    if ext == ".keras" and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Argument `model`: {path!r} is not a valid .keras file (a .keras model is a zip "
+            f"archive; this file is not one, {os.path.getsize(path)} bytes). Is it complete, "
+            "or was it saved in another format?"
+        )
     try:
         return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
     except ValueError as e:
@@ -186,10 +194,15 @@ class _BestWeights(keras.callbacks.Callback):
         self.best_weights: list[np.ndarray] | None = None
         self.best_phase: str | None = None
         self.phase = ""
+        self.from_epoch = 0
+
+    def restart(self, from_epoch: int) -> None:
+        """Forget the weights seen so far; then only count epochs >= ``from_epoch``."""
+        self.best, self.best_weights, self.from_epoch = -math.inf, None, from_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(value):
+        if value is None or not np.isfinite(value) or epoch < self.from_epoch:
             return
         if self.sign * value > self.best:
             self.best = self.sign * value
@@ -216,8 +229,11 @@ def _loss_and_metrics(label_mode: str, from_logits: bool):
             [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def _make_optimizer(name: str, learning_rate, weight_decay: float | None, clipnorm, global_clipnorm):
+def _make_optimizer(name: str, learning_rate, weight_decay: float | None, clipnorm, global_clipnorm,
+                    use_ema: bool = False):
     kwargs: dict[str, Any] = {"learning_rate": learning_rate}
+    if use_ema:
+        kwargs["use_ema"] = True
     if clipnorm is not None:
         kwargs["clipnorm"] = clipnorm
     if global_clipnorm is not None:
@@ -238,14 +254,12 @@ def _make_optimizer(name: str, learning_rate, weight_decay: float | None, clipno
 
 
 def _warmup_cosine(peak: float, total_steps: int, warmup_fraction: float):
-    warmup = int(round(warmup_fraction * total_steps))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else peak,
-        decay_steps=max(1, total_steps - warmup),
-        alpha=0.0,
-        warmup_target=peak if warmup else None,
-        warmup_steps=warmup,
-    )
+    # kerasft's schedule rather than Keras's CosineDecay: ReduceLROnPlateauScaled can scale it.
+    from kerasft.schedules import WarmupCosineDecay
+
+    total_steps = max(1, total_steps)
+    warmup = min(int(round(warmup_fraction * total_steps)), total_steps - 1)
+    return WarmupCosineDecay(peak, total_steps=total_steps, warmup_steps=warmup)
 
 
 def _body_selection(model: keras.Model, head: keras.layers.Layer, unfreeze: Any) -> list[keras.layers.Layer]:
@@ -271,7 +285,11 @@ def _body_selection(model: keras.Model, head: keras.layers.Layer, unfreeze: Any)
             )
         keep = weighted[-max(1, int(round(unfreeze * len(weighted)))):]
     elif isinstance(unfreeze, str):
-        keep = surgery.select_layers(model, pattern=unfreeze)
+        try:
+            keep = surgery.select_layers(model, pattern=unfreeze)
+        except ValueError as e:
+            raise ValueError(f"Argument `unfreeze={unfreeze!r}` selects nothing to train: "
+                             f"{e}") from None
         return [lyr for lyr in keep if lyr is not head]
     else:
         raise ValueError(
@@ -295,10 +313,10 @@ def finetune(
     *,
     validation_data: Any = None,
     validation_split: float = 0.2,
-    recipe: str = "lp-ft",
+    recipe: str | Sequence[dict[str, Any]] | os.PathLike = "lp-ft",
     head_epochs: int = 5,
     epochs: int = 10,
-    lr: float = 1e-3,
+    lr: float | str = 1e-3,
     finetune_lr: float | None = None,
     warmup: float = 0.1,
     unfreeze: str | int | float = "all",
@@ -308,6 +326,13 @@ def finetune(
     weight_decay: float | None = None,
     clipnorm: float | None = None,
     global_clipnorm: float | None = None,
+    lr_mult: float | Sequence[float] | None = None,
+    layer_decay: float | None = None,
+    layer_groups: Any = None,
+    l2sp: float | None = None,
+    clip_weights: float | tuple[float, Any] | None = None,
+    use_ema: bool = False,
+    reduce_on_plateau: bool | dict[str, Any] | None = None,
     num_classes: int | None = None,
     label_mode: str | None = None,
     from_logits: bool | None = None,
@@ -319,8 +344,15 @@ def finetune(
     monitor: str | None = None,
     patience: int | None = 5,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    prune: float | dict[str, Any] | None = None,
     tensorboard: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    cache_features: bool | str = "auto",
+    cache_budget: float = 1024**3,
+    jit_compile: bool | str = "auto",
+    mixed_precision: bool | str | None = None,
+    steps_per_execution: int | str = "auto",
+    distribute: Any = None,
     seed: int = 0,
     copy: bool = True,
     safe_mode: bool = True,
@@ -351,12 +383,20 @@ def finetune(
             held out (seeded, stratified). Defaults to `None`.
         validation_split: held-out fraction when ``validation_data`` is ``None``; ``0``
             trains without validation (no early stopping). Defaults to `0.2`.
-        recipe: ``"lp-ft"`` (head, then body), ``"full"`` (everything at once) or
-            ``"head"`` (linear probe). Defaults to `"lp-ft"`.
+        recipe: ``"lp-ft"`` (head, then body), ``"full"`` (everything at once),
+            ``"head"`` (linear probe), ``"gradual"`` (the head for ``head_epochs``, then
+            the body's layer groups unfrozen top-down, evenly over ``epochs``, each
+            phase at its own rate, in one ``fit`` so that optimizer state carries
+            over), or an explicit phase schedule for ``epochs`` epochs: a list
+            ``[{"layers": regex(es), "epoch": start, "lr": rate}, ...]`` or the path
+            of a YAML/JSON file of one (see ``kerasft.callbacks.load_phases``).
+            Defaults to `"lp-ft"`.
         head_epochs: epochs of the head phase. Defaults to `5`.
         epochs: epochs of the fine-tuning phase (of the only phase for ``"full"``).
             Defaults to `10`.
-        lr: learning rate of the head phase. Defaults to `1e-3`.
+        lr: learning rate of the head phase, or ``"find"`` to take the ``valley``
+            suggestion of ``kerasft.lr_find`` (run with the head phase's trainable
+            weights; the sweep is kept in ``result.extras["lr_find"]``). Defaults to `1e-3`.
         finetune_lr: peak learning rate after unfreezing. Defaults to ``lr / 10``.
         warmup: fraction of the fine-tuning steps spent warming up linearly.
             Defaults to `0.1`.
@@ -370,6 +410,26 @@ def finetune(
         weight_decay: decoupled weight decay for ``"adamw"``. Defaults to `None`.
         clipnorm: per-variable gradient norm clip. Defaults to `None`.
         global_clipnorm: global gradient norm clip. Defaults to `None`.
+        lr_mult: discriminative rates after unfreezing (fastai's ``slice(lr / lr_mult,
+            lr)``): layer groups get rates spread geometrically from
+            ``finetune_lr / lr_mult`` (bottom) to ``finetune_lr`` (head), through a
+            ``keras.optimizers.MultiOptimizer``; or one multiplier per group.
+            Defaults to `None`.
+        layer_decay: layer-wise rate decay instead: group ``k`` levels below the top
+            trains at ``finetune_lr * layer_decay ** k``. Defaults to `None`.
+        layer_groups: how to cut the model into groups for ``lr_mult``,
+            ``layer_decay`` and ``"gradual"``: regexes or ``{name: regex}`` (see
+            ``kerasft.layerwise.layer_groups``). Defaults to `None` (blocks by name).
+        l2sp: strength of the L2-SP penalty pulling pretrained weights toward their
+            starting values (a rebuilt head is left free). Defaults to `None`.
+        clip_weights: keep weights in ``[-c, c]``: ``c`` for every layer but
+            normalization layers, or ``(c, layer regex(es))``. Defaults to `None`.
+        use_ema: keep an exponential moving average of the weights (Keras's optimizer
+            ``use_ema``); validation, best-weights selection and the returned model
+            use the averaged weights. Defaults to `False`.
+        reduce_on_plateau: lower the rate (scaling its schedule) when ``monitor``
+            stalls: ``True`` (halve after 2 epochs) or a dict of
+            ``kerasft.callbacks.ReduceLROnPlateauScaled`` arguments. Defaults to `None`.
         num_classes: number of classes; read off the labels by default. Defaults to `None`.
         label_mode: ``"sparse"``, ``"one_hot"`` or ``"binary"``; detected by default.
             Defaults to `None`.
@@ -388,6 +448,15 @@ def finetune(
         patience: epochs without improvement before a phase stops; ``None`` never stops
             early. Defaults to `5`.
         callbacks: extra Keras callbacks, passed to every phase. Defaults to `None`.
+        prune: prune the weights by magnitude during the last phase and return the
+            stripped model (zeros in its kernels): a target sparsity such as ``0.8``, or
+            a dict of :func:`kerasft.pruning.pruning_plan` options (``target_sparsity``,
+            ``end_fraction``, ``block_size``, ``sparsity_m_by_n``, ``layers``...). By
+            default the prunable layers that the phase trains are pruned, sparsity
+            ramps up over the first 70% of the phase's steps, and the best weights are
+            picked among the epochs at full sparsity. The result is recorded in
+            ``result.extras["pruning"]``. Recipes ``"lp-ft"``, ``"full"`` and
+            ``"head"`` only. Defaults to `None`.
         tensorboard: directory for TensorBoard event files: losses, metrics and learning
             rate per epoch, numbered across phases, and where each phase begins (see
             :class:`kerasft.tensorboard.TensorBoardLogger`). Defaults to `None`.
@@ -396,6 +465,25 @@ def finetune(
             ``finetune`` again with the same arguments after an interruption skips the
             finished phases and continues the interrupted one where it stopped. A
             directory written by a different call is refused. Defaults to `None`.
+        cache_features: while the bottom of the network is frozen and deterministic
+            and the input pipeline has no random ops, compute its outputs once and
+            train only the layers above on them (same results, much faster head
+            phases). ``"auto"`` caches where that is exact, ``False`` never, ``True``
+            raises where it would change results (augmentation). See
+            :mod:`kerasft.caching`. Defaults to `"auto"`.
+        cache_budget: bytes of cached features kept in memory; more go to a
+            ``tf.data`` cache file in a temporary directory. Defaults to 1 GiB.
+        jit_compile: XLA-compile the training step: ``"auto"`` on GPU/TPU only (XLA
+            was 7x slower on CPU), ``True`` or ``False``. Defaults to `"auto"`.
+        mixed_precision: ``None`` (float32), ``True``/``"auto"`` (``mixed_float16``
+            on GPU, ``mixed_bfloat16`` on TPU and bfloat16-capable CPUs), or a policy
+            name. The output layer stays float32. Defaults to `None`.
+        steps_per_execution: training steps per call into TensorFlow; ``"auto"``
+            groups up to 32 when training on cached features. Defaults to `"auto"`.
+        distribute: a ``tf.distribute`` strategy, or ``"auto"`` (multi-worker from
+            ``TF_CONFIG``, TPU, several GPUs): the model is copied, compiled and trained
+            under its scope; ``batch_size`` is the global batch (see
+            :mod:`kerasft.distribute` on scaling rates). Defaults to `None`.
         seed: seed of the split, shuffling, new-head initialisation and dropout.
             Defaults to `0`.
         copy: fine-tune a copy, leaving ``model`` untouched. Defaults to `True`.
@@ -412,12 +500,16 @@ def finetune(
         TypeError: a subclassed model or data of an unsupported type.
         RuntimeError: the model would crash TensorFlow's oneDNN kernels (see README).
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"Argument `recipe` must be one of {list(RECIPES)}. Received: recipe={recipe!r}")
+    call_args = dict(locals())
+    strategy = _distribute.resolve_strategy(distribute)
+    if strategy is not None and not _distribute.in_scope(strategy):
+        with strategy.scope():  # variables of the copy, the head and the optimizer
+            return finetune(**dict(call_args, distribute=strategy))
+    kind, recipe_phases = _strategies.normalize_recipe(recipe, RECIPES)
     for arg, value, low in (("head_epochs", head_epochs, 0), ("epochs", epochs, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"Argument `{arg}` must be an integer >= {low}. Received: {arg}={value!r}")
-    for arg, value in (("lr", lr), ("finetune_lr", finetune_lr)):
+    for arg, value in (("lr", None if lr == "find" else lr), ("finetune_lr", finetune_lr)):
         if value is not None and (not isinstance(value, (int, float)) or not 0 < value < 10):
             raise ValueError(f"Argument `{arg}` must be a number in (0, 10). Received: {arg}={value!r}")
     if not 0.0 <= warmup < 1.0:
@@ -426,7 +518,22 @@ def finetune(
         raise ValueError(f"Argument `patience` must be a non-negative int or None. Received: patience={patience!r}")
     if verbose not in (0, 1, 2):
         raise ValueError(f"Argument `verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
-    finetune_lr = lr / 10 if finetune_lr is None else finetune_lr
+    _strategies.check_options(
+        kind=kind, lr_mult=lr_mult, layer_decay=layer_decay, l2sp=l2sp, clip_weights=clip_weights,
+        use_ema=use_ema, reduce_on_plateau=reduce_on_plateau, unfreeze=unfreeze, callbacks=callbacks,
+    )
+    _speed.check_options(cache_features=cache_features, cache_budget=cache_budget, jit_compile=jit_compile,
+                         mixed_precision=mixed_precision, steps_per_execution=steps_per_execution)
+    prune_options = None
+    if prune is not None:
+        from kerasft import pruning as pruning_lib
+
+        prune_options = pruning_lib._finetune_options(
+            prune, recipe=kind, lr_mult=lr_mult, layer_decay=layer_decay, l2sp=l2sp,
+            clip_weights=clip_weights, checkpoint_dir=checkpoint_dir,
+        )
+    if lr != "find" and finetune_lr is None:
+        finetune_lr = lr / 10
 
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, safe_mode=safe_mode)
@@ -482,14 +589,36 @@ def finetune(
             "no validation_data were given. Use monitor='loss' or give validation data."
         )
 
-    _onednn.check_model(model, trains_body=recipe != "head")
+    _onednn.check_model(model, trains_body=kind != "head")
+    if strategy is not None:
+        _distribute.check_model_variables(model, strategy)
+    speed = _speed.SpeedPlan(model, prepared, cache_features=cache_features, cache_budget=cache_budget,
+                             jit_compile=jit_compile, mixed_precision=mixed_precision,
+                             steps_per_execution=steps_per_execution, seed=seed,
+                             distributed=strategy is not None, verbose=verbose)
+    strategy_report = _strategies.regularize(model, head, bool(rebuild), l2sp, clip_weights)
+
+    def make_optimizer(rate):
+        return _make_optimizer(optimizer, rate, weight_decay, clipnorm, global_clipnorm, use_ema=use_ema)
+
+    if lr == "find":
+        found = _strategies.find_lr(model, head, prepared.train, loss=loss, kind=kind,
+                                    train_bn=train_bn, make_optimizer=make_optimizer)
+        strategy_report["lr_find"] = found
+        lr = found.suggestions["valley"]
+        finetune_lr = lr / 10 if finetune_lr is None else finetune_lr
+        _log(verbose, f"kerasft: lr_find suggests lr {lr:.2e} (valley); finetune_lr {finetune_lr:.2e}")
+    if kind == _strategies.GRADUAL:
+        recipe_phases = _strategies.gradual_phases(model, head, head_epochs, epochs, layer_groups)
     best = _BestWeights(monitor)
     board = None
     if tensorboard is not None:
         from kerasft.tensorboard import TensorBoardLogger
 
         board = TensorBoardLogger(tensorboard)
-    phases_plan = _plan(recipe, head_epochs, epochs)
+    phases_plan = _plan(kind, head_epochs, epochs)
+    prune_index = max((i for i, (_, e) in enumerate(phases_plan) if e > 0), default=None)
+    pruning_run = None
     checkpoint = None
     if checkpoint_dir is not None:
         checkpoint = _runstate.RunCheckpoint(checkpoint_dir, {
@@ -530,18 +659,48 @@ def finetune(
             surgery.set_trainable(model, state)
             peak = finetune_lr if phase == "finetune" else lr
             learning_rate = _warmup_cosine(peak, phase_epochs * prepared.steps_per_epoch, warmup)
+        if prune_options is not None and index == prune_index:
+            pruning_run, first_full = pruning_lib._finetune_plan(
+                model, prune_options, phase_epochs * prepared.steps_per_epoch,
+                prepared.steps_per_epoch,
+            )
+            model = pruning_run.model
+            best.restart(from_epoch=first_full)  # the result must have the target sparsity
+        if phase in (_strategies.GRADUAL, _strategies.PHASES):
+            stage = _strategies.gradual_stage(
+                model, recipe_phases, lr=lr, finetune_lr=finetune_lr, lr_mult=lr_mult,
+                layer_decay=layer_decay, total_epochs=phase_epochs,
+                steps_per_epoch=prepared.steps_per_epoch, warmup=warmup, train_bn=train_bn,
+                make_optimizer=make_optimizer, verbose=verbose,
+            )
+            strategy_report["phases"] = [dict(p, lr=r) for p, r in zip(recipe_phases, stage.rates)]
+            peak = max(stage.rates)
         if not model.trainable_weights:
             raise ValueError(
                 f"Nothing to train in phase {phase!r}: every weight of model {model.name!r} is "
                 "frozen. HINT: check `unfreeze=` and that the head has weights."
             )
-        opt = _make_optimizer(optimizer, learning_rate, weight_decay, clipnorm, global_clipnorm)
-        model.compile(optimizer=opt, loss=loss, metrics=list(metrics) if metrics else auto_metrics)
+        if phase in (_strategies.GRADUAL, _strategies.PHASES):
+            opt = stage.optimizer
+        else:
+            opt = _strategies.phase_optimizer(
+                model, learning_rate, make_optimizer, spread=phase != "head", lr_mult=lr_mult,
+                layer_decay=layer_decay, layer_groups=layer_groups,
+            )
+        setup = speed.setup_phase(model, index, cacheable=phase not in (_strategies.GRADUAL, _strategies.PHASES))
+        setup.model.compile(optimizer=opt, loss=loss, metrics=list(metrics) if metrics else auto_metrics,
+                            **setup.compile_kwargs)
         counts = surgery.count_params(model)
         _log(verbose, f"kerasft phase {index + 1}/{len(phases_plan)} '{phase}': {phase_epochs} epochs, "
                       f"lr {peak:g}{' (warmup+cosine)' if phase != 'head' else ''}, {counts}")
         best.phase = phase
         cbs: list[keras.callbacks.Callback] = [best]
+        if pruning_run is not None:
+            cbs[:0] = pruning_run.callbacks
+        if use_ema:  # first: validation and `best` see the averaged weights
+            from kerasft.callbacks import _SwapEMAWeights
+
+            cbs.insert(0, _SwapEMAWeights(swap_on_epoch=True))
         if checkpoint is not None:
             resumed_at = checkpoint.in_progress(index)
             if resumed_at is not None:
@@ -550,17 +709,26 @@ def finetune(
             cbs.extend(checkpoint.callbacks(index, best))
         guard = _runstate.NaNGuard(phase)
         cbs.append(guard)
+        gradual = phase in (_strategies.GRADUAL, _strategies.PHASES)
+        if gradual:
+            cbs.append(stage.callback)
         if patience is not None:
             cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
-                                                     mode="min" if "loss" in monitor else "max"))
+                                                     mode="min" if "loss" in monitor else "max",
+                                                     start_from_epoch=stage.start_from_epoch if gradual else best.from_epoch))
+        plateau = _strategies.plateau_kwargs(reduce_on_plateau, monitor)
+        if plateau is not None:
+            from kerasft.callbacks import ReduceLROnPlateauScaled
+
+            cbs.append(ReduceLROnPlateauScaled(**plateau))
         cbs.extend(callbacks or [])
         if board is not None:
             board.begin_phase(phase, epochs=phase_epochs, learning_rate=f"{peak:g}",
                               trainable_params=counts.trainable)
             cbs.append(board)
         start = time.perf_counter()
-        hist = model.fit(prepared.train, validation_data=prepared.validation, epochs=phase_epochs,
-                         callbacks=cbs, verbose=verbose, shuffle=False)
+        hist = setup.model.fit(setup.train, validation_data=setup.validation, epochs=phase_epochs,
+                               callbacks=cbs, verbose=verbose, shuffle=False)
         seconds = time.perf_counter() - start
         best.restore(model)
         history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
@@ -582,12 +750,20 @@ def finetune(
                                     model.get_weights())
     if board is not None:
         board.close()
+    speed.close()
     if not results:
         raise ValueError(
             f"Arguments `head_epochs={head_epochs}` and `epochs={epochs}` leave nothing to train "
             f"for recipe={recipe!r}."
         )
     best.restore(model)
+    if pruning_run is not None:
+        model, pruning_record = pruning_lib._finetune_finish(pruning_run, model)
+        model.compile(loss=loss, metrics=list(metrics) if metrics else
+                      _loss_and_metrics(spec.label_mode, from_logits)[1])
+        strategy_report["pruning"] = pruning_record
+        _log(verbose, f"kerasft: pruned {len(pruning_record['layers'])} layers to "
+                      f"{pruning_record['sparsity']:.1%} sparsity; returning the stripped model")
     result = FinetuneResult(
         model=model, phases=results, monitor=monitor, best_score=best.best_value,
         best_phase=best.best_phase, num_classes=spec.num_classes, label_mode=spec.label_mode,
@@ -595,6 +771,8 @@ def finetune(
     )
     if nan_event is not None:
         result.extras["nan"] = nan_event
+    result.extras.update(strategy_report)
+    result.extras["speed"] = speed.report()
     if verbose:
         _log(verbose, f"kerasft: done; best {monitor} {result.best_score} in phase {result.best_phase!r}")
     return result
@@ -612,4 +790,8 @@ def _plan(recipe: str, head_epochs: int, epochs: int) -> list[tuple[str, int]]:
         return [("head", head_epochs), ("finetune", epochs)]
     if recipe == "head":
         return [("head", epochs)]
+    if recipe == _strategies.GRADUAL:
+        return [(_strategies.GRADUAL, head_epochs + epochs)]
+    if recipe == _strategies.PHASES:
+        return [(_strategies.PHASES, epochs)]
     return [("full", epochs)]
