@@ -16,7 +16,8 @@ from collections.abc import Iterator
 __all__ = ["atomic_file", "atomic_directory"]
 
 
-def _tidy_permissions(path: str) -> None:
+def tidy_permissions(path: str) -> None:
+    """Make ``path`` (recursively) writable by its owner only: 0o755 dirs, 0o644 files."""
     if os.path.isdir(path):
         for root, dirs, files in os.walk(path):
             os.chmod(root, 0o755)
@@ -47,7 +48,7 @@ def atomic_file(path: str, *, overwrite: bool = True) -> Iterator[str]:
     os.unlink(tmp)
     try:
         yield tmp
-        _tidy_permissions(tmp)
+        tidy_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -78,7 +79,7 @@ def atomic_directory(path: str, *, overwrite: bool = False) -> Iterator[str]:
     old = None
     try:
         yield tmp
-        _tidy_permissions(tmp)
+        tidy_permissions(tmp)
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
             os.rmdir(old)

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerasft._fileio import atomic_file
+from kerasft._fileio import atomic_file, tidy_permissions
 
 __all__ = ["NaNGuard", "RunCheckpoint"]
 
@@ -100,7 +100,8 @@ class RunCheckpoint:
             )
         self.directory = os.path.abspath(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint))
-        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        os.makedirs(self.directory, exist_ok=True)
+        tidy_permissions(self.directory)
         self.state: dict[str, Any] = {"fingerprint": self.fingerprint, "phases": {}, "best": None}
         path = os.path.join(self.directory, _STATE)
         if os.path.exists(path):
@@ -185,3 +186,5 @@ class _PersistBest(keras.callbacks.Callback):
         if self.best.best_weights is not None and self.best.best_weights is not self._saved:
             self.checkpoint.save_best(self.best)
             self._saved = self.best.best_weights
+        # Keras's backup honours the umask; keep it private to the owner for writing.
+        tidy_permissions(self.checkpoint.directory)

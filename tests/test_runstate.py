@@ -112,12 +112,20 @@ def test_killed_run_resumes_in_phase_two(tmp_path, shipped_model_path):
 def test_finished_checkpoint_is_reused_not_retrained(tmp_path, shipped_model, digits_small):
     x, y = digits_small
     kwargs = dict(head_epochs=1, epochs=1, checkpoint_dir=str(tmp_path / "c"), verbose=0)
-    first = kerasft.finetune(shipped_model, (x, y), **kwargs)
+    umask = os.umask(0)
+    try:
+        first = kerasft.finetune(shipped_model, (x, y), **kwargs)
+    finally:
+        os.umask(umask)
     again = kerasft.finetune(shipped_model, (x, y), **kwargs)
     for u, v in zip(first.model.get_weights(), again.model.get_weights()):
         np.testing.assert_array_equal(u, v)
     assert [p.history for p in again.phases] == [p.history for p in first.phases]
     assert again.best_score == pytest.approx(first.best_score)
+    # Nothing written is group- or world-writable, whatever the umask.
+    for root, dirs, files in os.walk(tmp_path / "c"):
+        for name in [root, *(os.path.join(root, f) for f in dirs + files)]:
+            assert not os.stat(name).st_mode & 0o022, name
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, shipped_model, digits_small):
