@@ -311,12 +311,48 @@ def from_tfmot_schedule(schedule):
     return schedule
 
 
-def _check_schedule(schedule) -> None:
-    if not callable(schedule):
-        raise TypeError(
-            "Argument `pruning_schedule` must be a `ConstantSparsity`, a `PolynomialDecay` "
-            "(from kerasft or tfmot) or a callable `schedule(step) -> (should_prune, "
-            f"sparsity)`. Received: pruning_schedule={schedule!r}"
+_SCHEDULE_HELP = (
+    "a `ConstantSparsity` or `PolynomialDecay` (from kerasft or tfmot), or a callable "
+    "`schedule(step) -> (should_prune, sparsity)` taking an int64 scalar tensor and "
+    "returning a boolean and a float scalar"
+)
+
+
+def check_schedule(schedule) -> None:
+    """Check that `schedule` can drive the masks: call it once, at step 0.
+
+    Raises:
+        ValueError: if it is not callable, fails at step 0, or does not return a pair
+            ``(bool scalar, float scalar in [0, 1])``.
+    """
+    if not callable(schedule) or isinstance(schedule, type):
+        raise ValueError(
+            f"Argument `pruning_schedule` must be {_SCHEDULE_HELP}. "
+            f"Received: pruning_schedule={schedule!r}"
+        )
+    try:
+        result = schedule(tf.constant(0, tf.int64))
+    except Exception as e:
+        raise ValueError(
+            f"Argument `pruning_schedule` failed when called at step 0 "
+            f"({type(e).__name__}: {e}). It must be {_SCHEDULE_HELP}. "
+            f"Received: pruning_schedule={schedule!r}"
+        ) from None
+    problem = None
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        problem = f"returned {result!r} at step 0"
+    else:
+        should_prune, sparsity = (tf.convert_to_tensor(v) for v in result)
+        if should_prune.dtype != tf.bool or should_prune.shape.rank != 0:
+            problem = f"returned should_prune={should_prune!r} at step 0"
+        elif not sparsity.dtype.is_floating or sparsity.shape.rank != 0:
+            problem = f"returned sparsity={sparsity!r} at step 0"
+        elif not 0.0 <= float(sparsity) <= 1.0:
+            problem = f"returned sparsity={float(sparsity)} (outside [0, 1]) at step 0"
+    if problem:
+        raise ValueError(
+            f"Argument `pruning_schedule` must be {_SCHEDULE_HELP}; it {problem}. "
+            f"Received: pruning_schedule={schedule!r}"
         )
 
 
@@ -324,25 +360,57 @@ def _check_schedule(schedule) -> None:
 
 
 def magnitude_mask(weights, sparsity):
-    """tfmot `Pruning._update_mask`: keep the ``round(size * (1 - sparsity))`` largest."""
+    """tfmot `Pruning._update_mask`: keep the ``round(size * (1 - sparsity))`` largest.
+
+    tfmot sorts all magnitudes (``top_k`` with ``k=size``), takes the k-th largest as
+    the threshold and keeps ``|w| >= threshold`` plus, through a one-hot term, the
+    threshold element itself, which that comparison already keeps. The same threshold
+    comes here from a radix select in four linear passes, several times faster than
+    the sort on large kernels; the masks are identical.
+    """
     abs_weights = tf.math.abs(weights)
     size = tf.size(abs_weights)
     k = tf.dtypes.cast(
         tf.math.maximum(tf.math.round(tf.dtypes.cast(size, tf.float32) * (1 - sparsity)), 1),
         tf.int32,
     )
-    values, indices = tf.math.top_k(tf.reshape(abs_weights, [-1]), k=size)
-    threshold_value = tf.gather(values, k - 1)
-    threshold_pos = tf.gather(indices, k - 1)
-    # The one-hot term keeps the threshold element itself, as tfmot does.
-    new_mask = tf.math.logical_or(
-        tf.math.greater_equal(abs_weights, threshold_value),
-        tf.reshape(
-            tf.one_hot(threshold_pos, depth=size, on_value=True, off_value=False, dtype=tf.bool),
-            abs_weights.shape,
-        ),
-    )
+    flat = tf.reshape(abs_weights, [-1])
+    if weights.dtype in (tf.float16, tf.bfloat16, tf.float32):
+        # float16 and bfloat16 values are exact in float32, so the threshold is too.
+        threshold_value = tf.dtypes.cast(
+            _kth_largest(tf.dtypes.cast(flat, tf.float32), k), flat.dtype
+        )
+    else:
+        threshold_value = tf.gather(tf.math.top_k(flat, k=size).values, k - 1)
+    new_mask = tf.math.greater_equal(abs_weights, threshold_value)
     return tf.dtypes.cast(threshold_value, weights.dtype), tf.dtypes.cast(new_mask, weights.dtype)
+
+
+def _kth_largest(values, k):
+    """The k-th largest of non-negative float32 `values` (1-based `k`), exactly.
+
+    Non-negative floats order like their bit patterns read as int32, so the answer is
+    built one byte at a time, most significant first: count the candidates' next byte
+    (one histogram of 256 bins per pass), keep the byte value in which the k-th largest
+    falls, and carry on among the values that share it.
+    """
+    bits = tf.bitcast(values, tf.int32)
+    digits = tf.range(256, dtype=tf.int32)
+    prefix = tf.constant(0, tf.int32)
+    remaining = k
+    for shift in (24, 16, 8, 0):
+        digit = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, shift), 255)
+        if shift != 24:  # values outside the prefix chosen so far go to an extra bin
+            high = tf.bitwise.right_shift(bits, shift + 8)
+            same = tf.equal(high, tf.bitwise.right_shift(prefix, shift + 8))
+            digit = tf.where(same, digit, 256)
+        # bincount, not unsorted_segment_sum: about 50x faster on CPU here.
+        counts = tf.math.bincount(digit, minlength=257, maxlength=257)[:256]
+        at_least = tf.math.cumsum(counts, reverse=True)  # candidates with byte >= d
+        chosen = tf.reduce_max(tf.where(at_least >= remaining, digits, -1))
+        remaining -= tf.gather(at_least, chosen) - tf.gather(counts, chosen)
+        prefix = tf.bitwise.bitwise_or(prefix, tf.bitwise.left_shift(chosen, shift))
+    return tf.bitcast(prefix, tf.float32)
 
 
 def _factorized_pool(abs_weights, block_size, pooling_type):
@@ -463,18 +531,22 @@ def check_pruning_args(block_size, block_pooling_type, sparsity_m_by_n):
 
 
 def check_weight_ranks(layer, weights, block_size, sparsity_m_by_n) -> None:
+    """Raise a ValueError if block or m-by-n sparsity cannot apply to `weights`."""
     for weight in weights:
         rank = len(weight.shape)
         if block_size != (1, 1) and rank != 2:
             raise ValueError(
-                f"Block sparsity needs rank-2 weights, but layer '{layer.name}' has "
-                f"'{weight.name}' of shape {tuple(weight.shape)}. HINT: restrict "
+                f"Argument `block_size` other than (1, 1) needs rank-2 weights (Dense, "
+                f"Embedding), but layer '{layer.name}' has '{weight.name}' of shape "
+                f"{tuple(weight.shape)}. Received: block_size={block_size}. HINT: restrict "
                 "`layers=` to Dense/Embedding layers, or use block_size=(1, 1)."
             )
         if sparsity_m_by_n is not None and not 2 <= rank <= 5:
             raise ValueError(
-                f"m-by-n sparsity needs weights of rank 2 to 5, but layer '{layer.name}' "
-                f"has '{weight.name}' of shape {tuple(weight.shape)}."
+                "Argument `sparsity_m_by_n` needs weights of rank 2 to 5 (Dense, Embedding, "
+                f"Conv1D/2D/3D kernels), but layer '{layer.name}' has '{weight.name}' of "
+                f"shape {tuple(weight.shape)}. Received: sparsity_m_by_n={sparsity_m_by_n}. "
+                "HINT: leave that layer out with `layers=`."
             )
 
 
@@ -528,7 +600,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             )
         if pruning_schedule is None:
             pruning_schedule = ConstantSparsity(0.5, 0)
-        _check_schedule(pruning_schedule)
+        check_schedule(pruning_schedule)
         block_size, sparsity_m_by_n = check_pruning_args(
             block_size, block_pooling_type, sparsity_m_by_n
         )
@@ -599,7 +671,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def update_masks(self, step=None):
         """Recompute the masks now, at `step` (the current step by default)."""
-        step = tf.convert_to_tensor(self.pruning_step.value) if step is None else step
+        step = self.pruning_step.value if step is None else step
+        step = tf.cast(tf.convert_to_tensor(step), tf.int64)
         for variable, value in self._new_masks(self.pruning_schedule(step)[1]):
             variable.assign(value)
 
@@ -651,9 +724,19 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def get_config(self) -> dict:
         config = super().get_config()
+        try:
+            schedule = keras.saving.serialize_keras_object(self.pruning_schedule)
+        except Exception as e:
+            raise TypeError(
+                f"Layer '{self.name}' cannot be saved: its pruning schedule "
+                f"{self.pruning_schedule!r} does not serialize ({e}). HINT: give the "
+                "schedule a `get_config()` method and register its class with "
+                "`keras.saving.register_keras_serializable()`, or use kerasft's "
+                "`ConstantSparsity` / `PolynomialDecay`."
+            ) from None
         config.update(
             {
-                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+                "pruning_schedule": schedule,
                 "block_size": list(self.block_size),
                 "block_pooling_type": self.block_pooling_type,
                 "sparsity_m_by_n": (

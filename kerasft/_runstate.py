@@ -138,8 +138,8 @@ class RunCheckpoint:
     def callbacks(self, index: int, best: Any) -> list[keras.callbacks.Callback]:
         """Callbacks that back up phase ``index`` every epoch and persist ``best``."""
         return [
-            keras.callbacks.BackupAndRestore(self.backup_dir(index), save_freq="epoch",
-                                             double_checkpoint=True, delete_checkpoint=False),
+            _BackupAndRestore(self.backup_dir(index), save_freq="epoch",
+                              double_checkpoint=True, delete_checkpoint=False),
             _PersistBest(self, best),
         ]
 
@@ -171,6 +171,24 @@ class RunCheckpoint:
         with atomic_file(os.path.join(self.directory, _STATE)) as tmp:
             with open(tmp, "w") as f:
                 json.dump(self.state, f, indent=1)
+
+
+class _BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's backup, also for a model that only speaks for another one.
+
+    The model trained on cached features is never built itself (its layers belong to the
+    full model, which is); Keras's check for ``built`` would refuse it.
+    """
+
+    def _load_model(self):
+        if os.path.exists(self._weights_path):
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self._weights_path)
+        if os.path.exists(self._training_metadata_path):
+            with open(self._training_metadata_path) as f:
+                self.model._initial_epoch = json.load(f)["epoch"]
 
 
 class _PersistBest(keras.callbacks.Callback):

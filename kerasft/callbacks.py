@@ -70,6 +70,12 @@ def _rebuild_single(optimizer, variables: list) -> None:
         old = saved.get(v.path)
         if id(v) not in keep and old is not None and tuple(old.shape) == tuple(v.shape):
             v.assign(old)
+    if getattr(optimizer, "use_ema", False):
+        # A new average starts at zero; Keras seeds it with the weight only on the
+        # optimizer's first step, long past for weights unfrozen mid-run.
+        for v, average in zip(variables, optimizer._model_variables_moving_average):
+            if average is not None and average.path not in saved:
+                average.assign(v)
 
 
 def _rebuild(optimizer, variables: list) -> None:
@@ -406,7 +412,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
     def phase_groups(self, model: keras.Model) -> list[tuple[str, list]]:
         """One layer group per phase, bottom phase first, for ``discriminative_optimizer``.
 
-        Layers with weights that are in no phase form a last group ``"rest"``.
+        Layers with weights that are in no phase form a last group ``"others"``.
         """
         resolved = self._resolved(model)
         named = [(f"phase{i}", layers) for i, (layers, _, _) in enumerate(resolved)]
@@ -419,7 +425,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         groups = [(name, [x for x in layers if x.weights]) for name, layers in reversed(named)]
         groups = [g for g in groups if g[1]]
         if rest:
-            groups.append(("rest", rest))
+            groups.append(("others", rest))
         return groups
 
     # -- optimizer rates -------------------------------------------------------------
@@ -618,10 +624,15 @@ class ReduceLROnPlateauScaled(keras.callbacks.ReduceLROnPlateau):
         if not isinstance(rate, _schedules.KerasftSchedule):
             return super()._reduce_optimizer_lr(optimizer, epoch, name)
         old_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        if old_lr <= np.float32(self.min_lr):
-            return False
-        new_lr = max(old_lr * self.factor, self.min_lr)
-        ratio = new_lr / old_lr if old_lr > 0 else self.factor
+        if old_lr > 0:
+            if old_lr <= np.float32(self.min_lr):
+                return False
+            new_lr = max(old_lr * self.factor, self.min_lr)
+            ratio = new_lr / old_lr
+        else:
+            # A schedule at zero (start of a warmup, a group not trained yet) still
+            # scales, so that it is lower when it does train.
+            new_lr, ratio = 0.0, self.factor
         rate.multiplier = rate.multiplier * ratio
         if self.verbose > 0:
             label = f" {name}" if name else ""
@@ -630,6 +641,21 @@ class ReduceLROnPlateauScaled(keras.callbacks.ReduceLROnPlateau):
                 f"{ratio:.3g} (multiplier {rate.multiplier:.3g}, rate now {new_lr:.3g})."
             )
         return True
+
+
+class _SwapEMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's ``SwapEMAWeights`` that skips sub-optimizers not built yet.
+
+    A ``MultiOptimizer`` builds only the sub-optimizers that have weights, so with
+    groups still frozen (gradual unfreezing) Keras's callback fails on the others.
+    """
+
+    def _apply_to_ema_optimizers(self, tf_fn, backend_fn):
+        optimizer = _inner(self.model.optimizer)
+        swap = tf_fn if keras.backend.backend() == "tensorflow" else backend_fn
+        for opt in getattr(optimizer, "optimizers", [optimizer]):
+            if getattr(opt, "use_ema", False) and hasattr(opt, "_model_variables_moving_average"):
+                swap(opt)
 
 
 # --------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "sub-folder per class (or train/ and test/ splits of such folders)")
     ft.add_argument("--shots", type=_positive_int, default=10,
                     help="digits only: labelled examples per class for training+validation (default 10)")
-    ft.add_argument("--recipe", default="lp-ft", help="lp-ft (default), full or head")
+    ft.add_argument("--recipe", default="lp-ft",
+                    help="lp-ft (default), full, head, gradual, or a YAML/JSON file of phases")
     ft.add_argument("--head-epochs", type=_non_negative_int, default=5)
     ft.add_argument("--epochs", type=_non_negative_int, default=10)
     ft.add_argument("--lr", type=float, default=1e-3)
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
     ft.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
     ft.add_argument("--plots", default=None, metavar="DIR", help="save training-curve and confusion PNGs")
+    ft.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files")
     ft.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ft.add_argument("--unsafe", action="store_true",
                     help="allow Python code (Lambda layers) in the model file: trusted files only")
@@ -166,9 +168,12 @@ def _load_task(data: str, shots: int, seed: int, model) -> dict[str, Any]:
 def _accuracy(model, x, y) -> float:
     import numpy as np
 
+    return float(np.mean(_predicted_classes(model, x) == y))
+
+
+def _predicted_classes(model, x):
     probs = model.predict(x, verbose=0, batch_size=256)
-    pred = (probs[:, 0] > (0.0 if probs.min() < 0 else 0.5)).astype(int) if probs.shape[-1] == 1 else probs.argmax(-1)
-    return float(np.mean(pred == y))
+    return (probs[:, 0] > (0.0 if probs.min() < 0 else 0.5)).astype(int) if probs.shape[-1] == 1 else probs.argmax(-1)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,6 +197,7 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         model, (task["x_train"], task["y_train"]), recipe=args.recipe, head_epochs=args.head_epochs,
         epochs=args.epochs, lr=args.lr, finetune_lr=args.finetune_lr, unfreeze=args.unfreeze,
         batch_size=args.batch_size, seed=args.seed, num_classes=n_classes, verbose=verbose,
+        tensorboard=args.tensorboard,
     )
     test_acc = _accuracy(result.model, task["x_test"], task["y_test"])
     finetune_seconds = sum(result.seconds.values())
@@ -201,7 +207,7 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         keras.utils.set_random_seed(args.seed)
         fresh = keras.models.clone_model(model)  # same architecture, new initial weights
         print("kerasft: training the same architecture from scratch, same budget", flush=True)
-        budget = (args.head_epochs + args.epochs) if args.recipe == "lp-ft" else args.epochs
+        budget = (args.head_epochs + args.epochs) if args.recipe in ("lp-ft", "gradual") else args.epochs
         base = ft.finetune(
             fresh, (task["x_train"], task["y_train"]), recipe="full", epochs=budget, lr=args.lr,
             batch_size=args.batch_size, seed=args.seed, num_classes=n_classes, verbose=verbose,
@@ -221,10 +227,8 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     if args.plots:
         from kerasft import plots
 
-        os.makedirs(args.plots, exist_ok=True)
-        plots.plot_history([(p.name, p.history) for p in result.phases],
-                           os.path.join(args.plots, "history.png"))
-        pred = result.model.predict(task["x_test"], verbose=0).argmax(-1)
+        plots.plot_history(result, os.path.join(args.plots, "history.png"))
+        pred = _predicted_classes(result.model, task["x_test"])
         plots.plot_confusion_matrix(task["y_test"], pred, task["class_names"],
                                     os.path.join(args.plots, "confusion.png"))
 

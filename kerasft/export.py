@@ -6,7 +6,8 @@ Both take raw inputs, since whatever preprocessing lives inside the model (resca
 resizing) is part of the exported graph, and both return class probabilities and the top
 class, plus its name when class names are given. A SavedModel also carries
 `assets/class_names.txt` and a `kerasft.json` metadata file, and a `features` endpoint (the
-input of the classification layer) so that `load_for_finetuning` can attach a new head.
+input of the classification layer) so that `load_for_finetuning` can separate the trainable
+body from the head, and `kerasft.finetune("path/to/export", data)` can keep or replace it.
 Every export is written beside its destination and renamed into place, so an interrupted
 export never leaves a half-written model where a good one was.
 """
@@ -272,7 +273,8 @@ def load_for_finetuning(
     Raises:
         ValueError: if `path` is not a SavedModel, has no such endpoint, the endpoint
             takes several inputs or returns an ambiguous dict, or (with
-            `trainable=True`) exposes no trainable variables; the message says why.
+            `trainable=True` and no head on top) exposes no trainable variables; the
+            message says why.
     """
     path = os.path.abspath(os.fspath(path))
     if num_classes is not None and (
@@ -336,7 +338,8 @@ def load_for_finetuning(
     layer = SavedModelLayer(
         path, call_endpoint=endpoint, trainable=trainable, name="saved_model"
     )
-    if trainable and not layer.trainable_weights:
+    # A body without variables (preprocessing only) is fine under a head that trains.
+    if trainable and not layer.trainable_weights and num_classes is None and not restore_head:
         n_vars = len(layer.non_trainable_weights)
         if n_vars == 0:
             why = (

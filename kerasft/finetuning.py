@@ -24,8 +24,8 @@ import keras
 import numpy as np
 
 from kerasft import _onednn, _runstate, _speed, _strategies, surgery
-from kerasft import distribute as _distribute
 from kerasft import data as data_lib
+from kerasft import distribute as _distribute
 
 __all__ = ["finetune", "FinetuneResult", "PhaseResult", "load_model", "RECIPES"]
 
@@ -452,9 +452,10 @@ def finetune(
             stripped model (zeros in its kernels): a target sparsity such as ``0.8``, or
             a dict of :func:`kerasft.pruning.pruning_plan` options (``target_sparsity``,
             ``end_fraction``, ``block_size``, ``sparsity_m_by_n``, ``layers``...). By
-            default the prunable layers that the phase trains are pruned, sparsity
-            ramps up over the first 70% of the phase's steps, and the best weights are
-            picked among the epochs at full sparsity. The result is recorded in
+            default the largest layers that the phase trains, together holding 95% of
+            their weights, are pruned (the head and small early layers stay dense),
+            sparsity ramps up over the first 70% of the phase's steps, and the best
+            weights are picked among the epochs at full sparsity. The result is recorded in
             ``result.extras["pruning"]``. Recipes ``"lp-ft"``, ``"full"`` and
             ``"head"`` only. Defaults to `None`.
         tensorboard: directory for TensorBoard event files: losses, metrics and learning
@@ -662,7 +663,7 @@ def finetune(
         if prune_options is not None and index == prune_index:
             pruning_run, first_full = pruning_lib._finetune_plan(
                 model, prune_options, phase_epochs * prepared.steps_per_epoch,
-                prepared.steps_per_epoch,
+                prepared.steps_per_epoch, head=head,
             )
             model = pruning_run.model
             best.restart(from_epoch=first_full)  # the result must have the target sparsity
@@ -726,6 +727,7 @@ def finetune(
             board.begin_phase(phase, epochs=phase_epochs, learning_rate=f"{peak:g}",
                               trainable_params=counts.trainable)
             cbs.append(board)
+        speed.before_fit(setup)
         start = time.perf_counter()
         hist = setup.model.fit(setup.train, validation_data=setup.validation, epochs=phase_epochs,
                                callbacks=cbs, verbose=verbose, shuffle=False)

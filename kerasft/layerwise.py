@@ -209,6 +209,13 @@ def group_multipliers(
             f"pass one. Received: lr_mult={lr_mult!r}, layer_decay={layer_decay!r}"
         )
     n = num_groups
+    if lr_mult is not None and (
+        isinstance(lr_mult, (str, bool)) or not isinstance(lr_mult, (int, float, Sequence))
+    ):
+        raise ValueError(
+            "Argument `lr_mult` must be a number >= 1 or a list of per-group multipliers. "
+            f"Received: lr_mult={lr_mult!r}"
+        )
     if lr_mult is not None and not isinstance(lr_mult, (int, float)):
         mults = [float(m) for m in lr_mult]
         if len(mults) != n or any(m < 0 for m in mults):
@@ -306,7 +313,8 @@ def _template_from(optimizer: Any, weight_decay: float | None) -> Callable[[Any,
     def make(lr, name, wd):
         c = dict(config, learning_rate=lr, name=name)
         if "weight_decay" in c:
-            c["weight_decay"] = wd
+            # AdamW refuses None: its no-decay twin gets 0.0 instead.
+            c["weight_decay"] = wd if wd else (0.0 if config.get("weight_decay") else None)
         return type(optimizer).from_config(c)
 
     return make
@@ -402,9 +410,24 @@ def discriminative_optimizer(
     make = _template_from(optimizer, weight_decay)
     base = _base_rate(optimizer)
 
+    rates = [_schedules.scale_schedule(base, mult) for mult in multipliers]
+    return _grouped_optimizer(
+        groups, rates, make, weight_decay, _schedules.scale_schedule(base, 1.0), name
+    )
+
+
+def _grouped_optimizer(
+    groups: LayerGroups,
+    rates: Sequence[Any],
+    make: Callable[[Any, str, Any], Any],
+    weight_decay: float | None,
+    default_rate: Any,
+    name: str,
+) -> keras.optimizers.MultiOptimizer:
+    """One sub-optimizer per group at ``rates[i]`` (two with weight decay), plus ``"rest"``."""
     seen: dict[str, str] = {}
     optimizer_map: dict[str, keras.optimizers.Optimizer] = {}
-    for (group, layers), mult in zip(groups, multipliers):
+    for (group, layers), rate in zip(groups, rates):
         decay_paths, plain_paths = [], []
         for layer in layers:
             for v in layer.weights:
@@ -420,14 +443,13 @@ def discriminative_optimizer(
                     plain_paths.append(tail)
                 else:
                     decay_paths.append(tail)
-        rate = _schedules.scale_schedule(base, mult)
         for paths, wd, suffix in ((decay_paths, weight_decay, ""), (plain_paths, None, "_no_decay")):
             if paths:
                 # Any prefix: Sequential models put their own (auto-generated) name in
                 # front of variable paths, and it changes when the model is reloaded.
                 key = "(?:.*/)?(?:" + "|".join(re.escape(p) for p in paths) + ")"
                 optimizer_map[key] = make(rate, _safe_name(group) + suffix, wd)
-    default = make(_schedules.scale_schedule(base, 1.0), "rest", weight_decay)
+    default = make(default_rate, "rest", weight_decay)
     return keras.optimizers.MultiOptimizer(
         keras.optimizers.OptimizerMap(default, optimizer_map), name=name
     )

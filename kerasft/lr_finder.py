@@ -16,8 +16,6 @@ from typing import Any, NamedTuple
 import keras
 import numpy as np
 
-from kerasft import _fileio
-
 __all__ = ["LRFindResult", "lr_find", "suggest_learning_rates"]
 
 
@@ -146,29 +144,6 @@ def _sweep_optimizer(model: keras.Model, optimizer: Any, start_lr: float):
     return type(template).from_config(config)
 
 
-def _plot(path: str, lrs, losses, suggestions: dict[str, float]) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # Figure + Agg canvas, not pyplot: no global state and no display needed.
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    keep = max(len(lrs) - 5, min(len(lrs), 3))
-    ax.plot(lrs[:keep], losses[:keep])
-    for (name, lr), color in zip(suggestions.items(), ("C1", "C2", "C3")):
-        y = float(np.interp(np.log(lr), np.log(lrs), losses))
-        ax.plot([lr], [y], "o", color=color, label=f"{name}: {lr:.2e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("Learning rate")
-    ax.set_ylabel("Loss (smoothed)")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    with _fileio.atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return os.path.abspath(path)
-
-
 def lr_find(
     model: keras.Model,
     data: Any,
@@ -245,6 +220,10 @@ def lr_find(
         raise ValueError(
             f"Argument `diverge_threshold` must be > 1. Received: diverge_threshold={diverge_threshold!r}"
         )
+    if plot is not None and not os.fspath(plot).lower().endswith(".png"):
+        raise ValueError(f"Argument `plot` must be a path ending in '.png'. Received: plot={plot!r}")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
     if loss is None and not (getattr(model, "compiled", False) and getattr(model, "loss", None)):
         raise ValueError(
             f"Model {model.name!r} is not compiled with a loss, so lr_find cannot train it. "
@@ -256,9 +235,17 @@ def lr_find(
 
     if loss is not None:
         loss_fn = keras.losses.get(loss)
+        is_loss_object = isinstance(loss_fn, keras.losses.Loss)
 
         def compute_loss(x, y, y_pred, sw):
-            value = loss_fn(y, y_pred, sample_weight=sw)
+            if is_loss_object:
+                value = loss_fn(y, y_pred, sample_weight=sw)
+            else:
+                # A function such as keras.losses.mean_squared_error takes no weights.
+                per_example = loss_fn(y, y_pred)
+                if sw is not None:
+                    per_example = per_example * keras.ops.cast(sw, per_example.dtype)
+                value = keras.ops.mean(per_example)
             return value + sum(model.losses) if model.losses else value
     else:
 
@@ -306,5 +293,7 @@ def lr_find(
     suggestions = suggest_learning_rates(lrs_a, smooth_a)
     plot_path = None
     if plot is not None:
-        plot_path = _plot(os.fspath(plot), lrs_a, smooth_a, suggestions)
+        from kerasft.plots import plot_lr_find
+
+        plot_path = plot_lr_find(lrs_a, smooth_a, suggestions, os.fspath(plot))
     return LRFindResult(lrs_a, smooth_a, suggestions, np.asarray(raw), plot_path)

@@ -38,6 +38,8 @@ def plot_history(
     Example:
 
     ```python
+    result = kerasft.finetune(model, (x, y))
+    plot_history(result, "/tmp/history.png")
     plot_history(
         [("head", {"loss": [1.2, 0.6], "val_loss": [0.9, 0.7]}),
          ("full", {"loss": [0.5, 0.4], "val_loss": [0.6, 0.55]})],
@@ -46,9 +48,9 @@ def plot_history(
     ```
 
     Args:
-        phases: `(name, history)` pairs in training order, where `history` maps a
-            quantity to its per-epoch values: a Keras `History.history` dict, or a
-            `keras.callbacks.History` itself.
+        phases: a `kerasft.FinetuneResult`, its `.history` dict, or `(name, history)`
+            pairs in training order, where `history` maps a quantity to its per-epoch
+            values: a Keras `History.history` dict, or a `keras.callbacks.History` itself.
         path: destination file, ending in `.png`.
 
     Returns:
@@ -60,9 +62,15 @@ def plot_history(
             end in `.png`.
     """
     path = _check_png_path(path)
+    if hasattr(phases, "phases") and not isinstance(phases, Sequence):  # a FinetuneResult
+        phases = [(p.name, p.history) for p in phases.phases]
+    elif isinstance(phases, Mapping) and phases and all(
+        isinstance(h, Mapping) or hasattr(h, "history") for h in phases.values()
+    ):  # FinetuneResult.history: {phase name: history}
+        phases = list(phases.items())
     if isinstance(phases, (str, bytes, Mapping)) or not isinstance(phases, Sequence):
         raise ValueError(
-            "Argument `phases` must be a list of (name, history) pairs. "
+            "Argument `phases` must be a FinetuneResult or a list of (name, history) pairs. "
             f"Received: phases of type {type(phases).__name__}"
         )
     if not phases:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras.src.models.functional import Functional  # no public alias in Keras 3.15
+from tensorflow.core.framework import summary_pb2
 
 from kerasft._pruning_wrapper import (
     PRUNABLE_LAYER_TYPES,
@@ -32,6 +33,7 @@ from kerasft._pruning_wrapper import (
     PruneLowMagnitude,
     PruningSchedule,
     check_pruning_args,
+    check_schedule,
     check_weight_ranks,
     is_prunable,
     prunable_weights,
@@ -225,11 +227,11 @@ def prune_low_magnitude(
 
     Example:
 
-    >>> inputs = keras.Input((8,))
+    >>> inputs = keras.Input((8,), name="x")
     >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc")(inputs))
     >>> pruned = prune_low_magnitude(model, ConstantSparsity(0.5, begin_step=0))
     >>> [layer.name for layer in pruned.layers]
-    ['input_layer', 'prune_low_magnitude_fc']
+    ['x', 'prune_low_magnitude_fc']
 
     Args:
         model_or_layers: a Keras 3 Functional or Sequential model, a Keras 3 layer, a
@@ -266,6 +268,8 @@ def prune_low_magnitude(
     block_size, sparsity_m_by_n = check_pruning_args(
         block_size, block_pooling_type, sparsity_m_by_n
     )
+    if pruning_schedule is not None:
+        check_schedule(pruning_schedule)
     if _is_tf_keras(model_or_layers):
         return _prune_tf_keras(
             model_or_layers, pruning_schedule, block_size, block_pooling_type,
@@ -326,8 +330,9 @@ def _prune_model(model, params, layers):
     ]
     if not candidates and not any(isinstance(layer, PruneLowMagnitude) for layer in leaves):
         raise ValueError(
-            f"Model '{model.name}' has no prunable layer. Prunable types are: "
-            f"{list(PRUNABLE_LAYER_TYPES)}."
+            f"Argument `model_or_layers`: model '{model.name}' has no prunable layer. "
+            f"Prunable types are: {list(PRUNABLE_LAYER_TYPES)}. Received layers of types: "
+            f"{sorted({type(layer).__name__ for layer in leaves})}"
         )
     selected = _select(model, layers, candidates)
     if not selected:
@@ -361,7 +366,23 @@ def _prune_model(model, params, layers):
     pruned = keras.models.clone_model(model, clone_function=clone, recursive=True)
     for original, new in copies:
         new.set_weights(original.get_weights())
+    _compile_like(model, pruned)
     return pruned
+
+
+def _compile_like(source, target) -> None:
+    """Compile `target` as `source` was (fresh optimizer, same settings), if it was."""
+    if not getattr(source, "compiled", False):
+        return
+    try:
+        target.compile_from_config(source.get_compile_config())
+    except Exception as e:  # custom losses or metrics that do not serialize
+        warnings.warn(
+            f"kerasft.pruning could not compile the new model '{target.name}' like "
+            f"'{source.name}' ({type(e).__name__}: {e}); it is returned uncompiled. "
+            "HINT: call `compile()` on it before training.",
+            stacklevel=3,
+        )
 
 
 def _prune_tf_keras(to_prune, schedule, block_size, block_pooling_type, m_by_n, layers):
@@ -412,18 +433,19 @@ def strip_pruning(model):
 
     Example:
 
-    >>> inputs = keras.Input((8,))
+    >>> inputs = keras.Input((8,), name="x")
     >>> model = keras.Model(inputs, keras.layers.Dense(4, name="fc")(inputs))
     >>> stripped = strip_pruning(prune_low_magnitude(model))
     >>> [layer.name for layer in stripped.layers]
-    ['input_layer', 'fc']
+    ['x', 'fc']
 
     Args:
         model: a Keras 3 Functional or Sequential model with pruned layers, a single
             `PruneLowMagnitude` layer, or a tf_keras model pruned by tfmot.
 
     Returns:
-        A model (uncompiled unless `model` was compiled) or layer without wrappers.
+        A model or layer without wrappers. A compiled `model` gives a model compiled
+        with the same settings and a fresh optimizer.
 
     Raises:
         TypeError: if `model` is neither a model nor a `PruneLowMagnitude` layer.
@@ -442,6 +464,12 @@ def strip_pruning(model):
             "Argument `model` must be a Keras 3 Functional or Sequential model or a "
             f"PruneLowMagnitude layer. Received: model={model!r}"
         )
+    stripped = _strip_model(model)
+    _compile_like(model, stripped)
+    return stripped
+
+
+def _strip_model(model):
     if not _is_graph_model(model):
         raise ValueError(
             f"Model '{model.name}' is a subclassed model and cannot be cloned. HINT: copy "
@@ -522,62 +550,88 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.on_epoch_end(-1)
 
 
-class PruningSummaries(keras.callbacks.TensorBoard):
-    """TensorBoard callback that also logs each pruned weight's sparsity and threshold.
+class PruningSummaries(keras.callbacks.Callback):
+    """Log each pruned weight's sparsity and threshold for TensorBoard.
 
-    Everything `keras.callbacks.TensorBoard` logs, plus, at the start of training and at
-    the end of every epoch, scalars ``<mask path>/sparsity`` (fraction of zeros in the
-    mask) and ``<threshold path>/threshold`` under ``log_dir/metrics``, stepped by the
-    optimizer's iterations (tfmot's layout).
+    At the start of training and at the end of every epoch (or every `update_freq`
+    batches), writes scalars ``<mask path>/sparsity`` (fraction of zeros in the mask)
+    and ``<threshold path>/threshold`` to event files under ``log_dir/metrics``, stepped
+    by the optimizer's iterations: tfmot's tags and layout. Unlike tfmot's callback of
+    the same name, it logs pruning only, and needs no `tensorboard` package (which
+    `keras.callbacks.TensorBoard` does); for losses and metrics add that callback or
+    `kerasft.TensorBoardLogger` with the same `log_dir`.
 
     Example:
 
     >>> callbacks = [UpdatePruningStep(), PruningSummaries(log_dir="/tmp/logs")]
 
     Args:
-        log_dir: directory for the event files.
-        update_freq: forwarded to `keras.callbacks.TensorBoard`. Defaults to `"epoch"`.
-        **kwargs: other `keras.callbacks.TensorBoard` arguments.
+        log_dir: directory for the event files (``metrics/`` is created inside).
+        update_freq: ``"epoch"``, or an int to also log every `update_freq` batches.
+            Defaults to `"epoch"`.
 
     Raises:
-        ValueError: if `log_dir` is empty or not a path.
+        ValueError: if `log_dir` is empty or not a path, or `update_freq` is invalid.
     """
 
-    def __init__(self, log_dir: str | os.PathLike, update_freq="epoch", **kwargs):
+    def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch"):
+        super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
             raise ValueError(
                 f"Argument `log_dir` must be a non-empty path. Received: log_dir={log_dir!r}"
             )
-        super().__init__(log_dir=log_dir, update_freq=update_freq, **kwargs)
-        self._pruning_writer = None
+        if update_freq != "epoch" and not (
+            isinstance(update_freq, numbers.Integral)
+            and not isinstance(update_freq, bool)
+            and update_freq > 0
+        ):
+            raise ValueError(
+                "Argument `update_freq` must be 'epoch' or a positive int. "
+                f"Received: update_freq={update_freq!r}"
+            )
+        self.log_dir = os.fspath(log_dir)
+        self.update_freq = update_freq
+        self._writer = None
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._pruning_writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
-        self._log_pruning()
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
+        self._log()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_freq != "epoch" and (batch + 1) % self.update_freq == 0:
+            self._log()
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        self._log_pruning()
+        self._log()
 
     def on_train_end(self, logs=None):
-        super().on_train_end(logs)
-        if self._pruning_writer is not None:
-            self._pruning_writer.close()
-            self._pruning_writer = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
-    def _log_pruning(self):
+    def _log(self):
         optimizer = getattr(self.model, "optimizer", None)
-        step = int(optimizer.iterations.numpy()) if optimizer is not None else 0
-        with self._pruning_writer.as_default():
+        step = int(keras.ops.convert_to_numpy(optimizer.iterations)) if optimizer else 0
+        with self._writer.as_default():
             for layer in _wrappers(self.model):
                 for _, mask, threshold in layer.pruning_vars:
                     sparsity = 1.0 - float(np.mean(mask.numpy()))
-                    tf.summary.scalar(f"{mask.path}/sparsity", sparsity, step=step)
-                    tf.summary.scalar(
-                        f"{threshold.path}/threshold", float(threshold.numpy()), step=step
-                    )
-        self._pruning_writer.flush()
+                    _write_scalar(f"{mask.path}/sparsity", sparsity, step)
+                    _write_scalar(f"{threshold.path}/threshold", float(threshold.numpy()), step)
+        self._writer.flush()
+
+
+# tf.summary.scalar lives in the `tensorboard` package, which TensorFlow no longer
+# installs; tf.summary.write with the scalar plugin's metadata writes the same records.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR,
+).SerializeToString()
+
+
+def _write_scalar(tag: str, value: float, step: int) -> None:
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
 
 
 # ------------------------------------------------------------------------------- reports
@@ -728,6 +782,21 @@ def check_m_by_n(model, m: int = 2, n: int = 4, layers: LayerSelection = None) -
 # ---------------------------------------------------------------------------------- plan
 
 
+# Defaults of `pruning_plan`, and the options `finetune(prune=...)` passes on to it.
+_SCHEDULE_DEFAULTS = dict(
+    target_sparsity=None,
+    begin_fraction=0.0,
+    end_fraction=0.7,
+    frequency=None,
+    initial_sparsity=0.0,
+    power=3,
+    block_size=(1, 1),
+    block_pooling_type="AVG",
+    sparsity_m_by_n=None,
+)
+FINETUNE_PRUNE_OPTIONS = (*_SCHEDULE_DEFAULTS, "layers", "log_dir")
+
+
 class PruningPlan(NamedTuple):
     """What `pruning_plan` returns: train `model` with `callbacks`, then `strip()`."""
 
@@ -801,6 +870,52 @@ def pruning_plan(
     Raises:
         ValueError: for an invalid argument (see also `prune_low_magnitude`).
     """
+    schedule, block_size, sparsity_m_by_n = _fit_schedule(
+        total_steps=total_steps,
+        target_sparsity=target_sparsity,
+        begin_fraction=begin_fraction,
+        end_fraction=end_fraction,
+        frequency=frequency,
+        initial_sparsity=initial_sparsity,
+        power=power,
+        block_size=block_size,
+        block_pooling_type=block_pooling_type,
+        sparsity_m_by_n=sparsity_m_by_n,
+    )
+    pruned = prune_low_magnitude(
+        model,
+        pruning_schedule=schedule,
+        block_size=block_size,
+        block_pooling_type=block_pooling_type,
+        sparsity_m_by_n=sparsity_m_by_n,
+        layers=layers,
+    )
+    if _is_tf_keras(model):
+        tfmot = _tfmot()
+        callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
+        if log_dir is not None:
+            callbacks.append(tfmot.sparsity.keras.PruningSummaries(log_dir=str(log_dir)))
+    else:
+        callbacks = [UpdatePruningStep()]
+        if log_dir is not None:
+            callbacks.append(PruningSummaries(log_dir=log_dir))
+    return PruningPlan(model=pruned, callbacks=callbacks, schedule=schedule)
+
+
+def _fit_schedule(
+    *,
+    total_steps,
+    target_sparsity,
+    begin_fraction,
+    end_fraction,
+    frequency,
+    initial_sparsity,
+    power,
+    block_size,
+    block_pooling_type,
+    sparsity_m_by_n,
+):
+    """Validate `pruning_plan`'s arguments and fit its schedule to `total_steps`."""
     if (
         not isinstance(total_steps, numbers.Integral)
         or isinstance(total_steps, bool)
@@ -828,6 +943,17 @@ def pruning_plan(
     block_size, sparsity_m_by_n = check_pruning_args(
         block_size, block_pooling_type, sparsity_m_by_n
     )
+    if target_sparsity is not None and (
+        not isinstance(target_sparsity, numbers.Real)
+        or isinstance(target_sparsity, bool)
+        or not 0.0 <= target_sparsity < 1.0
+    ):
+        raise ValueError(
+            "Argument `target_sparsity` must be None or a float in [0, 1). "
+            f"Received: target_sparsity={target_sparsity!r}"
+        )
+    if not isinstance(power, numbers.Real) or isinstance(power, bool) or power <= 0:
+        raise ValueError(f"Argument `power` must be a number > 0. Received: power={power!r}")
     if sparsity_m_by_n is not None:
         implied = sparsity_m_by_n[0] / sparsity_m_by_n[1]
         if target_sparsity is not None and abs(target_sparsity - implied) > 1e-9:
@@ -838,11 +964,6 @@ def pruning_plan(
         target_sparsity = implied
     elif target_sparsity is None:
         target_sparsity = 0.8
-    if not isinstance(target_sparsity, numbers.Real) or not 0.0 <= target_sparsity < 1.0:
-        raise ValueError(
-            "Argument `target_sparsity` must be a float in [0, 1). "
-            f"Received: target_sparsity={target_sparsity!r}"
-        )
 
     begin_step = int(begin_fraction * total_steps + 0.5)
     span = max(1, int(end_fraction * total_steps + 0.5) - begin_step)
@@ -856,22 +977,133 @@ def pruning_plan(
         schedule = PolynomialDecay(
             initial_sparsity, target_sparsity, begin_step, end_step, power, frequency
         )
+    return schedule, block_size, sparsity_m_by_n
 
-    pruned = prune_low_magnitude(
-        model,
-        pruning_schedule=schedule,
-        block_size=block_size,
-        block_pooling_type=block_pooling_type,
-        sparsity_m_by_n=sparsity_m_by_n,
-        layers=layers,
-    )
-    if _is_tf_keras(model):
-        tfmot = _tfmot()
-        callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
-        if log_dir is not None:
-            callbacks.append(tfmot.sparsity.keras.PruningSummaries(log_dir=str(log_dir)))
+
+# ------------------------------------------------------------------- kerasft.finetune
+
+
+def _finetune_options(prune, *, recipe: str, **other_options) -> dict | None:
+    """Validate `finetune`'s ``prune=`` (None, a target sparsity, or `pruning_plan` options).
+
+    `other_options` are the `finetune` options that rewrite layers or their variables
+    (per-layer rates, regularizers, constraints), which do not yet know about pruning
+    wrappers. Returns the `pruning_plan` keyword arguments, or None for no pruning.
+    """
+    if prune is None or prune is False:
+        return None
+    if recipe not in ("lp-ft", "full", "head"):
+        raise ValueError(
+            "Argument `prune` works with recipe 'lp-ft', 'full' or 'head' (it prunes "
+            f"during the last phase). Received: recipe={recipe!r} with prune={prune!r}"
+        )
+    clashes = {k: v for k, v in other_options.items() if v is not None and v is not False}
+    if clashes:
+        raise ValueError(
+            f"Argument `prune` cannot be combined with {sorted(clashes)} yet. Received: "
+            f"prune={prune!r}, "
+            + ", ".join(f"{k}={v!r}" for k, v in sorted(clashes.items()))
+            + ". HINT: prune the fine-tuned model afterwards with `pruning_plan`."
+        )
+    if isinstance(prune, numbers.Real) and not isinstance(prune, bool):
+        options = {"target_sparsity": prune}
+    elif isinstance(prune, dict):
+        options = dict(prune)
     else:
-        callbacks = [UpdatePruningStep()]
-        if log_dir is not None:
-            callbacks.append(PruningSummaries(log_dir=log_dir))
-    return PruningPlan(model=pruned, callbacks=callbacks, schedule=schedule)
+        raise ValueError(
+            "Argument `prune` must be None, a target sparsity in [0, 1) or a dict of "
+            f"`kerasft.pruning.pruning_plan` options. Received: prune={prune!r}"
+        )
+    unknown = sorted(set(options) - set(FINETUNE_PRUNE_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Argument `prune` has unknown option(s) {unknown}. Valid options are: "
+            f"{list(FINETUNE_PRUNE_OPTIONS)} (the fine-tuning run sets `total_steps`). "
+            f"Received: prune={prune!r}"
+        )
+    schedule_options = {k: v for k, v in options.items() if k not in ("layers", "log_dir")}
+    try:
+        _fit_schedule(total_steps=100, **{**_SCHEDULE_DEFAULTS, **schedule_options})
+    except ValueError as e:
+        raise ValueError(f"Argument `prune`: {e}") from None
+    return options
+
+
+def _finetune_plan(model, options: dict, total_steps: int, steps_per_epoch: int, head=None):
+    """Prune `model` for a fine-tuning phase; return the plan and the first full epoch.
+
+    Without `layers` in `options`, the largest prunable layers that the phase trains,
+    together holding 95% of their weights, are pruned; the head and the small layers
+    (often the first convolutions) stay dense: pruning them saves little and costs the
+    most accuracy. The returned epoch index is the first whose end is at or after the
+    schedule's end_step: from there on the model has its target sparsity, so the best
+    weights and early stopping only look at those epochs.
+    """
+    options = dict(options)
+    if options.get("layers") is None:
+        trained = [
+            layer
+            for layer in _leaf_layers(model, graph_only=True)
+            if is_prunable(layer) and layer.trainable and layer is not head
+        ]
+        if not trained:
+            raise ValueError(
+                f"Argument `prune`: the fine-tuning phase trains no prunable layer of model "
+                f"'{model.name}' besides its head, so there is nothing to prune. Prunable "
+                f"types are: {list(PRUNABLE_LAYER_TYPES)}. HINT: unfreeze more layers "
+                "(`unfreeze=`) or name the layers to prune with prune=dict(layers=[...])."
+            )
+        options["layers"] = _largest_layers(trained, share=_FINETUNE_WEIGHT_SHARE)
+    plan = pruning_plan(model, total_steps=total_steps, **options)
+    end_step = plan.schedule.get_config()["end_step"]
+    first_full_epoch = max(0, -(-end_step // steps_per_epoch) - 1)
+    return plan, first_full_epoch
+
+
+_FINETUNE_WEIGHT_SHARE = 0.95
+
+
+def _largest_layers(layers: list, share: float) -> list[str]:
+    """Names of the largest `layers` that together hold `share` of their prunable weights."""
+    sizes = [
+        (sum(int(np.prod(w.shape)) for w in prunable_weights(lyr)), lyr.name) for lyr in layers
+    ]
+    sizes.sort(key=lambda pair: -pair[0])
+    total, kept, names = sum(size for size, _ in sizes), 0, []
+    for size, name in sizes:
+        if kept >= share * total:
+            break
+        names.append(name)
+        kept += size
+    return names
+
+
+def _finetune_finish(plan: PruningPlan, model) -> tuple[keras.Model, dict]:
+    """Strip the model pruned during `finetune`; return it and what to record."""
+    stripped = _strip_model(model)
+    report = sparsity_report(stripped)
+    schedule = plan.schedule.get_config()
+    target = schedule.get("final_sparsity", schedule.get("target_sparsity"))
+    wrapped = {layer.layer.name for layer in _wrappers(model)}
+    layers = {name: value for name, value in report.layers.items() if name in wrapped}
+    pruned_sizes = [report.sizes[name] for name in layers]
+    pruned_sparsity = (
+        sum(report.layers[n] * report.sizes[n] for n in layers) / sum(pruned_sizes)
+        if pruned_sizes
+        else 0.0
+    )
+    if pruned_sparsity < target - 0.01:
+        warnings.warn(
+            f"kerasft: the pruned layers reached {pruned_sparsity:.1%} sparsity, short of the "
+            f"target {target:.1%}: training stopped before the schedule's end_step "
+            f"({schedule['end_step']}).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return stripped, {
+        "target_sparsity": float(target),
+        "sparsity": float(pruned_sparsity),
+        "model_sparsity": float(report.total),
+        "layers": layers,
+        "schedule": {"class_name": type(plan.schedule).__name__, **schedule},
+    }

@@ -125,7 +125,10 @@ def _select(model: keras.Model, layers: str | Sequence[str] | None, argument: st
         layers = [layers]
     out = []
     for spec in layers:
-        regex = re.compile(spec)
+        try:
+            regex = re.compile(spec)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"Invalid regex {spec!r} in argument `{argument}`: {e}") from None
         found = [(p, lyr) for p, lyr in leaves if regex.fullmatch(lyr.name) or regex.fullmatch(p)]
         if not found:
             raise ValueError(
@@ -174,7 +177,8 @@ def apply_l2sp(
     Args:
         model: the model to regularize, with its pretrained weights loaded.
         alpha: strength of the pull toward the pretrained values. Defaults to `1e-3`.
-        beta: L2 strength on the weights of ``new_layers``. Defaults to `1e-3`.
+        beta: L2 strength on the weights of ``new_layers``; ``0`` leaves them
+            unregularized. Defaults to `1e-3`.
         new_layers: regexes (``re.fullmatch`` on layer names or paths) of layers that are
             new, e.g. a replaced head. Defaults to `None` (every layer is pretrained,
             unless ``reference`` says otherwise).
@@ -216,11 +220,13 @@ def apply_l2sp(
                 if [tuple(v.shape) for v in twin_vars] == [tuple(v.shape) for v in variables]:
                     anchors = [keras.ops.convert_to_numpy(v) for v in twin_vars]
         for i, v in enumerate(variables):
-            if getattr(v, "regularizer", None) is not None:
+            if getattr(v, "regularizer", None) is not None and (anchors is not None or beta):
                 replaced.append(v.path)
             if anchors is not None:
                 reg = L2SP(alpha, reference=anchors[i])
                 report["l2sp"].append(v.path)
+            elif not beta:
+                continue
             else:
                 reg = keras.regularizers.L2(beta)
                 report["l2"].append(v.path)
@@ -285,7 +291,8 @@ def clip_weights(
         model: the model.
         c: the bound, > 0.
         layers: regexes (``re.fullmatch`` on names or paths) of the layers to constrain.
-            Defaults to `None` (every layer).
+            Defaults to `None` (every layer but normalization layers, whose scales
+            are not weights to bound).
 
     Returns:
         Paths of the constrained weights.
@@ -296,6 +303,8 @@ def clip_weights(
     constraint = ClipWeights(c)
     done, unsaved = [], []
     for _, layer in _select(model, layers, "layers"):
+        if layers is None and isinstance(layer, _NORMALIZATION):
+            continue
         for v in _trainable_kind(layer):
             _attach(layer, v, "constraint", constraint, unsaved)
             done.append(v.path)

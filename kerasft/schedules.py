@@ -260,7 +260,8 @@ class OneCycle(KerasftSchedule):
         up = ops.clip(pos / self.pct_start, 0.0, 1.0)
         down = ops.clip((pos - self.pct_start) / (1.0 - self.pct_start), 0.0, 1.0)
         rising = low + (top - low) * (1.0 - ops.cos(math.pi * up)) / 2.0
-        falling = top + (end - top) * (1.0 - ops.cos(math.pi * down)) / 2.0
+        # Written from the end value so that float32 keeps the small final rates exact.
+        falling = end + (top - end) * (1.0 + ops.cos(math.pi * down)) / 2.0
         return ops.where(pos < self.pct_start, rising, falling)
 
     def _own_config(self) -> dict[str, Any]:
@@ -443,7 +444,8 @@ class Scaled(KerasftSchedule):
         inner = self.schedule
         if isinstance(inner, KerasftSchedule):
             return inner.peak_learning_rate * inner.multiplier
-        for attr in ("initial_learning_rate", "warmup_target"):
+        # Keras's CosineDecay with warmup climbs from initial_learning_rate to warmup_target.
+        for attr in ("warmup_target", "initial_learning_rate"):
             if getattr(inner, attr, None) is not None:
                 return float(getattr(inner, attr))
         raise AttributeError(f"Cannot tell the peak rate of {type(inner).__name__}.")

@@ -10,6 +10,7 @@ several `fit` calls.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import keras
@@ -30,14 +31,18 @@ class TensorBoardLogger(keras.callbacks.Callback):
       `epoch_learning_rate` (one `epoch_learning_rate_<optimizer>` per optimizer of a
       multi-optimizer), stepped by the epoch number counted across phases (from 0);
       `phase` (1 for the first phase, 2 for the second...) at every epoch.
+    - `log_dir/train`, while a `kerasft.pruning` wrapper is in the model:
+      `sparsity/<layer>` and `sparsity/total` (fraction of zeros in the prunable
+      weights, from `kerasft.pruning.sparsity_report`) at every epoch.
     - `log_dir/validation`: `epoch_<name>` for every `val_<name>` in the logs.
     - `log_dir/train`, text `phases`: one line per phase, written at the epoch where it
       begins: name, first epoch, first optimizer step, and what `begin_phase` was told.
 
     `phase_steps` (a dict phase name -> first global optimizer step) and `phase_epochs`
     (phase name -> first global epoch) are kept as attributes. Other summaries, such as
-    pruning sparsity from `kerasft.pruning.PruningSummaries`, belong in sibling
-    directories (`log_dir/pruning`) so that the scalars here keep one value per epoch.
+    per-step pruning thresholds from `kerasft.pruning.PruningSummaries`, belong in
+    sibling directories (`log_dir/pruning`) so that the scalars here keep one value per
+    epoch.
 
     Example:
 
@@ -115,6 +120,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
         if "learning_rate" not in train:
             train.update(self._learning_rates())
         train["phase"] = len(self.phase_epochs)
+        train.update(self._sparsity())
         for split, values in (("train", train), ("validation", validation)):
             if not values:
                 continue
@@ -122,7 +128,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
                 for key, value in values.items():
                     value = _scalar(value)
                     if value is not None:
-                        name = key if key == "phase" else f"epoch_{key}"
+                        name = key if key == "phase" or key.startswith("sparsity/") else f"epoch_{key}"
                         _write_scalar(name, value, step=self.epoch)
             self._writers[split].flush()
         self.epoch += 1
@@ -134,8 +140,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
     def close(self) -> None:
         """Flush and close the event files. Logging again reopens them."""
-        for writer in self._writers.values():
+        for split, writer in self._writers.items():
             writer.close()
+            _drop_group_other_write(os.path.join(self.log_dir, split))
+        _drop_group_other_write(self.log_dir, recursive=False)
         self._writers = {}
 
     # -----------------------------------------------------------------------------------
@@ -164,6 +172,18 @@ class TensorBoardLogger(keras.callbacks.Callback):
         if optimizer is None or not hasattr(optimizer, "iterations"):
             return 0
         return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+    def _sparsity(self) -> dict[str, float]:
+        """`sparsity/<layer>` and `sparsity/total` while the model is being pruned."""
+        pruning = sys.modules.get("kerasft.pruning")  # nothing is pruned unless it is loaded
+        if pruning is None or not any(
+            isinstance(layer, pruning.PruneLowMagnitude) for layer in self.model._flatten_layers()
+        ):
+            return {}
+        report = pruning.sparsity_report(self.model)
+        values = {f"sparsity/{name}": value for name, value in report.layers.items()}
+        values["sparsity/total"] = report.total
+        return values
 
     def _learning_rates(self) -> dict[str, float]:
         optimizer = self._optimizer()
@@ -199,6 +219,16 @@ def _write_scalar(tag: str, value: float, step: int) -> None:
 
 def _write_text(tag: str, text: str, step: int) -> None:
     tf.summary.write(tag, tf.constant(text), step=step, metadata=_TEXT_METADATA)
+
+
+def _drop_group_other_write(path: str, recursive: bool = True) -> None:
+    """Whatever the umask, leave the event files writable by their owner only."""
+    paths = [path]
+    if recursive and os.path.isdir(path):
+        paths += [os.path.join(path, name) for name in os.listdir(path)]
+    for p in paths:
+        if os.path.exists(p):
+            os.chmod(p, os.stat(p).st_mode & ~0o022)
 
 
 def _scalar(value: Any) -> float | None:

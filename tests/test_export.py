@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kerasft
+from kerasft import cli, datasets
 from kerasft.export import (
     SavedModelLayer,
     export_model,
     load_for_finetuning,
+    load_saved_model,
     read_export_metadata,
 )
 
@@ -90,6 +93,7 @@ def test_saved_model_ships_class_names_and_metadata(exported):
     assert meta["class_names"] == DIGIT_NAMES
     assert meta["features_endpoint"] == "features"
     assert meta["features_dim"] == 128
+    assert meta["head"] == "predictions"
     with open(os.path.join(exported, "kerasft.json")) as f:
         assert json.load(f) == meta
     # Readable by everyone, writable by the owner only.
@@ -154,6 +158,12 @@ def test_logits_head_gets_a_softmax(model, x_test, tmp_path):
     )
     assert read_export_metadata(path)["output_kind"] == "logits"
     assert not os.path.exists(os.path.join(path, "assets", "class_names.txt"))
+    # Reloaded for fine-tuning, the head outputs logits again, as the model did.
+    again = load_for_finetuning(path)
+    assert again.layers[-1].activation is keras.activations.linear
+    np.testing.assert_allclose(
+        again.predict(x_test, verbose=0), logits_model.predict(x_test, verbose=0), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("activation, kind", [("sigmoid", "sigmoid"), (None, "binary_logits")])
@@ -178,6 +188,12 @@ def test_binary_head_serves_two_columns(digits_small, tmp_path, activation, kind
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(served["class_id"].numpy(), (p > 0.5).astype(int))
     assert read_export_metadata(path)["output_kind"] == kind
+    # Reloaded for fine-tuning: the 1-unit head comes back as it was.
+    again = load_for_finetuning(path)
+    assert again.output.shape == (None, 1)
+    np.testing.assert_allclose(
+        again.predict(x[:50], verbose=0), binary.predict(x[:50], verbose=0), atol=1e-5
+    )
 
 
 # --- Fine-tuning from a SavedModel -------------------------------------------------------
@@ -186,6 +202,12 @@ def test_binary_head_serves_two_columns(digits_small, tmp_path, activation, kind
 def test_load_for_finetuning_continues_on_same_classes(model, exported, x_test):
     reloaded = load_for_finetuning(exported)
     assert isinstance(reloaded.get_layer("saved_model"), SavedModelLayer)
+    # The exported classification layer comes back as a Dense head with its weights.
+    head = reloaded.layers[-1]
+    assert isinstance(head, keras.layers.Dense) and head.name == "predictions"
+    assert head.activation is keras.activations.softmax
+    for restored, original in zip(head.get_weights(), model.get_layer("predictions").get_weights()):
+        np.testing.assert_array_equal(restored, original)
     np.testing.assert_allclose(
         reloaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-5
     )
@@ -222,6 +244,46 @@ def test_load_for_finetuning_new_head_trains_saved_weights(exported, digits, tmp
         served["probabilities"].numpy(), new.predict(x_new[:32], verbose=0), atol=1e-5
     )
     assert read_export_metadata(path)["features_endpoint"] == "features"
+
+
+def test_finetune_from_a_saved_model_path(model, exported, x_test):
+    """`finetune("dir", data)`: the SavedModel's own variables train, the head is kept."""
+    split = datasets.digits_few_shot(shots=10, seed=0)
+    before = model.predict(split.x_test, verbose=0).argmax(-1)
+    result = kerasft.finetune(exported, (split.x_train, split.y_train), head_epochs=2,
+                              epochs=4, verbose=0)
+    assert not result.head_rebuilt  # 10 classes, as exported: the pretrained head is kept
+    assert isinstance(result.model.get_layer("saved_model"), SavedModelLayer)
+    after = result.model.predict(split.x_test, verbose=0).argmax(-1)
+    assert np.mean(before == split.y_test) < 0.7  # measured 0.660
+    assert np.mean(after == split.y_test) > 0.9  # measured 0.952-0.955 (seeds 0-2)
+    assert result.phases[1].trainable_params > 400_000  # the body trained too
+
+    # The export on disk is untouched, and the fine-tuned model exports again.
+    np.testing.assert_allclose(
+        _load(exported).serve(x_test)["probabilities"].numpy(),
+        model.predict(x_test, verbose=0), atol=1e-5,
+    )
+    path = result.export(os.path.join(os.path.dirname(exported), "refined"),
+                         class_names=DIGIT_NAMES)
+    served = _load(path).serve(split.x_test[:64])
+    np.testing.assert_allclose(
+        served["probabilities"].numpy(), result.model.predict(split.x_test[:64], verbose=0),
+        atol=1e-5,
+    )
+
+
+def test_finetune_explains_why_a_plain_saved_model_cannot_be_fine_tuned(model, digits, tmp_path):
+    path = str(tmp_path / "plain")
+    model.export(path, format="tf_saved_model", verbose=False)
+    x, y = digits
+    with pytest.raises(ValueError, match=r"Argument `model`: kerasft cannot fine-tune the "
+                                         r"SavedModel at .*plain': it has no 'features' endpoint "
+                                         r"\(it was not written by kerasft.export_model\).*"
+                                         r"HINT: fine-tune the original .keras model"):
+        kerasft.finetune(path, (x[:50], y[:50]), verbose=0)
+    with pytest.raises(ValueError, match="not a SavedModel directory"):
+        load_saved_model(tmp_path)
 
 
 def test_load_for_finetuning_plain_keras_export(model, x_test, tmp_path):
@@ -263,6 +325,20 @@ def test_load_for_finetuning_errors(exported, tmp_path):
         load_for_finetuning(frozen)
     as_features = load_for_finetuning(frozen, trainable=False)  # fine as a fixed extractor
     assert as_features.output.shape == (None, 2)
+
+
+def test_cli_export(shipped_model_path, model, x_test, tmp_path):
+    path = str(tmp_path / "cli_export")
+    assert cli.main(["export", shipped_model_path, path, "--class-names", ",".join(DIGIT_NAMES)]) == 0
+    assert read_export_metadata(path)["class_names"] == DIGIT_NAMES
+    assert cli.main(["export", shipped_model_path, path]) == 2  # exists: refused
+    assert cli.main(["export", shipped_model_path, path, "--overwrite"]) == 0
+    assert read_export_metadata(path)["class_names"] is None
+
+    tflite = str(tmp_path / "m.tflite")
+    assert cli.main(["export", shipped_model_path, tflite, "--format", "tflite",
+                     "--quantize", "dynamic"]) == 0
+    assert 0 < os.path.getsize(tflite) < 0.3 * os.path.getsize(shipped_model_path)
 
 
 # --- TFLite ------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import kerasft
+from kerasft import cli
 from kerasft.plots import plot_confusion_matrix, plot_history, plot_lr_find
 
 
@@ -124,3 +126,26 @@ def test_plot_confusion_matrix_errors(tmp_path):
     with pytest.raises(ValueError, match="must end with '.png'"):
         plot_confusion_matrix([0], [0], names, tmp_path / "c.jpg")
     assert os.listdir(tmp_path) == []
+
+
+def test_plot_history_of_a_finetune_result(digits_small, shipped_model_path, tmp_path):
+    x, y = digits_small
+    result = kerasft.finetune(shipped_model_path, (x[:100], y[:100]), head_epochs=1, epochs=2,
+                              verbose=0)
+    from_result = _png(plot_history(result, tmp_path / "a.png"))
+    from_dict = _png(plot_history(result.history, tmp_path / "b.png"))
+    from_pairs = _png(plot_history([(p.name, p.history) for p in result.phases], tmp_path / "c.png"))
+    np.testing.assert_array_equal(from_result, from_pairs)
+    np.testing.assert_array_equal(from_dict, from_pairs)
+
+
+def test_cli_plots_end_to_end(tmp_path):
+    """`kerasft finetune --plots DIR` writes the curves and the test-set confusion matrix."""
+    plots, logs = tmp_path / "plots", tmp_path / "logs"
+    assert cli.main(["finetune", "--head-epochs", "1", "--epochs", "2", "--no-scratch",
+                     "--no-export", "-q", "--plots", str(plots), "--tensorboard", str(logs)]) == 0
+    assert sorted(os.listdir(plots)) == ["confusion.png", "history.png"]
+    history, confusion = _png(plots / "history.png"), _png(plots / "confusion.png")
+    assert history.shape[1] > 1000  # loss and accuracy side by side
+    assert confusion.std() > 10
+    assert sorted(os.listdir(logs)) == ["train", "validation"]

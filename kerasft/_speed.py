@@ -1,0 +1,94 @@
+"""How ``finetune`` runs each phase fast: feature caching, XLA, precision, step grouping.
+
+The glue between ``finetune``'s phase loop and :mod:`kerasft.caching`,
+:mod:`kerasft.devices` and :mod:`kerasft.distribute`: one :class:`SpeedPlan` per run
+gives, for each phase, the model to fit, its pipelines and its compile keywords, and
+records what it decided in ``result.extras["speed"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from kerasft import caching, devices, distribute
+from kerasft import data as data_lib
+
+__all__ = ["SpeedPlan", "check_options"]
+
+
+def check_options(*, cache_features: Any, cache_budget: Any, jit_compile: Any, mixed_precision: Any,
+                  steps_per_execution: Any) -> None:
+    """Validate the speed keywords of ``finetune`` before any work is done."""
+    caching.check_cache_features(cache_features)
+    if isinstance(cache_budget, bool) or not isinstance(cache_budget, (int, float)) or cache_budget < 0:
+        raise ValueError(
+            f"Argument `cache_budget` must be a number of bytes >= 0. Received: cache_budget={cache_budget!r}"
+        )
+    devices.choose_jit_compile(jit_compile, ["CPU"])
+    devices.choose_mixed_precision(mixed_precision, ["CPU"])
+    devices.choose_steps_per_execution(steps_per_execution, steps_per_epoch=1, cached=False)
+
+
+class SpeedPlan:
+    """Per-phase models, pipelines and compile keywords of one ``finetune`` run.
+
+    Creating it applies the mixed-precision policy to ``model`` (the output layer stays
+    float32).
+    """
+
+    def __init__(self, model: keras.Model, prepared: data_lib.PreparedData, *, cache_features: Any = "auto",
+                 cache_budget: float = 1024**3, jit_compile: Any = "auto", mixed_precision: Any = None,
+                 steps_per_execution: Any = "auto", seed: int = 0, distributed: bool = False,
+                 verbose: int = 0):
+        check_options(cache_features=cache_features, cache_budget=cache_budget, jit_compile=jit_compile,
+                      mixed_precision=mixed_precision, steps_per_execution=steps_per_execution)
+        kinds = devices.device_types()
+        self.precision, precision_reason = devices.choose_mixed_precision(
+            mixed_precision, kinds, cpu_bf16=devices.cpu_supports_bfloat16())
+        if self.precision != "float32":
+            devices.apply_mixed_precision(model, self.precision)
+        self.jit_compile = devices.resolve_jit_compile(jit_compile, model, kinds)
+        self.steps_per_execution = steps_per_execution
+        self.prepared = prepared
+        self.cache = caching.FeatureCache(prepared, mode=cache_features, seed=seed, budget=cache_budget,
+                                          distributed=distributed, verbose=verbose)
+        self.verbose = verbose
+        self.distributed = distributed
+        self.phases: list[dict[str, Any]] = []
+        self.decisions = {"devices": kinds, "precision": self.precision, "precision_reason": precision_reason,
+                          "jit_compile": self.jit_compile}
+
+    def setup_phase(self, model: keras.Model, index: int, *, cacheable: bool = True) -> caching.PhaseSetup:
+        """Model, pipelines and ``compile_kwargs`` for phase ``index`` (0-based).
+
+        ``cacheable=False`` for phases whose trainable layers change during ``fit``
+        (gradual unfreezing), where stored features would go stale.
+        """
+        if cacheable:
+            setup = self.cache.setup_phase(model, index)
+        else:
+            setup = self.cache._raw_setup(model, index)
+            setup.reason = "layers are unfrozen during the phase"
+        if self.distributed:
+            setup.model = distribute.wrap_for_fit(setup.model)
+        spe = devices.choose_steps_per_execution(
+            self.steps_per_execution, steps_per_epoch=self.prepared.steps_per_epoch, cached=setup.cached)
+        setup.compile_kwargs = {"jit_compile": self.jit_compile, "steps_per_execution": spe}
+        self.phases.append({"cached": setup.cached, "reason": setup.reason,
+                            "feature_seconds": setup.feature_seconds, "feature_bytes": setup.feature_bytes,
+                            "steps_per_execution": spe})
+        return setup
+
+    def before_fit(self, setup: caching.PhaseSetup) -> None:
+        """Last step between ``compile`` and ``fit`` (a build under multi-worker training)."""
+        if self.distributed:
+            distribute.prepare_fit(setup.model, setup.train)
+
+    def report(self) -> dict[str, Any]:
+        """What was decided, for ``result.extras["speed"]``."""
+        return dict(self.decisions, phases=list(self.phases))
+
+    def close(self) -> None:
+        self.cache.close()

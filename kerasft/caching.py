@@ -1,0 +1,453 @@
+"""Feature caching: train only the trainable part of a network, on stored features.
+
+While the bottom of a network is frozen and deterministic in training (no trainable
+weights, BatchNormalization frozen, no dropout or random augmentation before the cut)
+and the input pipeline has no random ops, that bottom's outputs are a fixed function of
+the inputs. :class:`FeatureCache` computes them once per phase and trains only the
+suffix on them: the head phase of LP-FT, and the fine-tuning phase when ``unfreeze``
+leaves the lower layers frozen. The suffix shares its layer objects with the full model,
+so the trained weights land in the model that ``finetune`` returns, and the fitted
+model reports the full model's weights to callbacks (``get_weights``/``save``).
+
+Features are kept in memory up to ``budget`` bytes; beyond it they are written to a
+``tf.data`` cache file in a temporary directory, removed when the cache is closed. The
+order of batches is the same as without caching: every phase draws its own seeded
+shuffle (shuffle seed ``seed + phase index``) whether it trains on inputs or features.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasft import data as data_lib
+from kerasft import surgery
+
+__all__ = ["FeatureCache", "FeatureSplit", "PhaseSetup", "split_frozen_prefix", "CachedFeatureModel",
+           "CACHE_CHOICES"]
+
+CACHE_CHOICES = (True, False, "auto")
+_SHUFFLE_WINDOW = 10_000  # shuffle buffer of file-cached features, as data.py's streaming path
+_PHASE_SEED_STEP = 1  # phase k shuffles with seed + k
+
+
+@dataclass
+class FeatureSplit:
+    """A model cut in two at the top of its frozen, deterministic bottom.
+
+    Attributes:
+        prefix: model from the inputs to the cut (the features).
+        suffix: model from the cut to the outputs; its layers are the full model's.
+        prefix_layers: paths of the leaf layers below the cut.
+        stopped_by: why the cut is not higher: the first layer above it and the reason.
+    """
+
+    prefix: keras.Model
+    suffix: keras.Model
+    prefix_layers: list[str]
+    stopped_by: str
+
+
+def _layer_paths(model: keras.Model) -> dict[int, str]:
+    return {id(lyr): p for p, lyr in surgery.iter_layers(model)}
+
+
+def barrier_reason(layer: keras.layers.Layer, trainable_ids: set[int]) -> str | None:
+    """Why ``layer`` cannot sit below a feature cache (``None`` when it can).
+
+    A layer can when it has no trainable weights and computes the same outputs in
+    training as in inference: no random numbers (dropout, noise, augmentation), a
+    frozen BatchNormalization, no activity regularizer, and no unknown ``training``
+    behaviour (a custom layer whose ``call`` takes ``training`` is assumed to use it).
+    """
+    if any(id(v) in trainable_ids for v in layer.weights):
+        return "trainable"
+    parts = list(layer._flatten_layers(include_self=True, recursive=True))
+    if any(getattr(part, "_seed_generators", None) for part in parts):
+        return "draws random numbers in training (dropout/noise/augmentation)"
+    if any(getattr(part, "activity_regularizer", None) is not None for part in parts):
+        return "adds an activity regularization loss in training"
+    if any(isinstance(part, keras.layers.BatchNormalization) and part.trainable for part in parts):
+        return "BatchNormalization in training mode"
+    # Keras's own layers differ between training and inference only through random
+    # numbers or BatchNormalization; a custom layer that takes `training` may use it.
+    if getattr(layer, "_call_has_training_arg", False) and not type(layer).__module__.startswith("keras."):
+        return "custom layer whose call() takes `training`"
+    return None
+
+
+def split_frozen_prefix(model: keras.Model) -> FeatureSplit | None:
+    """Cut ``model`` above its frozen, deterministic bottom; ``None`` if that is empty.
+
+    Nested Sequential/Functional models are looked into, so the cut can fall inside a
+    backbone. The cut may be several tensors (e.g. a residual branch and its shortcut).
+
+    Example:
+
+    >>> import keras, kerasft
+    >>> from kerasft.caching import split_frozen_prefix
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="body"),
+    ...                       keras.layers.Dropout(0.5, name="drop"),
+    ...                       keras.layers.Dense(2, name="head")])
+    >>> m.get_layer("body").trainable = False
+    >>> split = split_frozen_prefix(m)
+    >>> split.prefix_layers, [layer.name for layer in split.suffix.layers[1:]]
+    (['body'], ['drop', 'head'])
+
+    Returns:
+        A :class:`FeatureSplit`, or ``None`` when no layer with weights is below the cut.
+    """
+    surgery.check_operable(model)
+    trainable_ids = {id(v) for v in model.trainable_weights}
+    paths = _layer_paths(model)
+    constant: dict[int, bool] = {}
+    consumers_of: dict[int, list[str]] = {}
+    prefix_layers: list[str] = []
+    stops: list[str] = []
+    tensors: dict[int, Any] = {}
+
+    def visit_leaf(op, *args, **kwargs):
+        inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        reason = barrier_reason(op, trainable_ids)
+        outputs = op(*args, **kwargs)
+        is_const = reason is None and all(constant.get(id(t), False) for t in inputs)
+        for t in inputs:
+            consumers_of.setdefault(id(t), []).append("const" if is_const else "train")
+        for t in keras.tree.flatten(outputs):
+            constant[id(t)] = is_const
+            tensors[id(t)] = t
+        path = paths.get(id(op), op.name)
+        if is_const:
+            prefix_layers.append(path)
+        elif reason is not None and all(constant.get(id(t), False) for t in inputs):
+            stops.append(f"{path!r} ({reason})")
+        return outputs
+
+    def run(container, inputs):
+        inner = container._functional if isinstance(container, keras.Sequential) else container
+
+        def call_fn(op, *args, **kwargs):
+            if surgery._is_container(op):
+                return run(op, args[0])
+            return visit_leaf(op, *args, **kwargs)
+
+        return inner._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call_fn)
+
+    flat_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"cache_in_{i}")
+                   for i, t in enumerate(model.inputs)]
+    for t in flat_inputs:
+        constant[id(t)] = True
+        tensors[id(t)] = t
+    outputs = keras.tree.flatten(run(model, flat_inputs if len(flat_inputs) > 1 else flat_inputs[0]))
+    if any(constant.get(id(t), False) for t in outputs):
+        return None  # everything frozen: nothing to train on features
+    frontier = [tensors[i] for i, users in consumers_of.items()
+                if constant.get(i, False) and "train" in users]
+    weighted = {p for p, lyr in surgery.iter_layers(model) if lyr.weights}
+    if not frontier or not any(p in weighted for p in prefix_layers):
+        return None
+    if any(getattr(t, "_keras_mask", None) is not None for t in frontier):
+        return None  # a mask would be lost on the way through the cache
+    prefix = keras.Model(flat_inputs if len(flat_inputs) > 1 else flat_inputs[0], frontier, name=f"{model.name}_frozen_prefix")
+    suffix = keras.Model(frontier, outputs if len(outputs) > 1 else outputs[0],
+                         name=f"{model.name}_trainable_suffix")
+    return FeatureSplit(prefix, suffix, prefix_layers, stops[0] if stops else "trainable layers")
+
+
+class _Ref:
+    """Holds an object out of Keras's attribute tracking."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+
+class CachedFeatureModel(keras.Model):
+    """Trains the suffix of a model on cached features, speaking for the full model.
+
+    ``call`` runs the suffix; ``get_weights``, ``set_weights``, ``save``,
+    ``save_weights`` and ``load_weights`` act on the full model, so callbacks that keep
+    best weights or write checkpoints see the model being fine-tuned; ``compile``
+    compiles both.
+
+    Args:
+        suffix: the trainable part (layers shared with ``full_model``).
+        full_model: the model whose weights are trained.
+    """
+
+    def __init__(self, suffix: keras.Model, full_model: keras.Model, **kwargs: Any):
+        super().__init__(name=f"{full_model.name}_on_features", **kwargs)
+        self.suffix = suffix
+        self._full = _Ref(full_model)
+
+    @property
+    def full_model(self) -> keras.Model:
+        return self._full.obj
+
+    def call(self, inputs, training=None):
+        return self.suffix(inputs, training=training)
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        # the returned model is evaluated and saved as if it had been fitted itself
+        self.full_model.compile(*args, **kwargs)
+
+    def get_weights(self):
+        return self.full_model.get_weights()
+
+    def set_weights(self, weights):
+        self.full_model.set_weights(weights)
+
+    def save(self, *args, **kwargs):
+        return self.full_model.save(*args, **kwargs)
+
+    def save_weights(self, *args, **kwargs):
+        return self.full_model.save_weights(*args, **kwargs)
+
+    def load_weights(self, *args, **kwargs):
+        return self.full_model.load_weights(*args, **kwargs)
+
+
+@dataclass
+class PhaseSetup:
+    """What to fit in one phase.
+
+    Attributes:
+        model: the model to compile and fit (the full model, or a
+            :class:`CachedFeatureModel` over cached features).
+        train: batched training pipeline.
+        validation: batched validation pipeline or ``None``.
+        cached: whether the phase trains on cached features.
+        reason: why it does or does not.
+        feature_seconds: seconds spent computing the features.
+        feature_bytes: size of the cached training and validation features.
+        compile_kwargs: extra ``compile`` keywords for the phase (XLA, steps per
+            execution).
+    """
+
+    model: keras.Model
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    cached: bool
+    reason: str
+    feature_seconds: float = 0.0
+    feature_bytes: int = 0
+    compile_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def check_cache_features(value: Any) -> None:
+    if not (value is True or value is False or value == "auto"):
+        raise ValueError(
+            f"Argument `cache_features` must be True, False or 'auto'. Received: cache_features={value!r}"
+        )
+
+
+class FeatureCache:
+    """Builds each phase's model and pipelines, on cached features when that is exact.
+
+    Example:
+
+    ```python
+    cache = FeatureCache(prepared, mode="auto", seed=0)
+    setup = cache.setup_phase(model, 0)
+    setup.model.compile(...); setup.model.fit(setup.train, validation_data=setup.validation)
+    cache.close()
+    ```
+
+    Args:
+        prepared: the :class:`kerasft.data.PreparedData` of the run.
+        mode: ``True`` (cache, or raise where caching would change results),
+            ``False`` (never) or ``"auto"`` (cache where exact). Defaults to `"auto"`.
+        seed: base seed of the per-phase shuffles. Defaults to `0`.
+        budget: bytes of features kept in memory; more go to a cache file.
+            Defaults to 1 GiB.
+        directory: where cache files go; a temporary directory by default.
+            Defaults to `None`.
+        distributed: training runs under a ``tf.distribute`` strategy (caching off).
+            Defaults to `False`.
+        verbose: print one line per phase about caching. Defaults to `0`.
+
+    Raises:
+        ValueError: a bad ``mode``/``budget``, or ``mode=True`` where caching would
+            change results (random ops in the input pipeline) or is impossible.
+    """
+
+    def __init__(self, prepared: data_lib.PreparedData, *, mode: Any = "auto", seed: int = 0,
+                 budget: float = 1024**3, directory: str | None = None, distributed: bool = False,
+                 verbose: int = 0):
+        check_cache_features(mode)
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+            raise ValueError(
+                f"Argument `cache_budget` must be a number of bytes >= 0. Received: cache_budget={budget!r}"
+            )
+        self.prepared = prepared
+        self.mode = mode
+        self.seed = seed
+        self.budget = budget
+        self.directory = directory
+        self.distributed = distributed
+        self.verbose = verbose
+        self._tmpdir: str | None = None
+        self._finalizer = None
+        self.random_pipeline = self._pipeline_is_random()
+        if mode is True:
+            problem = self._global_problem()
+            if problem:
+                raise ValueError(
+                    f"Argument `cache_features=True`, but {problem}. Caching would change "
+                    "results. Pass cache_features='auto' (cache only where exact) or False."
+                )
+
+    def _pipeline_is_random(self) -> bool:
+        if self.prepared.arrays is not None:
+            return False
+        return data_lib.has_random_ops(self.prepared.train)
+
+    def _global_problem(self) -> str | None:
+        if self.random_pipeline:
+            return "the input pipeline draws random numbers (augmentation), so features change every epoch"
+        if self.prepared.arrays is None:
+            return ("the training data is streamed (larger than memory or built from a "
+                    "pipeline), and kerasft caches features of in-memory data only")
+        if self.distributed:
+            return "training runs under a tf.distribute strategy, where kerasft does not cache features"
+        return None
+
+    def _phase_seed(self, index: int) -> int:
+        return self.seed + _PHASE_SEED_STEP * index
+
+    def _log(self, msg: str) -> None:
+        if self.verbose:
+            print(msg, flush=True)
+
+    def setup_phase(self, model: keras.Model, index: int) -> PhaseSetup:
+        """Model and pipelines for phase ``index`` (0-based) of ``model`` as frozen now."""
+        raw = self._raw_setup(model, index)
+        if self.mode is False:
+            return raw
+        problem = self._global_problem()
+        if problem:
+            raw.reason = problem
+            self._log(f"kerasft: not caching features: {problem}")
+            return raw
+        split = split_frozen_prefix(model)
+        if split is None:
+            reason = "no frozen layer with weights below the trainable ones"
+            if self.mode is True and index == 0:
+                random = [p for p, lyr in surgery.iter_layers(model) if getattr(lyr, "_seed_generators", None)]
+                raise ValueError(
+                    f"Argument `cache_features=True`, but model {model.name!r} has {reason} in "
+                    f"the first phase (random layers: {random or 'none'}; augmentation at the "
+                    "input changes the features every epoch). HINT: pass cache_features='auto'."
+                )
+            raw.reason = reason
+            return raw
+        return self._cached_setup(model, index, split)
+
+    def _raw_setup(self, model: keras.Model, index: int) -> PhaseSetup:
+        p = self.prepared
+        if p.arrays is None:
+            return PhaseSetup(model, p.train, p.validation, False, "caching off")
+        x, y = p.arrays
+        train = data_lib._pipeline(x, y, p.batch_size, self._phase_seed(index), shuffle=True)
+        return PhaseSetup(model, train, p.validation, False, "caching off")
+
+    def _compute(self, prefix: keras.Model, batches, n: int):
+        """Features of ``batches`` (an iterable of input batches): arrays or a file dataset."""
+        specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in prefix.outputs]
+        per_example = sum(int(np.prod(s.shape[1:])) * s.dtype.size for s in specs)
+        total = per_example * n
+        fn = tf.function(lambda xb: tuple(keras.tree.flatten(prefix(xb, training=False))))
+        if total <= self.budget:
+            parts = [[] for _ in specs]
+            for xb in batches:
+                for part, out in zip(parts, fn(xb)):
+                    part.append(out.numpy())
+            return tuple(np.concatenate(p) if p else np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
+                         for p, s in zip(parts, specs)), total, None
+
+        def generate():
+            for xb in batches:
+                yield fn(xb)
+
+        # A known length lets Keras count steps as it does for in-memory features.
+        ds = (tf.data.Dataset.from_generator(generate, output_signature=tuple(specs)).unbatch()
+              .apply(tf.data.experimental.assert_cardinality(n)))
+        path = os.path.join(self._cache_dir(), f"features_{len(os.listdir(self._cache_dir()))}")
+        ds = ds.cache(path)
+        ds.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1)  # fill the cache file once
+        return ds, total, path
+
+    def _cache_dir(self) -> str:
+        if self.directory is not None:
+            os.makedirs(self.directory, exist_ok=True)
+            return self.directory
+        if self._tmpdir is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="kerasft_features_")
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
+        return self._tmpdir
+
+    def _cached_setup(self, model: keras.Model, index: int, split: FeatureSplit) -> PhaseSetup:
+        p = self.prepared
+        x, y = p.arrays
+        start = time.perf_counter()
+        pred_batch = max(p.batch_size, 128)
+        x_batches = (x[i:i + pred_batch] for i in range(0, len(x), pred_batch))
+        feats, nbytes, path = self._compute(split.prefix, x_batches, len(x))
+        seed = self._phase_seed(index)
+        if path is None:
+            train = data_lib._pipeline(_unwrap(feats), y, p.batch_size, seed, shuffle=True)
+        else:
+            labels = tf.data.Dataset.from_tensor_slices(y)
+            train = (tf.data.Dataset.zip((feats.map(_unwrap_tf), labels))
+                     .shuffle(min(len(x), _SHUFFLE_WINDOW), seed=seed, reshuffle_each_iteration=True)
+                     .batch(p.batch_size).prefetch(tf.data.AUTOTUNE))
+        validation = None
+        if p.validation is not None:
+            ys = []
+
+            def val_batches():
+                for xb, yb in p.validation:
+                    ys.append(yb.numpy())
+                    yield xb
+
+            vfeats, vbytes, vpath = self._compute(split.prefix, val_batches(), p.n_validation)
+            nbytes += vbytes
+            yv = np.concatenate(ys)
+            if vpath is None:
+                validation = data_lib._pipeline(_unwrap(vfeats), yv, p.batch_size, seed, shuffle=False)
+            else:
+                validation = (tf.data.Dataset.zip((vfeats.map(_unwrap_tf), tf.data.Dataset.from_tensor_slices(yv)))
+                              .batch(p.batch_size).prefetch(tf.data.AUTOTUNE))
+        seconds = time.perf_counter() - start
+        fit_model = CachedFeatureModel(split.suffix, model)
+        fit_model.dtype_policy = model.dtype_policy
+        where = "memory" if path is None else f"file {path}"
+        reason = f"{len(split.prefix_layers)} frozen layers below the cut; cut stopped by {split.stopped_by}"
+        self._log(f"kerasft: cached features of {len(split.prefix_layers)} frozen layers "
+                  f"({nbytes / 2**20:.1f} MiB in {where}, {seconds:.1f}s); training "
+                  f"{len(fit_model.suffix.layers) - len(fit_model.suffix.inputs)} layers on them")
+        return PhaseSetup(fit_model, train, validation, True, reason, seconds, nbytes)
+
+    def close(self) -> None:
+        """Remove the cache files written by this cache (its own temporary directory)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+            self._tmpdir = None
+
+
+def _unwrap(feats: tuple):
+    return feats[0] if len(feats) == 1 else feats
+
+
+def _unwrap_tf(*feats):
+    return feats[0] if len(feats) == 1 else feats

@@ -1,0 +1,180 @@
+"""Feature caching: same results as without it, on real digits and the shipped model."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import nested_model
+
+import kerasft
+from kerasft import caching, surgery
+from kerasft.caching import CachedFeatureModel, FeatureCache, split_frozen_prefix
+from kerasft.data import prepare_data
+
+QUICK = dict(verbose=0, patience=None)
+
+
+def _run(model, data, **kwargs):
+    return kerasft.finetune(model, data, **{**QUICK, **kwargs})
+
+
+def _assert_same_run(a, b, rtol=1e-4, atol=1e-5):
+    assert [p.name for p in a.phases] == [p.name for p in b.phases]
+    for pa, pb in zip(a.phases, b.phases):
+        for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            np.testing.assert_allclose(pa.history[key], pb.history[key], rtol=rtol, atol=atol,
+                                       err_msg=f"{pa.name} {key}")
+    for wa, wb in zip(a.model.get_weights(), b.model.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
+
+
+def test_lp_ft_on_cached_features_matches_uncached(shipped_model_path, digits_small):
+    # The shipped model has Dropout before its head: the cut stops below it, and the
+    # dropout masks (same layer, same seed generator) are the same as without caching.
+    kwargs = dict(head_epochs=3, epochs=2, unfreeze=2)
+    plain = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs)
+    cached = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=True, **kwargs)
+    phases = cached.extras["speed"]["phases"]
+    assert [p["cached"] for p in phases] == [True, True]
+    assert "'dropout'" in phases[0]["reason"]
+    assert not any(p["cached"] for p in plain.extras["speed"]["phases"])
+    _assert_same_run(plain, cached)
+    # the weights trained on features are the returned model's
+    before = keras.models.load_model(shipped_model_path)
+    for name, moved in (("predictions", True), ("fc", True), ("block2_conv2", True), ("block1_conv1", False)):
+        same = np.array_equal(before.get_layer(name).get_weights()[0], cached.model.get_layer(name).get_weights()[0])
+        assert same != moved, name
+
+
+def test_nested_backbone_cut_inside_and_steps_per_execution(digits_small):
+    x, y = digits_small
+    runs = {}
+    for mode in (False, "auto"):
+        keras.utils.set_random_seed(1)
+        model = nested_model()
+        runs[mode] = _run(model, (x, y), head_epochs=2, epochs=2, unfreeze="backbone/conv2|pool",
+                          cache_features=mode, steps_per_execution=4 if mode else 1)
+    phases = runs["auto"].extras["speed"]["phases"]
+    assert [p["cached"] for p in phases] == [True, True]
+    assert phases[1]["reason"].endswith("'backbone/conv2' (trainable)")
+    assert [p["steps_per_execution"] for p in phases] == [4, 4]
+    _assert_same_run(runs[False], runs["auto"])
+
+
+def test_features_beyond_budget_go_to_a_cache_file(shipped_model_path, digits_small, tmp_path):
+    kwargs = dict(recipe="head", epochs=2)
+    plain = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs)
+    on_file = _run(keras.models.load_model(shipped_model_path), digits_small, cache_budget=0, **kwargs)
+    assert on_file.extras["speed"]["phases"][0]["cached"]
+    _assert_same_run(plain, on_file)
+
+    model = keras.models.load_model(shipped_model_path)
+    surgery.freeze(model)
+    surgery.set_trainable(model, {"predictions": True})
+    prepared = prepare_data(digits_small, model=model, seed=0)
+    cache = FeatureCache(prepared, mode=True, budget=0, directory=str(tmp_path / "features"))
+    setup = cache.setup_phase(model, 0)
+    assert os.listdir(tmp_path / "features"), "features were not written to the cache directory"
+    features, labels = next(iter(setup.train))
+    assert features.shape == (32, 128) and labels.shape == (32,)
+    temp = FeatureCache(prepared, mode=True, budget=0)
+    temp.setup_phase(model, 0)
+    directory = temp._tmpdir
+    assert os.path.isdir(directory)
+    temp.close()
+    assert not os.path.exists(directory)
+
+
+def test_random_pipeline_is_not_cached_and_forcing_it_raises(shipped_model_path, digits_small):
+    x, y = digits_small
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).map(
+        lambda a, b: (tf.image.random_flip_left_right(a), b))
+    result = _run(keras.models.load_model(shipped_model_path), ds, recipe="head", epochs=1)
+    phase = result.extras["speed"]["phases"][0]
+    assert not phase["cached"] and "random" in phase["reason"]
+    with pytest.raises(ValueError, match=r"cache_features=True.*random numbers"):
+        _run(keras.models.load_model(shipped_model_path), ds, recipe="head", epochs=1, cache_features=True)
+
+
+def test_augmentation_layer_at_the_input(digits_small):
+    def model_with_flip():
+        keras.utils.set_random_seed(2)
+        inputs = keras.Input((28, 28, 1))
+        h = keras.layers.RandomFlip("horizontal", seed=3, name="flip")(inputs)
+        h = keras.layers.Rescaling(1 / 255)(h)
+        h = keras.layers.Conv2D(4, 3, name="conv")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(h))
+
+    with pytest.raises(ValueError, match=r"cache_features=True.*\['flip'\]"):
+        _run(model_with_flip(), digits_small, recipe="head", epochs=1, cache_features=True)
+    auto = _run(model_with_flip(), digits_small, recipe="head", epochs=2)
+    plain = _run(model_with_flip(), digits_small, recipe="head", epochs=2, cache_features=False)
+    assert not auto.extras["speed"]["phases"][0]["cached"]
+    _assert_same_run(plain, auto)
+
+
+class _Noisy(keras.layers.Layer):
+    def call(self, x, training=None):
+        return x + 1.0 if training else x
+
+
+def test_split_frozen_prefix_rules():
+    inputs = keras.Input((6,))
+    a = keras.layers.Dense(5, name="a")(inputs)
+    b = keras.layers.BatchNormalization(name="bn")(a)
+    c = keras.layers.Dense(5, name="c")(b)
+    d = _Noisy(name="noisy")(c)
+    out = keras.layers.Dense(2, name="out")(keras.layers.Concatenate()([c, d]))
+    model = keras.Model(inputs, out)
+    surgery.freeze(model)
+    surgery.set_trainable(model, {"out": True})
+    split = split_frozen_prefix(model)
+    assert split.prefix_layers == ["a", "bn", "c"]
+    assert "custom layer" in split.stopped_by
+    assert split.suffix.get_layer("out") is model.get_layer("out")
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    np.testing.assert_allclose(split.suffix(split.prefix(x)), model(x), rtol=1e-5, atol=1e-6)
+    # a BatchNormalization in training mode is not deterministic: the cut stops below it
+    surgery.set_trainable(model, {"bn": True})
+    model.get_layer("bn").trainable = True
+    assert split_frozen_prefix(model).prefix_layers == ["a"]
+    # nothing frozen below the trainable layers: nothing to cache
+    surgery.set_trainable(model, {"a": True})
+    assert split_frozen_prefix(model) is None
+
+
+def test_cached_model_speaks_for_the_full_model(shipped_model_path, tmp_path):
+    model = keras.models.load_model(shipped_model_path)
+    surgery.freeze(model)
+    surgery.set_trainable(model, {"predictions": True})
+    split = split_frozen_prefix(model)
+    fit_model = CachedFeatureModel(split.suffix, model)
+    assert len(fit_model.get_weights()) == len(model.get_weights())
+    weights = [w * 0 for w in model.get_weights()]
+    fit_model.set_weights(weights)
+    assert not np.any(model.get_layer("fc").get_weights()[0])
+    fit_model.save(str(tmp_path / "m.keras"))
+    assert keras.models.load_model(str(tmp_path / "m.keras")).name == model.name
+
+
+def test_model_trained_on_features_saves_and_loads(shipped_model_path, digits_small, tmp_path):
+    result = _run(keras.models.load_model(shipped_model_path), digits_small, head_epochs=1, epochs=1, unfreeze=1)
+    assert all(p["cached"] for p in result.extras["speed"]["phases"])
+    path = str(tmp_path / "tuned.keras")
+    result.model.save(path)
+    loaded = keras.models.load_model(path)
+    x = digits_small[0][:16]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_cache_argument_errors(shipped_model, digits_small):
+    with pytest.raises(ValueError, match=r"Argument `cache_features` must be True, False or 'auto'\. Received: cache_features='yes'"):
+        kerasft.finetune(shipped_model, digits_small, cache_features="yes", verbose=0)
+    with pytest.raises(ValueError, match=r"Argument `cache_budget` must be a number of bytes >= 0\. Received: cache_budget=-1"):
+        kerasft.finetune(shipped_model, digits_small, cache_budget=-1, verbose=0)
+    assert caching.CACHE_CHOICES == (True, False, "auto")
