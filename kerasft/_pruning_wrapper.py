@@ -682,8 +682,26 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             weight.assign(tf.math.multiply(weight.value, mask.value))
 
     def _training_updates(self):
-        self.pruning_step.assign_add(1)
-        step = tf.convert_to_tensor(self.pruning_step.value)
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None:
+            # In a replica of a tf.distribute strategy, mirrored variables are assigned
+            # from the cross-replica context, once for all replicas (as tfmot does).
+            def cross_replica(strategy):
+                def assign(variable, value):
+                    strategy.extended.update(
+                        variable.value, lambda v, x: v.assign(x), args=(value,), group=False
+                    )
+
+                self._step_updates(assign)
+
+            context.merge_call(cross_replica)
+        else:
+            self._step_updates(lambda variable, value: variable.assign(value))
+
+    def _step_updates(self, assign):
+        """tfmot's order: count the step, maybe update the masks, zero the masked weights."""
+        step = tf.convert_to_tensor(self.pruning_step.value) + 1
+        assign(self.pruning_step, step)
         check = tf.debugging.assert_greater_equal(
             step, tf.constant(1, tf.int64), message=_CALLBACK_ERROR
         )
@@ -694,11 +712,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
             def update():
                 for variable, value in self._new_masks(sparsity):
-                    variable.assign(value)
+                    assign(variable, value)
                 return tf.no_op()
 
             tf.cond(should_prune, update, tf.no_op)
-        self.apply_masks()
+        for weight, mask, _ in self.pruning_vars:
+            assign(weight, tf.math.multiply(weight.value, mask.value))
 
     def call(self, inputs, training=None, **kwargs):
         if training:

@@ -8,6 +8,7 @@ records what it decided in ``result.extras["speed"]``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -60,14 +61,17 @@ class SpeedPlan:
         self.decisions = {"devices": kinds, "precision": self.precision, "precision_reason": precision_reason,
                           "jit_compile": self.jit_compile}
 
-    def setup_phase(self, model: keras.Model, index: int, *, cacheable: bool = True) -> caching.PhaseSetup:
+    def setup_phase(self, model: keras.Model, index: int, *, cacheable: bool = True,
+                    later_trainable: Sequence[keras.layers.Layer] | None = None) -> caching.PhaseSetup:
         """Model, pipelines and ``compile_kwargs`` for phase ``index`` (0-based).
 
         ``cacheable=False`` for phases whose trainable layers change during ``fit``
-        (gradual unfreezing), where stored features would go stale.
+        (gradual unfreezing), where stored features would go stale. ``later_trainable``:
+        the layers the next phase will train, if known; their features are then
+        computed once for both phases (see :class:`kerasft.caching.FeatureCache`).
         """
         if cacheable:
-            setup = self.cache.setup_phase(model, index)
+            setup = self.cache.setup_phase(model, index, later_trainable=later_trainable)
         else:
             setup = self.cache._raw_setup(model, index)
             setup.reason = "layers are unfrozen during the phase"
@@ -78,6 +82,7 @@ class SpeedPlan:
         setup.compile_kwargs = {"jit_compile": self.jit_compile, "steps_per_execution": spe}
         self.phases.append({"cached": setup.cached, "reason": setup.reason,
                             "feature_seconds": setup.feature_seconds, "feature_bytes": setup.feature_bytes,
+                            "feature_source": setup.feature_source,
                             "steps_per_execution": spe})
         return setup
 

@@ -302,6 +302,21 @@ def _body_selection(model: keras.Model, head: keras.layers.Layer, unfreeze: Any)
     return body[first:]
 
 
+def _next_phase_trainable(model: keras.Model, head: keras.layers.Layer, plan: list[tuple[str, int]], index: int,
+                          unfreeze: Any, train_bn: bool) -> list[keras.layers.Layer] | None:
+    """Layers the fine-tuning phase after the head phase ``index`` will train, else ``None``.
+
+    Lets the feature cache compute the frozen bottom's features once for both phases.
+    """
+    if plan[index][0] != "head" or index + 1 >= len(plan) or plan[index + 1][0] != "finetune" or not plan[index + 1][1]:
+        return None
+    try:
+        body = _body_selection(model, head, unfreeze)
+    except ValueError:
+        return None  # raised again, with its message, when that phase starts
+    return [lyr for lyr in body if train_bn or not isinstance(lyr, keras.layers.BatchNormalization)] + [head]
+
+
 def _log(verbose: int, msg: str) -> None:
     if verbose:
         print(msg, flush=True)
@@ -688,7 +703,10 @@ def finetune(
                 model, learning_rate, make_optimizer, spread=phase != "head", lr_mult=lr_mult,
                 layer_decay=layer_decay, layer_groups=layer_groups,
             )
-        setup = speed.setup_phase(model, index, cacheable=phase not in (_strategies.GRADUAL, _strategies.PHASES))
+        pruned_next = prune_options is not None and prune_index == index + 1  # a new model then
+        later = None if pruned_next else _next_phase_trainable(model, head, phases_plan, index, unfreeze, train_bn)
+        setup = speed.setup_phase(model, index, cacheable=phase not in (_strategies.GRADUAL, _strategies.PHASES),
+                                  later_trainable=later)
         setup.model.compile(optimizer=opt, loss=loss, metrics=list(metrics) if metrics else auto_metrics,
                             **setup.compile_kwargs)
         counts = surgery.count_params(model)
@@ -734,6 +752,8 @@ def finetune(
         seconds = time.perf_counter() - start
         best.restore(model)
         history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        if phase in (_strategies.GRADUAL, _strategies.PHASES):  # report the final trainable set
+            counts = surgery.count_params(model)
         results.append(PhaseResult(phase, len(history.get("loss", [])), history, seconds,
                                    counts.trainable, float(peak), prepared.steps_per_epoch))
         if guard.event is not None:

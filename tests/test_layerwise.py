@@ -81,6 +81,15 @@ def test_weight_decay_skips_biases_and_normalization(shipped_model):
     assert rates["block1"] == pytest.approx(1e-3 * 0.5**3) and rates["predictions"] == pytest.approx(1e-3)
 
 
+def test_finetune_adamw_does_not_decay_biases_or_normalization(shipped_model, digits_small):
+    result = kerasft.finetune(shipped_model, digits_small, recipe="full", epochs=1, optimizer="adamw",
+                              weight_decay=1e-2, verbose=0)
+    opt = result.model.optimizer
+    decayed = {v.path for v in result.model.trainable_variables if opt._use_weight_decay(v)}
+    assert decayed == {"block1_conv1/kernel", "block1_conv2/kernel", "block2_conv1/kernel",
+                       "block2_conv2/kernel", "fc/kernel", "predictions/kernel"}
+
+
 def test_discriminative_optimizer_saves_and_loads(tmp_path, shipped_model, digits_small):
     x, y = digits_small
     sched = kerasft.WarmupCosineDecay(1e-3, total_steps=30, warmup_steps=3)

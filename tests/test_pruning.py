@@ -5,8 +5,11 @@ from __future__ import annotations
 import doctest
 import glob
 import io
+import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 
 import keras
@@ -365,6 +368,55 @@ def test_stripped_export_is_smaller(shipped_model, tmp_path):
     loaded = tf.saved_model.load(sparse_dir)  # keep a reference while calling it
     served = loaded.serve(tf.constant(x))
     np.testing.assert_allclose(served["probabilities"], stripped.predict(x, verbose=0), atol=1e-5)
+
+
+_MIRRORED = """
+import json, sys
+import kerasft
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from kerasft import datasets, pruning as kp
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inputs = keras.Input((20,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(10, name="d2")(keras.layers.Dense(32, name="d1")(inputs)))
+    pruned = kp.prune_low_magnitude(model, kp.PolynomialDecay(0.0, 0.5, 0, 4, frequency=2))
+    pruned.compile("adam", "mse")
+rng = np.random.default_rng(0)
+pruned.fit(rng.random((64, 20)), rng.random((64, 10)), batch_size=16, verbose=0,
+           callbacks=[kp.UpdatePruningStep()])
+layer = pruned.get_layer("prune_low_magnitude_d1")
+weight, mask, _ = layer.pruning_vars[0]
+copies = [np.asarray(v) for v in mask.value.values]
+x, y = datasets.load_digits()
+result = kerasft.finetune(sys.argv[1], (x[:200], y[:200]), head_epochs=1, epochs=2, prune=0.5,
+                          distribute=strategy, verbose=0)
+print("RESULT " + json.dumps({
+    "replicas": len(copies), "steps": int(layer.pruning_step.numpy()),
+    "same_masks": all(np.array_equal(copies[0], c) for c in copies),
+    "zeros": [bool((np.asarray(w)[copies[0] == 0] == 0).all()) for w in weight.value.values],
+    "sparsity": kp.sparsity_report(pruned).total,
+    "finetune_sparsity": result.extras["pruning"]["sparsity"],
+}))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, shipped_model_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(_MIRRORED)
+    proc = subprocess.run(
+        [sys.executable, str(script), shipped_model_path],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT ") :])
+    assert out["replicas"] == 2 and out["steps"] == 4 and out["same_masks"], out
+    assert out["zeros"] == [True, True], out
+    assert out["sparsity"] == pytest.approx(0.5) and out["finetune_sparsity"] == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------- callbacks
