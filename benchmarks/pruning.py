@@ -1,6 +1,6 @@
 """Benchmark kerasft pruning: training overhead against tfmot, export size and accuracy at 80%.
 
-Run: ``python benchmarks/pruning.py`` (about 2 minutes on 2 cores). It measures, in one run:
+Run: ``python benchmarks/pruning.py`` (about 2.5 minutes on 2 cores). It measures, in one run:
 
 1. Per-step training time, pruned vs dense, of the shipped MNIST CNN
    (``saved_models/mnist_cnn.keras``, 468k weights) with kerasft on Keras 3, and of the
@@ -19,7 +19,20 @@ Run: ``python benchmarks/pruning.py`` (about 2 minutes on 2 cores). It measures,
 Output on the development machine (2-core CPU shared with other jobs, TF 2.21,
 Keras 3.15, tfmot 0.8.1, oneDNN off):
 
-RESULTS
+Per-step training time, batch 32, 8 rounds of 35 timed steps: wall (best round), CPU (median round)
+  keras3 dense       wall   27.0 ms   CPU   52.8 ms
+  keras3 kerasft     wall   28.1 ms   CPU   56.5 ms
+  tf_keras dense     wall   29.2 ms   CPU   54.5 ms
+  tf_keras tfmot     wall   32.5 ms   CPU   57.4 ms
+  tf_keras tfmot-all wall   34.6 ms   CPU   61.2 ms
+  overhead of pruning (wall): kerasft x1.04 (target <= x1.3), tfmot x1.11 (same layers), x1.18 (whole model wrapped)
+  overhead of pruning (CPU): kerasft x1.07 (target <= x1.3), tfmot x1.05 (same layers), x1.12 (whole model wrapped)
+kerasft.finetune on digits (1000 train, 797 held out): held-out accuracy dense 0.9962, pruned 0.9950 (-0.13 points); pruned layers ['block2_conv1', 'block2_conv2', 'fc'] at 80.0%, 78.2% of all prunable weights
+SavedModel .tar.gz: dense 3492 kB, stripped pruned 1100 kB: x0.32 (target <= x0.35)
+Total time 137 s
+
+With other jobs on the two cores, per-step times move by 10-30% from run to run, and
+the overheads by about +-0.1 (over five runs: kerasft x0.83-x1.11, tfmot x0.92-x1.18).
 """
 
 from __future__ import annotations
@@ -195,7 +208,7 @@ def main(argv=None):
         f"{args.steps - SKIP} timed steps: wall (best round), CPU (median round)"
     )
     for name, (wall, cpu) in times.items():
-        print(f"  {name:<16} wall {wall * 1e3:6.1f} ms   CPU {cpu * 1e3:6.1f} ms")
+        print(f"  {name:<18} wall {wall * 1e3:6.1f} ms   CPU {cpu * 1e3:6.1f} ms")
     for i, kind in enumerate(("wall", "CPU")):
         ours = times["keras3 kerasft"][i] / times["keras3 dense"][i]
         theirs = times["tf_keras tfmot"][i] / times["tf_keras dense"][i]

@@ -561,7 +561,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     schedule fires (or, for m-by-n sparsity, at step 1) recomputes the masks from the
     weights' magnitudes; assigns ``weight * mask`` to the weight; then calls the layer.
     Outside training the layer runs on ``weight * mask`` without changing any variable,
-    so evaluation and export see the pruned weights.
+    so evaluation and export see the pruned weights. In a replica of a `tf.distribute`
+    strategy the updates are made once, from the cross-replica context, for all
+    replicas' copies of the variables.
 
     Use `kerasft.pruning.prune_low_magnitude()` rather than this class directly, and
     train with the `kerasft.pruning.UpdatePruningStep` callback.

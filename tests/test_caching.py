@@ -16,6 +16,8 @@ from kerasft.caching import CachedFeatureModel, FeatureCache, split_frozen_prefi
 from kerasft.data import prepare_data
 
 QUICK = dict(verbose=0, patience=None)
+DERIVED = "derived from the next phase's features (kept for it)"
+KEPT = "kept from the previous phase"
 
 
 def _run(model, data, **kwargs):
@@ -41,6 +43,8 @@ def test_lp_ft_on_cached_features_matches_uncached(shipped_model_path, digits_sm
     phases = cached.extras["speed"]["phases"]
     assert [p["cached"] for p in phases] == [True, True]
     assert "'dropout'" in phases[0]["reason"]
+    # the fine-tuning phase's (lower) cut is computed once, in the head phase
+    assert [p["feature_source"] for p in phases] == [DERIVED, KEPT]
     assert not any(p["cached"] for p in plain.extras["speed"]["phases"])
     _assert_same_run(plain, cached)
     # the weights trained on features are the returned model's
@@ -62,6 +66,7 @@ def test_nested_backbone_cut_inside_and_steps_per_execution(digits_small):
     assert [p["cached"] for p in phases] == [True, True]
     assert phases[1]["reason"].endswith("'backbone/conv2' (trainable)")
     assert [p["steps_per_execution"] for p in phases] == [4, 4]
+    assert [p["feature_source"] for p in phases] == [DERIVED, KEPT]
     _assert_same_run(runs[False], runs["auto"])
 
 
@@ -178,3 +183,44 @@ def test_cache_argument_errors(shipped_model, digits_small):
     with pytest.raises(ValueError, match=r"Argument `cache_budget` must be a number of bytes >= 0\. Received: cache_budget=-1"):
         kerasft.finetune(shipped_model, digits_small, cache_budget=-1, verbose=0)
     assert caching.CACHE_CHOICES == (True, False, "auto")
+
+
+def _first_batch(setup):
+    features, labels = next(iter(setup.train))
+    return [np.asarray(f) for f in keras.tree.flatten(features)], np.asarray(labels)
+
+
+@pytest.mark.parametrize("budget", [2**30, 0], ids=["memory", "file"])
+def test_features_derived_from_the_next_cut_and_reused(shipped_model_path, digits_small, budget):
+    model = keras.models.load_model(shipped_model_path)
+    prepared = prepare_data(digits_small, model=model, seed=0)
+    surgery.freeze(model)
+    surgery.set_trainable(model, {"predictions": True})
+    later = [model.get_layer("fc"), model.get_layer("predictions")]
+
+    other = FeatureCache(prepared, mode=True, budget=budget)  # its files live as long as it does
+    direct = other.setup_phase(model, 0)
+    cache = FeatureCache(prepared, mode=True, budget=budget)
+    derived = cache.setup_phase(model, 0, later_trainable=later)
+    assert (direct.feature_source, derived.feature_source) == ("computed", DERIVED)
+    assert derived.model.suffix.layers[-1] is model.get_layer("predictions")
+    for a, b in zip(_first_batch(direct)[0] + [_first_batch(direct)[1]],
+                    _first_batch(derived)[0] + [_first_batch(derived)[1]]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    surgery.set_trainable(model, {"fc": True})
+    kept = cache.setup_phase(model, 1)
+    fresh = other.setup_phase(model, 1)
+    assert kept.feature_source == KEPT
+    for a, b in zip(_first_batch(kept)[0], _first_batch(fresh)[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    vk, vf = next(iter(kept.validation)), next(iter(fresh.validation))
+    np.testing.assert_allclose(vk[0], vf[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(vk[1], vf[1])
+
+    # weights below the cut changed since: the kept features are stale and recomputed
+    conv = model.get_layer("block1_conv1")
+    conv.set_weights([w + 0.01 for w in conv.get_weights()])
+    assert cache.setup_phase(model, 1).feature_source == "computed"
+    cache.close()
+    assert cache._kept is None

@@ -138,7 +138,7 @@ def test_progress_names_each_phase(shipped_model, digits_small, capsys):
     "kwargs, error, message",
     [
         (dict(num_classes=5), ValueError, r"label 9 is out of range for num_classes=5"),
-        (dict(recipe="warp"), ValueError, r"Argument `recipe` must be one of \['lp-ft', 'full', 'head'\]. Received: recipe='warp'"),
+        (dict(recipe="warp"), ValueError, r"Argument `recipe` must be one of \['lp-ft', 'full', 'head', 'gradual'\].*Received: recipe='warp'"),
         (dict(unfreeze="^nope"), ValueError, r"Argument `pattern='\^nope'` matches no layer"),
         (dict(unfreeze=-2), ValueError, r"Argument `unfreeze` must be 'all', a positive number"),
         (dict(lr=-1.0), ValueError, r"Argument `lr` must be a number in \(0, 10\). Received: lr=-1.0"),
@@ -162,7 +162,7 @@ def test_finetune_model_errors(digits_small, tmp_path):
         kerasft.finetune(str(tmp_path / "missing.keras"), digits_small)
     bad = tmp_path / "corrupt.keras"
     bad.write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match=r"could not be read as a Keras model"):
+    with pytest.raises(ValueError, match=r"is not a valid .keras file"):
         kerasft.finetune(str(bad), digits_small)
     with pytest.raises(ValueError, match=r"has extension '.txt'"):
         (tmp_path / "m.txt").write_text("x")

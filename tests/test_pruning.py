@@ -254,6 +254,32 @@ def test_masked_weights_stay_zero_through_optimizer_updates():
     assert not any(np.array_equal(a, b.numpy()) for a, b in zip(trained, model.trainable_weights))
 
 
+def test_sequential_and_nested_models():
+    from helpers import nested_model, sequential_model
+
+    x, y = datasets.load_digits()
+    x, y = x[:32], y[:32]
+    for model, layers in (
+        (sequential_model(), ["c", "fc", "logits"]),
+        (nested_model(), ["conv1", "conv2", "head"]),
+    ):
+        pruned = kp.prune_low_magnitude(model, kp.ConstantSparsity(0.5, 0, frequency=1))
+        pruned.compile("sgd", "mse")
+        pruned.fit(x, np.eye(10)[y], batch_size=16, verbose=0, callbacks=[kp.UpdatePruningStep()])
+        report = kp.sparsity_report(pruned)
+        assert sorted(report.layers) == sorted(layers)
+        assert all(v == pytest.approx(0.5, abs=0.02) for v in report.layers.values()), report
+        stripped = kp.strip_pruning(pruned)
+        assert kp.sparsity_report(stripped) == report
+        assert not any(
+            isinstance(layer, kp.PruneLowMagnitude) for _, layer in kerasft.iter_layers(stripped)
+        )
+        np.testing.assert_allclose(
+            pruned.predict(x, verbose=0), stripped.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+        )
+        assert isinstance(model.layers[-1], keras.layers.Dense)  # the input model is untouched
+
+
 def test_missing_callback_is_reported():
     model = kp.prune_low_magnitude(_small_model())
     _compile(model)
