@@ -12,11 +12,14 @@ with (a) the whole body unfrozen and (b) its top 30% unfrozen, two ways:
   caches the frozen body's features where that is exact, and decays the fine-tuning
   rate along a cosine).
 
+Each comparison runs twice (``--rounds``), the two recipes in alternating order, and
+the median ratio is reported: the machine is shared and its load drifts.
+
 Also printed: kerasft's per-step overhead against a bare ``model.fit`` with identical
 settings (caching off; interleaved repetitions, median of per-step times), and the
 training GFLOP/s achieved against a float32 matmul peak measured in the same run.
 
-Run: ``python benchmarks/speed.py`` (about 6 minutes on 2 CPU cores).
+Run: ``python benchmarks/speed.py`` (5-8 minutes on 2 shared CPU cores).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from kerasft import datasets
 
 N, SIZE, BATCH, HEAD_EPOCHS, EPOCHS, LR = 2000, 96, 32, 5, 3, 1e-3
 PRETRAIN_EPOCHS = 2
-OVERHEAD_REPEATS, OVERHEAD_N = 5, 800
+OVERHEAD_REPEATS, OVERHEAD_N = 7, 800
+ROUNDS = 2
 
 
 def to_rgb96(x: np.ndarray) -> np.ndarray:
@@ -193,7 +197,8 @@ def overhead(weights, x, y, repeats=OVERHEAD_REPEATS):
     Same model, split, batch size, optimizer and validation; kerasft with
     ``recipe="full"`` and caching off, so both run the very same training steps. Each
     repetition runs one epoch of each (the bare model compiled once, kerasft from a
-    fresh call), back to back, and compares their median step times.
+    fresh call), back to back, alternating which goes first, and compares their median
+    step times.
     """
     (xt, yt), (xv, yv) = split(x[:OVERHEAD_N], y[:OVERHEAD_N])
     model, base = build(weights)
@@ -201,25 +206,47 @@ def overhead(weights, x, y, repeats=OVERHEAD_REPEATS):
     train = tf.data.Dataset.from_tensor_slices((xt, yt)).shuffle(len(xt), seed=0).batch(BATCH).prefetch(-1)
     val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(BATCH).prefetch(-1)
     model.compile(keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    bare_steps, kft_steps, ratios = [], [], []
-    for _ in range(repeats):
+
+    def run_bare():
         timer = StepTimer()
         model.fit(train, validation_data=val, epochs=1, verbose=0, callbacks=[timer])
-        bare = float(np.median(timer.steps[1:]))  # the first gap of the first fit includes tracing
-        model2, _ = build(weights)
+        return float(np.median(timer.steps[1:]))
+
+    def run_kerasft():
         timer = StepTimer()
-        kerasft.finetune(model2, (xt, yt), validation_data=(xv, yv), recipe="full", epochs=1, lr=LR, warmup=0.0,
-                         batch_size=BATCH, patience=None, cache_features=False, verbose=0, callbacks=[timer])
-        kft = float(np.median(timer.steps[1:]))
-        bare_steps.append(bare)
-        kft_steps.append(kft)
-        ratios.append(kft / bare)
+        kerasft.finetune(build(weights)[0], (xt, yt), validation_data=(xv, yv), recipe="full", epochs=1, lr=LR,
+                         warmup=0.0, batch_size=BATCH, patience=None, cache_features=False, verbose=0,
+                         callbacks=[timer])
+        return float(np.median(timer.steps[1:]))
+
+    bare_steps, kft_steps = [], []
+    for i in range(repeats):  # alternate which one runs first
+        if i % 2 == 0:
+            bare_steps.append(run_bare())
+            kft_steps.append(run_kerasft())
+        else:
+            kft_steps.append(run_kerasft())
+            bare_steps.append(run_bare())
+    ratios = [k / b for k, b in zip(kft_steps, bare_steps)]
     return bare_steps, kft_steps, ratios, model
+
+
+def report(hand, kft, n_train):
+    for name, r in (("hand-written", hand), ("kerasft", kft)):
+        print(f"{name:<13}: {r['seconds']:6.1f} s  val acc head {r['head_acc']:.3f} -> final {r['val_acc']:.3f}  "
+              f"head {HEAD_EPOCHS * n_train / r['head_s']:6.0f} img/s  "
+              f"finetune {EPOCHS * n_train / r['ft_s']:5.0f} img/s")
+    print(f"ratio kerasft/hand-written: {kft['seconds'] / hand['seconds']:.2f}")
+    print("kerasft features per phase: " + "; ".join(
+        f"{'cached' if p['cached'] else 'not cached'}"
+        + (f" ({p['feature_source']}, {p['feature_seconds']:.1f}s)" if p["cached"] else "")
+        for p in kft["speed"]["phases"]))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overhead-repeats", type=int, default=OVERHEAD_REPEATS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="repetitions of each comparison")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     (xs, ys), (x, y) = load_tasks()
@@ -230,24 +257,24 @@ def main(argv=None):
     weights = pretrain(xs, ys)
     n_train = len(x) - len(x) // 5
     rows = []
-    # The order alternates so that neither recipe always runs first (the machine is shared).
-    for label, frac, unfreeze, order in (("all unfrozen", 1.0, "all", ("hand", "kerasft")),
-                                         ("top 30% unfrozen", 0.3, 0.3, ("kerasft", "hand"))):
-        runs = {}
-        for who in order:
-            runs[who] = hand_written(weights, x, y, frac) if who == "hand" else with_kerasft(weights, x, y, unfreeze)
-        hand, kft = runs["hand"], runs["kerasft"]
-        rows.append((label, hand, kft))
-        print(f"\n== phase 2 with {label} (run order: {', '.join(order)}) ==")
-        for name, r in (("hand-written", hand), ("kerasft", kft)):
-            print(f"{name:<13}: {r['seconds']:6.1f} s  val acc head {r['head_acc']:.3f} -> final {r['val_acc']:.3f}  "
-                  f"head {HEAD_EPOCHS * n_train / r['head_s']:6.0f} img/s  "
-                  f"finetune {EPOCHS * n_train / r['ft_s']:5.0f} img/s")
-        print(f"ratio kerasft/hand-written: {kft['seconds'] / hand['seconds']:.2f}")
-        print("kerasft features per phase: " + "; ".join(
-            f"{'cached' if p['cached'] else 'not cached'}"
-            + (f" ({p['feature_source']}, {p['feature_seconds']:.1f}s)" if p["cached"] else "")
-            for p in kft["speed"]["phases"]))
+    # The order alternates (ABBA) so that neither recipe always runs first: the machine
+    # is shared and its load drifts.
+    configs = (("all unfrozen", 1.0, "all"), ("top 30% unfrozen", 0.3, 0.3))
+    for r in range(args.rounds):
+        for c, (label, frac, unfreeze) in enumerate(configs):
+            order = ("hand", "kerasft") if (r + c) % 2 == 0 else ("kerasft", "hand")
+            runs = {}
+            for who in order:
+                runs[who] = (hand_written(weights, x, y, frac) if who == "hand"
+                             else with_kerasft(weights, x, y, unfreeze))
+            hand, kft = runs["hand"], runs["kerasft"]
+            rows.append((label, hand, kft))
+            print(f"\n== round {r + 1}: phase 2 with {label} (run order: {', '.join(order)}) ==")
+            report(hand, kft, n_train)
+    print("\n== summary: kerasft/hand-written wall-time ratio per round (median) ==")
+    for label, _, _ in configs:
+        ratios = [k["seconds"] / h["seconds"] for lab, h, k in rows if lab == label]
+        print(f"{label:<17}: {' '.join(f'{q:.2f}' for q in ratios)}  median {float(np.median(ratios)):.2f}")
     bare, kft_steps, ratios, model = overhead(weights, x, y, args.overhead_repeats)
     flops = train_flops_per_image(model)
     peak = max(peak, matmul_peak())

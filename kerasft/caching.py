@@ -515,29 +515,27 @@ class FeatureCache:
         feats = self._kept_for(model, split)
         source = "kept from the previous phase"
         if feats is None:
+            source = "computed"
             lower = split_frozen_prefix(model, also_trainable=later_trainable) if later_trainable else None
             if lower is not None and set(lower.prefix_layers) == set(split.prefix_layers):
                 lower = split  # the next phase's cut is this one: compute once, keep
             elif lower is not None and not set(lower.prefix_layers) < set(split.prefix_layers):
                 lower = None
-            if lower is None:
-                feats = self._features(split.prefix, x, None if val is None else val[0])
-                source = "computed"
-            else:
-                base = self._features(lower.prefix, x, None if val is None else val[0])
-                self._keep(model, lower, base)
-                source = "computed"
-                if lower is not split:
-                    middle = split_frozen_prefix(lower.suffix)
-                    if middle is None:
-                        feats, suffix = base, lower.suffix
-                    else:
-                        feats = self._features(middle.prefix, base.train, base.validation)
-                        feats.nbytes += base.nbytes
-                        suffix = middle.suffix
-                    source = "derived from the next phase's features (kept for it)"
+            feats = self._features((lower or split).prefix, x, None if val is None else val[0])
+            if lower is not None:
+                self._keep(model, lower, feats)
+            if lower is not None and lower is not split:
+                # The layers between the two cuts are frozen in this phase too: run them
+                # once on the kept features (the next cut's suffix, cut again here).
+                source = "derived from the next phase's features (kept for it)"
+                middle = split_frozen_prefix(lower.suffix)
+                if middle is None:  # nothing with weights in between: train through it
+                    suffix = lower.suffix
                 else:
-                    feats = base
+                    base = feats
+                    feats = self._features(middle.prefix, base.train, base.validation)
+                    feats.nbytes += base.nbytes
+                    suffix = middle.suffix
         seed = self._phase_seed(index)
         train = self._pipeline(feats.train, y, seed, shuffle=True)
         validation = None if val is None else self._pipeline(feats.validation, val[1], seed, shuffle=False)

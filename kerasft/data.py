@@ -479,9 +479,15 @@ def _prepare_streaming(ds, *, model, validation_data, validation_split, batch_si
             u = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), i]))
             return u < validation_split
 
+        def is_train(i, element):
+            return tf.logical_not(is_val(i, element))
+
+        def drop_index(_, element):
+            return element
+
         indexed = ds.enumerate()
-        train = indexed.filter(lambda i, e: tf.logical_not(is_val(i, e))).map(lambda i, e: e)
-        val = indexed.filter(is_val).map(lambda i, e: e)
+        train = indexed.filter(is_train).map(drop_index)
+        val = indexed.filter(is_val).map(drop_index)
         n_val = int(round(n * validation_split))
     elif validation_data is not None:
         vsource = as_dataset(validation_data, "validation_data")

@@ -56,6 +56,10 @@ def _image_folder(root, sizes: dict[str, list[int]]) -> str:
     return str(root)
 
 
+def _flip(x, y):
+    return tf.image.random_flip_left_right(x), y
+
+
 def _ft(model, data, **kw):
     return kerasft.finetune(model, data, verbose=0, **kw)
 
@@ -125,6 +129,22 @@ CASES = [
     ("checkpoint_dir of another run", lambda m, d, t: (_ft(m, d, recipe="head", epochs=1, checkpoint_dir=str(t / "c")),
                                                        _ft(m, d, recipe="full", epochs=1, checkpoint_dir=str(t / "c"))),
      ValueError, r"`checkpoint_dir=.*` holds the state of a different run.*'recipe'"),
+    ("plateau reduction + schedule", lambda m, d, t: _ft(m, d, callbacks=[keras.callbacks.ReduceLROnPlateau()]),
+     ValueError, r"Argument `callbacks` holds a keras.callbacks.ReduceLROnPlateau.*HINT: pass reduce_on_plateau=True"),
+    ("caching forced + augmentation", lambda m, d, t: _ft(m, tf.data.Dataset.from_tensor_slices(d).map(_flip), cache_features=True),
+     ValueError, r"Argument `cache_features=True`, but the input pipeline draws random numbers"),
+    ("prune + checkpoint_dir", lambda m, d, t: _ft(m, d, prune=0.8, checkpoint_dir=str(t / "c")),
+     ValueError, r"Argument `prune` cannot be combined with \['checkpoint_dir'\]"),
+    ("prune to 150%", lambda m, d, t: _ft(m, d, prune=1.5),
+     ValueError, r"`target_sparsity` must be None or a float in \[0, 1\). Received: target_sparsity=1.5"),
+    ("phase regex matching nothing", lambda m, d, t: _ft(m, d, recipe=[{"layers": "^zzz", "lr": 1e-3}]),
+     ValueError, r"No layer of model 'mnist_cnn' matches '\^zzz' in argument `phases\[0\]\['layers'\]`"),
+    ("lr_find on an uncompiled model", lambda m, d, t: kerasft.lr_find(m, d),
+     ValueError, r"not compiled with a loss.*HINT: pass loss="),
+    ("lr_mult < 1", lambda m, d, t: _ft(m, d, lr_mult=0.5),
+     ValueError, r"Argument `lr_mult` must be >= 1.*Received: lr_mult=0.5"),
+    ("unknown distribute", lambda m, d, t: _ft(m, d, distribute="tpu"),
+     ValueError, r"Argument `distribute` must be None, 'auto' or a tf.distribute.Strategy.*Received: distribute='tpu'"),
     ("export path is a file", lambda m, d, t: (t.joinpath("f").write_text("x"), export.export_model(m, str(t / "f"))),
      ValueError, r"Argument `path`.*is an existing file"),
     ("export over an existing directory", lambda m, d, t: (t.joinpath("e").mkdir(), export.export_model(m, str(t / "e"))),
