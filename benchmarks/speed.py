@@ -16,10 +16,10 @@ Each comparison runs twice (``--rounds``), the two recipes in alternating order,
 the median ratio is reported: the machine is shared and its load drifts.
 
 Also printed: kerasft's per-step overhead against a bare ``model.fit`` with identical
-settings (caching off; interleaved repetitions, median of per-step times), and the
+settings (caching off; the two alternate every epoch, median of per-step times), and the
 training GFLOP/s achieved against a float32 matmul peak measured in the same run.
 
-Run: ``python benchmarks/speed.py`` (5-8 minutes on 2 shared CPU cores).
+Run: ``python benchmarks/speed.py`` (about 5 minutes on 2 shared CPU cores).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from kerasft import datasets
 
 N, SIZE, BATCH, HEAD_EPOCHS, EPOCHS, LR = 2000, 96, 32, 5, 3, 1e-3
 PRETRAIN_EPOCHS = 2
-OVERHEAD_REPEATS, OVERHEAD_N = 7, 800
+OVERHEAD_EPOCHS, OVERHEAD_N = 13, 800
 ROUNDS = 2
 
 
@@ -175,30 +175,46 @@ def train_flops_per_image(model) -> float:
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Wall time between consecutive training-batch ends: a step with everything around it."""
+    """Wall time between consecutive training-batch ends, per epoch: a step with all around it."""
 
     def on_train_begin(self, logs=None):
-        self.steps = []
-        self._last = None
+        self.epochs = []
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append([])
         self._last = None  # the gap across validation and epoch ends is not a step
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
         if self._last is not None:
-            self.steps.append(now - self._last)
+            self.epochs[-1].append(now - self._last)
         self._last = now
 
 
-def overhead(weights, x, y, repeats=OVERHEAD_REPEATS):
-    """Median per-step time of finetune over a bare model.fit, interleaved repetitions.
+class BareEpochs(keras.callbacks.Callback):
+    """After each epoch of the run it is passed to, one epoch of the bare ``model.fit``."""
+
+    def __init__(self, run_epoch):
+        super().__init__()
+        self.run_epoch = run_epoch
+
+    def on_train_begin(self, logs=None):
+        self.medians = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.medians.append(self.run_epoch())
+
+
+def overhead(weights, x, y, epochs=OVERHEAD_EPOCHS):
+    """Per-step time of finetune over a bare model.fit, alternating every epoch.
 
     Same model, split, batch size, optimizer and validation; kerasft with
-    ``recipe="full"`` and caching off, so both run the very same training steps. Each
-    repetition runs one epoch of each (the bare model compiled once, kerasft from a
-    fresh call), back to back, alternating which goes first, and compares their median
-    step times.
+    ``recipe="full"`` and caching off, so both run the very same training steps. The
+    machine's load drifts over seconds, so the two alternate every epoch (about two
+    seconds): one ``finetune`` call runs ``epochs`` epochs, and after each of them a
+    callback runs one epoch of the bare model's ``fit`` (compiled and traced before).
+    Each kerasft epoch's median step time is divided by the mean of the bare epochs just
+    before and after it; the first kerasft epoch (tracing) is left out.
     """
     (xt, yt), (xv, yv) = split(x[:OVERHEAD_N], y[:OVERHEAD_N])
     model, base = build(weights)
@@ -207,28 +223,19 @@ def overhead(weights, x, y, repeats=OVERHEAD_REPEATS):
     val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(BATCH).prefetch(-1)
     model.compile(keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    def run_bare():
+    def bare_epoch():
         timer = StepTimer()
         model.fit(train, validation_data=val, epochs=1, verbose=0, callbacks=[timer])
-        return float(np.median(timer.steps[1:]))
+        return float(np.median(timer.epochs[0]))
 
-    def run_kerasft():
-        timer = StepTimer()
-        kerasft.finetune(build(weights)[0], (xt, yt), validation_data=(xv, yv), recipe="full", epochs=1, lr=LR,
-                         warmup=0.0, batch_size=BATCH, patience=None, cache_features=False, verbose=0,
-                         callbacks=[timer])
-        return float(np.median(timer.steps[1:]))
-
-    bare_steps, kft_steps = [], []
-    for i in range(repeats):  # alternate which one runs first
-        if i % 2 == 0:
-            bare_steps.append(run_bare())
-            kft_steps.append(run_kerasft())
-        else:
-            kft_steps.append(run_kerasft())
-            bare_steps.append(run_bare())
-    ratios = [k / b for k, b in zip(kft_steps, bare_steps)]
-    return bare_steps, kft_steps, ratios, model
+    bare_epoch()  # trace
+    timer, bare = StepTimer(), BareEpochs(bare_epoch)
+    kerasft.finetune(build(weights)[0], (xt, yt), validation_data=(xv, yv), recipe="full", epochs=epochs, lr=LR,
+                     warmup=0.0, batch_size=BATCH, patience=None, cache_features=False, verbose=0,
+                     callbacks=[timer, bare])
+    kft = [float(np.median(steps)) for steps in timer.epochs]
+    ratios = [kft[e] / ((bare.medians[e - 1] + bare.medians[e]) / 2) for e in range(1, epochs)]
+    return bare.medians, kft, ratios, model
 
 
 def report(hand, kft, n_train):
@@ -245,7 +252,7 @@ def report(hand, kft, n_train):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--overhead-repeats", type=int, default=OVERHEAD_REPEATS)
+    parser.add_argument("--overhead-epochs", type=int, default=OVERHEAD_EPOCHS)
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="repetitions of each comparison")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -275,13 +282,13 @@ def main(argv=None):
     for label, _, _ in configs:
         ratios = [k["seconds"] / h["seconds"] for lab, h, k in rows if lab == label]
         print(f"{label:<17}: {' '.join(f'{q:.2f}' for q in ratios)}  median {float(np.median(ratios)):.2f}")
-    bare, kft_steps, ratios, model = overhead(weights, x, y, args.overhead_repeats)
+    bare, kft_steps, ratios, model = overhead(weights, x, y, args.overhead_epochs)
     flops = train_flops_per_image(model)
     peak = max(peak, matmul_peak())
-    print("\n== per-step overhead (full fine-tuning, caching off, interleaved repetitions) ==")
-    print("bare model.fit ms/step  : " + " ".join(f"{1e3 * s:.0f}" for s in bare))
-    print("kerasft.finetune ms/step: " + " ".join(f"{1e3 * s:.0f}" for s in kft_steps))
-    print("ratios: " + " ".join(f"{r:.3f}" for r in ratios)
+    print("\n== per-step overhead (full fine-tuning, caching off, alternating every epoch) ==")
+    print("kerasft.finetune ms/step, per epoch: " + " ".join(f"{1e3 * s:.0f}" for s in kft_steps))
+    print("bare model.fit ms/step, per epoch  : " + " ".join(f"{1e3 * s:.0f}" for s in bare))
+    print("ratios (epochs 2+): " + " ".join(f"{r:.3f}" for r in ratios)
           + f"; median overhead {100 * (float(np.median(ratios)) - 1):+.1f}%")
     step = float(np.median(bare))
     gflops = BATCH * flops / step / 1e9

@@ -779,6 +779,8 @@ def finetune(
             f"for recipe={recipe!r}."
         )
     best.restore(model)
+    if not getattr(model, "compiled", False):  # every phase was restored from checkpoint_dir
+        model.compile(loss=loss, metrics=list(metrics) if metrics else auto_metrics)
     if pruning_run is not None:
         model, pruning_record = pruning_lib._finetune_finish(pruning_run, model)
         model.compile(loss=loss, metrics=list(metrics) if metrics else

@@ -55,7 +55,7 @@ def _run(script: str, model: str, ckpt: str, kill_after_epochs: int | None = Non
     try:
         for line in proc.stdout:
             lines.append(line.rstrip())
-            if "phase 2/2" in line:
+            if "phase 2/2" in line or "phase 1/1" in line:
                 in_phase2 = True
             if in_phase2 and "EPOCH " in line:
                 epochs2 += 1
@@ -154,3 +154,22 @@ def test_nan_loss_stops_and_restores_last_good_weights(shipped_model, digits):
     assert all(np.isfinite(w).all() for w in result.model.get_weights())
     assert result.best_phase == "head"
     assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.7
+
+
+@pytest.mark.slow
+def test_killed_gradual_run_resumes_with_the_right_trainable_set(tmp_path, shipped_model_path):
+    script = SCRIPT.replace("head_epochs=2, epochs=8,", "recipe='gradual', head_epochs=2, epochs=8,")
+    ckpt = str(tmp_path / "ckpt")
+    code, _ = _run(script, shipped_model_path, ckpt, kill_after_epochs=5)
+    assert code == -signal.SIGKILL
+    meta = json.load(open(os.path.join(ckpt, "phase-0", "training_metadata.json")))
+    code, resumed = _run(script, shipped_model_path, ckpt)
+    assert code == 0, "\n".join(resumed[-30:])
+    text = "\n".join(resumed)
+    assert f"resuming phase 'gradual' after epoch {meta['epoch']}" in text
+    # The unfreezing schedule picks up at the resumed epoch, not at its first phase.
+    entered = [x for x in resumed if "GradualUnfreezing entered phase" in x]
+    assert entered and "phase 0," not in entered[0]
+    code, straight = _run(script, shipped_model_path, str(tmp_path / "other"))
+    assert code == 0
+    assert abs(_result(resumed)["accuracy"] - _result(straight)["accuracy"]) <= 0.03
