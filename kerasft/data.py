@@ -16,6 +16,7 @@ split by a seeded hash of each example's position.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,9 @@ class PreparedData:
 
 
 def _is_tfds_builder(obj: Any) -> bool:
+    # A builder can only exist once tensorflow_datasets is imported; skip its slow import.
+    if "tensorflow_datasets" not in sys.modules:
+        return False
     try:
         import tensorflow_datasets as tfds
     except ImportError:  # pragma: no cover - tfds is a dependency
