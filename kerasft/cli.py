@@ -65,6 +65,18 @@ def _unfreeze(text: str) -> str | int | float:
         return text
 
 
+def _learning_rate(text: str) -> str | float:
+    if text == "find":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'find' or a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be 'find' or a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerasft", description="Fine-tune pretrained Keras models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -81,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="lp-ft (default), full, head, gradual, or a YAML/JSON file of phases")
     ft.add_argument("--head-epochs", type=_non_negative_int, default=5)
     ft.add_argument("--epochs", type=_non_negative_int, default=10)
-    ft.add_argument("--lr", type=float, default=1e-3)
+    ft.add_argument("--lr", type=_learning_rate, default="find",
+                    help="head-phase learning rate, or 'find' (default) to run the LR finder")
     ft.add_argument("--finetune-lr", type=float, default=None)
     ft.add_argument("--unfreeze", type=_unfreeze, default="all",
                     help="'all', top N weighted layers, top fraction, or a regex")
