@@ -76,13 +76,14 @@ from kerasft import datasets
 from kerasft.cli import default_model_path
 
 RECIPES = {
-    "scratch": dict(recipe="full", epochs=15),
-    "head": dict(recipe="head", epochs=15),
-    "lp-ft": dict(recipe="lp-ft", head_epochs=5, epochs=10),
-    "full": dict(recipe="full", epochs=15),
-    "gradual": dict(recipe="gradual", head_epochs=5, epochs=10),
-    "full+lr_mult": dict(recipe="full", epochs=15, lr_mult=100),
-    "full+l2sp": dict(recipe="full", epochs=15, l2sp=0.1),
+    "scratch": dict(recipe="full", epochs=15, lr=1e-3),
+    "head": dict(recipe="head", epochs=15, lr=1e-3),
+    "lp-ft": dict(recipe="lp-ft", head_epochs=5, epochs=10, lr=1e-3),
+    "lp-ft@1e-2": dict(recipe="lp-ft", head_epochs=5, epochs=10, lr=1e-2),
+    "full": dict(recipe="full", epochs=15, lr=1e-3),
+    "gradual": dict(recipe="gradual", head_epochs=5, epochs=10, lr=1e-3),
+    "full+lr_mult": dict(recipe="full", epochs=15, lr=1e-3, lr_mult=100),
+    "full+l2sp": dict(recipe="full", epochs=15, lr=1e-3, l2sp=0.1),
     "head+find": dict(recipe="head", epochs=15, lr="find"),
     "lp-ft+find": dict(recipe="lp-ft", head_epochs=5, epochs=10, lr="find"),
     "gradual+find": dict(recipe="gradual", head_epochs=5, epochs=10, lr="find"),

@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="lp-ft (default), full, head, gradual, or a YAML/JSON file of phases")
     ft.add_argument("--head-epochs", type=_non_negative_int, default=5)
     ft.add_argument("--epochs", type=_non_negative_int, default=10)
-    ft.add_argument("--lr", type=_learning_rate, default="find",
-                    help="head-phase learning rate, or 'find' (default) to run the LR finder")
+    ft.add_argument("--lr", type=_learning_rate, default=1e-2,
+                    help="head-phase learning rate (default 1e-2), or 'find' to run the LR finder")
     ft.add_argument("--finetune-lr", type=float, default=None)
     ft.add_argument("--unfreeze", type=_unfreeze, default="all",
                     help="'all', top N weighted layers, top fraction, or a regex")

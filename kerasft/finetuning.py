@@ -331,7 +331,7 @@ def finetune(
     recipe: str | Sequence[dict[str, Any]] | os.PathLike = "lp-ft",
     head_epochs: int = 5,
     epochs: int = 10,
-    lr: float | str = "find",
+    lr: float | str = 1e-2,
     finetune_lr: float | None = None,
     warmup: float = 0.1,
     unfreeze: str | int | float = "all",
@@ -411,9 +411,9 @@ def finetune(
             Defaults to `10`.
         lr: learning rate of the head phase, or ``"find"`` to take the ``valley``
             suggestion of ``kerasft.lr_find`` (run with the head phase's trainable
-            weights; the sweep is kept in ``result.extras["lr_find"]``). The default
-            because a fixed rate under-trains a new head on few examples (see the
-            strategies benchmark in README). Defaults to `"find"`.
+            weights; the sweep is kept in ``result.extras["lr_find"]``). The default is
+            higher than Keras's usual 1e-3 because a new head on few examples gets few
+            steps (see the strategies benchmark in README). Defaults to `1e-2`.
         finetune_lr: peak learning rate after unfreezing. Defaults to ``lr / 10``.
         warmup: fraction of the fine-tuning steps spent warming up linearly.
             Defaults to `0.1`.

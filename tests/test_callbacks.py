@@ -174,7 +174,7 @@ def test_reduce_on_plateau_refuses_unscalable_schedule_before_training(shipped_m
 def test_finetune_gradual_recipe(shipped_model, digits_small):
     logger = PhaseLogger()
     result = kerasft.finetune(shipped_model, digits_small, recipe="gradual", head_epochs=1, epochs=3,
-                              patience=None, callbacks=[logger], verbose=0)
+                              lr=1e-3, patience=None, callbacks=[logger], verbose=0)
     phases = result.extras["phases"]
     assert [p["epoch"] for p in phases] == [0, 1, 2, 3]
     assert phases[0]["layers"] == ["predictions"] and phases[1]["layers"] == ["fc"]
@@ -203,7 +203,7 @@ def test_finetune_phase_file_with_ema_and_plateau(shipped_model, digits_small, t
     path.write_text(json.dumps({"phases": [{"layers": ["predictions", "fc"], "lr": 2e-3},
                                            {"layers": r"block2_conv\d", "epoch": 1}]}))
     logger = PhaseLogger()
-    result = kerasft.finetune(shipped_model, digits_small, recipe=str(path), epochs=2, use_ema=True,
+    result = kerasft.finetune(shipped_model, digits_small, recipe=str(path), epochs=2, lr=1e-3, use_ema=True,
                               reduce_on_plateau=True, layer_decay=0.5, callbacks=[logger], verbose=0)
     assert [r["unfreeze_phase"] for r in logger.records] == [0, 1]
     assert logger.records[1]["trainable_params"] - logger.records[0]["trainable_params"] == _params(

@@ -13,7 +13,7 @@ from helpers import Subclassed, nested_model, sequential_model
 import kerasft
 from kerasft import datasets
 
-QUICK = dict(head_epochs=1, epochs=1, verbose=0)
+QUICK = dict(head_epochs=1, epochs=1, lr=1e-3, verbose=0)
 
 
 def _bn_stats(model):

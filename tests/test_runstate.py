@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     x, y = datasets.load_digits()
     split = datasets.few_shot_split(x, y, shots=30, seed=0)
     result = kerasft.finetune(
-        sys.argv[1], (split.x_train, split.y_train), head_epochs=2, epochs=8,
+        sys.argv[1], (split.x_train, split.y_train), head_epochs=2, epochs=8, lr=1e-3,
         patience=None, checkpoint_dir=sys.argv[2], callbacks=[Mark()], verbose=2,
     )
     print("RESULT", json.dumps({
@@ -159,6 +159,7 @@ def test_nan_loss_stops_and_restores_last_good_weights(shipped_model, digits):
 @pytest.mark.slow
 def test_killed_gradual_run_resumes_with_the_right_trainable_set(tmp_path, shipped_model_path):
     script = SCRIPT.replace("head_epochs=2, epochs=8,", "recipe='gradual', head_epochs=2, epochs=8,")
+    assert script != SCRIPT
     ckpt = str(tmp_path / "ckpt")
     code, _ = _run(script, shipped_model_path, ckpt, kill_after_epochs=5)
     assert code == -signal.SIGKILL

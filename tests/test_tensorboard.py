@@ -36,7 +36,7 @@ def run(digits_small, shipped_model_path, tmp_path_factory):
     log_dir = str(tmp_path_factory.mktemp("tb") / "run")
     old_umask = os.umask(0o000)  # what kerasft writes must not depend on the umask
     try:
-        result = kerasft.finetune(shipped_model_path, (x[:160], y[:160]), head_epochs=2, epochs=3,
+        result = kerasft.finetune(shipped_model_path, (x[:160], y[:160]), head_epochs=2, epochs=3, lr=1e-3,
                                   patience=None, verbose=0, tensorboard=log_dir)
     finally:
         os.umask(old_umask)
