@@ -520,6 +520,12 @@ def finetune(
     """
     call_args = dict(locals())
     strategy = _distribute.resolve_strategy(distribute)
+    if strategy is not None and isinstance(lr, str) and lr == "find":
+        raise ValueError(
+            f"Argument `lr='find'` cannot run under `distribute` ({type(strategy).__name__}): the "
+            "LR finder trains on one device. HINT: run kerasft.lr_find without a strategy "
+            "first and pass its suggestion as lr=."
+        )
     if strategy is not None and not _distribute.in_scope(strategy):
         with strategy.scope():  # variables of the copy, the head and the optimizer
             return finetune(**dict(call_args, distribute=strategy))

@@ -145,6 +145,8 @@ CASES = [
      ValueError, r"Argument `lr_mult` must be >= 1.*Received: lr_mult=0.5"),
     ("unknown distribute", lambda m, d, t: _ft(m, d, distribute="tpu"),
      ValueError, r"Argument `distribute` must be None, 'auto' or a tf.distribute.Strategy.*Received: distribute='tpu'"),
+    ("lr='find' under a strategy", lambda m, d, t: _ft(m, d, lr="find", distribute=tf.distribute.OneDeviceStrategy("/cpu:0")),
+     ValueError, r"Argument `lr='find'` cannot run under `distribute` \(OneDeviceStrategy\)"),
     ("export path is a file", lambda m, d, t: (t.joinpath("f").write_text("x"), export.export_model(m, str(t / "f"))),
      ValueError, r"Argument `path`.*is an existing file"),
     ("export over an existing directory", lambda m, d, t: (t.joinpath("e").mkdir(), export.export_model(m, str(t / "e"))),
