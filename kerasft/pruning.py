@@ -24,7 +24,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras.src.models.functional import Functional  # no public alias in Keras 3.15
-from tensorflow.core.framework import summary_pb2
 
 from kerasft._pruning_wrapper import (
     PRUNABLE_LAYER_TYPES,
@@ -39,6 +38,7 @@ from kerasft._pruning_wrapper import (
     prunable_weights,
     rearrange_for_m_by_n,
 )
+from kerasft.tensorboard import _write_scalar
 
 __all__ = [
     "ConstantSparsity",
@@ -620,18 +620,6 @@ class PruningSummaries(keras.callbacks.Callback):
                     _write_scalar(f"{mask.path}/sparsity", sparsity, step)
                     _write_scalar(f"{threshold.path}/threshold", float(threshold.numpy()), step)
         self._writer.flush()
-
-
-# tf.summary.scalar lives in the `tensorboard` package, which TensorFlow no longer
-# installs; tf.summary.write with the scalar plugin's metadata writes the same records.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-    data_class=summary_pb2.DATA_CLASS_SCALAR,
-).SerializeToString()
-
-
-def _write_scalar(tag: str, value: float, step: int) -> None:
-    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
 
 
 # ------------------------------------------------------------------------------- reports
