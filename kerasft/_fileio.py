@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["atomic_file", "atomic_directory"]
+__all__ = ["atomic_file", "atomic_directory", "drop_group_other_write", "tidy_permissions"]
 
 
 def tidy_permissions(path: str) -> None:
@@ -27,6 +27,22 @@ def tidy_permissions(path: str) -> None:
                 os.chmod(os.path.join(root, f), 0o644)
     else:
         os.chmod(path, 0o644)
+
+
+def drop_group_other_write(path: str, *, recursive: bool = True) -> None:
+    """Remove group/world write permission from ``path`` (and what is below it), nothing else.
+
+    For places kerasft writes into but does not own (a user's checkpoint or log
+    directory, files written by Keras under the umask): unlike :func:`tidy_permissions`
+    it never widens a mode, so a private ``0o700`` directory stays private.
+    """
+    paths = [path]
+    if recursive and os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            paths += [os.path.join(root, name) for name in dirs + files]
+    for p in paths:
+        if os.path.exists(p):
+            os.chmod(p, os.stat(p).st_mode & ~0o022)
 
 
 @contextlib.contextmanager

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 import keras
 import numpy as np
 
-from kerasft._fileio import atomic_file, tidy_permissions
+from kerasft._fileio import atomic_file, drop_group_other_write
 
 __all__ = ["NaNGuard", "RunCheckpoint"]
 
@@ -59,8 +60,10 @@ class NaNGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.event is None and _finite(self.model.get_weights()):
-            self._good = self.model.get_weights()
+        if self.event is None:
+            weights = self.model.get_weights()
+            if _finite(weights):
+                self._good = weights
 
     def on_train_end(self, logs=None):
         if self.event is not None and self._good is not None:
@@ -101,7 +104,7 @@ class RunCheckpoint:
         self.directory = os.path.abspath(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint))
         os.makedirs(self.directory, exist_ok=True)
-        tidy_permissions(self.directory)
+        drop_group_other_write(self.directory, recursive=False)
         self.state: dict[str, Any] = {"fingerprint": self.fingerprint, "phases": {}, "best": None}
         path = os.path.join(self.directory, _STATE)
         if os.path.exists(path):
@@ -161,11 +164,7 @@ class RunCheckpoint:
         _save_arrays(os.path.join(self.directory, name), weights)
         self.state["phases"][str(index)] = {**result, "weights": name}
         self._write_state()
-        backup = self.backup_dir(index)
-        if os.path.isdir(backup):
-            for file in os.listdir(backup):
-                os.unlink(os.path.join(backup, file))
-            os.rmdir(backup)
+        shutil.rmtree(self.backup_dir(index), ignore_errors=True)
 
     def _write_state(self) -> None:
         with atomic_file(os.path.join(self.directory, _STATE)) as tmp:
@@ -204,5 +203,5 @@ class _PersistBest(keras.callbacks.Callback):
         if self.best.best_weights is not None and self.best.best_weights is not self._saved:
             self.checkpoint.save_best(self.best)
             self._saved = self.best.best_weights
-        # Keras's backup honours the umask; keep it private to the owner for writing.
-        tidy_permissions(self.checkpoint.directory)
+        # Keras's backup honours the umask; keep it writable by its owner only.
+        drop_group_other_write(self.checkpoint.directory)

@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from kerasft._fileio import drop_group_other_write
+
 __all__ = ["TensorBoardLogger"]
 
 
@@ -142,8 +144,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
         """Flush and close the event files. Logging again reopens them."""
         for split, writer in self._writers.items():
             writer.close()
-            _drop_group_other_write(os.path.join(self.log_dir, split))
-        _drop_group_other_write(self.log_dir, recursive=False)
+            drop_group_other_write(os.path.join(self.log_dir, split))
+        drop_group_other_write(self.log_dir, recursive=False)
         self._writers = {}
 
     # -----------------------------------------------------------------------------------
@@ -219,16 +221,6 @@ def _write_scalar(tag: str, value: float, step: int) -> None:
 
 def _write_text(tag: str, text: str, step: int) -> None:
     tf.summary.write(tag, tf.constant(text), step=step, metadata=_TEXT_METADATA)
-
-
-def _drop_group_other_write(path: str, recursive: bool = True) -> None:
-    """Whatever the umask, leave the event files writable by their owner only."""
-    paths = [path]
-    if recursive and os.path.isdir(path):
-        paths += [os.path.join(path, name) for name in os.listdir(path)]
-    for p in paths:
-        if os.path.exists(p):
-            os.chmod(p, os.stat(p).st_mode & ~0o022)
 
 
 def _scalar(value: Any) -> float | None:
