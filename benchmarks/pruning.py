@@ -226,7 +226,7 @@ def main(argv=None):
     accuracy = {
         name: r.evaluate((split.x_test, split.y_test))["accuracy"] for name, r in results.items()
     }
-    record = results["pruned"].extras["pruning"]
+    record = results["pruned"].pruning.to_dict()
     print(
         f"kerasft.finetune on digits ({len(split.x_train)} train, {len(split.x_test)} held "
         f"out): held-out accuracy dense {accuracy['dense']:.4f}, pruned "

@@ -142,10 +142,10 @@ def with_kerasft(weights, x, y, unfreeze):
                          verbose=0)
     seconds = time.perf_counter() - t0
     head, ft = r.phases
-    feats = [p["feature_seconds"] for p in r.extras["speed"]["phases"]]
+    feats = [p.feature_seconds for p in r.speed.phases]
     return {"seconds": seconds, "head_s": head.seconds + feats[0], "ft_s": ft.seconds + feats[1],
             "head_acc": head.history["val_accuracy"][-1], "val_acc": ft.history["val_accuracy"][-1],
-            "speed": r.extras["speed"]}
+            "speed": r.speed.to_dict()}
 
 
 def matmul_peak() -> float:

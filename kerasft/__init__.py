@@ -9,18 +9,22 @@ from kerasft import _onednn
 
 _onednn.configure()
 
-from kerasft import pruning  # noqa: E402  (registers the pruning classes for load_model)
-from kerasft.caching import CachedFeatureModel, FeatureCache, split_frozen_prefix  # noqa: E402
+from kerasft import _keras_compat  # noqa: E402
+
+_keras_compat.check_keras_version()
+
+from kerasft import peft, pruning  # noqa: E402  (register their layers for load_model)
 from kerasft.callbacks import (  # noqa: E402
     GradualUnfreezing,
     PhaseLogger,
     ReduceLROnPlateauScaled,
-    load_phases,
-    sync_optimizer,
+    monitor_mode,
 )
 from kerasft.data import DataSpec, PreparedData, prepare_data  # noqa: E402
+from kerasft.engine import Options, Plan  # noqa: E402
+from kerasft.evaluation import EvaluationReport, evaluate_model, report_from_predictions  # noqa: E402
 from kerasft.export import export_model, load_for_finetuning, read_export_metadata  # noqa: E402
-from kerasft.finetuning import FinetuneResult, PhaseResult, finetune, load_model  # noqa: E402
+from kerasft.finetuning import FinetuneResult, PhaseResult, finetune, load_model, plan  # noqa: E402
 from kerasft.imagefolder import image_folder_to_tfds, load_image_folder, load_tfds_folder  # noqa: E402
 from kerasft.layerwise import (  # noqa: E402
     discriminative_optimizer,
@@ -29,7 +33,7 @@ from kerasft.layerwise import (  # noqa: E402
     no_decay_variables,
 )
 from kerasft.lr_finder import LRFindResult, lr_find, suggest_learning_rates  # noqa: E402
-from kerasft.plots import plot_confusion_matrix, plot_history, plot_lr_find  # noqa: E402
+from kerasft.plots import plot_confusion_matrix, plot_history, plot_lr_find, plot_report  # noqa: E402
 from kerasft.pruning import prune_low_magnitude, sparsity_report, strip_pruning  # noqa: E402
 from kerasft.regularizers import L2SP, ClipWeights, apply_l2sp, clip_weights  # noqa: E402
 from kerasft.schedules import (  # noqa: E402
@@ -40,6 +44,7 @@ from kerasft.schedules import (  # noqa: E402
     WarmupStepDecay,
     scale_schedule,
 )
+from kerasft.speed import CachedFeatureModel, FeatureCache, split_frozen_prefix  # noqa: E402
 from kerasft.surgery import (  # noqa: E402
     ParamCount,
     count_params,
@@ -55,11 +60,21 @@ from kerasft.surgery import (  # noqa: E402
     unfreeze,
 )
 from kerasft.tensorboard import TensorBoardLogger  # noqa: E402
+from kerasft.unfreezing import load_phases, sync_optimizer  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CachedFeatureModel",
+    "Options",
+    "EvaluationReport",
+    "evaluate_model",
+    "report_from_predictions",
+    "plot_report",
+    "peft",
+    "Plan",
+    "monitor_mode",
+    "plan",
     "FeatureCache",
     "split_frozen_prefix",
     "ClipWeights",

@@ -1,270 +1,74 @@
 """Callbacks for what trains when: gradual unfreezing, plateau reduction on schedules, logging.
 
-Keras fixes the trainable set of a compiled model in two places: the traced train
-function and the optimizer, which knows only the variables it was built with. Flipping
-``layer.trainable`` mid-``fit`` (``kerasft.freeze`` / ``kerasft.unfreeze``) therefore
-needs both redone, which is what ``sync_optimizer`` does (keeping the optimizer state of
-weights that stay trainable) and what ``GradualUnfreezing`` calls at each phase, top of
-the network first, like Lightning's ``BackboneFinetuning`` and finetuning-scheduler's phase files.
-``ReduceLROnPlateauScaled`` is Keras's ``ReduceLROnPlateau`` made to work with scheduled
-optimizers, and ``PhaseLogger`` writes rates and trainable counts into the epoch logs.
+``GradualUnfreezing`` unfreezes a compiled model from the top down in the middle of
+``fit``, like Lightning's ``BackboneFinetuning`` and finetuning-scheduler's phase files
+(it is built on :mod:`kerasft.unfreezing`). ``ReduceLROnPlateauScaled`` is Keras's
+``ReduceLROnPlateau`` made to work with scheduled optimizers, and ``PhaseLogger`` writes
+rates and trainable counts into the epoch logs. :func:`monitor_mode` is the one place
+kerasft decides whether a monitored quantity is minimised or maximised.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
+from kerasft import _keras_compat as compat
 from kerasft import layerwise as _layerwise
 from kerasft import schedules as _schedules
 from kerasft import surgery
+from kerasft.unfreezing import apply_trainable, load_phases, resolve_layers, sync_optimizer
 
 __all__ = [
-    "sync_optimizer",
     "GradualUnfreezing",
     "ReduceLROnPlateauScaled",
     "PhaseLogger",
-    "load_phases",
+    "monitor_mode",
 ]
 
-# --------------------------------------------------------------------------------------
-# Changing the trainable set of a compiled model
+# Metric names that improve upwards, when no metric object says so.
+_MAXIMISED = ("acc", "accuracy", "auc", "precision", "recall", "f1", "f1_score", "fbeta_score",
+              "top_k", "iou", "r2", "r2_score")
 
 
-def _inner(optimizer):
-    """The optimizer that holds the rate: unwraps ``LossScaleOptimizer``."""
-    return getattr(optimizer, "inner_optimizer", optimizer)
+def monitor_mode(monitor: str, metrics: Sequence[Any] = ()) -> str:
+    """Whether ``monitor`` is minimised (``"min"``) or maximised (``"max"``), decided once.
 
-
-def _rebuild_single(optimizer, variables: list) -> None:
-    """Rebuild ``optimizer`` in place on ``variables``, keeping state of known ones.
-
-    Keras optimizers refuse variables they were not built with, and rebuilding from
-    scratch would wipe the moments of weights that were already training. Slot variables
-    are named after the model variable they shadow, so state is carried over by name.
-    """
-    key = optimizer._var_key
-    if optimizer.built and [key(v) for v in optimizer._trainable_variables] == [
-        key(v) for v in variables
-    ]:
-        return
-    keep = {id(optimizer._iterations)}
-    if isinstance(optimizer._learning_rate, keras.Variable):
-        keep.add(id(optimizer._learning_rate))
-    saved = {}
-    for v in optimizer.variables:
-        if id(v) not in keep:
-            saved[v.path] = keras.ops.convert_to_numpy(v)
-            optimizer._untrack_variable(v)
-    optimizer._trainable_variables_indices = {}
-    optimizer._trainable_variables = []
-    optimizer.built = False
-    optimizer.build(variables)
-    for v in optimizer.variables:
-        old = saved.get(v.path)
-        if id(v) not in keep and old is not None and tuple(old.shape) == tuple(v.shape):
-            v.assign(old)
-    if getattr(optimizer, "use_ema", False):
-        # A new average starts at zero; Keras seeds it with the weight only on the
-        # optimizer's first step, long past for weights unfrozen mid-run.
-        for v, average in zip(variables, optimizer._model_variables_moving_average):
-            if average is not None and average.path not in saved:
-                average.assign(v)
-
-
-def _rebuild(optimizer, variables: list) -> None:
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        _rebuild(optimizer.inner_optimizer, variables)
-        optimizer._trainable_variables = variables[:]
-        optimizer._trainable_variables_indices = {
-            optimizer._var_key(v): i for i, v in enumerate(variables)
-        }
-        return
-    if isinstance(optimizer, keras.optimizers.MultiOptimizer):
-        routed: dict[int, list] = {id(o): [] for o in optimizer.optimizers}
-        for v in variables:
-            sub = optimizer._optimizer_map(v)
-            routed.setdefault(id(sub), []).append(v)
-        for sub in optimizer.optimizers:
-            if sub.built:
-                _rebuild_single(sub, routed[id(sub)])
-        # MultiOptimizer.build re-routes and builds only the sub-optimizers not built yet.
-        optimizer.built = False
-        optimizer.build(variables)
-        return
-    _rebuild_single(optimizer, variables)
-
-
-def sync_optimizer(model: keras.Model) -> None:
-    """Make a compiled model train its current trainable weights, mid-``fit`` included.
-
-    Call it after changing ``layer.trainable`` on a compiled model (for example with
-    ``kerasft.unfreeze``). The optimizer, if already built, is rebuilt in place on
-    ``model.trainable_variables``: weights that stay trainable keep their optimizer
-    state (moments, accumulators), new ones start fresh, frozen ones are dropped. Then
-    the train function is retraced. Without this Keras either keeps training the old set
-    or fails with "Unknown variable".
-
-    A single optimizer counts iterations for all its weights, so Adam's bias correction
-    is already spent for weights unfrozen late; ``kerasft.layerwise.discriminative_optimizer``
-    gives each layer group its own counter instead.
-
-    Args:
-        model: a compiled Keras model.
-
-    Raises:
-        ValueError: if ``model`` is not compiled.
-    """
-    if not getattr(model, "compiled", False):
-        raise ValueError(
-            f"Model {model.name!r} is not compiled, so there is no optimizer to sync. "
-            "HINT: call model.compile(...) first, or just set layer.trainable."
-        )
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and optimizer.built:
-        with model.distribute_strategy.scope():
-            _rebuild(optimizer, list(model.trainable_variables))
-    model.make_train_function(force=True)
-    # The change is handled: stop Keras warning at the next fit() that trainable flags
-    # moved since compile().
-    model._compiled_trainable_state = {
-        layer: layer.trainable for layer in model._flatten_layers()
-    }
-
-
-def _resolve_layers(model: keras.Model, regexes: Sequence[str], argument: str) -> list:
-    """Leaf layers whose name or path (``"backbone/conv1"``) fully matches a regex."""
-    leaves = _layerwise._leaves(model)
-    out: list = []
-    for spec in regexes:
-        try:
-            regex = re.compile(spec)
-        except re.error as e:
-            raise ValueError(f"Invalid regex {spec!r} in argument `{argument}`: {e}") from None
-        found = [layer for p, layer in leaves if regex.fullmatch(layer.name) or regex.fullmatch(p)]
-        if not found:
-            raise ValueError(
-                f"No layer of model {model.name!r} matches {spec!r} in argument `{argument}`. "
-                f"Existing layers are: {[p for p, _ in leaves]}"
-            )
-        out.extend(layer for layer in found if not any(layer is o for o in out))
-    return out
-
-
-def _apply_trainable(model: keras.Model, updates: dict[int, bool], train_bn: bool) -> None:
-    """Set leaves (by ``id``) trainable or not; BatchNormalization stays frozen unless asked."""
-    leaves = _layerwise._leaves(model)
-    state = {}
-    for path, layer in leaves:
-        if id(layer) in updates:
-            on = updates[id(layer)]
-            if on and not train_bn and isinstance(layer, keras.layers.BatchNormalization):
-                on = False
-            state[path] = on
-    surgery.set_trainable(model, state)
-    if not train_bn:
-        # Custom blocks pass their flag down to the BatchNormalization inside them.
-        for path, layer in leaves:
-            if state.get(path):
-                for sub in layer._flatten_layers(include_self=False):
-                    if isinstance(sub, keras.layers.BatchNormalization):
-                        sub.trainable = False
-
-
-# --------------------------------------------------------------------------------------
-# Gradual unfreezing
-
-_PHASE_KEYS = ("layers", "epoch", "lr")
-
-
-def load_phases(source: str | os.PathLike | Sequence[Mapping] | Mapping) -> list[dict[str, Any]]:
-    """Read a phase schedule: a list of phases, a ``{index: phase}`` dict, or a file.
-
-    A phase is a dict with ``layers`` (a regex or list of regexes on layer names),
-    ``epoch`` (the epoch it starts at; phase 0 defaults to 0) and optionally ``lr``
-    (the rate of the weights it unfreezes). Files may be YAML (``.yaml``/``.yml``,
-    needs PyYAML) or JSON, holding the same structure, optionally under a top-level
-    ``phases`` key, e.g.::
-
-        phases:
-          - {layers: ["predictions", "fc"], lr: 1.0e-3}
-          - {layers: "block2_.*", epoch: 2, lr: 1.0e-4}
-          - {layers: "block1_.*", epoch: 4, lr: 1.0e-5}
+    ``val_`` is ignored. A loss (``loss``, ``*_loss``) is minimised; a metric object of that
+    name in ``metrics`` says its own direction, as Keras's ``MonitorCallback`` asks it;
+    otherwise accuracy-like names (accuracy, AUC, precision, recall, F1, IoU, R2) are
+    maximised and anything else (errors such as ``mse``) minimised.
 
     Example:
 
-    >>> load_phases({0: {"layers": "head"}, 1: {"layers": ["block.*"], "epoch": 3}})
-    [{'layers': ['head'], 'epoch': 0, 'lr': None}, {'layers': ['block.*'], 'epoch': 3, 'lr': None}]
+    >>> monitor_mode("val_loss"), monitor_mode("val_accuracy"), monitor_mode("mae")
+    ('min', 'max', 'min')
 
     Args:
-        source: the phases, or a path to a YAML/JSON file with them.
+        monitor: the logged quantity (``"val_loss"``, ``"accuracy"``...).
+        metrics: metric objects of the compiled model. Defaults to `()`.
 
     Returns:
-        A list of normalized phase dicts with keys ``layers``, ``epoch``, ``lr``.
-
-    Raises:
-        ValueError: for unknown keys, missing layers, or epochs that do not increase.
+        ``"min"`` or ``"max"``.
     """
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise ValueError(f"Argument `phases`: no file at {path!r}.")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        if path.endswith((".yaml", ".yml")):
-            try:
-                import yaml
-            except ImportError:
-                raise ImportError(
-                    f"Reading phases from {path!r} needs PyYAML. HINT: pip install pyyaml, "
-                    "or write the phases as JSON."
-                ) from None
-            source = yaml.safe_load(text)
-        else:
-            source = json.loads(text)
-    if isinstance(source, Mapping) and "phases" in source:
-        source = source["phases"]
-    if isinstance(source, Mapping):
-        try:
-            source = [source[k] for k in sorted(source, key=int)]
-        except (TypeError, ValueError):
-            raise ValueError(
-                "Phases given as a dict must be keyed by phase index (0, 1, ...). "
-                f"Received keys: {list(source)}"
-            ) from None
-    if not isinstance(source, Sequence) or isinstance(source, str) or not source:
-        raise ValueError(f"Argument `phases` must be a non-empty list of phases. Received: {source!r}")
-    phases = []
-    for i, phase in enumerate(source):
-        if not isinstance(phase, Mapping):
-            raise ValueError(f"Phase {i} must be a dict with keys {_PHASE_KEYS}. Received: {phase!r}")
-        unknown = sorted(set(phase) - set(_PHASE_KEYS))
-        if unknown:
-            raise ValueError(f"Phase {i} has unknown keys {unknown}. Valid keys are: {list(_PHASE_KEYS)}")
-        layers = phase.get("layers")
-        if isinstance(layers, str):
-            layers = [layers]
-        if not layers or not all(isinstance(p, str) for p in layers):
-            raise ValueError(
-                f"Phase {i} needs `layers`: a regex or a list of regexes. Received: {layers!r}"
-            )
-        epoch = phase.get("epoch", 0 if i == 0 else None)
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
-            raise ValueError(f"Phase {i}: `epoch` must be an integer >= 0. Received: epoch={epoch!r}")
-        lr = phase.get("lr")
-        if lr is not None and (not isinstance(lr, (int, float)) or lr < 0):
-            raise ValueError(f"Phase {i}: `lr` must be a number >= 0. Received: lr={lr!r}")
-        phases.append({"layers": list(layers), "epoch": epoch, "lr": None if lr is None else float(lr)})
-    epochs = [p["epoch"] for p in phases if p["epoch"] is not None]
-    if any(b <= a for a, b in zip(epochs, epochs[1:])):
-        raise ValueError(f"Phase epochs must increase. Received: {[p['epoch'] for p in phases]}")
-    return phases
+    name = monitor.removeprefix("val_")
+    if name == "loss" or name.endswith("_loss"):
+        return "min"
+    flat = [m for metric in metrics for m in [metric, *getattr(metric, "metrics", [])]]
+    for metric in flat:
+        direction = compat.metric_direction(metric)
+        if getattr(metric, "name", None) == name and direction in ("up", "down"):
+            return "max" if direction == "up" else "min"
+    bare = name.split("/")[-1]
+    if any(bare == k or bare.startswith(k + "_") or bare.endswith("_" + k) for k in _MAXIMISED):
+        return "max"
+    return "min"
 
 
 class GradualUnfreezing(keras.callbacks.Callback):
@@ -380,7 +184,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.transitions: list[tuple[int, int]] = []
 
     # -- phases as layers ------------------------------------------------------------
-    def _resolved(self, model: keras.Model) -> list[tuple[list, int | None, float | None]]:
+    def resolved_phases(self, model: keras.Model) -> list[tuple[list, int | None, float | None]]:
         """``(layers, start epoch, lr)`` per phase; a layer belongs to its first phase."""
         if self.phases is None:
             groups = self.groups
@@ -400,7 +204,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         for i, phase in enumerate(self.phases):
             layers = [
                 layer
-                for layer in _resolve_layers(model, phase["layers"], f"phases[{i}]['layers']")
+                for layer in resolve_layers(model, phase["layers"], f"phases[{i}]['layers']")
                 if id(layer) not in taken
             ]
             if not layers:
@@ -414,12 +218,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
         Layers with weights that are in no phase form a last group ``"others"``.
         """
-        resolved = self._resolved(model)
+        resolved = self.resolved_phases(model)
         named = [(f"phase{i}", layers) for i, (layers, _, _) in enumerate(resolved)]
         claimed = {id(layer) for _, layers in named for layer in layers}
         rest = [
             layer
-            for _, layer in _layerwise._leaves(model)
+            for _, layer in surgery.leaf_layers(model)
             if layer.weights and id(layer) not in claimed
         ]
         groups = [(name, [x for x in layers if x.weights]) for name, layers in reversed(named)]
@@ -430,14 +234,14 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     # -- optimizer rates -------------------------------------------------------------
     def _phase_optimizers(self, model, layers) -> list:
-        optimizer = _inner(model.optimizer)
+        optimizer = compat.inner_optimizer(model.optimizer)
         if not isinstance(optimizer, keras.optimizers.MultiOptimizer):
             return [optimizer]
         subs = []
         for layer in layers:
             for v in layer.weights:
-                if _layerwise._is_trainable_kind(layer, v):
-                    sub = optimizer._optimizer_map(v)
+                if compat.created_trainable(layer, v):
+                    sub = compat.routed_optimizer(optimizer, v)
                     if not any(sub is s for s in subs):
                         subs.append(sub)
         return subs
@@ -461,7 +265,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
                     )
         for i in with_lr:
             for sub in self._phase_optimizers(self.model, self._plan[i][0]):
-                lr = sub._learning_rate
+                lr = compat.learning_rate_object(sub)
                 if not isinstance(lr, (keras.Variable, _schedules.KerasftSchedule)):
                     raise ValueError(
                         f"Phase {i} sets `lr`, but optimizer {sub.name!r} follows a "
@@ -474,7 +278,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         if lr is None:
             return
         for sub in self._phase_optimizers(self.model, layers):
-            rate = sub._learning_rate
+            rate = compat.learning_rate_object(sub)
             if isinstance(rate, _schedules.KerasftSchedule):
                 rate.multiplier = lr / rate.peak_learning_rate
             else:
@@ -486,7 +290,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.transitions = []
         self._wait = 0
         self._best = None
-        self._plan = self._resolved(self.model)
+        self._plan = self.resolved_phases(self.model)
         self._check_rates()
 
     def _target_for(self, epoch: int) -> int:
@@ -500,7 +304,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         updates = {}
         for i, (layers, _, _) in enumerate(self._plan):
             updates.update((id(layer), i <= target) for layer in layers)
-        _apply_trainable(self.model, updates, self.train_bn)
+        apply_trainable(self.model, updates, self.train_bn)
         sync_optimizer(self.model)
         for i in range(self.phase + 1, target + 1):
             self._set_phase_rate(i)
@@ -520,7 +324,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
             return True
         mode = self.mode
         if mode == "auto":
-            mode = "max" if "acc" in self.monitor or self.monitor.endswith("auc") else "min"
+            mode = monitor_mode(self.monitor, self.model.metrics)
         if mode == "min":
             return current < self._best - self.min_delta
         return current > self._best + self.min_delta
@@ -550,17 +354,17 @@ class GradualUnfreezing(keras.callbacks.Callback):
 # Plateau reduction that understands schedules
 
 
-class ReduceLROnPlateauScaled(keras.callbacks.ReduceLROnPlateau):
+class ReduceLROnPlateauScaled(keras.callbacks.Callback):
     """``ReduceLROnPlateau`` that also works when the rate comes from a kerasft schedule.
 
-    Keras's callback assigns a new rate, which an optimizer built with a schedule
-    refuses (a ``TypeError`` in the middle of ``fit``). This one lowers the schedule's
-    ``multiplier`` instead, so the schedule keeps its shape at a smaller scale, and
-    plain float rates are reduced as usual. Every sub-optimizer of a ``MultiOptimizer``
-    is reduced by the same factor. Optimizers whose rate can be changed neither way
-    (other schedules, callables) are refused when training begins, before any step.
-    ``min_lr`` bounds the rate at the moment of a reduction; a schedule may still decay
-    below it afterwards.
+    Keras's ``ReduceLROnPlateau`` assigns a new rate, which an optimizer built with a
+    schedule refuses (a ``TypeError`` in the middle of ``fit``). This one lowers the
+    schedule's ``multiplier`` instead, so the schedule keeps its shape at a smaller
+    scale, and plain float rates are reduced as usual. Every sub-optimizer of a
+    ``MultiOptimizer`` is reduced by the same factor. Optimizers whose rate can be changed
+    neither way (other schedules, callables) are refused when training begins, before
+    any step. ``min_lr`` bounds the rate at the moment of a reduction; a schedule may
+    still decay below it afterwards. Arguments and counting are Keras's.
 
     Example:
 
@@ -576,14 +380,15 @@ class ReduceLROnPlateauScaled(keras.callbacks.ReduceLROnPlateau):
         factor: factor of each reduction, in ``(0, 1)``. Defaults to `0.1`.
         patience: epochs without improvement before reducing. Defaults to `10`.
         verbose: print a line at each reduction. Defaults to `0`.
-        mode: ``"auto"``, ``"min"`` or ``"max"``. Defaults to `"auto"`.
+        mode: ``"auto"`` (see :func:`monitor_mode`), ``"min"`` or ``"max"``.
+            Defaults to `"auto"`.
         min_delta: smallest change that counts as an improvement. Defaults to `1e-4`.
         cooldown: epochs to wait after a reduction. Defaults to `0`.
         min_lr: lower bound of the rate when reducing. Defaults to `0.0`.
 
     Raises:
-        ValueError: for ``factor`` outside ``(0, 1)``; when training begins, if an
-            optimizer's rate is a schedule that cannot be scaled.
+        ValueError: for ``factor`` outside ``(0, 1)`` or an unknown ``mode``; when
+            training begins, if an optimizer's rate is a schedule that cannot be scaled.
     """
 
     def __init__(
@@ -597,65 +402,89 @@ class ReduceLROnPlateauScaled(keras.callbacks.ReduceLROnPlateau):
         cooldown: int = 0,
         min_lr: float = 0.0,
     ):
+        super().__init__()
         if not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
             raise ValueError(f"Argument `factor` must be in (0, 1). Received: factor={factor!r}")
-        super().__init__(
-            monitor=monitor, factor=factor, patience=patience, verbose=verbose, mode=mode,
-            min_delta=min_delta, cooldown=cooldown, min_lr=min_lr,
-        )  # fmt: skip
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"Argument `mode` must be one of ('auto', 'min', 'max'). Received: mode={mode!r}")
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.verbose = verbose
+        self.mode = mode
+        self.min_delta = abs(min_delta)
+        self.cooldown = cooldown
+        self.min_lr = min_lr
+        self.best: float | None = None
+        self.wait = 0
+        self.cooldown_counter = 0
 
     def _optimizers(self) -> list:
-        optimizer = _inner(self.model.optimizer)
+        optimizer = compat.inner_optimizer(self.model.optimizer)
         return list(getattr(optimizer, "optimizers", [optimizer]))
 
     def on_train_begin(self, logs=None):
         for opt in self._optimizers():
-            rate = _inner(opt)._learning_rate
+            rate = compat.learning_rate_object(opt)
             if not isinstance(rate, (keras.Variable, _schedules.KerasftSchedule)):
                 raise ValueError(
                     f"ReduceLROnPlateauScaled cannot lower the rate of optimizer {opt.name!r}: "
                     f"it follows a {type(rate).__name__}, which has no multiplier. HINT: use a "
                     "kerasft schedule or wrap yours: kerasft.schedules.Scaled(schedule)."
                 )
-        super().on_train_begin(logs)
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
 
-    def _reduce_optimizer_lr(self, optimizer, epoch, name=""):
-        rate = _inner(optimizer)._learning_rate
-        if not isinstance(rate, _schedules.KerasftSchedule):
-            return super()._reduce_optimizer_lr(optimizer, epoch, name)
-        old_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        if old_lr > 0:
-            if old_lr <= np.float32(self.min_lr):
-                return False
-            new_lr = max(old_lr * self.factor, self.min_lr)
-            ratio = new_lr / old_lr
-        else:
-            # A schedule at zero (start of a warmup, a group not trained yet) still
-            # scales, so that it is lower when it does train.
-            new_lr, ratio = 0.0, self.factor
-        rate.multiplier = rate.multiplier * ratio
-        if self.verbose > 0:
-            label = f" {name}" if name else ""
-            print(
-                f"\nEpoch {epoch + 1}: ReduceLROnPlateauScaled scaling the schedule{label} by "
-                f"{ratio:.3g} (multiplier {rate.multiplier:.3g}, rate now {new_lr:.3g})."
+    def _improved(self, current: float) -> bool:
+        if self.best is None:
+            return True
+        mode = self.mode if self.mode != "auto" else monitor_mode(self.monitor, self.model.metrics)
+        if mode == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"Learning rate reduction is conditioned on metric `{self.monitor}` which is "
+                f"not available. Available metrics are: {','.join(logs or {})}.",
+                stacklevel=2,
             )
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(float(current)):
+            self.best, self.wait = float(current), 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                optimizers = self._optimizers()
+                names = [opt.name if len(optimizers) > 1 else "" for opt in optimizers]
+                if any([self._reduce(opt, epoch, name) for opt, name in zip(optimizers, names)]):
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+    def _reduce(self, optimizer, epoch: int, name: str) -> bool:
+        rate = compat.learning_rate_object(optimizer)
+        old_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        scaled = isinstance(rate, _schedules.KerasftSchedule)
+        # A schedule at zero (start of a warmup, a group not trained yet) still scales, so
+        # that it is lower when it does train.
+        if old_lr <= np.float32(self.min_lr) and not (scaled and old_lr <= 0):
+            return False
+        new_lr = max(old_lr * self.factor, self.min_lr) if old_lr > 0 else 0.0
+        if not scaled:
+            optimizer.learning_rate = new_lr
+            message = f"reducing learning rate to {new_lr}"
+        else:
+            ratio = new_lr / old_lr if old_lr > 0 else self.factor
+            rate.multiplier = rate.multiplier * ratio
+            message = (f"scaling the schedule by {ratio:.3g} (multiplier {rate.multiplier:.3g}, "
+                       f"rate now {new_lr:.3g})")
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateauScaled{' ' + name if name else ''} {message}.")
         return True
-
-
-class _SwapEMAWeights(keras.callbacks.SwapEMAWeights):
-    """Keras's ``SwapEMAWeights`` that skips sub-optimizers not built yet.
-
-    A ``MultiOptimizer`` builds only the sub-optimizers that have weights, so with
-    groups still frozen (gradual unfreezing) Keras's callback fails on the others.
-    """
-
-    def _apply_to_ema_optimizers(self, tf_fn, backend_fn):
-        optimizer = _inner(self.model.optimizer)
-        swap = tf_fn if keras.backend.backend() == "tensorflow" else backend_fn
-        for opt in getattr(optimizer, "optimizers", [optimizer]):
-            if getattr(opt, "use_ema", False) and hasattr(opt, "_model_variables_moving_average"):
-                swap(opt)
 
 
 # --------------------------------------------------------------------------------------
@@ -694,7 +523,7 @@ class PhaseLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         row: dict[str, Any] = {"epoch": epoch}
-        optimizer = _inner(getattr(self.model, "optimizer", None))
+        optimizer = compat.inner_optimizer(getattr(self.model, "optimizer", None))
         if optimizer is not None:
             subs = getattr(optimizer, "optimizers", None)
             for opt in subs if subs is not None else [optimizer]:

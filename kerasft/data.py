@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kerasft import _keras_compat as compat
+
 __all__ = ["DataSpec", "PreparedData", "prepare_data", "to_arrays", "has_random_ops", "LABEL_MODES"]
 
 LABEL_MODES = ("sparse", "one_hot", "binary")
@@ -127,13 +129,9 @@ def has_random_ops(ds: tf.data.Dataset) -> bool:
     Shuffling is not counted: it reorders examples without changing them.
     """
     try:
-        graph = tf.compat.v1.GraphDef()
-        graph.ParseFromString(ds._as_serialized_graph().numpy())
+        ops = list(compat.dataset_op_names(ds))
     except Exception:  # an opaque pipeline: assume the worst
         return True
-    ops = [n.op for n in graph.node]
-    for fn in graph.library.function:
-        ops.extend(n.op for n in fn.node_def)
     return any(("Random" in op and "Shuffle" not in op) or op.startswith("Stateless") for op in ops)
 
 
@@ -335,7 +333,18 @@ def _check_x(x: np.ndarray, expected: tuple | None, argument: str) -> None:
         )
 
 
-def _pipeline(x, y, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
+def check_batching(batch_size: Any, validation_split: Any) -> None:
+    """Raise unless ``batch_size`` is a positive integer and ``validation_split`` in [0, 1)."""
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    if (isinstance(validation_split, bool) or not isinstance(validation_split, (int, float))
+            or not 0.0 <= validation_split < 1.0):
+        raise ValueError(
+            f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split!r}"
+        )
+
+
+def make_pipeline(x, y, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -383,12 +392,7 @@ def prepare_data(
         ValueError / TypeError: for any of the problems listed in :func:`infer_spec`,
             empty data, wrong structure, shapes that do not fit the model, NaN/inf inputs.
     """
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    if not 0.0 <= validation_split < 1.0:
-        raise ValueError(
-            f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split!r}"
-        )
+    check_batching(batch_size, validation_split)
     expected = _model_input_shape(model) if model is not None else None
     source = as_dataset(data, "data")
     in_memory = True
@@ -443,8 +447,8 @@ def prepare_data(
         )
     if x.dtype == np.float64:
         x = x.astype("float32")
-    train = _pipeline(x, _cast_labels(y, spec), batch_size, seed, shuffle=shuffle)
-    val = None if xv is None else _pipeline(xv, _cast_labels(yv, spec), batch_size, seed, shuffle=False)
+    train = make_pipeline(x, _cast_labels(y, spec), batch_size, seed, shuffle=shuffle)
+    val = None if xv is None else make_pipeline(xv, _cast_labels(yv, spec), batch_size, seed, shuffle=False)
     return PreparedData(
         train=train, validation=val, spec=spec, n_train=len(x), n_validation=0 if xv is None else len(xv),
         batch_size=batch_size, in_memory=in_memory, arrays=(x, _cast_labels(y, spec)),

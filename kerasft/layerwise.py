@@ -19,6 +19,7 @@ from typing import Any
 
 import keras
 
+from kerasft import _keras_compat as compat
 from kerasft import schedules as _schedules
 from kerasft import surgery
 
@@ -32,13 +33,6 @@ __all__ = [
 LayerGroups = list[tuple[str, list[keras.layers.Layer]]]
 Patterns = str | Sequence[str] | Mapping[str, str | Sequence[str]]
 
-_NORMALIZATION = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.UnitNormalization,
-    keras.layers.RMSNormalization,
-)
 # "block1_conv1" -> "block1", "block2a_expand" -> "block2", "conv2_block1_1_conv" -> "conv2",
 # "block_13_expand" -> "block_13": the name up to its first number (and one letter suffix).
 _BLOCK_KEY = re.compile(r"^(.*?\d+)[a-z]?(?:_|$)")
@@ -48,11 +42,6 @@ def _snake(name: str) -> str:
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def _leaves(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
-    """``(path, layer)`` of the leaf layers, nested models looked into (``"backbone/conv1"``)."""
-    return [(p, layer) for p, layer in surgery.iter_layers(model) if not isinstance(layer, keras.Model)]
 
 
 def _block_key(layer: keras.layers.Layer) -> str:
@@ -137,7 +126,7 @@ def layer_groups(model: keras.Model, patterns: Patterns | None = None) -> LayerG
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
-    leaves = [(q, layer) for q, layer in _leaves(model) if layer.weights]
+    leaves = [(q, layer) for q, layer in surgery.leaf_layers(model) if layer.weights]
     if not leaves:
         raise ValueError(f"Model {model.name!r} has no layers with weights to group.")
     order = {id(layer): i for i, (_, layer) in enumerate(leaves)}
@@ -242,9 +231,9 @@ def group_multipliers(
     return [1.0] * n
 
 
-def _is_no_decay(layer: keras.layers.Layer, variable) -> bool:
+def is_no_decay(layer: keras.layers.Layer, variable) -> bool:
     return (
-        isinstance(layer, _NORMALIZATION)
+        isinstance(layer, surgery.NORMALIZATION_LAYERS)
         or variable.name in ("bias", "beta", "gamma")
         or len(variable.shape) <= 1
     )
@@ -270,23 +259,14 @@ def no_decay_variables(model: keras.Model) -> list:
         The model's variables that should not be decayed, moving statistics excluded.
     """
     out = []
-    for _, layer in _leaves(model):
+    for _, layer in surgery.leaf_layers(model):
         for v in layer.weights:
-            if _is_trainable_kind(layer, v) and _is_no_decay(layer, v):
+            if compat.created_trainable(layer, v) and is_no_decay(layer, v):
                 out.append(v)
     return out
 
 
-def _is_trainable_kind(layer: keras.layers.Layer, variable) -> bool:
-    # A frozen layer reports no trainable weights, so ask which list the variable was
-    # created in: moving statistics live in the non-trainable one.
-    for sub in layer._flatten_layers(include_self=True):
-        if any(v is variable for v in getattr(sub, "_trainable_variables", [])):
-            return True
-    return False
-
-
-def _template_from(optimizer: Any, weight_decay: float | None) -> Callable[[Any, str, Any], Any]:
+def optimizer_factory(optimizer: Any, weight_decay: float | None) -> Callable[[Any, str, Any], Any]:
     """Return ``make(learning_rate, name, weight_decay) -> Optimizer`` for one sub-optimizer."""
     sched = keras.optimizers.schedules.LearningRateSchedule
     if isinstance(optimizer, (int, float, sched)) and not isinstance(optimizer, bool):
@@ -326,7 +306,7 @@ def _base_rate(optimizer: Any):
         return optimizer
     if not isinstance(optimizer, keras.optimizers.Optimizer) and callable(optimizer):
         optimizer = optimizer()
-    lr = getattr(optimizer, "_learning_rate", None)
+    lr = compat.learning_rate_object(optimizer)
     if isinstance(lr, sched):
         return lr
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
@@ -407,16 +387,16 @@ def discriminative_optimizer(
     multipliers = group_multipliers(len(groups), lr_mult=lr_mult, layer_decay=layer_decay)
     if weight_decay is None and isinstance(optimizer, keras.optimizers.Optimizer):
         weight_decay = optimizer.weight_decay
-    make = _template_from(optimizer, weight_decay)
+    make = optimizer_factory(optimizer, weight_decay)
     base = _base_rate(optimizer)
 
     rates = [_schedules.scale_schedule(base, mult) for mult in multipliers]
-    return _grouped_optimizer(
+    return grouped_optimizer(
         groups, rates, make, weight_decay, _schedules.scale_schedule(base, 1.0), name
     )
 
 
-def _grouped_optimizer(
+def grouped_optimizer(
     groups: LayerGroups,
     rates: Sequence[Any],
     make: Callable[[Any, str, Any], Any],
@@ -439,7 +419,7 @@ def _grouped_optimizer(
                         "the layers of nested models distinct names."
                     )
                 seen[tail] = group
-                if weight_decay and _is_no_decay(layer, v):
+                if weight_decay and is_no_decay(layer, v):
                     plain_paths.append(tail)
                 else:
                     decay_paths.append(tail)

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib import image as mpl_image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kerasft._fileio import atomic_file
 
-__all__ = ["plot_history", "plot_lr_find", "plot_confusion_matrix"]
+if TYPE_CHECKING:
+    from kerasft.evaluation import EvaluationReport
+
+__all__ = ["plot_history", "plot_lr_find", "plot_confusion_matrix", "plot_report"]
 
 _DPI = 100
 
@@ -392,3 +397,152 @@ def _save(fig: Figure, path: str) -> str:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def plot_report(report: EvaluationReport, path: str | os.PathLike) -> str:
+    """Plot an evaluation report, with the views that suit its task.
+
+    - multiclass and binary: the confusion matrix (as `plot_confusion_matrix` draws it)
+      beside a bar chart of F1 per class, the macro F1 marked;
+    - multilabel: precision, recall and F1 per label, each label's threshold in its name;
+    - regression, for each output: residuals (`true - predicted`) against predictions,
+      and predictions against true values with the identity line. This needs the
+      arrays of `report.predictions`, which a report read back from JSON lacks.
+
+    Example:
+
+    ```python
+    report = kerasft.evaluation.evaluate_model(model, x_test, y_test)
+    plot_report(report, "/tmp/report.png")
+    ```
+
+    Args:
+        report: a `kerasft.evaluation.EvaluationReport`.
+        path: destination file, ending in `.png`.
+
+    Returns:
+        The absolute path of the PNG.
+
+    Raises:
+        TypeError: if `report` is not an evaluation report.
+        ValueError: if `path` does not end in `.png`, or a regression report holds no
+            predictions.
+    """
+    path = _check_png_path(path)
+    task = getattr(report, "task", None)
+    if task not in ("multiclass", "binary", "multilabel", "regression"):
+        raise TypeError(
+            "Argument `report` must be a kerasft.evaluation.EvaluationReport. "
+            f"Received: {type(report).__name__}"
+        )
+    if task == "regression":
+        fig = _regression_figure(report)
+    elif task == "multilabel":
+        fig = _multilabel_figure(report)
+    else:
+        fig = _classification_figure(report)
+    return _save(fig, path)
+
+
+def _classification_figure(report: EvaluationReport) -> Figure:
+    """The confusion-matrix PNG pasted pixel for pixel, F1 bars to its right."""
+    matrix = np.asarray(report.confusion_matrix, dtype=int)
+    true_ids, pred_ids = np.nonzero(matrix)
+    counts = matrix[true_ids, pred_ids]
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = plot_confusion_matrix(
+            np.repeat(true_ids, counts),
+            np.repeat(pred_ids, counts),
+            report.class_names,
+            os.path.join(tmp, "confusion.png"),
+        )
+        image = mpl_image.imread(drawn)
+    k = len(report.class_names)
+    image_h, image_w = image.shape[:2]
+    bars_w = 560
+    height = max(image_h, int(_DPI * (0.3 * k + 1.6)))
+    fig = Figure(figsize=((image_w + bars_w) / _DPI, height / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    fig.figimage(image, xo=0, yo=height - image_h)
+    left = max(map(len, report.class_names)) * 7 + 30  # room for the class names
+    ax = fig.add_axes(
+        [
+            (image_w + left) / (image_w + bars_w),
+            60 / height,
+            (bars_w - left - 30) / (image_w + bars_w),
+            (height - 110) / height,
+        ]
+    )
+    _f1_bars(ax, report.class_names, {"F1": report.f1}, report.averages["macro"]["f1"])
+    macro = report.averages["macro"]["f1"]
+    ax.set_title(f"F1 per class; dashed: macro F1 {macro:.3f}")
+    return fig
+
+
+def _multilabel_figure(report: EvaluationReport) -> Figure:
+    k = len(report.class_names)
+    fig = Figure(figsize=(7.5, max(3.0, 0.55 * k + 1.5)), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    names = [f"{n} (t={t:.2g})" for n, t in zip(report.class_names, report.thresholds)]
+    series = {"precision": report.precision, "recall": report.recall, "F1": report.f1}
+    _f1_bars(ax, names, series, report.averages["macro"]["f1"])
+    ax.set_title(
+        f"Per label: micro F1 {report.averages['micro']['f1']:.3f}, "
+        f"subset accuracy {report.accuracy:.1%}, Hamming loss {report.hamming_loss:.3f}"
+    )
+    return fig
+
+
+def _f1_bars(ax, names, series: Mapping[str, Sequence[float]], macro_f1: float) -> None:
+    """Horizontal bars, first name on top; one bar per series in each group."""
+    k = len(names)
+    height = 0.8 / len(series)
+    colours = {"precision": "tab:blue", "recall": "tab:orange", "F1": "tab:green"}
+    for i, (label, values) in enumerate(series.items()):
+        ys = np.arange(k) + (i - (len(series) - 1) / 2) * height
+        ax.barh(ys, values, height=height, color=colours.get(label), label=label)
+        if k * len(series) <= 60:  # beyond that the numbers overlap
+            for y, v in zip(ys, values):
+                ax.text(min(v, 1.0) + 0.01, y, f"{v:.2f}", va="center", fontsize=7)
+    ax.axvline(macro_f1, color="0.3", linestyle="--", linewidth=1, label=f"macro F1 {macro_f1:.3f}")
+    ax.set_yticks(range(k), names)
+    ax.set_ylim(k - 0.5, -0.5)
+    ax.set_xlim(0.0, 1.12)
+    ax.set_xlabel("score")
+    if len(series) > 1:  # below the axes, where it hides no bar
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
+    ax.grid(alpha=0.3, axis="x")
+
+
+def _regression_figure(report: EvaluationReport) -> Figure:
+    if not report.predictions:
+        raise ValueError(
+            "Argument `report` holds no predictions (a report read back from JSON keeps only "
+            "its figures), so residuals cannot be drawn. Plot a report from "
+            "`report_from_predictions` or `evaluate_model`."
+        )
+    truth = np.asarray(report.predictions["y_true"]).reshape(report.num_examples, -1)
+    pred = np.asarray(report.predictions["y_pred"]).reshape(report.num_examples, -1)
+    m = truth.shape[1]
+    fig = Figure(figsize=(11.0, 4.2 * m), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(m, 2, squeeze=False)
+    size = 12 if len(truth) <= 2000 else 3
+    for j, name in enumerate(report.class_names):
+        left, right = axes[j]
+        left.scatter(pred[:, j], truth[:, j] - pred[:, j], s=size, alpha=0.5, rasterized=True)
+        left.axhline(0.0, color="0.3", linewidth=1)
+        left.set_xlabel(f"predicted {name}")
+        left.set_ylabel("residual (true - predicted)")
+        left.set_title(f"{name}: residuals, RMSE {report.rmse[j]:.4g}")
+        right.scatter(truth[:, j], pred[:, j], s=size, alpha=0.5, rasterized=True)
+        low = min(truth[:, j].min(), pred[:, j].min())
+        high = max(truth[:, j].max(), pred[:, j].max())
+        right.plot([low, high], [low, high], color="0.3", linestyle="--", linewidth=1)
+        right.set_xlabel(f"true {name}")
+        right.set_ylabel(f"predicted {name}")
+        right.set_title(f"{name}: predicted vs true, R2 {report.r2[j]:.3f}")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+    return fig

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasft import _keras_compat as compat
 from kerasft import surgery
 
 __all__ = ["L2SP", "apply_l2sp", "ClipWeights", "clip_weights"]
@@ -38,7 +39,8 @@ _NORMALIZATION = (
 )
 
 
-def _check_strength(name: str, value: Any) -> float:
+def check_strength(name: str, value: Any) -> float:
+    """``value`` as a float, or a ValueError naming argument ``name`` unless finite and >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
         raise ValueError(f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}")
     return float(value)
@@ -82,7 +84,7 @@ class L2SP(keras.regularizers.Regularizer):
     """
 
     def __init__(self, alpha: float, reference: np.ndarray | dict[str, Any]):
-        self.alpha = _check_strength("alpha", alpha)
+        self.alpha = check_strength("alpha", alpha)
         if isinstance(reference, dict):
             reference = _decode(reference)
         if reference is None:
@@ -114,7 +116,7 @@ def _attribute(layer: keras.layers.Layer, variable, suffix: str) -> str | None:
 
 def _trainable_kind(layer: keras.layers.Layer) -> list:
     # Frozen layers report no trainable weights; their variables are still listed here.
-    return list(getattr(layer, "_trainable_variables", layer.trainable_weights))
+    return compat.trainable_kind_weights(layer)
 
 
 def _select(model: keras.Model, layers: str | Sequence[str] | None, argument: str) -> list:
@@ -196,8 +198,8 @@ def apply_l2sp(
     Raises:
         ValueError: for a negative strength or a regex matching no layer.
     """
-    alpha = _check_strength("alpha", alpha)
-    beta = _check_strength("beta", beta)
+    alpha = check_strength("alpha", alpha)
+    beta = check_strength("beta", beta)
     new_ids = {id(lyr) for _, lyr in _select(model, new_layers, "new_layers")} if new_layers else set()
     ref_layers = {}
     if reference is not None:

@@ -20,7 +20,10 @@ from typing import Any
 
 import keras
 
+from kerasft import _keras_compat as compat
+
 __all__ = [
+    "NORMALIZATION_LAYERS",
     "ParamCount",
     "iter_layers",
     "get_layer",
@@ -35,12 +38,21 @@ __all__ = [
     "count_params",
     "check_operable",
     "head_activation",
+    "is_container",
+    "is_functional_model",
+    "layer_path",
+    "leaf_layers",
+    "output_chain",
 ]
 
-_NORM_TYPES = (
+# Layers that normalize activations: weight decay skips them, layer groups merge them into
+# the group they normalize, weight clipping leaves them alone.
+NORMALIZATION_LAYERS = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
     keras.layers.GroupNormalization,
+    keras.layers.UnitNormalization,
+    keras.layers.RMSNormalization,
 )
 
 
@@ -52,7 +64,7 @@ def check_operable(model: Any, argument: str = "model") -> None:
     Raises:
         TypeError: naming the type received and what to pass instead.
     """
-    if isinstance(model, keras.Sequential) or _is_functional(model):
+    if isinstance(model, keras.Sequential) or is_functional_model(model):
         return
     if isinstance(model, keras.Model):
         raise TypeError(
@@ -70,15 +82,14 @@ def check_operable(model: Any, argument: str = "model") -> None:
     )
 
 
-def _is_functional(model: Any) -> bool:
-    from keras.src.models.functional import Functional
+def is_functional_model(model: Any) -> bool:
+    """Whether ``model`` is a Functional Keras model (built from a graph of layers)."""
+    return compat.is_functional(model)
 
-    return isinstance(model, Functional)
 
-
-def _is_container(layer: keras.layers.Layer) -> bool:
+def is_container(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.Model) and (
-        isinstance(layer, keras.Sequential) or _is_functional(layer)
+        isinstance(layer, keras.Sequential) or is_functional_model(layer)
     )
 
 
@@ -100,15 +111,28 @@ def iter_layers(model: keras.Model, *, recursive: bool = True) -> list[tuple[str
                 continue
             path = f"{prefix}{layer.name}"
             out.append((path, layer))
-            if recursive and _is_container(layer):
+            if recursive and is_container(layer):
                 walk(layer, path + "/")
 
     walk(model, "")
     return out
 
 
-def _leaf_layers(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
-    return [(p, lyr) for p, lyr in iter_layers(model) if not _is_container(lyr)]
+def leaf_layers(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
+    """``(path, layer)`` of the layers that are not nested models, in graph order."""
+    return [(p, lyr) for p, lyr in iter_layers(model) if not is_container(lyr)]
+
+
+def layer_path(model: keras.Model, layer: keras.layers.Layer) -> str:
+    """The path of ``layer`` in ``model`` (``"backbone/conv1"``).
+
+    Raises:
+        ValueError: when ``layer`` is not in ``model``.
+    """
+    for path, candidate in iter_layers(model):
+        if candidate is layer:
+            return path
+    raise ValueError(f"Layer {layer.name!r} is not in model {model.name!r}.")
 
 
 def _names_listing(model: keras.Model) -> str:
@@ -173,7 +197,7 @@ def select_layers(
             matches nothing, an index out of range.
     """
     check_operable(model)
-    leaves = _leaf_layers(model)
+    leaves = leaf_layers(model)
     selected = {id(lyr) for _, lyr in leaves}
 
     def restrict(ids: Iterable[int]) -> None:
@@ -228,8 +252,8 @@ def select_layers(
 
 
 def _leaf_ids(layer: keras.layers.Layer) -> set[int]:
-    if _is_container(layer):
-        return {id(lyr) for _, lyr in _leaf_layers(layer)}
+    if is_container(layer):
+        return {id(lyr) for _, lyr in leaf_layers(layer)}
     return {id(layer)}
 
 
@@ -243,7 +267,7 @@ def trainable_state(model: keras.Model) -> dict[str, bool]:
                 continue
             path = f"{prefix}{layer.name}"
             effective = parent_trainable and layer.trainable
-            if _is_container(layer):
+            if is_container(layer):
                 walk(layer, path + "/", effective)
             else:
                 state[path] = effective
@@ -266,7 +290,7 @@ def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
             f"{unknown}. Existing layers are: {_names_listing(model)}"
         )
     wanted = {**current, **state}
-    leaves = dict(_leaf_layers(model))
+    leaves = dict(leaf_layers(model))
     # Keras propagates a container's flag down to every sublayer, so set containers
     # first (trainable if any leaf below is), then every leaf.
     def fix_containers(container: keras.Model, prefix: str) -> bool:
@@ -275,7 +299,7 @@ def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             path = f"{prefix}{layer.name}"
-            if _is_container(layer):
+            if is_container(layer):
                 sub = fix_containers(layer, path + "/")
                 any_trainable |= sub
             else:
@@ -285,19 +309,19 @@ def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
     model_trainable = fix_containers(model, "")
     model.trainable = True
     for _path, layer in iter_layers(model):
-        if _is_container(layer):
+        if is_container(layer):
             layer.trainable = True
     for path, layer in leaves.items():
         layer.trainable = wanted[path]
     # Containers with nothing trainable below are marked frozen too, so that
     # `summary()` and a later `container.trainable` read as users expect.
     for path, layer in reversed(iter_layers(model)):
-        if _is_container(layer) and not any(
+        if is_container(layer) and not any(
             wanted[p] for p in wanted if p.startswith(path + "/")
         ):
-            layer._trainable = False  # flag only: every leaf below is already frozen
+            compat.set_trainable_flag(layer, False)  # every leaf below is already frozen
     if not model_trainable:
-        model._trainable = False
+        compat.set_trainable_flag(model, False)
 
 
 def freeze(model: keras.Model, **selection: Any) -> list[keras.layers.Layer]:
@@ -347,7 +371,7 @@ def unfreeze(model: keras.Model, *, train_bn: bool = False, **selection: Any) ->
 
 def _set_flags(model: keras.Model, layers: Sequence[keras.layers.Layer], value: bool) -> None:
     ids = {id(lyr) for lyr in layers}
-    state = {p: value for p, lyr in _leaf_layers(model) if id(lyr) in ids}
+    state = {p: value for p, lyr in leaf_layers(model) if id(lyr) in ids}
     set_trainable(model, state)
 
 
@@ -376,7 +400,7 @@ def count_params(model: keras.Model) -> ParamCount:
 _WEIGHTLESS_TAIL = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
 
 
-def _output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.layers.Layer]]:
+def output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.layers.Layer]]:
     """The output Dense layer and the weightless layers after it (Activation/Softmax)."""
     if len(model.outputs) != 1:
         raise ValueError(
@@ -384,21 +408,21 @@ def _output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.la
             f"{len(model.outputs)}. HINT: build a single-output model for classification."
         )
     tail: list[keras.layers.Layer] = []
-    layer = model.outputs[0]._keras_history.operation
+    layer = compat.producer(model.outputs[0])
     while True:
         if isinstance(layer, keras.layers.Dense):
             return layer, tail[::-1]
-        if _is_container(layer):
-            inner, inner_tail = _output_chain(layer)
+        if is_container(layer):
+            inner, inner_tail = output_chain(layer)
             if not inner_tail and not tail:
                 return inner, []
             break
         if isinstance(layer, _WEIGHTLESS_TAIL) and not layer.weights:
             tail.append(layer)
-            parents = layer._inbound_nodes[0].parent_nodes if layer._inbound_nodes else []
-            if len(parents) != 1:
+            parents = compat.parent_layers(layer)
+            if not parents or len(parents) != 1:
                 break
-            layer = parents[0].operation
+            layer = parents[0]
             continue
         break
     raise ValueError(
@@ -416,12 +440,12 @@ def find_head(model: keras.Model) -> keras.layers.Layer:
         ValueError: when the model's output does not come from a Dense layer.
     """
     check_operable(model)
-    return _output_chain(model)[0]
+    return output_chain(model)[0]
 
 
 def head_activation(model: keras.Model) -> str:
     """Name of the output activation: ``"softmax"``, ``"sigmoid"`` or ``"linear"`` (logits)."""
-    head, tail = _output_chain(model)
+    head, tail = output_chain(model)
     name = keras.activations.serialize(head.activation)
     name = name if isinstance(name, str) else getattr(head.activation, "__name__", "custom")
     for layer in tail:
@@ -442,11 +466,11 @@ def find_backbone(model: keras.Model) -> keras.layers.Layer | list[keras.layers.
     head (the "body").
     """
     check_operable(model)
-    nested = [lyr for _, lyr in iter_layers(model, recursive=False) if _is_container(lyr)]
+    nested = [lyr for _, lyr in iter_layers(model, recursive=False) if is_container(lyr)]
     if nested:
         return max(nested, key=lambda m: m.count_params())
     head = find_head(model)
-    return [lyr for _, lyr in _leaf_layers(model) if lyr is not head and lyr.weights]
+    return [lyr for _, lyr in leaf_layers(model) if lyr is not head and lyr.weights]
 
 
 def replace_head(
@@ -500,7 +524,7 @@ def replace_head(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    head, _tail = _output_chain(model)
+    head, _tail = output_chain(model)
     if head not in model.layers:
         raise ValueError(
             f"The Dense head {head.name!r} of model {model.name!r} is inside a nested model. "

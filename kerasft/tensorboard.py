@@ -10,15 +10,17 @@ several `fit` calls.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
+from kerasft import _keras_compat as compat
 from kerasft._fileio import drop_group_other_write
+from kerasft._summaries import write_scalar, write_text
+from kerasft.pruning.report import sparsity_report
+from kerasft.pruning.wrapper import PruneLowMagnitude
 
 __all__ = ["TensorBoardLogger"]
 
@@ -112,7 +114,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
         if self._pending:
             line += f": {self._pending}"
         with self._writer("train").as_default():
-            _write_text("phases", line, step=self.epoch)
+            write_text("phases", line, step=self.epoch)
         self._pending = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -131,7 +133,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
                     value = _scalar(value)
                     if value is not None:
                         name = key if key == "phase" or key.startswith("sparsity/") else f"epoch_{key}"
-                        _write_scalar(name, value, step=self.epoch)
+                        write_scalar(name, value, step=self.epoch)
             self._writers[split].flush()
         self.epoch += 1
 
@@ -165,9 +167,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
         return self._writers[split]
 
     def _optimizer(self):
-        optimizer = getattr(self.model, "optimizer", None)
         # A LossScaleOptimizer wraps the one that has the learning rate.
-        return getattr(optimizer, "inner_optimizer", optimizer)
+        return compat.inner_optimizer(getattr(self.model, "optimizer", None))
 
     def _iterations(self) -> int:
         optimizer = self._optimizer()
@@ -177,12 +178,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
     def _sparsity(self) -> dict[str, float]:
         """`sparsity/<layer>` and `sparsity/total` while the model is being pruned."""
-        pruning = sys.modules.get("kerasft.pruning")  # nothing is pruned unless it is loaded
-        if pruning is None or not any(
-            isinstance(layer, pruning.PruneLowMagnitude) for layer in self.model._flatten_layers()
-        ):
+        if not any(isinstance(layer, PruneLowMagnitude) for layer in compat.flatten_layers(self.model)):
             return {}
-        report = pruning.sparsity_report(self.model)
+        report = sparsity_report(self.model)
         values = {f"sparsity/{name}": value for name, value in report.layers.items()}
         values["sparsity/total"] = report.total
         return values
@@ -200,27 +198,6 @@ class TensorBoardLogger(keras.callbacks.Callback):
             return rates
         value = _scalar(getattr(optimizer, "learning_rate", None))
         return {} if value is None else {"learning_rate": value}
-
-
-# tf.summary.scalar and tf.summary.text live in the `tensorboard` package, which
-# TensorFlow no longer installs; tf.summary.write with the plugin metadata that
-# TensorBoard's own summaries carry writes the same records without it.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-    data_class=summary_pb2.DATA_CLASS_SCALAR,
-).SerializeToString()
-_TEXT_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"),
-    data_class=summary_pb2.DATA_CLASS_TENSOR,
-).SerializeToString()
-
-
-def _write_scalar(tag: str, value: float, step: int) -> None:
-    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
-
-
-def _write_text(tag: str, text: str, step: int) -> None:
-    tf.summary.write(tag, tf.constant(text), step=step, metadata=_TEXT_METADATA)
 
 
 def _scalar(value: Any) -> float | None:

@@ -11,9 +11,10 @@ import tensorflow as tf
 from helpers import nested_model
 
 import kerasft
-from kerasft import caching, surgery
-from kerasft.caching import CachedFeatureModel, FeatureCache, split_frozen_prefix
+from kerasft import surgery
 from kerasft.data import prepare_data
+from kerasft.speed import caching
+from kerasft.speed.caching import CachedFeatureModel, FeatureCache, split_frozen_prefix
 
 QUICK = dict(verbose=0, patience=None)
 DERIVED = "derived from the next phase's features (kept for it)"
@@ -40,12 +41,12 @@ def test_lp_ft_on_cached_features_matches_uncached(shipped_model_path, digits_sm
     kwargs = dict(head_epochs=3, epochs=2, unfreeze=2)
     plain = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs)
     cached = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=True, **kwargs)
-    phases = cached.extras["speed"]["phases"]
-    assert [p["cached"] for p in phases] == [True, True]
-    assert "'dropout'" in phases[0]["reason"]
+    phases = cached.speed.phases
+    assert [p.cached for p in phases] == [True, True]
+    assert "'dropout'" in phases[0].reason
     # the fine-tuning phase's (lower) cut is computed once, in the head phase
-    assert [p["feature_source"] for p in phases] == [DERIVED, KEPT]
-    assert not any(p["cached"] for p in plain.extras["speed"]["phases"])
+    assert [p.feature_source for p in phases] == [DERIVED, KEPT]
+    assert not any(p.cached for p in plain.speed.phases)
     _assert_same_run(plain, cached)
     # the weights trained on features are the returned model's
     before = keras.models.load_model(shipped_model_path)
@@ -62,11 +63,11 @@ def test_nested_backbone_cut_inside_and_steps_per_execution(digits_small):
         model = nested_model()
         runs[mode] = _run(model, (x, y), head_epochs=2, epochs=2, unfreeze="backbone/conv2|pool",
                           cache_features=mode, steps_per_execution=4 if mode else 1)
-    phases = runs["auto"].extras["speed"]["phases"]
-    assert [p["cached"] for p in phases] == [True, True]
-    assert phases[1]["reason"].endswith("'backbone/conv2' (trainable)")
-    assert [p["steps_per_execution"] for p in phases] == [4, 4]
-    assert [p["feature_source"] for p in phases] == [DERIVED, KEPT]
+    phases = runs["auto"].speed.phases
+    assert [p.cached for p in phases] == [True, True]
+    assert phases[1].reason.endswith("'backbone/conv2' (trainable)")
+    assert [p.steps_per_execution for p in phases] == [4, 4]
+    assert [p.feature_source for p in phases] == [DERIVED, KEPT]
     _assert_same_run(runs[False], runs["auto"])
 
 
@@ -74,7 +75,7 @@ def test_features_beyond_budget_go_to_a_cache_file(shipped_model_path, digits_sm
     kwargs = dict(recipe="head", epochs=2)
     plain = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs)
     on_file = _run(keras.models.load_model(shipped_model_path), digits_small, cache_budget=0, **kwargs)
-    assert on_file.extras["speed"]["phases"][0]["cached"]
+    assert on_file.speed.phases[0].cached
     _assert_same_run(plain, on_file)
 
     model = keras.models.load_model(shipped_model_path)
@@ -99,8 +100,8 @@ def test_random_pipeline_is_not_cached_and_forcing_it_raises(shipped_model_path,
     ds = tf.data.Dataset.from_tensor_slices((x, y)).map(
         lambda a, b: (tf.image.random_flip_left_right(a), b))
     result = _run(keras.models.load_model(shipped_model_path), ds, recipe="head", epochs=1)
-    phase = result.extras["speed"]["phases"][0]
-    assert not phase["cached"] and "random" in phase["reason"]
+    phase = result.speed.phases[0]
+    assert not phase.cached and "random" in phase.reason
     with pytest.raises(ValueError, match=r"cache_features=True.*random numbers"):
         _run(keras.models.load_model(shipped_model_path), ds, recipe="head", epochs=1, cache_features=True)
 
@@ -119,7 +120,7 @@ def test_augmentation_layer_at_the_input(digits_small):
         _run(model_with_flip(), digits_small, recipe="head", epochs=1, cache_features=True)
     auto = _run(model_with_flip(), digits_small, recipe="head", epochs=2)
     plain = _run(model_with_flip(), digits_small, recipe="head", epochs=2, cache_features=False)
-    assert not auto.extras["speed"]["phases"][0]["cached"]
+    assert not auto.speed.phases[0].cached
     _assert_same_run(plain, auto)
 
 
@@ -169,7 +170,7 @@ def test_cached_model_speaks_for_the_full_model(shipped_model_path, tmp_path):
 
 def test_model_trained_on_features_saves_and_loads(shipped_model_path, digits_small, tmp_path):
     result = _run(keras.models.load_model(shipped_model_path), digits_small, head_epochs=1, epochs=1, unfreeze=1)
-    assert all(p["cached"] for p in result.extras["speed"]["phases"])
+    assert all(p.cached for p in result.speed.phases)
     path = str(tmp_path / "tuned.keras")
     result.model.save(path)
     loaded = keras.models.load_model(path)

@@ -11,15 +11,16 @@ import pytest
 from helpers import nested_model
 
 import kerasft
-from kerasft import callbacks
+from kerasft import callbacks, unfreezing
 from kerasft.callbacks import GradualUnfreezing, PhaseLogger, ReduceLROnPlateauScaled
 
 LOSS = "sparse_categorical_crossentropy"
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(callbacks)
-    assert result.attempted >= 1 and result.failed == 0
+    for module in (callbacks, unfreezing):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
 
 
 def _slots(optimizer, layer):
@@ -44,7 +45,7 @@ def test_sync_optimizer_keeps_state_of_weights_already_training(shipped_model, d
     assert len(head_state) == 6 and all(np.any(v) for v in head_state.values())
 
     kerasft.unfreeze(shipped_model, names=["fc"])
-    callbacks.sync_optimizer(shipped_model)
+    unfreezing.sync_optimizer(shipped_model)
 
     for path, value in _slots(opt, "predictions").items():
         np.testing.assert_array_equal(value, head_state[path], err_msg=path)
@@ -175,10 +176,10 @@ def test_finetune_gradual_recipe(shipped_model, digits_small):
     logger = PhaseLogger()
     result = kerasft.finetune(shipped_model, digits_small, recipe="gradual", head_epochs=1, epochs=3,
                               lr=1e-3, patience=None, callbacks=[logger], verbose=0)
-    phases = result.extras["phases"]
-    assert [p["epoch"] for p in phases] == [0, 1, 2, 3]
-    assert phases[0]["layers"] == ["predictions"] and phases[1]["layers"] == ["fc"]
-    assert [p["lr"] for p in phases] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-4])
+    stages = result.stages
+    assert [s.epoch for s in stages] == [0, 1, 2, 3]
+    assert stages[0].layers == ["predictions"] and stages[1].layers == ["fc"]
+    assert [s.lr for s in stages] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-4])
     counts = [r["trainable_params"] for r in logger.records]
     assert len(counts) == 4 and counts[0] < counts[1] < counts[2] < counts[3]
     assert counts[1] - counts[0] == _params(result.model, ["fc"])
@@ -192,7 +193,7 @@ def test_finetune_gradual_on_a_nested_backbone(digits_small):
     result = kerasft.finetune(nested_model(), digits_small, recipe="gradual", head_epochs=1, epochs=2,
                               patience=None, verbose=0)
     # The lone BatchNormalization group joins the convolution below it.
-    assert [p["layers"] for p in result.extras["phases"]] == [
+    assert [s.layers for s in result.stages] == [
         ["head"], ["backbone/conv2"], ["backbone/bn1", "backbone/conv1"]]
     assert result.model.get_layer("backbone").get_layer("conv1").trainable
     assert not result.model.get_layer("backbone").get_layer("bn1").trainable
@@ -209,7 +210,7 @@ def test_finetune_phase_file_with_ema_and_plateau(shipped_model, digits_small, t
     assert logger.records[1]["trainable_params"] - logger.records[0]["trainable_params"] == _params(
         result.model, ["block2_conv1", "block2_conv2"])
     assert all(o.use_ema for o in result.model.optimizer.optimizers)
-    assert [p["lr"] for p in result.extras["phases"]] == pytest.approx([2e-3, 1e-4])
+    assert [s.lr for s in result.stages] == pytest.approx([2e-3, 1e-4])
     assert result.best_val_accuracy is not None
 
 
@@ -225,7 +226,7 @@ def test_errors(shipped_model, digits_small):
     with pytest.raises(ValueError, match=r"Argument `factor` must be in \(0, 1\). Received: factor=1.5"):
         ReduceLROnPlateauScaled(factor=1.5)
     with pytest.raises(ValueError, match=r"is not compiled.*HINT"):
-        callbacks.sync_optimizer(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+        unfreezing.sync_optimizer(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
     x, y = digits_small
     shipped_model.compile(keras.optimizers.Adam(), LOSS)
     with pytest.raises(ValueError, match=r"No layer of model .* matches 'head' in argument `phases\[0\]\['layers'\]`"):

@@ -8,7 +8,7 @@ import pytest
 from helpers import sequential_model
 
 import kerasft
-from kerasft import devices
+from kerasft.speed import devices
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_finetune_with_mixed_precision_and_xla(shipped_model, digits_small, tmp_
     # bfloat16 compute and XLA on CPU are slow here, but they must work when asked for.
     result = kerasft.finetune(shipped_model, digits_small, head_epochs=1, epochs=1,
                               mixed_precision="mixed_bfloat16", jit_compile=True, verbose=0)
-    speed = result.extras["speed"]
+    speed = result.speed.to_dict()
     assert speed["precision"] == "mixed_bfloat16" and speed["jit_compile"] is True
     assert result.model.output.dtype == "float32"
     assert result.model.get_layer("block1_conv1").compute_dtype == "bfloat16"

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 import kerasft
-from kerasft import distribute
+from kerasft.speed import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def accuracy(model):
 def run(distribute):
     r = kerasft.finetune(sys.argv[1], (sp.x_train, sp.y_train), head_epochs=1, epochs=2,
                          distribute=distribute, verbose=0)
-    return {{"acc": accuracy(r.model), "cached": [p["cached"] for p in r.extras["speed"]["phases"]],
+    return {{"acc": accuracy(r.model), "cached": [p.cached for p in r.speed.phases],
              "variable": type(r.model.weights[0].value).__name__,
              "replicas": tf.distribute.get_strategy().num_replicas_in_sync if distribute is None
              else distribute.num_replicas_in_sync}}
@@ -153,7 +153,7 @@ def test_distribute_errors(shipped_model, digits_small):
 def test_one_device_strategy_trains_and_saves(shipped_model, digits_small, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     result = kerasft.finetune(shipped_model, digits_small, recipe="head", epochs=1, distribute=strategy, verbose=0)
-    assert result.extras["speed"]["phases"][0]["cached"] is False
+    assert result.speed.phases[0].cached is False
     path = str(tmp_path / "m.keras")
     result.model.save(path)
     loaded = keras.models.load_model(path)

@@ -185,3 +185,11 @@ def test_few_shot_digits_beats_scratch():
     assert tuned >= 0.93, tuned
     assert tuned - scratch_acc >= 0.05, (tuned, scratch_acc)
     assert os.path.exists(SHIPPED_MODEL)
+
+
+def test_extras_is_a_deprecated_alias_of_the_typed_records(shipped_model, digits_small):
+    result = kerasft.finetune(shipped_model, digits_small, recipe="head", epochs=1, l2sp=0.1, verbose=0)
+    with pytest.warns(DeprecationWarning, match="result.speed"):
+        extras = result.extras
+    assert extras["speed"] == result.speed.to_dict() and extras["l2sp"] == result.regularization.l2sp
+    assert result.speed.phases[0].cached and result.plan.phases[0].name == "head"

@@ -70,7 +70,7 @@ def test_suggestions_follow_fastai():
 
 def test_finetune_lr_find_uses_the_valley(shipped_model, digits_small):
     result = kerasft.finetune(shipped_model, digits_small, recipe="head", epochs=1, lr="find", verbose=0)
-    found = result.extras["lr_find"]
+    found = result.lr_find
     assert result.phases[0].learning_rate == pytest.approx(found.suggestions["valley"])
     assert len(found.learning_rates) >= 10
 

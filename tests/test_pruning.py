@@ -18,10 +18,16 @@ import pytest
 import tensorflow as tf
 
 import kerasft
-from kerasft import _pruning_wrapper as kp_wrapper
 from kerasft import datasets
 from kerasft import pruning as kp
 from kerasft.export import export_model
+from kerasft.pruning import callbacks as kp_callbacks
+from kerasft.pruning import finetune as kp_finetune
+from kerasft.pruning import plan as kp_plan
+from kerasft.pruning import prune as kp_prune
+from kerasft.pruning import report as kp_report
+from kerasft.pruning import schedules as kp_schedules
+from kerasft.pruning import wrapper as kp_wrapper
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,11 @@ def test_public_names():
     assert kerasft.prune_low_magnitude is kp.prune_low_magnitude
 
 
-@pytest.mark.parametrize("module", [kp, kp_wrapper], ids=["pruning", "_pruning_wrapper"])
+@pytest.mark.parametrize(
+    "module",
+    [kp_prune, kp_callbacks, kp_report, kp_plan, kp_schedules, kp_finetune],
+    ids=["prune", "callbacks", "report", "plan", "schedules", "finetune"],
+)
 def test_docstring_examples(module, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
@@ -425,7 +435,7 @@ print("RESULT " + json.dumps({
     "same_masks": all(np.array_equal(copies[0], c) for c in copies),
     "zeros": [bool((np.asarray(w)[copies[0] == 0] == 0).all()) for w in weight.value.values],
     "sparsity": kp.sparsity_report(pruned).total,
-    "finetune_sparsity": result.extras["pruning"]["sparsity"],
+    "finetune_sparsity": result.pruning.sparsity,
 }))
 """
 
@@ -594,16 +604,17 @@ def test_finetune_prunes_and_returns_a_stripped_model(shipped_model, digits_smal
     )
     model = result.model
     assert not any(isinstance(layer, kp.PruneLowMagnitude) for layer in model.layers)
-    record = result.extras["pruning"]
+    record = result.pruning
     # By default the largest trained layers, with 95% of the weights, are pruned.
-    assert sorted(record["layers"]) == ["block2_conv1", "block2_conv2", "fc"]
-    assert record["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert sorted(record.layers) == ["block2_conv1", "block2_conv2", "fc"]
+    assert record.sparsity == pytest.approx(0.8, abs=1e-3)
     report = kp.sparsity_report(model)
     assert report.layers["predictions"] == 0.0 and report.layers["fc"] == pytest.approx(
         0.8, abs=1e-3
     )
-    assert record["model_sparsity"] == pytest.approx(report.total)
-    assert record["schedule"]["end_step"] <= 3 * result.phases[-1].steps_per_epoch
+    assert record.model_sparsity == pytest.approx(report.total)
+    assert record.schedule["end_step"] <= 3 * result.phases[-1].steps_per_epoch
+    assert result.pruning.to_dict()["layers"] == record.layers
     # The best weights come from an epoch at full sparsity.
     assert result.best_phase == "finetune"
     assert set(result.evaluate(digits_small)) >= {"loss", "accuracy"}
@@ -637,5 +648,5 @@ def test_pruned_digits_model_keeps_its_accuracy(shipped_model_path):
     print(
         f"held-out accuracy: dense {accuracy['dense']:.4f}, pruned to 80% {accuracy['pruned']:.4f}"
     )
-    assert result.extras["pruning"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert result.pruning.sparsity == pytest.approx(0.8, abs=1e-3)
     assert accuracy["pruned"] >= accuracy["dense"] - 0.01

@@ -52,7 +52,7 @@ def test_l2sp_keeps_weights_closer_to_pretrained(shipped_model, digits_small):
     common = dict(recipe="full", epochs=2, validation_split=0.0, patience=None, verbose=0)
     plain = kerasft.finetune(shipped_model, digits_small, **common)
     anchored = kerasft.finetune(shipped_model, digits_small, l2sp=1.0, **common)
-    assert len(anchored.extras["l2sp"]["l2sp"]) > 0
+    assert len(anchored.regularization.l2sp["l2sp"]) > 0
 
     def moved(result, name):
         return np.linalg.norm(result.model.get_layer(name).get_weights()[0] - pretrained[name])
@@ -92,7 +92,7 @@ def test_clip_weights_bounds_chosen_layers_only(shipped_model, shipped_model_pat
 def test_finetune_clip_weights(shipped_model, digits_small):
     result = kerasft.finetune(shipped_model, digits_small, recipe="full", epochs=1,
                               clip_weights=(0.03, r"block2_conv\d"), verbose=0)
-    assert result.extras["clip_weights"] == ["block2_conv1/kernel", "block2_conv2/kernel"]
+    assert result.regularization.clip_weights == ["block2_conv1/kernel", "block2_conv2/kernel"]
     for name in ("block2_conv1", "block2_conv2"):
         assert np.abs(result.model.get_layer(name).get_weights()[0]).max() <= 0.03 + 1e-7
 

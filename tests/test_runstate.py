@@ -149,8 +149,8 @@ def test_nan_loss_stops_and_restores_last_good_weights(shipped_model, digits):
                                             r"'finetune'.*lower learning rate"):
         result = kerasft.finetune(shipped_model, (split.x_train, split.y_train), head_epochs=2,
                                   epochs=3, finetune_lr=5.0, optimizer="sgd", verbose=0)
-    event = result.extras["nan"]
-    assert event["phase"] == "finetune" and event["epoch"] == 1 and event["step"] >= 1
+    event = result.nan
+    assert event.phase == "finetune" and event.epoch == 1 and event.step >= 1
     assert all(np.isfinite(w).all() for w in result.model.get_weights())
     assert result.best_phase == "head"
     assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.7

@@ -1,10 +1,10 @@
-"""The engine behind `kerasft.pruning`: tfmot's magnitude pruning ported to Keras 3.
+"""The `PruneLowMagnitude` layer wrapper and the mask arithmetic behind it.
 
-This module holds the pruning schedules, the mask arithmetic and the `PruneLowMagnitude`
-layer wrapper. Each piece replicates `tensorflow_model_optimization.sparsity.keras`
-0.8.1 (`pruning_schedule.py`, `pruning_impl.py`, `pruning_utils.py`,
-`pruning_wrapper.py`) op for op, so that a Keras 3 model and the same tf_keras model
-pruned by tfmot get the same masks. The public entry points live in `kerasft.pruning`.
+A port to Keras 3 of tfmot's wrapper (`tensorflow_model_optimization.sparsity.keras`
+0.8.1: `pruning_impl.py`, `pruning_utils.py`, `pruning_wrapper.py`), op for op, so that a
+Keras 3 model and the same tf_keras model pruned by tfmot get the same masks. Also which
+layers and weights are prunable, and how to find the wrappers in a model. The public
+entry points live in `kerasft.pruning`.
 
 tfmot itself is never imported here: importing it switches `tf.keras` to Keras 2 for the
 whole process (it sets ``TF_USE_LEGACY_KERAS=1``), which a Keras 3 user must not pay for.
@@ -12,39 +12,47 @@ whole process (it sets ``TF_USE_LEGACY_KERAS=1``), which a Keras 3 user must not
 
 from __future__ import annotations
 
-import abc
 import numbers
 
 import keras
 import tensorflow as tf
 
+from kerasft import _keras_compat as compat
+from kerasft.pruning.schedules import ConstantSparsity, check_schedule, from_tfmot_schedule
+
 __all__ = [
-    "PruningSchedule",
-    "ConstantSparsity",
-    "PolynomialDecay",
     "PruneLowMagnitude",
-    "prunable_weights",
     "PRUNABLE_LAYER_TYPES",
+    "is_prunable",
+    "prunable_weights",
+    "find_wrappers",
+    "check_pruning_args",
+    "check_weight_ranks",
+    "magnitude_mask",
+    "block_mask",
+    "m_by_n_mask",
+    "rearrange_for_m_by_n",
 ]
 
-_PACKAGE = "kerasft"
+_PACKAGE = "kerasft"  # registered name "kerasft>PruneLowMagnitude": never change it
 
 # Which variable of each built-in layer holds the weights to prune. Like tfmot, a
 # separable convolution prunes its pointwise kernel only (the depthwise one is tiny);
 # unlike tfmot, DepthwiseConv2D is prunable (tfmot registers it with no weights).
-_PRUNABLE_ATTRS: tuple[tuple[type, tuple[str, ...]], ...] = (
-    (keras.layers.Dense, ("_kernel", "kernel")),
-    (keras.layers.Conv1D, ("_kernel", "kernel")),
-    (keras.layers.Conv2D, ("_kernel", "kernel")),
-    (keras.layers.Conv3D, ("_kernel", "kernel")),
-    (keras.layers.Conv1DTranspose, ("_kernel", "kernel")),
-    (keras.layers.Conv2DTranspose, ("_kernel", "kernel")),
-    (keras.layers.Conv3DTranspose, ("_kernel", "kernel")),
-    (keras.layers.DepthwiseConv1D, ("_kernel", "kernel")),
-    (keras.layers.DepthwiseConv2D, ("_kernel", "kernel")),
-    (keras.layers.SeparableConv1D, ("pointwise_kernel",)),
-    (keras.layers.SeparableConv2D, ("pointwise_kernel",)),
-    (keras.layers.Embedding, ("_embeddings", "embeddings")),
+# Quantized and LoRA layers are refused, so these attributes are the variables themselves.
+_PRUNABLE_ATTRS: tuple[tuple[type, str], ...] = (
+    (keras.layers.Dense, "kernel"),
+    (keras.layers.Conv1D, "kernel"),
+    (keras.layers.Conv2D, "kernel"),
+    (keras.layers.Conv3D, "kernel"),
+    (keras.layers.Conv1DTranspose, "kernel"),
+    (keras.layers.Conv2DTranspose, "kernel"),
+    (keras.layers.Conv3DTranspose, "kernel"),
+    (keras.layers.DepthwiseConv1D, "kernel"),
+    (keras.layers.DepthwiseConv2D, "kernel"),
+    (keras.layers.SeparableConv1D, "pointwise_kernel"),
+    (keras.layers.SeparableConv2D, "pointwise_kernel"),
+    (keras.layers.Embedding, "embeddings"),
 )
 
 PRUNABLE_LAYER_TYPES: tuple[str, ...] = tuple(cls.__name__ for cls, _ in _PRUNABLE_ATTRS) + (
@@ -79,8 +87,8 @@ def prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
     if callable(getattr(layer, "get_prunable_weights", None)):
         weights = list(layer.get_prunable_weights())
     else:
-        attrs = next((a for cls, a in _PRUNABLE_ATTRS if isinstance(layer, cls)), None)
-        if attrs is None:
+        attr = next((a for cls, a in _PRUNABLE_ATTRS if isinstance(layer, cls)), None)
+        if attr is None:
             raise ValueError(
                 f"Layer '{layer.name}' of type {type(layer).__name__} cannot be pruned. "
                 f"Prunable types are: {list(PRUNABLE_LAYER_TYPES)}."
@@ -90,12 +98,8 @@ def prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
                 f"Layer '{layer.name}' is quantized or LoRA-enabled and cannot be pruned. "
                 "HINT: prune before calling `quantize()` or `enable_lora()`."
             )
-        weights = []
-        for attr in attrs:
-            value = getattr(layer, attr, None)
-            if isinstance(value, keras.Variable):
-                weights.append(value)
-                break
+        value = getattr(layer, attr, None)  # None before the layer is built
+        weights = [value] if isinstance(value, keras.Variable) else []
     for weight in weights:
         if not isinstance(weight, keras.Variable):
             raise ValueError(
@@ -105,262 +109,17 @@ def prunable_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
     return weights
 
 
-# --------------------------------------------------------------------------- schedules
-
-
-class PruningSchedule(abc.ABC):
-    """Decides at which steps to prune and to which sparsity.
-
-    A schedule is called with the current pruning step (an int64 scalar tensor) and
-    returns ``(should_prune, sparsity)``: a boolean scalar tensor and a float32 scalar
-    tensor in ``[0, 1)``. tfmot's `PruningSchedule` objects follow the same contract and
-    are accepted wherever a schedule is. Subclasses used in saved models must implement
-    `get_config()` and be registered with `keras.saving.register_keras_serializable()`.
-    """
-
-    @abc.abstractmethod
-    def __call__(self, step):
-        """Return ``(should_prune, sparsity)`` for `step`."""
-
-    @abc.abstractmethod
-    def get_config(self) -> dict:
-        """Return the constructor arguments as a JSON-serializable dict."""
-
-    @classmethod
-    def from_config(cls, config: dict) -> PruningSchedule:
-        return cls(**config)
-
-    @staticmethod
-    def _should_prune_in_step(step, begin_step, end_step, frequency):
-        # Same ops as tfmot, so that a step gives the same boolean in both libraries.
-        is_in_pruning_range = tf.math.logical_and(
-            tf.math.greater_equal(step, begin_step),
-            tf.math.logical_or(tf.math.less_equal(step, end_step), tf.math.less(end_step, 0)),
-        )
-        is_pruning_turn = tf.math.equal(
-            tf.math.floormod(tf.math.subtract(step, begin_step), frequency), 0
-        )
-        return tf.math.logical_and(is_in_pruning_range, is_pruning_turn)
-
-
-def _check_steps(begin_step, end_step, frequency, allow_forever: bool) -> None:
-    if not isinstance(begin_step, numbers.Integral) or begin_step < 0:
-        raise ValueError(
-            f"Argument `begin_step` must be an int >= 0. Received: begin_step={begin_step!r}"
-        )
-    valid_end = "an int >= begin_step" + (", or -1 to prune forever" if allow_forever else "")
-    if (
-        not isinstance(end_step, numbers.Integral)
-        or (end_step == -1 and not allow_forever)
-        or (end_step != -1 and end_step < begin_step)
-    ):
-        raise ValueError(
-            f"Argument `end_step` must be {valid_end}. Received: end_step={end_step!r} "
-            f"with begin_step={begin_step}"
-        )
-    if not isinstance(frequency, numbers.Integral) or frequency <= 0:
-        raise ValueError(
-            f"Argument `frequency` must be an int > 0. Received: frequency={frequency!r}"
-        )
-
-
-def _check_sparsity(value, name: str) -> None:
-    if not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
-        raise ValueError(f"Argument `{name}` must be a float in [0, 1). Received: {name}={value!r}")
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ConstantSparsity(PruningSchedule):
-    """Prune to a constant sparsity every `frequency` steps in ``[begin_step, end_step]``.
-
-    Same arguments and results as `tfmot.sparsity.keras.ConstantSparsity`.
-
-    Args:
-        target_sparsity: fraction of weights set to zero, in ``[0, 1)``.
-        begin_step: first step at which masks are updated.
-        end_step: last step at which masks may be updated, or ``-1`` to keep updating
-            until training ends. Defaults to `-1`.
-        frequency: update the masks every `frequency` steps. Defaults to `100`.
-
-    Example:
-
-    >>> schedule = ConstantSparsity(0.5, begin_step=0, frequency=10)
-    >>> [bool(schedule(tf.constant(s, tf.int64))[0]) for s in (9, 10)]
-    [False, True]
-    """
-
-    def __init__(
-        self, target_sparsity: float, begin_step: int, end_step: int = -1, frequency: int = 100
-    ):
-        _check_sparsity(target_sparsity, "target_sparsity")
-        _check_steps(begin_step, end_step, frequency, allow_forever=True)
-        self.target_sparsity = target_sparsity
-        self.begin_step = begin_step
-        self.end_step = end_step
-        self.frequency = frequency
-
-    def __call__(self, step):
-        return (
-            self._should_prune_in_step(step, self.begin_step, self.end_step, self.frequency),
-            tf.constant(self.target_sparsity, dtype=tf.float32),
-        )
-
-    def get_config(self) -> dict:
-        return {
-            "target_sparsity": self.target_sparsity,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "frequency": self.frequency,
-        }
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class PolynomialDecay(PruningSchedule):
-    """Raise sparsity from `initial_sparsity` to `final_sparsity` along a polynomial.
-
-    ``sparsity(step) = final + (initial - final) * (1 - p) ** power`` with
-    ``p = clip((step - begin_step) / (end_step - begin_step), 0, 1)``, applied every
-    `frequency` steps in ``[begin_step, end_step]``: sparsity rises fast at first, then
-    levels off (Zhu & Gupta, 2017). Same arguments and results as
-    `tfmot.sparsity.keras.PolynomialDecay`.
-
-    Args:
-        initial_sparsity: sparsity at `begin_step`, in ``[0, 1)``.
-        final_sparsity: sparsity reached at `end_step`, in ``[0, 1)``.
-        begin_step: first step at which masks are updated.
-        end_step: step at which `final_sparsity` is reached (pick it so that
-            ``end_step - begin_step`` is a multiple of `frequency`, or the last update
-            falls short of `final_sparsity`).
-        power: exponent of the decay. Defaults to `3`.
-        frequency: update the masks every `frequency` steps. Defaults to `100`.
-
-    Example:
-
-    >>> schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100, frequency=10)
-    >>> round(float(schedule(tf.constant(100, tf.int64))[1]), 3)
-    0.8
-    """
-
-    def __init__(
-        self,
-        initial_sparsity: float,
-        final_sparsity: float,
-        begin_step: int,
-        end_step: int,
-        power: float = 3,
-        frequency: int = 100,
-    ):
-        _check_sparsity(initial_sparsity, "initial_sparsity")
-        _check_sparsity(final_sparsity, "final_sparsity")
-        _check_steps(begin_step, end_step, frequency, allow_forever=False)
-        self.initial_sparsity = initial_sparsity
-        self.final_sparsity = final_sparsity
-        self.power = power
-        self.begin_step = begin_step
-        self.end_step = end_step
-        self.frequency = frequency
-
-    def __call__(self, step):
-        p = tf.math.minimum(
-            1.0,
-            tf.math.maximum(
-                0.0,
-                tf.math.divide(
-                    tf.dtypes.cast(step - self.begin_step, tf.float32),
-                    self.end_step - self.begin_step,
-                ),
-            ),
-        )
-        sparsity = tf.math.add(
-            tf.math.multiply(
-                self.initial_sparsity - self.final_sparsity, tf.math.pow(1 - p, self.power)
-            ),
-            self.final_sparsity,
-        )
-        return (
-            self._should_prune_in_step(step, self.begin_step, self.end_step, self.frequency),
-            sparsity,
-        )
-
-    def get_config(self) -> dict:
-        return {
-            "initial_sparsity": self.initial_sparsity,
-            "final_sparsity": self.final_sparsity,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "power": self.power,
-            "frequency": self.frequency,
-        }
-
-
-_TFMOT_SCHEDULES = {"ConstantSparsity": ConstantSparsity, "PolynomialDecay": PolynomialDecay}
-
-
-def from_tfmot_schedule(schedule):
-    """Translate tfmot's built-in schedules to the identical kerasft ones.
-
-    Other objects are returned as they are. The translation lets a pruned Keras 3 model
-    save and load without tfmot (whose configs nest ``class_name`` in a way Keras 3
-    cannot read back).
-    """
-    cls = type(schedule)
-    if cls.__module__.startswith("tensorflow_model_optimization") and (
-        cls.__name__ in _TFMOT_SCHEDULES
-    ):
-        return _TFMOT_SCHEDULES[cls.__name__](**schedule.get_config()["config"])
-    return schedule
-
-
-_SCHEDULE_HELP = (
-    "a `ConstantSparsity` or `PolynomialDecay` (from kerasft or tfmot), or a callable "
-    "`schedule(step) -> (should_prune, sparsity)` taking an int64 scalar tensor and "
-    "returning a boolean and a float scalar"
-)
-
-
-def check_schedule(schedule) -> None:
-    """Check that `schedule` can drive the masks: call it once, at step 0.
-
-    Raises:
-        ValueError: if it is not callable, fails at step 0, or does not return a pair
-            ``(bool scalar, float scalar in [0, 1])``.
-    """
-    if not callable(schedule) or isinstance(schedule, type):
-        raise ValueError(
-            f"Argument `pruning_schedule` must be {_SCHEDULE_HELP}. "
-            f"Received: pruning_schedule={schedule!r}"
-        )
-    try:
-        result = schedule(tf.constant(0, tf.int64))
-    except Exception as e:
-        raise ValueError(
-            f"Argument `pruning_schedule` failed when called at step 0 "
-            f"({type(e).__name__}: {e}). It must be {_SCHEDULE_HELP}. "
-            f"Received: pruning_schedule={schedule!r}"
-        ) from None
-    problem = None
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        problem = f"returned {result!r} at step 0"
-    else:
-        should_prune, sparsity = (tf.convert_to_tensor(v) for v in result)
-        if should_prune.dtype != tf.bool or should_prune.shape.rank != 0:
-            problem = f"returned should_prune={should_prune!r} at step 0"
-        elif not sparsity.dtype.is_floating or sparsity.shape.rank != 0:
-            problem = f"returned sparsity={sparsity!r} at step 0"
-        elif not 0.0 <= float(sparsity) <= 1.0:
-            problem = f"returned sparsity={float(sparsity)} (outside [0, 1]) at step 0"
-    if problem:
-        raise ValueError(
-            f"Argument `pruning_schedule` must be {_SCHEDULE_HELP}; it {problem}. "
-            f"Received: pruning_schedule={schedule!r}"
-        )
+def find_wrappers(model) -> list[PruneLowMagnitude]:
+    """The `PruneLowMagnitude` layers anywhere in `model`, custom layers' attributes included."""
+    layers = compat.flatten_layers(model, include_self=False)
+    return [layer for layer in layers if isinstance(layer, PruneLowMagnitude)]
 
 
 # ----------------------------------------------------------------------- mask arithmetic
 
 
 def magnitude_mask(weights, sparsity):
-    """tfmot `Pruning._update_mask`: keep the ``round(size * (1 - sparsity))`` largest.
+    """Keep the ``round(size * (1 - sparsity))`` largest weights, as tfmot's `_update_mask`.
 
     tfmot sorts all magnitudes (``top_k`` with ``k=size``), takes the k-th largest as
     the threshold and keeps ``|w| >= threshold`` plus, through a one-hot term, the

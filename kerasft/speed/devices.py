@@ -32,6 +32,8 @@ __all__ = [
     "apply_mixed_precision",
     "choose_steps_per_execution",
     "cpu_supports_bfloat16",
+    "resolve_jit_compile",
+    "PRECISIONS",
 ]
 
 PRECISIONS = ("mixed_float16", "mixed_bfloat16", "float32")
@@ -160,7 +162,7 @@ def apply_mixed_precision(model: keras.Model, policy: str, *, keep_float32: Sequ
     """
     if policy not in PRECISIONS:
         raise ValueError(f"Argument `policy` must be one of {list(PRECISIONS)}. Received: policy={policy!r}")
-    head, tail = surgery._output_chain(model)
+    head, tail = surgery.output_chain(model)
     keep = {id(layer) for layer in (*keep_float32, head, *tail)}
     for _, layer in surgery.iter_layers(model):
         layer.dtype_policy = "float32" if id(layer) in keep else policy

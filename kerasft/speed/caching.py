@@ -35,11 +35,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerasft import _keras_compat as compat
 from kerasft import data as data_lib
 from kerasft import surgery
 
 __all__ = ["FeatureCache", "FeatureSplit", "PhaseSetup", "split_frozen_prefix", "CachedFeatureModel",
-           "CACHE_CHOICES"]
+           "CACHE_CHOICES", "barrier_reason", "check_cache_features"]
 
 CACHE_CHOICES = (True, False, "auto")
 _SHUFFLE_WINDOW = 10_000  # shuffle buffer of file-cached features, as data.py's streaming path
@@ -80,8 +81,8 @@ def barrier_reason(layer: keras.layers.Layer, trainable_ids: set[int]) -> str | 
     """
     if any(id(v) in trainable_ids for v in layer.weights):
         return "trainable"
-    parts = list(layer._flatten_layers(include_self=True, recursive=True))
-    if any(getattr(part, "_seed_generators", None) for part in parts):
+    parts = compat.flatten_layers(layer)
+    if compat.draws_random_numbers(layer):
         return "draws random numbers in training (dropout/noise/augmentation)"
     if any(getattr(part, "activity_regularizer", None) is not None for part in parts):
         return "adds an activity regularization loss in training"
@@ -89,7 +90,7 @@ def barrier_reason(layer: keras.layers.Layer, trainable_ids: set[int]) -> str | 
         return "BatchNormalization in training mode"
     # Keras's own layers differ between training and inference only through random
     # numbers or BatchNormalization; a custom layer that takes `training` may use it.
-    if getattr(layer, "_call_has_training_arg", False) and not type(layer).__module__.startswith("keras."):
+    if compat.call_takes_training(layer) and not type(layer).__module__.startswith("keras."):
         return "custom layer whose call() takes `training`"
     return None
 
@@ -103,7 +104,7 @@ def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.lay
     Example:
 
     >>> import keras, kerasft
-    >>> from kerasft.caching import split_frozen_prefix
+    >>> from kerasft.speed.caching import split_frozen_prefix
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="body"),
     ...                       keras.layers.Dropout(0.5, name="drop"),
     ...                       keras.layers.Dense(2, name="head")])
@@ -148,14 +149,12 @@ def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.lay
         return outputs
 
     def run(container, inputs):
-        inner = container._functional if isinstance(container, keras.Sequential) else container
-
         def call_fn(op, *args, **kwargs):
-            if surgery._is_container(op):
+            if surgery.is_container(op):
                 return run(op, args[0])
             return visit_leaf(op, *args, **kwargs)
 
-        return inner._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call_fn)
+        return compat.run_through_graph(container, inputs, call_fn)
 
     flat_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"cache_in_{i}")
                    for i, t in enumerate(model.inputs)]
@@ -170,7 +169,7 @@ def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.lay
     weighted = {p for p, lyr in surgery.iter_layers(model) if lyr.weights}
     if not frontier or not any(p in weighted for p in prefix_layers):
         return None
-    if any(getattr(t, "_keras_mask", None) is not None for t in frontier):
+    if any(compat.has_mask(t) for t in frontier):
         return None  # a mask would be lost on the way through the cache
     prefix = keras.Model(flat_inputs if len(flat_inputs) > 1 else flat_inputs[0], frontier, name=f"{model.name}_frozen_prefix")
     suffix = keras.Model(frontier, outputs if len(outputs) > 1 else outputs[0],
@@ -383,7 +382,7 @@ class FeatureCache:
                 features are derived from them by running only the layers between the
                 two cuts. Defaults to `None`.
         """
-        raw = self._raw_setup(model, index)
+        raw = self.plain_setup(model, index)
         if self.mode is False:
             return raw
         problem = self._global_problem()
@@ -395,7 +394,7 @@ class FeatureCache:
         if split is None:
             reason = "no frozen layer with weights below the trainable ones"
             if self.mode is True and index == 0:
-                random = [p for p, lyr in surgery.iter_layers(model) if getattr(lyr, "_seed_generators", None)]
+                random = [p for p, lyr in surgery.leaf_layers(model) if compat.draws_random_numbers(lyr)]
                 raise ValueError(
                     f"Argument `cache_features=True`, but model {model.name!r} has {reason} in "
                     f"the first phase (random layers: {random or 'none'}; augmentation at the "
@@ -405,12 +404,13 @@ class FeatureCache:
             return raw
         return self._cached_setup(model, index, split, later_trainable)
 
-    def _raw_setup(self, model: keras.Model, index: int) -> PhaseSetup:
+    def plain_setup(self, model: keras.Model, index: int) -> PhaseSetup:
+        """Phase ``index`` of ``model`` on its inputs, without caching (the phase's own shuffle)."""
         p = self.prepared
         if p.arrays is None:
             return PhaseSetup(model, p.train, p.validation, False, "caching off")
         x, y = p.arrays
-        train = data_lib._pipeline(x, y, p.batch_size, self._phase_seed(index), shuffle=True)
+        train = data_lib.make_pipeline(x, y, p.batch_size, self._phase_seed(index), shuffle=True)
         return PhaseSetup(model, train, p.validation, False, "caching off")
 
     def _validation_arrays(self) -> tuple[Any, np.ndarray] | None:
@@ -552,7 +552,7 @@ class FeatureCache:
     def _pipeline(self, feats: Any, labels: np.ndarray, seed: int, shuffle: bool) -> tf.data.Dataset:
         batch_size = self.prepared.batch_size
         if not isinstance(feats, tf.data.Dataset):
-            return data_lib._pipeline(_unwrap(feats), labels, batch_size, seed, shuffle=shuffle)
+            return data_lib.make_pipeline(_unwrap(feats), labels, batch_size, seed, shuffle=shuffle)
         ds = tf.data.Dataset.zip((feats.map(_unwrap_tf), tf.data.Dataset.from_tensor_slices(labels)))
         if shuffle:
             ds = ds.shuffle(min(len(labels), _SHUFFLE_WINDOW), seed=seed, reshuffle_each_iteration=True)

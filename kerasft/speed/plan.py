@@ -1,22 +1,23 @@
 """How ``finetune`` runs each phase fast: feature caching, XLA, precision, step grouping.
 
-The glue between ``finetune``'s phase loop and :mod:`kerasft.caching`,
-:mod:`kerasft.devices` and :mod:`kerasft.distribute`: one :class:`SpeedPlan` per run
-gives, for each phase, the model to fit, its pipelines and its compile keywords, and
-records what it decided in ``result.extras["speed"]``.
+The glue between ``finetune``'s phase loop and :mod:`kerasft.speed.caching`,
+:mod:`kerasft.speed.devices` and :mod:`kerasft.speed.distribute`: one :class:`SpeedPlan`
+per run gives, for each phase, the model to fit, its pipelines and its compile keywords,
+and records what it decided as a :class:`SpeedRecord`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 
-from kerasft import caching, devices, distribute
 from kerasft import data as data_lib
+from kerasft.speed import caching, devices, distribute
 
-__all__ = ["SpeedPlan", "check_options"]
+__all__ = ["SpeedPlan", "SpeedRecord", "PhaseSpeed", "check_options"]
 
 
 def check_options(*, cache_features: Any, cache_budget: Any, jit_compile: Any, mixed_precision: Any,
@@ -30,6 +31,56 @@ def check_options(*, cache_features: Any, cache_budget: Any, jit_compile: Any, m
     devices.choose_jit_compile(jit_compile, ["CPU"])
     devices.choose_mixed_precision(mixed_precision, ["CPU"])
     devices.choose_steps_per_execution(steps_per_execution, steps_per_epoch=1, cached=False)
+
+
+@dataclass
+class PhaseSpeed:
+    """How one phase was run.
+
+    Attributes:
+        cached: whether the phase trained on cached features.
+        reason: why it did or did not.
+        feature_seconds: seconds spent computing the features.
+        feature_bytes: size of the features.
+        feature_source: where the features came from (computed, kept, derived).
+        steps_per_execution: training steps per call into TensorFlow.
+    """
+
+    cached: bool
+    reason: str
+    feature_seconds: float
+    feature_bytes: int
+    feature_source: str
+    steps_per_execution: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cached": self.cached, "reason": self.reason, "feature_seconds": self.feature_seconds,
+                "feature_bytes": self.feature_bytes, "feature_source": self.feature_source,
+                "steps_per_execution": self.steps_per_execution}
+
+
+@dataclass
+class SpeedRecord:
+    """What a :class:`SpeedPlan` decided for a run, and for each of its phases.
+
+    Attributes:
+        devices: device types TensorFlow saw, e.g. ``["CPU", "GPU"]``.
+        precision: the Keras dtype policy trained with.
+        precision_reason: why that policy.
+        jit_compile: whether training steps were compiled with XLA.
+        phases: one :class:`PhaseSpeed` per phase, in order.
+    """
+
+    devices: list[str]
+    precision: str
+    precision_reason: str
+    jit_compile: bool
+    phases: list[PhaseSpeed] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"devices": list(self.devices), "precision": self.precision,
+                "precision_reason": self.precision_reason, "jit_compile": self.jit_compile,
+                "phases": [phase.to_dict() for phase in self.phases]}
 
 
 class SpeedPlan:
@@ -57,9 +108,8 @@ class SpeedPlan:
                                           distributed=distributed, verbose=verbose)
         self.verbose = verbose
         self.distributed = distributed
-        self.phases: list[dict[str, Any]] = []
-        self.decisions = {"devices": kinds, "precision": self.precision, "precision_reason": precision_reason,
-                          "jit_compile": self.jit_compile}
+        self.record = SpeedRecord(devices=kinds, precision=self.precision, precision_reason=precision_reason,
+                                  jit_compile=self.jit_compile)
 
     def setup_phase(self, model: keras.Model, index: int, *, cacheable: bool = True,
                     later_trainable: Sequence[keras.layers.Layer] | None = None) -> caching.PhaseSetup:
@@ -68,22 +118,21 @@ class SpeedPlan:
         ``cacheable=False`` for phases whose trainable layers change during ``fit``
         (gradual unfreezing), where stored features would go stale. ``later_trainable``:
         the layers the next phase will train, if known; their features are then
-        computed once for both phases (see :class:`kerasft.caching.FeatureCache`).
+        computed once for both phases (see :class:`kerasft.speed.caching.FeatureCache`).
         """
         if cacheable:
             setup = self.cache.setup_phase(model, index, later_trainable=later_trainable)
         else:
-            setup = self.cache._raw_setup(model, index)
+            setup = self.cache.plain_setup(model, index)
             setup.reason = "layers are unfrozen during the phase"
         if self.distributed:
             setup.model = distribute.wrap_for_fit(setup.model)
         spe = devices.choose_steps_per_execution(
             self.steps_per_execution, steps_per_epoch=self.prepared.steps_per_epoch, cached=setup.cached)
         setup.compile_kwargs = {"jit_compile": self.jit_compile, "steps_per_execution": spe}
-        self.phases.append({"cached": setup.cached, "reason": setup.reason,
-                            "feature_seconds": setup.feature_seconds, "feature_bytes": setup.feature_bytes,
-                            "feature_source": setup.feature_source,
-                            "steps_per_execution": spe})
+        self.record.phases.append(PhaseSpeed(
+            cached=setup.cached, reason=setup.reason, feature_seconds=setup.feature_seconds,
+            feature_bytes=setup.feature_bytes, feature_source=setup.feature_source, steps_per_execution=spe))
         return setup
 
     def before_fit(self, setup: caching.PhaseSetup) -> None:
@@ -91,9 +140,11 @@ class SpeedPlan:
         if self.distributed:
             distribute.prepare_fit(setup.model, setup.train)
 
-    def report(self) -> dict[str, Any]:
-        """What was decided, for ``result.extras["speed"]``."""
-        return dict(self.decisions, phases=list(self.phases))
+    def report(self) -> SpeedRecord:
+        """What was decided so far: the run's settings and one :class:`PhaseSpeed` per phase."""
+        return SpeedRecord(devices=list(self.record.devices), precision=self.record.precision,
+                           precision_reason=self.record.precision_reason, jit_compile=self.record.jit_compile,
+                           phases=list(self.record.phases))
 
     def close(self) -> None:
         self.cache.close()

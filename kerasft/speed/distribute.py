@@ -30,10 +30,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from kerasft.caching import CachedFeatureModel
+from kerasft import _keras_compat as compat
+from kerasft.speed.caching import CachedFeatureModel
 
 __all__ = ["resolve_strategy", "in_scope", "check_model_variables", "num_replicas", "MultiWorkerModel",
-           "prepare_fit"]
+           "prepare_fit", "choose_strategy_kind", "wrap_for_fit"]
 
 
 _AUTO: dict[str, tf.distribute.Strategy] = {}
@@ -175,5 +176,5 @@ def prepare_fit(model: Any, dataset: tf.data.Dataset) -> None:
     if not _is_multi_worker(tf.distribute.get_strategy()):
         return
     batch = next(iter(dataset.take(1)))
-    model._symbolic_build(data_batch=batch)
-    model._distribute_strategy = None  # fit runs inside strategy.scope() and finds it there
+    compat.symbolic_build(model, batch)
+    compat.forget_distribute_strategy(model)  # fit runs inside strategy.scope() and finds it there

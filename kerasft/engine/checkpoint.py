@@ -1,4 +1,4 @@
-"""State that lets a fine-tuning run survive trouble: resumable checkpoints and a NaN guard.
+"""Resumable checkpoints of a fine-tuning run, and the hook that writes and reads them.
 
 ``RunCheckpoint`` keeps, in one directory, which phases of a :func:`kerasft.finetune`
 call are finished (with their weights and history), the best weights seen so far, and a
@@ -6,72 +6,32 @@ Keras ``BackupAndRestore`` backup of the phase in progress (weights, optimizer s
 epoch). Started again with the same call, the run skips finished phases and continues
 the interrupted one where it stopped, with the phase's own trainable set. Every file
 is written beside its final name and renamed into place, so a kill at any moment leaves
-either the previous state or the new one.
-
-``NaNGuard`` stops a phase on the first non-finite loss and puts back the weights of the
-last epoch that ended with a finite loss.
+either the previous state or the new one. :class:`Checkpoint` is the engine hook.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
+from kerasft import _keras_compat as compat
 from kerasft._fileio import atomic_file, drop_group_other_write
+from kerasft.engine.hooks import Hook
+from kerasft.engine.result import PhaseResult
 
-__all__ = ["NaNGuard", "RunCheckpoint"]
+if TYPE_CHECKING:
+    from kerasft.engine.runner import Run
+
+__all__ = ["RunCheckpoint", "Checkpoint"]
 
 _STATE = "run.json"
 _BEST = "best_weights.npz"
-
-
-class NaNGuard(keras.callbacks.Callback):
-    """Stop at the first NaN/inf loss and restore the last weights that gave a finite one.
-
-    Attributes after a run: ``event`` is ``None``, or a dict with the ``phase``, ``epoch``
-    (1-based) and ``step`` (1-based within the epoch) where the loss stopped being finite.
-    """
-
-    def __init__(self, phase: str = ""):
-        super().__init__()
-        self.phase = phase
-        self.event: dict[str, Any] | None = None
-        self._good: list[np.ndarray] | None = None
-        self._epoch = 0
-
-    def on_train_begin(self, logs=None):
-        self.event = None
-        self._good = self.model.get_weights()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if self.event is None and loss is not None and not math.isfinite(float(loss)):
-            self.event = {"phase": self.phase, "epoch": self._epoch + 1, "step": batch + 1,
-                          "loss": float(loss)}
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.event is None:
-            weights = self.model.get_weights()
-            if _finite(weights):
-                self._good = weights
-
-    def on_train_end(self, logs=None):
-        if self.event is not None and self._good is not None:
-            self.model.set_weights(self._good)
-
-
-def _finite(weights: list[np.ndarray]) -> bool:
-    return all(np.all(np.isfinite(w)) for w in weights if np.issubdtype(w.dtype, np.floating))
 
 
 def _save_arrays(path: str, arrays: list[np.ndarray]) -> None:
@@ -141,8 +101,8 @@ class RunCheckpoint:
     def callbacks(self, index: int, best: Any) -> list[keras.callbacks.Callback]:
         """Callbacks that back up phase ``index`` every epoch and persist ``best``."""
         return [
-            _BackupAndRestore(self.backup_dir(index), save_freq="epoch",
-                              double_checkpoint=True, delete_checkpoint=False),
+            compat.BackupAndRestore(self.backup_dir(index), save_freq="epoch",
+                                    double_checkpoint=True, delete_checkpoint=False),
             _PersistBest(self, best),
         ]
 
@@ -172,24 +132,6 @@ class RunCheckpoint:
                 json.dump(self.state, f, indent=1)
 
 
-class _BackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's backup, also for a model that only speaks for another one.
-
-    The model trained on cached features is never built itself (its layers belong to the
-    full model, which is); Keras's check for ``built`` would refuse it.
-    """
-
-    def _load_model(self):
-        if os.path.exists(self._weights_path):
-            optimizer = self.model.optimizer
-            if optimizer is not None and not optimizer.built:
-                optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(self._weights_path)
-        if os.path.exists(self._training_metadata_path):
-            with open(self._training_metadata_path) as f:
-                self.model._initial_epoch = json.load(f)["epoch"]
-
-
 class _PersistBest(keras.callbacks.Callback):
     """Write the run's best weights to the checkpoint whenever they improve."""
 
@@ -205,3 +147,55 @@ class _PersistBest(keras.callbacks.Callback):
             self._saved = self.best.best_weights
         # Keras's backup honours the umask; keep it writable by its owner only.
         drop_group_other_write(self.checkpoint.directory)
+
+
+class Checkpoint(Hook):
+    """Write the run's state every epoch; resume an interrupted run where it stopped.
+
+    A directory written by a different call is refused (its fingerprint differs).
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = directory
+        self.checkpoint: RunCheckpoint | None = None
+
+    def run_start(self, run: Run) -> None:
+        o = run.options
+        self.checkpoint = RunCheckpoint(self.directory, {
+            "model": run.model.name, "params": int(run.model.count_params()), "recipe": str(o.recipe.recipe),
+            "phases": [[p.name, p.epochs] for p in run.plan.phases],
+            "lr": _rates(run)[0], "finetune_lr": _rates(run)[1],
+            "batch_size": o.data.batch_size, "seed": o.data.seed, "n_train": run.data.n_train,
+            "num_classes": run.task.num_classes, "unfreeze": str(o.recipe.unfreeze),
+            "optimizer": str(o.optimizer.optimizer),
+        })
+        self.checkpoint.restore_best(run.best)
+
+    def resume(self, run: Run) -> PhaseResult | None:
+        done = self.checkpoint.completed(run.phase_index)
+        if done is None:
+            return None
+        saved, weights = done
+        run.model.set_weights(weights)
+        run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{run.phase.name}': finished "
+                f"in an earlier run (checkpoint {self.checkpoint.directory})")
+        return PhaseResult(**saved["result"])
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        resumed_at = self.checkpoint.in_progress(run.phase_index)
+        if resumed_at is not None:
+            run.log(f"kerasft: resuming phase '{run.phase.name}' after epoch {resumed_at} "
+                    f"from {self.checkpoint.backup_dir(run.phase_index)}")
+        return self.checkpoint.callbacks(run.phase_index, run.best)
+
+    def phase_end(self, run: Run, result: PhaseResult) -> None:
+        if run.stop_reason is None:
+            self.checkpoint.finish_phase(run.phase_index, {"result": dataclasses.asdict(result)},
+                                         run.model.get_weights())
+
+
+def _rates(run: Run) -> tuple[float, float]:
+    """The run's head and body rates, the LR finder's suggestion resolved."""
+    options = run.options.recipe
+    lr = float(run.lr_find.suggestions["valley"]) if options.finds_lr else float(options.lr)
+    return lr, float(options.finetune_lr) if options.finetune_lr is not None else lr / 10

@@ -1,0 +1,395 @@
+"""Hooks: what a fine-tuning run does besides training, each in one class.
+
+The runner calls every hook at five moments, in the order of the hook list:
+
+- ``run_start(run)``: before the first phase (attach regularizers, find the rate...);
+- ``resume(run)``: may return the :class:`PhaseResult` of a phase finished by an earlier,
+  interrupted run (its weights restored), so that the phase is skipped;
+- ``phase_start(run)``: before a phase is set up; may return a new model to train from
+  here on (pruning wraps layers);
+- ``callbacks(run)``: the Keras callbacks of the phase's ``fit`` (their order is the
+  order of the hooks);
+- ``phase_end(run, result)``: after the phase's ``fit``;
+
+and ``run_end(run)`` after the last phase, in reverse order, so that what started first
+finishes last (best weights are restored before pruning wrappers are stripped).
+Adding a concern to the engine is adding a :class:`Hook` subclass, not a branch in the
+runner. :func:`default_hooks` lists the hooks a ``finetune`` call uses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+
+from kerasft import _keras_compat as compat
+from kerasft import surgery
+from kerasft.callbacks import ReduceLROnPlateauScaled
+from kerasft.engine.result import NaNEvent, PhaseResult
+
+if TYPE_CHECKING:
+    from kerasft.engine.runner import Run
+
+__all__ = [
+    "Hook",
+    "BestWeights",
+    "NaNGuard",
+    "EarlyStopping",
+    "ReduceOnPlateau",
+    "EMA",
+    "Regularization",
+    "LRFinder",
+    "Pruning",
+    "Stages",
+    "UserCallbacks",
+    "TensorBoard",
+    "default_hooks",
+]
+
+
+class Hook:
+    """Base class of the engine's hooks; every method does nothing by default."""
+
+    def run_start(self, run: Run) -> None:
+        """Before the first phase."""
+
+    def resume(self, run: Run) -> PhaseResult | None:
+        """The result of the current phase if an earlier run finished it (weights restored)."""
+        return None
+
+    def phase_start(self, run: Run) -> keras.Model | None:
+        """Before the current phase is set up; may return the model to train from now on."""
+        return None
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        """Keras callbacks for the current phase's ``fit``."""
+        return []
+
+    def phase_end(self, run: Run, result: PhaseResult) -> None:
+        """After the current phase's ``fit``."""
+
+    def run_end(self, run: Run) -> None:
+        """After the last phase (hooks run in reverse order here)."""
+
+
+# ---------------------------------------------------------------------------- best weights
+
+
+class _Tracker(keras.callbacks.Callback):
+    """Remember the best weights on ``monitor`` across phases."""
+
+    def __init__(self, monitor: str, mode: str):
+        super().__init__()
+        self.monitor = monitor
+        self.sign = -1.0 if mode == "min" else 1.0
+        self.best = -math.inf
+        self.best_weights: list[np.ndarray] | None = None
+        self.best_phase: str | None = None
+        self.phase = ""
+        self.from_epoch = 0
+
+    def restart(self, from_epoch: int) -> None:
+        """Forget the weights seen so far; then only count epochs >= ``from_epoch``."""
+        self.best, self.best_weights, self.from_epoch = -math.inf, None, from_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value) or epoch < self.from_epoch:
+            return
+        if self.sign * value > self.best:
+            self.best = self.sign * value
+            self.best_weights = self.model.get_weights()
+            self.best_phase = self.phase
+
+    @property
+    def best_value(self) -> float | None:
+        return None if self.best_weights is None else self.sign * self.best
+
+    def restore(self, model: keras.Model) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
+
+
+class BestWeights(Hook):
+    """Keep the best weights on the monitored quantity across phases; restore them.
+
+    The tracker is ``run.best``; when a hook replaces the model (pruning), the weights
+    seen so far no longer fit it and only epochs from ``run.count_from_epoch`` count.
+    """
+
+    def run_start(self, run: Run) -> None:
+        run.best = _Tracker(run.monitor, run.task.monitor_mode(run.monitor))
+        self._model = run.model
+
+    def phase_start(self, run: Run) -> None:
+        if run.model is not self._model:
+            run.best.restart(from_epoch=run.count_from_epoch)
+            self._model = run.model
+        run.best.phase = run.phase.name
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        return [run.best]
+
+    def phase_end(self, run: Run, result: PhaseResult) -> None:
+        run.best.restore(run.model)
+
+    def run_end(self, run: Run) -> None:
+        run.best.restore(run.model)
+
+
+# ------------------------------------------------------------------------------ NaN guard
+
+
+class _NaNCallback(keras.callbacks.Callback):
+    """Stop at the first NaN/inf loss and restore the last weights that gave a finite one."""
+
+    def __init__(self, run: Run):
+        super().__init__()
+        self.run = run
+        self.event: dict[str, Any] | None = None
+        self._good: list[np.ndarray] | None = None
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.event = None
+        self._good = self.model.get_weights()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.event is None and loss is not None and not math.isfinite(float(loss)):
+            self.event = {"epoch": self._epoch + 1, "step": batch + 1, "loss": float(loss)}
+            self.model.stop_training = True
+            self.run.stop_reason = "non-finite loss"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.event is None:
+            weights = self.model.get_weights()
+            if all(np.all(np.isfinite(w)) for w in weights if np.issubdtype(w.dtype, np.floating)):
+                self._good = weights
+
+    def on_train_end(self, logs=None):
+        if self.event is not None and self._good is not None:
+            self.model.set_weights(self._good)
+
+
+class NaNGuard(Hook):
+    """Stop at the first non-finite loss, keep the last finite weights, skip later phases."""
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        self._callback = _NaNCallback(run)
+        return [self._callback]
+
+    def phase_end(self, run: Run, result: PhaseResult) -> None:
+        event = self._callback.event
+        if event is None:
+            return
+        peak = run.phase_peak
+        run.nan = NaNEvent(run.phase.name, event["epoch"], event["step"], event["loss"], float(peak))
+        warnings.warn(
+            f"kerasft: the loss became {event['loss']} at step {event['step']} of "
+            f"epoch {event['epoch']} in phase {run.phase.name!r} (peak learning rate {peak:g}). "
+            "Training stopped and the last weights with a finite loss were restored; later "
+            f"phases were skipped. HINT: try a lower learning rate (e.g. {peak / 10:g}), "
+            "gradient clipping (global_clipnorm=1.0), or check the inputs for extreme values.",
+            RuntimeWarning, stacklevel=4,
+        )
+
+
+# ------------------------------------------------------------------- stopping and plateaus
+
+
+class EarlyStopping(Hook):
+    """Keras's ``EarlyStopping`` on the monitored quantity, per phase."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        start = max(run.count_from_epoch, run.phase_optimizer.settle_epoch)
+        return [keras.callbacks.EarlyStopping(monitor=run.monitor, patience=self.patience,
+                                              mode=run.task.monitor_mode(run.monitor), start_from_epoch=start)]
+
+
+class ReduceOnPlateau(Hook):
+    """Scale the phase's schedule down when the monitored quantity stalls."""
+
+    def __init__(self, kwargs: dict[str, Any]):
+        self.kwargs = kwargs
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        return [ReduceLROnPlateauScaled(**self.kwargs)]
+
+
+class EMA(Hook):
+    """Validate, pick the best and return the exponential moving average of the weights.
+
+    The optimizer keeps the average (``use_ema``); this swaps it in for validation. It
+    comes first, so that the other callbacks see the averaged weights.
+    """
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        return [compat.SwapEMAWeights(swap_on_epoch=True)]
+
+
+class Stages(Hook):
+    """The callbacks that belong to the phase itself (``GradualUnfreezing`` of a staged phase)."""
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        return list(run.phase_optimizer.callbacks)
+
+
+class UserCallbacks(Hook):
+    """The user's own Keras callbacks, in every phase."""
+
+    def __init__(self, callbacks: list[keras.callbacks.Callback]):
+        self.user_callbacks = callbacks
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        return list(self.user_callbacks)
+
+
+class TensorBoard(Hook):
+    """Log every phase to TensorBoard on one time axis (``kerasft.TensorBoardLogger``)."""
+
+    def __init__(self, log_dir: Any):
+        from kerasft.tensorboard import TensorBoardLogger
+
+        self.logger = TensorBoardLogger(log_dir)
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        self.logger.begin_phase(run.phase.name, epochs=run.phase.epochs, learning_rate=f"{run.phase_peak:g}",
+                                trainable_params=run.phase_counts.trainable)
+        return [self.logger]
+
+    def run_end(self, run: Run) -> None:
+        self.logger.close()
+
+
+# ---------------------------------------------------------------- regularization, LR finder
+
+
+class Regularization(Hook):
+    """Attach L2-SP (pretrained layers; a rebuilt head is left free) and weight clipping."""
+
+    def __init__(self, l2sp: float | None, clip: tuple[float, Any] | None):
+        self.l2sp, self.clip = l2sp, clip
+
+    def run_start(self, run: Run) -> None:
+        from kerasft import regularizers
+
+        model, task = run.model, run.task
+        if self.l2sp:
+            new = [re.escape(surgery.layer_path(model, task.head))] if task.head_rebuilt else None
+            run.regularization.l2sp = regularizers.apply_l2sp(model, alpha=float(self.l2sp), beta=0.0, new_layers=new)
+        if self.clip is not None:
+            run.regularization.clip_weights = regularizers.clip_weights(model, *self.clip)
+
+
+class LRFinder(Hook):
+    """``lr="find"``: sweep with the first phase's trainable set; take the ``valley`` rate."""
+
+    def run_start(self, run: Run) -> None:
+        from kerasft.engine.plan import select_trainable
+        from kerasft.lr_finder import lr_find
+
+        model, first = run.model, run.plan.phases[0]
+        state = surgery.trainable_state(model)
+        if first.staged or first.trains_body:
+            surgery.freeze(model)
+            surgery.unfreeze(model, train_bn=first.train_bn)
+        else:
+            select_trainable(model, run.task.head, first)
+        try:
+            found = lr_find(model, run.data.train, loss=run.task.loss, optimizer=run.make_optimizer(1e-3))
+        finally:
+            surgery.set_trainable(model, state)
+        run.lr_find = found
+        run.plan = run.plan.resolve_rates(found.suggestions["valley"])
+        rates = [str(p.rate) for p in run.plan.phases]
+        run.log(f"kerasft: lr_find suggests lr {found.suggestions['valley']:.2e} (valley); phase rates {rates}")
+
+
+# ---------------------------------------------------------------------------------- pruning
+
+
+class Pruning(Hook):
+    """Prune by magnitude during the last phase; return the stripped model.
+
+    The last phase trains a copy whose largest trained layers are wrapped (the copy
+    keeps the phase's trainable flags); the best weights are picked among the epochs at
+    full sparsity (``run.count_from_epoch``).
+    """
+
+    def __init__(self, options: dict[str, Any]):
+        self.options = options
+        self.plan = None
+
+    def phase_start(self, run: Run) -> keras.Model | None:
+        from kerasft.pruning import finetune as pruning_finetune
+
+        last = max(i for i, p in enumerate(run.plan.phases) if p.epochs > 0)
+        if run.phase_index != last:
+            return None
+        steps = run.plan.steps_per_epoch
+        self.plan, first_full = pruning_finetune.start(run.model, self.options, run.phase.epochs * steps, steps,
+                                                       head=run.task.head)
+        run.count_from_epoch = first_full
+        return self.plan.model
+
+    def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        return list(self.plan.callbacks) if self.plan is not None else []
+
+    def run_end(self, run: Run) -> None:
+        if self.plan is None:
+            return
+        from kerasft.engine.task import loss_and_metrics
+        from kerasft.pruning import finetune as pruning_finetune
+
+        model, record = pruning_finetune.finish(self.plan, run.model)
+        task = run.task
+        metrics = list(run.options.task.metrics or loss_and_metrics(task.label_mode, task.from_logits)[1])
+        model.compile(loss=task.loss, metrics=metrics)
+        run.replace_model(model)
+        run.pruning = record
+        run.log(f"kerasft: pruned {len(record.layers)} layers to {record.sparsity:.1%} sparsity; "
+                "returning the stripped model")
+
+
+def default_hooks(options: Any, monitor: str) -> list[Hook]:
+    """The hooks of a ``finetune`` call with ``options``, in the order their callbacks run."""
+    from kerasft.engine.checkpoint import Checkpoint
+
+    run, reg, recipe = options.run, options.regularization, options.recipe
+    hooks: list[Hook] = []
+    if reg.l2sp or reg.clip is not None:
+        hooks.append(Regularization(reg.l2sp, reg.clip))
+    if recipe.finds_lr:
+        hooks.append(LRFinder())
+    if options.optimizer.use_ema:  # first: validation and the best weights see the average
+        hooks.append(EMA())
+    if reg.prune is not None:
+        from kerasft.pruning import finetune as pruning_finetune
+
+        hooks.append(Pruning(pruning_finetune.parse_prune_option(reg.prune, recipe.kind)))
+    hooks += [BestWeights(), NaNGuard()]
+    if run.checkpoint_dir is not None:
+        hooks.append(Checkpoint(run.checkpoint_dir))
+    hooks.append(Stages())
+    if options.monitor.patience is not None:
+        hooks.append(EarlyStopping(options.monitor.patience))
+    plateau = options.monitor.plateau_kwargs(monitor)
+    if plateau is not None:
+        hooks.append(ReduceOnPlateau(plateau))
+    if run.callbacks:
+        hooks.append(UserCallbacks(list(run.callbacks)))
+    if run.tensorboard is not None:
+        hooks.append(TensorBoard(run.tensorboard))
+    return hooks

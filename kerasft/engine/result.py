@@ -1,0 +1,170 @@
+"""What a fine-tuning run returns: the model, each phase's record, and typed side records.
+
+:class:`FinetuneResult` holds the fine-tuned model and one :class:`PhaseResult` per phase.
+What optional parts of the run found has its own small record: the LR finder's sweep
+(``lr_find``), the pruning outcome (``pruning``), the speed decisions (``speed``), a
+non-finite loss (``nan``), the regularizers attached (``regularization``) and the stages
+of a gradual recipe (``stages``). ``extras`` is the former untyped dict, kept as a
+deprecated alias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from kerasft import data as data_lib
+from kerasft.callbacks import monitor_mode
+
+__all__ = ["FinetuneResult", "PhaseResult", "NaNEvent", "RegularizationRecord"]
+
+
+@dataclass
+class PhaseResult:
+    """What one training phase did."""
+
+    name: str
+    epochs: int
+    history: dict[str, list[float]]
+    seconds: float
+    trainable_params: int
+    learning_rate: float
+    steps_per_epoch: int
+
+    @property
+    def images_per_second(self) -> float:
+        return 0.0 if not self.seconds else self.epochs * self.steps_per_epoch / self.seconds
+
+
+@dataclass
+class NaNEvent:
+    """Where the loss stopped being finite: phase, epoch and step (1-based), the loss, the peak rate."""
+
+    phase: str
+    epoch: int
+    step: int
+    loss: float
+    learning_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RegularizationRecord:
+    """What L2-SP and weight clipping were attached to."""
+
+    l2sp: dict[str, Any] | None = None
+    clip_weights: list[str] | None = None
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned model and what happened on the way.
+
+    Attributes:
+        model: the fine-tuned Keras model, with the best weights seen on validation.
+        phases: one :class:`PhaseResult` per phase, in order.
+        monitor: the validation quantity used to pick the best weights.
+        best_score: its best value (``None`` without validation data).
+        best_phase: the phase in which it was reached.
+        num_classes: number of classes of the task.
+        label_mode: ``"sparse"``, ``"one_hot"`` or ``"binary"``.
+        head_rebuilt: whether the output layer was replaced.
+        batch_size: the batch size of the run.
+        plan: the :class:`kerasft.engine.plan.Plan` that ran.
+        speed: the speed decisions (``kerasft.speed.SpeedRecord``).
+        lr_find: the LR finder's sweep when ``lr="find"`` (``kerasft.LRFindResult``).
+        pruning: the pruning outcome when ``prune=`` (``kerasft.pruning.PruningRecord``).
+        nan: where the loss became non-finite, if it did.
+        regularization: what L2-SP / weight clipping were attached to.
+        stages: the stages of a gradual or phase-list recipe, with their rates.
+    """
+
+    model: keras.Model
+    phases: list[PhaseResult]
+    monitor: str
+    best_score: float | None
+    best_phase: str | None
+    num_classes: int
+    label_mode: str
+    head_rebuilt: bool
+    batch_size: int = 32
+    plan: Any = None
+    speed: Any = None
+    lr_find: Any = None
+    pruning: Any = None
+    nan: NaNEvent | None = None
+    regularization: RegularizationRecord = field(default_factory=RegularizationRecord)
+    stages: list[Any] | None = None
+
+    @property
+    def history(self) -> dict[str, dict[str, list[float]]]:
+        """Per-phase Keras history: ``{phase name: {metric: [per-epoch values]}}``."""
+        return {p.name: p.history for p in self.phases}
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Wall seconds per phase."""
+        return {p.name: p.seconds for p in self.phases}
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """Best validation accuracy of any epoch, or ``None`` without validation data."""
+        values = [v for p in self.phases for v in p.history.get("val_accuracy", [])]
+        return max(values) if values else None
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """Deprecated: the typed records as the former dict (``result.speed`` etc. instead)."""
+        warnings.warn(
+            "FinetuneResult.extras is deprecated; use the typed fields result.speed, "
+            "result.lr_find, result.pruning, result.nan, result.regularization and result.stages.",
+            DeprecationWarning, stacklevel=2,
+        )
+        out: dict[str, Any] = {}
+        if self.nan is not None:
+            out["nan"] = self.nan.to_dict()
+        if self.regularization.l2sp is not None:
+            out["l2sp"] = self.regularization.l2sp
+        if self.regularization.clip_weights is not None:
+            out["clip_weights"] = self.regularization.clip_weights
+        if self.lr_find is not None:
+            out["lr_find"] = self.lr_find
+        if self.stages is not None:
+            out["phases"] = [{"layers": s.layers, "epoch": s.epoch, "lr": s.lr} for s in self.stages]
+        if self.pruning is not None:
+            out["pruning"] = self.pruning.to_dict()
+        if self.speed is not None:
+            out["speed"] = self.speed.to_dict()
+        return out
+
+    def evaluate(self, test_data: Any, *, batch_size: int | None = None) -> dict[str, float]:
+        """Loss and metrics of :attr:`model` on ``test_data`` (any form ``finetune`` accepts)."""
+        prepared = data_lib.prepare_data(
+            test_data, model=self.model, validation_split=0.0,
+            batch_size=batch_size or self.batch_size, num_classes=self.num_classes,
+            label_mode=self.label_mode, shuffle=False, check_classes=False,
+        )
+        values = self.model.evaluate(prepared.train, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in values.items()}
+
+    def export(self, path: str, **kwargs: Any) -> str:
+        """Export :attr:`model` with :func:`kerasft.export.export_model`; returns the path."""
+        from kerasft.export import export_model
+
+        return export_model(self.model, path, **kwargs)
+
+    def summary(self) -> str:
+        """One line per phase: epochs, seconds, trainable parameters, best ``monitor``."""
+        best = min if monitor_mode(self.monitor) == "min" else max
+        lines = [f"{'phase':<10}{'epochs':>7}{'seconds':>9}{'trainable':>12}  best {self.monitor}"]
+        for p in self.phases:
+            vals = p.history.get(self.monitor, [])
+            value = best(vals) if vals else float("nan")
+            lines.append(f"{p.name:<10}{p.epochs:>7}{p.seconds:>9.1f}{p.trainable_params:>12,}  {value:.4f}")
+        return "\n".join(lines)

@@ -1,0 +1,250 @@
+"""The runner: executes any plan, phase by phase, with its hooks.
+
+For each phase the runner selects the trainable set, lets the hooks start the phase
+(they may swap the model), builds the optimizer, sets up the speed path (cached
+features, XLA, steps per execution), compiles, fits with the hooks' callbacks and
+records a :class:`PhaseResult`. :class:`Run` is the state the hooks see and change.
+:func:`prepare_run` turns a model and data into a run: it loads or copies the model,
+checks and batches the data, sets up the task (head, loss, metrics) and builds the
+plan; ``kerasft.finetune`` and ``kerasft.plan`` both start there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from kerasft import _onednn, surgery
+from kerasft import data as data_lib
+from kerasft.engine.hooks import Hook
+from kerasft.engine.loading import load_model
+from kerasft.engine.optim import PhaseOptimizer, phase_optimizer, staged_optimizer
+from kerasft.engine.options import Options
+from kerasft.engine.plan import Phase, Plan, build_plan, select_trainable, trainable_layers
+from kerasft.engine.result import FinetuneResult, NaNEvent, PhaseResult, RegularizationRecord
+from kerasft.engine.task import Task, setup_task
+from kerasft.speed import distribute
+from kerasft.speed.plan import SpeedPlan
+
+__all__ = ["Run", "Runner", "prepare_run"]
+
+
+@dataclass
+class Run:
+    """The state of one fine-tuning run, shared by the runner and its hooks.
+
+    Attributes:
+        options: every option of the call.
+        task: the model, its head, loss and metrics (``run.model`` is ``task.model``).
+        data: the prepared training and validation pipelines.
+        plan: the phases to run.
+        monitor: the quantity that picks the best weights and stops phases early.
+        phases: results of the phases run so far.
+        best: the best-weights tracker (set by the ``BestWeights`` hook).
+        stop_reason: set by a hook to skip the remaining phases.
+        count_from_epoch: epochs of the current phase before this one do not count
+            for the best weights and early stopping (set by pruning).
+        phase_index, phase, phase_optimizer, phase_peak, phase_counts: the current
+            phase, its optimizer, its peak rate and its parameter counts.
+        lr_find, pruning, nan, regularization, stages: records for the result.
+    """
+
+    options: Options
+    task: Task
+    data: data_lib.PreparedData
+    plan: Plan
+    monitor: str
+    phases: list[PhaseResult] = field(default_factory=list)
+    best: Any = None
+    stop_reason: str | None = None
+    count_from_epoch: int = 0
+    phase_index: int = -1
+    phase: Phase | None = None
+    phase_optimizer: PhaseOptimizer | None = None
+    phase_peak: float = 0.0
+    phase_counts: surgery.ParamCount | None = None
+    lr_find: Any = None
+    pruning: Any = None
+    nan: NaNEvent | None = None
+    regularization: RegularizationRecord = field(default_factory=RegularizationRecord)
+    stages: list[Any] | None = None
+    speed: Any = None
+
+    @property
+    def model(self) -> keras.Model:
+        return self.task.model
+
+    def replace_model(self, model: keras.Model) -> None:
+        """Train (or return) ``model`` from now on; its head is looked up again."""
+        self.task.model = model
+        self.task.head = surgery.find_head(model)
+
+    def make_optimizer(self, learning_rate: Any) -> keras.optimizers.Optimizer:
+        return self.options.optimizer.make(learning_rate)
+
+    def log(self, message: str) -> None:
+        if self.options.run.verbose:
+            print(message, flush=True)
+
+    def result(self) -> FinetuneResult:
+        return FinetuneResult(
+            model=self.model, phases=self.phases, monitor=self.monitor,
+            best_score=self.best.best_value if self.best is not None else None,
+            best_phase=self.best.best_phase if self.best is not None else None,
+            num_classes=self.task.num_classes, label_mode=self.task.label_mode,
+            head_rebuilt=self.task.head_rebuilt, batch_size=self.options.data.batch_size, plan=self.plan,
+            speed=self.speed, lr_find=self.lr_find, pruning=self.pruning, nan=self.nan,
+            regularization=self.regularization, stages=self.stages,
+        )
+
+
+def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Options) -> Run:
+    """Load or copy the model, check and batch the data, set up the task, build the plan.
+
+    Raises:
+        ValueError / TypeError: a model or data kerasft cannot fine-tune, with the reason.
+    """
+    copy = options.run.copy
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, safe_mode=options.run.safe_mode)
+        copy = False
+    surgery.check_operable(model)
+    seed = options.data.seed
+    keras.utils.set_random_seed(seed)
+    head = surgery.find_head(model)
+    o = options.data
+    prepared = data_lib.prepare_data(
+        data, model=model, validation_data=o.validation_data, validation_split=o.validation_split,
+        batch_size=o.batch_size, seed=seed, num_classes=options.task.num_classes,
+        label_mode=options.task.label_mode, head_units=head.units,
+    )
+    task = setup_task(model, prepared.spec, options.task, copy=copy, seed=seed)
+    has_val = prepared.validation is not None
+    monitor = options.monitor.monitor or ("val_loss" if has_val else "loss")
+    if monitor.startswith("val_") and not has_val:
+        raise ValueError(
+            f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
+            "no validation_data were given. Use monitor='loss' or give validation data."
+        )
+    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch)
+    return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor)
+
+
+class Runner:
+    """Execute ``run.plan`` with ``hooks`` (see :mod:`kerasft.engine.hooks` for the protocol)."""
+
+    def __init__(self, run: Run, hooks: list[Hook], strategy: Any = None):
+        self.run_state = run
+        self.hooks = hooks
+        self.strategy = strategy
+
+    def _each(self, method: str, *args: Any, reverse: bool = False) -> None:
+        for hook in reversed(self.hooks) if reverse else self.hooks:
+            getattr(hook, method)(*args)
+
+    def run(self) -> FinetuneResult:
+        """Train every phase of the plan; return the result with the best weights."""
+        run, s = self.run_state, self.run_state.options.speed
+        _onednn.check_model(run.model, trains_body=any(p.trains_body for p in run.plan.phases))
+        if self.strategy is not None:
+            distribute.check_model_variables(run.model, self.strategy)
+        speed = SpeedPlan(run.model, run.data, cache_features=s.cache_features, cache_budget=s.cache_budget,
+                          jit_compile=s.jit_compile, mixed_precision=s.mixed_precision,
+                          steps_per_execution=s.steps_per_execution, seed=run.options.data.seed,
+                          distributed=self.strategy is not None, verbose=run.options.run.verbose)
+        self._each("run_start", run)
+        task = run.task
+        run.log(f"kerasft: {run.data.n_train} training / {run.data.n_validation} validation examples, "
+                f"{task.num_classes} classes ({task.label_mode} labels); head "
+                f"{'rebuilt' if task.head_rebuilt else 'kept'} ({task.head.name}, {task.units} units, "
+                f"{'logits' if task.from_logits else 'probabilities'})")
+        try:
+            for index, phase in enumerate(run.plan.phases):
+                if phase.epochs == 0:
+                    continue
+                run.phase_index, run.phase, run.count_from_epoch = index, phase, 0
+                restored = next((r for r in (h.resume(run) for h in self.hooks) if r is not None), None)
+                if restored is not None:
+                    run.phases.append(restored)
+                    continue
+                result = self._phase(run, speed)
+                run.phases.append(result)
+                self._each("phase_end", run, result)
+                if run.stop_reason is not None:
+                    break
+        finally:
+            speed.close()
+        run.speed = speed.report()
+        self._each("run_end", run, reverse=True)
+        if not getattr(run.model, "compiled", False):  # every phase was restored from a checkpoint
+            run.model.compile(loss=task.loss, metrics=task.metrics)
+        run.log(f"kerasft: done; best {run.monitor} {run.best.best_value if run.best else None} in phase "
+                f"{run.best.best_phase if run.best else None!r}")
+        return run.result()
+
+    def _phase(self, run: Run, speed: SpeedPlan) -> PhaseResult:
+        """Set up, compile and fit the current phase."""
+        phase, steps = run.phase, run.plan.steps_per_epoch
+        if not phase.staged:
+            select_trainable(run.model, run.task.head, phase)
+        for hook in self.hooks:
+            replacement = hook.phase_start(run)
+            if replacement is not None:
+                run.replace_model(replacement)
+        model = run.model
+        if phase.staged:
+            run.phase_optimizer = staged_optimizer(model, phase, run.make_optimizer, steps,
+                                                   verbose=run.options.run.verbose)
+            run.stages = [_stage_record(s) for s in phase.stages]
+        else:
+            r = run.options.recipe
+            run.phase_optimizer = phase_optimizer(model, phase, run.make_optimizer, steps, lr_mult=r.lr_mult,
+                                                  layer_decay=r.layer_decay, layer_groups=r.layer_groups)
+        if not model.trainable_weights:
+            raise ValueError(
+                f"Nothing to train in phase {phase.name!r}: every weight of model {model.name!r} is "
+                "frozen. HINT: check `unfreeze=` and that the head has weights."
+            )
+        setup = speed.setup_phase(model, run.phase_index, cacheable=phase.cacheable,
+                                  later_trainable=self._next_trainable(run))
+        setup.model.compile(optimizer=run.phase_optimizer.optimizer, loss=run.task.loss,
+                            metrics=list(run.task.metrics), **setup.compile_kwargs)
+        run.phase_peak, run.phase_counts = run.phase_optimizer.peak, surgery.count_params(model)
+        run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': {phase.epochs} "
+                f"epochs, lr {run.phase_peak:g}{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, "
+                f"{run.phase_counts}")
+        callbacks = [cb for hook in self.hooks for cb in hook.callbacks(run)]
+        speed.before_fit(setup)
+        start = time.perf_counter()
+        fitted = setup.model.fit(setup.train, validation_data=setup.validation, epochs=phase.epochs,
+                                 callbacks=callbacks, verbose=run.options.run.verbose, shuffle=False)
+        seconds = time.perf_counter() - start
+        history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+        trainable = surgery.count_params(model).trainable if phase.staged else run.phase_counts.trainable
+        return PhaseResult(phase.name, len(history.get("loss", [])), history, seconds, trainable,
+                           float(run.phase_peak), steps)
+
+    @staticmethod
+    def _next_trainable(run: Run) -> list | None:
+        """What the phase after a head phase trains, so that its features are computed once."""
+        phases, index = run.plan.phases, run.phase_index
+        if run.phase.trains != "head" or index + 1 >= len(phases):
+            return None
+        following = phases[index + 1]
+        if not following.epochs or following.staged or not following.trains_body:
+            return None
+        try:
+            return trainable_layers(run.model, run.task.head, following)
+        except ValueError:
+            return None  # raised again, with its message, when that phase starts
+
+
+def _stage_record(stage: Any) -> Any:
+    """A stage as the result records it: its layers, start epoch and resolved rate."""
+    return dataclasses.replace(stage, lr=float(stage.rate))
+

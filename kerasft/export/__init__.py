@@ -1,0 +1,40 @@
+"""Export a fine-tuned classifier for serving, and load an export back for more fine-tuning.
+
+`export_model` (in `kerasft.export.savedmodel`) writes a TensorFlow SavedModel (through
+Keras 3's `keras.export.ExportArchive`, the machinery behind
+`model.export(..., format="tf_saved_model")`) or a TFLite flatbuffer. Both take raw
+inputs, since whatever preprocessing lives inside the model (rescaling, resizing) is part
+of the exported graph, and both return class probabilities and the top class, plus its
+name when class names are given. A SavedModel also carries `assets/class_names.txt` and a
+`kerasft.json` metadata file, and a `features` endpoint (the input of the classification
+layer) so that `load_for_finetuning` (in `kerasft.export.loading`) can separate the
+trainable body from the head, and `kerasft.finetune("path/to/export", data)` can keep or
+replace it. Every export is written beside its destination and renamed into place, so an
+interrupted export never leaves a half-written model where a good one was.
+"""
+
+from kerasft.export.loading import SavedModelLayer, load_for_finetuning, load_saved_model
+from kerasft.export.savedmodel import (
+    CLASS_NAMES_ASSET,
+    FEATURES_ENDPOINT,
+    FORMATS,
+    METADATA_FILE,
+    QUANTIZE,
+    SERVE_ENDPOINT,
+    export_model,
+    read_export_metadata,
+)
+
+__all__ = [
+    "export_model",
+    "load_for_finetuning",
+    "load_saved_model",
+    "read_export_metadata",
+    "SavedModelLayer",
+    "CLASS_NAMES_ASSET",
+    "FEATURES_ENDPOINT",
+    "FORMATS",
+    "METADATA_FILE",
+    "QUANTIZE",
+    "SERVE_ENDPOINT",
+]

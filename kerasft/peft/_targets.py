@@ -1,0 +1,144 @@
+"""Which layers get adapters and which train in full: regexes, classes, defaults.
+
+Regexes match in full against a layer's path or its name, so ``"query"`` and
+``"backbone/.*/query"`` both work, as PEFT's ``target_modules`` users expect. The
+default targets follow the architecture: the query/value projections of attention
+layers when there are any, else every Dense and 1x1 convolution below the head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+
+from kerasft.peft import _walk
+
+# Names of the query/value projections: Keras MultiHeadAttention's EinsumDense layers
+# are "query"/"value", and KerasHub's Backbone.default_lora_layer_names() adds
+# "query_dense"/"value_dense" for its own attention layers.
+_ATTENTION_NAMES = ("query", "value", "query_dense", "value_dense")
+
+
+def listing(nodes: Sequence[_walk.Node]) -> str:
+    return "[" + ", ".join(repr(n.path) for n in nodes) + "]"
+
+
+def _matcher(item: Any, argument: str) -> Callable[[_walk.Node], bool]:
+    if isinstance(item, type) and issubclass(item, keras.layers.Layer):
+        return lambda n: isinstance(n.layer, item)
+    if isinstance(item, str):
+        try:
+            pattern = re.compile(item)
+        except re.error as e:
+            raise ValueError(
+                f"Argument `{argument}` contains an invalid regular expression {item!r}: {e}."
+            ) from None
+        return lambda n: bool(pattern.fullmatch(n.path) or pattern.fullmatch(n.layer.name))
+    raise TypeError(
+        f"Argument `{argument}` must hold layer-path regexes (str) or Keras layer classes. "
+        f"Received: {item!r} of type {type(item).__name__}."
+    )
+
+
+def _as_list(value: Any, argument: str) -> list[Any]:
+    if isinstance(value, (str, type)):
+        return [value]
+    if not isinstance(value, Sequence):
+        raise TypeError(
+            f"Argument `{argument}` must be a str, a layer class, or a list of them. "
+            f"Received: {argument}={value!r}"
+        )
+    return list(value)
+
+
+def _default_targets(model: keras.Model, nodes: list[_walk.Node], head: Any) -> list[_walk.Node]:
+    names = set(_ATTENTION_NAMES)
+    for n in nodes:
+        if callable(getattr(n.layer, "default_lora_layer_names", None)):
+            names.update(n.layer.default_lora_layer_names())
+    attention = [
+        n
+        for n in nodes
+        if n.layer.name in names
+        and isinstance(n.layer, (keras.layers.Dense, keras.layers.EinsumDense))
+    ]
+    if attention:
+        return attention
+
+    convs = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+    def pointwise(layer: keras.layers.Layer) -> bool:
+        return isinstance(layer, convs) and all(k == 1 for k in layer.kernel_size)
+
+    return [
+        n
+        for n in nodes
+        if n.layer is not head and (isinstance(n.layer, keras.layers.Dense) or pointwise(n.layer))
+    ]
+
+
+def resolve_targets(
+    model: keras.Model, nodes: list[_walk.Node], targets: Any, head: Any
+) -> list[_walk.Node]:
+    adaptable = [n for n in nodes if _walk.supports_keras_lora(n.layer)]
+    if targets is None:
+        chosen = _default_targets(model, adaptable, head)
+        if not chosen:
+            raise ValueError(
+                f"No default LoRA targets in model {model.name!r}: it has no attention "
+                "query/value projections and no Dense or 1x1 convolution below the head. "
+                f"Pass `targets`. Layers that can take adapters: {listing(adaptable)}."
+            )
+        return chosen
+    chosen: list[_walk.Node] = []
+    for item in _as_list(targets, "targets"):
+        match = _matcher(item, "targets")
+        hits = [n for n in nodes if match(n)]
+        usable = [n for n in hits if _walk.supports_keras_lora(n.layer)]
+        if not usable:
+            found = (
+                f"it matches only layers that cannot take adapters: {listing(hits)}. "
+                if hits
+                else "it matches no layer. "
+            )
+            raise ValueError(
+                f"Argument `targets` entry {item!r} selects nothing to adapt: {found}"
+                f"Layers that can take adapters (Dense, EinsumDense, Embedding, Conv): "
+                f"{listing(adaptable)}."
+            )
+        chosen += [n for n in usable if all(n is not c for c in chosen)]
+    return chosen
+
+
+def resolve_trained(
+    model: keras.Model, nodes: list[_walk.Node], train: Any, head: Any
+) -> list[_walk.Node]:
+    chosen: list[_walk.Node] = []
+
+    def add(found: list[_walk.Node]) -> None:
+        chosen.extend(n for n in found if all(n is not c for c in chosen))
+
+    for item in _as_list(train, "train"):
+        if item == "head":
+            if head is None:
+                raise ValueError(
+                    f"Argument `train` asks for 'head', but model {model.name!r} has no layer "
+                    "with weights. Received: train={train!r}"
+                )
+            add([n for n in nodes if n.layer is head])
+        elif item == "norm":
+            add([n for n in nodes if isinstance(n.layer, _walk.NORM_TYPES) and n.own_weights])
+        else:
+            match = _matcher(item, "train")
+            hits = [n for n in nodes if match(n) and n.layer.weights]
+            if not hits:
+                raise ValueError(
+                    f"Argument `train` entry {item!r} matches no layer with weights. Use 'head', "
+                    f"'norm', or a regex over layer paths such as "
+                    f"{listing([n for n in nodes if n.layer.weights][:8])}."
+                )
+            add(hits)
+    return chosen

@@ -1,0 +1,22 @@
+"""Making each fine-tuning phase fast without changing what it computes.
+
+:mod:`~kerasft.speed.caching` trains the layers above a frozen, deterministic bottom on
+features computed once; :mod:`~kerasft.speed.devices` picks XLA, mixed precision and
+steps per execution from the devices present; :mod:`~kerasft.speed.distribute` runs
+under a ``tf.distribute`` strategy; :mod:`~kerasft.speed.plan` combines them into one
+:class:`SpeedPlan` per ``finetune`` run and records its decisions as a
+:class:`SpeedRecord`.
+"""
+
+from kerasft.speed.caching import CachedFeatureModel, FeatureCache, split_frozen_prefix
+from kerasft.speed.plan import PhaseSpeed, SpeedPlan, SpeedRecord, check_options
+
+__all__ = [
+    "CachedFeatureModel",
+    "FeatureCache",
+    "PhaseSpeed",
+    "SpeedPlan",
+    "SpeedRecord",
+    "check_options",
+    "split_frozen_prefix",
+]
