@@ -22,7 +22,7 @@ from kerasft.callbacks import (  # noqa: E402
 )
 from kerasft.data import DataSpec, PreparedData, prepare_data  # noqa: E402
 from kerasft.engine import Options, Plan  # noqa: E402
-from kerasft.evaluation import EvaluationReport, evaluate_model, report_from_predictions  # noqa: E402
+from kerasft.evaluation import EvaluationReport, evaluate, evaluate_model, report_from_predictions  # noqa: E402
 from kerasft.export import export_model, load_for_finetuning, read_export_metadata  # noqa: E402
 from kerasft.finetuning import FinetuneResult, PhaseResult, finetune, load_model, plan  # noqa: E402
 from kerasft.imagefolder import image_folder_to_tfds, load_image_folder, load_tfds_folder  # noqa: E402
@@ -68,6 +68,7 @@ __all__ = [
     "CachedFeatureModel",
     "Options",
     "EvaluationReport",
+    "evaluate",
     "evaluate_model",
     "report_from_predictions",
     "plot_report",

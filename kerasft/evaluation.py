@@ -29,6 +29,7 @@ from kerasft._fileio import atomic_file
 
 __all__ = [
     "TASKS",
+    "evaluate",
     "EvaluationReport",
     "evaluate_model",
     "report_from_predictions",
@@ -129,6 +130,39 @@ class EvaluationReport:
             return {"r2": self.averages["mean"]["r2"], "rmse": self.averages["mean"]["rmse"]}
         key = "subset_accuracy" if self.task == "multilabel" else "accuracy"
         return {key: self.accuracy, "macro_f1": self.averages["macro"]["f1"]}
+
+    def scalars(self) -> dict[str, float]:
+        """The one-number figures, as ``report[name]`` reads them.
+
+        ``loss`` and, as the task has them, ``accuracy``, ``macro_f1``, ``weighted_f1``,
+        ``top_k_accuracy``, ``roc_auc``, ``hamming_loss``, or the mean ``mse``, ``mae``,
+        ``rmse`` and ``r2`` over regression outputs. ``report["accuracy"]`` is what
+        ``model.evaluate`` would have said.
+        """
+        out: dict[str, float] = {"loss": self.loss}
+        if self.task == "regression":
+            out.update(self.averages["mean"])
+            return out
+        out["accuracy"] = self.accuracy
+        for average in ("macro", "weighted", "micro"):
+            if average in self.averages:
+                out[f"{average}_f1"] = self.averages[average]["f1"]
+        for key in ("top_k_accuracy", "roc_auc", "hamming_loss"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    def __getitem__(self, key: str) -> float:
+        figures = self.scalars()
+        if key not in figures:
+            raise KeyError(f"{key!r} is not a figure of this {self.task} report. Figures are: {sorted(figures)}")
+        return figures[key]
+
+    def keys(self) -> list[str]:
+        return list(self.scalars())
+
+    def __iter__(self):
+        return iter(self.scalars())
 
     def to_dict(self) -> dict[str, Any]:
         """Every field but `predictions`, as plain Python values (JSON-serialisable)."""
@@ -381,6 +415,55 @@ def evaluate_model(
 
 
 # --- inputs ------------------------------------------------------------------------------
+
+
+def evaluate(
+    model: keras.Model,
+    data: Any,
+    *,
+    task: str = "auto",
+    batch_size: int = 32,
+    class_names: Sequence[str] | None = None,
+    thresholds: float | Sequence[float] | None = None,
+    label_columns: Any = None,
+    from_logits: bool | None = None,
+) -> EvaluationReport:
+    """The evaluation report of ``model`` on labelled ``data``, in any form ``finetune`` takes.
+
+    ``data`` is read as :func:`kerasft.finetune` reads it (``(x, y)`` arrays, tuples or
+    dicts of arrays for several inputs, a ``tf.data`` pipeline, a tensorflow-datasets
+    builder, a DataFrame with ``label_columns``); a KerasHub task gets raw strings or
+    images and preprocesses them itself.
+
+    Example:
+
+    ```python
+    report = kerasft.evaluate(model, (x_test, y_test))
+    print(report)                 # per-class table, confusion matrix
+    report["accuracy"], report.to_json()
+    ```
+
+    Args:
+        model: a Keras model with one output.
+        data: labelled data.
+        task: see :func:`report_from_predictions`. Defaults to `"auto"`.
+        batch_size: batch size of the predictions. Defaults to `32`.
+        class_names: names of the classes (or labels, outputs). Defaults to `None`.
+        thresholds: decision thresholds (binary, multi-label). Defaults to `None`.
+        label_columns: the label column(s) when ``data`` is a DataFrame. Defaults to `None`.
+        from_logits: whether the model outputs logits; read off its head by default.
+            Defaults to `None`.
+
+    Returns:
+        An :class:`EvaluationReport`.
+    """
+    from kerasft.data import InputSignature, read_examples
+
+    hub = "keras_hub" in type(model).__module__ or getattr(model, "preprocessor", None) is not None
+    signature = None if hub else InputSignature.of(model)
+    x, y = read_examples(data, signature=signature, argument="data", label_columns=label_columns)
+    return evaluate_model(model, x, y, batch_size=batch_size, task=task, from_logits=from_logits,
+                          class_names=class_names, thresholds=thresholds)
 
 
 def _as_arrays(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:

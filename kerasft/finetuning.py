@@ -59,8 +59,14 @@ def finetune(
     clip_weights: float | tuple[float, Any] | None = None,
     use_ema: bool = False,
     reduce_on_plateau: bool | dict[str, Any] | None = None,
+    task: str = "auto",
     num_classes: int | None = None,
     label_mode: str | None = None,
+    label_columns: str | Sequence[str] | None = None,
+    head: str | None = None,
+    class_weight: str | dict[int, float] | None = None,
+    standardize_targets: bool = False,
+    thresholds: str | Sequence[float] | None = "tune",
     from_logits: bool | None = None,
     new_head: bool | None = None,
     head_dropout: float = 0.0,
@@ -103,8 +109,12 @@ def finetune(
     Args:
         model: a Sequential or Functional Keras 3 model (a nested backbone is fine), or a
             path to a ``.keras``/``.h5`` file or SavedModel directory.
-        data: ``(x, y)`` arrays, a ``tf.data.Dataset`` of ``(x, y)`` (batched or not),
-            or a tensorflow-datasets builder/split.
+        data: ``(x, y)`` where ``x`` is an array, a tuple or dict of arrays (several
+            inputs), raw strings (a model starting with ``TextVectorization``, or a KerasHub
+            task with its preprocessor), integer token ids or variable-length sequences
+            (padded); a pandas DataFrame with ``label_columns``; a ``tf.data.Dataset`` of
+            ``(x, y)`` (batched or not, ``x`` a tensor, tuple or dict); or a
+            tensorflow-datasets builder/split.
         validation_data: same forms; when ``None``, ``validation_split`` of ``data`` is
             held out (seeded, stratified). Defaults to `None`.
         validation_split: held-out fraction when ``validation_data`` is ``None``; ``0``
@@ -158,9 +168,30 @@ def finetune(
         reduce_on_plateau: lower the rate (scaling its schedule) when ``monitor``
             stalls: ``True`` (halve after 2 epochs) or a dict of
             ``kerasft.callbacks.ReduceLROnPlateauScaled`` arguments. Defaults to `None`.
-        num_classes: number of classes; read off the labels by default. Defaults to `None`.
-        label_mode: ``"sparse"``, ``"one_hot"`` or ``"binary"``; detected by default.
+        task: ``"auto"`` reads it off the labels and the head (see :mod:`kerasft.data.labels`):
+            ``"classification"`` (integer, one-hot or binary labels), ``"multilabel"`` (a 0/1
+            label matrix: sigmoid head, binary cross-entropy) or ``"regression"`` (float
+            targets: linear head, mean squared error; ``loss="huber"`` for Huber).
+            Defaults to `"auto"`.
+        num_classes: number of classes (labels, outputs); read off the labels by default.
             Defaults to `None`.
+        label_mode: ``"sparse"``, ``"one_hot"``, ``"binary"``, ``"multi_hot"`` or
+            ``"continuous"``; detected by default. Defaults to `None`.
+        label_columns: the label column(s) when ``data`` is a pandas DataFrame; the other
+            columns are the inputs (by name for a model with named inputs). Defaults to `None`.
+        head: the output to fine-tune, for a model with several outputs (the returned model
+            keeps that output only). Defaults to `None`.
+        class_weight: ``"balanced"`` or ``{class id: weight}`` against class imbalance; for
+            multi-label data, ``"balanced"`` weights each label's positives by its
+            negatives/positives ratio. Defaults to `None`.
+        standardize_targets: train a regression head on targets scaled to mean 0 and
+            standard deviation 1; the scale is folded back into the head at the end (the
+            model predicts in the targets' units) and kept on ``result.target_mean`` /
+            ``target_std``. Defaults to `False`.
+        thresholds: multi-label decision thresholds: ``"tune"`` picks per label the one
+            that maximises F1 on the validation data, ``None`` keeps 0.5, or one value
+            per label. Kept on ``result.thresholds`` and used by ``result.evaluate``.
+            Defaults to `"tune"`.
         from_logits: whether the head outputs logits; detected from its activation.
             Defaults to `None`.
         new_head: ``True`` always rebuilds the output layer, ``False`` never does (an
@@ -234,7 +265,7 @@ def finetune(
     # Under a strategy, the copy, the new head and the optimizers are created in its scope.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         run = prepare_run(model, data, options)
-        hooks = default_hooks(options, run.monitor)
+        hooks = default_hooks(options, run.monitor, run.data.spec)
         return Runner(run, hooks, strategy).run()
 
 

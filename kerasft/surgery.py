@@ -38,6 +38,7 @@ __all__ = [
     "count_params",
     "check_operable",
     "head_activation",
+    "head_units",
     "is_container",
     "is_functional_model",
     "layer_path",
@@ -97,7 +98,10 @@ def iter_layers(model: keras.Model, *, recursive: bool = True) -> list[tuple[str
     """List ``(path, layer)`` pairs in graph order, descending into nested models.
 
     Input layers are skipped. A nested model appears itself (its path is its name) and,
-    with ``recursive=True``, is followed by its own layers (``"outer/inner"``).
+    with ``recursive=True``, is followed by its own layers (``"outer/inner"``). Raw
+    operations of a graph (``x + y``, ``x[:, 0]``: ``keras.Operation`` objects that are not
+    layers, as in ConvNeXt or a KerasHub ViT) have no weights and no ``trainable`` flag,
+    and are not listed: selecting, freezing and counting work on layers only.
 
     Args:
         model: a Sequential or Functional model.
@@ -397,11 +401,70 @@ def count_params(model: keras.Model) -> ParamCount:
     return ParamCount(trainable, total - trainable)
 
 
-_WEIGHTLESS_TAIL = (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout)
+# Weightless layers that may follow the classifier: they change the output's shape or
+# activation, not what the classifier computes.
+_ACTIVATION_TAIL = (keras.layers.Activation, keras.layers.Softmax)
+_RESHAPING_TAIL = (
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+)
+_WEIGHTLESS_TAIL = (*_ACTIVATION_TAIL, *_RESHAPING_TAIL, keras.layers.Dropout, keras.layers.Identity)
+_CONV_HEADS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_TAIL_NAMES = "Activation, Softmax, Dropout, Identity, Flatten, Reshape, global pooling"
+
+
+def _is_conv_classifier(layer: Any) -> bool:
+    """A 1x1 (1, 1x1x1) ungrouped convolution: a Dense applied at every position."""
+    return (
+        isinstance(layer, _CONV_HEADS)
+        and all(k == 1 for k in layer.kernel_size)
+        and getattr(layer, "groups", 1) == 1
+    )
+
+
+def _is_classifier(layer: Any) -> bool:
+    return isinstance(layer, keras.layers.Dense) or _is_conv_classifier(layer)
+
+
+def _check_classifier_output(model: keras.Model, head: keras.layers.Layer, tail: list) -> None:
+    """Refuse a conv head (or a reshaped Dense) whose output is not ``(batch, width)``.
+
+    A 1x1 convolution on a feature map wider than 1x1 followed by ``Flatten`` outputs
+    one score per position and class, not a class distribution.
+    """
+    if not (_is_conv_classifier(head) or any(isinstance(t, _RESHAPING_TAIL) for t in tail)):
+        return
+    shape = tuple(model.outputs[0].shape)
+    units = head_units(head)
+    if len(shape) != 2 or shape[-1] != units:
+        raise ValueError(
+            f"Model {model.name!r} ends in {head.name!r} ({type(head).__name__}, {units} "
+            f"outputs per position) followed by {[t.name for t in tail]}, but outputs shape "
+            f"{shape}, not (batch, {units}): the classifier does not see a single position. "
+            "kerasft fine-tunes a convolutional head only when it classifies a 1x1 feature "
+            "map (pooled features). HINT: pool first, e.g. "
+            "`keras.layers.GlobalAveragePooling2D(keepdims=True)` before the 1x1 convolution."
+        )
 
 
 def output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.layers.Layer]]:
-    """The output Dense layer and the weightless layers after it (Activation/Softmax)."""
+    """The classifier layer and the weightless layers after it, in call order.
+
+    The classifier is a Dense layer or a 1x1 convolution (``Conv1D``/``Conv2D``/
+    ``Conv3D``, as in MobileNet and MobileNetV3); the tail may hold Activation, Softmax,
+    Dropout, Identity, Flatten, Reshape and global pooling layers, each called once on
+    one tensor. A nested model's head is returned when the outer model adds nothing.
+
+    Raises:
+        ValueError: several outputs, no classifier at the end of the graph, or a 1x1
+            convolution whose output is not ``(batch, classes)``.
+    """
     if len(model.outputs) != 1:
         raise ValueError(
             f"Argument `model` must have one output, but {model.name!r} has "
@@ -410,13 +473,16 @@ def output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.lay
     tail: list[keras.layers.Layer] = []
     layer = compat.producer(model.outputs[0])
     while True:
-        if isinstance(layer, keras.layers.Dense):
-            return layer, tail[::-1]
+        if _is_classifier(layer):
+            tail.reverse()
+            _check_classifier_output(model, layer, tail)
+            return layer, tail
         if is_container(layer):
             inner, inner_tail = output_chain(layer)
             if not inner_tail and not tail:
                 return inner, []
             break
+        # A raw operation (`x[:, 0]`, `x * 2`) is not a layer: the walk stops there.
         if isinstance(layer, _WEIGHTLESS_TAIL) and not layer.weights:
             tail.append(layer)
             parents = compat.parent_layers(layer)
@@ -425,36 +491,85 @@ def output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.lay
             layer = parents[0]
             continue
         break
+    kind = "a raw operation" if not isinstance(layer, keras.layers.Layer) else "a layer"
+    name = getattr(layer, "name", None)
     raise ValueError(
-        f"Model {model.name!r} has no Dense output layer (its output comes from "
-        f"{layer.name!r} of type {type(layer).__name__}). kerasft fine-tunes classifiers "
-        "whose last weighted layer is a Dense head. HINT: add one, e.g. "
+        f"Model {model.name!r} has no classifier output layer: its output comes from "
+        f"{name!r} ({kind} of type {type(layer).__name__}). kerasft fine-tunes models whose "
+        "output comes from a Dense layer or a 1x1 convolution (Conv1D/Conv2D/Conv3D), "
+        f"followed only by weightless layers ({_TAIL_NAMES}). HINT: add a head, e.g. "
         "`keras.Model(model.input, keras.layers.Dense(num_classes)(model.output))`."
     )
 
 
 def find_head(model: keras.Model) -> keras.layers.Layer:
-    """Return the output Dense layer (looking through trailing Activation/Softmax layers).
+    """Return the classifier layer: the output Dense, or a 1x1 convolution classifier.
+
+    Trailing weightless layers (Activation, Softmax, Dropout, Flatten, Reshape, global
+    pooling) are looked through: MobileNetV3's head is its ``"logits"`` Conv2D, followed
+    by ``Flatten`` and ``Activation("softmax")``.
+
+    Example:
+
+    >>> import keras, kerasft
+    >>> inputs = keras.Input((4, 4, 8))
+    >>> x = keras.layers.GlobalAveragePooling2D(keepdims=True)(inputs)
+    >>> x = keras.layers.Conv2D(5, 1, name="logits")(x)
+    >>> outputs = keras.layers.Activation("softmax")(keras.layers.Flatten()(x))
+    >>> model = keras.Model(inputs, outputs)
+    >>> head = kerasft.find_head(model)
+    >>> head.name, kerasft.surgery.head_units(head), kerasft.surgery.head_activation(model)
+    ('logits', 5, 'softmax')
 
     Raises:
-        ValueError: when the model's output does not come from a Dense layer.
+        ValueError: when the model's output does not come from such a classifier.
     """
     check_operable(model)
     return output_chain(model)[0]
 
 
+def head_units(layer: keras.layers.Layer) -> int:
+    """The width of a classifier layer: ``units`` of a Dense, ``filters`` of a convolution.
+
+    Raises:
+        ValueError: a layer that is neither (naming its type).
+    """
+    if isinstance(layer, keras.layers.Dense):
+        return int(layer.units)
+    if isinstance(layer, _CONV_HEADS):
+        return int(layer.filters)
+    for attribute in ("units", "filters"):
+        value = getattr(layer, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    raise ValueError(
+        f"Argument `layer` must be a classifier layer (Dense, or a convolution with "
+        f"`filters`). Received: layer {getattr(layer, 'name', layer)!r} of type "
+        f"{type(layer).__name__}, which has no `units` or `filters`."
+    )
+
+
+def _activation_name(activation: Any) -> str:
+    name = keras.activations.serialize(activation)
+    return name if isinstance(name, str) else getattr(activation, "__name__", "custom")
+
+
 def head_activation(model: keras.Model) -> str:
-    """Name of the output activation: ``"softmax"``, ``"sigmoid"`` or ``"linear"`` (logits)."""
+    """Name of the output activation: ``"softmax"``, ``"sigmoid"`` or ``"linear"`` (logits).
+
+    Read from the classifier and the layers after it: a later Activation or Softmax
+    layer overrides the classifier's own activation (MobileNetV3 puts its softmax after
+    ``Flatten``; built with ``classifier_activation=None`` it outputs logits).
+    """
     head, tail = output_chain(model)
-    name = keras.activations.serialize(head.activation)
-    name = name if isinstance(name, str) else getattr(head.activation, "__name__", "custom")
+    name = _activation_name(head.activation)
     for layer in tail:
         if isinstance(layer, keras.layers.Softmax):
             name = "softmax"
         elif isinstance(layer, keras.layers.Activation):
-            act = keras.activations.serialize(layer.activation)
+            act = _activation_name(layer.activation)
             if act != "linear":
-                name = act if isinstance(act, str) else "custom"
+                name = act
     return name
 
 
@@ -482,11 +597,16 @@ def replace_head(
     name: str | None = None,
     seed: int | None = None,
 ) -> keras.Model:
-    """Return a new model whose output Dense layer is rebuilt for ``num_classes``.
+    """Return a new model whose classifier is rebuilt for ``num_classes``.
 
     Every other layer is shared with ``model`` (same objects, same weights): the new
-    model is the old body plus a freshly initialised head. A trailing Activation/Softmax
-    layer after the old head is dropped; the new head carries ``activation``.
+    model is the old body plus a freshly initialised head. A Dense head becomes a new
+    Dense carrying ``activation``; a trailing Activation/Softmax/Dropout after it is
+    dropped. A 1x1 convolution head (MobileNet, MobileNetV3) becomes a new 1x1
+    convolution of ``num_classes`` filters; the flattening and pooling layers after the
+    old one are applied again (fresh copies), the output is flattened to
+    ``(batch, num_classes)`` if it is not already, and ``activation`` comes last, in
+    an Activation layer named like the old one.
 
     Example:
 
@@ -497,19 +617,19 @@ def replace_head(
     (None, 3)
 
     Args:
-        model: a Sequential or Functional model with a Dense output layer.
+        model: a Sequential or Functional model with a Dense or 1x1 convolution head.
         num_classes: width of the new head; 1 means one sigmoid unit. Must be >= 1.
         activation: output activation, ``None``/``"linear"`` for logits.
             Defaults to `"softmax"`.
         dropout: dropout rate before the new head, in ``[0, 1)``. Defaults to `0.0`.
-        name: name of the new Dense layer. Defaults to the old head's name.
+        name: name of the new classifier layer. Defaults to the old head's name.
         seed: seed of the new head's initialiser. Defaults to `None`.
 
     Returns:
         A new Functional model.
 
     Raises:
-        ValueError: bad ``num_classes``/``dropout``, or a model without a Dense head.
+        ValueError: bad ``num_classes``/``dropout``, or a model without such a head.
         TypeError: a subclassed model.
     """
     check_operable(model)
@@ -524,22 +644,39 @@ def replace_head(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    head, _tail = output_chain(model)
+    head, tail = output_chain(model)
     if head not in model.layers:
         raise ValueError(
-            f"The Dense head {head.name!r} of model {model.name!r} is inside a nested model. "
+            f"The head {head.name!r} of model {model.name!r} is inside a nested model. "
             "HINT: build the outer model from the nested model's features, e.g. "
             "`keras.Model(inner.input, inner.get_layer(<layer before head>).output)`."
         )
-    features = head.input
-    x = features
+    x = head.input
     if dropout:
         x = keras.layers.Dropout(dropout, seed=seed, name=f"{head.name}_dropout")(x)
-    new_head = keras.layers.Dense(
-        num_classes,
-        activation=activation,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-        name=name or head.name,
-    )
-    outputs = new_head(x)
+    initializer = keras.initializers.GlorotUniform(seed=seed)
+    reshaped = any(isinstance(t, _RESHAPING_TAIL) for t in tail)
+    if isinstance(head, keras.layers.Dense) and not reshaped:
+        new_head = keras.layers.Dense(num_classes, activation=activation, kernel_initializer=initializer,
+                                      name=name or head.name)
+        return keras.Model(model.inputs, new_head(x), name=model.name)
+    outputs = _new_classifier(head, num_classes, initializer, name or head.name)(x)
+    for layer in tail:
+        # Reshape has the old width in its config; the Flatten below replaces it.
+        if isinstance(layer, _RESHAPING_TAIL) and not isinstance(layer, keras.layers.Reshape):
+            outputs = type(layer).from_config(layer.get_config())(outputs)
+    if len(outputs.shape) > 2 and len(model.outputs[0].shape) == 2:
+        outputs = keras.layers.Flatten(name=f"{head.name}_flatten")(outputs)
+    if activation is not None and _activation_name(keras.activations.get(activation)) != "linear":
+        named = [t.name for t in tail if isinstance(t, _ACTIVATION_TAIL)]
+        outputs = keras.layers.Activation(activation, name=named[-1] if named else f"{head.name}_activation")(outputs)
     return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def _new_classifier(head: keras.layers.Layer, units: int, initializer: Any, name: str) -> keras.layers.Layer:
+    """A fresh, linear classifier of the old head's kind (Dense or 1x1 convolution)."""
+    if isinstance(head, keras.layers.Dense):
+        return keras.layers.Dense(units, kernel_initializer=initializer, name=name)
+    base = next(cls for cls in _CONV_HEADS if isinstance(head, cls))
+    return base(units, kernel_size=1, padding=head.padding, data_format=head.data_format,
+                use_bias=head.use_bias, kernel_initializer=initializer, name=name)

@@ -106,8 +106,10 @@ def test_random_pipelines_are_streamed_not_frozen(digits_small, shipped_model):
 def test_bad_data_messages(digits_small, shipped_model, make, message):
     x, y = make(*digits_small)
     num_classes = 10 if "one-hot" in message or "out of range" in message else None
+    # Float targets are regression targets unless the task is said to be classification.
+    task = "classification" if "floats" in message else None
     with pytest.raises(ValueError, match=message):
-        data_lib.prepare_data((x, y), model=shipped_model, num_classes=num_classes)
+        data_lib.prepare_data((x, y), model=shipped_model, num_classes=num_classes, task=task)
 
 
 def test_wrong_structure_messages(digits_small, shipped_model):

@@ -198,6 +198,8 @@ def test_option_matrix_builds_plans_or_refuses(model_for_plans, recipe, pair):
 
 def test_every_conflict_row_is_hit_by_its_case_alone():
     cases = [
+        (dict(task="classification", standardize_targets=True), r"`standardize_targets=True` applies to regression"),
+        (dict(task="regression", class_weight="balanced"), r"`class_weight='balanced'` applies to classification"),
         (dict(recipe="head", lr_mult=10), "spread rates over layer groups"),
         (dict(recipe="gradual", unfreeze=3), "unfreezes by phases"),
         (dict(lr="find", distribute="auto"), r"`lr='find'` cannot run under `distribute` \(auto\)"),

@@ -29,3 +29,9 @@ def test_public_names_import():
 
     for name in kerasft.__all__:
         assert getattr(kerasft, name) is not None, name
+
+
+def test_readme_is_a_first_page():
+    """Guides and benchmark tables live in docs/; the README stays short (STYLE.md, point 10)."""
+    words = len(open(os.path.join(ROOT, "README.md")).read().split())
+    assert words < 1500, f"README.md has {words} words; move the detail into docs/"

@@ -48,6 +48,8 @@ __all__ = [
     "Stages",
     "UserCallbacks",
     "TensorBoard",
+    "TargetScale",
+    "Thresholds",
     "default_hooks",
 ]
 
@@ -317,6 +319,63 @@ class LRFinder(Hook):
         run.log(f"kerasft: lr_find suggests lr {found.suggestions['valley']:.2e} (valley); phase rates {rates}")
 
 
+# ------------------------------------------------------------------------- task outputs
+
+
+class TargetScale(Hook):
+    """Fold the standardisation of regression targets into the head, so the model predicts units.
+
+    Trained on ``(y - mean) / std``, the head's kernel is multiplied by ``std`` and its
+    bias becomes ``bias * std + mean``: the returned model predicts in the targets' units.
+    """
+
+    def run_start(self, run: Run) -> None:
+        head = run.task.head
+        if not isinstance(head, keras.layers.Dense) or not head.use_bias:
+            raise ValueError(
+                "Argument `standardize_targets=True` needs a Dense head with a bias to fold the scale "
+                f"into, but the head {head.name!r} ({type(head).__name__}) has none. HINT: pass new_head=True."
+            )
+
+    def run_end(self, run: Run) -> None:
+        spec, head = run.task.spec, run.task.head
+        std = np.asarray(spec.target_std, "float32")
+        mean = np.asarray(spec.target_mean, "float32")
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in (head.kernel, head.bias))
+        head.kernel.assign(kernel * std)
+        head.bias.assign(bias * std + mean)
+        run.log(f"kerasft: regression head rescaled to the targets' units (mean {mean.round(4).tolist()}, "
+                f"std {std.round(4).tolist()})")
+
+
+class Thresholds(Hook):
+    """Per-label decision thresholds of a multi-label task: given, or tuned for F1 on validation."""
+
+    def __init__(self, thresholds: Any):
+        self.thresholds = thresholds
+
+    def run_end(self, run: Run) -> None:
+        task = run.task
+        if self.thresholds is None:
+            return
+        if self.thresholds != "tune":
+            if len(self.thresholds) != task.num_classes:
+                raise ValueError(
+                    f"Argument `thresholds` has {len(self.thresholds)} values, but there are "
+                    f"{task.num_classes} labels. Pass one threshold per label."
+                )
+            task.thresholds = [float(v) for v in self.thresholds]
+            return
+        if run.data.validation is None:
+            return
+        from kerasft.evaluation import tune_thresholds
+
+        labels = np.concatenate([np.asarray(y) for _, y in run.data.validation])
+        scores = run.model.predict(run.data.validation.map(lambda x, y: x), verbose=0)
+        task.thresholds = tune_thresholds(labels, scores, from_logits=task.from_logits)
+        run.log(f"kerasft: decision thresholds tuned on validation: {[round(t, 3) for t in task.thresholds]}")
+
+
 # ---------------------------------------------------------------------------------- pruning
 
 
@@ -363,12 +422,21 @@ class Pruning(Hook):
                 "returning the stripped model")
 
 
-def default_hooks(options: Any, monitor: str) -> list[Hook]:
-    """The hooks of a ``finetune`` call with ``options``, in the order their callbacks run."""
+def default_hooks(options: Any, monitor: str, spec: Any = None) -> list[Hook]:
+    """The hooks of a ``finetune`` call with ``options``, in the order their callbacks run.
+
+    ``spec`` is the data's :class:`kerasft.data.DataSpec`: multi-label tasks get their
+    decision thresholds, standardised regression targets are folded back into the head.
+    These come first, so that their ``run_end`` runs last, on the final weights.
+    """
     from kerasft.engine.checkpoint import Checkpoint
 
     run, reg, recipe = options.run, options.regularization, options.recipe
     hooks: list[Hook] = []
+    if spec is not None and spec.task == "multilabel":
+        hooks.append(Thresholds(options.task.thresholds))
+    if spec is not None and spec.target_std is not None:
+        hooks.append(TargetScale())
     if reg.l2sp or reg.clip is not None:
         hooks.append(Regularization(reg.l2sp, reg.clip))
     if recipe.finds_lr:

@@ -1,8 +1,9 @@
 """Loading a model to fine-tune from a file: ``.keras``, ``.h5`` or a SavedModel directory.
 
 Files load with Keras's ``safe_mode=True``: a file carrying Python code (a ``Lambda``
-layer) is refused unless the caller says it trusts the file. Every failure names the
-file and what would be valid.
+layer) is refused unless the caller says it trusts the file. Files saved by Keras 2
+(tf_keras, or ``tf.keras`` before TensorFlow 2.16) are converted to Keras 3 by
+:func:`kerasft.convert.to_keras3`. Every failure names the file and what would be valid.
 """
 
 from __future__ import annotations
@@ -12,23 +13,34 @@ import zipfile
 
 import keras
 
+from kerasft import convert
+
 __all__ = ["load_model"]
 
 
-def load_model(path: str, *, safe_mode: bool = True) -> keras.Model:
+def load_model(path: str, *, safe_mode: bool = True, verbose: int = 0) -> keras.Model:
     """Load a ``.keras`` or ``.h5`` model file for fine-tuning, refusing unsafe code by default.
+
+    A model saved by Keras 2 (a legacy ``.h5``, or a ``.keras`` file or SavedModel
+    directory written by tf_keras) is converted to Keras 3 with
+    :func:`kerasft.convert.to_keras3`, which checks that both predict the same.
 
     Args:
         path: file path.
         safe_mode: refuse to deserialize Python code (``Lambda`` layers) in the file, as
             Keras does. Set ``False`` only for files you trust. Defaults to `True`.
+        verbose: print one line when a Keras 2 model is converted, if > 0. Defaults to `0`.
 
     Raises:
-        ValueError: a missing file, an unsupported extension, or a file Keras cannot read.
+        ValueError: a missing file, an unsupported extension, a file Keras cannot read,
+            or a Keras 2 model that cannot be converted (a
+            :class:`kerasft.convert.ConversionError` naming each layer at fault).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"Argument `model`: no file or directory at {path!r}.")
+    if convert.is_legacy_file(path):
+        return convert.to_keras3(path, safe_mode=safe_mode, verbose=verbose).model
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "saved_model.pb")):
             from kerasft.export import load_saved_model

@@ -24,6 +24,7 @@ import keras
 from kerasft import data as data_lib
 from kerasft import layerwise, regularizers
 from kerasft.callbacks import ReduceLROnPlateauScaled
+from kerasft.data import TASKS
 from kerasft.speed import plan as speed_plan
 from kerasft.unfreezing import load_phases
 
@@ -107,16 +108,21 @@ class OptimizerOptions:
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """How labels are read and the head is set up."""
+    """What the model is fine-tuned for: how labels are read and the head is set up."""
 
+    task: str = "auto"
     num_classes: int | None = None
     label_mode: str | None = None
+    head: str | None = None
     from_logits: bool | None = None
     new_head: bool | None = None
     head_dropout: float = 0.0
     head_activation: str | None = None
     loss: Any = None
     metrics: Sequence[Any] | None = None
+    class_weight: str | Mapping[int, float] | None = None
+    standardize_targets: bool = False
+    thresholds: str | Sequence[float] | None = "tune"
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ class DataOptions:
     validation_split: float = 0.2
     batch_size: int = 32
     seed: int = 0
+    label_columns: str | Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -374,9 +381,35 @@ def _check_prune(o: Options) -> None:
         pruning_finetune.parse_prune_option(o.regularization.prune, o.recipe.kind)
 
 
+def _check_task(o: Options) -> None:
+    t = o.task
+    if t.task not in ("auto", *TASKS):
+        raise ValueError(f"Argument `task` must be 'auto' or one of {list(TASKS)}. Received: task={t.task!r}")
+    if t.class_weight is not None and t.class_weight != "balanced" and not isinstance(t.class_weight, Mapping):
+        raise ValueError(
+            "Argument `class_weight` must be None, 'balanced' or a dict {class id: weight}. "
+            f"Received: class_weight={t.class_weight!r}"
+        )
+    if not isinstance(t.standardize_targets, bool):
+        raise ValueError(
+            f"Argument `standardize_targets` must be True or False. Received: standardize_targets={t.standardize_targets!r}"
+        )
+    th = t.thresholds
+    ok = th is None or th == "tune" or (isinstance(th, Sequence) and not isinstance(th, str) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in th))
+    if not ok:
+        raise ValueError(
+            "Argument `thresholds` must be 'tune' (per-label thresholds that maximise F1 on the "
+            "validation data), None (0.5) or a list of per-label thresholds in (0, 1). "
+            f"Received: thresholds={th!r}"
+        )
+    if t.head is not None and not isinstance(t.head, str):
+        raise ValueError(f"Argument `head` must be the name of a model output, or None. Received: head={t.head!r}")
+
+
 _VALUE_CHECKS: list[Callable[[Options], None]] = [
     _check_recipe, _check_numbers, _check_unfreeze, _check_optimizer, _check_strategy_values,
-    _check_speed, _check_prune,
+    _check_speed, _check_prune, _check_task,
 ]
 
 
@@ -407,6 +440,16 @@ def _plain_plateau_callback(o: Options) -> bool:
 
 
 CONFLICTS: list[Conflict] = [
+    Conflict(
+        lambda o: o.task.standardize_targets and o.task.task in ("classification", "multilabel"),
+        lambda o: (f"Argument `standardize_targets=True` applies to regression targets, but task={o.task.task!r}. "
+                   "HINT: pass task='regression' (or 'auto'), or standardize_targets=False."),
+    ),
+    Conflict(
+        lambda o: o.task.class_weight is not None and o.task.task == "regression",
+        lambda o: (f"Argument `class_weight={o.task.class_weight!r}` applies to classification, but "
+                   "task='regression'. HINT: pass class_weight=None."),
+    ),
     Conflict(
         lambda o: o.recipe.kind == "head" and (_set(o.recipe.lr_mult) or _set(o.recipe.layer_decay)),
         lambda o: ("Arguments `lr_mult` / `layer_decay` spread rates over layer groups, but "

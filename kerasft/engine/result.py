@@ -17,7 +17,6 @@ from typing import Any
 
 import keras
 
-from kerasft import data as data_lib
 from kerasft.callbacks import monitor_mode
 
 __all__ = ["FinetuneResult", "PhaseResult", "NaNEvent", "RegularizationRecord"]
@@ -73,7 +72,7 @@ class FinetuneResult:
         best_score: its best value (``None`` without validation data).
         best_phase: the phase in which it was reached.
         num_classes: number of classes of the task.
-        label_mode: ``"sparse"``, ``"one_hot"`` or ``"binary"``.
+        label_mode: ``"sparse"``, ``"one_hot"``, ``"binary"``, ``"multi_hot"`` or ``"continuous"``.
         head_rebuilt: whether the output layer was replaced.
         batch_size: the batch size of the run.
         plan: the :class:`kerasft.engine.plan.Plan` that ran.
@@ -83,6 +82,11 @@ class FinetuneResult:
         nan: where the loss became non-finite, if it did.
         regularization: what L2-SP / weight clipping were attached to.
         stages: the stages of a gradual or phase-list recipe, with their rates.
+        task: ``"classification"``, ``"multilabel"`` or ``"regression"``.
+        thresholds: per-label decision thresholds of a multi-label task (tuned on the
+            validation data by default).
+        target_mean, target_std: the scale regression targets were standardised with
+            during training (already folded into the returned model's head), or ``None``.
     """
 
     model: keras.Model
@@ -101,6 +105,10 @@ class FinetuneResult:
     nan: NaNEvent | None = None
     regularization: RegularizationRecord = field(default_factory=RegularizationRecord)
     stages: list[Any] | None = None
+    task: str = "classification"
+    thresholds: list[float] | None = None
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
 
     @property
     def history(self) -> dict[str, dict[str, list[float]]]:
@@ -143,15 +151,29 @@ class FinetuneResult:
             out["speed"] = self.speed.to_dict()
         return out
 
-    def evaluate(self, test_data: Any, *, batch_size: int | None = None) -> dict[str, float]:
-        """Loss and metrics of :attr:`model` on ``test_data`` (any form ``finetune`` accepts)."""
-        prepared = data_lib.prepare_data(
-            test_data, model=self.model, validation_split=0.0,
-            batch_size=batch_size or self.batch_size, num_classes=self.num_classes,
-            label_mode=self.label_mode, shuffle=False, check_classes=False,
-        )
-        values = self.model.evaluate(prepared.train, verbose=0, return_dict=True)
-        return {k: float(v) for k, v in values.items()}
+    def evaluate(self, test_data: Any, *, batch_size: int | None = None, class_names: Any = None,
+                 label_columns: Any = None) -> Any:
+        """The evaluation report of :attr:`model` on ``test_data`` (any form ``finetune`` accepts).
+
+        Precision, recall and F1 per class with macro and weighted averages, the confusion
+        matrix, top-k accuracy and ROC-AUC for classification; per-label figures at the
+        run's decision thresholds for multi-label; MSE, MAE, RMSE and R2 for regression.
+        ``report["accuracy"]`` (or ``["loss"]``, ``["r2"]``...) reads one figure.
+
+        Returns:
+            A :class:`kerasft.evaluation.EvaluationReport`.
+        """
+        from kerasft.evaluation import evaluate
+
+        return evaluate(self.model, test_data, task=self.evaluation_task, batch_size=batch_size or self.batch_size,
+                        class_names=class_names, thresholds=self.thresholds, label_columns=label_columns)
+
+    @property
+    def evaluation_task(self) -> str:
+        """The task as :mod:`kerasft.evaluation` names it."""
+        if self.task == "classification":
+            return "binary" if self.num_classes == 2 else "multiclass"
+        return self.task
 
     def export(self, path: str, **kwargs: Any) -> str:
         """Export :attr:`model` with :func:`kerasft.export.export_model`; returns the path."""

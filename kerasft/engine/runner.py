@@ -27,7 +27,7 @@ from kerasft.engine.optim import PhaseOptimizer, phase_optimizer, staged_optimiz
 from kerasft.engine.options import Options
 from kerasft.engine.plan import Phase, Plan, build_plan, select_trainable, trainable_layers
 from kerasft.engine.result import FinetuneResult, NaNEvent, PhaseResult, RegularizationRecord
-from kerasft.engine.task import Task, setup_task
+from kerasft.engine.task import Task, copy_model, is_keras_hub_task, select_output, setup_task
 from kerasft.speed import distribute
 from kerasft.speed.plan import SpeedPlan
 
@@ -97,7 +97,8 @@ class Run:
             best_score=self.best.best_value if self.best is not None else None,
             best_phase=self.best.best_phase if self.best is not None else None,
             num_classes=self.task.num_classes, label_mode=self.task.label_mode,
-            head_rebuilt=self.task.head_rebuilt, batch_size=self.options.data.batch_size, plan=self.plan,
+            head_rebuilt=self.task.head_rebuilt, task=self.task.kind, thresholds=self.task.thresholds,
+            target_mean=self.task.spec.target_mean, target_std=self.task.spec.target_std, batch_size=self.options.data.batch_size, plan=self.plan,
             speed=self.speed, lr_find=self.lr_find, pruning=self.pruning, nan=self.nan,
             regularization=self.regularization, stages=self.stages,
         )
@@ -105,6 +106,9 @@ class Run:
 
 def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Options) -> Run:
     """Load or copy the model, check and batch the data, set up the task, build the plan.
+
+    A KerasHub task's preprocessor is taken off the model for the run (the data is
+    preprocessed once instead) and put back on the returned model.
 
     Raises:
         ValueError / TypeError: a model or data kerasft cannot fine-tune, with the reason.
@@ -114,16 +118,24 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         model = load_model(model, safe_mode=options.run.safe_mode)
         copy = False
     surgery.check_operable(model)
-    seed = options.data.seed
+    seed, o, t = options.data.seed, options.data, options.task
     keras.utils.set_random_seed(seed)
+    model = select_output(model, t.head)
+    if copy:
+        model = copy_model(model)
+    preprocessor = _detach_preprocessor(model)
     head = surgery.find_head(model)
-    o = options.data
-    prepared = data_lib.prepare_data(
-        data, model=model, validation_data=o.validation_data, validation_split=o.validation_split,
-        batch_size=o.batch_size, seed=seed, num_classes=options.task.num_classes,
-        label_mode=options.task.label_mode, head_units=head.units,
-    )
-    task = setup_task(model, prepared.spec, options.task, copy=copy, seed=seed)
+    try:
+        prepared = data_lib.prepare_data(
+            data, model=model, validation_data=o.validation_data, validation_split=o.validation_split,
+            batch_size=o.batch_size, seed=seed, num_classes=t.num_classes, label_mode=t.label_mode,
+            task=t.task, head_units=surgery.head_units(head), head_activation=surgery.head_activation(model),
+            label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
+        )
+        task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
+    except Exception:
+        _attach_preprocessor(model, preprocessor)
+        raise
     has_val = prepared.validation is not None
     monitor = options.monitor.monitor or ("val_loss" if has_val else "loss")
     if monitor.startswith("val_") and not has_val:
@@ -133,6 +145,20 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         )
     plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch)
     return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor)
+
+
+def _detach_preprocessor(model: keras.Model) -> Any:
+    """Take a KerasHub task's preprocessor off it for the run; return it (or ``None``)."""
+    if not is_keras_hub_task(model) or model.preprocessor is None:
+        return None
+    preprocessor = model.preprocessor
+    model.preprocessor = None
+    return preprocessor
+
+
+def _attach_preprocessor(model: keras.Model, preprocessor: Any) -> None:
+    if preprocessor is not None and is_keras_hub_task(model):
+        model.preprocessor = preprocessor
 
 
 class Runner:
@@ -157,13 +183,11 @@ class Runner:
                           jit_compile=s.jit_compile, mixed_precision=s.mixed_precision,
                           steps_per_execution=s.steps_per_execution, seed=run.options.data.seed,
                           distributed=self.strategy is not None, verbose=run.options.run.verbose)
-        self._each("run_start", run)
         task = run.task
         run.log(f"kerasft: {run.data.n_train} training / {run.data.n_validation} validation examples, "
-                f"{task.num_classes} classes ({task.label_mode} labels); head "
-                f"{'rebuilt' if task.head_rebuilt else 'kept'} ({task.head.name}, {task.units} units, "
-                f"{'logits' if task.from_logits else 'probabilities'})")
+                f"{task.describe()}")
         try:
+            self._each("run_start", run)
             for index, phase in enumerate(run.plan.phases):
                 if phase.epochs == 0:
                     continue
@@ -177,10 +201,11 @@ class Runner:
                 self._each("phase_end", run, result)
                 if run.stop_reason is not None:
                     break
+            run.speed = speed.report()
+            self._each("run_end", run, reverse=True)
         finally:
             speed.close()
-        run.speed = speed.report()
-        self._each("run_end", run, reverse=True)
+            _attach_preprocessor(run.model, task.preprocessor)
         if not getattr(run.model, "compiled", False):  # every phase was restored from a checkpoint
             run.model.compile(loss=task.loss, metrics=task.metrics)
         run.log(f"kerasft: done; best {run.monitor} {run.best.best_value if run.best else None} in phase "
@@ -222,7 +247,8 @@ class Runner:
         speed.before_fit(setup)
         start = time.perf_counter()
         fitted = setup.model.fit(setup.train, validation_data=setup.validation, epochs=phase.epochs,
-                                 callbacks=callbacks, verbose=run.options.run.verbose, shuffle=False)
+                                 callbacks=callbacks, verbose=run.options.run.verbose, shuffle=False,
+                                 class_weight=run.task.class_weight)
         seconds = time.perf_counter() - start
         history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
         trainable = surgery.count_params(model).trainable if phase.staged else run.phase_counts.trainable

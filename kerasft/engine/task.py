@@ -1,26 +1,33 @@
 """The task a model is fine-tuned for: its head, its loss, its metrics, what is monitored.
 
-Like KerasHub's ``Task.compile(loss="auto")``, the loss and metrics are read off the
-head and the labels: the number of classes and the label encoding come from the data
-(:mod:`kerasft.data`), whether the head outputs logits from its activation. The head is
-rebuilt when the class count differs (or on request) and kept otherwise, since a
-pretrained head on the same classes helps. Everything later phases and hooks need
-about the task lives on :class:`Task`.
+Like KerasHub's ``Task.compile(loss="auto")``, the loss and metrics are read off the head
+and the labels: the task (single-label or multi-label classification, regression), the
+number of classes and the label encoding come from the data (:mod:`kerasft.data`),
+whether the head outputs logits from its activation. The head is rebuilt when its width
+or kind does not fit the task (or on request) and kept otherwise, since a pretrained head
+on the same classes helps. A KerasHub task keeps its preprocessor and gets a new head the
+way KerasHub makes one: a new task of the same class on the same backbone. Everything
+later phases and hooks need about the task lives on :class:`Task`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 
+from kerasft import _keras_compat as compat
 from kerasft import surgery
 from kerasft.callbacks import monitor_mode
-from kerasft.data import DataSpec
+from kerasft.data import DataSpec, class_weights
 from kerasft.engine.options import TaskOptions
 
-__all__ = ["Task", "setup_task", "loss_and_metrics", "copy_model"]
+__all__ = ["Task", "setup_task", "loss_and_metrics", "copy_model", "select_output", "is_keras_hub_task",
+           "WeightedBinaryCrossentropy"]
 
 
 @dataclass
@@ -29,89 +36,219 @@ class Task:
 
     Attributes:
         model: the model to fine-tune (a copy, or with a rebuilt head).
-        head: its output Dense layer.
-        num_classes: classes of the task.
-        label_mode: ``"sparse"``, ``"one_hot"`` or ``"binary"``.
+        head: its output layer.
+        spec: what the labels say (task, classes, encoding, target scale).
         from_logits: whether the head outputs logits.
         head_rebuilt: whether the head was replaced.
         loss: the loss every phase compiles with.
         metrics: the metrics every phase compiles with.
+        class_weight: per-class weights for ``fit`` (single-label classification).
+        preprocessor: a KerasHub task's preprocessor, run on the data instead of in
+            ``fit`` during the run and put back on the returned task.
     """
 
     model: keras.Model
     head: keras.layers.Layer
-    num_classes: int
-    label_mode: str
+    spec: DataSpec
     from_logits: bool
     head_rebuilt: bool
     loss: Any
     metrics: list
+    class_weight: dict[int, float] | None = None
+    preprocessor: Any = None
+    thresholds: list[float] | None = field(default=None)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def label_mode(self) -> str:
+        return self.spec.label_mode
+
+    @property
+    def kind(self) -> str:
+        """``"classification"``, ``"multilabel"`` or ``"regression"``."""
+        return self.spec.task
 
     @property
     def units(self) -> int:
-        return 1 if self.label_mode == "binary" else self.num_classes
+        return self.spec.units
 
     def monitor_mode(self, monitor: str) -> str:
         """``"min"`` or ``"max"`` for ``monitor``, decided once from the task's metrics."""
         return monitor_mode(monitor, [m for m in self.metrics if not isinstance(m, str)])
 
+    def describe(self) -> str:
+        """One line for the run's log."""
+        if self.kind == "regression":
+            what = f"regression, {self.num_classes} output(s)" + (
+                ", targets standardised" if self.spec.target_std is not None else "")
+        elif self.kind == "multilabel":
+            what = f"{self.num_classes} labels (multi-label)"
+        else:
+            what = f"{self.num_classes} classes ({self.label_mode} labels)"
+        kind = "logits" if self.from_logits else ("probabilities" if self.kind != "regression" else "values")
+        return (f"{what}; head {'rebuilt' if self.head_rebuilt else 'kept'} ({self.head.name}, "
+                f"{self.units} units, {kind})")
+
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy with a weight on each label's positives (multi-label imbalance).
+
+    Args:
+        pos_weight: one weight per label for its positive examples.
+        from_logits: whether the model outputs logits. Defaults to `False`.
+        name: loss name. Defaults to `"weighted_binary_crossentropy"`.
+    """
+
+    def __init__(self, pos_weight: list[float], from_logits: bool = False,
+                 name: str = "weighted_binary_crossentropy", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.pos_weight = [float(w) for w in pos_weight]
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.cast(y_true, y_pred.dtype)
+        per = keras.losses.binary_crossentropy(y_true[..., None], y_pred[..., None], from_logits=self.from_logits)
+        weights = 1.0 + (keras.ops.convert_to_tensor(self.pos_weight, y_pred.dtype) - 1.0) * y_true
+        return keras.ops.mean(per * weights, axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pos_weight": self.pos_weight, "from_logits": self.from_logits}
+
 
 def loss_and_metrics(label_mode: str, from_logits: bool) -> tuple[Any, list]:
-    """The cross-entropy and accuracy metric that match the labels and the head."""
+    """The loss and metrics that match the labels and the head."""
     if label_mode == "one_hot":
         return (keras.losses.CategoricalCrossentropy(from_logits=from_logits),
                 [keras.metrics.CategoricalAccuracy(name="accuracy")])
     if label_mode == "binary":
         return (keras.losses.BinaryCrossentropy(from_logits=from_logits),
                 [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5)])
+    if label_mode == "multi_hot":
+        return (keras.losses.BinaryCrossentropy(from_logits=from_logits),
+                [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5),
+                 keras.metrics.AUC(name="auc", multi_label=True, from_logits=from_logits)])
+    if label_mode == "continuous":
+        return (keras.losses.MeanSquaredError(),
+                [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")])
     return (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
             [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def is_keras_hub_task(model: Any) -> bool:
+    """Whether ``model`` is a KerasHub task (``keras_hub.models.Task``)."""
+    hub = sys.modules.get("keras_hub")
+    return hub is not None and isinstance(model, hub.models.Task)
 
 
 def copy_model(model: keras.Model) -> keras.Model:
     """A copy of ``model`` with the same weights and trainable flags.
 
+    A KerasHub task is copied through its own saving (``save`` / ``load_model``), which
+    keeps its class and preprocessor.
+
     Raises:
         ValueError: when Keras cannot clone the model (unregistered custom layers).
     """
-    try:
-        clone = keras.models.clone_model(model)
-        clone.set_weights(model.get_weights())
-    except Exception as e:
-        raise ValueError(
-            f"kerasft could not copy model {model.name!r} ({type(e).__name__}: {e}). "
-            "HINT: register custom layers with keras.saving.register_keras_serializable, "
-            "or pass copy=False to fine-tune the model in place."
-        ) from None
+    if is_keras_hub_task(model):
+        with tempfile.TemporaryDirectory(prefix="kerasft_copy_") as tmp:
+            path = os.path.join(tmp, "task.keras")
+            model.save(path)
+            clone = keras.models.load_model(path, compile=False)
+    else:
+        try:
+            clone = keras.models.clone_model(model)
+            clone.set_weights(model.get_weights())
+        except Exception as e:
+            raise ValueError(
+                f"kerasft could not copy model {model.name!r} ({type(e).__name__}: {e}). "
+                "HINT: register custom layers with keras.saving.register_keras_serializable, "
+                "or pass copy=False to fine-tune the model in place."
+            ) from None
     for (_, a), (_, b) in zip(surgery.iter_layers(model), surgery.iter_layers(clone)):
         b.trainable = a.trainable
     return clone
 
 
-def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, copy: bool, seed: int) -> Task:
-    """Copy ``model`` if asked, rebuild its head if the classes differ, pick loss and metrics.
+def select_output(model: keras.Model, head: str | None) -> keras.Model:
+    """The single-output model to fine-tune: ``model``, or its output named ``head``.
 
     Raises:
-        ValueError: ``new_head=False`` with a class count the head cannot output, or a
-            head activation from which logits cannot be told from probabilities.
+        ValueError: several outputs and no ``head``, or a ``head`` that names no output
+            (both list the outputs).
+    """
+    names = [compat.producer(t).name for t in model.outputs]
+    if head is None:
+        if len(names) > 1:
+            raise ValueError(
+                f"Model {model.name!r} has {len(names)} outputs {names}; kerasft fine-tunes one. "
+                f"HINT: pass head= one of {names} (the returned model keeps that output only)."
+            )
+        return model
+    if head not in names:
+        raise ValueError(f"Argument `head={head!r}` names no output of model {model.name!r}. Outputs are: {names}")
+    if len(names) == 1:
+        return model
+    return keras.Model(model.inputs, model.outputs[names.index(head)], name=model.name)
+
+
+def _rebuild_keras_hub_task(task: Any, units: int, activation: Any) -> Any:
+    """A new task of the same class on the same backbone, with ``units`` outputs (KerasHub's way)."""
+    config = task.get_config()
+    keep = {k: v for k, v in config.items()
+            if k not in ("backbone", "preprocessor", "num_classes", "activation", "trainable", "dtype")}
+    return type(task)(backbone=task.backbone, preprocessor=None, num_classes=units, activation=activation, **keep)
+
+
+def _needs_new_head(model: keras.Model, spec: DataSpec) -> bool:
+    """Whether the head's width or kind does not fit the task."""
+    units = surgery.head_units(surgery.find_head(model))
+    if units != spec.units:
+        return True
+    activation = surgery.head_activation(model)
+    if spec.task == "regression":
+        return activation != "linear"
+    if spec.task == "multilabel":
+        return activation == "softmax"
+    return False
+
+
+def _head_activation(options: TaskOptions, old: str, spec: DataSpec) -> Any:
+    if options.head_activation is not None:
+        return options.head_activation
+    if spec.task == "regression" or old == "linear":
+        return "linear"
+    return "sigmoid" if spec.task == "multilabel" or spec.units == 1 else "softmax"
+
+
+def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, seed: int,
+               preprocessor: Any = None) -> Task:
+    """Rebuild ``model``'s head if it does not fit the task; pick loss, metrics, class weights.
+
+    Raises:
+        ValueError: ``new_head=False`` with a head that cannot fit the task, a head
+            activation from which logits cannot be told from probabilities, class
+            weights that do not fit the task.
     """
     head = surgery.find_head(model)
-    units = 1 if spec.label_mode == "binary" else spec.num_classes
-    rebuild = options.new_head if options.new_head is not None else head.units != units
-    if options.new_head is False and head.units != units:
+    rebuild = options.new_head if options.new_head is not None else _needs_new_head(model, spec)
+    if options.new_head is False and _needs_new_head(model, spec):
         raise ValueError(
-            f"Argument `new_head=False`, but the head {head.name!r} has {head.units} units and "
-            f"the data has {spec.num_classes} classes ({spec.label_mode} labels). Pass "
+            f"Argument `new_head=False`, but the head {head.name!r} has {surgery.head_units(head)} units "
+            f"({surgery.head_activation(model)}) and the data has {spec.num_classes} "
+            f"{'outputs' if spec.task == 'regression' else 'classes'} ({spec.label_mode} labels). Pass "
             "new_head=None to rebuild it."
         )
-    old_activation = surgery.head_activation(model)
-    if copy:
-        model = copy_model(model)
     if rebuild:
-        activation = options.head_activation
-        if activation is None:
-            activation = "linear" if old_activation == "linear" else ("sigmoid" if units == 1 else "softmax")
-        model = surgery.replace_head(model, units, activation=activation, dropout=options.head_dropout, seed=seed)
+        activation = _head_activation(options, surgery.head_activation(model), spec)
+        if is_keras_hub_task(model):
+            model = _rebuild_keras_hub_task(model, spec.units, None if activation == "linear" else activation)
+        else:
+            model = surgery.replace_head(model, spec.units, activation=activation, dropout=options.head_dropout,
+                                         seed=seed)
     head = surgery.find_head(model)
     from_logits = options.from_logits
     if from_logits is None:
@@ -121,11 +258,15 @@ def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, copy
                 f"The head of model {model.name!r} has activation {activation!r}; kerasft cannot "
                 "tell whether it outputs logits. Pass from_logits=True or False."
             )
-        from_logits = activation == "linear"
-    auto_loss, auto_metrics = loss_and_metrics(spec.label_mode, from_logits)
+        from_logits = activation == "linear" and spec.task != "regression"
+    auto_loss, auto_metrics = loss_and_metrics(spec.label_mode, bool(from_logits))
+    weights = class_weights(spec, options.class_weight)
+    if weights is not None and spec.task == "multilabel":
+        auto_loss = WeightedBinaryCrossentropy([weights[i] for i in range(spec.num_classes)], bool(from_logits))
+        weights = None  # in the loss, not in fit
     return Task(
-        model=model, head=head, num_classes=spec.num_classes, label_mode=spec.label_mode,
-        from_logits=bool(from_logits), head_rebuilt=bool(rebuild),
+        model=model, head=head, spec=spec, from_logits=bool(from_logits), head_rebuilt=bool(rebuild),
         loss=options.loss if options.loss is not None else auto_loss,
         metrics=list(options.metrics) if options.metrics else auto_metrics,
+        class_weight=weights, preprocessor=preprocessor,
     )

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -71,6 +72,25 @@ def _layer_paths(model: keras.Model) -> dict[int, str]:
     return {id(lyr): p for p, lyr in surgery.iter_layers(model)}
 
 
+# Packages whose layers use `training` for dropout-like noise and BatchNormalization
+# only (checked for KerasHub 0.32: its transformer, ViT and ResNet blocks pass it to
+# Dropout sublayers). Noise drawn without a SeedGenerator is caught by its rate below.
+_KNOWN_MODULES = ("keras.", "keras_hub.")
+
+# Rates of random behaviour in training that some layers apply without a SeedGenerator
+# (Keras's ConvNeXt StochasticDepth, KerasHub's DINOv2 DropPath and Mixtral router
+# jitter call `keras.random.uniform` unseeded), which `draws_random_numbers` cannot see.
+_NOISE_RATES = ("rate", "drop_path_rate", "dropout", "dropout_rate", "router_jitter_noise")
+
+
+def _unseeded_noise(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` has a positive noise rate and a ``call`` that takes ``training``."""
+    if isinstance(layer, keras.layers.Dropout) or not compat.call_takes_training(layer):
+        return False  # Dropout's SeedGenerator is seen; no `training`, no train-only noise
+    rates = (getattr(layer, name, None) for name in _NOISE_RATES)
+    return any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates)
+
+
 def barrier_reason(layer: keras.layers.Layer, trainable_ids: set[int]) -> str | None:
     """Why ``layer`` cannot sit below a feature cache (``None`` when it can).
 
@@ -78,19 +98,28 @@ def barrier_reason(layer: keras.layers.Layer, trainable_ids: set[int]) -> str | 
     training as in inference: no random numbers (dropout, noise, augmentation), a
     frozen BatchNormalization, no activity regularizer, and no unknown ``training``
     behaviour (a custom layer whose ``call`` takes ``training`` is assumed to use it).
+    Layers of Keras and KerasHub are known: their ``training`` reaches only dropout-like
+    noise (seen as random numbers, or as a positive ``rate``/``drop_path_rate`` when drawn
+    without a SeedGenerator; ``keras.layers.Dropout`` with ``rate=0`` draws none) and
+    BatchNormalization. A raw operation of the graph (``x + y``, ``x[:, 0]``: a
+    ``keras.Operation`` that is not a layer) has no weights, no ``training`` argument
+    and draws no random numbers (Keras's random functions are not graph operations), so
+    it never stops the cut: its output is constant when its inputs are.
     """
+    if not isinstance(layer, keras.layers.Layer):
+        return None
     if any(id(v) in trainable_ids for v in layer.weights):
         return "trainable"
     parts = compat.flatten_layers(layer)
-    if compat.draws_random_numbers(layer):
+    if compat.draws_random_numbers(layer) or any(_unseeded_noise(part) for part in parts):
         return "draws random numbers in training (dropout/noise/augmentation)"
     if any(getattr(part, "activity_regularizer", None) is not None for part in parts):
         return "adds an activity regularization loss in training"
     if any(isinstance(part, keras.layers.BatchNormalization) and part.trainable for part in parts):
         return "BatchNormalization in training mode"
-    # Keras's own layers differ between training and inference only through random
-    # numbers or BatchNormalization; a custom layer that takes `training` may use it.
-    if compat.call_takes_training(layer) and not type(layer).__module__.startswith("keras."):
+    # Keras's and KerasHub's layers differ between training and inference only through
+    # random numbers or BatchNormalization; a custom layer that takes `training` may use it.
+    if compat.call_takes_training(layer) and not type(layer).__module__.startswith(_KNOWN_MODULES):
         return "custom layer whose call() takes `training`"
     return None
 
@@ -381,6 +410,11 @@ class FeatureCache:
                 lower cut are computed now and kept for the next phase, and this phase's
                 features are derived from them by running only the layers between the
                 two cuts. Defaults to `None`.
+
+        The speed path never fails a run: if cutting the model or computing the
+        features raises (a layer or graph kerasft does not understand), the phase runs
+        on its inputs, its ``reason`` says why, and one line is printed when verbose
+        (a ``RuntimeWarning`` with ``mode=True``, where caching was asked for).
         """
         raw = self.plain_setup(model, index)
         if self.mode is False:
@@ -390,7 +424,10 @@ class FeatureCache:
             raw.reason = problem
             self._log(f"kerasft: not caching features: {problem}")
             return raw
-        split = split_frozen_prefix(model)
+        try:
+            split = split_frozen_prefix(model)
+        except Exception as e:  # whatever the failure, the inputs path is exact
+            return self._fall_back(raw, "cutting the model above its frozen layers", e)
         if split is None:
             reason = "no frozen layer with weights below the trainable ones"
             if self.mode is True and index == 0:
@@ -402,7 +439,28 @@ class FeatureCache:
                 )
             raw.reason = reason
             return raw
-        return self._cached_setup(model, index, split, later_trainable)
+        try:
+            return self._cached_setup(model, index, split, later_trainable)
+        except Exception as e:
+            self._kept = None  # possibly half made
+            error = e
+        if later_trainable:
+            # The next phase's lower cut may be what failed; this phase's own may not.
+            try:
+                return self._cached_setup(model, index, split)
+            except Exception as e:
+                self._kept, error = None, e
+        return self._fall_back(raw, "computing the frozen layers' features", error)
+
+    def _fall_back(self, raw: PhaseSetup, step: str, error: Exception) -> PhaseSetup:
+        """``raw`` (the phase on its inputs), with why caching was abandoned."""
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raw.reason = f"caching abandoned: {step} failed ({type(error).__name__}: {message[:300]})"
+        self._log(f"kerasft: not caching features: {raw.reason}; training on the inputs")
+        if self.mode is True:
+            warnings.warn(f"Argument `cache_features=True`, but {raw.reason}. The phase trains on its "
+                          "inputs instead (same results, slower).", RuntimeWarning, stacklevel=3)
+        return raw
 
     def plain_setup(self, model: keras.Model, index: int) -> PhaseSetup:
         """Phase ``index`` of ``model`` on its inputs, without caching (the phase's own shuffle)."""
@@ -428,13 +486,23 @@ class FeatureCache:
 
     def _features(self, prefix: keras.Model, train_inputs: Any, validation_inputs: Any) -> _Features:
         """``prefix``'s outputs on the training and validation inputs (arrays or file datasets)."""
-        in_specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in prefix.inputs]
+        # The data fixes sizes the model leaves open (an `Input((None, None, 3))` fed
+        # 32x32 images), so the features' size is known before they are computed.
+        shapes = _example_shapes(train_inputs)
+        in_specs = [tf.TensorSpec((None, *(s if len(s) == len(t.shape) - 1 else t.shape[1:])), t.dtype)
+                    for t, s in zip(prefix.inputs, shapes)]
         single = len(in_specs) == 1
         # One trace for every batch size and both splits: tracing a deep prefix costs
         # about as much as running it over a few thousand small images.
         fn = tf.function(lambda *xs: tuple(keras.tree.flatten(prefix(xs[0] if single else list(xs), training=False))),
                          input_signature=in_specs)
-        out_specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in prefix.outputs]
+        out_specs = [tf.TensorSpec(t.shape, t.dtype) for t in fn.get_concrete_function().structured_outputs]
+        unknown = [tuple(s.shape) for s in out_specs if None in tuple(s.shape)[1:]]
+        if unknown:
+            raise ValueError(
+                f"the features at the cut have shapes {unknown}, whose size depends on the batch "
+                "(a layer below the cut pads or crops to its batch), so they cannot be stored"
+            )
         train, nbytes, path = self._compute(fn, in_specs, out_specs, train_inputs, self.prepared.n_train)
         result = _Features(train, None, nbytes, [path] if path else [])
         if validation_inputs is not None:
@@ -453,7 +521,7 @@ class FeatureCache:
             if isinstance(inputs, tf.data.Dataset):
                 yield from inputs.batch(_FEATURE_BATCH)
                 return
-            parts = inputs if isinstance(inputs, tuple) else (inputs,)
+            parts = tuple(keras.tree.flatten(inputs))  # model.inputs order (dicts by sorted key)
             dtypes = [s.dtype.as_numpy_dtype for s in in_specs]
             for i in range(0, n, _FEATURE_BATCH):
                 yield tuple(np.asarray(a[i:i + _FEATURE_BATCH], dtype=d) for a, d in zip(parts, dtypes))
@@ -565,6 +633,13 @@ class FeatureCache:
             self._finalizer()
             self._finalizer = None
             self._tmpdir = None
+
+
+def _example_shapes(inputs: Any) -> list[tuple]:
+    """Shapes of one example of each input, from arrays or a dataset of examples."""
+    if isinstance(inputs, tf.data.Dataset):
+        return [tuple(spec.shape) for spec in keras.tree.flatten(inputs.element_spec)]
+    return [tuple(np.shape(a)[1:]) for a in keras.tree.flatten(inputs)]
 
 
 def _unwrap(feats: tuple):
