@@ -462,6 +462,8 @@ def evaluate(
     hub = "keras_hub" in type(model).__module__ or getattr(model, "preprocessor", None) is not None
     signature = None if hub else InputSignature.of(model)
     x, y = read_examples(data, signature=signature, argument="data", label_columns=label_columns)
+    # Keras's array adapter takes text as Python strings, not numpy's fixed-width unicode.
+    x = keras.tree.map_structure(lambda a: a.astype(object) if a.dtype.kind == "U" else a, x)
     return evaluate_model(model, x, y, batch_size=batch_size, task=task, from_logits=from_logits,
                           class_names=class_names, thresholds=thresholds)
 

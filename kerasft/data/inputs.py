@@ -128,7 +128,7 @@ def normalize_inputs(x: Any, signature: InputSignature | None, argument: str = "
                     f"Argument `{argument}` has inputs {unknown} that the model does not take. The "
                     f"model's inputs are [{signature.describe()}]."
                 )
-            return {n: arrays[n] for n in signature.names}
+            return {n: _conform(arrays[n], signature.shapes[i]) for i, n in enumerate(signature.names)}
         if signature is not None and len(arrays) == 1:
             return next(iter(arrays.values()))
         return arrays
@@ -139,9 +139,14 @@ def normalize_inputs(x: Any, signature: InputSignature | None, argument: str = "
                 f"[{signature.describe()}], but the data has {len(x)}. HINT: pass a dict keyed "
                 "by input name."
             )
-        arrays = [as_array(v, argument, n) for v, n in zip(x, signature.names)]
+        arrays = [_conform(as_array(v, argument, n), shape) for v, n, shape in zip(x, signature.names, signature.shapes)]
         return dict(zip(signature.names, arrays)) if signature.structure == "dict" else tuple(arrays)
     return as_array(x, argument)
+
+
+def _conform(array: np.ndarray, expected: tuple) -> np.ndarray:
+    """A column of scalars for an input of shape ``(1,)`` (a DataFrame column) gets its axis."""
+    return array[:, None] if array.ndim == 1 and tuple(expected) == (1,) else array
 
 
 def _from_dataframe(frame: Any, signature: InputSignature | None, argument: str) -> Any:

@@ -19,6 +19,7 @@ runner. :func:`default_hooks` lists the hooks a ``finetune`` call uses.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -304,11 +305,11 @@ class LRFinder(Hook):
 
         model, first = run.model, run.plan.phases[0]
         state = surgery.trainable_state(model)
-        if first.staged or first.trains_body:
+        if first.trains_body and not first.staged:  # "full": everything trains from the start
             surgery.freeze(model)
             surgery.unfreeze(model, train_bn=first.train_bn)
-        else:
-            select_trainable(model, run.task.head, first)
+        else:  # the head (alone in the first stage of a gradual recipe)
+            select_trainable(model, run.task.head, dataclasses.replace(first, trains="head", stages=()))
         try:
             found = lr_find(model, run.data.train, loss=run.task.loss, optimizer=run.make_optimizer(1e-3))
         finally:

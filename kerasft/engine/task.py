@@ -170,7 +170,12 @@ def copy_model(model: keras.Model) -> keras.Model:
             ) from None
     for (_, a), (_, b) in zip(surgery.iter_layers(model), surgery.iter_layers(clone)):
         b.trainable = a.trainable
+        if isinstance(a, _LOOKUPS):  # vocabularies live in lookup tables, not in weights
+            b.set_vocabulary(a.get_vocabulary())
     return clone
+
+
+_LOOKUPS = (keras.layers.TextVectorization, keras.layers.StringLookup, keras.layers.IntegerLookup)
 
 
 def select_output(model: keras.Model, head: str | None) -> keras.Model:

@@ -1,0 +1,155 @@
+"""Tasks beyond single-label classification: regression, multi-label, imbalance, several
+outputs, and KerasHub text tasks fed raw strings."""
+
+import keras
+import numpy as np
+import pytest
+from sklearn import metrics
+from sklearn.datasets import load_diabetes
+
+import kerasft
+from kerasft import data as data_lib
+from kerasft import datasets, textdata
+from kerasft.engine.task import WeightedBinaryCrossentropy
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    d = load_diabetes()
+    x, y = d.data.astype("float32"), d.target.astype("float32")
+    return x[:350], y[:350], x[350:], y[350:]
+
+
+def pretrained_classifier() -> keras.Model:
+    """An MLP with a softmax head, as a classifier someone would fine-tune for a new target."""
+    inputs = keras.Input((10,), name="features")
+    x = keras.layers.Dense(32, activation="relu", name="body")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(x), name="mlp")
+
+
+def test_regression_is_detected_and_the_head_rebuilt(diabetes):
+    x, y, xt, yt = diabetes
+    spec = data_lib.infer_spec(y)  # whole-number float targets, no linear head to say otherwise
+    assert spec.task == "classification"
+    assert data_lib.infer_spec(y + 0.5).task == "regression"
+    result = kerasft.finetune(pretrained_classifier(), (x, y), task="regression", recipe="full", epochs=40,
+                              lr=1e-2, standardize_targets=True, verbose=0)
+    assert result.task == "regression" and result.head_rebuilt
+    assert kerasft.surgery.head_activation(result.model) == "linear"
+    assert result.target_mean[0] == pytest.approx(float(np.mean(y)), rel=0.05)  # of the training split
+    report = result.evaluate((xt, yt))
+    predictions = result.model.predict(xt, verbose=0)[:, 0]
+    # The scale was folded into the head: the model predicts in the targets' units.
+    assert report["r2"] == pytest.approx(metrics.r2_score(yt, predictions), abs=1e-6)
+    assert report["r2"] > 0.3 and report["rmse"] == pytest.approx(
+        np.sqrt(metrics.mean_squared_error(yt, predictions)), rel=1e-5)
+
+
+def test_regression_auto_for_a_linear_one_unit_head_and_huber(diabetes):
+    x, y, xt, yt = diabetes
+    inputs = keras.Input((10,))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="out")(keras.layers.Dense(16, name="body")(inputs)))
+    result = kerasft.finetune(model, (x, y), recipe="full", epochs=3, loss="huber", verbose=0)
+    assert result.task == "regression" and not result.head_rebuilt and result.target_std is None
+    assert result.evaluate((xt, yt)).task == "regression"
+
+
+def _multilabel(y):
+    return np.stack([y % 2 == 0, y > 4, np.isin(y, [2, 3, 5, 7])], axis=1).astype("float32")
+
+
+def test_multilabel_sigmoid_head_and_tuned_thresholds(shipped_model):
+    split = datasets.digits_few_shot(shots=20, seed=0)
+    y, yt = _multilabel(split.y_train), _multilabel(split.y_test)
+    result = kerasft.finetune(shipped_model, (split.x_train, y), head_epochs=3, epochs=3, verbose=0)
+    assert result.task == "multilabel" and result.label_mode == "multi_hot" and result.head_rebuilt
+    assert kerasft.surgery.head_activation(result.model) == "sigmoid" and result.model.output.shape == (None, 3)
+    assert len(result.thresholds) == 3 and all(0 < t < 1 for t in result.thresholds)
+    report = result.evaluate((split.x_test, yt))
+    assert report.thresholds == pytest.approx(result.thresholds)
+    predicted = (result.model.predict(split.x_test, verbose=0) >= np.asarray(result.thresholds)).astype(int)
+    assert report["macro_f1"] == pytest.approx(metrics.f1_score(yt, predicted, average="macro", zero_division=0))
+    assert report["macro_f1"] > 0.7
+
+
+def test_class_weights(shipped_model):
+    split = datasets.digits_few_shot(shots=30, seed=0)
+    keep = (split.y_train != 3) | (np.arange(len(split.y_train)) % 10 == 0)  # class 3 rare
+    x, y = split.x_train[keep], split.y_train[keep]
+    spec = data_lib.infer_spec(y)
+    weights = data_lib.class_weights(spec, "balanced")
+    assert weights[3] == pytest.approx(len(y) / (10 * np.sum(y == 3)))
+    result = kerasft.finetune(shipped_model, (x, y), class_weight="balanced", head_epochs=2, epochs=2, verbose=0)
+    assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.8
+    # multi-label: positives weighted in the loss
+    ml = kerasft.plan(shipped_model, (x, _multilabel(y)), class_weight="balanced")
+    assert ml.phases[0].name == "head"
+    options = kerasft.Options.from_keywords(class_weight="balanced")
+    task = kerasft.engine.setup_task(shipped_model, data_lib.infer_spec(_multilabel(y)), options.task, seed=0)
+    assert isinstance(task.loss, WeightedBinaryCrossentropy) and task.class_weight is None
+    with pytest.raises(ValueError, match=r"`class_weight` has keys \[12\] that are not class ids"):
+        kerasft.finetune(shipped_model, (x, y), class_weight={12: 2.0}, verbose=0)
+    with pytest.raises(ValueError, match=r"`class_weight='balanced'` applies to classification"):
+        kerasft.finetune(shipped_model, (x, y + 0.5), class_weight="balanced", verbose=0)
+
+
+def test_several_outputs_need_head(shipped_model):
+    split = datasets.digits_few_shot(shots=10, seed=0)
+    features = shipped_model.get_layer("fc").output
+    two = keras.Model(shipped_model.inputs, [shipped_model.output, keras.layers.Dense(1, name="aux")(features)])
+    with pytest.raises(ValueError, match=r"has 2 outputs \['predictions', 'aux'\]; kerasft fine-tunes one. HINT: pass head="):
+        kerasft.finetune(two, (split.x_train, split.y_train), verbose=0)
+    with pytest.raises(ValueError, match=r"`head='nope'` names no output.*\['predictions', 'aux'\]"):
+        kerasft.finetune(two, (split.x_train, split.y_train), head="nope", verbose=0)
+    result = kerasft.finetune(two, (split.x_train, split.y_train), head="predictions", head_epochs=1, epochs=1,
+                              verbose=0)
+    assert len(result.model.outputs) == 1 and result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.6
+
+
+def test_label_matrix_width_must_match_a_kept_head(shipped_model):
+    split = datasets.digits_few_shot(shots=10, seed=0)
+    with pytest.raises(ValueError, match=r"`new_head=False`, but the head 'predictions' has 10 units \(softmax\) "
+                                         r"and the data has 3 classes \(multi_hot labels\)"):
+        kerasft.finetune(shipped_model, (split.x_train, _multilabel(split.y_train)), new_head=False, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    return textdata.rotten_tomatoes_few_shot(n_train=200, n_test=100, seed=0)
+
+
+def small_bert_classifier(texts, num_classes=2):
+    """A KerasHub BERT text classifier built small from a vocabulary of the review texts."""
+    keras_hub = pytest.importorskip("keras_hub")
+    words = sorted({w for t in texts for w in t.lower().replace(".", " ").split()})[:3000]
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=32)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=2,
+                                             hidden_dim=32, intermediate_dim=64, max_sequence_length=32)
+    return keras_hub.models.BertTextClassifier(backbone, num_classes=num_classes, preprocessor=preprocessor)
+
+
+@pytest.mark.slow
+def test_keras_hub_text_classifier_on_raw_strings(reviews, tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    task = small_bert_classifier(reviews.x_train)
+    result = kerasft.finetune(task, (reviews.x_train, reviews.y_train), head_epochs=1, epochs=2, lr_mult=10,
+                              verbose=0)
+    model = result.model
+    assert type(model) is keras_hub.models.BertTextClassifier and model.preprocessor is not None
+    assert task.preprocessor is not None  # the caller's task is untouched
+    assert result.plan.phases[1].spread and result.evaluate((reviews.x_test, reviews.y_test)).num_examples == 100
+    # One layer group per transformer layer.
+    names = [name for name, _ in kerasft.layer_groups(model)]
+    assert "bert_backbone/transformer_layer_0" in names and "bert_backbone/transformer_layer_1" in names
+    # Saves, loads and exports as the task it is.
+    path = str(tmp_path / "task.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(reviews.x_test[:8], verbose=0), model.predict(reviews.x_test[:8], verbose=0),
+                               atol=1e-5)
+    # A new number of classes: a new task on the same backbone, KerasHub's way.
+    three = kerasft.finetune(task, (reviews.x_train, np.arange(200) % 3), recipe="head", epochs=1, verbose=0)
+    assert type(three.model) is keras_hub.models.BertTextClassifier and three.model.num_classes == 3
+    three.model.save_to_preset(str(tmp_path / "preset"))
+    assert keras_hub.models.BertTextClassifier.from_preset(str(tmp_path / "preset")).num_classes == 3
