@@ -13,7 +13,7 @@ from kerasft import _keras_compat  # noqa: E402
 
 _keras_compat.check_keras_version()
 
-from kerasft import peft, pruning  # noqa: E402  (register their layers for load_model)
+from kerasft import convert, peft, pruning  # noqa: E402  (register their layers for load_model)
 from kerasft.callbacks import (  # noqa: E402
     GradualUnfreezing,
     PhaseLogger,
@@ -73,6 +73,7 @@ __all__ = [
     "report_from_predictions",
     "plot_report",
     "peft",
+    "convert",
     "Plan",
     "monitor_mode",
     "plan",

@@ -34,6 +34,7 @@ __all__ = [
     "call_takes_training",
     "run_through_graph",
     "producer",
+    "call_inputs",
     "parent_layers",
     "node_count",
     "has_mask",
@@ -143,9 +144,12 @@ def draws_random_numbers(layer: Any) -> bool:
     """Whether ``layer`` (or a layer inside it) owns a ``SeedGenerator`` (dropout, noise...).
 
     Keras records seed generators in ``_seed_generators``; no public attribute says
-    whether a layer is random in training.
+    whether a layer is random in training. A ``Dropout`` at rate 0 draws nothing (its
+    ``call`` skips the draw), whatever generator it was built with.
     """
-    return any(getattr(part, "_seed_generators", None) for part in flatten_layers(layer))
+    return any(getattr(part, "_seed_generators", None)
+               and not (isinstance(part, keras.layers.Dropout) and part.rate == 0)
+               for part in flatten_layers(layer))
 
 
 def call_takes_training(layer: Any) -> bool:
@@ -173,6 +177,24 @@ def producer(tensor: Any) -> Any:
     """
     history = getattr(tensor, "_keras_history", None)
     return None if history is None else history.operation
+
+
+def call_inputs(tensor: Any) -> list:
+    """The input tensors of the call that produced the symbolic ``tensor``.
+
+    A layer called more than once (a shared layer, or a graph replayed by
+    ``run_through_graph``, as each feature-cache split does) has several nodes, and
+    ``layer.input`` is only the first one's; only ``_keras_history.node_index`` says
+    which call made ``tensor``. No public API walks a graph back from a tensor.
+    Checked on Keras 3.15.1.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return []
+    nodes = getattr(history.operation, "_inbound_nodes", [])
+    if history.node_index >= len(nodes):
+        return []
+    return list(nodes[history.node_index].input_tensors)
 
 
 def node_count(layer: Any) -> int:

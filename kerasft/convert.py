@@ -292,6 +292,11 @@ def copy_weights(source: Any, target: keras.Model) -> list[str]:
 
 def _convert_object(model: Any, custom_objects, safe_mode: bool, verify: bool) -> ConversionResult:
     source = f"tf_keras model {model.name!r}"
+    if not isinstance(model, sys.modules["tf_keras"].Model):
+        raise TypeError(
+            f"Argument `model` is a tf_keras layer ({type(model).__name__} {model.name!r}), not a "
+            "model. HINT: wrap it: `x = tf_keras.Input(shape); tf_keras.Model(x, layer(x))`."
+        )
     if type(model).__name__ not in _MODELS:
         raise ConversionError(source, [Unconvertible(
             model.name, type(model).__name__,
@@ -321,6 +326,7 @@ def _convert_path(path: str, custom_objects, safe_mode: bool, verify: bool) -> C
         raise ValueError(f"Argument `model`: no file or directory at {path!r}.")
     saved_by = _saved_by(path)
     if _is_h5(path):
+        _check_h5_model(path)
         with tempfile.TemporaryDirectory() as tmp:
             file = os.path.join(tmp, "model.h5")
             shutil.copyfile(path, file)  # the config is rewritten in the copy
@@ -352,6 +358,21 @@ def _is_h5(path: str) -> bool:
     return os.path.isfile(path) and path.lower().endswith((".h5", ".hdf5"))
 
 
+def _check_h5_model(path: str) -> None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            has_config = "model_config" in f.attrs
+    except OSError as e:
+        raise ValueError(f"Argument `model`: {path!r} is not a readable HDF5 file ({e}).") from None
+    if not has_config:
+        raise ValueError(
+            f"Argument `model`: {path!r} holds weights only, no model config. HINT: build the "
+            "same model in Keras 3 and call `model.load_weights(path)`."
+        )
+
+
 def _saved_by(path: str) -> str | None:
     """The Keras version (below 3) that wrote the model at ``path``, or ``None``."""
     version = None
@@ -369,9 +390,11 @@ def _saved_by(path: str) -> str | None:
         # Only tf.keras / tf_keras write keras_metadata.pb next to a SavedModel.
         return "2" if os.path.isfile(os.path.join(path, "keras_metadata.pb")) else None
     elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            if "metadata.json" in z.namelist():
+        try:
+            with zipfile.ZipFile(path) as z:
                 version = json.loads(z.read("metadata.json")).get("keras_version")
+        except (KeyError, ValueError, zipfile.BadZipFile):  # no or unreadable metadata
+            return None
     version = version.decode("utf8") if isinstance(version, bytes) else version
     return version if version and str(version).split(".")[0] in ("1", "2") else None
 
@@ -726,17 +749,27 @@ def _compare(original: Any, converted: keras.Model, source: str) -> tuple[float 
     batch = _probe(original)
     if batch is None:
         return None, "the model takes text inputs"
-    expected = _outputs(original, batch)
-    diff = _max_diff(expected, _outputs(converted, batch))
+    try:
+        expected = _outputs(original, batch)
+    except Exception as e:  # e.g. an Embedding or CategoryEncoding refusing random values
+        return None, f"the original model failed on a random probe batch ({type(e).__name__})"
+    try:
+        diff = _max_diff(expected, _outputs(converted, batch))
+    except Exception as e:  # whatever the rebuilt layers raise
+        raise ConversionError(source, [Unconvertible(
+            converted.name, type(converted).__name__,
+            f"the converted model fails on a probe batch ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:300]})", _REBUILD_HINT,
+        )]) from None
     scale = max([1.0] + [float(np.max(np.abs(e), initial=0.0)) for e in expected])
     if diff <= 1e-4 * scale:
         return diff, ""
     name = _first_differing_layer(original, converted, batch) or converted.name
     layer = converted.get_layer(name) if name != converted.name else converted
+    how = "output shapes differ" if diff == float("inf") else f"outputs differ by up to {diff:.3g}"
     raise ConversionError(source, [Unconvertible(
         name, type(layer).__name__,
-        f"computes differently in Keras 3: the outputs of the converted model differ from "
-        f"the original's by up to {diff:.3g} on a probe batch",
+        f"computes differently in Keras 3: the converted model's {how} on a probe batch",
         _REBUILD_HINT,
     )])
 

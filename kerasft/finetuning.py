@@ -134,7 +134,7 @@ def finetune(
             suggestion of ``kerasft.lr_find`` (run with the head phase's trainable
             weights; the sweep is kept in ``result.lr_find``). The default is
             higher than Keras's usual 1e-3 because a new head on few examples gets few
-            steps (see the strategies benchmark in README). Defaults to `1e-2`.
+            steps (see the strategies benchmark in docs/strategies.md). Defaults to `1e-2`.
         finetune_lr: peak learning rate after unfreezing. Defaults to ``lr / 10``.
         warmup: fraction of the fine-tuning steps spent warming up linearly.
             Defaults to `0.1`.
@@ -258,7 +258,7 @@ def finetune(
         ValueError: bad option values, data that does not fit the model, labels out of
             range, a model without a Dense head, nothing left to train.
         TypeError: a subclassed model or data of an unsupported type.
-        RuntimeError: the model would crash TensorFlow's oneDNN kernels (see README).
+        RuntimeError: the model would crash TensorFlow's oneDNN kernels (see docs/onednn.md).
     """
     options = Options.from_keywords(**{k: v for k, v in locals().items() if k not in ("model", "data")})
     strategy = resolve_strategy(options.speed.distribute)
@@ -294,5 +294,4 @@ def plan(model: keras.Model | str | os.PathLike, data: Any, **keywords: Any) -> 
         ValueError / TypeError: as :func:`finetune` would, before training.
     """
     options = Options.from_keywords(**{**keywords, "copy": True})
-    run = prepare_run(model, data, options)
-    return run.plan.count(run.model, run.task.head)
+    return prepare_run(model, data, options).plan

@@ -1,7 +1,7 @@
 """Bad input gets a clear error before any training starts.
 
 Each row: what the user passes, the call, the exception type, and a pattern the message
-must contain (the argument, the value received, what would be valid). README's
+must contain (the argument, the value received, what would be valid). docs/reliability.md's
 "Bad input" table is this table.
 """
 

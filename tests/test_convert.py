@@ -22,12 +22,13 @@ def split():
 def _tf_keras_cnn() -> tfk.Model:
     inputs = tfk.Input((28, 28, 1), name="image")
     x = L.Rescaling(1 / 255, name="rescale")(inputs)
-    x = L.Conv2D(8, 3, activation="relu", name="conv1")(x)
-    x = L.BatchNormalization(name="bn1")(x)
+    x = L.Conv2D(16, 3, activation="relu", name="conv1")(x)
+    x = L.BatchNormalization(momentum=0.9, name="bn1")(x)
     x = L.MaxPooling2D(name="pool1")(x)
-    x = L.Conv2D(16, 3, activation="relu", name="conv2")(x)
-    x = L.BatchNormalization(name="bn2")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Conv2D(32, 3, activation="relu", name="conv2")(x)
+    x = L.BatchNormalization(momentum=0.9, name="bn2")(x)
+    x = L.MaxPooling2D(name="pool2")(x)
+    x = L.Flatten(name="flatten")(x)
     x = L.Dropout(0.2, name="drop")(x)
     outputs = L.Dense(10, activation="softmax", name="predictions")(x)
     return tfk.Model(inputs, outputs, name="legacy_cnn")
@@ -283,6 +284,12 @@ def test_bad_arguments_name_what_is_valid(tmp_path):
     not_legacy.write_text("hello")
     with pytest.raises(ValueError, match="holds no model saved by Keras 2"):
         convert.to_keras3(str(not_legacy))
+    weights = str(tmp_path / "only.weights.h5")
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(weights)
+    with pytest.raises(ValueError, match="holds weights only.*load_weights"):
+        convert.to_keras3(weights)
+    with pytest.raises(TypeError, match="a tf_keras layer .* not a model"):
+        convert.to_keras3(L.Dense(2))
 
     class Subclassed(tfk.Model):
         def call(self, x):
@@ -290,3 +297,17 @@ def test_bad_arguments_name_what_is_valid(tmp_path):
 
     with pytest.raises(convert.ConversionError, match="subclassed model"):
         convert.to_keras3(Subclassed())
+
+
+def test_tf_keras_keras_file_and_savedmodel_through_load_model(tf_keras_cnn, split, tmp_path):
+    x = split.x_test[:100]
+    expected = tf_keras_cnn.predict(x, verbose=0)
+    keras_file = str(tmp_path / "legacy.keras")
+    tf_keras_cnn.save(keras_file)  # tf_keras's own .keras format, which Keras 3 cannot read
+    saved_model = str(tmp_path / "legacy_savedmodel")
+    tf_keras_cnn.save(saved_model, save_format="tf")
+    for path in (keras_file, saved_model):
+        assert convert.is_legacy_file(path)
+        model = kerasft.load_model(path)
+        np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=0, atol=1e-5)
+        assert _flags(model) == _flags(tf_keras_cnn)

@@ -97,11 +97,15 @@ def check_command(command: str, namespace: dict) -> None:
                 runpy.run_path(script, run_name="__main__")
         finally:
             sys.argv = saved
-        assert exit_info.value.code in (0, None), f"{command!r} --help exited with {exit_info.value.code}"
+        assert exit_info.value.code in (0, None), (
+            f"{command!r} --help exited with {exit_info.value.code}"
+        )
     elif program == "saved_model_cli":
         assert shutil.which("saved_model_cli"), "saved_model_cli is not on PATH"
     else:
-        pytest.fail(f"No check for the command {command!r}; teach tests/test_docs.py or reword the page.")
+        pytest.fail(
+            f"No check for the command {command!r}; teach tests/test_docs.py or reword the page."
+        )
 
 
 @pytest.fixture()

@@ -224,3 +224,21 @@ def test_options_round_trip_through_keywords():
     assert options.recipe.lr == 3e-3 and options.optimizer.use_ema and options.monitor.patience is None
     assert Options.from_keywords(**options.keywords()) == options
     assert options.replace(lr=1e-4).recipe.lr == 1e-4
+
+
+def test_a_registered_recipe_is_used_by_name(shipped_model, digits_small):
+    from kerasft.engine.plan import RECIPES, Phase, Rate, register_recipe
+
+    @register_recipe("head-twice")
+    def _head_twice(options, model, head):
+        return [Phase("head", 1, "head", Rate(1e-2)), Phase("head-again", 1, "head", Rate(1e-3))]
+
+    try:
+        plan = kerasft.plan(shipped_model, digits_small, recipe="head-twice")
+        assert [p.name for p in plan.phases] == ["head", "head-again"]
+        assert plan.trainable_params == [[1290], [1290]]
+        result = kerasft.finetune(shipped_model, digits_small, recipe="head-twice", verbose=0)
+        assert [p.name for p in result.phases] == ["head", "head-again"]
+        assert "head-twice" in str(pytest.raises(ValueError, Options.from_keywords, recipe="nope").value)
+    finally:
+        RECIPES.pop("head-twice")

@@ -50,6 +50,7 @@ __all__ = [
     "UserCallbacks",
     "TensorBoard",
     "TargetScale",
+    "FrozenBackboneDropout",
     "Thresholds",
     "default_hooks",
 ]
@@ -202,7 +203,7 @@ class NaNGuard(Hook):
             "Training stopped and the last weights with a finite loss were restored; later "
             f"phases were skipped. HINT: try a lower learning rate (e.g. {peak / 10:g}), "
             "gradient clipping (global_clipnorm=1.0), or check the inputs for extreme values.",
-            RuntimeWarning, stacklevel=4,
+            RuntimeWarning, stacklevel=5,  # hook, runner, run, finetune, caller
         )
 
 
@@ -318,6 +319,43 @@ class LRFinder(Hook):
         run.plan = run.plan.resolve_rates(found.suggestions["valley"])
         rates = [str(p.rate) for p in run.plan.phases]
         run.log(f"kerasft: lr_find suggests lr {found.suggestions['valley']:.2e} (valley); phase rates {rates}")
+
+
+# ------------------------------------------------------------------------ frozen backbone
+
+
+class FrozenBackboneDropout(Hook):
+    """Run the frozen layers of a nested backbone in inference mode: their dropout is off.
+
+    The Keras transfer-learning guide calls ``base_model(x, training=False)``: a frozen
+    backbone computes the same features in every epoch. Keras itself keeps the dropout of
+    frozen layers on during ``fit``, so for each phase the dropout inside frozen layers of
+    nested models (a KerasHub backbone, a ``keras.applications`` base) is set to rate 0 and
+    put back after the phase; layers that train keep theirs, and so does dropout in the
+    outer model (the head's). It also makes the frozen bottom a deterministic prefix whose
+    outputs can be cached. Staged phases, whose trainable set changes during ``fit``, are
+    left as they are.
+    """
+
+    def phase_start(self, run: Run) -> None:
+        self._saved: list[tuple[keras.layers.Layer, float]] = []
+        if run.phase.staged:
+            return
+        for _, container in surgery.iter_layers(run.model):
+            if not surgery.is_container(container):
+                continue
+            for _, leaf in surgery.leaf_layers(container):
+                if leaf.trainable:
+                    continue
+                for part in compat.flatten_layers(leaf):
+                    if isinstance(part, keras.layers.Dropout) and part.rate > 0:
+                        self._saved.append((part, part.rate))
+                        part.rate = 0.0
+
+    def phase_end(self, run: Run, result: PhaseResult) -> None:
+        for layer, rate in self._saved:
+            layer.rate = rate
+        self._saved = []
 
 
 # ------------------------------------------------------------------------- task outputs
@@ -448,7 +486,7 @@ def default_hooks(options: Any, monitor: str, spec: Any = None) -> list[Hook]:
         from kerasft.pruning import finetune as pruning_finetune
 
         hooks.append(Pruning(pruning_finetune.parse_prune_option(reg.prune, recipe.kind)))
-    hooks += [BestWeights(), NaNGuard()]
+    hooks += [FrozenBackboneDropout(), BestWeights(), NaNGuard()]
     if run.checkpoint_dir is not None:
         hooks.append(Checkpoint(run.checkpoint_dir))
     hooks.append(Stages())

@@ -64,8 +64,8 @@ class RecipeOptions:
 
     @property
     def kind(self) -> str:
-        """``"lp-ft"``, ``"full"``, ``"head"``, ``"gradual"`` or ``"phases"`` (a phase list)."""
-        return self.recipe if isinstance(self.recipe, str) and self.recipe in BUILTIN_RECIPES else "phases"
+        """The recipe's name (a built-in or registered one), or ``"phases"`` for a phase list."""
+        return self.recipe if isinstance(self.recipe, str) and self.recipe in recipe_names() else "phases"
 
     @property
     def phase_list(self) -> list[dict[str, Any]] | None:
@@ -268,12 +268,19 @@ class Options:
 # ------------------------------------------------------------------------ value checks
 
 
+def recipe_names() -> list[str]:
+    """The recipes a name can select: the built-in ones and any :func:`register_recipe` added."""
+    from kerasft.engine.plan import RECIPES
+
+    return [name for name in RECIPES if name != "phases"]
+
+
 def _check_recipe(o: Options) -> None:
     recipe = o.recipe.recipe
-    if isinstance(recipe, str) and recipe in BUILTIN_RECIPES:
+    if isinstance(recipe, str) and recipe in recipe_names():
         return
     hint = (
-        f"Argument `recipe` must be one of {list(BUILTIN_RECIPES)}, a list of phases "
+        f"Argument `recipe` must be one of {recipe_names()}, a list of phases "
         "([{'layers': regex(es), 'epoch': int, 'lr': float}, ...]) or the path of a "
         f".yaml/.json file of phases. Received: recipe={recipe!r}"
     )

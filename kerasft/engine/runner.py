@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from kerasft import _onednn, surgery
+from kerasft import _onednn, convert, surgery
 from kerasft import data as data_lib
 from kerasft.engine.hooks import Hook
 from kerasft.engine.loading import load_model
@@ -115,7 +115,10 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
     """
     copy = options.run.copy
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model, safe_mode=options.run.safe_mode)
+        model = load_model(model, safe_mode=options.run.safe_mode, verbose=options.run.verbose)
+        copy = False
+    elif convert.is_tf_keras(model):  # a Keras 2 model: converted, so the copy is already new
+        model = convert.to_keras3(model, safe_mode=options.run.safe_mode, verbose=options.run.verbose).model
         copy = False
     surgery.check_operable(model)
     seed, o, t = options.data.seed, options.data, options.task
@@ -143,7 +146,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
             "no validation_data were given. Use monitor='loss' or give validation data."
         )
-    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch)
+    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch).count(task.model, task.head)
     return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor)
 
 
