@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a model (no arguments: the bundled digits demo)")
     ft.add_argument("model", nargs="?", default=None,
                     help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)")
+    ft.add_argument("--task", default="image", choices=["image", "text"],
+                    help="image (default: digits or --data folder) or text: MiniLM (a pretrained BERT) "
+                         "on 400 Rotten Tomatoes reviews, beside KerasHub's hand-written recipe")
+    ft.add_argument("--no-baseline", action="store_true", help="--task text: skip KerasHub's recipe")
     ft.add_argument("--data", default="digits",
                     help="'digits' (scikit-learn digits, default) or an image folder with one "
                          "sub-folder per class (or train/ and test/ splits of such folders)")
@@ -189,6 +193,8 @@ def _predicted_classes(model, x):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    if args.task == "text":
+        return _cmd_finetune_text(args)
     import keras
 
     from kerasft import finetuning as ft
@@ -204,14 +210,15 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from kerasft import surgery
 
     head = surgery.find_head(model)
-    pretrained = _accuracy(model, task["x_test"], task["y_test"]) if head.units == n_classes else None
+    pretrained = _accuracy(model, task["x_test"], task["y_test"]) if surgery.head_units(head) == n_classes else None
     result = ft.finetune(
         model, (task["x_train"], task["y_train"]), recipe=args.recipe, head_epochs=args.head_epochs,
         epochs=args.epochs, lr=args.lr, finetune_lr=args.finetune_lr, unfreeze=args.unfreeze,
         batch_size=args.batch_size, seed=args.seed, num_classes=n_classes, verbose=verbose,
         tensorboard=args.tensorboard,
     )
-    test_acc = _accuracy(result.model, task["x_test"], task["y_test"])
+    evaluation = result.evaluate((task["x_test"], task["y_test"]), class_names=task["class_names"])
+    test_acc = evaluation["accuracy"]
     finetune_seconds = sum(result.seconds.values())
 
     scratch = None
@@ -255,7 +262,10 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "train_examples": int(len(task["x_train"])),
         "test_examples": int(len(task["x_test"])),
         "best_" + result.monitor: result.best_score,
+        "evaluation": evaluation.to_dict(),
     }
+    if not (args.quiet or args.json):
+        print(evaluation, flush=True)
     print(
         f"kerasft: test accuracy {report['test_accuracy']:.4f} after fine-tuning"
         f" | pretrained {report['pretrained_accuracy']}"
@@ -263,6 +273,39 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         f" | {report['seconds']} s" + (f" | exported to {export_path}" if export_path else ""),
         flush=True,
     )
+    return report
+
+
+def _cmd_finetune_text(args: argparse.Namespace) -> dict[str, Any]:
+    from kerasft import textjob
+
+    verbose = 0 if args.quiet or args.json else 1
+    print("kerasft: fine-tuning all-MiniLM-L6-v2 (KerasHub BertTextClassifier) on 400 Rotten Tomatoes "
+          "reviews, testing on 600", flush=True)
+    start = time.perf_counter()
+    job = textjob.run_text_job(seed=args.seed, baseline=not args.no_baseline, verbose=verbose)
+    after, hand = job["after"], job["baseline"]
+    if verbose:
+        print(after, flush=True)
+    report = {
+        "test_accuracy": round(job["accuracy"], 4),
+        "pretrained_accuracy": round(job["before"]["accuracy"], 4),
+        "finetune_seconds": round(job["seconds"], 1),
+        "baseline_accuracy": None if hand is None else round(hand["accuracy"], 4),
+        "baseline_seconds": None if hand is None else round(hand["seconds"], 1),
+        "seconds": round(time.perf_counter() - start, 1),
+        "recipe": {k: v for k, v in job["recipe"].items()},
+        "train_examples": job["train_examples"],
+        "test_examples": job["test_examples"],
+        "evaluation": after.to_dict(),
+        "evaluation_before": job["before"].to_dict(),
+    }
+    line = (f"kerasft: test accuracy {report['test_accuracy']:.4f} after fine-tuning "
+            f"({report['finetune_seconds']} s) | before {report['pretrained_accuracy']}")
+    if hand is not None:
+        line += (f" | KerasHub's recipe by hand {report['baseline_accuracy']:.4f} "
+                 f"({report['baseline_seconds']} s; kerasft/hand {job['seconds'] / hand['seconds']:.2f})")
+    print(line, flush=True)
     return report
 
 

@@ -55,6 +55,12 @@ def finetune(
     lr_mult: float | Sequence[float] | None = None,
     layer_decay: float | None = None,
     layer_groups: Any = None,
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
+    lora_dropout: float = 0.0,
+    lora_targets: Any = None,
+    lora_train: Sequence[str] = ("head",),
+    quantize: str | None = None,
     l2sp: float | None = None,
     clip_weights: float | tuple[float, Any] | None = None,
     use_ema: bool = False,
@@ -125,7 +131,10 @@ def finetune(
             phase at its own rate, in one ``fit`` so that optimizer state carries
             over), or an explicit phase schedule for ``epochs`` epochs: a list
             ``[{"layers": regex(es), "epoch": start, "lr": rate}, ...]`` or the path
-            of a YAML/JSON file of one (see ``kerasft.callbacks.load_phases``).
+            of a YAML/JSON file of one (see ``kerasft.unfreezing.load_phases``); or
+            ``"lora"`` / ``"dora"`` (low-rank adapters beside the frozen pretrained weights,
+            trained with the head at ``finetune_lr`` for ``epochs``), ``"lp-lora"`` /
+            ``"lp-dora"`` (the head first for ``head_epochs`` at ``lr``, then the adapters).
             Defaults to `"lp-ft"`.
         head_epochs: epochs of the head phase. Defaults to `5`.
         epochs: epochs of the fine-tuning phase (of the only phase for ``"full"``).
@@ -158,6 +167,19 @@ def finetune(
         layer_groups: how to cut the model into groups for ``lr_mult``,
             ``layer_decay`` and ``"gradual"``: regexes or ``{name: regex}`` (see
             ``kerasft.layerwise.layer_groups``). Defaults to `None` (blocks by name).
+        lora_rank: rank of the low-rank adapters of the ``"lora"``/``"dora"`` recipes.
+            Defaults to `8`.
+        lora_alpha: adapter scale numerator (scale ``lora_alpha / lora_rank``); ``None``
+            gives a scale of 1. Defaults to `None`.
+        lora_dropout: dropout on the adapters' input. Defaults to `0.0`.
+        lora_targets: layers that get adapters: regexes over layer paths or names, or
+            layer classes; ``None`` picks the attention query/value projections of a
+            transformer, else the Dense and 1x1 convolution layers below the head
+            (see :func:`kerasft.peft.apply_lora`). Defaults to `None`.
+        lora_train: layers trained in full beside the adapters (PEFT's
+            ``modules_to_save``): ``"head"``, ``"norm"`` or path regexes. Defaults to `("head",)`.
+        quantize: ``"int8"`` quantizes the frozen base under the adapters (QLoRA-style,
+            Keras's ``Model.quantize``); LoRA recipes only. Defaults to `None`.
         l2sp: strength of the L2-SP penalty pulling pretrained weights toward their
             starting values (a rebuilt head is left free). Defaults to `None`.
         clip_weights: keep weights in ``[-c, c]``: ``c`` for every layer but

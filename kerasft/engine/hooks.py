@@ -305,16 +305,20 @@ class LRFinder(Hook):
         from kerasft.lr_finder import lr_find
 
         model, first = run.model, run.plan.phases[0]
-        state = surgery.trainable_state(model)
-        if first.trains_body and not first.staged:  # "full": everything trains from the start
+        from kerasft.engine.plan import TrainableSnapshot
+
+        state = TrainableSnapshot.take(model)
+        if first.staged:  # the head, alone in the first stage of a gradual recipe
+            select_trainable(model, run.task.head, dataclasses.replace(first, trains="head", stages=()))
+        elif first.trains in ("head", "adapters"):
+            select_trainable(model, run.task.head, first, run.task.adapters)
+        else:  # "full": everything trains from the start
             surgery.freeze(model)
             surgery.unfreeze(model, train_bn=first.train_bn)
-        else:  # the head (alone in the first stage of a gradual recipe)
-            select_trainable(model, run.task.head, dataclasses.replace(first, trains="head", stages=()))
         try:
             found = lr_find(model, run.data.train, loss=run.task.loss, optimizer=run.make_optimizer(1e-3))
         finally:
-            surgery.set_trainable(model, state)
+            state.restore(model)
         run.lr_find = found
         run.plan = run.plan.resolve_rates(found.suggestions["valley"])
         rates = [str(p.rate) for p in run.plan.phases]

@@ -42,7 +42,9 @@ __all__ = [
     "check_conflicts",
 ]
 
-BUILTIN_RECIPES = ("lp-ft", "full", "head", "gradual")
+BUILTIN_RECIPES = ("lp-ft", "full", "head", "gradual", "lora", "dora", "lp-lora", "lp-dora")
+# Recipes that train low-rank adapters beside frozen pretrained weights, and their method.
+ADAPTER_RECIPES = {"lora": "lora", "dora": "dora", "lp-lora": "lora", "lp-dora": "dora"}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
@@ -61,6 +63,17 @@ class RecipeOptions:
     lr_mult: float | Sequence[float] | None = None
     layer_decay: float | None = None
     layer_groups: Any = None
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_targets: Any = None
+    lora_train: Sequence[str] = ("head",)
+    quantize: str | None = None
+
+    @property
+    def adapters(self) -> str | None:
+        """``"lora"`` or ``"dora"`` when the recipe trains low-rank adapters, else ``None``."""
+        return ADAPTER_RECIPES.get(self.kind)
 
     @property
     def kind(self) -> str:
@@ -388,6 +401,19 @@ def _check_prune(o: Options) -> None:
         pruning_finetune.parse_prune_option(o.regularization.prune, o.recipe.kind)
 
 
+def _check_adapters(o: Options) -> None:
+    r = o.recipe
+    if isinstance(r.lora_rank, bool) or not isinstance(r.lora_rank, int) or r.lora_rank < 1:
+        raise ValueError(f"Argument `lora_rank` must be a positive integer. Received: lora_rank={r.lora_rank!r}")
+    if r.lora_alpha is not None and (isinstance(r.lora_alpha, bool) or not isinstance(r.lora_alpha, (int, float))
+                                     or not r.lora_alpha > 0):
+        raise ValueError(f"Argument `lora_alpha` must be a positive number or None. Received: lora_alpha={r.lora_alpha!r}")
+    if isinstance(r.lora_dropout, bool) or not isinstance(r.lora_dropout, (int, float)) or not 0 <= r.lora_dropout < 1:
+        raise ValueError(f"Argument `lora_dropout` must be in [0, 1). Received: lora_dropout={r.lora_dropout!r}")
+    if r.quantize not in (None, "int8"):
+        raise ValueError(f"Argument `quantize` must be None or 'int8'. Received: quantize={r.quantize!r}")
+
+
 def _check_task(o: Options) -> None:
     t = o.task
     if t.task not in ("auto", *TASKS):
@@ -416,7 +442,7 @@ def _check_task(o: Options) -> None:
 
 _VALUE_CHECKS: list[Callable[[Options], None]] = [
     _check_recipe, _check_numbers, _check_unfreeze, _check_optimizer, _check_strategy_values,
-    _check_speed, _check_prune, _check_task,
+    _check_speed, _check_prune, _check_task, _check_adapters,
 ]
 
 
@@ -447,6 +473,18 @@ def _plain_plateau_callback(o: Options) -> bool:
 
 
 CONFLICTS: list[Conflict] = [
+    Conflict(
+        lambda o: o.recipe.quantize is not None and o.recipe.adapters is None,
+        lambda o: (f"Argument `quantize={o.recipe.quantize!r}` quantizes the frozen base under low-rank "
+                   f"adapters, but recipe={o.recipe.recipe!r} trains no adapters. HINT: pass recipe='lora' "
+                   "or 'lp-lora' (or export with quantization instead)."),
+    ),
+    Conflict(
+        lambda o: o.recipe.adapters is not None and _set(o.regularization.prune),
+        lambda o: (f"Argument `prune` cannot be combined with recipe={o.recipe.recipe!r}: pruning masks the "
+                   "pretrained weights, which low-rank adapters keep frozen. HINT: fine-tune with "
+                   "adapters, merge them (kerasft.peft.merge), then prune the merged model."),
+    ),
     Conflict(
         lambda o: o.task.standardize_targets and o.task.task in ("classification", "multilabel"),
         lambda o: (f"Argument `standardize_targets=True` applies to regression targets, but task={o.task.task!r}. "

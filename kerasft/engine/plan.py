@@ -22,6 +22,7 @@ from typing import Any
 
 import keras
 
+from kerasft import _keras_compat as compat
 from kerasft import layerwise, surgery
 from kerasft.engine.options import RecipeOptions
 from kerasft.unfreezing import apply_trainable, resolve_layers
@@ -35,6 +36,7 @@ __all__ = [
     "build_plan",
     "register_recipe",
     "select_trainable",
+    "TrainableSnapshot",
     "trainable_layers",
 ]
 
@@ -100,7 +102,8 @@ class Phase:
         name: ``"head"``, ``"finetune"``, ``"full"``, ``"gradual"``, ``"phases"``...
         epochs: epochs of the phase (0: skipped).
         trains: ``"head"``, ``"all"``, an ``unfreeze`` value (top N weighted layers, a
-            top fraction, a regex) or ``"stages"``.
+            top fraction, a regex), ``"stages"``, or ``"adapters"`` (low-rank adapters and
+            the layers trained in full beside them, as ``kerasft.peft.apply_lora`` set them).
         rate: the peak learning rate.
         schedule: ``"constant"`` or ``"warmup_cosine"``.
         warmup: fraction of the phase's steps spent warming up.
@@ -160,12 +163,13 @@ class Plan:
         ]
         return dataclasses.replace(self, phases=phases)
 
-    def count(self, model: keras.Model, head: keras.layers.Layer) -> Plan:
+    def count(self, model: keras.Model, head: keras.layers.Layer, adapters: Any = None) -> Plan:
         """Fill :attr:`trainable_params` by applying each phase's trainable set in turn.
 
-        The model's trainable flags are put back afterwards.
+        ``adapters`` is the :class:`TrainableSnapshot` taken after adapters were added
+        (for ``"adapters"`` phases). The model's trainable flags are put back afterwards.
         """
-        state = surgery.trainable_state(model)
+        snapshot = TrainableSnapshot.take(model)
         counts = []
         try:
             for phase in self.phases:
@@ -179,10 +183,10 @@ class Plan:
                         row.append(surgery.count_params(model).trainable)
                     counts.append(row)
                 else:
-                    select_trainable(model, head, phase)
+                    select_trainable(model, head, phase, adapters)
                     counts.append([surgery.count_params(model).trainable])
         finally:
-            surgery.set_trainable(model, state)
+            snapshot.restore(model)
         self.trainable_params = counts
         self.total_params = surgery.count_params(model).total
         return self
@@ -257,6 +261,20 @@ def _full(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> lis
 @register_recipe("head")
 def _head(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
     return [Phase("head", o.epochs, "head", _head_rate(o), train_bn=o.train_bn)]
+
+
+@register_recipe("lora")
+@register_recipe("dora")
+def _adapters(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
+    return [Phase("adapters", o.epochs, "adapters", _body_rate(o), "warmup_cosine", o.warmup, spread=True,
+                  train_bn=o.train_bn)]
+
+
+@register_recipe("lp-lora")
+@register_recipe("lp-dora")
+def _lp_adapters(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
+    return [Phase("head", o.head_epochs, "head", _head_rate(o), train_bn=o.train_bn),
+            *_adapters(o, model, head)]
 
 
 def _staged(name: str, epochs: int, stages: list[Stage], o: RecipeOptions) -> Phase:
@@ -339,10 +357,43 @@ def _unfrozen_body(model: keras.Model, head: keras.layers.Layer, body: list, unf
     return body[body.index(keep[0]):] if keep else []
 
 
-def select_trainable(model: keras.Model, head: keras.layers.Layer, phase: Phase) -> None:
-    """Freeze ``model`` except what the (non-staged) ``phase`` trains."""
+def select_trainable(model: keras.Model, head: keras.layers.Layer, phase: Phase, adapters: Any = None) -> None:
+    """Freeze ``model`` except what the (non-staged) ``phase`` trains.
+
+    An ``"adapters"`` phase restores ``adapters``, the snapshot of the trainable state
+    that ``kerasft.peft.apply_lora`` left (adapters and the layers trained in full).
+    """
+    if phase.trains == "adapters":
+        if adapters is None:
+            raise ValueError(f"Phase {phase.name!r} trains adapters, but the model has none.")
+        adapters.restore(model)
+        return
     ids = {id(lyr) for lyr in trainable_layers(model, head, phase)}
     surgery.set_trainable(model, {p: id(lyr) in ids for p, lyr in surgery.leaf_layers(model)})
+
+
+@dataclass
+class TrainableSnapshot:
+    """Every layer's and variable's ``trainable`` flag, to put back exactly.
+
+    Layer flags cascade to sublayers and variables in Keras, so low-rank adapters (a
+    frozen kernel beside trainable factors in one layer) survive a freeze/unfreeze only
+    by restoring the variables' own flags after the layers'.
+    """
+
+    layers: list[tuple[keras.layers.Layer, bool]]
+    variables: list[tuple[Any, bool]]
+
+    @classmethod
+    def take(cls, model: keras.Model) -> TrainableSnapshot:
+        layers = [(lyr, lyr.trainable) for lyr in compat.flatten_layers(model)]
+        return cls(layers, [(v, v.trainable) for v in model.weights])
+
+    def restore(self, model: keras.Model) -> None:
+        for layer, flag in self.layers:  # top-down: children end with their own flags
+            layer.trainable = flag
+        for variable, flag in self.variables:
+            variable.trainable = flag
 
 
 def stage_layers(model: keras.Model, phase: Phase) -> list[list[keras.layers.Layer]]:

@@ -87,6 +87,8 @@ class FinetuneResult:
             validation data by default).
         target_mean, target_std: the scale regression targets were standardised with
             during training (already folded into the returned model's head), or ``None``.
+        adapters: the :class:`kerasft.peft.LoraResult` of a LoRA/DoRA recipe (targets,
+            trainable report, int8 memory), else ``None``.
     """
 
     model: keras.Model
@@ -109,6 +111,7 @@ class FinetuneResult:
     thresholds: list[float] | None = None
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
+    adapters: Any = None
 
     @property
     def history(self) -> dict[str, dict[str, list[float]]]:
@@ -176,10 +179,16 @@ class FinetuneResult:
         return self.task
 
     def export(self, path: str, **kwargs: Any) -> str:
-        """Export :attr:`model` with :func:`kerasft.export.export_model`; returns the path."""
+        """Export :attr:`model` with :func:`kerasft.export.export_model`; returns the path.
+
+        Low-rank adapters are merged into the weights first (``kerasft.peft.merge``): the
+        export is a plain model.
+        """
+        from kerasft import peft
         from kerasft.export import export_model
 
-        return export_model(self.model, path, **kwargs)
+        model = peft.merge(self.model) if peft.has_adapters(self.model) else self.model
+        return export_model(model, path, **kwargs)
 
     def summary(self) -> str:
         """One line per phase: epochs, seconds, trainable parameters, best ``monitor``."""

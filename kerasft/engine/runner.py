@@ -27,7 +27,14 @@ from kerasft.engine.optim import PhaseOptimizer, phase_optimizer, staged_optimiz
 from kerasft.engine.options import Options
 from kerasft.engine.plan import Phase, Plan, build_plan, select_trainable, trainable_layers
 from kerasft.engine.result import FinetuneResult, NaNEvent, PhaseResult, RegularizationRecord
-from kerasft.engine.task import Task, copy_model, is_keras_hub_task, select_output, setup_task
+from kerasft.engine.task import (
+    Task,
+    add_adapters,
+    copy_model,
+    is_keras_hub_task,
+    select_output,
+    setup_task,
+)
 from kerasft.speed import distribute
 from kerasft.speed.plan import SpeedPlan
 
@@ -98,7 +105,8 @@ class Run:
             best_phase=self.best.best_phase if self.best is not None else None,
             num_classes=self.task.num_classes, label_mode=self.task.label_mode,
             head_rebuilt=self.task.head_rebuilt, task=self.task.kind, thresholds=self.task.thresholds,
-            target_mean=self.task.spec.target_mean, target_std=self.task.spec.target_std, batch_size=self.options.data.batch_size, plan=self.plan,
+            target_mean=self.task.spec.target_mean, target_std=self.task.spec.target_std,
+            adapters=self.task.lora, batch_size=self.options.data.batch_size, plan=self.plan,
             speed=self.speed, lr_find=self.lr_find, pruning=self.pruning, nan=self.nan,
             regularization=self.regularization, stages=self.stages,
         )
@@ -136,6 +144,8 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
         )
         task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
+        if options.recipe.adapters is not None:
+            add_adapters(task, options.recipe)
     except Exception:
         _attach_preprocessor(model, preprocessor)
         raise
@@ -146,7 +156,8 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
             "no validation_data were given. Use monitor='loss' or give validation data."
         )
-    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch).count(task.model, task.head)
+    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch).count(
+        task.model, task.head, task.adapters)
     return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor)
 
 
@@ -219,7 +230,7 @@ class Runner:
         """Set up, compile and fit the current phase."""
         phase, steps = run.phase, run.plan.steps_per_epoch
         if not phase.staged:
-            select_trainable(run.model, run.task.head, phase)
+            select_trainable(run.model, run.task.head, phase, run.task.adapters)
         for hook in self.hooks:
             replacement = hook.phase_start(run)
             if replacement is not None:
@@ -265,7 +276,7 @@ class Runner:
         if run.phase.trains != "head" or index + 1 >= len(phases):
             return None
         following = phases[index + 1]
-        if not following.epochs or following.staged or not following.trains_body:
+        if not following.epochs or following.staged or following.trains in ("head", "adapters"):
             return None
         try:
             return trainable_layers(run.model, run.task.head, following)

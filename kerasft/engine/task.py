@@ -26,7 +26,7 @@ from kerasft.callbacks import monitor_mode
 from kerasft.data import DataSpec, class_weights
 from kerasft.engine.options import TaskOptions
 
-__all__ = ["Task", "setup_task", "loss_and_metrics", "copy_model", "select_output", "is_keras_hub_task",
+__all__ = ["Task", "setup_task", "add_adapters", "loss_and_metrics", "copy_model", "select_output", "is_keras_hub_task",
            "WeightedBinaryCrossentropy"]
 
 
@@ -45,6 +45,10 @@ class Task:
         class_weight: per-class weights for ``fit`` (single-label classification).
         preprocessor: a KerasHub task's preprocessor, run on the data instead of in
             ``fit`` during the run and put back on the returned task.
+        thresholds: per-label decision thresholds (multi-label).
+        adapters: the trainable state low-rank adapters left (a
+            :class:`kerasft.engine.plan.TrainableSnapshot`), for ``"adapters"`` phases.
+        lora: the :class:`kerasft.peft.LoraResult` of the adapters added.
     """
 
     model: keras.Model
@@ -57,6 +61,8 @@ class Task:
     class_weight: dict[int, float] | None = None
     preprocessor: Any = None
     thresholds: list[float] | None = field(default=None)
+    adapters: Any = None
+    lora: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -227,6 +233,19 @@ def _head_activation(options: TaskOptions, old: str, spec: DataSpec) -> Any:
     if spec.task == "regression" or old == "linear":
         return "linear"
     return "sigmoid" if spec.task == "multilabel" or spec.units == 1 else "softmax"
+
+
+def add_adapters(task: Task, recipe: Any) -> None:
+    """Add the low-rank adapters a LoRA/DoRA recipe asks for (``kerasft.peft.apply_lora``)."""
+    from kerasft import peft
+    from kerasft.engine.plan import TrainableSnapshot
+
+    result = peft.apply_lora(task.model, rank=recipe.lora_rank, alpha=recipe.lora_alpha,
+                             dropout=recipe.lora_dropout, targets=recipe.lora_targets, method=recipe.adapters,
+                             train=tuple(recipe.lora_train), quantize=recipe.quantize)
+    task.model, task.lora = result.model, result
+    task.head = surgery.find_head(result.model)
+    task.adapters = TrainableSnapshot.take(result.model)
 
 
 def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, seed: int,

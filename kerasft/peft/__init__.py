@@ -9,7 +9,7 @@ freezes the pretrained weights, ``trainable_report`` shows what trains,
 from kerasft.peft.adapters import load_adapters, save_adapters
 from kerasft.peft.layers import DoRA, LoRA
 from kerasft.peft.lora import LoraResult, apply_lora
-from kerasft.peft.merge import merge
+from kerasft.peft.merge import has_adapters, merge
 from kerasft.peft.report import LayerRow, TrainableReport, trainable_report
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "LoraResult",
     "TrainableReport",
     "apply_lora",
+    "has_adapters",
     "load_adapters",
     "merge",
     "save_adapters",

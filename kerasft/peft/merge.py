@@ -96,3 +96,8 @@ def _strip_adapters(config: Any) -> Any:
     return {
         k: _strip_adapters(v) for k, v in config.items() if k not in ("lora_rank", "lora_alpha")
     }
+
+
+def has_adapters(model: keras.Model) -> bool:
+    """Whether any layer of ``model`` carries a LoRA or DoRA adapter."""
+    return any(_walk.is_adapted(node.layer) for node in _walk.walk(model))
