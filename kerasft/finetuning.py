@@ -73,6 +73,8 @@ def finetune(
     class_weight: str | dict[int, float] | None = None,
     standardize_targets: bool = False,
     thresholds: str | Sequence[float] | None = "tune",
+    label_smoothing: float = 0.0,
+    augment: Any = None,
     from_logits: bool | None = None,
     new_head: bool | None = None,
     head_dropout: float = 0.0,
@@ -214,6 +216,14 @@ def finetune(
             that maximises F1 on the validation data, ``None`` keeps 0.5, or one value
             per label. Kept on ``result.thresholds`` and used by ``result.evaluate``.
             Defaults to `"tune"`.
+        label_smoothing: smooth class labels by this much (Keras's ``label_smoothing``:
+            one-hot targets become ``y * (1 - s) + s / num_classes``). Defaults to `0.0`.
+        augment: augmentation of the training batches in the input pipeline (never in
+            the exported model): ``None``, ``"light"``, ``"light+flip"``, ``"randaugment"``,
+            ``"mixup"``, ``"cutmix"``, ``"feature_mixup"`` (MixUp of what the trainable
+            layers take: cached features stay cached), or a list of Keras preprocessing
+            layers. Input augmentation applies to images (see :mod:`kerasft.augment`).
+            Defaults to `None`.
         from_logits: whether the head outputs logits; detected from its activation.
             Defaults to `None`.
         new_head: ``True`` always rebuilds the output layer, ``False`` never does (an
@@ -222,7 +232,9 @@ def finetune(
         head_dropout: dropout before a rebuilt head. Defaults to `0.0`.
         head_activation: activation of a rebuilt head; ``None`` keeps the old head's
             kind (logits stay logits, probabilities stay probabilities). Defaults to `None`.
-        loss: overrides the loss chosen from the labels. Defaults to `None`.
+        loss: overrides the loss chosen from the labels; ``"focal"`` picks the focal
+            cross-entropy that fits the labels (with ``class_weight`` as its per-class
+            alpha). Defaults to `None`.
         metrics: overrides the metrics (``["accuracy"]``-like). Defaults to `None`.
         monitor: quantity for early stopping and best-weights restore. Defaults to
             ``"val_loss"`` with validation data, else ``"loss"``.

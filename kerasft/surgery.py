@@ -44,6 +44,7 @@ __all__ = [
     "layer_path",
     "leaf_layers",
     "output_chain",
+    "classifier_input",
 ]
 
 # Layers that normalize activations: weight decay skips them, layer groups merge them into
@@ -458,48 +459,75 @@ def output_chain(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.lay
 
     The classifier is a Dense layer or a 1x1 convolution (``Conv1D``/``Conv2D``/
     ``Conv3D``, as in MobileNet and MobileNetV3); the tail may hold Activation, Softmax,
-    Dropout, Identity, Flatten, Reshape and global pooling layers, each called once on
-    one tensor. A nested model's head is returned when the outer model adds nothing.
+    Dropout, Identity, Flatten, Reshape and global pooling layers, each called on one
+    tensor. A nested model's head is returned when the outer model adds nothing.
 
     Raises:
         ValueError: several outputs, no classifier at the end of the graph, or a 1x1
             convolution whose output is not ``(batch, classes)``.
     """
+    head, tail, _ = _walk_output(model)
+    return head, tail
+
+
+def classifier_input(model: keras.Model) -> Any:
+    """The tensor of ``model``'s graph that its classifier reads (the features).
+
+    ``None`` when the classifier is inside a nested model. Found from the output back,
+    so it is right even when the head layer was called more than once.
+
+    Raises:
+        ValueError: as :func:`output_chain`.
+    """
+    return _walk_output(model)[2]
+
+
+def _walk_output(model: keras.Model) -> tuple[keras.layers.Layer, list[keras.layers.Layer], Any]:
+    """``(head, tail, the head's input tensor or None)``, walking back from the output tensor."""
     if len(model.outputs) != 1:
         raise ValueError(
             f"Argument `model` must have one output, but {model.name!r} has "
             f"{len(model.outputs)}. HINT: build a single-output model for classification."
         )
     tail: list[keras.layers.Layer] = []
-    layer = compat.producer(model.outputs[0])
+    # Walk tensors, not layers: a layer called again (each feature-cache split replays
+    # the graph) has several calls, and only the tensor knows which one is this graph's.
+    tensor = model.outputs[0]
+    layer = first = compat.producer(tensor)
     while True:
+        inputs = compat.call_inputs(tensor)
         if _is_classifier(layer):
             tail.reverse()
             _check_classifier_output(model, layer, tail)
-            return layer, tail
+            return layer, tail, inputs[0] if len(inputs) == 1 else None
         if is_container(layer):
             inner, inner_tail = output_chain(layer)
             if not inner_tail and not tail:
-                return inner, []
+                return inner, [], None
             break
         # A raw operation (`x[:, 0]`, `x * 2`) is not a layer: the walk stops there.
-        if isinstance(layer, _WEIGHTLESS_TAIL) and not layer.weights:
+        if isinstance(layer, _WEIGHTLESS_TAIL) and not layer.weights and len(inputs) == 1:
             tail.append(layer)
-            parents = compat.parent_layers(layer)
-            if not parents or len(parents) != 1:
-                break
-            layer = parents[0]
+            tensor = inputs[0]
+            layer = compat.producer(tensor)
             continue
         break
-    kind = "a raw operation" if not isinstance(layer, keras.layers.Layer) else "a layer"
-    name = getattr(layer, "name", None)
+    where = _describe(first)
+    if layer is not first:
+        where += f", and before that, through weightless layers, from {_describe(layer)}"
     raise ValueError(
-        f"Model {model.name!r} has no classifier output layer: its output comes from "
-        f"{name!r} ({kind} of type {type(layer).__name__}). kerasft fine-tunes models whose "
-        "output comes from a Dense layer or a 1x1 convolution (Conv1D/Conv2D/Conv3D), "
-        f"followed only by weightless layers ({_TAIL_NAMES}). HINT: add a head, e.g. "
+        f"Model {model.name!r} has no Dense output layer, nor a 1x1 convolution classifier: "
+        f"its output comes from "
+        f"{where}. kerasft fine-tunes models whose output comes from a Dense layer or a "
+        "1x1 convolution (Conv1D/Conv2D/Conv3D), followed only by weightless layers "
+        f"({_TAIL_NAMES}). HINT: add a head, e.g. "
         "`keras.Model(model.input, keras.layers.Dense(num_classes)(model.output))`."
     )
+
+
+def _describe(op: Any) -> str:
+    kind = "a layer" if isinstance(op, keras.layers.Layer) else "a raw operation"
+    return f"{getattr(op, 'name', None)!r} ({kind} of type {type(op).__name__})"
 
 
 def find_head(model: keras.Model) -> keras.layers.Layer:
@@ -644,14 +672,13 @@ def replace_head(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    head, tail = output_chain(model)
-    if head not in model.layers:
+    head, tail, x = _walk_output(model)
+    if head not in model.layers or x is None:
         raise ValueError(
             f"The head {head.name!r} of model {model.name!r} is inside a nested model. "
             "HINT: build the outer model from the nested model's features, e.g. "
             "`keras.Model(inner.input, inner.get_layer(<layer before head>).output)`."
         )
-    x = head.input
     if dropout:
         x = keras.layers.Dropout(dropout, seed=seed, name=f"{head.name}_dropout")(x)
     initializer = keras.initializers.GlorotUniform(seed=seed)

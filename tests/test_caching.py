@@ -225,3 +225,123 @@ def test_features_derived_from_the_next_cut_and_reused(shipped_model_path, digit
     assert cache.setup_phase(model, 1).feature_source == "computed"
     cache.close()
     assert cache._kept is None
+
+
+# ------------------------------------------- raw operations, KerasHub layers, fallback
+
+
+def _residual_tokens_model():
+    """A residual add and a token slice written as tensor expressions (raw operations)."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = x + keras.layers.Conv2D(8, 3, padding="same", name="block1_conv")(x)
+    x = keras.layers.LayerNormalization(name="block1_norm")(x)
+    cls = keras.layers.Reshape((64, 8), name="tokens")(x)[:, 0]
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(cls))
+
+
+def test_raw_operations_are_constant_when_their_inputs_are():
+    model = _residual_tokens_model()
+    assert {type(op).__name__ for op in model.operations} >= {"Add", "GetItem"}
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    surgery.freeze(model)
+    surgery.set_trainable(model, {"head": True})
+    split = split_frozen_prefix(model)
+    assert split.prefix_layers == ["stem", "block1_conv", "block1_norm", "tokens"]  # layers only
+    assert split.stopped_by == "'head' (trainable)"
+    assert split.prefix.outputs[0].shape == (None, 8)  # the slice x[:, 0] is below the cut
+    np.testing.assert_allclose(split.suffix(split.prefix(x)), model(x), rtol=1e-5, atol=1e-6)
+    # the norm trains: the cut is the output of the raw `x + conv(x)`
+    surgery.set_trainable(model, {"block1_norm": True})
+    split = split_frozen_prefix(model)
+    assert split.prefix_layers == ["stem", "block1_conv"]
+    assert split.prefix.outputs[0].shape == (None, 8, 8, 8)
+    np.testing.assert_allclose(split.suffix(split.prefix(x)), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_keras_hub_layers_are_known_and_unseeded_noise_is_seen():
+    import keras_hub
+
+    def frozen_dino(drop_path_rate):
+        backbone = keras_hub.models.DINOV2Backbone(
+            patch_size=8, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
+            drop_path_rate=drop_path_rate, image_shape=(32, 32, 3), position_embedding_shape=(32, 32, 3))
+        pooled = keras.layers.GlobalAveragePooling1D(name="pool")(backbone.output)
+        model = keras.Model(backbone.input, keras.layers.Dense(3, name="head")(pooled))
+        surgery.freeze(model)
+        surgery.set_trainable(model, {"head": True})
+        return model
+
+    # KerasHub's encoder takes `training` for its Dropout sublayers (rate 0: no
+    # SeedGenerator), so it is known to compute the same in training: cached through.
+    split = split_frozen_prefix(frozen_dino(0.0))
+    assert split.prefix_layers == ["embeddings", "encoder", "layernorm", "pool"]
+    assert split.stopped_by == "'head' (trainable)"
+    # DINOv2's DropPath draws `keras.random.uniform` without a SeedGenerator: seen by its rate
+    split = split_frozen_prefix(frozen_dino(0.2))
+    assert split.prefix_layers == ["embeddings"]
+    assert split.stopped_by == "'encoder' (draws random numbers in training (dropout/noise/augmentation))"
+
+
+def _variable_size_cnn():
+    inputs = keras.Input((None, None, 1))
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(x))
+
+
+def test_variable_size_inputs_are_cached_at_the_size_of_the_data(digits_small):
+    # Input((None, None, 1)): the feature map's size comes from the 28x28 digits
+    runs = {}
+    for mode in (False, "auto"):
+        keras.utils.set_random_seed(2)
+        runs[mode] = _run(_variable_size_cnn(), digits_small, head_epochs=2, epochs=2, unfreeze=1,
+                          cache_features=mode)
+    phases = runs["auto"].speed.phases
+    assert [p.cached for p in phases] == [True, True]
+    assert [p.feature_source for p in phases] == [DERIVED, KEPT]
+    assert phases[1].feature_bytes == len(digits_small[0]) * 26 * 26 * 8 * 4  # conv1's maps
+    _assert_same_run(runs[False], runs["auto"])
+
+
+def _text_cnn(texts):
+    # TextVectorization pads each batch to its longest review: features of no fixed size
+    vectorize = keras.layers.TextVectorization(max_tokens=2000, name="vectorize")
+    vectorize.adapt(texts)
+    inputs = keras.Input((), dtype="string")
+    x = keras.layers.Embedding(2000, 16, name="embed")(vectorize(inputs))
+    x = keras.layers.Conv1D(16, 3, padding="same", name="conv")(x)
+    x = keras.layers.GlobalMaxPooling1D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+
+
+def test_speed_path_falls_back_when_features_would_depend_on_batching(capsys):
+    # A real model the cache cannot serve: TextVectorization pads each batch to its
+    # longest review, so the embedding and conv features below any cut depend on which
+    # reviews share a batch. The run trains on the inputs, as without caching.
+    from kerasft import textdata
+
+    split = textdata.rotten_tomatoes_few_shot(n_train=200, n_test=2, seed=0)
+    data = (split.x_train, split.y_train)
+    # copy=False: Keras's clone_model loses the adapted vocabulary (not a weight)
+    kwargs = dict(head_epochs=1, epochs=1, unfreeze=1, batch_size=16, copy=False)
+    runs = {}
+    for mode in (False, "auto"):
+        keras.utils.set_random_seed(3)
+        runs[mode] = _run(_text_cnn(split.x_train), data, cache_features=mode, **kwargs)
+    phases = runs["auto"].speed.phases
+    assert [p.cached for p in phases] == [False, False]
+    for phase in phases:
+        assert phase.reason.startswith(
+            "caching abandoned: computing the frozen layers' features failed (ValueError: tensors "
+            "below the cut have shapes [(None, None), (None, None, 16)"), phase.reason
+    _assert_same_run(runs[False], runs["auto"], rtol=1e-6, atol=1e-7)
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning, match=r"Argument `cache_features=True`, but caching abandoned"):
+        forced = _run(_text_cnn(split.x_train), data, cache_features=True, **{**kwargs, "verbose": 1})
+    assert [p.cached for p in forced.speed.phases] == [False, False]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "caching abandoned" in line]
+    assert lines == [f"kerasft: not caching features: {p.reason}; training on the inputs"
+                     for p in forced.speed.phases]

@@ -122,7 +122,10 @@ def test_subclassed_model_is_refused_with_hint():
 def test_model_without_dense_head():
     inputs = keras.Input((8, 8, 1))
     out = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 3)(inputs))
-    with pytest.raises(ValueError, match=r"has no Dense output layer.*GlobalAveragePooling2D"):
+    with pytest.raises(ValueError, match=r"has no Dense output layer, nor a 1x1 convolution classifier: its output comes from "
+                       r"'global_average_pooling2d.*' \(a layer of type GlobalAveragePooling2D\), and "
+                       r"before that, through weightless layers, from 'conv2d.*' \(a layer of type "
+                       r"Conv2D\).*Dense layer or a 1x1 convolution"):
         kerasft.find_head(keras.Model(inputs, out))
 
 
@@ -133,3 +136,140 @@ def test_replace_head_validation(shipped_model):
         kerasft.replace_head(shipped_model, 1)
     with pytest.raises(ValueError, match=r"Argument `dropout` must be in \[0, 1\). Received: dropout=1.5"):
         kerasft.replace_head(shipped_model, 3, dropout=1.5)
+
+
+# --------------------------------------------------------------- convolutional heads
+
+
+def _mobilenet_v3(**kwargs):
+    return keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=10, **kwargs)
+
+
+def test_mobilenet_v3_head_is_its_1x1_conv():
+    m = _mobilenet_v3()
+    head = kerasft.find_head(m)
+    assert (head.name, type(head).__name__, surgery.head_units(head)) == ("logits", "Conv2D", 10)
+    assert [type(t).__name__ for t in surgery.output_chain(m)[1]] == ["Flatten", "Activation"]
+    assert surgery.head_activation(m) == "softmax"  # from Activation("softmax") after Flatten
+    assert surgery.head_activation(_mobilenet_v3(classifier_activation=None)) == "linear"
+
+
+def test_mobilenet_head_through_reshape():
+    m = keras.applications.MobileNet(weights=None, alpha=0.25, input_shape=(32, 32, 3), classes=10)
+    assert kerasft.find_head(m).name == "conv_preds"
+    assert surgery.head_activation(m) == "softmax"
+
+
+def test_replace_conv_head_keeps_body_and_tail(tmp_path):
+    m = _mobilenet_v3()
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    new = kerasft.replace_head(m, 3, dropout=0.1, seed=0)
+    head = kerasft.find_head(new)
+    assert isinstance(head, keras.layers.Conv2D) and head.kernel_size == (1, 1)
+    assert (head.name, surgery.head_units(head), tuple(head.kernel.shape)) == ("logits", 3, (1, 1, 1024, 3))
+    assert [type(t).__name__ for t in surgery.output_chain(new)[1]] == ["Flatten", "Activation"]
+    assert new.layers[-1].name == "predictions" and surgery.head_activation(new) == "softmax"
+    assert new.output.shape == (None, 3)
+    body = new.get_layer("conv_2")
+    assert body is m.get_layer("conv_2")  # shared, not copied
+    probabilities = new.predict(x, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    path = str(tmp_path / "mnv3.keras")
+    new.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), probabilities, atol=1e-6)
+
+    logits = kerasft.replace_head(m, 5, activation=None)
+    assert logits.output.shape == (None, 5) and surgery.head_activation(logits) == "linear"
+    assert isinstance(logits.layers[-1], keras.layers.Flatten)
+
+
+def test_replace_head_after_reshape_gives_batch_by_classes():
+    m = keras.applications.MobileNet(weights=None, alpha=0.25, input_shape=(32, 32, 3), classes=10)
+    new = kerasft.replace_head(m, 4, activation="sigmoid")
+    assert new.output.shape == (None, 4)
+    assert surgery.head_units(kerasft.find_head(new)) == 4 and surgery.head_activation(new) == "sigmoid"
+    assert not any(isinstance(layer, keras.layers.Reshape) for layer in new.layers[-3:])
+
+
+def test_conv1d_head_and_dense_head_with_pooling_tail():
+    inputs = keras.Input((6, 4))
+    x = keras.layers.Conv1D(8, 3, padding="same", name="body")(inputs)
+    pooled = keras.layers.GlobalAveragePooling1D(keepdims=True)(x)
+    conv = keras.Model(inputs, keras.layers.Flatten()(keras.layers.Conv1D(3, 1, name="cls")(pooled)))
+    assert kerasft.find_head(conv).name == "cls" and surgery.head_activation(conv) == "linear"
+    assert kerasft.replace_head(conv, 2, activation=None).output.shape == (None, 2)
+    # a Dense applied at every step, then averaged, is a classifier too
+    dense = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(3, name="per_step")(x)))
+    assert kerasft.find_head(dense).name == "per_step"
+    new = kerasft.replace_head(dense, 5)
+    assert new.output.shape == (None, 5) and surgery.head_activation(new) == "softmax"
+
+
+def test_conv_head_on_a_wide_feature_map_is_refused():
+    inputs = keras.Input((4, 4, 2))
+    out = keras.layers.Flatten()(keras.layers.Conv2D(3, 1, name="per_pixel")(inputs))
+    with pytest.raises(ValueError, match=r"ends in 'per_pixel' \(Conv2D, 3 outputs per position\).*"
+                       r"outputs shape \(None, 48\), not \(batch, 3\).*HINT: pool first"):
+        kerasft.find_head(keras.Model(inputs, out))
+    # a 3x3 convolution is not a classifier at all
+    wide = keras.Model(inputs, keras.layers.Flatten()(keras.layers.Conv2D(3, 3, padding="same", name="c3")(
+        keras.layers.GlobalAveragePooling2D(keepdims=True)(inputs))))
+    with pytest.raises(ValueError, match=r"from 'c3' \(a layer of type Conv2D\)"):
+        kerasft.find_head(wide)
+
+
+def test_head_units_error():
+    assert surgery.head_units(keras.layers.Dense(7)) == 7
+    assert surgery.head_units(keras.layers.Conv2D(5, 1)) == 5
+    with pytest.raises(ValueError, match=r"Argument `layer` must be a classifier layer.*"
+                       r"Received: layer 'flat' of type Flatten"):
+        surgery.head_units(keras.layers.Flatten(name="flat"))
+
+
+# ------------------------------------------------------------------- raw operations
+
+
+def _raw_ops_model():
+    """A residual block and a token slice written as tensor expressions (raw operations)."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = x + keras.layers.Conv2D(8, 3, padding="same", name="block1_conv")(x)
+    x = keras.layers.LayerNormalization(name="block1_norm")(x)
+    tokens = keras.layers.Reshape((64, 8))(x)
+    cls = tokens[:, 0]
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(cls), name="raw_ops")
+
+
+def test_raw_operations_are_not_listed_and_freezing_works():
+    m = _raw_ops_model()
+    assert {type(op).__name__ for op in m.operations} >= {"Add", "GetItem"}
+    assert [p for p, _ in surgery.iter_layers(m)] == ["stem", "block1_conv", "block1_norm", "reshape", "head"]
+    frozen = kerasft.freeze(m, up_to="block1_norm")
+    assert [layer.name for layer in frozen] == ["stem", "block1_conv", "block1_norm"]
+    assert sorted(v.path for v in m.trainable_weights) == ["head/bias", "head/kernel"]
+    assert kerasft.find_head(m).name == "head"
+    assert [layer.name for layer in kerasft.find_backbone(m)] == ["stem", "block1_conv", "block1_norm"]
+    new = kerasft.replace_head(m, 2, activation=None)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    assert new.predict(x, verbose=0).shape == (2, 2)
+
+
+def test_output_from_a_raw_operation_is_refused_by_name():
+    inputs = keras.Input((4,))
+    out = keras.layers.Dense(3, name="dense")(inputs) * 2.0
+    with pytest.raises(ValueError, match=r"its output comes from 'multiply.*' \(a raw operation of type Multiply\)"):
+        kerasft.find_head(keras.Model(inputs, out))
+
+
+def test_layer_groups_and_pruning_see_through_raw_operations():
+    from kerasft import layerwise
+    from kerasft.pruning.prune import prune_low_magnitude, strip_pruning
+
+    m = _raw_ops_model()
+    groups = [(name, [layer.name for layer in layers]) for name, layers in layerwise.layer_groups(m)]
+    assert groups == [("stem", ["stem"]), ("block1", ["block1_conv", "block1_norm"]), ("head", ["head"])]
+    pruned = prune_low_magnitude(m)  # clones the graph: the raw `+` and `[:, 0]` are kept
+    assert {type(op).__name__ for op in pruned.operations} >= {"Add", "GetItem", "PruneLowMagnitude"}
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(strip_pruning(pruned).predict(x, verbose=0), m.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)

@@ -277,6 +277,7 @@ def prepare_data(
     label_columns: Any = None,
     preprocessor: Callable | None = None,
     standardize_targets: bool = False,
+    one_hot: bool = False,
     memory_budget: float = 2 * 1024**3,
     shuffle: bool = True,
     check_classes: bool = True,
@@ -311,6 +312,8 @@ def prepare_data(
             preprocessor), run once over in-memory data. Defaults to `None`.
         standardize_targets: train regression heads on targets scaled to mean 0, std 1
             (the scale is in ``spec.target_mean`` / ``target_std``). Defaults to `False`.
+        one_hot: feed single-label classes as one-hot rows (``spec.label_mode`` becomes
+            ``"one_hot"``), for losses and augmentations that blend labels. Defaults to `False`.
         memory_budget: bytes up to which a dataset is read into memory. Defaults to 2 GiB.
         shuffle: shuffle the training pipeline every epoch. Defaults to `True`.
         check_classes: refuse label gaps (classes without examples). Defaults to `True`.
@@ -334,7 +337,7 @@ def prepare_data(
                                       validation_data=validation_data, validation_split=validation_split,
                                       batch_size=batch_size, seed=seed, num_classes=num_classes,
                                       label_mode=label_mode, task=task, head_units=head_units,
-                                      head_activation=head_activation)
+                                      head_activation=head_activation, one_hot=one_hot)
         x, y = arrays
     else:
         x, y = source
@@ -372,6 +375,10 @@ def prepare_data(
         infer_spec(yv, num_classes=spec.num_classes, label_mode=spec.label_mode, task=spec.task,
                    head_units=head_units, head_activation=head_activation, argument="validation_data")
     _check_gaps(spec, num_classes, check_classes)
+    if one_hot and spec.label_mode == "sparse":
+        y = np.eye(spec.num_classes, dtype="float32")[np.asarray(y).reshape(-1).astype(int)]
+        yv = None if yv is None else np.eye(spec.num_classes, dtype="float32")[np.asarray(yv).reshape(-1).astype(int)]
+        spec.label_mode = "one_hot"
     if standardize_targets and spec.task == "regression":
         flat = np.asarray(y, dtype="float64").reshape(len(y), -1)
         spec.target_mean = flat.mean(axis=0).tolist()
@@ -396,7 +403,7 @@ def _check_gaps(spec: DataSpec, num_classes: int | None, check_classes: bool) ->
 
 def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validation_data, validation_split,
                        batch_size, seed, num_classes, label_mode, task, head_units,
-                       head_activation) -> PreparedData:
+                       head_activation, one_hot=False) -> PreparedData:
     """Large or random pipelines: scan labels once, split by a seeded hash of position."""
     if preprocessor is not None:
         ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=_AUTOTUNE)
@@ -414,8 +421,13 @@ def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validati
     y_all = np.concatenate(labels)
     spec = infer_spec(y_all, num_classes=num_classes, label_mode=label_mode, task=task,
                       head_units=head_units, head_activation=head_activation)
+    sparse_to_one_hot = one_hot and spec.label_mode == "sparse"
+    if sparse_to_one_hot:
+        spec.label_mode = "one_hot"
 
     def cast(x, y):
+        if sparse_to_one_hot:
+            return x, tf.one_hot(tf.cast(tf.reshape(y, [-1])[0] if y.shape.rank else y, tf.int32), spec.num_classes)
         if spec.label_mode in ("one_hot", "multi_hot", "continuous"):
             return x, tf.cast(tf.reshape(y, [-1]) if spec.label_mode == "continuous" else y, tf.float32)
         y = tf.reshape(y, [-1])[0] if y.shape.rank else y

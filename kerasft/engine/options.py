@@ -136,6 +136,7 @@ class TaskOptions:
     class_weight: str | Mapping[int, float] | None = None
     standardize_targets: bool = False
     thresholds: str | Sequence[float] | None = "tune"
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class DataOptions:
     batch_size: int = 32
     seed: int = 0
     label_columns: str | Sequence[str] | None = None
+    augment: Any = None
 
 
 @dataclass(frozen=True)
@@ -436,6 +438,11 @@ def _check_task(o: Options) -> None:
             "validation data), None (0.5) or a list of per-label thresholds in (0, 1). "
             f"Received: thresholds={th!r}"
         )
+    ls = t.label_smoothing
+    if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
+        raise ValueError(f"Argument `label_smoothing` must be in [0, 1). Received: label_smoothing={ls!r}")
+    if isinstance(t.loss, str) and t.loss == "focal" and t.task == "regression":
+        raise ValueError("Argument `loss='focal'` is a classification loss, but task='regression'.")
     if t.head is not None and not isinstance(t.head, str):
         raise ValueError(f"Argument `head` must be the name of a model output, or None. Received: head={t.head!r}")
 
@@ -489,6 +496,11 @@ CONFLICTS: list[Conflict] = [
         lambda o: o.task.standardize_targets and o.task.task in ("classification", "multilabel"),
         lambda o: (f"Argument `standardize_targets=True` applies to regression targets, but task={o.task.task!r}. "
                    "HINT: pass task='regression' (or 'auto'), or standardize_targets=False."),
+    ),
+    Conflict(
+        lambda o: o.task.label_smoothing > 0 and o.task.task == "regression",
+        lambda o: (f"Argument `label_smoothing={o.task.label_smoothing}` smooths class labels, but "
+                   "task='regression'. HINT: pass label_smoothing=0."),
     ),
     Conflict(
         lambda o: o.task.class_weight is not None and o.task.task == "regression",

@@ -142,6 +142,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             batch_size=o.batch_size, seed=seed, num_classes=t.num_classes, label_mode=t.label_mode,
             task=t.task, head_units=surgery.head_units(head), head_activation=surgery.head_activation(model),
             label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
+            one_hot=_needs_one_hot(options),
         )
         task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
         if options.recipe.adapters is not None:
@@ -159,6 +160,13 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
     plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch).count(
         task.model, task.head, task.adapters)
     return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor)
+
+
+def _needs_one_hot(options: Options) -> bool:
+    """Whether single-label classes must be one-hot: smoothing, focal loss, mixing augmentation."""
+    t, augment = options.task, options.data.augment
+    return (t.label_smoothing > 0 or (isinstance(t.loss, str) and t.loss == "focal")
+            or (isinstance(augment, str) and augment in ("mixup", "cutmix", "feature_mixup")))
 
 
 def _detach_preprocessor(model: keras.Model) -> Any:

@@ -125,18 +125,29 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "pos_weight": self.pos_weight, "from_logits": self.from_logits}
 
 
-def loss_and_metrics(label_mode: str, from_logits: bool) -> tuple[Any, list]:
-    """The loss and metrics that match the labels and the head."""
+def loss_and_metrics(label_mode: str, from_logits: bool, *, label_smoothing: float = 0.0, focal: bool = False,
+                     alpha: Any = None) -> tuple[Any, list]:
+    """The loss and metrics that match the labels and the head.
+
+    ``label_smoothing`` and ``focal`` (focal cross-entropy, with per-class ``alpha``
+    weights) apply to one-hot, binary and multi-label targets (sparse labels are fed
+    as one-hot rows when either is asked for).
+    """
+    ls = float(label_smoothing)
     if label_mode == "one_hot":
-        return (keras.losses.CategoricalCrossentropy(from_logits=from_logits),
-                [keras.metrics.CategoricalAccuracy(name="accuracy")])
-    if label_mode == "binary":
-        return (keras.losses.BinaryCrossentropy(from_logits=from_logits),
-                [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5)])
-    if label_mode == "multi_hot":
-        return (keras.losses.BinaryCrossentropy(from_logits=from_logits),
-                [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5),
-                 keras.metrics.AUC(name="auc", multi_label=True, from_logits=from_logits)])
+        loss = (keras.losses.CategoricalFocalCrossentropy(alpha=0.25 if alpha is None else alpha, from_logits=from_logits,
+                                                          label_smoothing=ls)
+                if focal else keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=ls))
+        return loss, [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if label_mode in ("binary", "multi_hot"):
+        loss = (keras.losses.BinaryFocalCrossentropy(apply_class_balancing=alpha is not None,
+                                                     alpha=0.25 if alpha is None else float(alpha),
+                                                     from_logits=from_logits, label_smoothing=ls)
+                if focal else keras.losses.BinaryCrossentropy(from_logits=from_logits, label_smoothing=ls))
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5)]
+        if label_mode == "multi_hot":
+            metrics.append(keras.metrics.AUC(name="auc", multi_label=True, from_logits=from_logits))
+        return loss, metrics
     if label_mode == "continuous":
         return (keras.losses.MeanSquaredError(),
                 [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")])
@@ -283,14 +294,22 @@ def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, seed
                 "tell whether it outputs logits. Pass from_logits=True or False."
             )
         from_logits = activation == "linear" and spec.task != "regression"
-    auto_loss, auto_metrics = loss_and_metrics(spec.label_mode, bool(from_logits))
     weights = class_weights(spec, options.class_weight)
-    if weights is not None and spec.task == "multilabel":
+    focal = isinstance(options.loss, str) and options.loss == "focal"
+    alpha = None
+    if focal and weights is not None:  # focal alpha carries the class weights
+        alpha = [weights[i] / sum(weights.values()) for i in range(spec.num_classes)]
+        alpha = alpha if spec.label_mode == "one_hot" else None
+        weights = None if spec.label_mode == "one_hot" else weights
+    auto_loss, auto_metrics = loss_and_metrics(spec.label_mode, bool(from_logits),
+                                               label_smoothing=options.label_smoothing, focal=focal, alpha=alpha)
+    if weights is not None and spec.task == "multilabel" and not focal:
         auto_loss = WeightedBinaryCrossentropy([weights[i] for i in range(spec.num_classes)], bool(from_logits))
         weights = None  # in the loss, not in fit
+    explicit = options.loss is not None and not focal
     return Task(
         model=model, head=head, spec=spec, from_logits=bool(from_logits), head_rebuilt=bool(rebuild),
-        loss=options.loss if options.loss is not None else auto_loss,
+        loss=options.loss if explicit else auto_loss,
         metrics=list(options.metrics) if options.metrics else auto_metrics,
         class_weight=weights, preprocessor=preprocessor,
     )

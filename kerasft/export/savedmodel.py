@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasft import _keras_compat as compat
+from kerasft import surgery
 from kerasft._fileio import atomic_directory, atomic_file
 
 __all__ = [
@@ -284,61 +285,69 @@ def _output_layer(model: keras.Model) -> keras.layers.Layer:
 
 
 def _output_kind(model: keras.Model) -> tuple[str, keras.layers.Layer | None]:
-    """Tell whether the model outputs probabilities or logits, from its last layer.
+    """Tell whether the model outputs probabilities or logits, from its classifier.
 
-    Returns the kind and the `Dense` layer that classifies (`None` when it is not a
-    layer of `model` itself), whose input is the feature vector.
+    The classifier is found as :func:`kerasft.surgery.output_chain` finds it: a Dense
+    layer or a 1x1 convolution (MobileNet, MobileNetV3), followed only by weightless
+    layers (Activation, Softmax, Dropout, Flatten, Reshape, pooling), whose last
+    activation decides. Returns the kind and the `Dense` layer whose input is the
+    feature vector, for the `features` endpoint (`None` when there is no such layer
+    in `model` itself: a convolution head, a nested model's head, or an activation
+    after a non-linear Dense).
     """
     layer = _output_layer(model)
-    act = keras.activations
     if isinstance(layer, keras.Model):
         kind, _ = _output_kind(layer)
         return kind, None
-    if isinstance(layer, keras.layers.Softmax) or (
-        isinstance(layer, keras.layers.Activation) and layer.activation is act.softmax
-    ):
-        parent = _single_parent(layer)
-        linear_dense = isinstance(parent, keras.layers.Dense) and parent.activation is act.linear
-        head = parent if linear_dense else None
-        return "softmax", head
-    if isinstance(layer, keras.layers.Dense):
-        units = layer.units
-        if layer.activation is act.softmax:
-            kind = "softmax"
-        elif layer.activation is act.linear:
-            kind = "binary_logits" if units == 1 else "logits"
-        elif layer.activation is act.sigmoid and units == 1:
-            kind = "sigmoid"
-        elif layer.activation is act.sigmoid:
-            raise ValueError(
-                f"The last layer of model {model.name!r}, {layer.name!r}, is Dense({units}) "
-                "with a sigmoid: a multi-label head. export_model serves single-label "
-                "classifiers (one class per input). HINT: use softmax for mutually "
-                "exclusive classes."
-            )
-        else:
-            name = getattr(layer.activation, "__name__", repr(layer.activation))
-            raise ValueError(
-                f"The last layer of model {model.name!r}, {layer.name!r}, is Dense with "
-                f"activation {name!r}, which makes neither probabilities nor logits. "
-                "HINT: end the model with Dense(num_classes, activation='softmax') or a "
-                "linear Dense (logits)."
-            )
-        return kind, layer
-    raise ValueError(
-        f"Cannot tell whether model {model.name!r} outputs probabilities or logits: its "
-        f"last layer is {layer.name!r} ({type(layer).__name__}). export_model recognizes a "
-        "final Dense (softmax, sigmoid with 1 unit, or linear logits), Softmax or "
-        "Activation('softmax') layer. HINT: end the model with one of these."
+    try:
+        head, tail = surgery.output_chain(model)
+    except ValueError:
+        head, tail = None, []
+    if head is None:
+        if isinstance(layer, keras.layers.Softmax) or (
+            isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.softmax
+        ):
+            return "softmax", None
+        raise ValueError(
+            f"Cannot tell whether model {model.name!r} outputs probabilities or logits: its "
+            f"last layer is {layer.name!r} ({type(layer).__name__}). export_model recognizes a "
+            "final Dense or 1x1 convolution classifier (softmax, sigmoid with 1 unit, or "
+            "linear logits), possibly followed by Activation, Softmax, Dropout, Flatten or "
+            "Reshape layers, or a final Softmax/Activation('softmax') layer. HINT: end the "
+            "model with one of these."
+        )
+    units = surgery.head_units(head)
+    activation = surgery.head_activation(model)
+    described = f"{type(head).__name__}({units})"
+    if activation == "softmax":
+        kind = "softmax"
+    elif activation == "linear":
+        kind = "binary_logits" if units == 1 else "logits"
+    elif activation == "sigmoid" and units == 1:
+        kind = "sigmoid"
+    elif activation == "sigmoid":
+        raise ValueError(
+            f"The last layer of model {model.name!r}, {head.name!r}, is {described} "
+            "with a sigmoid: a multi-label head. export_model serves single-label "
+            "classifiers (one class per input). HINT: use softmax for mutually "
+            "exclusive classes."
+        )
+    else:
+        raise ValueError(
+            f"The last layer of model {model.name!r}, {head.name!r}, is "
+            f"{type(head).__name__} with activation {activation!r}, which makes neither "
+            "probabilities nor logits. HINT: end the model with Dense(num_classes, "
+            "activation='softmax') or a linear Dense (logits)."
+        )
+    # `load_for_finetuning` rebuilds the head from the features endpoint as a Dense
+    # carrying the output activation: that is exact only for such a Dense.
+    activated_later = any(isinstance(t, (keras.layers.Activation, keras.layers.Softmax)) for t in tail)
+    exact = isinstance(head, keras.layers.Dense) and (
+        not activated_later or head.activation is keras.activations.linear
     )
-
-
-def _single_parent(layer: keras.layers.Layer) -> keras.layers.Layer | None:
-    """The layer feeding `layer`, when `layer` is called once on one tensor."""
-    parents = compat.parent_layers(layer)
-    if parents is None or len(parents) != 1:
-        return None
-    return parents[0]
+    reshaped = any(not isinstance(t, (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout))
+                   for t in tail)
+    return kind, head if exact and not reshaped else None
 
 
 def _num_classes(model: keras.Model, kind: str) -> int:
@@ -380,10 +389,12 @@ def _check_class_names(class_names: Sequence[str] | None, num_classes: int) -> l
 
 def _features_model(model: keras.Model, head: keras.layers.Layer | None) -> keras.Model | None:
     """The sub-model from the raw input to the input of the classifying Dense layer."""
-    if head is None or head not in model.layers or compat.node_count(head) != 1:
+    if head is None or head not in model.layers:
         return None
-    features = head.input
-    if isinstance(features, (list, tuple)) or len(features.shape) != 2:
+    # The input of the call that made the output: `head.input` is the first call's,
+    # and feature caching replays the graph (more calls of the same layer).
+    features = surgery.classifier_input(model)
+    if features is None or len(features.shape) != 2:
         return None
     return keras.Model(model.inputs, features, name=f"{model.name}_features")
 

@@ -303,6 +303,8 @@ def _prune_model(model, params, layers):
     copies = []  # (original layer, new layer that receives its weights)
 
     def clone(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a raw operation (`x + y`, `x[:, 0]`): no weights, shared as is
         if isinstance(layer, PruneLowMagnitude):
             new = PruneLowMagnitude.from_config(layer.get_config())
             copies.append((layer, new))
@@ -432,6 +434,8 @@ def strip_model(model):
     copies = []
 
     def clone(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a raw operation: no weights, shared as is
         if isinstance(layer, PruneLowMagnitude):
             new = _clone_layer(layer.layer)
             copies.append((new, _stripped_weights(layer)))

@@ -60,12 +60,16 @@ class FeatureSplit:
         suffix: model from the cut to the outputs; its layers are the full model's.
         prefix_layers: paths of the leaf layers below the cut.
         stopped_by: why the cut is not higher: the first layer above it and the reason.
+        open_shapes: whether a tensor below the cut has a size the model leaves open
+            (``None`` beyond the batch); the data must fix it, or the features would
+            depend on how examples are batched.
     """
 
     prefix: keras.Model
     suffix: keras.Model
     prefix_layers: list[str]
     stopped_by: str
+    open_shapes: bool = False
 
 
 def _layer_paths(model: keras.Model) -> dict[int, str]:
@@ -87,6 +91,8 @@ def _unseeded_noise(layer: keras.layers.Layer) -> bool:
     """Whether ``layer`` has a positive noise rate and a ``call`` that takes ``training``."""
     if isinstance(layer, keras.layers.Dropout) or not compat.call_takes_training(layer):
         return False  # Dropout's SeedGenerator is seen; no `training`, no train-only noise
+    if any(isinstance(part, keras.layers.Dropout) for part in compat.flatten_layers(layer, include_self=False)):
+        return False  # its rate is applied by Dropout sublayers (a KerasHub TransformerEncoder's `dropout`)
     rates = (getattr(layer, name, None) for name in _NOISE_RATES)
     return any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates)
 
@@ -159,8 +165,10 @@ def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.lay
     prefix_layers: list[str] = []
     stops: list[str] = []
     tensors: dict[int, Any] = {}
+    open_shapes = False
 
     def visit_leaf(op, *args, **kwargs):
+        nonlocal open_shapes
         inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
         reason = barrier_reason(op, trainable_ids)
         outputs = op(*args, **kwargs)
@@ -170,8 +178,9 @@ def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.lay
         for t in keras.tree.flatten(outputs):
             constant[id(t)] = is_const
             tensors[id(t)] = t
+            open_shapes |= is_const and _is_open(t)
         path = paths.get(id(op), op.name)
-        if is_const:
+        if is_const and isinstance(op, keras.layers.Layer):  # raw operations are not layers
             prefix_layers.append(path)
         elif reason is not None and all(constant.get(id(t), False) for t in inputs):
             stops.append(f"{path!r} ({reason})")
@@ -203,7 +212,25 @@ def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.lay
     prefix = keras.Model(flat_inputs if len(flat_inputs) > 1 else flat_inputs[0], frontier, name=f"{model.name}_frozen_prefix")
     suffix = keras.Model(frontier, outputs if len(outputs) > 1 else outputs[0],
                          name=f"{model.name}_trainable_suffix")
-    return FeatureSplit(prefix, suffix, prefix_layers, stops[0] if stops else "trainable layers")
+    return FeatureSplit(prefix, suffix, prefix_layers, stops[0] if stops else "trainable layers", open_shapes)
+
+
+def _is_open(tensor: Any) -> bool:
+    return isinstance(tensor, keras.KerasTensor) and None in tuple(tensor.shape)[1:]
+
+
+def _open_tensors(prefix: keras.Model, specs: list) -> list[tuple]:
+    """Shapes of ``prefix``'s tensors still open beyond the batch when its inputs are ``specs``."""
+    inputs = [keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name) for spec in specs]
+    found: list[tuple] = []
+
+    def call_fn(op, *args, **kwargs):
+        outputs = op(*args, **kwargs)
+        found.extend(tuple(t.shape) for t in keras.tree.flatten(outputs) if _is_open(t))
+        return outputs
+
+    compat.run_through_graph(prefix, inputs[0] if len(inputs) == 1 else inputs, call_fn)
+    return found
 
 
 class _Ref:
@@ -484,13 +511,27 @@ class FeatureCache:
             self._validation = (x[0] if len(x) == 1 else x, np.concatenate(ys))
         return self._validation
 
-    def _features(self, prefix: keras.Model, train_inputs: Any, validation_inputs: Any) -> _Features:
-        """``prefix``'s outputs on the training and validation inputs (arrays or file datasets)."""
+    def _features(self, prefix: keras.Model, train_inputs: Any, validation_inputs: Any,
+                  open_shapes: bool = False) -> _Features:
+        """``prefix``'s outputs on the training and validation inputs (arrays or file datasets).
+
+        Raises:
+            ValueError: ``open_shapes`` and a tensor below the cut whose size the data
+                does not fix (set per batch, as by a ``TextVectorization`` that pads to
+                the longest text), so features computed in other batches would differ.
+        """
         # The data fixes sizes the model leaves open (an `Input((None, None, 3))` fed
         # 32x32 images), so the features' size is known before they are computed.
         shapes = _example_shapes(train_inputs)
         in_specs = [tf.TensorSpec((None, *(s if len(s) == len(t.shape) - 1 else t.shape[1:])), t.dtype)
                     for t, s in zip(prefix.inputs, shapes)]
+        unknown = _open_tensors(prefix, in_specs) if open_shapes else []
+        if unknown:
+            raise ValueError(
+                f"tensors below the cut have shapes {unknown[:3]}, whose size is set by each "
+                "batch, not by the data (a layer pads or crops to its batch), so features "
+                "computed in other batches would differ"
+            )
         single = len(in_specs) == 1
         # One trace for every batch size and both splits: tracing a deep prefix costs
         # about as much as running it over a few thousand small images.
@@ -499,10 +540,7 @@ class FeatureCache:
         out_specs = [tf.TensorSpec(t.shape, t.dtype) for t in fn.get_concrete_function().structured_outputs]
         unknown = [tuple(s.shape) for s in out_specs if None in tuple(s.shape)[1:]]
         if unknown:
-            raise ValueError(
-                f"the features at the cut have shapes {unknown}, whose size depends on the batch "
-                "(a layer below the cut pads or crops to its batch), so they cannot be stored"
-            )
+            raise ValueError(f"the features at the cut have shapes {unknown}, whose size is set by each batch")
         train, nbytes, path = self._compute(fn, in_specs, out_specs, train_inputs, self.prepared.n_train)
         result = _Features(train, None, nbytes, [path] if path else [])
         if validation_inputs is not None:
@@ -589,7 +627,8 @@ class FeatureCache:
                 lower = split  # the next phase's cut is this one: compute once, keep
             elif lower is not None and not set(lower.prefix_layers) < set(split.prefix_layers):
                 lower = None
-            feats = self._features((lower or split).prefix, x, None if val is None else val[0])
+            first = lower or split
+            feats = self._features(first.prefix, x, None if val is None else val[0], first.open_shapes)
             if lower is not None:
                 self._keep(model, lower, feats)
             if lower is not None and lower is not split:
@@ -601,7 +640,7 @@ class FeatureCache:
                     suffix = lower.suffix
                 else:
                     base = feats
-                    feats = self._features(middle.prefix, base.train, base.validation)
+                    feats = self._features(middle.prefix, base.train, base.validation, middle.open_shapes)
                     feats.nbytes += base.nbytes
                     suffix = middle.suffix
         seed = self._phase_seed(index)
