@@ -102,9 +102,7 @@ def mixup_batch(x: Any, y: Any, alpha: float, seed: int) -> tuple[Any, Any]:
 def _check_images(signature: Any, name: str) -> None:
     if signature is None:
         return
-    images = [n for n, shape in zip(signature.names, signature.shapes) if len(shape) == 3]
-    if signature.structure != "single" or not images or any(d != "float32" and d not in ("uint8",)
-                                                             for d in signature.dtypes):
+    if signature.structure != "single" or len(signature.shapes[0]) != 3 or signature.dtypes[0] == "string":
         raise ValueError(
             f"Argument `augment={name!r}` augments images, but the model takes "
             f"[{signature.describe()}] (images are inputs of shape (height, width, channels)). "

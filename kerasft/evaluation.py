@@ -30,6 +30,7 @@ from kerasft._fileio import atomic_file
 __all__ = [
     "TASKS",
     "evaluate",
+    "flip_averaged",
     "EvaluationReport",
     "evaluate_model",
     "report_from_predictions",
@@ -427,6 +428,7 @@ def evaluate(
     thresholds: float | Sequence[float] | None = None,
     label_columns: Any = None,
     from_logits: bool | None = None,
+    tta: bool = False,
 ) -> EvaluationReport:
     """The evaluation report of ``model`` on labelled ``data``, in any form ``finetune`` takes.
 
@@ -453,9 +455,14 @@ def evaluate(
         label_columns: the label column(s) when ``data`` is a DataFrame. Defaults to `None`.
         from_logits: whether the model outputs logits; read off its head by default.
             Defaults to `None`.
+        tta: test-time augmentation: average the outputs on each image and on its
+            horizontal flip (images only). Defaults to `False`.
 
     Returns:
         An :class:`EvaluationReport`.
+
+    Raises:
+        ValueError: ``tta=True`` for a model whose input is not an image.
     """
     from kerasft.data import InputSignature, read_examples
 
@@ -464,8 +471,30 @@ def evaluate(
     x, y = read_examples(data, signature=signature, argument="data", label_columns=label_columns)
     # Keras's array adapter takes text as Python strings, not numpy's fixed-width unicode.
     x = keras.tree.map_structure(lambda a: a.astype(object) if a.dtype.kind == "U" else a, x)
+    if tta:
+        if from_logits is None:
+            from_logits = _outputs_are_logits(model)
+        model = flip_averaged(model)
     return evaluate_model(model, x, y, batch_size=batch_size, task=task, from_logits=from_logits,
                           class_names=class_names, thresholds=thresholds)
+
+
+def flip_averaged(model: keras.Model) -> keras.Model:
+    """``model`` whose output is the mean of its outputs on each image and its horizontal flip.
+
+    Raises:
+        ValueError: a model whose input is not one image tensor ``(height, width, channels)``.
+    """
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or getattr(model, "preprocessor", None) is not None:
+        raise ValueError(
+            f"Argument `tta=True` averages over horizontal flips of images, but model {model.name!r} "
+            "does not take one image tensor (batch, height, width, channels). HINT: pass tta=False."
+        )
+    image = keras.Input(batch_shape=inputs[0].shape, dtype=inputs[0].dtype, name="image")
+    flipped = keras.ops.flip(image, axis=2)  # width, channels last
+    return keras.Model(image, keras.layers.Average(name="tta_mean")([model(image), model(flipped)]),
+                       name=f"{model.name}_tta")
 
 
 def _as_arrays(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:

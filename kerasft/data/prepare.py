@@ -53,6 +53,7 @@ class PreparedData:
         arrays: ``(x, y)`` of the training split, ``x`` in the model's input structure,
             ``y`` as the loss takes it.
         signature: the model's inputs the data was checked against.
+        augmentation: the :class:`kerasft.augment.Augmentation` of training batches, if any.
     """
 
     train: tf.data.Dataset
@@ -64,6 +65,7 @@ class PreparedData:
     in_memory: bool
     arrays: tuple[Any, np.ndarray] | None = None
     signature: InputSignature | None = None
+    augmentation: Any = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -235,12 +237,19 @@ def _preprocess(x: Any, preprocessor: Callable, n: int) -> Any:
     return keras.tree.pack_sequence_as(parts[0], flat)
 
 
-def make_pipeline(x: Any, y: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
-    """A batched, prefetched pipeline over in-memory ``(x, y)`` (shuffled every epoch if asked)."""
+def make_pipeline(x: Any, y: np.ndarray, batch_size: int, seed: int, shuffle: bool,
+                  transform: Callable | None = None) -> tf.data.Dataset:
+    """A batched, prefetched pipeline over in-memory ``(x, y)`` (shuffled every epoch if asked).
+
+    ``transform(x, y) -> (x, y)`` runs on each batch (augmentation).
+    """
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(_AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if transform is not None:
+        ds = ds.map(transform, num_parallel_calls=_AUTOTUNE)
+    return ds.prefetch(_AUTOTUNE)
 
 
 def _split(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -278,6 +287,7 @@ def prepare_data(
     preprocessor: Callable | None = None,
     standardize_targets: bool = False,
     one_hot: bool = False,
+    augment: Any = None,
     memory_budget: float = 2 * 1024**3,
     shuffle: bool = True,
     check_classes: bool = True,
@@ -314,6 +324,8 @@ def prepare_data(
             (the scale is in ``spec.target_mean`` / ``target_std``). Defaults to `False`.
         one_hot: feed single-label classes as one-hot rows (``spec.label_mode`` becomes
             ``"one_hot"``), for losses and augmentations that blend labels. Defaults to `False`.
+        augment: ``finetune``'s ``augment`` (see :mod:`kerasft.augment`), applied to the
+            training batches. Defaults to `None`.
         memory_budget: bytes up to which a dataset is read into memory. Defaults to 2 GiB.
         shuffle: shuffle the training pipeline every epoch. Defaults to `True`.
         check_classes: refuse label gaps (classes without examples). Defaults to `True`.
@@ -337,7 +349,7 @@ def prepare_data(
                                       validation_data=validation_data, validation_split=validation_split,
                                       batch_size=batch_size, seed=seed, num_classes=num_classes,
                                       label_mode=label_mode, task=task, head_units=head_units,
-                                      head_activation=head_activation, one_hot=one_hot)
+                                      head_activation=head_activation, one_hot=one_hot, augment=augment)
         x, y = arrays
     else:
         x, y = source
@@ -384,12 +396,26 @@ def prepare_data(
         spec.target_mean = flat.mean(axis=0).tolist()
         spec.target_std = np.where(flat.std(axis=0) > 0, flat.std(axis=0), 1.0).tolist()
     x = keras.tree.map_structure(lambda a: a.astype("float32") if a.dtype == np.float64 else a, x)
-    train = make_pipeline(x, cast_labels(y, spec), batch_size, seed, shuffle=shuffle)
+    augmentation = _augmentation(augment, signature, x, seed, spec)
+    train = make_pipeline(x, cast_labels(y, spec), batch_size, seed, shuffle=shuffle,
+                          transform=augmentation.inputs if augmentation is not None else None)
     val = None if xv is None else make_pipeline(xv, cast_labels(yv, spec), batch_size, seed, shuffle=False)
     return PreparedData(
         train=train, validation=val, spec=spec, n_train=len(y), n_validation=0 if yv is None else len(yv),
         batch_size=batch_size, in_memory=True, arrays=(x, cast_labels(y, spec)), signature=signature,
+        augmentation=augmentation,
     )
+
+
+def _augmentation(augment: Any, signature: InputSignature | None, x: Any, seed: int, spec: DataSpec) -> Any:
+    if augment is None:
+        return None
+    from kerasft.augment import build_augmentation
+
+    flat = inputs_lib.flatten(x)
+    top = max((float(np.max(a)) for a in flat if a.dtype.kind in "fiu" and a.size), default=1.0)
+    return build_augmentation(augment, signature=signature, value_range=(0.0, 255.0 if top > 1.0 else 1.0),
+                              seed=seed, task=spec.task)
 
 
 def _check_gaps(spec: DataSpec, num_classes: int | None, check_classes: bool) -> None:
@@ -403,7 +429,7 @@ def _check_gaps(spec: DataSpec, num_classes: int | None, check_classes: bool) ->
 
 def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validation_data, validation_split,
                        batch_size, seed, num_classes, label_mode, task, head_units,
-                       head_activation, one_hot=False) -> PreparedData:
+                       head_activation, one_hot=False, augment=None) -> PreparedData:
     """Large or random pipelines: scan labels once, split by a seeded hash of position."""
     if preprocessor is not None:
         ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=_AUTOTUNE)
@@ -456,7 +482,12 @@ def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validati
     else:
         train, val, n_val = ds, None, 0
     train = train.map(cast, num_parallel_calls=_AUTOTUNE).shuffle(min(n, 10_000), seed=seed).batch(batch_size)
+    first = inputs_lib.flatten(next(iter(train.take(1)))[0])
+    augmentation = _augmentation(augment, signature, [np.asarray(t) for t in first], seed, spec)
+    if augmentation is not None:
+        train = train.map(augmentation.inputs, num_parallel_calls=_AUTOTUNE)
     if val is not None:
         val = val.map(cast, num_parallel_calls=_AUTOTUNE).batch(batch_size).prefetch(_AUTOTUNE)
     return PreparedData(train=train.prefetch(_AUTOTUNE), validation=val, spec=spec, n_train=n - n_val,
-                        n_validation=n_val, batch_size=batch_size, in_memory=False, signature=signature)
+                        n_validation=n_val, batch_size=batch_size, in_memory=False, signature=signature,
+                        augmentation=augmentation)

@@ -89,6 +89,9 @@ class FinetuneResult:
             during training (already folded into the returned model's head), or ``None``.
         adapters: the :class:`kerasft.peft.LoraResult` of a LoRA/DoRA recipe (targets,
             trainable report, int8 memory), else ``None``.
+        options: the :class:`kerasft.engine.options.Options` of the call.
+        spec: the :class:`kerasft.data.DataSpec` of the training data (task, classes,
+            examples per class).
     """
 
     model: keras.Model
@@ -112,6 +115,8 @@ class FinetuneResult:
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
     adapters: Any = None
+    options: Any = None
+    spec: Any = None
 
     @property
     def history(self) -> dict[str, dict[str, list[float]]]:
@@ -155,13 +160,14 @@ class FinetuneResult:
         return out
 
     def evaluate(self, test_data: Any, *, batch_size: int | None = None, class_names: Any = None,
-                 label_columns: Any = None) -> Any:
+                 label_columns: Any = None, tta: bool = False) -> Any:
         """The evaluation report of :attr:`model` on ``test_data`` (any form ``finetune`` accepts).
 
         Precision, recall and F1 per class with macro and weighted averages, the confusion
         matrix, top-k accuracy and ROC-AUC for classification; per-label figures at the
         run's decision thresholds for multi-label; MSE, MAE, RMSE and R2 for regression.
         ``report["accuracy"]`` (or ``["loss"]``, ``["r2"]``...) reads one figure.
+        ``tta=True`` averages each image's outputs with its horizontal flip's.
 
         Returns:
             A :class:`kerasft.evaluation.EvaluationReport`.
@@ -169,7 +175,7 @@ class FinetuneResult:
         from kerasft.evaluation import evaluate
 
         return evaluate(self.model, test_data, task=self.evaluation_task, batch_size=batch_size or self.batch_size,
-                        class_names=class_names, thresholds=self.thresholds, label_columns=label_columns)
+                        class_names=class_names, thresholds=self.thresholds, label_columns=label_columns, tta=tta)
 
     @property
     def evaluation_task(self) -> str:

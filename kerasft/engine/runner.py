@@ -106,7 +106,7 @@ class Run:
             num_classes=self.task.num_classes, label_mode=self.task.label_mode,
             head_rebuilt=self.task.head_rebuilt, task=self.task.kind, thresholds=self.task.thresholds,
             target_mean=self.task.spec.target_mean, target_std=self.task.spec.target_std,
-            adapters=self.task.lora, batch_size=self.options.data.batch_size, plan=self.plan,
+            adapters=self.task.lora, options=self.options, spec=self.task.spec, batch_size=self.options.data.batch_size, plan=self.plan,
             speed=self.speed, lr_find=self.lr_find, pruning=self.pruning, nan=self.nan,
             regularization=self.regularization, stages=self.stages,
         )
@@ -142,7 +142,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             batch_size=o.batch_size, seed=seed, num_classes=t.num_classes, label_mode=t.label_mode,
             task=t.task, head_units=surgery.head_units(head), head_activation=surgery.head_activation(model),
             label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
-            one_hot=_needs_one_hot(options),
+            one_hot=_needs_one_hot(options), augment=o.augment,
         )
         task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
         if options.recipe.adapters is not None:

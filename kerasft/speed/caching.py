@@ -409,6 +409,10 @@ class FeatureCache:
         return data_lib.has_random_ops(self.prepared.train)
 
     def _global_problem(self) -> str | None:
+        augmentation = self.prepared.augmentation
+        if augmentation is not None and augmentation.on_inputs:
+            return (f"the training inputs are augmented (augment={augmentation.name!r}), so the frozen "
+                    "bottom sees new inputs every epoch; augment='feature_mixup' keeps the cache")
         if self.random_pipeline:
             return "the input pipeline draws random numbers (augmentation), so features change every epoch"
         if self.prepared.arrays is None:
@@ -495,7 +499,9 @@ class FeatureCache:
         if p.arrays is None:
             return PhaseSetup(model, p.train, p.validation, False, "caching off")
         x, y = p.arrays
-        train = data_lib.make_pipeline(x, y, p.batch_size, self._phase_seed(index), shuffle=True)
+        augmentation = p.augmentation
+        train = data_lib.make_pipeline(x, y, p.batch_size, self._phase_seed(index), shuffle=True,
+                                       transform=augmentation.inputs if augmentation is not None else None)
         return PhaseSetup(model, train, p.validation, False, "caching off")
 
     def _validation_arrays(self) -> tuple[Any, np.ndarray] | None:
@@ -658,12 +664,18 @@ class FeatureCache:
 
     def _pipeline(self, feats: Any, labels: np.ndarray, seed: int, shuffle: bool) -> tf.data.Dataset:
         batch_size = self.prepared.batch_size
+        augmentation = self.prepared.augmentation
+        # Only training batches (shuffled) are augmented; on features, only feature MixUp applies.
+        transform = augmentation.features if shuffle and augmentation is not None else None
         if not isinstance(feats, tf.data.Dataset):
-            return data_lib.make_pipeline(_unwrap(feats), labels, batch_size, seed, shuffle=shuffle)
+            return data_lib.make_pipeline(_unwrap(feats), labels, batch_size, seed, shuffle=shuffle, transform=transform)
         ds = tf.data.Dataset.zip((feats.map(_unwrap_tf), tf.data.Dataset.from_tensor_slices(labels)))
         if shuffle:
             ds = ds.shuffle(min(len(labels), _SHUFFLE_WINDOW), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size)
+        if transform is not None:
+            ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def close(self) -> None:
         """Drop kept features; remove the cache files written here (its own temporary directory)."""
