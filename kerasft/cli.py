@@ -119,7 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model")
     ex.add_argument("path")
     ex.add_argument("--format", default="saved_model", help="saved_model (default) or tflite")
-    ex.add_argument("--quantize", default=None, help="tflite only: 'dynamic'")
+    ex.add_argument("--quantize", default=None,
+                    help="tflite only: float16, dynamic (int8 weights) or int8 (full-integer, "
+                         "calibrated on --data)")
+    ex.add_argument("--io-dtype", default="float32",
+                    help="--quantize int8 only: float32 (default), int8 or uint8 model input/output")
+    ex.add_argument("--data", default=None,
+                    help="'digits' (default when the model takes 28x28x1 digits), an image folder, "
+                         "or 'none': int8 calibration inputs, and held-out data for the LiteRT "
+                         "check and the model card's evaluation")
     ex.add_argument("--class-names", default=None, help="comma-separated class names")
     ex.add_argument("--overwrite", action="store_true")
     ex.add_argument("--unsafe", action="store_true")
@@ -315,10 +323,47 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
     model = ft.load_model(args.model, safe_mode=not args.unsafe)
     names = args.class_names.split(",") if args.class_names else None
+    data = _export_data(args, model)
+    representative = verify = None
+    if data is not None:
+        representative, verify = data["x_train"], (data["x_test"], data["y_test"])
     path = export_model(model, args.path, format=args.format, class_names=names,
-                        quantize=args.quantize, overwrite=args.overwrite)
-    print(f"kerasft: exported {args.model} to {path}")
-    return {"export_path": path}
+                        quantize=args.quantize, io_dtype=args.io_dtype,
+                        representative_data=representative, verify_data=verify,
+                        overwrite=args.overwrite)
+    size = path.metadata["size_bytes"]
+    print(f"kerasft: exported {args.model} to {path} ({size / 1024:.1f} KiB)")
+    if path.check is not None:
+        print(f"kerasft: {path.check}")
+    report = {"export_path": path, "size_bytes": size}
+    if path.check is not None:
+        report["tflite_check"] = path.check.to_dict()
+    return report
+
+
+def _export_data(args: argparse.Namespace, model) -> dict[str, Any] | None:
+    """``--data`` of ``kerasft export``: calibration and held-out arrays, or ``None``."""
+    if args.data == "none":
+        if args.quantize == "int8":
+            raise ValueError(
+                "Argument `--quantize int8` needs representative data to calibrate on. Received: "
+                "--data none. Pass --data digits or --data DIR (an image folder), or use "
+                "--quantize dynamic, which needs no data."
+            )
+        return None
+    shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
+    width = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
+    if args.data in (None, "digits") and (shape != (28, 28, 1) or width != 10):
+        if args.data is None and args.quantize != "int8":
+            print("kerasft: no data to check the export on (the model does not take the 28x28x1, "
+                  "10-class digits); pass --data DIR for a LiteRT check and an evaluation")
+            return None
+        raise ValueError(
+            f"Argument `--data digits`: the digits are 28x28x1 images of 10 classes, but model "
+            f"{model.name!r} takes inputs of shape {shape} and has {width} outputs. Pass --data DIR "
+            "(an image folder with one sub-folder per class) for representative data."
+        )
+    return _load_task(args.data or "digits", 10, 0, model)
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:

@@ -89,6 +89,7 @@ def finetune(
     checkpoint_dir: str | os.PathLike | None = None,
     cache_features: bool | str = "auto",
     cache_budget: float = 1024**3,
+    feature_store: Any = None,
     jit_compile: bool | str = "auto",
     mixed_precision: bool | str | None = None,
     steps_per_execution: int | str = "auto",
@@ -267,6 +268,11 @@ def finetune(
             :mod:`kerasft.speed.caching`. Defaults to `"auto"`.
         cache_budget: bytes of cached features kept in memory; more go to a
             ``tf.data`` cache file in a temporary directory. Defaults to 1 GiB.
+        feature_store: a :class:`kerasft.speed.FeatureStore` shared by several calls:
+            cached features are looked up there before they are computed (keyed by
+            the frozen layers, their weights' values and the inputs' values), so calls
+            on the same pretrained model and data compute them once. ``kerasft.search``
+            gives one to all its trials. Defaults to `None`.
         jit_compile: XLA-compile the training step: ``"auto"`` on GPU/TPU only (XLA
             was 7x slower on CPU), ``True`` or ``False``. Defaults to `"auto"`.
         mixed_precision: ``None`` (float32), ``True``/``"auto"`` (``mixed_float16``

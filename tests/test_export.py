@@ -96,6 +96,10 @@ def test_saved_model_ships_class_names_and_metadata(exported):
     assert meta["head"] == "predictions"
     with open(os.path.join(exported, "kerasft.json")) as f:
         assert json.load(f) == meta
+    assert meta["size_bytes"] > 1_000_000
+    # The model card lives inside the SavedModel, beside kerasft.json.
+    assert {"MODEL_CARD.md", "model_card.json"} <= set(os.listdir(exported))
+    assert exported.card.model["class_names"] == DIGIT_NAMES
     # Readable by everyone, writable by the owner only.
     for root, _, files in os.walk(exported):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o755
@@ -344,19 +348,24 @@ def test_cli_export(shipped_model_path, model, x_test, tmp_path):
 # --- TFLite ------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 def test_tflite_float_and_dynamic_match_keras(model, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
     x = digits[0][:300]
     expected = model.predict(x, verbose=0)
     outputs, sizes = {}, {}
     for quantize in (None, "dynamic"):
         path = export_model(
             model, tmp_path / f"m_{quantize}.tflite", format="tflite",
-            class_names=DIGIT_NAMES, quantize=quantize,
+            class_names=DIGIT_NAMES, quantize=quantize, verify_data=x,
         )
         sizes[quantize] = os.path.getsize(path)
-        runner = tf.lite.Interpreter(model_path=path).get_signature_runner("serve")
+        runner = Interpreter(model_path=path).get_signature_runner("serve")
         outputs[quantize] = runner(image=x)
+        # The export's own LiteRT check saw the same.
+        agreement = np.mean(outputs[quantize]["class_id"] == expected.argmax(-1))
+        assert path.check.agreement == pytest.approx(agreement)
+        assert read_export_metadata(path)["tflite_check"]["examples"] == 300
 
     exact = outputs[None]
     assert np.abs(exact["probabilities"] - expected).max() < 1e-5  # measured ~1.4e-6
@@ -446,8 +455,13 @@ def test_argument_errors(model, tmp_path):
         r"Received: format='onnx'",
     ):
         export_model(model, tmp_path / "m", format="onnx")
-    with pytest.raises(ValueError, match=r"must be one of \[None, 'dynamic'\]. Received: quantize='int8'"):
+    with pytest.raises(ValueError, match=r"must be one of \[None, 'float16', 'dynamic', 'int8'\]. "
+                                         r"Received: quantize='int4'"):
+        export_model(model, tmp_path / "m.tflite", format="tflite", quantize="int4")
+    with pytest.raises(ValueError, match=r"`representative_data` is required for quantize='int8'"):
         export_model(model, tmp_path / "m.tflite", format="tflite", quantize="int8")
+    with pytest.raises(ValueError, match=r"`io_dtype='uint8'` applies to quantize='int8' only"):
+        export_model(model, tmp_path / "m.tflite", format="tflite", io_dtype="uint8")
     with pytest.raises(ValueError, match="applies to format='tflite' only"):
         export_model(model, tmp_path / "m", quantize="dynamic")
     with pytest.raises(ValueError, match="must end with '.tflite'"):

@@ -174,3 +174,26 @@ def test_killed_gradual_run_resumes_with_the_right_trainable_set(tmp_path, shipp
     code, straight = _run(script, shipped_model_path, str(tmp_path / "other"))
     assert code == 0
     assert abs(_result(resumed)["accuracy"] - _result(straight)["accuracy"]) <= 0.03
+
+
+LORA_SCRIPT = SCRIPT.replace("head_epochs=2, epochs=8, lr=1e-3,",
+                             "recipe='lp-lora', lora_rank=4, head_epochs=2, epochs=8, lr=1e-2,")
+
+
+@pytest.mark.slow
+def test_killed_lora_run_resumes_in_the_adapter_phase(tmp_path, shipped_model_path):
+    ckpt = str(tmp_path / "ckpt")
+    code, lines = _run(LORA_SCRIPT, shipped_model_path, ckpt, kill_after_epochs=3)
+    assert code == -signal.SIGKILL
+    meta = json.load(open(os.path.join(ckpt, "phase-1", "training_metadata.json")))
+    assert 3 <= meta["epoch"] < 8
+    code, resumed = _run(LORA_SCRIPT, shipped_model_path, ckpt)
+    assert code == 0, "\n".join(resumed[-30:])
+    assert f"resuming phase 'adapters' after epoch {meta['epoch']}" in "\n".join(resumed)
+    # The resumed phase trains the adapters and the head only, as the interrupted one did.
+    begins = [int(x.split("BEGIN ")[1].split()[0]) for x in resumed if "BEGIN " in x]
+    assert begins == [4]  # lora_kernel_a/b of "fc" + the head's kernel and bias
+    code, straight = _run(LORA_SCRIPT, shipped_model_path, str(tmp_path / "other"))
+    a, b = _result(resumed), _result(straight)
+    assert a["iterations"] == b["iterations"] and a["phases"] == b["phases"] == ["head", "adapters"]
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.03 and b["accuracy"] > 0.85

@@ -41,11 +41,14 @@ class InputSignature:
         """The signature of a built Keras model, or ``None`` if it has no symbolic inputs."""
         try:
             tensors = list(model.inputs)
-            structure = model.input
         except (AttributeError, ValueError, TypeError):
             return None
         if not tensors:
             return None
+        try:
+            structure = model.input
+        except (AttributeError, ValueError):  # a Sequential model that was never called
+            structure = tensors if len(tensors) > 1 else tensors[0]
         if isinstance(structure, Mapping):
             kind, names = "dict", tuple(sorted(structure))
         else:

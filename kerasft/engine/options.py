@@ -195,6 +195,7 @@ class SpeedOptions:
     mixed_precision: bool | str | None = None
     steps_per_execution: int | str = "auto"
     distribute: Any = None
+    feature_store: Any = None
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def recipe_names() -> list[str]:
     """The recipes a name can select: the built-in ones and any :func:`register_recipe` added."""
     from kerasft.engine.plan import RECIPES
 
-    return [name for name in RECIPES if name != "phases"]
+    return [*BUILTIN_RECIPES, *(name for name in RECIPES if name not in BUILTIN_RECIPES and name != "phases")]
 
 
 def _check_recipe(o: Options) -> None:
@@ -485,12 +486,6 @@ CONFLICTS: list[Conflict] = [
         lambda o: (f"Argument `quantize={o.recipe.quantize!r}` quantizes the frozen base under low-rank "
                    f"adapters, but recipe={o.recipe.recipe!r} trains no adapters. HINT: pass recipe='lora' "
                    "or 'lp-lora' (or export with quantization instead)."),
-    ),
-    Conflict(
-        lambda o: o.recipe.adapters is not None and _set(o.regularization.prune),
-        lambda o: (f"Argument `prune` cannot be combined with recipe={o.recipe.recipe!r}: pruning masks the "
-                   "pretrained weights, which low-rank adapters keep frozen. HINT: fine-tune with "
-                   "adapters, merge them (kerasft.peft.merge), then prune the merged model."),
     ),
     Conflict(
         lambda o: o.task.standardize_targets and o.task.task in ("classification", "multilabel"),

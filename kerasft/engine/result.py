@@ -92,6 +92,9 @@ class FinetuneResult:
         options: the :class:`kerasft.engine.options.Options` of the call.
         spec: the :class:`kerasft.data.DataSpec` of the training data (task, classes,
             examples per class).
+        representative: a :class:`kerasft.export.ExportSample` (up to 200 training inputs
+            and 200 held-out validation examples) that :meth:`export` calibrates int8
+            TFLite files on and checks TFLite files with, or ``None``.
     """
 
     model: keras.Model
@@ -117,6 +120,7 @@ class FinetuneResult:
     adapters: Any = None
     options: Any = None
     spec: Any = None
+    representative: Any = None
 
     @property
     def history(self) -> dict[str, dict[str, list[float]]]:
@@ -184,17 +188,41 @@ class FinetuneResult:
             return "binary" if self.num_classes == 2 else "multiclass"
         return self.task
 
-    def export(self, path: str, **kwargs: Any) -> str:
+    def export(self, path: str, *, representative_data: Any = None, verify_data: Any = None,
+               evaluation: Any = None, **kwargs: Any) -> str:
         """Export :attr:`model` with :func:`kerasft.export.export_model`; returns the path.
 
         Low-rank adapters are merged into the weights first (``kerasft.peft.merge``): the
-        export is a plain model.
+        export is a plain model. The model card beside it describes the run (data, recipe
+        and non-default options, phases). A TFLite file is calibrated (``quantize="int8"``)
+        on :attr:`representative`'s training inputs and checked on its held-out examples
+        unless ``representative_data`` / ``verify_data`` are given; a result without that
+        sample (``representative`` is ``None``) needs ``representative_data`` for int8.
+
+        Args:
+            path: a SavedModel directory or a ``.tflite`` file.
+            representative_data: int8 calibration inputs. Defaults to `None` (the run's sample).
+            verify_data: held-out ``(x, y)`` for the TFLite check and the card's evaluation.
+                Defaults to `None` (the run's held-out sample, else its training sample).
+            evaluation: a :class:`kerasft.evaluation.EvaluationReport` for the card.
+                Defaults to `None` (computed on ``verify_data`` when it has labels).
+            **kwargs: further :func:`kerasft.export.export_model` arguments (``format``,
+                ``class_names``, ``quantize``, ``io_dtype``, ``overwrite``).
+
+        Returns:
+            A :class:`kerasft.export.ExportedPath` (a ``str``) with ``.check`` and ``.card``.
         """
         from kerasft import peft
         from kerasft.export import export_model
 
         model = peft.merge(self.model) if peft.has_adapters(self.model) else self.model
-        return export_model(model, path, **kwargs)
+        sample = self.representative
+        if representative_data is None:
+            representative_data = sample
+        if verify_data is None:
+            verify_data = sample
+        return export_model(model, path, representative_data=representative_data,
+                            verify_data=verify_data, evaluation=evaluation, result=self, **kwargs)
 
     def summary(self) -> str:
         """One line per phase: epochs, seconds, trainable parameters, best ``monitor``."""

@@ -35,6 +35,7 @@ from kerasft.engine.task import (
     select_output,
     setup_task,
 )
+from kerasft.export.tflite import export_sample
 from kerasft.speed import distribute
 from kerasft.speed.plan import SpeedPlan
 
@@ -106,7 +107,8 @@ class Run:
             num_classes=self.task.num_classes, label_mode=self.task.label_mode,
             head_rebuilt=self.task.head_rebuilt, task=self.task.kind, thresholds=self.task.thresholds,
             target_mean=self.task.spec.target_mean, target_std=self.task.spec.target_std,
-            adapters=self.task.lora, options=self.options, spec=self.task.spec, batch_size=self.options.data.batch_size, plan=self.plan,
+            adapters=self.task.lora, options=self.options, spec=self.task.spec,
+            representative=export_sample(self.data), batch_size=self.options.data.batch_size, plan=self.plan,
             speed=self.speed, lr_find=self.lr_find, pruning=self.pruning, nan=self.nan,
             regularization=self.regularization, stages=self.stages,
         )
@@ -204,7 +206,8 @@ class Runner:
         speed = SpeedPlan(run.model, run.data, cache_features=s.cache_features, cache_budget=s.cache_budget,
                           jit_compile=s.jit_compile, mixed_precision=s.mixed_precision,
                           steps_per_execution=s.steps_per_execution, seed=run.options.data.seed,
-                          distributed=self.strategy is not None, verbose=run.options.run.verbose)
+                          distributed=self.strategy is not None, verbose=run.options.run.verbose,
+                          feature_store=s.feature_store)
         task = run.task
         run.log(f"kerasft: {run.data.n_train} training / {run.data.n_validation} validation examples, "
                 f"{task.describe()}")

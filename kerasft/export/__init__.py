@@ -9,31 +9,52 @@ name when class names are given. A SavedModel also carries `assets/class_names.t
 `kerasft.json` metadata file, and a `features` endpoint (the input of the classification
 layer) so that `load_for_finetuning` (in `kerasft.export.loading`) can separate the
 trainable body from the head, and `kerasft.finetune("path/to/export", data)` can keep or
-replace it. Every export is written beside its destination and renamed into place, so an
+replace it. A TFLite file may be float16, dynamic-range or full-integer (int8) quantized
+and is checked in the LiteRT interpreter against the Keras model
+(`kerasft.export.tflite`); every export carries a model card (`kerasft.export.card`).
+Every export is written beside its destination and renamed into place, so an
 interrupted export never leaves a half-written model where a good one was.
 """
 
+from kerasft.export.card import CARD_FILE, CARD_JSON, ModelCard, model_card
 from kerasft.export.loading import SavedModelLayer, load_for_finetuning, load_saved_model
 from kerasft.export.savedmodel import (
     CLASS_NAMES_ASSET,
     FEATURES_ENDPOINT,
     FORMATS,
+    IO_DTYPES,
     METADATA_FILE,
     QUANTIZE,
     SERVE_ENDPOINT,
+    ExportedPath,
+    export_files,
     export_model,
     read_export_metadata,
+    served_probabilities,
 )
+from kerasft.export.tflite import ExportSample, TFLiteCheck, export_sample, verify_tflite
 
 __all__ = [
     "export_model",
+    "export_files",
     "load_for_finetuning",
     "load_saved_model",
     "read_export_metadata",
+    "served_probabilities",
+    "verify_tflite",
+    "export_sample",
+    "model_card",
+    "ModelCard",
+    "ExportedPath",
+    "ExportSample",
+    "TFLiteCheck",
     "SavedModelLayer",
+    "CARD_FILE",
+    "CARD_JSON",
     "CLASS_NAMES_ASSET",
     "FEATURES_ENDPOINT",
     "FORMATS",
+    "IO_DTYPES",
     "METADATA_FILE",
     "QUANTIZE",
     "SERVE_ENDPOINT",

@@ -2,20 +2,24 @@
 
 `export_model` writes a TensorFlow SavedModel (through Keras 3's `keras.export.ExportArchive`,
 the machinery behind `model.export(..., format="tf_saved_model")`) or a TFLite flatbuffer
-returning class probabilities and the top class (and its name), plus, in a SavedModel,
-`kerasft.json` metadata and a `features` endpoint that `kerasft.export.loading` reads
-back. This module also defines that on-disk layout: the file and endpoint names below,
-and `read_export_metadata`.
+returning class probabilities and the top class (and its name), with `kerasft.json`
+metadata and a model card (`kerasft.export.card`); a SavedModel also gets a `features`
+endpoint that `kerasft.export.loading` reads back, and a TFLite file is checked in the
+LiteRT interpreter (`kerasft.export.tflite`). This module also defines that on-disk
+layout: the file and endpoint names below, `export_files` and `read_export_metadata`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -24,12 +28,19 @@ import tensorflow as tf
 from kerasft import _keras_compat as compat
 from kerasft import surgery
 from kerasft._fileio import atomic_directory, atomic_file
+from kerasft.export import card as card_lib
+from kerasft.export import tflite
+from kerasft.export.tflite import IO_DTYPES, QUANTIZE
 
 __all__ = [
     "export_model",
+    "export_files",
     "read_export_metadata",
+    "served_probabilities",
+    "ExportedPath",
     "FORMATS",
     "QUANTIZE",
+    "IO_DTYPES",
     "METADATA_FILE",
     "CLASS_NAMES_ASSET",
     "SERVE_ENDPOINT",
@@ -37,16 +48,31 @@ __all__ = [
 ]
 
 FORMATS = ("saved_model", "tflite")
-QUANTIZE = (None, "dynamic")
 METADATA_FILE = "kerasft.json"
 CLASS_NAMES_ASSET = "class_names.txt"
 SERVE_ENDPOINT = "serve"
 FEATURES_ENDPOINT = "features"
+# Below this top-1 agreement with Keras a TFLite export warns: quantization hurt.
+AGREEMENT_WARNING = 0.95
 
 # How the model's output becomes probabilities. "softmax": already probabilities;
 # "logits": softmax them; "sigmoid": one probability p of class 1, served as [1 - p, p];
 # "binary_logits": one logit, sigmoid then [1 - p, p].
 _OUTPUT_KINDS = ("softmax", "logits", "sigmoid", "binary_logits")
+
+
+class ExportedPath(str):
+    """The absolute path of an export (a `str`), with what the export measured.
+
+    Attributes:
+        metadata: the `kerasft.json` metadata written beside the model.
+        check: the `kerasft.export.tflite.TFLiteCheck` of a TFLite export, else `None`.
+        card: the `kerasft.export.card.ModelCard` written beside the model.
+    """
+
+    metadata: dict
+    check: Any
+    card: Any
 
 
 def export_model(
@@ -56,8 +82,13 @@ def export_model(
     format: str = "saved_model",
     class_names: Sequence[str] | None = None,
     quantize: str | None = None,
+    io_dtype: str = "float32",
+    representative_data: Any = None,
+    verify_data: Any = None,
+    evaluation: Any = None,
+    result: Any = None,
     overwrite: bool = False,
-) -> str:
+) -> ExportedPath:
     """Export a classifier as a SavedModel or a TFLite file that serves raw inputs.
 
     The exported function takes what the model takes (for the shipped MNIST CNN, raw
@@ -73,13 +104,25 @@ def export_model(
     TF-Serving) and, when the classification layer can be located in the graph,
     `features` (raw input -> input of that layer), used by `load_for_finetuning`. The
     `class_name` output looks names up in `assets/class_names.txt` (one per line), and
-    `kerasft.json` records the input spec, output kind, class names and versions. A TFLite
-    export (`path` ending in `.tflite`) holds the `serve` signature only, with class
-    names embedded as constants; `quantize="dynamic"` stores weights as int8
-    (dynamic-range quantization), about 4x smaller.
+    `kerasft.json` records the input spec, output kind, class names and versions.
 
-    The export is written to a temporary path beside `path` and renamed into place when
-    complete.
+    A TFLite export (`path` ending in `.tflite`) holds the `serve` signature only, with
+    class names embedded as constants. `quantize` picks its weights: `None` float32;
+    `"float16"` (half the size); `"dynamic"` int8 weights with float activations (about
+    4x smaller); `"int8"` full-integer quantization, int8 weights and activations with
+    ranges calibrated on `representative_data`, and float32, int8 or uint8 input and
+    `probabilities` (`io_dtype`; a quantized input takes `round(x / scale + zero_point)`,
+    the scale and zero point are in `kerasft.json`). Every TFLite file is run by the
+    LiteRT interpreter beside the Keras model on `verify_data` (else on
+    `representative_data`, else once on zeros): the top-1 agreement, accuracies and size
+    go into `kerasft.json`, the model card and the returned path's `check`.
+
+    Every export writes a model card, `MODEL_CARD.md` and `model_card.json`
+    (`kerasft.export.card`). A SavedModel holds its card and `kerasft.json`; a TFLite
+    file `m.tflite` has them beside it as `m.MODEL_CARD.md`, `m.model_card.json` and
+    `m.kerasft.json` (`export_files(path)` names them), so that two exports in one
+    folder keep their own. Everything is written to temporary paths beside `path` and
+    renamed into place when complete.
 
     Example:
 
@@ -89,7 +132,9 @@ def export_model(
     reloaded = tf.saved_model.load(path)  # keep a reference while calling it
     served = reloaded.serve(x)            # x: float32 (n, 28, 28, 1), raw 0..255
     served["class_name"]                  # e.g. [b"7", b"2", ...]
-    export_model(model, "/tmp/mnist.tflite", format="tflite", quantize="dynamic")
+    small = export_model(model, "/tmp/mnist.tflite", format="tflite", quantize="int8",
+                         representative_data=x_train[:200], verify_data=(x_test, y_test))
+    small.check.agreement, small.check.accuracy, small.check.size_bytes
     ```
 
     Args:
@@ -99,34 +144,38 @@ def export_model(
         format: `"saved_model"` or `"tflite"`. Defaults to `"saved_model"`.
         class_names: one name per class, in class-id order; names must be unique,
             non-empty and free of line breaks. Defaults to `None` (no `class_name` output).
-        quantize: `None` for float weights or `"dynamic"` for dynamic-range quantized
-            weights; `"dynamic"` applies to `format="tflite"` only. Defaults to `None`.
+        quantize: `None`, `"float16"`, `"dynamic"` or `"int8"`; TFLite only.
+            Defaults to `None`.
+        io_dtype: `"float32"`, `"int8"` or `"uint8"`: the dtype of the TFLite model's
+            input and `probabilities` output; int8/uint8 with `quantize="int8"` only.
+            Defaults to `"float32"`.
+        representative_data: inputs for the int8 calibration (required then): an array,
+            `(x, y)`, or a `tf.data` pipeline of inputs as the model takes them; at most
+            500 are used, spread over the array. Defaults to `None`.
+        verify_data: held-out data for the LiteRT check of a TFLite file and, with
+            labels, the card's evaluation: `(x, y)`, `x`, or a `tf.data` pipeline.
+            Defaults to `None`.
+        evaluation: a `kerasft.evaluation.EvaluationReport` for the card. Defaults to
+            `None` (computed on `verify_data` when it has labels).
+        result: the `kerasft.FinetuneResult` the model comes from, for the card's data,
+            recipe, options and phases (`FinetuneResult.export` passes it). Defaults to `None`.
         overwrite: replace an existing export at `path`. Defaults to `False`.
 
     Returns:
-        The absolute path of the export.
+        An `ExportedPath`: the absolute path of the export, a `str`, carrying
+        `.metadata`, `.check` (TFLite) and `.card`.
 
     Raises:
-        TypeError: if `model` is not a Keras model or `class_names` not a list of str.
-        ValueError: for an invalid argument, a model whose output kind cannot be told
-            (probabilities or logits), or a `path` that is an existing file for a
-            SavedModel (or an existing directory for TFLite).
+        TypeError: if `model` is not a Keras model, `class_names` not a list of str, or
+            data not an array, `(x, y)` or `tf.data` pipeline.
+        ValueError: for an invalid argument (`quantize="int8"` without
+            `representative_data`, `io_dtype` without int8, data whose shape the model
+            does not take), a model whose output kind cannot be told (probabilities or
+            logits), or a `path` that is an existing file for a SavedModel (or an
+            existing directory for TFLite).
         FileExistsError: if `path` exists and `overwrite` is `False`.
     """
-    if format not in FORMATS:
-        raise ValueError(
-            f"Argument `format` must be one of {list(FORMATS)}. Received: format={format!r}"
-        )
-    if quantize not in QUANTIZE:
-        raise ValueError(
-            f"Argument `quantize` must be one of {list(QUANTIZE)}. Received: quantize={quantize!r}"
-        )
-    if quantize is not None and format != "tflite":
-        raise ValueError(
-            f"Argument `quantize={quantize!r}` applies to format='tflite' only. "
-            f"Received: format={format!r}. HINT: a SavedModel keeps float weights; "
-            "pass quantize=None."
-        )
+    _check_options(format, quantize, io_dtype, representative_data)
     path = os.path.abspath(os.fspath(path))
     if format == "tflite" and not path.endswith(".tflite"):
         raise ValueError(
@@ -147,6 +196,14 @@ def export_model(
     kind, head = _output_kind(model)
     num_classes = _num_classes(model, kind)
     names = _check_class_names(class_names, num_classes)
+    representative = _model_inputs(representative_data, "representative_data", spec,
+                                   limit=tflite.MAX_REPRESENTATIVE)
+    verify = _model_inputs(verify_data, "verify_data", spec)
+    if io_dtype != "float32" and not spec.dtype.is_floating:
+        raise ValueError(
+            f"Argument `io_dtype={io_dtype!r}` quantizes a float input, but model "
+            f"{model.name!r} takes {spec.dtype.name}. Use io_dtype='float32'."
+        )
     # Fail before any work when the destination is unusable (the atomic writers check
     # again, but only after the slow tracing and conversion).
     _check_destination(path, overwrite=overwrite, is_dir=format == "saved_model")
@@ -163,60 +220,75 @@ def export_model(
         "class_names": names,
         "outputs": ["probabilities", "class_id"] + (["class_name"] if names else []),
     }
-    if format == "saved_model":
-        features = _features_model(model, head)
-        metadata["endpoints"] = [SERVE_ENDPOINT, "serving_default"]
-        metadata["features_endpoint"] = FEATURES_ENDPOINT if features is not None else None
-        if features is not None:
-            metadata["endpoints"].append(FEATURES_ENDPOINT)
-            metadata["features_dim"] = int(features.outputs[0].shape[-1])
-            metadata["head"] = head.name
-        metadata["class_names_file"] = f"assets/{CLASS_NAMES_ASSET}" if names else None
-        with atomic_directory(path, overwrite=overwrite) as tmp:
-            _write_saved_model(model, tmp, spec, kind, names, features, table_lookup=True)
-            with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
-                json.dump(metadata, f, indent=2)
-                f.write("\n")
-        return path
+    if evaluation is None and verify is not None and verify[1] is not None:
+        from kerasft.evaluation import evaluate_model
 
-    metadata["quantize"] = quantize
-    with tempfile.TemporaryDirectory(prefix="kerasft-tflite-") as staging:
-        _write_saved_model(model, staging, spec, kind, names, None, table_lookup=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            staging, signature_keys=[SERVE_ENDPOINT]
-        )
-        if quantize == "dynamic":
-            # Optimize.DEFAULT with no representative dataset is dynamic-range
-            # quantization: int8 weights, float activations.
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        flatbuffer = converter.convert()
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(flatbuffer)
-    return path
+        evaluation = evaluate_model(model, verify[0], verify[1], batch_size=256, class_names=names)
+    card_facts = dict(model=model, result=result, class_names=names, evaluation=evaluation,
+                      evaluation_data=None if verify is None else verify[2])
+    if format == "saved_model":
+        return _export_saved_model(model, path, spec, kind, head, names, metadata, card_facts,
+                                   overwrite=overwrite)
+    return _export_tflite(model, path, spec, kind, names, metadata, card_facts, quantize=quantize,
+                          io_dtype=io_dtype, representative=representative, verify=verify,
+                          overwrite=overwrite)
+
+
+def export_files(path: str | os.PathLike) -> dict[str, str]:
+    """The files of an export: `model`, `metadata` (`kerasft.json`), `card`, `card_json`.
+
+    Inside a SavedModel directory; beside a `.tflite` file, named after it
+    (`m.tflite`: `m.kerasft.json`, `m.MODEL_CARD.md`, `m.model_card.json`).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if path.endswith(".tflite"):
+        directory, prefix = os.path.dirname(path), os.path.basename(path)[: -len(".tflite")] + "."
+    else:
+        directory, prefix = path, ""
+    return {
+        "model": path,
+        "metadata": os.path.join(directory, prefix + METADATA_FILE),
+        "card": os.path.join(directory, prefix + card_lib.CARD_FILE),
+        "card_json": os.path.join(directory, prefix + card_lib.CARD_JSON),
+    }
 
 
 def read_export_metadata(path: str | os.PathLike) -> dict:
-    """Return the `kerasft.json` metadata of a SavedModel written by `export_model`.
+    """Return the `kerasft.json` metadata of an export written by `export_model`.
 
     Args:
-        path: the SavedModel directory.
+        path: the SavedModel directory, or the `.tflite` file (its metadata is
+            `m.kerasft.json` beside `m.tflite`).
 
     Returns:
         The metadata dict: `input` (name, shape, dtype), `output_kind`, `num_classes`,
-        `class_names`, `endpoints`, `features_endpoint`, library versions.
+        `class_names`, library versions, `size_bytes`; for a SavedModel `endpoints` and
+        `features_endpoint`; for TFLite `quantize`, `io_dtype`, the input's and output's
+        `[scale, zero_point]` and `tflite_check` (a `TFLiteCheck.to_dict()`).
 
     Raises:
-        ValueError: if `path` is not a directory holding `kerasft.json`.
+        ValueError: if there is no `kerasft.json` for `path`.
     """
     path = os.fspath(path)
-    file = os.path.join(path, METADATA_FILE)
+    file = export_files(path)["metadata"]
     if not os.path.isfile(file):
         raise ValueError(
-            f"No {METADATA_FILE} in {path!r}: it was not exported by kerasft.export_model."
+            f"No {METADATA_FILE} for {path!r} (looked for {file!r}): it was not exported by "
+            "kerasft.export_model."
         )
     with open(file, encoding="utf-8") as f:
         return json.load(f)
+
+
+def served_probabilities(model: keras.Model, x: Any, *, batch_size: int = 256) -> np.ndarray:
+    """The `probabilities` an export of `model` serves for `x`, computed by Keras.
+
+    The model's output made into class probabilities as `export_model` does it: passed
+    through, softmaxed (logits) or made two columns `[1 - p, p]` (a binary head).
+    """
+    kind, _ = _output_kind(model)
+    outputs = model.predict(x, batch_size=batch_size, verbose=0)
+    return _to_probabilities(tf.constant(outputs), kind).numpy()
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,6 +300,157 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _check_options(format: Any, quantize: Any, io_dtype: Any, representative_data: Any) -> None:
+    if format not in FORMATS:
+        raise ValueError(
+            f"Argument `format` must be one of {list(FORMATS)}. Received: format={format!r}"
+        )
+    if quantize not in QUANTIZE:
+        raise ValueError(
+            f"Argument `quantize` must be one of {list(QUANTIZE)}. Received: quantize={quantize!r}"
+        )
+    if quantize is not None and format != "tflite":
+        raise ValueError(
+            f"Argument `quantize={quantize!r}` applies to format='tflite' only. "
+            f"Received: format={format!r}. HINT: a SavedModel keeps float weights; "
+            "pass quantize=None."
+        )
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(
+            f"Argument `io_dtype` must be one of {list(IO_DTYPES)}. Received: io_dtype={io_dtype!r}"
+        )
+    if io_dtype != "float32" and quantize != "int8":
+        raise ValueError(
+            f"Argument `io_dtype={io_dtype!r}` applies to quantize='int8' only (a full-integer "
+            f"model takes and returns integers). Received: quantize={quantize!r}. Valid: "
+            "io_dtype='float32' with any quantize, or io_dtype in ['int8', 'uint8'] with "
+            "format='tflite', quantize='int8'."
+        )
+    if quantize == "int8" and representative_data is None:
+        raise ValueError(
+            "Argument `representative_data` is required for quantize='int8': full-integer "
+            "quantization calibrates the range of every activation on real inputs. Received: "
+            "representative_data=None. HINT: pass 100-500 training inputs (an array, (x, y) or "
+            "a tf.data pipeline); FinetuneResult.export passes a sample of the run's own when "
+            "the result holds one (result.representative). "
+            "quantize='dynamic' needs no data."
+        )
+
+
+def _model_inputs(data: Any, argument: str, spec: tf.TensorSpec, *, limit: int | None = None):
+    """`(x, y, description)` of `data` (`None` for `None`), checked against the model's input."""
+    if data is None:
+        return None
+    if isinstance(data, tflite.ExportSample):
+        if argument == "verify_data" and data.held_out is not None:
+            x, y = data.held_out
+            about = "held-out validation examples of the fine-tuning run"
+        else:
+            x, y = data.inputs, None
+            about = "training inputs of the fine-tuning run (no held-out data)"
+    else:
+        x, y = tflite.read_inputs(data, argument=argument, rank=len(spec.shape), limit=limit)
+        about = f"given as `{argument}`"
+    expected = tuple(spec.shape[1:])
+    if x.ndim != len(spec.shape) or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
+        raise ValueError(
+            f"Argument `{argument}` holds inputs of shape {x.shape}, but the model takes "
+            f"{(None, *expected)}. HINT: pass inputs as the model takes them (raw, before any "
+            "preprocessing inside the model)."
+        )
+    return x.astype(spec.dtype.as_numpy_dtype), y, about
+
+
+def _export_saved_model(model, path, spec, kind, head, names, metadata, card_facts, *,
+                        overwrite: bool) -> ExportedPath:
+    features = _features_model(model, head)
+    metadata["endpoints"] = [SERVE_ENDPOINT, "serving_default"]
+    metadata["features_endpoint"] = FEATURES_ENDPOINT if features is not None else None
+    if features is not None:
+        metadata["endpoints"].append(FEATURES_ENDPOINT)
+        metadata["features_dim"] = int(features.outputs[0].shape[-1])
+        metadata["head"] = head.name
+    metadata["class_names_file"] = f"assets/{CLASS_NAMES_ASSET}" if names else None
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        _write_saved_model(model, tmp, spec, kind, names, features, table_lookup=True)
+        metadata["size_bytes"] = _tree_size(tmp)
+        _write_json(os.path.join(tmp, METADATA_FILE), metadata)
+        card = card_lib.model_card(**card_facts, exports=[_export_entry(path, metadata)])
+        card.write(tmp)
+    return _exported(path, metadata, None, card)
+
+
+def _export_tflite(model, path, spec, kind, names, metadata, card_facts, *, quantize, io_dtype,
+                   representative, verify, overwrite: bool) -> ExportedPath:
+    with tempfile.TemporaryDirectory(prefix="kerasft-tflite-") as staging:
+        _write_saved_model(model, staging, spec, kind, names, None, table_lookup=False)
+        flatbuffer = tflite.convert_saved_model(
+            staging, quantize=quantize, io_dtype=io_dtype,
+            representative=None if representative is None else representative[0],
+            input_name=spec.name,
+        )
+    files = export_files(path)
+    with contextlib.ExitStack() as stack:
+        # Every file is written beside its destination, then all are renamed together,
+        # the model last, when the block succeeds.
+        tmp = stack.enter_context(atomic_file(path, overwrite=overwrite))
+        with open(tmp, "wb") as f:
+            f.write(flatbuffer)
+        check = _verify(tmp, model, verify, representative)
+        metadata.update(quantize=quantize, io_dtype=io_dtype, size_bytes=len(flatbuffer),
+                        input_quantization=check.input_quantization,
+                        output_quantization=check.output_quantization, tflite_check=check.to_dict())
+        card = card_lib.model_card(**card_facts, exports=[_export_entry(path, metadata)])
+        texts = {"metadata": json.dumps(metadata, indent=2) + "\n", "card": card.to_markdown(),
+                 "card_json": card.to_json() + "\n"}
+        for key, text in texts.items():
+            with open(stack.enter_context(atomic_file(files[key])), "w", encoding="utf-8") as f:
+                f.write(text)
+    if check.agreement is not None and check.agreement < AGREEMENT_WARNING:
+        warnings.warn(
+            f"The TFLite export {path!r} (quantize={quantize!r}) agrees with the Keras model on "
+            f"the top-1 class of only {check.agreement:.1%} of {check.examples} inputs. HINT: "
+            "give more representative_data for int8, or use quantize='dynamic' or None.",
+            stacklevel=3,
+        )
+    return _exported(path, metadata, check, card)
+
+
+def _verify(tmp: str, model: keras.Model, verify: Any, representative: Any) -> Any:
+    if verify is not None:
+        x, y, about = verify
+    elif representative is not None:
+        x, y, about = representative[0], None, "the representative (calibration) inputs"
+    else:
+        x, y, about = None, None, None
+    return tflite.verify_tflite(tmp, model, x, y, data=about)
+
+
+def _tree_size(directory: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory) for f in files)
+
+
+def _write_json(file: str, data: dict) -> None:
+    with open(file, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def _export_entry(path: str, metadata: dict) -> dict[str, Any]:
+    entry = {"format": metadata["format"], "file": os.path.basename(path),
+             "size_bytes": metadata["size_bytes"]}
+    if metadata["format"] == "tflite":
+        entry.update(quantize=metadata["quantize"], io_dtype=metadata["io_dtype"],
+                     check=metadata["tflite_check"])
+    return entry
+
+
+def _exported(path: str, metadata: dict, check: Any, card: Any) -> ExportedPath:
+    exported = ExportedPath(path)
+    exported.metadata, exported.check, exported.card = metadata, check, card
+    return exported
 
 
 def _check_destination(path: str, *, overwrite: bool, is_dir: bool) -> None:

@@ -5,15 +5,21 @@ features computed once; :mod:`~kerasft.speed.devices` picks XLA, mixed precision
 steps per execution from the devices present; :mod:`~kerasft.speed.distribute` runs
 under a ``tf.distribute`` strategy; :mod:`~kerasft.speed.plan` combines them into one
 :class:`SpeedPlan` per ``finetune`` run and records its decisions as a
-:class:`SpeedRecord`.
+:class:`SpeedRecord`. A :class:`FeatureStore` shares cached features across runs.
 """
 
-from kerasft.speed.caching import CachedFeatureModel, FeatureCache, split_frozen_prefix
+from kerasft.speed.caching import (
+    CachedFeatureModel,
+    FeatureCache,
+    FeatureStore,
+    split_frozen_prefix,
+)
 from kerasft.speed.plan import PhaseSpeed, SpeedPlan, SpeedRecord, check_options
 
 __all__ = [
     "CachedFeatureModel",
     "FeatureCache",
+    "FeatureStore",
     "PhaseSpeed",
     "SpeedPlan",
     "SpeedRecord",

@@ -18,10 +18,20 @@ When the caller says which layers the next phase will unfreeze (``later_trainabl
 that lowers the cut, the features at the lower cut are computed once, the head phase's
 features are derived from them by running only the layers between the two cuts, and the
 next phase reuses them (after checking that the weights below the cut did not change).
+
+A :class:`FeatureStore` keeps features across ``finetune`` calls (the trials of
+``kerasft.search``): the cache looks features up there before computing them, keyed by
+what determines them exactly (the prefix's graph and layer configurations, its weights'
+values, and the inputs' values), so a fresh copy of the same pretrained model on the same
+data finds the features of an earlier call.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -40,8 +50,8 @@ from kerasft import _keras_compat as compat
 from kerasft import data as data_lib
 from kerasft import surgery
 
-__all__ = ["FeatureCache", "FeatureSplit", "PhaseSetup", "split_frozen_prefix", "CachedFeatureModel",
-           "CACHE_CHOICES", "barrier_reason", "check_cache_features"]
+__all__ = ["FeatureCache", "FeatureSplit", "FeatureStore", "PhaseSetup", "split_frozen_prefix",
+           "CachedFeatureModel", "CACHE_CHOICES", "barrier_reason", "check_cache_features", "prefix_key"]
 
 CACHE_CHOICES = (True, False, "auto")
 _SHUFFLE_WINDOW = 10_000  # shuffle buffer of file-cached features, as data.py's streaming path
@@ -49,6 +59,14 @@ _PHASE_SEED_STEP = 1  # phase k shuffles with seed + k
 # Inference batch for features: on 2 CPU cores, MobileNetV2 at 96 px ran 1.9x faster in
 # batches of 64 than of 256 (activations stay in cache).
 _FEATURE_BATCH = 64
+
+# Where a phase's features came from (``PhaseSetup.feature_source``).
+COMPUTED = "computed"
+KEPT = "kept from the previous phase"
+DERIVED = "derived from the next phase's features (kept for it)"
+STORED = "reused from the feature store"
+STORED_BOTH = "reused from the feature store (the next phase's too, kept for it)"
+DERIVED_FROM_STORED = "derived from the next phase's features (reused from the feature store, kept for it)"
 
 
 @dataclass
@@ -300,7 +318,8 @@ class PhaseSetup:
         feature_seconds: seconds spent computing the features.
         feature_bytes: size of the cached training and validation features.
         feature_source: ``"computed"``, derived from features kept for the next
-            phase, or ``"kept from the previous phase"``.
+            phase, ``"kept from the previous phase"``, or ``"reused from the feature
+            store"`` (see :class:`FeatureStore`).
         compile_kwargs: extra ``compile`` keywords for the phase (XLA, steps per
             execution).
     """
@@ -324,6 +343,149 @@ class _Features:
     validation: Any
     nbytes: int
     paths: list[str]
+
+    @property
+    def in_memory(self) -> bool:
+        parts = [self.train] + ([] if self.validation is None else [self.validation])
+        return all(isinstance(p, tuple) and all(isinstance(a, np.ndarray) for a in p) for p in parts)
+
+
+class FeatureStore:
+    """Features of frozen prefixes kept in memory across ``finetune`` calls.
+
+    Pass one store to several calls (``finetune(..., feature_store=store)``; every trial
+    of ``kerasft.search`` shares one): each call's feature cache looks its features up
+    here before computing them. An entry is keyed by what determines the features
+    exactly: the prefix's graph (layer classes, configurations and connections, the
+    cut tensors), the values of its weights (not the variables: every call fine-tunes a
+    fresh copy of the pretrained model), and the values of the training and validation
+    inputs (their order as prepared; a phase's shuffle draws from the features
+    afterwards). A prefix whose configuration cannot be serialized is never stored.
+    Features that went to a cache file (beyond ``cache_budget``) are not kept.
+
+    The store holds at most ``budget`` bytes; the least recently used entries are
+    dropped to make room. It lives in memory only.
+
+    Example:
+
+    ```python
+    store = kerasft.speed.FeatureStore(budget=2 * 1024**3)
+    a = kerasft.finetune(model, (x, y), feature_store=store)
+    b = kerasft.finetune(model, (x, y), feature_store=store, lr=3e-3)  # features reused
+    print(store)
+    ```
+
+    Args:
+        budget: bytes of features kept at most. Defaults to 1 GiB.
+
+    Raises:
+        ValueError: a ``budget`` that is not a number of bytes >= 0.
+    """
+
+    def __init__(self, budget: float = 1024**3):
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
+            raise ValueError(f"Argument `budget` must be a number of bytes >= 0. Received: budget={budget!r}")
+        self.budget = budget
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self._entries: collections.OrderedDict[str, _Features] = collections.OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of features held."""
+        return sum(entry.nbytes for entry in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({len(self)} entries, {self.nbytes / 2**20:.1f} of {self.budget / 2**20:.0f} MiB; "
+                f"{self.hits} hits, {self.misses} misses, {self.evictions} evicted)")
+
+    def get(self, key: str) -> _Features | None:
+        """The features stored under ``key`` (a new record of the same arrays), or ``None``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return dataclasses.replace(entry, paths=[])
+
+    def put(self, key: str, features: _Features) -> bool:
+        """Keep in-memory ``features`` under ``key``, dropping the oldest entries to fit.
+
+        Returns:
+            Whether they were stored (not when they are on file or exceed the budget).
+        """
+        if not features.in_memory or features.nbytes > self.budget:
+            return False
+        for part in (features.train, features.validation or ()):
+            for array in part:
+                array.setflags(write=False)  # shared by later calls: nobody may change them
+        self._entries.pop(key, None)
+        while self._entries and self.nbytes + features.nbytes > self.budget:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+        self._entries[key] = dataclasses.replace(features, paths=[])
+        return True
+
+    def clear(self) -> None:
+        """Drop every entry (the counters are kept)."""
+        self._entries.clear()
+
+
+def check_feature_store(value: Any) -> None:
+    if value is not None and not isinstance(value, FeatureStore):
+        raise TypeError(
+            "Argument `feature_store` must be a kerasft.speed.FeatureStore or None. "
+            f"Received: feature_store={value!r} (of type {type(value).__name__})"
+        )
+
+
+def _update_with_arrays(digest: Any, arrays: Any) -> None:
+    for array in keras.tree.flatten(arrays):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(memoryview(array).cast("B"))
+
+
+def inputs_key(train_inputs: Any, validation_inputs: Any) -> str:
+    """A digest of the values of the training and validation inputs (arrays)."""
+    digest = hashlib.blake2b(digest_size=20)
+    _update_with_arrays(digest, train_inputs)
+    digest.update(b"|validation|" if validation_inputs is not None else b"|none|")
+    if validation_inputs is not None:
+        _update_with_arrays(digest, validation_inputs)
+    return digest.hexdigest()
+
+
+def prefix_key(prefix: keras.Model, inputs: str) -> str | None:
+    """The store key of ``prefix``'s outputs on the inputs whose key is ``inputs``.
+
+    It digests the prefix's configuration (its layers, their settings and connections,
+    and which tensors are its outputs, i.e. the cut), the values of its weights, and
+    ``inputs``. ``None`` when the configuration cannot be serialized (a custom layer
+    without ``get_config``): such features are never stored.
+    """
+    try:
+        config = dict(prefix.get_config())
+        config.pop("name", None)  # the model's name does not change what it computes
+        # No `default=`: an object JSON cannot write (a function, a custom object) has no
+        # reliable text, and a key it would make could not be trusted.
+        text = json.dumps(config, sort_keys=True)
+    except Exception:
+        return None
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(inputs.encode())
+    digest.update(text.encode())
+    for variable in prefix.weights:
+        _update_with_arrays(digest, keras.ops.convert_to_numpy(variable))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -369,16 +531,21 @@ class FeatureCache:
         distributed: training runs under a ``tf.distribute`` strategy (caching off).
             Defaults to `False`.
         verbose: print one line per phase about caching. Defaults to `0`.
+        store: a :class:`FeatureStore` shared with other runs: features are looked up
+            there before they are computed, and kept there once computed.
+            Defaults to `None`.
 
     Raises:
         ValueError: a bad ``mode``/``budget``, or ``mode=True`` where caching would
             change results (random ops in the input pipeline) or is impossible.
+        TypeError: a ``store`` that is not a :class:`FeatureStore`.
     """
 
     def __init__(self, prepared: data_lib.PreparedData, *, mode: Any = "auto", seed: int = 0,
                  budget: float = 1024**3, directory: str | None = None, distributed: bool = False,
-                 verbose: int = 0):
+                 verbose: int = 0, store: FeatureStore | None = None):
         check_cache_features(mode)
+        check_feature_store(store)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
             raise ValueError(
                 f"Argument `cache_budget` must be a number of bytes >= 0. Received: cache_budget={budget!r}"
@@ -390,6 +557,8 @@ class FeatureCache:
         self.directory = directory
         self.distributed = distributed
         self.verbose = verbose
+        self.store = store
+        self._inputs_key: str | None = None
         self._tmpdir: str | None = None
         self._finalizer = None
         self._validation: tuple[Any, np.ndarray] | None = None
@@ -625,30 +794,32 @@ class FeatureCache:
         start = time.perf_counter()
         suffix = split.suffix
         feats = self._kept_for(model, split)
-        source = "kept from the previous phase"
+        source = KEPT
         if feats is None:
-            source = "computed"
             lower = split_frozen_prefix(model, also_trainable=later_trainable) if later_trainable else None
             if lower is not None and set(lower.prefix_layers) == set(split.prefix_layers):
                 lower = split  # the next phase's cut is this one: compute once, keep
             elif lower is not None and not set(lower.prefix_layers) < set(split.prefix_layers):
                 lower = None
             first = lower or split
-            feats = self._features(first.prefix, x, None if val is None else val[0], first.open_shapes)
+            inputs = self._store_inputs_key(x, val)
+            feats, key, stored = self._looked_up(first, x, None if val is None else val[0], inputs)
+            source = STORED if stored else COMPUTED
             if lower is not None:
                 self._keep(model, lower, feats)
             if lower is not None and lower is not split:
                 # The layers between the two cuts are frozen in this phase too: run them
                 # once on the kept features (the next cut's suffix, cut again here).
-                source = "derived from the next phase's features (kept for it)"
+                source = DERIVED_FROM_STORED if stored else DERIVED
                 middle = split_frozen_prefix(lower.suffix)
                 if middle is None:  # nothing with weights in between: train through it
                     suffix = lower.suffix
                 else:
                     base = feats
-                    feats = self._features(middle.prefix, base.train, base.validation, middle.open_shapes)
-                    feats.nbytes += base.nbytes
+                    feats, _, derived_stored = self._looked_up(middle, base.train, base.validation, key)
+                    feats = dataclasses.replace(feats, nbytes=feats.nbytes + base.nbytes)
                     suffix = middle.suffix
+                    source = STORED_BOTH if stored and derived_stored else source
         seed = self._phase_seed(index)
         train = self._pipeline(feats.train, y, seed, shuffle=True)
         validation = None if val is None else self._pipeline(feats.validation, val[1], seed, shuffle=False)
@@ -661,6 +832,35 @@ class FeatureCache:
                   f"({feats.nbytes / 2**20:.1f} MiB in {where}, {seconds:.1f}s); training "
                   f"{len(suffix.layers) - len(suffix.inputs)} layers on them")
         return PhaseSetup(fit_model, train, validation, True, reason, seconds, feats.nbytes, feature_source=source)
+
+    def _store_inputs_key(self, x: Any, val: tuple[Any, np.ndarray] | None) -> str | None:
+        """The store key of this run's training and validation inputs (computed once per run)."""
+        if self.store is None:
+            return None
+        if self._inputs_key is None:
+            self._inputs_key = inputs_key(x, None if val is None else val[0])
+        return self._inputs_key
+
+    def _looked_up(self, split: FeatureSplit, train_inputs: Any, validation_inputs: Any,
+                   inputs: str | None) -> tuple[_Features, str | None, bool]:
+        """``split.prefix``'s features from the store, or computed (and stored).
+
+        ``inputs`` is the store key of the inputs (of the run's data, or of the features
+        these are computed from); ``None`` without a store.
+
+        Returns:
+            The features, their store key (``None`` when not storable) and whether they
+            came from the store.
+        """
+        key = None if inputs is None else prefix_key(split.prefix, inputs)
+        if key is not None:
+            found = self.store.get(key)
+            if found is not None:
+                return found, key, True
+        feats = self._features(split.prefix, train_inputs, validation_inputs, split.open_shapes)
+        if key is not None:
+            self.store.put(key, feats)
+        return feats, key, False
 
     def _pipeline(self, feats: Any, labels: np.ndarray, seed: int, shuffle: bool) -> tf.data.Dataset:
         batch_size = self.prepared.batch_size

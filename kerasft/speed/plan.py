@@ -42,7 +42,8 @@ class PhaseSpeed:
         reason: why it did or did not.
         feature_seconds: seconds spent computing the features.
         feature_bytes: size of the features.
-        feature_source: where the features came from (computed, kept, derived).
+        feature_source: where the features came from (computed, kept, derived, or
+            reused from a :class:`kerasft.speed.FeatureStore`).
         steps_per_execution: training steps per call into TensorFlow.
     """
 
@@ -87,13 +88,15 @@ class SpeedPlan:
     """Per-phase models, pipelines and compile keywords of one ``finetune`` run.
 
     Creating it applies the mixed-precision policy to ``model`` (the output layer stays
-    float32).
+    float32). ``feature_store``, a :class:`kerasft.speed.FeatureStore`, shares cached
+    features with other runs.
     """
 
     def __init__(self, model: keras.Model, prepared: data_lib.PreparedData, *, cache_features: Any = "auto",
                  cache_budget: float = 1024**3, jit_compile: Any = "auto", mixed_precision: Any = None,
                  steps_per_execution: Any = "auto", seed: int = 0, distributed: bool = False,
-                 verbose: int = 0):
+                 verbose: int = 0, feature_store: caching.FeatureStore | None = None):
+        caching.check_feature_store(feature_store)
         check_options(cache_features=cache_features, cache_budget=cache_budget, jit_compile=jit_compile,
                       mixed_precision=mixed_precision, steps_per_execution=steps_per_execution)
         kinds = devices.device_types()
@@ -105,7 +108,7 @@ class SpeedPlan:
         self.steps_per_execution = steps_per_execution
         self.prepared = prepared
         self.cache = caching.FeatureCache(prepared, mode=cache_features, seed=seed, budget=cache_budget,
-                                          distributed=distributed, verbose=verbose)
+                                          distributed=distributed, verbose=verbose, store=feature_store)
         self.verbose = verbose
         self.distributed = distributed
         self.record = SpeedRecord(devices=kinds, precision=self.precision, precision_reason=precision_reason,

@@ -1,0 +1,117 @@
+"""Time and accuracy of ``kerasft.search`` against one ``kerasft.finetune`` call, side by side.
+
+The task: the shipped MNIST CNN (``saved_models/mnist_cnn.keras``) fine-tuned on
+scikit-learn's digits with 10 labels per class (``kerasft.datasets.digits_few_shot``:
+100 images, 80 to train and 20 held out for validation by ``finetune``), tested on the
+other 1,697 images. Every run uses ``finetune``'s epochs (5 head epochs, 10 fine-tuning
+epochs, early stopping with patience 5).
+
+- single: one ``kerasft.finetune`` call with the default recipe;
+- search: ``kerasft.search`` with 8 random trials over ``lr``, ``finetune_lr``,
+  ``unfreeze`` (the top 1, 2 or 3 weighted layers, or all) and ``label_smoothing``
+  (objective ``val_loss``), one FeatureStore shared by the trials;
+- loop: the same 8 configurations as 8 plain ``finetune`` calls (no store), what one
+  would write by hand.
+
+The model is loaded once and one call runs first, untimed (TensorFlow's first-call
+costs). Each comparison runs ``--rounds`` times, in alternating order, and medians are
+reported: the machine is shared. Printed too: where a trial's time goes (features, the
+``fit`` calls including tracing, the rest) and the test accuracy of the best trial.
+
+Run: ``python benchmarks/search.py`` (about 3 minutes on 2 shared CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import kerasft  # noqa: F401  (before TensorFlow: oneDNN off)
+
+# isort: split
+import keras
+
+from kerasft import datasets
+from kerasft.search import search
+
+SPACE = {
+    "lr": [3e-3, 1e-2, 3e-2],
+    "finetune_lr": [1e-4, 3e-4, 1e-3],
+    "unfreeze": [1, 2, 3, "all"],
+    "label_smoothing": [0.0, 0.1],
+}
+TRIALS = 8
+ROUNDS = 2
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="repetitions of each comparison")
+    parser.add_argument("--trials", type=int, default=TRIALS)
+    args = parser.parse_args(argv)
+
+    split = datasets.digits_few_shot(shots=10)
+    data, test = (split.x_train, split.y_train), (split.x_test, split.y_test)
+    model = keras.models.load_model("saved_models/mnist_cnn.keras")
+    kerasft.finetune(model, data, verbose=0)  # warm-up, untimed
+
+    def single():
+        return kerasft.finetune(model, data, verbose=0)
+
+    def searched():
+        with tempfile.TemporaryDirectory() as directory:
+            return search(model, data, SPACE, max_trials=args.trials, directory=directory, verbose=0)
+
+    times = {"single": [], "search": [], "loop": []}
+    accuracy = {}
+    found = None
+    for round_ in range(args.rounds):
+        order = ["single", "search", "loop"] if round_ % 2 == 0 else ["loop", "search", "single"]
+        for name in order:
+            if name == "single":
+                result, seconds = timed(single)
+                accuracy["single"] = result.evaluate(test)["accuracy"]
+            elif name == "search":
+                found, seconds = timed(searched)
+                accuracy["search"] = found.best.evaluate(test)["accuracy"]
+            else:
+                if found is None:
+                    found, _ = timed(searched)
+                configs = [row.params for row in found.trials]
+                _, seconds = timed(lambda configs=configs: [kerasft.finetune(model, data, verbose=0, **p)
+                                                            for p in configs])
+            times[name].append(seconds)
+            print(f"round {round_ + 1}: {name} {seconds:.1f} s", flush=True)
+
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print()
+    print(found.table())
+    print()
+    rows = found.trials
+    fit = sum(r.fit_seconds for r in rows)
+    features = sum(r.feature_seconds for r in rows)
+    total = sum(r.seconds for r in rows)
+    print(f"where the last search's trial time went ({total:.1f} s in {len(rows)} trials): fit calls (tracing "
+          f"included) {fit:.1f} s, features {features:.2f} s, the rest (copy, data, plan, compile) "
+          f"{total - fit - features:.1f} s; {found.store}")
+    print()
+    print("| run | seconds (median of rounds) | x single | test accuracy |")
+    print("|---|---|---|---|")
+    print(f"| single finetune (default recipe) | {median['single']:.1f} | 1.0 | {accuracy['single']:.4f} |")
+    print(f"| kerasft.search, {args.trials} trials | {median['search']:.1f} | "
+          f"{median['search'] / median['single']:.1f} | {accuracy['search']:.4f} (best trial) |")
+    print(f"| {args.trials} finetune calls, no store | {median['loop']:.1f} | "
+          f"{median['loop'] / median['single']:.1f} | - |")
+    print(f"\nbest trial {found.best_trial}: {found.best_params}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""TFLite conversion (float, float16, dynamic-range, full-integer) and its LiteRT check.
+
+`export_model(..., format="tflite")` converts its serving SavedModel here:
+`convert_saved_model` applies the quantization asked for (full-integer `"int8"`
+calibrates activation ranges on a representative sample of inputs), and `verify_tflite`
+runs the flatbuffer in the LiteRT interpreter (`ai_edge_litert`) beside the Keras model
+on held-out data, so every export says how far its predictions drift and how big it is.
+`export_sample` picks the small sample of a run's training and validation inputs that
+`FinetuneResult.export` uses for both when none are given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "QUANTIZE",
+    "IO_DTYPES",
+    "ExportSample",
+    "TFLiteCheck",
+    "convert_saved_model",
+    "export_sample",
+    "read_inputs",
+    "verify_tflite",
+]
+
+QUANTIZE = (None, "float16", "dynamic", "int8")
+IO_DTYPES = ("float32", "int8", "uint8")
+# TFLite's guide suggests a few hundred calibration examples; more only slows conversion.
+MAX_REPRESENTATIVE = 500
+SAMPLE_SIZE = 200
+# A sample kept on a result must stay small whatever the input size (224x224x3 float32
+# images are 0.6 MB each).
+_SAMPLE_BYTES = 64 * 1024**2
+_SIGNATURE = "serve"
+
+
+@dataclass
+class TFLiteCheck:
+    """How a TFLite file compares with its Keras model, run by the LiteRT interpreter.
+
+    Attributes:
+        examples: inputs compared (0 when no data was given: the file was only loaded
+            and run once on zeros).
+        agreement: share of inputs whose top-1 class is the Keras model's.
+        accuracy: top-1 accuracy of the TFLite model, when labels were given.
+        keras_accuracy: the Keras model's accuracy on the same inputs.
+        max_abs_difference: largest absolute difference between the served
+            probabilities and the Keras model's (quantized outputs dequantized first).
+        size_bytes: size of the flatbuffer.
+        quantize: the quantization of the file (`None`, "float16", "dynamic", "int8").
+        input_dtype, output_dtype: dtypes of the `serve` input and `probabilities` output.
+        input_quantization, output_quantization: `[scale, zero_point]` of a quantized
+            input or output, else `None`.
+        data: what the inputs were ("held-out", "representative", "given"...).
+        runtime: the interpreter that ran it, with its version.
+        seconds: wall time of the LiteRT run.
+    """
+
+    examples: int
+    agreement: float | None
+    accuracy: float | None
+    keras_accuracy: float | None
+    max_abs_difference: float | None
+    size_bytes: int
+    quantize: str | None
+    input_dtype: str
+    output_dtype: str
+    input_quantization: list[float] | None = None
+    output_quantization: list[float] | None = None
+    data: str | None = None
+    runtime: str | None = None
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TFLiteCheck:
+        return cls(**data)
+
+    def __str__(self) -> str:
+        size = f"{self.size_bytes / 1024:.1f} KiB"
+        if not self.examples:
+            return f"LiteRT: loads and runs ({size}); no data to compare with Keras"
+        text = f"LiteRT on {self.examples} examples: top-1 agreement with Keras {self.agreement:.2%}"
+        if self.accuracy is not None:
+            text += f", accuracy {self.accuracy:.2%} (Keras {self.keras_accuracy:.2%})"
+        return text + f", max |p - p_keras| {self.max_abs_difference:.3g}, {size}"
+
+
+@dataclass
+class ExportSample:
+    """A few of a run's inputs, kept on its result for exports that need data.
+
+    Attributes:
+        inputs: up to 200 training inputs (representative data for int8 calibration).
+        held_out: up to 200 validation inputs and their class ids, or `None` without
+            validation data (or for a task that is not single-label classification).
+    """
+
+    inputs: np.ndarray
+    held_out: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def export_sample(prepared: Any, limit: int = SAMPLE_SIZE) -> ExportSample | None:
+    """Pick the inputs an export of a run needs, from its prepared data.
+
+    Training inputs come from the in-memory arrays when the run read its data into
+    memory (un-augmented, spread over the whole set), else from the first batches of
+    its training pipeline; held-out inputs from its validation pipeline.
+
+    Args:
+        prepared: the run's `kerasft.data.PreparedData`.
+        limit: at most this many inputs of each kind (fewer for inputs over 64 MiB in
+            all). Defaults to `200`.
+
+    Returns:
+        An `ExportSample`, or `None` when the model takes several inputs (a dict or
+        tuple of arrays) or non-numeric ones (text), which a TFLite export does not
+        calibrate on.
+    """
+    if prepared.arrays is not None:
+        x = prepared.arrays[0]
+        if not isinstance(x, np.ndarray):
+            return None
+        inputs = x[_spread(len(x), _fit(limit, x))]
+    else:
+        inputs = _take(prepared.train, limit)
+        if inputs is None:
+            return None
+    if np.asarray(inputs).dtype.kind not in "biuf":  # text and other non-numeric inputs
+        return None
+    held_out = None
+    spec = getattr(prepared, "spec", None)
+    if prepared.validation is not None and getattr(spec, "task", None) == "classification":
+        pairs = _take(prepared.validation, limit, labels=True)
+        if pairs is not None:
+            held_out = (pairs[0], class_ids(pairs[1]))
+    return ExportSample(inputs=np.asarray(inputs), held_out=held_out)
+
+
+def read_inputs(
+    data: Any, *, argument: str, rank: int | None = None, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs (and labels, if any) of `data`: an array, an `(x, y)` tuple, or a `tf.data` pipeline.
+
+    A pipeline may yield `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, batched or
+    not (an input of rank `rank - 1` is one example).
+
+    Args:
+        data: the data.
+        argument: its argument name, for error messages.
+        rank: the rank of the model's input, batch axis included. Defaults to `None`
+            (pipelines are taken as batched).
+        limit: keep at most this many examples (spread over arrays, the first ones of a
+            pipeline). Defaults to `None` (all).
+
+    Returns:
+        `(x, y)` as numpy arrays, `y` `None` without labels.
+
+    Raises:
+        TypeError: for anything else (dicts of inputs included).
+        ValueError: for no examples, or labels whose length differs from the inputs'.
+    """
+    if isinstance(data, tf.data.Dataset):
+        x_parts, y_parts, count = [], [], 0
+        for element in data.as_numpy_iterator():
+            x, y = _split_element(element, argument)
+            if rank is not None and x.ndim == rank - 1:
+                x, y = x[None], None if y is None else y[None]
+            x_parts.append(x)
+            y_parts.append(y)
+            count += len(x)
+            if limit is not None and count >= limit:
+                break
+        if not x_parts:
+            raise ValueError(f"Argument `{argument}` is an empty dataset: it yielded no examples.")
+        x = np.concatenate(x_parts)[:limit]
+        y = None if any(p is None for p in y_parts) else np.concatenate(y_parts)[:limit]
+        return x, y
+    if isinstance(data, dict):
+        raise TypeError(
+            f"Argument `{argument}` must be an array, a pair (x, y) of arrays or a tf.data.Dataset; "
+            f"a TFLite export takes one input tensor. Received: a dict with keys {sorted(data)}"
+        )
+    if isinstance(data, tuple) and 1 <= len(data) <= 2:
+        x = _array(data[0], argument)
+        y = _array(data[1], argument) if len(data) == 2 and data[1] is not None else None
+    else:
+        x, y = _array(data, argument), None
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"Argument `{argument}` holds no examples. Received: an array of shape {x.shape}")
+    if y is not None and len(y) != len(x):
+        raise ValueError(
+            f"Argument `{argument}`: {len(x)} inputs but {len(y)} labels; they must be equally long."
+        )
+    if limit is not None and len(x) > limit:
+        keep = _spread(len(x), limit)
+        x, y = x[keep], None if y is None else y[keep]
+    return x, y
+
+
+def convert_saved_model(
+    saved_model_dir: str,
+    *,
+    quantize: str | None,
+    io_dtype: str = "float32",
+    representative: np.ndarray | None = None,
+    input_name: str = "inputs",
+) -> bytes:
+    """Convert the `serve` signature of a SavedModel to a TFLite flatbuffer.
+
+    `quantize=None` keeps float32 weights; `"float16"` stores them as float16 (half the
+    size, computed in float32); `"dynamic"` stores them as int8 with float activations;
+    `"int8"` is full-integer post-training quantization: int8 weights and activations,
+    ranges calibrated on `representative` inputs, every op an integer kernel, with
+    float32, int8 or uint8 model input and output (`io_dtype`).
+
+    Raises:
+        ValueError: `quantize="int8"` without `representative` inputs, or a model with
+            an op that has no integer kernel.
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[_SIGNATURE])
+    if quantize is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize != "int8":
+        # Optimize.DEFAULT with no representative dataset is dynamic-range quantization.
+        return converter.convert()
+    if representative is None:
+        raise ValueError("Argument `representative_data` is required for quantize='int8'.")
+    converter.representative_dataset = _calibration(representative, input_name)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io_dtype != "float32":
+        converter.inference_input_type = tf.as_dtype(io_dtype)
+        converter.inference_output_type = tf.as_dtype(io_dtype)
+    with warnings.catch_warnings():
+        # The converter calibrates with tf.lite.Interpreter, which warns that it is deprecated.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        try:
+            return converter.convert()
+        except Exception as e:  # the converter raises its own ConverterError, among others
+            raise ValueError(
+                f"Full-integer quantization (quantize='int8') failed: {str(e).strip()[:1500]}\n"
+                "HINT: an op without an int8 kernel cannot run in a full-integer model; "
+                "quantize='dynamic' (int8 weights, float activations) converts any model."
+            ) from e
+
+
+def verify_tflite(
+    path: str | os.PathLike | bytes,
+    model: Any,
+    x: Any,
+    y: Any = None,
+    *,
+    batch_size: int = 256,
+    data: str | None = None,
+) -> TFLiteCheck:
+    """Run a TFLite export in the LiteRT interpreter and compare it with its Keras model.
+
+    The `serve` signature of the file gets `x` (quantized with the input's scale and zero
+    point when the model takes int8 or uint8), its `probabilities` are dequantized, and
+    its top-1 classes are compared with the Keras model's (and with `y` when given).
+
+    Example:
+
+    ```python
+    path = kerasft.export_model(model, "m.tflite", format="tflite", quantize="int8",
+                                representative_data=x_train[:200])
+    check = verify_tflite(path, model, x_test, y_test)
+    check.agreement, check.accuracy, check.size_bytes
+    ```
+
+    Args:
+        path: the `.tflite` file (or its bytes) written by `export_model`.
+        model: the Keras model it was exported from.
+        x: inputs, raw as the Keras model takes them; or `None` to only load the file
+            and run it once on zeros.
+        y: class ids (or one-hot rows) of `x`. Defaults to `None`.
+        batch_size: inputs per interpreter call. Defaults to `256`.
+        data: a few words on what `x` is, for the record. Defaults to `None`.
+
+    Returns:
+        A `TFLiteCheck`.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kerasft.export.savedmodel import served_probabilities
+
+    if isinstance(path, bytes):
+        interpreter, size = Interpreter(model_content=path), len(path)
+    else:
+        interpreter, size = Interpreter(model_path=os.fspath(path)), os.path.getsize(path)
+    runner = interpreter.get_signature_runner(_SIGNATURE)
+    (input_name, input_detail), = runner.get_input_details().items()
+    output_detail = runner.get_output_details()["probabilities"]
+    quantize = _quantization_of(interpreter, runner)
+    record = dict(
+        size_bytes=size, quantize=quantize,
+        input_dtype=np.dtype(input_detail["dtype"]).name,
+        output_dtype=np.dtype(output_detail["dtype"]).name,
+        input_quantization=_scale_zero(input_detail), output_quantization=_scale_zero(output_detail),
+        data=data, runtime=f"ai-edge-litert {_version('ai-edge-litert')}",
+    )
+    start = time.perf_counter()
+    if x is None:
+        zeros = np.zeros([1, *input_detail["shape_signature"][1:]], input_detail["dtype"])
+        runner(**{input_name: zeros})
+        return TFLiteCheck(examples=0, agreement=None, accuracy=None, keras_accuracy=None,
+                           max_abs_difference=None, seconds=round(time.perf_counter() - start, 3),
+                           **record)
+    x = np.asarray(x)
+    served = np.concatenate([
+        _dequantize(runner(**{input_name: _quantize(x[i:i + batch_size], input_detail)})["probabilities"],
+                    output_detail)
+        for i in range(0, len(x), batch_size)
+    ])
+    seconds = time.perf_counter() - start
+    expected = served_probabilities(model, x, batch_size=batch_size)
+    ours, theirs = served.argmax(-1), expected.argmax(-1)
+    labels = None if y is None else class_ids(y)
+    return TFLiteCheck(
+        examples=len(x),
+        agreement=float(np.mean(ours == theirs)),
+        accuracy=None if labels is None else float(np.mean(ours == labels)),
+        keras_accuracy=None if labels is None else float(np.mean(theirs == labels)),
+        max_abs_difference=float(np.abs(served - expected).max()),
+        seconds=round(seconds, 3),
+        **record,
+    )
+
+
+def class_ids(y: Any) -> np.ndarray:
+    """Class ids from ids `(n,)`, one-hot rows `(n, k)` or 0/1 binary targets `(n, 1)`."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(-1)
+    return np.rint(y.reshape(len(y))).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _calibration(representative: np.ndarray, input_name: str) -> Callable[[], Iterator[dict]]:
+    def batches() -> Iterator[dict]:
+        for i in range(len(representative)):
+            yield {input_name: representative[i:i + 1]}
+
+    return batches
+
+
+def _quantization_of(interpreter: Any, runner: Any) -> str | None:
+    """Tell the quantization of a flatbuffer from the dtypes of its tensors."""
+    io = {d["index"] for d in runner.get_input_details().values()}
+    io |= {d["index"] for d in runner.get_output_details().values()}
+    inner = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details() if t["index"] not in io}
+    if "float16" in inner:
+        return "float16"
+    if "int8" in inner:
+        return "dynamic" if "float32" in inner else "int8"
+    return None
+
+
+def _scale_zero(detail: dict) -> list[float] | None:
+    scale, zero = detail["quantization"]
+    return [float(scale), int(zero)] if scale else None
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    params = _scale_zero(detail)
+    if params is None:
+        return x.astype(dtype)
+    scale, zero = params
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def _dequantize(q: np.ndarray, detail: dict) -> np.ndarray:
+    params = _scale_zero(detail)
+    if params is None:
+        return q.astype(np.float32)
+    scale, zero = params
+    return (q.astype(np.float32) - zero) * scale
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """`k` indices spread evenly over `range(n)` (data is often sorted by class)."""
+    if k >= n:
+        return np.arange(n)
+    return np.linspace(0, n - 1, k).round().astype(np.int64)
+
+
+def _fit(limit: int, x: np.ndarray) -> int:
+    per_example = max(1, x[:1].nbytes)
+    return max(1, min(limit, _SAMPLE_BYTES // per_example))
+
+
+def _take(dataset: tf.data.Dataset, limit: int, *, labels: bool = False):
+    """The first `limit` examples of a batched `(x, y)` pipeline, or `None` for dict inputs."""
+    xs, ys, count = [], [], 0
+    for element in dataset:
+        x, y = element[0], element[1]
+        if not isinstance(x, tf.Tensor):
+            return None
+        x = x.numpy()
+        if not xs:
+            limit = _fit(limit, x)
+        xs.append(x)
+        ys.append(np.asarray(y))
+        count += len(x)
+        if count >= limit:
+            break
+    if not xs:
+        return None
+    x = np.concatenate(xs)[:limit]
+    return (x, np.concatenate(ys)[:limit]) if labels else x
+
+
+def _split_element(element: Any, argument: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(element, tuple):
+        if not 1 <= len(element) <= 3:
+            raise ValueError(
+                f"Argument `{argument}` yields tuples of {len(element)} elements; expected x, "
+                "(x, y) or (x, y, sample_weight)."
+            )
+        x = element[0]
+        y = element[1] if len(element) > 1 else None
+    else:
+        x, y = element, None
+    if isinstance(x, dict):
+        raise TypeError(
+            f"Argument `{argument}` yields a dict of inputs {sorted(x)}; a TFLite export takes "
+            "one input tensor."
+        )
+    return np.asarray(x), None if y is None else np.asarray(y)
+
+
+def _array(value: Any, argument: str) -> np.ndarray:
+    if isinstance(value, tf.Tensor):
+        value = value.numpy()
+    if not isinstance(value, (np.ndarray, list, tuple)):
+        raise TypeError(
+            f"Argument `{argument}` must be an array, a pair (x, y) of arrays or a "
+            f"tf.data.Dataset. Received: {type(value).__name__}"
+        )
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Argument `{argument}` must hold numbers. Received: an array of dtype {array.dtype}"
+        )
+    return array

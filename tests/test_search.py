@@ -1,0 +1,237 @@
+"""The feature store shared across finetune calls, and kerasft.search on it.
+
+Real digits, the shipped model, real TensorFlow and KerasTuner: no mocks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kerasft
+from kerasft import datasets
+from kerasft.search import SearchResult, search, searchable_keywords
+from kerasft.speed import FeatureStore, caching
+
+QUICK = dict(verbose=0, patience=None)
+TINY = dict(head_epochs=1, epochs=2, patience=None)
+SPACE = {"lr": [1e-3, 3e-3, 1e-2], "unfreeze": [1, "all"]}
+
+
+@pytest.fixture(scope="module")
+def few():
+    """sklearn digits, 10 labels per class: 100 training images (80 train / 20 validation)."""
+    split = datasets.digits_few_shot(shots=10)
+    return split.x_train, split.y_train
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    from conftest import SHIPPED_MODEL
+
+    return keras.models.load_model(SHIPPED_MODEL)
+
+
+def _same_weights(a, b, atol=1e-6):
+    return all(np.allclose(wa, wb, atol=atol) for wa, wb in zip(a.get_weights(), b.get_weights()))
+
+
+# ------------------------------------------------------------------------- feature store
+
+
+def test_store_reuses_features_and_trains_the_same_weights(pretrained, few):
+    kwargs = dict(head_epochs=2, epochs=2, unfreeze=2, **QUICK)
+    plain = kerasft.finetune(pretrained, few, **kwargs)
+    store = FeatureStore()
+    first = kerasft.finetune(pretrained, few, feature_store=store, **kwargs)
+    second = kerasft.finetune(pretrained, few, feature_store=store, **kwargs)
+
+    assert [p.feature_source for p in first.speed.phases] == [caching.DERIVED, caching.KEPT]
+    assert [p.feature_source for p in second.speed.phases] == [caching.STORED_BOTH, caching.KEPT]
+    assert (len(store), store.hits, store.misses) == (2, 2, 2)
+    computed, reused = first.speed.phases[0].feature_seconds, second.speed.phases[0].feature_seconds
+    assert reused < min(0.15, computed), (computed, reused)
+    # same features, same batches: the same training as without the store
+    assert _same_weights(plain.model, second.model)
+    assert _same_weights(first.model, second.model)
+    np.testing.assert_allclose(plain.phases[1].history["val_loss"], second.phases[1].history["val_loss"], rtol=1e-5)
+
+
+def test_store_does_not_reuse_for_changed_weights_or_data(pretrained, few):
+    store = FeatureStore()
+    kwargs = dict(recipe="head", epochs=1, **QUICK)
+
+    def source(model, data):
+        return kerasft.finetune(model, data, feature_store=store, **kwargs).speed.phases[0].feature_source
+
+    assert source(pretrained, few) == caching.COMPUTED
+    assert source(pretrained, few) == caching.STORED
+
+    changed = keras.models.clone_model(pretrained)
+    changed.set_weights(pretrained.get_weights())
+    kernel = changed.get_layer("block1_conv1").kernel
+    kernel.assign(kernel.numpy() + np.eye(1, kernel.numpy().size, 7).reshape(kernel.shape) * 1e-3)
+    assert source(changed, few) == caching.COMPUTED
+
+    x, y = few
+    other = x.copy()
+    other[0, 10, 10, 0] += 1.0
+    assert source(pretrained, (other, y)) == caching.COMPUTED
+    assert len(store) == 3
+    # a shuffle is per phase: the same data in another order is other inputs, not other features
+    assert source(pretrained, few) == caching.STORED
+
+
+def test_store_budget_keeps_the_most_recent_entries():
+    def features(n):
+        return caching._Features((np.zeros((n, 10), "float32"),), None, n * 40, [])
+
+    store = FeatureStore(budget=1000)
+    assert store.put("a", features(10)) and store.put("b", features(10))
+    assert store.get("a") is not None  # "a" is now the most recent
+    assert store.put("c", features(10))
+    assert "b" not in store and "a" in store and "c" in store and store.evictions == 1
+    assert not store.put("huge", features(100)), "an entry beyond the budget is not stored"
+    assert store.get("c").train[0].flags.writeable is False
+    assert "2 entries" in repr(store)
+    store.clear()
+    assert len(store) == 0
+
+
+def test_store_bad_arguments(pretrained, few):
+    with pytest.raises(ValueError, match=r"`budget`.*Received: budget=-1"):
+        FeatureStore(budget=-1)
+    with pytest.raises(TypeError, match=r"`feature_store` must be a kerasft.speed.FeatureStore.*'yes'"):
+        kerasft.finetune(pretrained, few, feature_store="yes", recipe="head", epochs=1, **QUICK)
+
+
+# --------------------------------------------------------------------------------- search
+
+
+@pytest.fixture(scope="module")
+def random_search(pretrained, few, tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("search"))
+    result = search(pretrained, few, SPACE, max_trials=4, directory=directory, verbose=0, **TINY)
+    return result, directory
+
+
+@pytest.mark.slow
+def test_random_search_shares_features_and_picks_the_best(random_search):
+    result, directory = random_search
+    assert isinstance(result, SearchResult) and len(result.trials) == 4
+    assert all(row.status == "COMPLETED" and not row.earlier for row in result.trials)
+    assert {tuple(sorted(row.params)) for row in result.trials} == {("lr", "unfreeze")}
+    scores = [row.objective for row in result.trials]
+    assert result.direction == "min"
+    assert result.best.best_score == pytest.approx(min(scores))
+    best_row = next(row for row in result.trials if row.trial_id == result.best_trial)
+    assert best_row.objective == min(scores) and result.best_params == best_row.params
+    # 4 trials, 2 values of `unfreeze`: some trials found their features in the store
+    assert result.store.hits > 0
+    assert result.directory == os.path.join(directory, "kerasft_search")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("oracle", ["bayesian", "hyperband"])
+def test_other_oracles(pretrained, few, oracle):
+    kwargs = dict(TINY, epochs=3) if oracle == "hyperband" else TINY
+    result = search(pretrained, few, {"lr": ("float", 1e-3, 3e-2, "log"), "unfreeze": [1, "all"]},
+                    max_trials=4, oracle=oracle, objective="val_accuracy", verbose=0, **kwargs)
+    assert len(result.trials) == 4 and result.direction == "max"
+    assert all(row.status == "COMPLETED" for row in result.trials)
+    scores = [row.objective for row in result.trials]
+    assert result.best.best_score == pytest.approx(max(scores))
+    assert all(isinstance(row.params["lr"], float) for row in result.trials)
+    assert result.directory is None  # a temporary directory, removed
+    if oracle == "hyperband":  # budgets of 1 epoch, then the best run again with 3
+        assert sorted(row.params["epochs"] for row in result.trials) == [1, 1, 1, 3]
+
+
+@pytest.mark.slow
+def test_search_resumes_after_its_finished_trials(random_search, pretrained, few):
+    first, directory = random_search
+    again = search(pretrained, few, SPACE, max_trials=4, directory=directory, verbose=0, **TINY)
+    assert all(row.earlier for row in again.trials), "no trial runs twice"
+    assert [(r.trial_id, r.params, r.objective, r.seconds) for r in again.trials] == \
+        [(r.trial_id, r.params, r.objective, r.seconds) for r in first.trials]
+    # the best trial ran in the earlier search: its configuration ran once more, the same way
+    assert again.best_trial == first.best_trial
+    assert again.best.best_score == pytest.approx(first.best.best_score, rel=1e-4)
+
+    more = search(pretrained, few, SPACE, max_trials=5, directory=directory, verbose=0, **TINY)
+    assert [row.earlier for row in more.trials] == [True] * 4 + [False]
+
+    with pytest.raises(ValueError, match=r"holds another search.*'space'.*overwrite=True"):
+        search(pretrained, few, {"lr": [1e-3, 3e-3]}, max_trials=4, directory=directory, verbose=0, **TINY)
+
+
+@pytest.mark.slow
+def test_result_table_dataframe_and_plot(random_search, tmp_path):
+    result, _ = random_search
+    table = result.table()
+    lines = table.splitlines()
+    assert len(lines) == 5 and "val_loss" in lines[0] and "unfreeze" in lines[0]
+    assert sum(line.startswith("*") for line in lines) == 1
+    frame = result.to_dataframe()
+    assert list(frame.index) == [row.trial_id for row in result.trials]
+    assert frame["val_loss"].min() == pytest.approx(result.best.best_score)
+    path = result.plot(tmp_path / "search.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"`path` must end with '.png'"):
+        result.plot(tmp_path / "search.jpg")
+
+
+def test_combinations_finetune_refuses_fail_their_trials(pretrained, few):
+    # each value alone is fine; together, finetune refuses them: every trial fails at once
+    with pytest.raises(RuntimeError, match=r"No trial of the search completed.*`unfreeze` applies to"):
+        search(pretrained, few, {"recipe": ["gradual"], "unfreeze": [2]}, max_trials=2, verbose=0, **TINY)
+
+
+@pytest.mark.filterwarnings("ignore:Early stopping conditioned on metric")
+def test_objective_that_is_not_logged(pretrained, few):
+    with pytest.raises(ValueError, match=r"`objective='val_acc'` is not a quantity the trials log.*val_accuracy"):
+        search(pretrained, few, {"lr": [1e-2]}, max_trials=1, objective="val_acc", verbose=0,
+               recipe="head", epochs=1)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(space={"lr": [1e-3], "not_a_keyword": [1]}), ValueError,
+     r"'not_a_keyword', which is not a finetune keyword. Keywords that can be searched: \[.*'unfreeze'"),
+    (dict(space={"validation_split": [0.1, 0.2]}), ValueError, r"cannot search 'validation_split': the objective"),
+    (dict(space={"lr": [1e-3]}, lr=1e-2), ValueError, r"'lr' is both in `space` and fixed \(lr=0.01\)"),
+    (dict(space={"lr": [1e-3, 20]}), ValueError, r"`space\['lr'\]`: finetune refuses lr=20: .*\(0, 10\)"),
+    (dict(space={"lr": ("float", 1e-2, 1e-3)}), ValueError, r"`space\['lr'\]` must be a list .*low < high"),
+    (dict(space={"lr": ("float", 0.0, 1e-2, "log")}), ValueError, r"log range needs low > 0"),
+    (dict(space={"lr": ("uniform", 0.0, 1e-2)}), ValueError, r"\('float', low, high\).*Received: space\['lr'\]"),
+    (dict(space={"unfreeze": []}), ValueError, r"`space\['unfreeze'\]` is an empty list"),
+    (dict(space={"unfreeze": [1, 1]}), ValueError, r"repeats a value"),
+    (dict(space={}), ValueError, r"`space` must be a non-empty dict"),
+    (dict(space={"epochs": [1, 2]}, oracle="hyperband"), ValueError, r"oracle='hyperband' sets each trial's epochs"),
+    (dict(space={"lr": [1e-3]}, oracle="grid"), ValueError, r"`oracle` must be one of \['random', 'bayesian'"),
+    (dict(space={"lr": [1e-3]}, max_trials=0), ValueError, r"`max_trials` must be an integer >= 1"),
+    (dict(space={"lr": [1e-3]}, learning_rate=1e-3), TypeError,
+     r"unexpected keyword argument 'learning_rate'. It takes the finetune keywords: \[.*'finetune_lr'"),
+    (dict(space={"lr": [1e-3]}, monitor="val_accuracy"), ValueError, r"`monitor='val_accuracy'` cannot be given"),
+    (dict(space={"lr": [1e-3]}, copy=False), ValueError, r"`copy=False` cannot be given to search"),
+    (dict(space={"lr": [1e-3]}, unfreeze=0), ValueError, r"search\(\): Argument `unfreeze`"),
+])
+def test_bad_arguments(pretrained, few, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        search(pretrained, few, verbose=0, **kwargs)
+
+
+def test_loss_changing_space_warns(pretrained, few):
+    with pytest.warns(UserWarning, match=r"changes \['label_smoothing'\].*objective='val_accuracy'"):
+        result = search(pretrained, few, {"label_smoothing": [0.1]}, max_trials=1, verbose=0, recipe="head",
+                        epochs=1)
+    assert result.best_params == {"label_smoothing": 0.1}
+
+
+def test_searchable_keywords_are_finetune_keywords():
+    keywords = searchable_keywords()
+    assert {"lr", "finetune_lr", "unfreeze", "recipe", "lora_rank", "augment", "label_smoothing", "epochs"} <= set(keywords)
+    assert not {"validation_split", "verbose", "feature_store", "copy"} & set(keywords)
