@@ -9,7 +9,8 @@ epochs, early stopping with patience 5).
 - single: one ``kerasft.finetune`` call with the default recipe;
 - search: ``kerasft.search`` with 8 random trials over ``lr``, ``finetune_lr``,
   ``unfreeze`` (the top 1, 2 or 3 weighted layers, or all) and ``label_smoothing``
-  (objective ``val_loss``), one FeatureStore shared by the trials;
+  (objective ``val_loss``), one FeatureStore shared by the trials; its first trial
+  runs ``finetune``'s defaults, which the space holds;
 - loop: the same 8 configurations as 8 plain ``finetune`` calls (no store), what one
   would write by hand.
 
@@ -72,7 +73,7 @@ def main(argv=None):
 
     times = {"single": [], "search": [], "loop": []}
     accuracy = {}
-    found = None
+    found, per_trial = None, []
     for round_ in range(args.rounds):
         order = ["single", "search", "loop"] if round_ % 2 == 0 else ["loop", "search", "single"]
         for name in order:
@@ -86,14 +87,17 @@ def main(argv=None):
                 if found is None:
                     found, _ = timed(searched)
                 configs = [row.params for row in found.trials]
-                _, seconds = timed(lambda configs=configs: [kerasft.finetune(model, data, verbose=0, **p)
-                                                            for p in configs])
+                loop, seconds = timed(lambda configs=configs: [kerasft.finetune(model, data, verbose=0, **p)
+                                                               for p in configs])
+                per_trial = [r.evaluate(test)["accuracy"] for r in loop]
             times[name].append(seconds)
             print(f"round {round_ + 1}: {name} {seconds:.1f} s", flush=True)
 
     median = {k: statistics.median(v) for k, v in times.items()}
     print()
     print(found.table())
+    print("test accuracy of each trial's configuration (from the loop):",
+          " ".join(f"{a:.4f}" for a in per_trial))
     print()
     rows = found.trials
     fit = sum(r.fit_seconds for r in rows)

@@ -44,6 +44,7 @@ from kerasft.schedules import (  # noqa: E402
     WarmupStepDecay,
     scale_schedule,
 )
+from kerasft.search import SearchResult, search  # noqa: E402
 from kerasft.speed import CachedFeatureModel, FeatureCache, split_frozen_prefix  # noqa: E402
 from kerasft.surgery import (  # noqa: E402
     ParamCount,
@@ -74,6 +75,8 @@ __all__ = [
     "plot_report",
     "peft",
     "convert",
+    "SearchResult",
+    "search",
     "Plan",
     "monitor_mode",
     "plan",

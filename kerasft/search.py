@@ -38,7 +38,7 @@ from kerasft.engine.options import Options
 from kerasft.engine.result import FinetuneResult
 from kerasft.speed.caching import FeatureStore
 
-__all__ = ["search", "SearchResult", "TrialRow", "ORACLES"]
+__all__ = ["search", "SearchResult", "TrialRow", "ORACLES", "baseline_values", "parse_space", "searchable_keywords"]
 
 ORACLES = ("random", "bayesian", "hyperband")
 # Keywords that are about the run, not the model it returns, or that make the trials'
@@ -235,6 +235,19 @@ class _Param:
             return next((v for v in self.values if v == value and type(v) is type(value)), value)
         return int(value) if self.kind == "int" else float(value)  # not NumPy scalars
 
+    def encode(self, value: Any) -> Any:
+        """The oracle's value for ``value``, or ``None`` when the space does not hold it."""
+        if self.kind == "choice":
+            for i, v in enumerate(self.values):
+                same = (math.isclose(v, value, rel_tol=1e-9) if isinstance(v, float) and isinstance(value, float)
+                        else v == value)
+                if type(v) is type(value) and same:
+                    return v if self.labels is None else self.labels[i]
+            return None
+        number = int if self.kind == "int" else (int, float)
+        ok = isinstance(value, number) and not isinstance(value, bool) and self.low <= value <= self.high
+        return value if ok else None
+
     def describe(self) -> list:
         if self.kind == "choice":
             return ["choice", [repr(v) for v in self.values]]
@@ -330,6 +343,10 @@ def search(
     what was drawn). All trials share one :class:`kerasft.speed.FeatureStore`: features
     of a frozen bottom are computed once for the whole search.
 
+    With the random and Bayesian oracles, the first trial runs ``finetune``'s defaults
+    when the space holds them (``finetune_lr=None`` standing for ``lr / 10``), so the
+    search ends no worse on its objective than a plain ``finetune`` call.
+
     Trials are kept in KerasTuner's project directory ``directory/project_name``;
     calling ``search`` again with the same arguments continues after the finished trials
     (a larger ``max_trials`` adds trials). A directory written by a search with another
@@ -424,14 +441,17 @@ def search(
 
 @contextlib.contextmanager
 def _quiet_retracing():
-    """Silence TensorFlow's warning that functions are traced again: every trial builds new ones."""
+    """Drop TensorFlow's warning that functions are traced again: every trial builds new ones."""
     logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+    logger.addFilter(keep)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(keep)
 
 
 def _check_arguments(max_trials, objective, oracle, project_name, overwrite, seed, verbose) -> None:
@@ -529,6 +549,45 @@ def _write_fingerprint(project_dir: str, fingerprint: dict[str, Any]) -> None:
         json.dump(fingerprint, f, indent=1)
 
 
+def baseline_values(params: list[_Param], fixed: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The oracle's values for ``finetune``'s defaults, or ``None`` when the space lacks one.
+
+    ``finetune_lr=None`` (the default) stands for a tenth of the run's ``lr``.
+    """
+    defaults = Options().keywords()
+    values: dict[str, Any] = {}
+    for param in params:
+        default = defaults[param.name]
+        if param.name == "finetune_lr" and default is None:
+            lr = next((p.decode(values[p.name]) for p in params if p.name == "lr" and p.name in values),
+                      fixed.get("lr", defaults["lr"]))
+            default = lr / 10 if isinstance(lr, (int, float)) else None
+        value = None if default is None else param.encode(default)
+        if value is None:
+            return None
+        values[param.name] = value
+    return values
+
+
+class _Baseline:
+    """An oracle whose first trial is ``baseline`` (finetune's defaults), when given."""
+
+    baseline: dict[str, Any] | None = None
+
+    def populate_space(self, trial_id):
+        if self.baseline is not None and not self.trials:
+            return {"status": "RUNNING", "values": dict(self.baseline)}
+        return super().populate_space(trial_id)
+
+
+class _RandomOracle(_Baseline, keras_tuner.oracles.RandomSearchOracle):
+    pass
+
+
+class _BayesianOracle(_Baseline, keras_tuner.oracles.BayesianOptimizationOracle):
+    pass
+
+
 def _make_tuner(trials, params, oracle, objective, direction, max_trials, seed, root, project_name,
                 overwrite, epochs) -> BaseTuner:
     hp = keras_tuner.HyperParameters()
@@ -538,16 +597,17 @@ def _make_tuner(trials, params, oracle, objective, direction, max_trials, seed, 
                   seed=seed + 1,  # KerasTuner draws a random seed for 0
                   max_consecutive_failed_trials=max_trials)  # combinations finetune refuses fail fast
     if oracle == "random":
-        made = keras_tuner.oracles.RandomSearchOracle(max_trials=max_trials, **common)
+        made = _RandomOracle(max_trials=max_trials, **common)
     elif oracle == "bayesian":
         initial = max(1, min(3 * len(params), max_trials // 2))
-        made = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=max_trials, num_initial_points=initial,
-                                                              **common)
+        made = _BayesianOracle(max_trials=max_trials, num_initial_points=initial, **common)
     else:
         # Brackets repeat (no limit of iterations) until `max_trials`.
         made = keras_tuner.oracles.HyperbandOracle(max_epochs=max(1, epochs), factor=3, hyperband_iterations=None,
                                                    **common)
         made.max_trials = max_trials
+    if oracle != "hyperband":  # Hyperband's brackets draw every configuration
+        made.baseline = baseline_values(params, trials.fixed)
     with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
         return _Tuner(trials, oracle=made, directory=root, project_name=project_name, overwrite=overwrite)
 

@@ -13,7 +13,7 @@ import pytest
 
 import kerasft
 from kerasft import datasets
-from kerasft.search import SearchResult, search, searchable_keywords
+from kerasft.search import SearchResult, baseline_values, parse_space, search, searchable_keywords
 from kerasft.speed import FeatureStore, caching
 
 QUICK = dict(verbose=0, patience=None)
@@ -124,6 +124,7 @@ def test_random_search_shares_features_and_picks_the_best(random_search):
     assert isinstance(result, SearchResult) and len(result.trials) == 4
     assert all(row.status == "COMPLETED" and not row.earlier for row in result.trials)
     assert {tuple(sorted(row.params)) for row in result.trials} == {("lr", "unfreeze")}
+    assert result.trials[0].params == {"lr": 1e-2, "unfreeze": "all"}, "the first trial runs finetune's defaults"
     scores = [row.objective for row in result.trials]
     assert result.direction == "min"
     assert result.best.best_score == pytest.approx(min(scores))
@@ -145,6 +146,8 @@ def test_other_oracles(pretrained, few, oracle):
     scores = [row.objective for row in result.trials]
     assert result.best.best_score == pytest.approx(max(scores))
     assert all(isinstance(row.params["lr"], float) for row in result.trials)
+    first = {"lr": 1e-2, "unfreeze": "all"}  # finetune's defaults first, where the oracle allows it
+    assert (result.trials[0].params == first) == (oracle == "bayesian")
     assert result.directory is None  # a temporary directory, removed
     if oracle == "hyperband":  # budgets of 1 epoch, then the best run again with 3
         assert sorted(row.params["epochs"] for row in result.trials) == [1, 1, 1, 3]
@@ -229,6 +232,15 @@ def test_loss_changing_space_warns(pretrained, few):
         result = search(pretrained, few, {"label_smoothing": [0.1]}, max_trials=1, verbose=0, recipe="head",
                         epochs=1)
     assert result.best_params == {"label_smoothing": 0.1}
+
+
+def test_baseline_is_finetune_defaults_when_the_space_holds_them():
+    space = {"lr": [3e-3, 1e-2], "finetune_lr": [1e-4, 1e-3], "unfreeze": [1, "all"], "train_bn": [True, False]}
+    assert baseline_values(parse_space(space, {}), {}) == {"lr": 1e-2, "finetune_lr": 1e-3, "unfreeze": "'all'",
+                                                           "train_bn": False}
+    fixed = {"lr": 3e-3}  # finetune_lr=None is lr / 10 of the fixed rate
+    assert baseline_values(parse_space({"finetune_lr": [3e-4, 1e-3]}, fixed), fixed) == {"finetune_lr": 3e-4}
+    assert baseline_values(parse_space({"lr": ("float", 1e-3, 3e-3)}, {}), {}) is None
 
 
 def test_searchable_keywords_are_finetune_keywords():
