@@ -127,7 +127,7 @@ def main(argv=None) -> None:
             print(f"| {r['name']} | refused: {r['error']} | | | | | |")
             continue
 
-        def ratio(key):
+        def ratio(key, r=r):
             return f" ({r[key] / full[key]:.2f})" if full else ""
 
         print(f"| {r['name']} | {r['accuracy']:.3f} | {r['seconds']:.1f} | {100 * r['trainable']:.2f} | "
