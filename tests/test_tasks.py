@@ -153,3 +153,17 @@ def test_keras_hub_text_classifier_on_raw_strings(reviews, tmp_path):
     assert type(three.model) is keras_hub.models.BertTextClassifier and three.model.num_classes == 3
     three.model.save_to_preset(str(tmp_path / "preset"))
     assert keras_hub.models.BertTextClassifier.from_preset(str(tmp_path / "preset")).num_classes == 3
+
+
+@pytest.mark.slow
+def test_keras_hub_text_export_serves_raw_strings(reviews, tmp_path):
+    import tensorflow as tf
+
+    task = small_bert_classifier(reviews.x_train)
+    result = kerasft.finetune(task, (reviews.x_train, reviews.y_train), recipe="lp-lora", lora_rank=2,
+                              head_epochs=1, epochs=1, verbose=0)
+    path = result.export(str(tmp_path / "text_export"), class_names=["rotten", "fresh"])
+    served = tf.saved_model.load(path).signatures["serve"](tf.constant(list(reviews.x_test[:8])))
+    expected = keras.ops.softmax(result.model.predict(reviews.x_test[:8], verbose=0)).numpy()
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-4)  # adapters merged in
+    assert [n.decode() for n in served["class_name"].numpy()] == [["rotten", "fresh"][i] for i in expected.argmax(1)]

@@ -365,7 +365,7 @@ def _model_inputs(data: Any, argument: str, spec: tf.TensorSpec, *, limit: int |
 
 def _export_saved_model(model, path, spec, kind, head, names, metadata, card_facts, *,
                         overwrite: bool) -> ExportedPath:
-    features = _features_model(model, head)
+    features = None if _text_preprocessor(model) is not None else _features_model(model, head)
     metadata["endpoints"] = [SERVE_ENDPOINT, "serving_default"]
     metadata["features_endpoint"] = FEATURES_ENDPOINT if features is not None else None
     if features is not None:
@@ -470,7 +470,19 @@ def _check_destination(path: str, *, overwrite: bool, is_dir: bool) -> None:
         )
 
 
+def _text_preprocessor(model: keras.Model) -> Any:
+    """A KerasHub text task's preprocessor: its export takes raw strings, as the task does."""
+    import sys
+
+    hub = sys.modules.get("keras_hub")
+    if hub is None or not isinstance(model, hub.models.TextClassifier):
+        return None
+    return getattr(model, "preprocessor", None)
+
+
 def _input_spec(model: keras.Model) -> tf.TensorSpec:
+    if _text_preprocessor(model) is not None:
+        return tf.TensorSpec((None,), dtype=tf.string, name="text")
     inputs = getattr(model, "inputs", None)
     if not model.built or not inputs:
         raise ValueError(
@@ -645,6 +657,17 @@ def _write_saved_model(
     """Write the serving SavedModel into the existing, empty `directory`."""
     archive = keras.export.ExportArchive()
     archive.track(model)
+    preprocessor = _text_preprocessor(model)
+    if preprocessor is not None:  # raw strings in: the tokenizer runs in the served graph
+        archive.track(preprocessor)
+
+        def forward(inputs):
+            return model(preprocessor(inputs), training=False)
+    else:
+
+        def forward(inputs):
+            return model(inputs, training=False)
+
     lookup = None
     with tempfile.TemporaryDirectory(prefix="kerasft-assets-") as assets:
         if names and table_lookup:
@@ -671,7 +694,7 @@ def _write_saved_model(
             lookup = lambda ids: tf.gather(constant, ids)  # noqa: E731
 
         def serve(inputs):
-            probabilities = _to_probabilities(model(inputs, training=False), kind)
+            probabilities = _to_probabilities(forward(inputs), kind)
             class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             result = {"probabilities": probabilities, "class_id": class_id}
             if lookup is not None:
