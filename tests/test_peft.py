@@ -482,15 +482,3 @@ def test_docstring_examples_run(module):
     assert result.attempted > 0 and result.failed == 0
 
 
-def python_blocks(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return re.findall(r"^```python\n(.*?)^```", f.read(), flags=re.S | re.M)
-
-
-def test_docs_peft_md_code_runs(monkeypatch):
-    blocks = python_blocks(os.path.join(ROOT, "docs", "peft.md"))
-    assert len(blocks) >= 5
-    monkeypatch.chdir(ROOT)
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "docs/peft.md", "exec"), namespace)

@@ -235,7 +235,7 @@ def _raw_ops_model():
     x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
     x = x + keras.layers.Conv2D(8, 3, padding="same", name="block1_conv")(x)
     x = keras.layers.LayerNormalization(name="block1_norm")(x)
-    tokens = keras.layers.Reshape((64, 8))(x)
+    tokens = keras.layers.Reshape((64, 8), name="reshape")(x)
     cls = tokens[:, 0]
     return keras.Model(inputs, keras.layers.Dense(3, name="head")(cls), name="raw_ops")
 
