@@ -19,7 +19,7 @@ import nbformat
 
 REPOSITORY = "kerasft/kerasft"  # GitHub owner/name that Colab opens the notebooks from
 BRANCH = "main"
-SCRIPTS = ("quickstart.py", "strategies.py", "pruning_export.py", "image_folder.py")
+SCRIPTS = ("quickstart.py", "strategies.py", "pruning_export.py", "image_folder.py", "text_job.py")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 INSTALL_CELL = f"""\

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import time
 
 import pytest
 from conftest import ROOT
@@ -76,13 +75,10 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
         nb, timeout=300, kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},  # files land in tmp_path
     )
-    start = time.perf_counter()
     client.execute(env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    seconds = time.perf_counter() - start
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                      for o in c.outputs if o.output_type == "stream")
     assert "test accuracy" in text, text[-2000:]
-    assert seconds < 120, f"{name} took {seconds:.0f} s"  # ~15-40 s here
