@@ -12,6 +12,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from helpers import Subclassed
 
 from kerasft import datasets, peft
 from kerasft.peft import _walk
@@ -383,15 +384,6 @@ def test_trainable_report_table():
     assert re.search(
         r"trainable params: [\d,]+ \|\| all params: [\d,]+ \|\| trainable%: \d+\.\d{4}$", lines[-1]
     )
-
-
-class Subclassed(keras.Model):
-    def __init__(self):
-        super().__init__()
-        self.dense = keras.layers.Dense(3)
-
-    def call(self, x):
-        return self.dense(x)
 
 
 def test_bad_inputs_are_refused_with_clear_messages(tmp_path):
