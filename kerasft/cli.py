@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)")
     ft.add_argument("--task", default="image", choices=["image", "text"],
                     help="image (default: digits or --data folder) or text: MiniLM (a pretrained BERT) "
-                         "on 400 Rotten Tomatoes reviews, beside KerasHub's hand-written recipe")
+                         "on 400 Rotten Tomatoes reviews, beside KerasHub's hand-written recipe "
+                         "(its recipe is kerasft.textjob.TEXT_RECIPE; of the options below only "
+                         "--seed, --json and -q apply)")
     ft.add_argument("--no-baseline", action="store_true", help="--task text: skip KerasHub's recipe")
     ft.add_argument("--data", default="digits",
                     help="'digits' (scikit-learn digits, default) or an image folder with one "
