@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -197,3 +198,49 @@ def test_killed_lora_run_resumes_in_the_adapter_phase(tmp_path, shipped_model_pa
     a, b = _result(resumed), _result(straight)
     assert a["iterations"] == b["iterations"] and a["phases"] == b["phases"] == ["head", "adapters"]
     assert abs(a["accuracy"] - b["accuracy"]) <= 0.03 and b["accuracy"] > 0.85
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stop the run (as a kill would) after ``epochs`` epochs of the adapter phase."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs, self.seen = epochs, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if any(getattr(w, "path", "").endswith("lora_kernel_a") for w in self.model.trainable_weights):
+            self.seen += 1
+            if self.seen == self.epochs:
+                self.adapters = _adapters(self.model)
+                raise KeyboardInterrupt("interrupted for the test")
+
+
+def _adapters(model):
+    return {w.path: np.array(w) for w in model.weights if "lora_kernel" in w.path}
+
+
+def test_resumed_adapter_phase_gets_its_unmerged_adapters_back(tmp_path, shipped_model_path,
+                                                               digits_small):
+    # Keras saves an in-place LoRA layer merged and zeroes A and B when loading it; a
+    # phase resumed from that alone would have dead adapters (no gradient reaches A or B).
+    x, y = digits_small
+    kwargs = dict(recipe="lp-lora", lora_rank=4, head_epochs=1, epochs=4, lr=1e-2,
+                  patience=None, checkpoint_dir=str(tmp_path / "c"), verbose=0)
+    interrupt = _Interrupt(2)
+    with pytest.raises(KeyboardInterrupt):
+        kerasft.finetune(shipped_model_path, (x, y), callbacks=[interrupt], **kwargs)
+    interrupted = interrupt.adapters  # what the run's backup after epoch 2 holds
+    assert len(interrupted) == 2 and all(v.any() for v in interrupted.values())
+
+    restored = {}
+
+    class Peek(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            restored.update(_adapters(self.model))
+
+    result = kerasft.finetune(shipped_model_path, (x, y), callbacks=[Peek()], **kwargs)
+    assert restored.keys() == interrupted.keys()
+    for path, value in interrupted.items():
+        np.testing.assert_array_equal(restored[path], value)
+    final = _adapters(result.model)
+    assert all(v.any() and not np.array_equal(v, interrupted[p]) for p, v in final.items())

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -103,6 +104,7 @@ class RunCheckpoint:
         return [
             compat.BackupAndRestore(self.backup_dir(index), save_freq="epoch",
                                     double_checkpoint=True, delete_checkpoint=False),
+            _UnmergedAdapters(self.backup_dir(index)),
             _PersistBest(self, best),
         ]
 
@@ -130,6 +132,56 @@ class RunCheckpoint:
         with atomic_file(os.path.join(self.directory, _STATE)) as tmp:
             with open(tmp, "w") as f:
                 json.dump(self.state, f, indent=1)
+
+
+class _UnmergedAdapters(keras.callbacks.Callback):
+    """Back up the layers that carry Keras's in-place LoRA as they are, not merged.
+
+    Keras saves such a layer as its merged kernel and, loading it, sets both LoRA factors
+    to zero; with ``A = B = 0`` no gradient reaches either again, so an adapter phase
+    resumed from Keras's backup alone would train nothing. This callback writes those
+    layers' variables (kernel, factors, DoRA magnitude) with the epoch they belong to
+    beside the backup, and puts them back after Keras has restored it (it runs after
+    ``BackupAndRestore`` in the callback list). The previous file is kept too, as Keras
+    keeps its previous backup, and the one whose epoch matches the restored backup wins.
+    """
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.paths = [os.path.join(directory, n) for n in ("adapters.npz", "adapters-prev.npz")]
+
+    def _variables(self) -> list[Any]:
+        return [v for layer in compat.flatten_layers(self.model)
+                if getattr(layer, "lora_enabled", False) for v in layer.weights]
+
+    def on_train_begin(self, logs=None):
+        variables = self._variables()
+        meta = os.path.join(self.directory, "training_metadata.json")
+        if not variables or not os.path.exists(meta):
+            return
+        with open(meta) as f:
+            epoch = int(json.load(f)["epoch"])
+        for path in self.paths:
+            if not os.path.exists(path):
+                continue
+            arrays = _load_arrays(path)
+            if int(arrays[0]) == epoch and len(arrays) == len(variables) + 1:
+                for v, value in zip(variables, arrays[1:]):
+                    v.assign(value)
+                return
+        warnings.warn(f"No unmerged adapter backup for epoch {epoch} in {self.directory!r}: "
+                      "the resumed phase starts from the merged kernels with zero adapters.",
+                      RuntimeWarning, stacklevel=2)
+
+    def on_epoch_end(self, epoch, logs=None):
+        variables = self._variables()
+        if not variables:
+            return
+        if os.path.exists(self.paths[0]):
+            os.replace(self.paths[0], self.paths[1])
+        _save_arrays(self.paths[0], [np.array(epoch + 1)] + [keras.ops.convert_to_numpy(v)
+                                                             for v in variables])
 
 
 class _PersistBest(keras.callbacks.Callback):
