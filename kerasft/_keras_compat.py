@@ -49,6 +49,7 @@ __all__ = [
     "mark_trainable_state_synced",
     "metric_direction",
     "BackupAndRestore",
+    "add_weight_after_build",
     "SwapEMAWeights",
     "symbolic_build",
     "forget_distribute_strategy",
@@ -333,6 +334,20 @@ def rebuild_optimizer(optimizer: Any, variables: list) -> None:
 def has_ema_averages(optimizer: Any) -> bool:
     """Whether an EMA optimizer has built its averages (``_model_variables_moving_average``)."""
     return bool(getattr(optimizer, "use_ema", False)) and hasattr(optimizer, "_model_variables_moving_average")
+
+
+def add_weight_after_build(layer: Any, **kwargs: Any) -> Any:
+    """``layer.add_weight(...)`` on a layer that is already built.
+
+    Keras locks a layer's variable tracker once it is built; ``enable_lora`` unlocks it
+    (``_tracker``) to add its factors, and kerasft's in-place DoRA adds its magnitude
+    vector the same way. There is no public API to add state to a built layer.
+    """
+    layer._tracker.unlock()
+    try:
+        return layer.add_weight(**kwargs)
+    finally:
+        layer._tracker.lock()
 
 
 # ----------------------------------------------------------------------------- callbacks

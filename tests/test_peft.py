@@ -62,8 +62,10 @@ def randomize_adapters(model: keras.Model, seed: int = 1) -> None:
             if getattr(layer, name, None) is not None:
                 v = getattr(layer, name)
                 v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
-        if isinstance(layer, peft.DoRA):
-            layer.magnitude.assign(layer.magnitude * rng.uniform(0.8, 1.2, layer.magnitude.shape))
+        for name in ("magnitude", "dora_magnitude"):  # DoRA wrapper / DoRA in place
+            magnitude = getattr(layer, name, None)
+            if magnitude is not None:
+                magnitude.assign(magnitude * rng.uniform(0.8, 1.2, magnitude.shape))
 
 
 # --- LoRA on the shipped MNIST CNN -----------------------------------------------------
@@ -355,16 +357,57 @@ def test_kerashub_task_adapters_roundtrip_and_merge_keep_the_task(tmp_path):
     np.testing.assert_allclose(merged.predict(texts, verbose=0), expected, atol=1e-5)
 
 
-def test_dora_inside_kerashub_blocks_is_refused_with_a_hint():
+def test_dora_inside_kerashub_blocks_goes_in_place(tmp_path):
+    # KerasHub's attention layers rebuild their projections from their own arguments on
+    # load, so no wrapper can stand there: DoRA is enabled in place, like Keras's LoRA.
+    classifier, texts, _, labels = bert_classifier(with_preprocessor=True)
+    classifier.save(tmp_path / "base.keras")
+    expected = classifier.predict(texts, verbose=0)
+    result = peft.apply_lora(classifier, rank=4, alpha=8, method="dora")
+    assert result.model is classifier
+    query = classifier.get_layer("bert_backbone").get_layer("transformer_layer_0")
+    query = query._self_attention_layer._query_dense
+    assert peft.layers.is_in_place_dora(query) and type(query).__name__ == "EinsumDense"
+    np.testing.assert_array_equal(classifier.predict(texts, verbose=0), expected)
+    # Adapters (A, B, magnitude per projection) and the head train; nothing else.
+    assert result.report.adapter_params == 4 * (32 * 2 * 4 + 4 * 16 + 2 * 16)
+
+    classifier.compile(optimizer=keras.optimizers.Adam(3e-2),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = snapshot(classifier)
+    classifier.fit(texts, labels, epochs=8, batch_size=8, shuffle=False, verbose=0)
+    moved = changed(before)
+    assert moved - {p for p in moved if "lora_kernel" in p or "dora_magnitude" in p} == {
+        "logits/kernel", "logits/bias"}
+    assert sum("dora_magnitude" in p for p in moved) == 4
+    trained = classifier.predict(texts, verbose=0)
+    assert not np.allclose(trained, expected, atol=1e-3)
+
+    path = peft.save_adapters(classifier, tmp_path / "dora.npz")
+    fresh = keras.models.load_model(tmp_path / "base.keras", compile=False)
+    again = peft.load_adapters(fresh, path)
+    assert again.targets == result.targets
+    np.testing.assert_array_equal(again.model.predict(texts, verbose=0), trained)
+
+    merged = peft.merge(classifier)
+    assert not any(_walk.is_adapted(node.layer) for node in _walk.walk(merged))
+    np.testing.assert_allclose(merged.predict(texts, verbose=0), trained, atol=1e-5)
+    # Saving writes merged kernels, as Keras's own LoRA does; the reloaded task is plain.
+    classifier.save(tmp_path / "adapted.keras")
+    reloaded = keras.models.load_model(tmp_path / "adapted.keras", compile=False)
+    np.testing.assert_allclose(reloaded.predict(texts, verbose=0), trained, atol=1e-5)
+
+
+def test_adapter_dropout_inside_kerashub_blocks_is_refused_with_a_hint():
     classifier, _, _, _ = bert_classifier(with_preprocessor=False)
     with pytest.raises(
         ValueError,
-        match=r"DoRA needs a wrapper layer around "
+        match=r"DoRA with dropout needs a wrapper layer around "
         r"'bert_backbone/transformer_layer_0/self_attention_layer/query'.*"
-        r"inside 'self_attention_layer'.*HINT: use method='lora'",
+        r"inside 'self_attention_layer'.*HINT: use dropout=0.0 there",
     ):
-        peft.apply_lora(classifier, method="dora")
-    with pytest.raises(ValueError, match="LoRA with dropout needs a wrapper"):
+        peft.apply_lora(classifier, method="dora", dropout=0.1)
+    with pytest.raises(ValueError, match="LoRA with dropout needs a wrapper.*HINT: use method='lora'"):
         peft.apply_lora(classifier, dropout=0.1)
     assert not any(_walk.is_adapted(node.layer) for node in _walk.walk(classifier))
 

@@ -14,7 +14,7 @@ from typing import Any
 import keras
 
 from kerasft import _keras_compat as compat
-from kerasft.peft.layers import LoRA
+from kerasft.peft.layers import LoRA, is_in_place_dora
 
 NORM_TYPES = tuple(
     t
@@ -84,9 +84,11 @@ def keras_lora_variables(layer: keras.layers.Layer) -> list[keras.Variable]:
 
 
 def adapter_variables(layer: keras.layers.Layer) -> list[keras.Variable]:
-    """Adapter variables of ``layer`` (Keras LoRA or a kerasft wrapper), or ``[]``."""
+    """Adapter variables of ``layer`` (Keras LoRA, in-place DoRA, a wrapper), or ``[]``."""
     if isinstance(layer, LoRA):
         return layer.adapter_variables
+    if is_in_place_dora(layer):
+        return keras_lora_variables(layer) + [layer.dora_magnitude]
     return keras_lora_variables(layer)
 
 
@@ -95,7 +97,11 @@ def is_adapted(layer: keras.layers.Layer) -> bool:
 
 
 def base_class(layer: keras.layers.Layer) -> str:
-    """Class name of the pretrained layer (the wrapped one for wrappers)."""
+    """Class name of the pretrained layer (the wrapped one for wrappers).
+
+    In-place DoRA keeps the name of the layer's own class (``DoRA[EinsumDense]`` is
+    named ``EinsumDense``).
+    """
     return type(layer.layer if isinstance(layer, LoRA) else layer).__name__
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from kerasft._fileio import atomic_file
 from kerasft.peft import _walk
-from kerasft.peft.layers import LoRA
+from kerasft.peft.layers import LoRA, is_in_place_dora
 from kerasft.peft.lora import AdapterSpec, LoraResult, apply_plan
 from kerasft.peft.report import trainable_report
 
@@ -65,8 +65,10 @@ def _describe(node: _walk.Node, with_digest: bool) -> dict[str, Any]:
 def _spec_of(layer: keras.layers.Layer) -> AdapterSpec:
     if isinstance(layer, LoRA):
         return AdapterSpec(layer.kind, layer.rank, layer.alpha, layer.dropout, layer.use_rslora)
-    # Keras's in-place LoRA keeps only lora_alpha; store it as alpha with the plain scale.
-    return AdapterSpec("lora", int(layer.lora_rank), float(layer.lora_alpha))
+    # Keras's in-place LoRA (and DoRA on top of it) keeps only lora_alpha; store it as
+    # alpha with the plain scale.
+    kind = "dora" if is_in_place_dora(layer) else "lora"
+    return AdapterSpec(kind, int(layer.lora_rank), float(layer.lora_alpha))
 
 
 def _check_path(path: Any) -> str:

@@ -8,6 +8,12 @@ shapes and initialisers Keras uses), and run the wrapped layer's own operation
 (``matmul``, ``einsum`` or ``convolution_op``) with the adapted kernel. They are
 registered Keras layers: a model that contains them saves with ``model.save`` and loads
 with ``keras.models.load_model`` after ``import kerasft``.
+
+A wrapper cannot stand inside a layer that creates its sublayers itself (the attention
+projections of a KerasHub transformer block are rebuilt from the block's own arguments
+when a model loads). There, :func:`enable_dora` turns DoRA on in place, the way Keras's
+``enable_lora`` turns on LoRA: the layer keeps its identity and path, gains a magnitude
+vector beside Keras's LoRA factors, and saves its merged kernel, as Keras's LoRA does.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["LoRA", "DoRA", "supports_wrapping"]
+from kerasft import _keras_compat as compat
+
+__all__ = ["LoRA", "DoRA", "supports_wrapping", "enable_dora", "is_in_place_dora"]
 
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _WRAPPABLE = (keras.layers.Dense, keras.layers.EinsumDense) + _CONV_TYPES
@@ -45,13 +53,13 @@ def supports_wrapping(layer: keras.layers.Layer) -> str | None:
     return None
 
 
-def _input_axes(layer: keras.layers.Layer) -> tuple[int, ...]:
-    """Kernel axes that are summed over in the forward pass (DoRA's norm runs over them)."""
+def _input_axes(layer: keras.layers.Layer, ndim: int) -> tuple[int, ...]:
+    """Axes of ``layer``'s ``ndim``-d kernel summed over in the forward pass (DoRA's norm)."""
     if isinstance(layer, keras.layers.EinsumDense):
         lhs, out = layer.equation.replace(" ", "").split("->")
         kernel_spec = lhs.split(",")[1]
         return tuple(i for i, c in enumerate(kernel_spec) if c not in out)
-    return tuple(range(len(layer.kernel.shape) - 1))
+    return tuple(range(ndim - 1))
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
@@ -270,8 +278,7 @@ class DoRA(LoRA):
         return [self.lora_kernel_a, self.lora_kernel_b, self.magnitude]
 
     def _norm(self, kernel: Any) -> Any:
-        kernel = ops.cast(kernel, "float32")
-        return ops.sqrt(ops.sum(ops.square(kernel), axis=_input_axes(self.layer), keepdims=True))
+        return _column_norm(self.layer, kernel)
 
     def _build_extra(self, kernel: keras.Variable) -> None:
         norm = self._norm(kernel)
@@ -291,3 +298,112 @@ class DoRA(LoRA):
         # A dead (all-zero) output unit keeps a zero kernel instead of 0/0.
         scale = ops.where(norm > 0, self.magnitude / ops.maximum(norm, 1e-30), 0.0)
         return ops.cast(scale, w0.dtype)
+
+
+def _column_norm(layer: keras.layers.Layer, kernel: Any) -> Any:
+    """Norm of ``kernel`` per output unit (over the axes that ``layer`` sums over)."""
+    kernel = ops.cast(kernel, "float32")
+    axes = _input_axes(layer, len(kernel.shape))
+    return ops.sqrt(ops.sum(ops.square(kernel), axis=axes, keepdims=True))
+
+
+class _InPlaceDoRA:
+    """DoRA on top of Keras's in-place LoRA (mixed into the layer's own class).
+
+    Keras's ``kernel`` property returns ``W0 + lora_alpha / rank * A @ B`` once LoRA is
+    enabled, and every ``call`` and ``save_own_variables`` of Dense, EinsumDense and the
+    convolutions reads the kernel through it. Rescaling that kernel per output unit by
+    ``m / ||W0 + scale * A @ B||`` (the norm constant in the backward pass, as in
+    :class:`DoRA`) is all DoRA adds, so the layer computes, trains and saves as DoRA
+    without a wrapper. Loading a saved kernel (which has the adapters folded in) resets
+    the magnitude to that kernel's norms, so the reloaded layer computes what was saved.
+    """
+
+    kind = "dora"
+
+    @property
+    def kernel(self) -> Any:
+        adapted = super().kernel
+        magnitude = getattr(self, "dora_magnitude", None)
+        if magnitude is None:  # while enable_dora measures the pretrained norms
+            return adapted
+        norm = ops.stop_gradient(_column_norm(self, adapted))
+        scale = ops.where(norm > 0, magnitude / ops.maximum(norm, 1e-30), 0.0)
+        return adapted * ops.cast(scale, adapted.dtype)
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(store)
+        # Keras zeroes the LoRA factors on load, so the kernel is the loaded one.
+        self.dora_magnitude.assign(_column_norm(self, super().kernel))
+
+
+_IN_PLACE_CLASSES: dict[type, type] = {}
+
+
+def _in_place_class(cls: type) -> type:
+    if cls not in _IN_PLACE_CLASSES:
+        _IN_PLACE_CLASSES[cls] = type(cls.__name__, (_InPlaceDoRA, cls), {
+            "__module__": __name__,
+            "__qualname__": f"DoRA[{cls.__qualname__}]",
+            "__doc__": f"{cls.__name__} with DoRA enabled in place (see ``enable_dora``).",
+        })
+    return _IN_PLACE_CLASSES[cls]
+
+
+def is_in_place_dora(layer: Any) -> bool:
+    """Whether ``layer`` had :func:`enable_dora` called on it."""
+    return isinstance(layer, _InPlaceDoRA)
+
+
+def enable_dora(layer: keras.layers.Layer, rank: int, lora_alpha: float | None = None) -> None:
+    """Turn on DoRA in place on a built Dense, EinsumDense or convolution layer.
+
+    Calls Keras's ``layer.enable_lora(rank, lora_alpha)``, adds a float32
+    ``dora_magnitude`` weight initialised to the pretrained kernel's norms per output
+    unit, and makes the layer an instance of a subclass of its own class whose ``kernel``
+    is DoRA's ``m * V / ||V||`` with ``V`` Keras's LoRA kernel. The layer computes exactly
+    what it computed before; ``lora_kernel_a``, ``lora_kernel_b`` and ``dora_magnitude``
+    are its adapter weights (the bias stays trainable, as with Keras's ``enable_lora``;
+    ``apply_lora`` freezes it). Use it where :class:`DoRA` cannot wrap a layer
+    (inside KerasHub transformer blocks); like Keras's LoRA, saving the model writes the
+    merged kernel, and ``kerasft.peft.save_adapters`` keeps the adapter itself.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from kerasft.peft.layers import enable_dora
+    >>> dense = keras.layers.Dense(4)
+    >>> x = np.ones((2, 3), "float32")
+    >>> before = dense(x)
+    >>> enable_dora(dense, rank=2)
+    >>> np.array_equal(before, dense(x)), [w.name for w in dense.trainable_weights]
+    (True, ['bias', 'lora_kernel_a', 'lora_kernel_b', 'dora_magnitude'])
+
+    Args:
+        layer: a built ``Dense``, ``EinsumDense`` or ``Conv1D/2D/3D``, not quantized,
+            without LoRA already and without a kernel constraint.
+        rank: rank of the update.
+        lora_alpha: Keras's scaling numerator (scale ``lora_alpha / rank``); `None`
+            means ``rank``.
+
+    Raises:
+        TypeError: when ``layer`` cannot take DoRA, with the reason.
+        ValueError: when ``layer`` is not built.
+    """
+    reason = supports_wrapping(layer) if isinstance(layer, keras.layers.Layer) else "not a layer"
+    if reason is not None:
+        raise TypeError(f"DoRA cannot go on layer {getattr(layer, 'name', layer)!r}: {reason}.")
+    if not layer.built:
+        raise ValueError(f"Layer {layer.name!r} must be built before DoRA is enabled on it.")
+    layer.enable_lora(rank, lora_alpha=lora_alpha)
+    norm = _column_norm(layer, layer.kernel)
+    layer.dora_magnitude = compat.add_weight_after_build(
+        layer,
+        name="dora_magnitude",
+        shape=tuple(norm.shape),
+        initializer=lambda shape, dtype=None: ops.cast(norm, dtype or "float32"),
+        dtype="float32",
+    )
+    # The layer object stays the same (its owner holds it in an attribute and rebuilds
+    # it from its own arguments on load); only its ``kernel`` changes meaning.
+    layer.__class__ = _in_place_class(type(layer))

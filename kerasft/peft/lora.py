@@ -5,7 +5,8 @@ architecture), optionally quantizes the frozen layers to int8, and adds adapters
 Keras's own ``layer.enable_lora`` for LoRA (in place, on any layer of the tree,
 including the attention projections inside KerasHub transformer blocks), or the
 :class:`DoRA` / :class:`LoRA` wrapper layers when DoRA or adapter dropout is asked for
-(the model graph is then rebuilt around the wrapped layers).
+(the model graph is then rebuilt around the wrapped layers). Inside layers that kerasft
+cannot rebuild (KerasHub blocks), DoRA goes in place too (:func:`enable_dora`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import keras
 
 from kerasft import _keras_compat as compat
 from kerasft.peft import _targets, _walk
-from kerasft.peft.layers import DoRA, LoRA, supports_wrapping
+from kerasft.peft.layers import DoRA, LoRA, enable_dora, supports_wrapping
 from kerasft.peft.report import TrainableReport, trainable_report
 
 __all__ = ["LoraResult", "apply_lora"]
@@ -151,8 +152,11 @@ def apply_lora(
     wrapper layers, so the model graph is rebuilt around them: ``result.model`` is then a
     new model that shares the input's layers. Either way, use ``result.model`` and compile
     it after this call. Layers that Keras creates inside other layers (the attention
-    projections of KerasHub transformer blocks) take in-place LoRA only, since a wrapper
-    there would be dropped when the model is loaded again.
+    projections of KerasHub transformer blocks) take adapters in place only, since a
+    wrapper there would be dropped when the model is loaded again: Keras's LoRA, or DoRA
+    with :func:`~kerasft.peft.layers.enable_dora` (no adapter dropout there). Saving such
+    a model writes merged kernels, as Keras's LoRA does; ``save_adapters`` keeps the
+    adapters.
 
     Example:
 
@@ -247,7 +251,7 @@ def apply_plan(
     compares the base weights there).
     """
     _check_plan(plan)
-    wrapped = [(n, s) for n, s in plan if s.wraps(n.layer)]
+    wrapped = [(n, s) for n, s in plan if s.wraps(n.layer) and _owner(n) is None]
     bytes_before = _walk.num_bytes(model.weights)
     # Layers quantized already (a base the user quantized) are left as they are.
     ids = {id(n.layer) for n in quantized if n.layer.quantization_mode is None}
@@ -259,6 +263,8 @@ def apply_plan(
     for n, s in plan:
         if not s.wraps(n.layer):
             n.layer.enable_lora(s.rank, lora_alpha=s.keras_alpha)
+        elif _owner(n) is not None:  # DoRA where a wrapper cannot stand (_check_plan)
+            enable_dora(n.layer, s.rank, lora_alpha=s.keras_alpha)
     if wrapped:
         model = _rebuild(model, {id(n.layer): _wrapper(n.layer, s) for n, s in wrapped})
     nodes = _walk.walk(model)
@@ -297,20 +303,34 @@ def _check_plan(plan: list[tuple[_walk.Node, AdapterSpec]]) -> None:
                 )
             continue
         reason = supports_wrapping(n.layer)
-        owner = next((a for a in reversed(n.ancestors) if not _rebuildable(a)), None)
-        if reason is None and owner is not None:
+        owner = _owner(n)
+        in_place = spec.kind == "dora" and spec.dropout == 0
+        if reason is None and owner is not None and not in_place:
             reason = (
                 f"it lives inside {owner.name!r} ({type(owner).__name__}), which kerasft "
                 "cannot rebuild with a new layer in it (KerasHub models and subclassed "
                 "layers re-create their sublayers as plain layers when loaded)"
             )
         if reason is not None:
-            kind = "DoRA" if spec.kind == "dora" else "LoRA with dropout"
+            kind = {
+                ("dora", False): "DoRA", ("dora", True): "DoRA with dropout",
+                ("lora", True): "LoRA with dropout",
+            }[spec.kind, spec.dropout > 0]
+            hint = ("dropout=0.0 there (DoRA then goes in place)" if spec.kind == "dora"
+                    else "method='lora' with dropout=0.0 there (Keras's in-place LoRA)")
             raise ValueError(
                 f"{kind} needs a wrapper layer around {n.path!r}, but {reason}. HINT: use "
-                "method='lora' with dropout=0.0 there (Keras's in-place LoRA), or target "
-                "other layers."
+                f"{hint}, or target other layers."
             )
+
+
+def _owner(node: _walk.Node) -> keras.layers.Layer | None:
+    """The innermost container of ``node`` that kerasft cannot rebuild, if any.
+
+    A layer inside one takes adapters in place (Keras's LoRA, :func:`enable_dora`): a
+    wrapper there would be dropped when the model is loaded again.
+    """
+    return next((a for a in reversed(node.ancestors) if not _rebuildable(a)), None)
 
 
 def reset_compiled_functions(model: keras.Model) -> None:
