@@ -156,12 +156,14 @@ def test_keras_hub_text_classifier_on_raw_strings(reviews, tmp_path):
 
 
 @pytest.mark.slow
-def test_keras_hub_text_export_serves_raw_strings(reviews, tmp_path):
+@pytest.mark.parametrize("recipe", ["lp-lora", "lp-dora"])  # DoRA goes in place inside the blocks
+def test_keras_hub_text_export_serves_raw_strings(reviews, tmp_path, recipe):
     import tensorflow as tf
 
     task = small_bert_classifier(reviews.x_train)
-    result = kerasft.finetune(task, (reviews.x_train, reviews.y_train), recipe="lp-lora", lora_rank=2,
+    result = kerasft.finetune(task, (reviews.x_train, reviews.y_train), recipe=recipe, lora_rank=2,
                               head_epochs=1, epochs=1, verbose=0)
+    assert result.plan.phases[1].trains == "adapters"
     path = result.export(str(tmp_path / "text_export"), class_names=["rotten", "fresh"])
     served = tf.saved_model.load(path).signatures["serve"](tf.constant(list(reviews.x_test[:8])))
     expected = keras.ops.softmax(result.model.predict(reviews.x_test[:8], verbose=0)).numpy()
