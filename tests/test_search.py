@@ -85,6 +85,29 @@ def test_store_does_not_reuse_for_changed_weights_or_data(pretrained, few):
     assert source(pretrained, few) == caching.STORED
 
 
+def test_store_key_ignores_automatic_layer_names_but_not_the_graph():
+    # Keras numbers raw operations and unnamed layers globally (get_item, get_item_1...):
+    # two copies of one model must still share their features (a KerasHub text task
+    # pools with x[:, 0] and missed the store on every copy before).
+    def build(take=0):
+        inputs = keras.Input((4, 3), name="tokens")
+        x = keras.layers.Dense(5, name="proj")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2, name="head")(x[:, take]))
+
+    first, second = build(), build()
+    second.set_weights(first.get_weights())
+    names = [[op.name for op in m.operations] for m in (first, second)]
+    assert names[0] != names[1]  # the GetItem operations are numbered differently
+    prefix = [keras.Model(m.input, m.get_layer("head").input) for m in (first, second)]
+    assert caching.prefix_key(prefix[0], "in") == caching.prefix_key(prefix[1], "in")
+    assert caching.prefix_key(prefix[0], "in") != caching.prefix_key(prefix[0], "other inputs")
+    # another graph (x[:, 1] instead of x[:, 0]) is another key, with the same weights
+    third = build(take=1)
+    third.set_weights(first.get_weights())
+    other = keras.Model(third.input, third.get_layer("head").input)
+    assert caching.prefix_key(other, "in") != caching.prefix_key(prefix[0], "in")
+
+
 def test_store_budget_keeps_the_most_recent_entries():
     def features(n):
         return caching._Features((np.zeros((n, 10), "float32"),), None, n * 40, [])

@@ -464,6 +464,51 @@ def inputs_key(train_inputs: Any, validation_inputs: Any) -> str:
     return digest.hexdigest()
 
 
+def _without_layer_names(config: Any) -> Any:
+    """``config`` with every layer name replaced by its order of appearance.
+
+    Names do not change what a graph computes, but Keras numbers unnamed layers and raw
+    operations globally (``get_item_1``, ``get_item_2``...), so two copies of one model
+    differ in them. Only where a name stands is rewritten: a layer's ``name`` and the
+    references to it (``keras_history``, ``input_layers``, ``output_layers``).
+    """
+    order: dict[str, str] = {}
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if "class_name" in node and isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                order.setdefault(inner["name"], f"#{len(order)}")
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                collect(value)
+
+    def reference(value: Any) -> Any:  # [name, node_index, tensor_index], or lists of them
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+            return [order.get(value[0], value[0]), *value[1:]]
+        return [reference(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, (list, tuple)):
+            return [rename(value) for value in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "name" and isinstance(value, str):
+                out[key] = order.get(value, value)
+            elif key in ("keras_history", "input_layers", "output_layers"):
+                out[key] = reference(value)
+            else:
+                out[key] = rename(value)
+        return out
+
+    collect(config)
+    return rename(config)
+
+
 def prefix_key(prefix: keras.Model, inputs: str) -> str | None:
     """The store key of ``prefix``'s outputs on the inputs whose key is ``inputs``.
 
@@ -477,7 +522,7 @@ def prefix_key(prefix: keras.Model, inputs: str) -> str | None:
         config.pop("name", None)  # the model's name does not change what it computes
         # No `default=`: an object JSON cannot write (a function, a custom object) has no
         # reliable text, and a key it would make could not be trusted.
-        text = json.dumps(config, sort_keys=True)
+        text = json.dumps(_without_layer_names(config), sort_keys=True)
     except Exception:
         return None
     digest = hashlib.blake2b(digest_size=20)
