@@ -26,6 +26,7 @@ import numpy as np
 from sklearn import metrics
 
 from kerasft._fileio import atomic_file
+from kerasft._records import read_json, record_from_dict
 
 __all__ = [
     "TASKS",
@@ -196,20 +197,12 @@ class EvaluationReport:
         Raises:
             ValueError: if `data` has keys that are not report fields.
         """
-        known = [f.name for f in dataclasses.fields(cls) if f.name != "predictions"]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"Argument `data` has unknown keys {unknown}. Valid keys are: {known}")
-        return cls(**data)
+        return record_from_dict(cls, data, exclude=("predictions",))
 
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> EvaluationReport:
         """Rebuild a report from JSON text or from the path of a JSON file."""
-        text = os.fspath(source)
-        if isinstance(source, os.PathLike) or not text.lstrip().startswith("{"):
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(read_json(source))
 
     def __str__(self) -> str:
         if self.task == "regression":

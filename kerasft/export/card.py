@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kerasft._fileio import atomic_file
+from kerasft._records import read_json, record_from_dict
 
 __all__ = ["CARD_FILE", "CARD_JSON", "ModelCard", "model_card", "library_versions"]
 
@@ -96,20 +97,12 @@ class ModelCard:
         Raises:
             ValueError: if `data` has keys that are not card fields.
         """
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"Argument `data` has unknown keys {unknown}. Valid keys are: {known}")
-        return cls(**data)
+        return record_from_dict(cls, data)
 
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> ModelCard:
         """Rebuild a card from JSON text or from the path of a `model_card.json`."""
-        text = os.fspath(source)
-        if isinstance(source, os.PathLike) or not text.lstrip().startswith("{"):
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(read_json(source))
 
     def to_markdown(self) -> str:
         """The card as Markdown: sections with tables, in the order a reader asks."""
