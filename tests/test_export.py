@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import keras
@@ -446,6 +447,113 @@ def test_interrupted_export_keeps_the_previous_model(model, shipped_model_path, 
     )
     leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".partial")]
     assert len(leftovers) == 1 and leftovers[0].startswith(".m.")  # hidden, beside it
+    killed = leftovers[0].split(".")[2]  # the writer's process id is in the name
+    scratch = [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("kerasft-") and f".{killed}." in n]
+    assert scratch  # the class-names asset was being staged in $TMPDIR
+    # The next export cleans what the killed one left, beside the path and in $TMPDIR.
+    export_model(model, good, class_names=DIGIT_NAMES, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["interrupt.py", "m"]
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if n in scratch]
+
+
+def _tiny(num_classes: int = 3) -> keras.Model:
+    inputs = keras.Input((4,), name="features")
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax", name="head")(inputs))
+
+
+def test_overwrite_replaces_only_a_kerasft_export(tmp_path):
+    folder = tmp_path / "my_models"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a kerasft export .* never other files or directories"):
+        export_model(_tiny(), folder, overwrite=True)
+    assert os.listdir(folder) == ["notes.txt"]
+    # A SavedModel that kerasft did not write is not replaced either.
+    keras_export = tmp_path / "keras_export"
+    _tiny().export(str(keras_export), verbose=False)
+    with pytest.raises(ValueError, match="is not a kerasft export"):
+        export_model(_tiny(), keras_export, overwrite=True)
+    assert "kerasft.json" not in os.listdir(keras_export)
+    # A kerasft export is.
+    first = export_model(_tiny(), tmp_path / "ours")
+    export_model(_tiny(), first, overwrite=True)
+    assert kerasft.export.is_export(first)
+
+
+def test_directory_appearing_during_export_is_kept(tmp_path, monkeypatch):
+    from kerasft.export import savedmodel
+
+    path = tmp_path / "m"
+    write = savedmodel._write_saved_model
+
+    def slow_write(*args, **kwargs):
+        write(*args, **kwargs)
+        path.mkdir()  # another program creates the directory while kerasft exports
+        (path / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(savedmodel, "_write_saved_model", slow_write)
+    with pytest.raises(FileExistsError, match="appeared while the new one was being written"):
+        export_model(_tiny(), path)
+    assert os.listdir(path) == ["notes.txt"]
+    assert os.listdir(tmp_path) == ["m"]
+
+
+def test_export_refuses_to_finish_when_served_predictions_differ(tmp_path, monkeypatch):
+    from kerasft.export import savedmodel
+
+    real = savedmodel.served_probabilities
+    monkeypatch.setattr(savedmodel, "served_probabilities", lambda m, x, **k: real(m, x, **k)[:, ::-1])
+    with pytest.raises(ValueError, match=r"serves different predictions .* The export was not written"):
+        export_model(_tiny(), tmp_path / "m")
+    with pytest.raises(ValueError, match="float TFLite export serves different predictions"):
+        export_model(_tiny(), tmp_path / "m.tflite", format="tflite")
+    assert os.listdir(tmp_path) == []
+
+
+def _hub_vit_with_preprocessor(size=32):
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(image_shape=(size, size, 3), patch_size=8, num_layers=1,
+                                            num_heads=2, hidden_dim=16, mlp_dim=32)
+    converter = keras_hub.layers.ViTImageConverter(image_size=(size, size), scale=1 / 127.5, offset=-1)
+    preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
+    return keras_hub.models.ViTImageClassifier(backbone, num_classes=10, preprocessor=preprocessor)
+
+
+def test_keras_hub_image_task_serves_what_predict_gives(digits, tmp_path):
+    # The task's preprocessor (scaling to [-1, 1]) runs inside task.predict, so the export
+    # must run it too: without it, served probabilities were off by up to 0.47.
+    task = _hub_vit_with_preprocessor()
+    x = np.repeat(tf.image.resize(digits[0][:32], (32, 32)).numpy(), 3, axis=-1)
+    path = export_model(task, tmp_path / "vit", verify_data=(x, digits[1][:32]))
+    served = _load(path).serve(tf.constant(x))["probabilities"].numpy()
+    np.testing.assert_allclose(served, kerasft.export.served_probabilities(task, x), atol=1e-5)
+    assert path.metadata["serving_check"]["max_abs_difference"] < 1e-4
+    assert path.metadata["preprocessor"] == "ViTImageClassifierPreprocessor"
+    lite = export_model(task, tmp_path / "vit.tflite", format="tflite", verify_data=(x, digits[1][:32]))
+    assert lite.check.agreement == 1.0 and lite.check.max_abs_difference < 1e-4
+
+
+def test_multi_input_model_exports_as_saved_model_and_tflite(tmp_path):
+    image = keras.Input((8, 8, 1), name="image")
+    extra = keras.Input((3,), name="extra")
+    joined = keras.layers.Concatenate()([keras.layers.Flatten()(image), extra])
+    model = keras.Model([image, extra], keras.layers.Dense(4, activation="softmax", name="head")(joined))
+    rng = np.random.default_rng(0)
+    x = [rng.uniform(0, 1, (20, 8, 8, 1)).astype("float32"), rng.normal(size=(20, 3)).astype("float32")]
+    y = rng.integers(0, 4, 20)
+    expected = model.predict(x, verbose=0)
+
+    path = export_model(model, tmp_path / "two", verify_data=(x, y))
+    assert [i["name"] for i in path.metadata["inputs"]] == ["image", "extra"]
+    loaded = _load(path)
+    served = loaded.serve(tf.constant(x[0]), tf.constant(x[1]))  # in the model's input order
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    by_name = loaded.signatures["serving_default"](image=tf.constant(x[0]), extra=tf.constant(x[1]))
+    np.testing.assert_allclose(by_name["probabilities"].numpy(), expected, atol=1e-5)
+    lite = export_model(model, tmp_path / "two.tflite", format="tflite", quantize="int8",
+                        representative_data={"image": x[0], "extra": x[1]}, verify_data=(x, y))
+    assert lite.check.examples == 20 and lite.check.agreement >= 0.9
 
 
 def test_argument_errors(model, tmp_path):

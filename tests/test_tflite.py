@@ -204,10 +204,12 @@ def test_verify_tflite_on_its_own(exports, result, split):
     assert TFLiteCheck.from_dict(recorded.to_dict()) == recorded
 
 
-def test_plain_export_without_data_is_still_run_once(result, tmp_path):
+def test_plain_export_without_data_is_checked_on_a_probe_batch(result, tmp_path):
+    # No data given: the file still runs beside Keras, on raw pixels of the model's input form.
     path = export_model(result.model, tmp_path / "plain.tflite", format="tflite", quantize="dynamic")
-    assert path.check.examples == 0 and path.check.quantize == "dynamic"
-    assert read_export_metadata(path)["tflite_check"]["examples"] == 0
+    assert path.check.examples == 8 and path.check.quantize == "dynamic"
+    assert path.check.data == "a random probe batch of the model's input form"
+    assert read_export_metadata(path)["tflite_check"]["examples"] == 8
 
 
 # --- the run's own sample ------------------------------------------------------------------

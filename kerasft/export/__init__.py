@@ -12,8 +12,11 @@ trainable body from the head, and `kerasft.finetune("path/to/export", data)` can
 replace it. A TFLite file may be float16, dynamic-range or full-integer (int8) quantized
 and is checked in the LiteRT interpreter against the Keras model
 (`kerasft.export.tflite`); every export carries a model card (`kerasft.export.card`).
-Every export is written beside its destination and renamed into place, so an
-interrupted export never leaves a half-written model where a good one was.
+Every export is run beside its Keras model on sample inputs before it is renamed into
+place (an export that serves other predictions is refused), written beside its
+destination and renamed into place, so an interrupted export never leaves a
+half-written model where a good one was; `overwrite=True` replaces only an earlier
+kerasft export.
 """
 
 from kerasft.export.card import CARD_FILE, CARD_JSON, ModelCard, model_card
@@ -27,8 +30,11 @@ from kerasft.export.savedmodel import (
     QUANTIZE,
     SERVE_ENDPOINT,
     ExportedPath,
+    check_destination,
     export_files,
     export_model,
+    input_names,
+    is_export,
     read_export_metadata,
     served_probabilities,
 )
@@ -37,6 +43,9 @@ from kerasft.export.tflite import ExportSample, TFLiteCheck, export_sample, veri
 __all__ = [
     "export_model",
     "export_files",
+    "is_export",
+    "check_destination",
+    "input_names",
     "load_for_finetuning",
     "load_saved_model",
     "read_export_metadata",

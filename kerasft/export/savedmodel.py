@@ -16,7 +16,6 @@ import importlib.metadata
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +26,7 @@ import tensorflow as tf
 
 from kerasft import _keras_compat as compat
 from kerasft import surgery
-from kerasft._fileio import atomic_directory, atomic_file
+from kerasft._fileio import atomic_directory, atomic_file, scratch_directory
 from kerasft.export import card as card_lib
 from kerasft.export import tflite
 from kerasft.export.tflite import IO_DTYPES, QUANTIZE
@@ -36,6 +35,8 @@ __all__ = [
     "export_model",
     "export_files",
     "read_export_metadata",
+    "check_destination",
+    "is_export",
     "served_probabilities",
     "ExportedPath",
     "FORMATS",
@@ -54,6 +55,11 @@ SERVE_ENDPOINT = "serve"
 FEATURES_ENDPOINT = "features"
 # Below this top-1 agreement with Keras a TFLite export warns: quantization hurt.
 AGREEMENT_WARNING = 0.95
+# Inputs every export is run on beside the Keras model before it is renamed into place.
+_SERVING_SAMPLE = 64
+_PROBE_SENTENCES = ["a film", "the best movie i have seen this year", "dull, slow and far too long",
+                    "", "ok", "not bad at all", "an utter mess", "moving and funny"]
+_EXPORT_WORDS = "kerasft export (a SavedModel directory with kerasft.json, or a .tflite file)"
 
 # How the model's output becomes probabilities. "softmax": already probabilities;
 # "logits": softmax them; "sigmoid": one probability p of class 1, served as [1 - p, p];
@@ -86,6 +92,7 @@ def export_model(
     representative_data: Any = None,
     verify_data: Any = None,
     evaluation: Any = None,
+    evaluation_data: str | None = None,
     result: Any = None,
     overwrite: bool = False,
 ) -> ExportedPath:
@@ -192,21 +199,26 @@ def export_model(
         raise TypeError(
             f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}"
         )
-    spec = _input_spec(model)
+    specs = _input_specs(model)
     kind, head = _output_kind(model)
     num_classes = _num_classes(model, kind)
     names = _check_class_names(class_names, num_classes)
-    representative = _model_inputs(representative_data, "representative_data", spec,
+    representative = _model_inputs(representative_data, "representative_data", specs,
                                    limit=tflite.MAX_REPRESENTATIVE)
-    verify = _model_inputs(verify_data, "verify_data", spec)
-    if io_dtype != "float32" and not spec.dtype.is_floating:
+    verify = _model_inputs(verify_data, "verify_data", specs)
+    if io_dtype != "float32" and not all(s.dtype.is_floating for s in specs):
         raise ValueError(
             f"Argument `io_dtype={io_dtype!r}` quantizes a float input, but model "
-            f"{model.name!r} takes {spec.dtype.name}. Use io_dtype='float32'."
+            f"{model.name!r} takes {[s.dtype.name for s in specs]}. Use io_dtype='float32'."
+        )
+    if evaluation_data is not None and not isinstance(evaluation_data, str):
+        raise TypeError(
+            "Argument `evaluation_data` must be a few words on what `evaluation` ran on. "
+            f"Received: evaluation_data of type {type(evaluation_data).__name__}"
         )
     # Fail before any work when the destination is unusable (the atomic writers check
     # again, but only after the slow tracing and conversion).
-    _check_destination(path, overwrite=overwrite, is_dir=format == "saved_model")
+    check_destination(path, format=format, overwrite=overwrite)
 
     metadata = {
         "format": format,
@@ -214,24 +226,32 @@ def export_model(
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
         "model_name": model.name,
-        "input": {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype.name},
         "output_kind": kind,
         "num_classes": num_classes,
         "class_names": names,
         "outputs": ["probabilities", "class_id"] + (["class_name"] if names else []),
     }
-    if evaluation is None and verify is not None and verify[1] is not None:
+    metadata["inputs"] = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in specs]
+    if len(specs) == 1:
+        metadata["input"] = metadata["inputs"][0]
+    if evaluation is not None:
+        # A report computed elsewhere (the user's test set, say): the card must not
+        # describe it as the export's own verification data.
+        evaluation_data = evaluation_data or "the data of the `evaluation` report given to the export"
+    elif verify is not None and verify[1] is not None:
         from kerasft.evaluation import evaluate_model
 
         evaluation = evaluate_model(model, verify[0], verify[1], batch_size=256, class_names=names)
+        evaluation_data = verify[2]
     card_facts = dict(model=model, result=result, class_names=names, evaluation=evaluation,
-                      evaluation_data=None if verify is None else verify[2])
+                      evaluation_data=evaluation_data)
+    sample = _serving_sample(specs, verify, representative)
     if format == "saved_model":
-        return _export_saved_model(model, path, spec, kind, head, names, metadata, card_facts,
-                                   overwrite=overwrite)
-    return _export_tflite(model, path, spec, kind, names, metadata, card_facts, quantize=quantize,
+        return _export_saved_model(model, path, specs, kind, head, names, metadata, card_facts,
+                                   sample=sample, overwrite=overwrite)
+    return _export_tflite(model, path, specs, kind, names, metadata, card_facts, quantize=quantize,
                           io_dtype=io_dtype, representative=representative, verify=verify,
-                          overwrite=overwrite)
+                          sample=sample, overwrite=overwrite)
 
 
 def export_files(path: str | os.PathLike) -> dict[str, str]:
@@ -291,6 +311,11 @@ def served_probabilities(model: keras.Model, x: Any, *, batch_size: int = 256) -
     return _to_probabilities(tf.constant(outputs), kind).numpy()
 
 
+def input_names(model: keras.Model) -> list[str]:
+    """The names of the inputs an export of `model` takes, in the model's order."""
+    return [s.name for s in _input_specs(model)]
+
+
 # ---------------------------------------------------------------------------------------
 # Helpers
 
@@ -339,8 +364,11 @@ def _check_options(format: Any, quantize: Any, io_dtype: Any, representative_dat
         )
 
 
-def _model_inputs(data: Any, argument: str, spec: tf.TensorSpec, *, limit: int | None = None):
-    """`(x, y, description)` of `data` (`None` for `None`), checked against the model's input."""
+def _model_inputs(data: Any, argument: str, specs: list[tf.TensorSpec], *, limit: int | None = None):
+    """`(x, y, description)` of `data` (`None` for `None`), checked against the model's inputs.
+
+    `x` is one array for a model with one input, else a list with one array per input.
+    """
     if data is None:
         return None
     if isinstance(data, tflite.ExportSample):
@@ -350,31 +378,106 @@ def _model_inputs(data: Any, argument: str, spec: tf.TensorSpec, *, limit: int |
         else:
             x, y = data.inputs, None
             about = "training inputs of the fine-tuning run (no held-out data)"
+        x = [x] if len(specs) == 1 else list(x)
     else:
-        x, y = tflite.read_inputs(data, argument=argument, rank=len(spec.shape), limit=limit)
+        x, y = tflite.read_inputs(data, argument=argument, rank=len(specs[0].shape), limit=limit,
+                                  input_names=[s.name for s in specs] if len(specs) > 1 else None)
+        x = [x] if len(specs) == 1 else x
         about = f"given as `{argument}`"
-    expected = tuple(spec.shape[1:])
-    if x.ndim != len(spec.shape) or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
+    if len(x) != len(specs):
         raise ValueError(
-            f"Argument `{argument}` holds inputs of shape {x.shape}, but the model takes "
-            f"{(None, *expected)}. HINT: pass inputs as the model takes them (raw, before any "
-            "preprocessing inside the model)."
+            f"Argument `{argument}` holds {len(x)} inputs, but the model takes {len(specs)}: "
+            f"{[s.name for s in specs]}."
         )
-    return x.astype(spec.dtype.as_numpy_dtype), y, about
+    checked = []
+    for array, spec in zip(x, specs):
+        array = np.asarray(array)
+        expected = tuple(spec.shape[1:])
+        if array.ndim != len(spec.shape) or any(e is not None and e != d for e, d in zip(expected, array.shape[1:])):
+            which = f" (input {spec.name!r})" if len(specs) > 1 else ""
+            raise ValueError(
+                f"Argument `{argument}` holds inputs{which} of shape {array.shape}, but the model "
+                f"takes {(None, *expected)}. HINT: pass inputs as the model takes them (raw, "
+                "before any preprocessing inside the model)."
+            )
+        if spec.dtype == tf.string:
+            checked.append(array.astype(object))
+        else:
+            checked.append(array.astype(spec.dtype.as_numpy_dtype))
+    return (checked[0] if len(specs) == 1 else checked), y, about
 
 
-def _export_saved_model(model, path, spec, kind, head, names, metadata, card_facts, *,
+def _serving_sample(specs: list[tf.TensorSpec], verify: Any, representative: Any) -> tuple[Any, str]:
+    """Inputs the written export is run on beside the Keras model, and what they are.
+
+    The held-out data when given, else the calibration inputs, else a probe batch of the
+    model's real input form: pixels 0..255 for images, sentences for a text task.
+    """
+    for given in (verify, representative):
+        if given is not None:
+            x = given[0]
+            return (x[:_SERVING_SAMPLE] if len(specs) == 1 else [a[:_SERVING_SAMPLE] for a in x]), given[2]
+    rng = np.random.default_rng(0)
+    probe = []
+    for spec in specs:
+        shape = [8] + [32 if d is None else d for d in spec.shape[1:]]
+        if spec.dtype == tf.string:
+            probe.append(np.array(_PROBE_SENTENCES, dtype=object)[:shape[0]])
+        elif spec.dtype.is_floating:
+            # Images (rank 4) are raw pixels; other float inputs standard normal.
+            values = rng.uniform(0, 255, shape) if len(shape) == 4 else rng.normal(size=shape)
+            probe.append(values.astype(spec.dtype.as_numpy_dtype))
+        else:
+            probe.append(rng.integers(0, 2, shape).astype(spec.dtype.as_numpy_dtype))
+    return (probe[0] if len(specs) == 1 else probe), "a random probe batch of the model's input form"
+
+
+def _check_served(served: np.ndarray, model: keras.Model, x: Any, about: str, what: str,
+                  tolerance: float) -> dict[str, Any]:
+    """Compare what an export serves with the Keras model; raise when they disagree."""
+    expected = served_probabilities(model, x)
+    difference = float(np.abs(served - expected).max()) if served.size else 0.0
+    agreement = float(np.mean(served.argmax(-1) == expected.argmax(-1)))
+    check = {"examples": int(len(expected)), "max_abs_difference": difference,
+             "agreement": agreement, "data": about}
+    if not difference <= tolerance:  # NaN fails too
+        raise ValueError(
+            f"The {what} serves different predictions from model {model.name!r}: on {len(expected)} "
+            f"inputs ({about}) its probabilities differ from the Keras model's by up to "
+            f"{difference:.3g} (tolerance {tolerance:g}) and its top-1 class agrees on "
+            f"{agreement:.1%}. The export was not written. HINT: this is a kerasft bug or a "
+            "layer whose serving graph differs from its Keras call; please report it with "
+            "the model's summary."
+        )
+    return check
+
+
+def _tolerance(model: keras.Model) -> float:
+    # float16/bfloat16 compute (mixed precision) rounds each layer's output.
+    compute = getattr(getattr(model, "dtype_policy", None), "compute_dtype", "float32")
+    return 1e-2 if compute in ("float16", "bfloat16") else 1e-4
+
+
+def _export_saved_model(model, path, specs, kind, head, names, metadata, card_facts, *, sample,
                         overwrite: bool) -> ExportedPath:
-    features = None if _text_preprocessor(model) is not None else _features_model(model, head)
+    preprocessor = _preprocessor(model)
+    features = None if _is_text(model) else _features_model(model, head)
     metadata["endpoints"] = [SERVE_ENDPOINT, "serving_default"]
     metadata["features_endpoint"] = FEATURES_ENDPOINT if features is not None else None
     if features is not None:
         metadata["endpoints"].append(FEATURES_ENDPOINT)
         metadata["features_dim"] = int(features.outputs[0].shape[-1])
         metadata["head"] = head.name
+    metadata["preprocessor"] = None if preprocessor is None else type(preprocessor).__name__
     metadata["class_names_file"] = f"assets/{CLASS_NAMES_ASSET}" if names else None
-    with atomic_directory(path, overwrite=overwrite) as tmp:
-        _write_saved_model(model, tmp, spec, kind, names, features, table_lookup=True)
+    with atomic_directory(path, overwrite=overwrite, replaceable=is_export, what=_EXPORT_WORDS) as tmp:
+        _write_saved_model(model, tmp, specs, kind, names, features, table_lookup=True)
+        loaded = tf.saved_model.load(tmp)  # kept referenced while serving: it owns the variables
+        x, about = sample
+        served = _serve_batches(loaded.signatures[SERVE_ENDPOINT], specs, x)
+        metadata["serving_check"] = _check_served(served, model, x, about, "exported SavedModel",
+                                                  _tolerance(model))
+        del loaded
         metadata["size_bytes"] = _tree_size(tmp)
         _write_json(os.path.join(tmp, METADATA_FILE), metadata)
         card = card_lib.model_card(**card_facts, exports=[_export_entry(path, metadata)])
@@ -382,14 +485,24 @@ def _export_saved_model(model, path, spec, kind, head, names, metadata, card_fac
     return _exported(path, metadata, None, card)
 
 
-def _export_tflite(model, path, spec, kind, names, metadata, card_facts, *, quantize, io_dtype,
-                   representative, verify, overwrite: bool) -> ExportedPath:
-    with tempfile.TemporaryDirectory(prefix="kerasft-tflite-") as staging:
-        _write_saved_model(model, staging, spec, kind, names, None, table_lookup=False)
+def _serve_batches(signature: Any, specs: list[tf.TensorSpec], x: Any, batch_size: int = 256) -> np.ndarray:
+    arrays = [x] if len(specs) == 1 else list(x)
+    n = len(arrays[0])
+    parts = []
+    for start in range(0, n, batch_size):
+        feed = {s.name: tf.constant(a[start:start + batch_size], dtype=s.dtype) for s, a in zip(specs, arrays)}
+        parts.append(signature(**feed)["probabilities"].numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _export_tflite(model, path, specs, kind, names, metadata, card_facts, *, quantize, io_dtype,
+                   representative, verify, sample, overwrite: bool) -> ExportedPath:
+    with scratch_directory("tflite") as staging:
+        _write_saved_model(model, staging, specs, kind, names, None, table_lookup=False)
         flatbuffer = tflite.convert_saved_model(
             staging, quantize=quantize, io_dtype=io_dtype,
             representative=None if representative is None else representative[0],
-            input_name=spec.name,
+            input_names=[s.name for s in specs],
         )
     files = export_files(path)
     with contextlib.ExitStack() as stack:
@@ -398,7 +511,15 @@ def _export_tflite(model, path, spec, kind, names, metadata, card_facts, *, quan
         tmp = stack.enter_context(atomic_file(path, overwrite=overwrite))
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
-        check = _verify(tmp, model, verify, representative)
+        check = _verify(tmp, model, verify, representative, sample)
+        if quantize is None and not check.max_abs_difference <= _tolerance(model):
+            # Unquantized, the file must compute what Keras does; quantized files are
+            # judged by agreement below.
+            raise ValueError(
+                f"The float TFLite export serves different predictions from model {model.name!r}: "
+                f"{check}. The export was not written. HINT: this is a kerasft bug or an op the "
+                "TFLite converter translates differently; please report it."
+            )
         metadata.update(quantize=quantize, io_dtype=io_dtype, size_bytes=len(flatbuffer),
                         input_quantization=check.input_quantization,
                         output_quantization=check.output_quantization, tflite_check=check.to_dict())
@@ -411,20 +532,21 @@ def _export_tflite(model, path, spec, kind, names, metadata, card_facts, *, quan
     if check.agreement is not None and check.agreement < AGREEMENT_WARNING:
         warnings.warn(
             f"The TFLite export {path!r} (quantize={quantize!r}) agrees with the Keras model on "
-            f"the top-1 class of only {check.agreement:.1%} of {check.examples} inputs. HINT: "
-            "give more representative_data for int8, or use quantize='dynamic' or None.",
+            f"the top-1 class of only {check.agreement:.1%} of {check.examples} inputs "
+            f"({check.data}); max |p - p_keras| {check.max_abs_difference:.3g}. HINT: give more "
+            "representative_data for int8, or use quantize='dynamic' or None.",
             stacklevel=3,
         )
     return _exported(path, metadata, check, card)
 
 
-def _verify(tmp: str, model: keras.Model, verify: Any, representative: Any) -> Any:
+def _verify(tmp: str, model: keras.Model, verify: Any, representative: Any, sample: Any) -> Any:
     if verify is not None:
         x, y, about = verify
     elif representative is not None:
         x, y, about = representative[0], None, "the representative (calibration) inputs"
     else:
-        x, y, about = None, None, None
+        (x, about), y = sample, None
     return tflite.verify_tflite(tmp, model, x, y, data=about)
 
 
@@ -444,6 +566,8 @@ def _export_entry(path: str, metadata: dict) -> dict[str, Any]:
     if metadata["format"] == "tflite":
         entry.update(quantize=metadata["quantize"], io_dtype=metadata["io_dtype"],
                      check=metadata["tflite_check"])
+    elif metadata.get("serving_check"):
+        entry["serving_check"] = metadata["serving_check"]
     return entry
 
 
@@ -453,8 +577,46 @@ def _exported(path: str, metadata: dict, check: Any, card: Any) -> ExportedPath:
     return exported
 
 
-def _check_destination(path: str, *, overwrite: bool, is_dir: bool) -> None:
-    if is_dir and os.path.isfile(path):
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether `path` is an export written by `export_model` (what `overwrite=True` may replace).
+
+    A SavedModel directory holding `saved_model.pb` and a `kerasft.json` that says so, or
+    a TFLite flatbuffer (a `.tflite` file with the `TFL3` identifier).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        file = os.path.join(path, METADATA_FILE)
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(file):
+            return False
+        try:
+            with open(file, encoding="utf-8") as f:
+                return json.load(f).get("format") == "saved_model"
+        except (OSError, ValueError, AttributeError):
+            return False
+    if os.path.isfile(path) and path.endswith(".tflite"):
+        try:
+            with open(path, "rb") as f:
+                return f.read(8)[4:8] == b"TFL3"
+        except OSError:
+            return False
+    return False
+
+
+def check_destination(path: str | os.PathLike, *, format: str = "saved_model", overwrite: bool = False) -> str:
+    """Check that an export may be written at `path`; return it absolute.
+
+    `kerasft finetune --export` calls it before training, so that a run is not thrown
+    away for a destination it cannot use.
+
+    Raises:
+        ValueError: a file where a directory is expected (or the reverse), something
+            that is not a kerasft export with `overwrite=True` (never replaced), or a
+            parent directory that cannot be written to.
+        FileExistsError: if `path` exists and `overwrite` is `False`.
+    """
+    path = os.path.abspath(os.fspath(path))
+    is_dir = format == "saved_model"
+    if is_dir and os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(
             f"Argument `path` must be a directory path, but {path!r} is an existing file. "
             "Choose a new directory name."
@@ -463,26 +625,49 @@ def _check_destination(path: str, *, overwrite: bool, is_dir: bool) -> None:
         raise ValueError(
             f"Argument `path` must be a file path, but {path!r} is an existing directory."
         )
-    if os.path.exists(path) and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise FileExistsError(
             f"Argument `path`: {path!r} already exists. Pass overwrite=True to replace it, "
             "or choose a new path."
         )
+    if os.path.lexists(path) and not is_export(path):
+        raise ValueError(
+            f"Argument `path`: {path!r} exists and is not a {_EXPORT_WORDS}; overwrite=True "
+            "replaces only a kerasft export, never other files or directories. HINT: choose "
+            "a new path, or move it away yourself."
+        )
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):  # the first existing ancestor is where it is created
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"Argument `path`: cannot write {path!r}: {parent!r} is not a writable directory."
+        )
+    return path
 
 
-def _text_preprocessor(model: keras.Model) -> Any:
-    """A KerasHub text task's preprocessor: its export takes raw strings, as the task does."""
+def _preprocessor(model: keras.Model) -> Any:
+    """A KerasHub task's preprocessor: its export takes what the task's `predict` takes."""
     import sys
 
     hub = sys.modules.get("keras_hub")
-    if hub is None or not isinstance(model, hub.models.TextClassifier):
+    if hub is None or not isinstance(model, hub.models.Task):
         return None
     return getattr(model, "preprocessor", None)
 
 
-def _input_spec(model: keras.Model) -> tf.TensorSpec:
-    if _text_preprocessor(model) is not None:
-        return tf.TensorSpec((None,), dtype=tf.string, name="text")
+def _is_text(model: keras.Model) -> bool:
+    """A KerasHub text task with its tokenizer: the export takes raw strings."""
+    import sys
+
+    hub = sys.modules.get("keras_hub")
+    return (hub is not None and isinstance(model, hub.models.TextClassifier)
+            and _preprocessor(model) is not None)
+
+
+def _input_specs(model: keras.Model) -> list[tf.TensorSpec]:
+    if _is_text(model):
+        return [tf.TensorSpec((None,), dtype=tf.string, name="text")]
     inputs = getattr(model, "inputs", None)
     if not model.built or not inputs:
         raise ValueError(
@@ -490,18 +675,18 @@ def _input_spec(model: keras.Model) -> tf.TensorSpec:
             "model with known inputs. HINT: build subclassed models into a Functional "
             "model: keras.Model(inp, model(inp)) with inp = keras.Input(shape)."
         )
-    if len(inputs) != 1:
-        raise ValueError(
-            f"export_model supports models with one input; model {model.name!r} has "
-            f"{len(inputs)}: {[t.name for t in inputs]}"
-        )
-    tensor = inputs[0]
-    # Signature input names become the keys serving code sends (saved_model_cli
-    # --inputs name=...), so keep the model's input name, made a valid op name.
-    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", tensor.name or "inputs")
-    if not re.match(r"[A-Za-z0-9.]", name):
-        name = f"input{name}"
-    return tf.TensorSpec((None,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, name=name)
+    specs, seen = [], set()
+    for i, tensor in enumerate(inputs):
+        # Signature input names become the keys serving code sends (saved_model_cli
+        # --inputs name=...), so keep the model's input names, made valid op names.
+        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", tensor.name or f"input_{i}")
+        if not re.match(r"[A-Za-z0-9.]", name):
+            name = f"input{name}"
+        while name in seen:
+            name = f"{name}_{i}"
+        seen.add(name)
+        specs.append(tf.TensorSpec((None,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, name=name))
+    return specs
 
 
 def _output_layer(model: keras.Model) -> keras.layers.Layer:
@@ -647,29 +832,33 @@ def _to_probabilities(outputs: tf.Tensor, kind: str) -> tf.Tensor:
 def _write_saved_model(
     model: keras.Model,
     directory: str,
-    spec: tf.TensorSpec,
+    specs: list[tf.TensorSpec],
     kind: str,
     names: list[str] | None,
     features: keras.Model | None,
     *,
     table_lookup: bool,
 ) -> None:
-    """Write the serving SavedModel into the existing, empty `directory`."""
+    """Write the serving SavedModel into the existing, empty `directory`.
+
+    A KerasHub task's preprocessor (tokenizer, image converter) runs inside the served
+    graph, as it runs inside the task's `predict`, so the export takes raw inputs.
+    """
     archive = keras.export.ExportArchive()
     archive.track(model)
-    preprocessor = _text_preprocessor(model)
-    if preprocessor is not None:  # raw strings in: the tokenizer runs in the served graph
+    preprocessor = _preprocessor(model)
+    if preprocessor is not None:
         archive.track(preprocessor)
 
-        def forward(inputs):
-            return model(preprocessor(inputs), training=False)
-    else:
+    def prepared(inputs):
+        inputs = inputs[0] if len(inputs) == 1 else list(inputs)
+        return inputs if preprocessor is None else preprocessor(inputs)
 
-        def forward(inputs):
-            return model(inputs, training=False)
+    def forward(*inputs):
+        return model(prepared(inputs), training=False)
 
     lookup = None
-    with tempfile.TemporaryDirectory(prefix="kerasft-assets-") as assets:
+    with scratch_directory("assets") as assets:
         if names and table_lookup:
             # A table initialized from a text file makes that file a SavedModel asset:
             # tf.saved_model.save copies it to assets/ and the served names come from it.
@@ -693,19 +882,19 @@ def _write_saved_model(
             constant = tf.constant(names)
             lookup = lambda ids: tf.gather(constant, ids)  # noqa: E731
 
-        def serve(inputs):
-            probabilities = _to_probabilities(forward(inputs), kind)
+        def serve(*inputs):
+            probabilities = _to_probabilities(forward(*inputs), kind)
             class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             result = {"probabilities": probabilities, "class_id": class_id}
             if lookup is not None:
                 result["class_name"] = lookup(class_id)
             return result
 
-        archive.add_endpoint(SERVE_ENDPOINT, serve, input_signature=[spec])
+        archive.add_endpoint(SERVE_ENDPOINT, serve, input_signature=list(specs))
         if features is not None:
             archive.add_endpoint(
                 FEATURES_ENDPOINT,
-                lambda inputs: {"features": tf.cast(features(inputs, training=False), tf.float32)},
-                input_signature=[spec],
+                lambda *inputs: {"features": tf.cast(features(prepared(inputs), training=False), tf.float32)},
+                input_signature=list(specs),
             )
         archive.write_out(directory, verbose=False)

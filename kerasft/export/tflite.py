@@ -151,8 +151,9 @@ def export_sample(prepared: Any, limit: int = SAMPLE_SIZE) -> ExportSample | Non
 
 
 def read_inputs(
-    data: Any, *, argument: str, rank: int | None = None, limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
+    data: Any, *, argument: str, rank: int | None = None, limit: int | None = None,
+    input_names: list[str] | None = None,
+) -> tuple[Any, np.ndarray | None]:
     """Inputs (and labels, if any) of `data`: an array, an `(x, y)` tuple, or a `tf.data` pipeline.
 
     A pipeline may yield `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, batched or
@@ -165,14 +166,20 @@ def read_inputs(
             (pipelines are taken as batched).
         limit: keep at most this many examples (spread over arrays, the first ones of a
             pipeline). Defaults to `None` (all).
+        input_names: the names of the inputs of a model that takes several; `x` is
+            then a list or tuple of arrays in that order, or a dict keyed by these
+            names. Defaults to `None` (one input).
 
     Returns:
-        `(x, y)` as numpy arrays, `y` `None` without labels.
+        `(x, y)` as numpy arrays, `y` `None` without labels; for several inputs `x` is
+        a list of arrays, one per name.
 
     Raises:
-        TypeError: for anything else (dicts of inputs included).
+        TypeError: for anything else (dicts of inputs for a one-input model included).
         ValueError: for no examples, or labels whose length differs from the inputs'.
     """
+    if input_names is not None:
+        return _read_multi_inputs(data, argument, input_names, limit)
     if isinstance(data, tf.data.Dataset):
         x_parts, y_parts, count = [], [], 0
         for element in data.as_numpy_iterator():
@@ -216,8 +223,8 @@ def convert_saved_model(
     *,
     quantize: str | None,
     io_dtype: str = "float32",
-    representative: np.ndarray | None = None,
-    input_name: str = "inputs",
+    representative: Any = None,
+    input_names: list[str] | tuple[str, ...] = ("inputs",),
 ) -> bytes:
     """Convert the `serve` signature of a SavedModel to a TFLite flatbuffer.
 
@@ -225,7 +232,8 @@ def convert_saved_model(
     size, computed in float32); `"dynamic"` stores them as int8 with float activations;
     `"int8"` is full-integer post-training quantization: int8 weights and activations,
     ranges calibrated on `representative` inputs, every op an integer kernel, with
-    float32, int8 or uint8 model input and output (`io_dtype`).
+    float32, int8 or uint8 model input and output (`io_dtype`). `representative` is one
+    array, or a list of arrays in the order of `input_names` for several inputs.
 
     Raises:
         ValueError: `quantize="int8"` without `representative` inputs, or a model with
@@ -241,7 +249,7 @@ def convert_saved_model(
         return converter.convert()
     if representative is None:
         raise ValueError("Argument `representative_data` is required for quantize='int8'.")
-    converter.representative_dataset = _calibration(representative, input_name)
+    converter.representative_dataset = _calibration(representative, list(input_names))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if io_dtype != "float32":
         converter.inference_input_type = tf.as_dtype(io_dtype)
@@ -286,8 +294,9 @@ def verify_tflite(
     Args:
         path: the `.tflite` file (or its bytes) written by `export_model`.
         model: the Keras model it was exported from.
-        x: inputs, raw as the Keras model takes them; or `None` to only load the file
-            and run it once on zeros.
+        x: inputs, raw as the Keras model takes them (a list of arrays, in the order of
+            the model's inputs, for several); or `None` to only load the file and run it
+            once on zeros.
         y: class ids (or one-hot rows) of `x`. Defaults to `None`.
         batch_size: inputs per interpreter call. Defaults to `256`.
         data: a few words on what `x` is, for the record. Defaults to `None`.
@@ -297,14 +306,21 @@ def verify_tflite(
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from kerasft.export.savedmodel import served_probabilities
+    from kerasft.export.savedmodel import input_names, served_probabilities
 
     if isinstance(path, bytes):
         interpreter, size = Interpreter(model_content=path), len(path)
     else:
         interpreter, size = Interpreter(model_path=os.fspath(path)), os.path.getsize(path)
     runner = interpreter.get_signature_runner(_SIGNATURE)
-    (input_name, input_detail), = runner.get_input_details().items()
+    details = runner.get_input_details()
+    names = input_names(model) if len(details) > 1 else list(details)
+    if sorted(names) != sorted(details):
+        raise ValueError(
+            f"The TFLite file takes inputs {sorted(details)}, but model {model.name!r} has {names}: "
+            "it was not exported from this model."
+        )
+    input_detail = details[names[0]]
     output_detail = runner.get_output_details()["probabilities"]
     quantize = _quantization_of(interpreter, runner)
     record = dict(
@@ -316,23 +332,23 @@ def verify_tflite(
     )
     start = time.perf_counter()
     if x is None:
-        zeros = np.zeros([1, *input_detail["shape_signature"][1:]], input_detail["dtype"])
-        runner(**{input_name: zeros})
+        runner(**{n: np.zeros([1, *details[n]["shape_signature"][1:]], details[n]["dtype"]) for n in names})
         return TFLiteCheck(examples=0, agreement=None, accuracy=None, keras_accuracy=None,
                            max_abs_difference=None, seconds=round(time.perf_counter() - start, 3),
                            **record)
-    x = np.asarray(x)
+    arrays = [np.asarray(x)] if len(names) == 1 else [np.asarray(a) for a in x]
+    n = len(arrays[0])
     served = np.concatenate([
-        _dequantize(runner(**{input_name: _quantize(x[i:i + batch_size], input_detail)})["probabilities"],
-                    output_detail)
-        for i in range(0, len(x), batch_size)
+        _dequantize(runner(**{name: _quantize(a[i:i + batch_size], details[name])
+                              for name, a in zip(names, arrays)})["probabilities"], output_detail)
+        for i in range(0, n, batch_size)
     ])
     seconds = time.perf_counter() - start
     expected = served_probabilities(model, x, batch_size=batch_size)
     ours, theirs = served.argmax(-1), expected.argmax(-1)
     labels = None if y is None else class_ids(y)
     return TFLiteCheck(
-        examples=len(x),
+        examples=n,
         agreement=float(np.mean(ours == theirs)),
         accuracy=None if labels is None else float(np.mean(ours == labels)),
         keras_accuracy=None if labels is None else float(np.mean(theirs == labels)),
@@ -361,12 +377,73 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _calibration(representative: np.ndarray, input_name: str) -> Callable[[], Iterator[dict]]:
+def _calibration(representative: Any, input_names: list[str]) -> Callable[[], Iterator[dict]]:
+    arrays = [representative] if len(input_names) == 1 else list(representative)
+
     def batches() -> Iterator[dict]:
-        for i in range(len(representative)):
-            yield {input_name: representative[i:i + 1]}
+        for i in range(len(arrays[0])):
+            yield {name: a[i:i + 1] for name, a in zip(input_names, arrays)}
 
     return batches
+
+
+def _read_multi_inputs(data: Any, argument: str, names: list[str], limit: int | None):
+    """`read_inputs` for a model with several inputs: `(list of arrays, labels or None)`."""
+
+    def arrays_of(x: Any) -> list[np.ndarray]:
+        if isinstance(x, dict):
+            missing = [n for n in names if n not in x]
+            if missing or len(x) != len(names):
+                raise ValueError(
+                    f"Argument `{argument}` has inputs {sorted(x)}, but the model takes {names}."
+                )
+            return [_array(x[n], argument) for n in names]
+        if isinstance(x, (list, tuple)) and len(x) == len(names):
+            return [_array(a, argument) for a in x]
+        raise TypeError(
+            f"Argument `{argument}`: the model takes {len(names)} inputs {names}; give them as "
+            "a list of arrays in that order or a dict keyed by those names, alone or as "
+            f"(inputs, labels). Received: {type(x).__name__}"
+        )
+
+    def split(element: Any) -> tuple[Any, Any]:
+        # (inputs, y) or (inputs, y, weights) when the first item is a whole set of inputs.
+        if isinstance(element, tuple) and len(element) in (2, 3) and (
+                isinstance(element[0], dict)
+                or isinstance(element[0], (list, tuple)) and len(element[0]) == len(names)):
+            return element[0], element[1]
+        return element, None
+
+    if isinstance(data, tf.data.Dataset):
+        parts, labels, count = [], [], 0
+        for element in data.as_numpy_iterator():
+            x, y = split(element)
+            parts.append(arrays_of(x))
+            labels.append(y)
+            count += len(parts[-1][0])
+            if limit is not None and count >= limit:
+                break
+        if not parts:
+            raise ValueError(f"Argument `{argument}` is an empty dataset: it yielded no examples.")
+        x = [np.concatenate([p[i] for p in parts])[:limit] for i in range(len(names))]
+        y = None if any(v is None for v in labels) else np.concatenate(labels)[:limit]
+        return x, y
+    x, y = split(data) if isinstance(data, tuple) and len(data) == 2 else (data, None)
+    x, y = arrays_of(x), None if y is None else _array(y, argument)
+    n = len(x[0])
+    if any(len(a) != n for a in x) or n == 0:
+        raise ValueError(
+            f"Argument `{argument}`: the inputs hold {[len(a) for a in x]} examples; they must be "
+            "equally many, and at least one."
+        )
+    if y is not None and len(y) != n:
+        raise ValueError(
+            f"Argument `{argument}`: {n} inputs but {len(y)} labels; they must be equally long."
+        )
+    if limit is not None and n > limit:
+        keep = _spread(n, limit)
+        x, y = [a[keep] for a in x], None if y is None else y[keep]
+    return x, y
 
 
 def _quantization_of(interpreter: Any, runner: Any) -> str | None:
