@@ -124,3 +124,28 @@ def test_wrong_structure_messages(digits_small, shipped_model):
         data_lib.prepare_data(tf.data.Dataset.from_tensor_slices((x, y)).take(0), model=shipped_model)
     with pytest.raises(ValueError, match=r"Argument `validation_split` must be in \[0, 1\). Received: validation_split=1.5"):
         data_lib.prepare_data((x, y), validation_split=1.5)
+
+
+def _tiny_roberta():
+    import keras_hub
+
+    vocabulary = {"<s>": 0, "<pad>": 1, "</s>": 2, "<mask>": 3, "<unk>": 4, "a": 5, "b": 6, "Ġa": 7,
+                  "Ġb": 8, "ab": 9, "Ġab": 10, "Ġ": 11}
+    tokenizer = keras_hub.models.RobertaTokenizer(vocabulary=vocabulary, merges=["a b", "Ġ a", "Ġ b", "Ġa b"])
+    preprocessor = keras_hub.models.RobertaTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    backbone = keras_hub.models.RobertaBackbone(vocabulary_size=12, num_layers=1, num_heads=2, hidden_dim=8,
+                                                intermediate_dim=16, max_sequence_length=16)
+    return keras_hub.models.RobertaTextClassifier(backbone, num_classes=2, preprocessor=preprocessor)
+
+
+def test_tokenizer_that_refuses_numpy_strings_gets_a_tensor():
+    # KerasHub's byte-pair tokenizers on the `tokenizers` library take str, a list of str
+    # or a string tensor, and raised "Input should be a string or a list of strings" on
+    # the numpy array kerasft used to pass.
+    import kerasft
+
+    x = np.array(["a b", "b a", "ab ab", "a", "b b", "a a"] * 4)
+    y = np.array([0, 1, 0, 1, 1, 0] * 4)
+    result = kerasft.finetune(_tiny_roberta(), (x, y), head_epochs=1, epochs=1, batch_size=8, verbose=0)
+    assert result.evaluate((x, y))["accuracy"] >= 0.0
+    assert result.model.preprocessor is not None

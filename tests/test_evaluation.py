@@ -641,3 +641,21 @@ def test_non_numeric_labels_are_a_type_error():
         report_from_predictions([[1], [0]], [[0.9], [0.2]], task="multilabel")
     with pytest.raises(ValueError, match="Argument `task` must be one of"):
         EvaluationReport(task="ranking", num_examples=1, class_names=[], loss=0.0)
+
+
+def test_dataframe_with_a_text_column_fine_tunes_and_evaluates():
+    # pandas 3 keeps text in its own string dtype: the column was taken for "not numeric"
+    # and the call failed; result.evaluate(frame) now also reuses the run's label_columns.
+    import pandas as pd
+
+    texts = ["good movie", "bad movie", "great film", "awful film", "nice", "terrible"] * 6
+    frame = pd.DataFrame({"review": texts, "label": [1, 0, 1, 0, 1, 0] * 6})
+    vectorize = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=3)
+    vectorize.adapt(texts)
+    inputs = keras.Input((), dtype="string")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(vectorize(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+    result = kerasft.finetune(model, frame, label_columns="label", head_epochs=1, epochs=1, verbose=0)
+    report = result.evaluate(frame)
+    assert report.num_examples == len(frame)
+    assert report["accuracy"] == evaluation.evaluate(result.model, frame, label_columns="label")["accuracy"]

@@ -157,16 +157,33 @@ def _from_dataframe(frame: Any, signature: InputSignature | None, argument: str)
     if signature is not None and signature.structure != "single":
         return {n: frame[n].to_numpy() for n in signature.names if n in columns} | {
             c: frame[c].to_numpy() for c in columns if c not in signature.names}
-    if signature is not None and signature.names[0] in columns and len(columns) == 1:
-        return frame[columns[0]].to_numpy()
-    values = frame.to_numpy()
-    if values.dtype == object:
-        bad = [c for c in columns if frame[c].dtype == object]
+    if len(columns) == 1 and (_is_text_column(frame.iloc[:, 0]) or signature is not None
+                              and signature.names[0] in columns):
+        # One column of text (or the model's own input by name): that column is the input.
+        return as_array(frame.iloc[:, 0], argument, columns[0])
+    # pandas 3 stores text as its own string dtype, not object: ask pandas what is numeric.
+    bad = [c for c, name in zip(columns, frame.columns) if not _is_numeric_column(frame[name])]
+    if bad:
         raise ValueError(
             f"Argument `{argument}`: DataFrame columns {bad} are not numeric, and the model takes one "
-            "numeric input. HINT: encode them, or build a model with one named input per column."
+            f"input. Received columns {columns}. HINT: pass one text column for a text model, "
+            "encode the others, or build a model with one named input per column."
         )
-    return values.astype("float32")
+    return frame.to_numpy().astype("float32")
+
+
+def _is_numeric_column(series: Any) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
+
+
+def _is_text_column(series: Any) -> bool:
+    import pandas as pd
+
+    if pd.api.types.is_string_dtype(series.dtype) and not pd.api.types.is_object_dtype(series.dtype):
+        return True
+    return pd.api.types.is_object_dtype(series.dtype) and all(isinstance(v, str) for v in series)
 
 
 def flatten(x: Any) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ and split by a seeded hash of each example's position.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable
@@ -54,6 +55,8 @@ class PreparedData:
             ``y`` as the loss takes it.
         signature: the model's inputs the data was checked against.
         augmentation: the :class:`kerasft.augment.Augmentation` of training batches, if any.
+        validation_arrays: ``(x, y)`` of the validation split when in memory.
+        seed: the seed of the split and the shuffles.
     """
 
     train: tf.data.Dataset
@@ -66,10 +69,30 @@ class PreparedData:
     arrays: tuple[Any, np.ndarray] | None = None
     signature: InputSignature | None = None
     augmentation: Any = None
+    validation_arrays: tuple[Any, np.ndarray] | None = None
+    seed: int = 0
 
     @property
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.n_train / self.batch_size))
+
+    def combined(self) -> PreparedData:
+        """Training and validation examples together, without validation (for a refit).
+
+        Raises:
+            ValueError: data that is not in memory.
+        """
+        if self.arrays is None:
+            raise ValueError("Only in-memory data can be combined with its validation split.")
+        x, y = self.arrays
+        if self.validation_arrays is not None:
+            xv, yv = self.validation_arrays
+            x = keras.tree.map_structure(lambda a, b: np.concatenate([a, b]), x, xv)
+            y = np.concatenate([y, yv])
+        transform = self.augmentation.inputs if self.augmentation is not None else None
+        train = make_pipeline(x, y, self.batch_size, self.seed, shuffle=True, transform=transform)
+        return dataclasses.replace(self, train=train, validation=None, n_train=len(y), n_validation=0,
+                                   arrays=(x, y), validation_arrays=None)
 
 
 def check_batching(batch_size: Any, validation_split: Any) -> None:
@@ -231,10 +254,19 @@ def _preprocess(x: Any, preprocessor: Callable, n: int) -> Any:
     parts = []
     for start in range(0, n, _PREPROCESS_BATCH):
         chunk = inputs_lib.take(x, np.arange(start, min(n, start + _PREPROCESS_BATCH)))
+        # Some tokenizers (KerasHub's byte-pair ones on the `tokenizers` library) take a
+        # string tensor or a list of str, never a numpy array of strings; all take a tensor.
+        chunk = keras.tree.map_structure(_text_as_tensor, chunk)
         out = preprocessor(chunk)
         parts.append(keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), out))
     flat = [np.concatenate(p) for p in zip(*[keras.tree.flatten(p) for p in parts])]
     return keras.tree.pack_sequence_as(parts[0], flat)
+
+
+def _text_as_tensor(array: Any) -> Any:
+    if isinstance(array, np.ndarray) and array.dtype.kind in "USO":
+        return tf.constant(array.astype(object) if array.dtype.kind == "U" else array, dtype=tf.string)
+    return array
 
 
 def make_pipeline(x: Any, y: np.ndarray, batch_size: int, seed: int, shuffle: bool,
@@ -275,8 +307,8 @@ def prepare_data(
     *,
     model: Any = None,
     validation_data: Any = None,
-    validation_split: float = 0.2,
-    batch_size: int = 32,
+    validation_split: float | Callable[[int | None], float] = 0.2,
+    batch_size: int | Callable[[int | None], int] = 32,
     seed: int = 0,
     num_classes: int | None = None,
     label_mode: str | None = None,
@@ -307,8 +339,10 @@ def prepare_data(
         validation_data: data in any accepted form, or ``None`` to hold out
             ``validation_split`` of ``data`` (seeded, stratified). Defaults to `None`.
         validation_split: fraction held out when ``validation_data`` is ``None``, in
-            ``[0, 1)``; ``0`` trains without validation. Defaults to `0.2`.
-        batch_size: batch size of the returned pipelines. Defaults to `32`.
+            ``[0, 1)``; ``0`` trains without validation; or a function of the number of
+            examples (``None`` when streamed) that returns the fraction. Defaults to `0.2`.
+        batch_size: batch size of the returned pipelines, or a function of the number of
+            training examples (``None`` when streamed) that returns it. Defaults to `32`.
         seed: seed of the split and of shuffling. Defaults to `0`.
         num_classes: override the class (label, output) count read off the labels.
             Defaults to `None`.
@@ -337,7 +371,9 @@ def prepare_data(
         ValueError / TypeError: wrong structure, empty data, inputs that do not fit the
             model (named), labels that fit no task or not the one asked for.
     """
-    check_batching(batch_size, validation_split)
+    decide = validation_split if callable(validation_split) else None
+    batching = batch_size if callable(batch_size) else None
+    check_batching(32 if batching else batch_size, 0.2 if decide else validation_split)
     signature = InputSignature.of(model) if model is not None else None
     raw_signature = None if preprocessor is not None else signature
     source = as_source(data, "data", label_columns)
@@ -345,6 +381,8 @@ def prepare_data(
         ds = _unbatch_if_needed(source, raw_signature)
         arrays = None if has_random_ops(ds) else to_arrays(ds, memory_budget=memory_budget)
         if arrays is None:
+            validation_split = decide(None) if decide else validation_split
+            batch_size = batching(None) if batching else batch_size
             return _prepare_streaming(ds, signature=signature, preprocessor=preprocessor,
                                       validation_data=validation_data, validation_split=validation_split,
                                       batch_size=batch_size, seed=seed, num_classes=num_classes,
@@ -366,6 +404,9 @@ def prepare_data(
     spec = infer_spec(y, num_classes=num_classes, label_mode=label_mode, task=task, head_units=head_units,
                       head_activation=head_activation)
     xv = yv = None
+    if decide is not None:
+        validation_split = decide(n) if validation_data is None else 0.0
+        check_batching(32, validation_split)
     if validation_data is None and validation_split > 0:
         train_idx, val_idx = _split(stratify_labels(y, spec), n, validation_split, seed)
         if len(val_idx) == 0:
@@ -396,6 +437,9 @@ def prepare_data(
         spec.target_mean = flat.mean(axis=0).tolist()
         spec.target_std = np.where(flat.std(axis=0) > 0, flat.std(axis=0), 1.0).tolist()
     x = keras.tree.map_structure(lambda a: a.astype("float32") if a.dtype == np.float64 else a, x)
+    if batching is not None:
+        batch_size = batching(len(y))
+        check_batching(batch_size, 0.0)
     augmentation = _augmentation(augment, signature, x, seed, spec)
     train = make_pipeline(x, cast_labels(y, spec), batch_size, seed, shuffle=shuffle,
                           transform=augmentation.inputs if augmentation is not None else None)
@@ -403,7 +447,10 @@ def prepare_data(
     return PreparedData(
         train=train, validation=val, spec=spec, n_train=len(y), n_validation=0 if yv is None else len(yv),
         batch_size=batch_size, in_memory=True, arrays=(x, cast_labels(y, spec)), signature=signature,
-        augmentation=augmentation,
+        augmentation=augmentation, seed=seed,
+        validation_arrays=None if xv is None else (
+            keras.tree.map_structure(lambda a: a.astype("float32") if a.dtype == np.float64 else a, xv),
+            cast_labels(yv, spec)),
     )
 
 

@@ -173,11 +173,15 @@ class FinetuneResult:
         ``report["accuracy"]`` (or ``["loss"]``, ``["r2"]``...) reads one figure.
         ``tta=True`` averages each image's outputs with its horizontal flip's.
 
+        A DataFrame is split with the run's ``label_columns`` unless others are given.
+
         Returns:
             A :class:`kerasft.evaluation.EvaluationReport`.
         """
         from kerasft.evaluation import evaluate
 
+        if label_columns is None and self.options is not None:
+            label_columns = self.options.keywords().get("label_columns")
         return evaluate(self.model, test_data, task=self.evaluation_task, batch_size=batch_size or self.batch_size,
                         class_names=class_names, thresholds=self.thresholds, label_columns=label_columns, tta=tta)
 
