@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -31,7 +30,7 @@ import numpy as np
 from keras_tuner.engine.base_tuner import BaseTuner
 
 from kerasft import convert
-from kerasft._fileio import atomic_file
+from kerasft._fileio import atomic_file, make_scratch_directory
 from kerasft.callbacks import monitor_mode
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
@@ -409,10 +408,12 @@ def search(
     store = FeatureStore() if store is None else store
     model = _load_once(model, fixed)
     temporary = directory is None
-    root = tempfile.mkdtemp(prefix="kerasft_search_") if temporary else os.fspath(directory)
+    root = make_scratch_directory("search") if temporary else os.fspath(directory)
     try:
         fingerprint = _fingerprint(model, params, objective, oracle, seed, fixed)
-        if not overwrite:
+        if overwrite:
+            _check_replaceable(os.path.join(root, project_name))
+        else:
             _check_fingerprint(os.path.join(root, project_name), fingerprint)
         trials = _Trials(model, data, params, fixed, objective, direction, store, seed, verbose,
                          epochs_budget=oracle == "hyperband")
@@ -462,8 +463,13 @@ def _check_arguments(max_trials, objective, oracle, project_name, overwrite, see
                          f"'val_accuracy'. Received: objective={objective!r}")
     if oracle not in ORACLES:
         raise ValueError(f"Argument `oracle` must be one of {list(ORACLES)}. Received: oracle={oracle!r}")
-    if not isinstance(project_name, str) or not project_name or os.sep in project_name:
-        raise ValueError(f"Argument `project_name` must be a directory name. Received: project_name={project_name!r}")
+    if (not isinstance(project_name, str) or project_name in ("", ".", "..")
+            or any(sep in project_name for sep in (os.sep, os.altsep) if sep)):
+        # "." or ".." would make the project the directory itself or its parent, which
+        # KerasTuner deletes with overwrite=True.
+        raise ValueError(
+            "Argument `project_name` must be the name of a directory inside `directory`: not '.', '..', "
+            f"nor a path. Received: project_name={project_name!r}")
     if not isinstance(overwrite, bool):
         raise ValueError(f"Argument `overwrite` must be True or False. Received: overwrite={overwrite!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -542,6 +548,22 @@ def _check_fingerprint(project_dir: str, fingerprint: dict[str, Any]) -> None:
             f"The project directory {project_dir!r} holds another search (it differs in {differ}), so its "
             "trials cannot be continued. HINT: pass overwrite=True to start afresh, or another "
             "`project_name` / `directory`.")
+
+
+def _check_replaceable(project_dir: str) -> None:
+    """Refuse ``overwrite=True`` on a directory that is not a kerasft search project.
+
+    KerasTuner deletes the project directory it is given to overwrite, whatever it holds.
+    """
+    if not os.path.lexists(project_dir):
+        return
+    if os.path.isdir(project_dir) and not os.path.islink(project_dir) and (
+            not os.listdir(project_dir) or os.path.isfile(os.path.join(project_dir, _FINGERPRINT))):
+        return
+    raise ValueError(
+        f"The project directory {project_dir!r} exists and is not a kerasft search (it has no "
+        f"{_FINGERPRINT}); overwrite=True deletes only an earlier search's project. HINT: choose "
+        "another `project_name` or `directory`.")
 
 
 def _write_fingerprint(project_dir: str, fingerprint: dict[str, Any]) -> None:

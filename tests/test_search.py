@@ -250,6 +250,27 @@ def test_bad_arguments(pretrained, few, kwargs, error, match):
         search(pretrained, few, verbose=0, **kwargs)
 
 
+@pytest.mark.parametrize("project_name", ["..", ".", "a/b"])
+def test_project_name_must_stay_inside_directory(pretrained, few, tmp_path, project_name):
+    # ".." with overwrite=True made KerasTuner delete the parent of `directory`.
+    (tmp_path / "keep.txt").write_text("mine")
+    inside = tmp_path / "runs"
+    inside.mkdir()
+    with pytest.raises(ValueError, match=r"`project_name` must be the name of a directory inside"):
+        search(pretrained, few, {"lr": [1e-3]}, directory=inside, project_name=project_name, overwrite=True,
+               verbose=0)
+    assert sorted(os.listdir(tmp_path)) == ["keep.txt", "runs"]
+
+
+def test_overwrite_deletes_only_a_search_project(pretrained, few, tmp_path):
+    project = tmp_path / "kerasft_search"
+    project.mkdir()
+    (project / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match="is not a kerasft search .* overwrite=True deletes only"):
+        search(pretrained, few, {"lr": [1e-3]}, directory=tmp_path, overwrite=True, verbose=0)
+    assert os.listdir(project) == ["thesis.tex"]
+
+
 def test_loss_changing_space_warns(pretrained, few):
     with pytest.warns(UserWarning, match=r"changes \['label_smoothing'\].*objective='val_accuracy'"):
         result = search(pretrained, few, {"label_smoothing": [0.1]}, max_trials=1, verbose=0, recipe="head",
