@@ -13,7 +13,9 @@ from kerasft import _keras_compat  # noqa: E402
 
 _keras_compat.check_keras_version()
 
-from kerasft import convert, peft, pruning  # noqa: E402  (register their layers for load_model)
+from kerasft import convert, peft, pooling, pruning  # noqa: E402  (register their layers for load_model)
+
+pooling.register_stand_in()
 from kerasft.callbacks import (  # noqa: E402
     GradualUnfreezing,
     PhaseLogger,

@@ -16,12 +16,15 @@ for; :func:`plan` stops before training and returns the plan.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
+from kerasft.callbacks import monitor_mode
 from kerasft.engine.hooks import default_hooks
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
@@ -38,17 +41,17 @@ def finetune(
     data: Any,
     *,
     validation_data: Any = None,
-    validation_split: float = 0.2,
-    recipe: str | Sequence[dict[str, Any]] | os.PathLike = "lp-ft",
-    head_epochs: int = 5,
-    epochs: int = 10,
-    lr: float | str = 1e-2,
+    validation_split: float | None = None,
+    recipe: str | Sequence[dict[str, Any]] | os.PathLike = "auto",
+    head_epochs: int | None = None,
+    epochs: int | None = None,
+    lr: float | str | None = None,
     finetune_lr: float | None = None,
-    warmup: float = 0.1,
+    warmup: float | None = None,
     unfreeze: str | int | float = "all",
     train_bn: bool = False,
-    batch_size: int = 32,
-    optimizer: str = "adam",
+    batch_size: int | None = None,
+    optimizer: str | None = None,
     weight_decay: float | None = None,
     clipnorm: float | None = None,
     global_clipnorm: float | None = None,
@@ -101,11 +104,15 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a pretrained Keras classifier on new labelled data.
 
-    Phase 1 (``"head"``) trains the output layer with everything else frozen; phase 2
-    (``"finetune"``) unfreezes the body (``unfreeze``) and trains at ``finetune_lr``
-    with linear warmup and cosine decay. BatchNormalization layers stay in inference
-    mode in both phases unless ``train_bn=True``. Early stopping watches ``monitor``,
-    and the best weights of the whole run are restored at the end.
+    The default recipe, ``"auto"``, decides from the model and the data (see
+    :mod:`kerasft.engine.auto`; ``kerasft.plan`` prints what it decided and why): it fits
+    the head in closed form on the frozen body's features (a converged linear probe,
+    choosing a text backbone's pooling), then fine-tunes the whole network from there at
+    the model family's rate for a budget counted in optimizer steps, scores the probe and
+    every epoch on held-out data where there is enough of it, keeps the best, and trains
+    the winner again on all labels when the data is small. BatchNormalization layers
+    stay in inference mode unless ``train_bn=True``. The other recipes (``"lp-ft"``,
+    ``"full"``, ``"gradual"``...) run fixed phases with the defaults listed below.
 
     Example:
 
@@ -127,7 +134,8 @@ def finetune(
         validation_data: same forms; when ``None``, ``validation_split`` of ``data`` is
             held out (seeded, stratified). Defaults to `None`.
         validation_split: held-out fraction when ``validation_data`` is ``None``; ``0``
-            trains without validation (no early stopping). Defaults to `0.2`.
+            trains without validation (no early stopping). Defaults to `None`: decided by
+            ``"auto"`` (none below 200 examples, else 20%), `0.2` for the other recipes.
         recipe: ``"lp-ft"`` (head, then body), ``"full"`` (everything at once),
             ``"head"`` (linear probe), ``"gradual"`` (the head for ``head_epochs``, then
             the body's layer groups unfrozen top-down, evenly over ``epochs``, each
@@ -137,26 +145,34 @@ def finetune(
             of a YAML/JSON file of one (see ``kerasft.unfreezing.load_phases``); or
             ``"lora"`` / ``"dora"`` (low-rank adapters beside the frozen pretrained weights,
             trained with the head at ``finetune_lr`` for ``epochs``), ``"lp-lora"`` /
-            ``"lp-dora"`` (the head first for ``head_epochs`` at ``lr``, then the adapters).
-            Defaults to `"lp-ft"`.
-        head_epochs: epochs of the head phase. Defaults to `5`.
+            ``"lp-dora"`` (the head first for ``head_epochs`` at ``lr``, then the adapters);
+            or ``"auto"``, which decides from the model and the data (above).
+            Defaults to `"auto"`.
+        head_epochs: epochs of a head phase trained by gradient (not ``"auto"``, whose
+            head is fitted in closed form). Defaults to `None` (`5`).
         epochs: epochs of the fine-tuning phase (of the only phase for ``"full"``).
-            Defaults to `10`.
+            Defaults to `None`: ``"auto"`` turns its step budget into epochs; `10` for
+            the other recipes.
         lr: learning rate of the head phase, or ``"find"`` to take the ``valley``
             suggestion of ``kerasft.lr_find`` (run with the head phase's trainable
-            weights; the sweep is kept in ``result.lr_find``). The default is
-            higher than Keras's usual 1e-3 because a new head on few examples gets few
-            steps (see the strategies benchmark in docs/strategies.md). Defaults to `1e-2`.
+            weights; the sweep is kept in ``result.lr_find``); for ``"auto"``, the
+            fine-tune's peak rate. Defaults to `None`: ``"auto"`` picks the rate by model
+            family and size; `1e-2` for the other recipes (higher than Keras's usual 1e-3
+            because a new head on few examples gets few steps; docs/strategies.md).
         finetune_lr: peak learning rate after unfreezing. Defaults to ``lr / 10``.
         warmup: fraction of the fine-tuning steps spent warming up linearly.
-            Defaults to `0.1`.
+            Defaults to `None` (`0.1`).
         unfreeze: what the fine-tuning phase unfreezes: ``"all"``, the top N weighted
             layers (int), the top fraction of them (float), or a regex over layer paths.
             Defaults to `"all"`.
         train_bn: let BatchNormalization layers train (batch statistics, updated moving
             averages) once unfrozen. Defaults to `False`.
-        batch_size: batch size (global, across replicas). Defaults to `32`.
-        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"rmsprop"``. Defaults to `"adam"`.
+        batch_size: batch size (global, across replicas). Defaults to `None`: ``"auto"``
+            takes a power of two in [8, 32] that gives about ten steps an epoch; `32` for
+            the other recipes.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"rmsprop"``. Defaults to `None`:
+            ``"auto"`` takes AdamW for transformers, Adam otherwise; ``"adam"`` for the
+            other recipes.
         weight_decay: decoupled weight decay for ``"adamw"``. Defaults to `None`.
         clipnorm: per-variable gradient norm clip. Defaults to `None`.
         global_clipnorm: global gradient norm clip. Defaults to `None`.
@@ -302,11 +318,55 @@ def finetune(
     """
     options = Options.from_keywords(**{k: v for k, v in locals().items() if k not in ("model", "data")})
     strategy = resolve_strategy(options.speed.distribute)
+    # The pretrained weights, for training a winner again on all labels (recipe="auto").
+    original = model.get_weights() if options.auto and not options.run.copy and isinstance(model, keras.Model) else None
     # Under a strategy, the copy, the new head and the optimizers are created in its scope.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         run = prepare_run(model, data, options)
-        hooks = default_hooks(options, run.monitor, run.data.spec)
-        return Runner(run, hooks, strategy).run()
+        hooks = default_hooks(run.options, run.monitor, run.data.spec)
+        result = Runner(run, hooks, strategy).run()
+        if run.decision is None or not run.decision.refit:
+            return result
+        if original is not None:
+            model.set_weights(original)
+        return _refit(model, data, options, result, strategy)
+
+
+def _refit(model: Any, data: Any, options: Options, chosen: FinetuneResult, strategy: Any) -> FinetuneResult:
+    """Train the winner of a holdout choice again on all labels (``recipe="auto"`` on small data).
+
+    The probe is fitted again on every example; the fine-tune, if it won, runs for the
+    epochs that won, at the same batch size, with no holdout.
+    """
+    epochs, score = _winning_epochs(chosen)
+    checkpoint = options.run.checkpoint_dir
+    refit = options.replace(
+        validation_split=0.0, epochs=epochs, batch_size=chosen.options.data.batch_size,
+        checkpoint_dir=None if checkpoint is None else os.path.join(os.fspath(checkpoint), "refit"))
+    run = prepare_run(model, data, refit)
+    winner = "the probe" if epochs == 0 else f"the fine-tune after {epochs} epochs"
+    reason = (f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
+              f"{run.data.n_train} labels")
+    run.decision = dataclasses.replace(chosen.decision, reasons=(*chosen.decision.reasons, reason))
+    run.plan.decision = run.decision
+    run.log(f"kerasft: {reason}")
+    result = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
+    result.selection = chosen
+    return result
+
+
+def _winning_epochs(result: FinetuneResult) -> tuple[int, float]:
+    """``(epochs of the fine-tune that won, its score)``; ``(0, score)`` when the probe won."""
+    mode = -1.0 if monitor_mode(result.monitor) == "min" else 1.0
+    best = (0, None)
+    for phase in result.phases:
+        values = phase.history.get(result.monitor, [])
+        for epoch, value in enumerate(values):
+            if value is None or not np.isfinite(value):
+                continue
+            if best[1] is None or mode * value > mode * best[1]:
+                best = (0 if phase.name == "probe" else epoch + 1, value)
+    return best[0], float(best[1]) if best[1] is not None else float("nan")
 
 
 def plan(model: keras.Model | str | os.PathLike, data: Any, **keywords: Any) -> Plan:

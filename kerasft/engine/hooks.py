@@ -110,6 +110,15 @@ class _Tracker(keras.callbacks.Callback):
             self.best_weights = self.model.get_weights()
             self.best_phase = self.phase
 
+    def offer(self, value: float | None, model: keras.Model, phase: str) -> None:
+        """Score ``model``'s current weights as if an epoch of ``phase`` had ended with ``value``."""
+        if value is None or not np.isfinite(value):
+            return
+        if self.sign * value > self.best:
+            self.best = self.sign * value
+            self.best_weights = model.get_weights()
+            self.best_phase = phase
+
     @property
     def best_value(self) -> float | None:
         return None if self.best_weights is None else self.sign * self.best
@@ -140,10 +149,12 @@ class BestWeights(Hook):
         return [run.best]
 
     def phase_end(self, run: Run, result: PhaseResult) -> None:
-        run.best.restore(run.model)
+        if not run.keep_final:
+            run.best.restore(run.model)
 
     def run_end(self, run: Run) -> None:
-        run.best.restore(run.model)
+        if not run.keep_final:
+            run.best.restore(run.model)
 
 
 # ------------------------------------------------------------------------------ NaN guard
@@ -192,7 +203,8 @@ class NaNGuard(Hook):
         return [self._callback]
 
     def phase_end(self, run: Run, result: PhaseResult) -> None:
-        event = self._callback.event
+        callback, self._callback = getattr(self, "_callback", None), None
+        event = callback.event if callback is not None else None  # None: a phase without fit (the probe)
         if event is None:
             return
         peak = run.phase_peak
@@ -217,6 +229,8 @@ class EarlyStopping(Hook):
         self.patience = patience
 
     def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
+        if run.keep_final:  # a fixed budget without validation: nothing to stop on
+            return []
         start = max(run.count_from_epoch, run.phase_optimizer.settle_epoch)
         return [keras.callbacks.EarlyStopping(monitor=run.monitor, patience=self.patience,
                                               mode=run.task.monitor_mode(run.monitor), start_from_epoch=start)]
@@ -357,7 +371,7 @@ class FrozenBackboneDropout(Hook):
                         part.rate = 0.0
 
     def phase_end(self, run: Run, result: PhaseResult) -> None:
-        for layer, rate in self._saved:
+        for layer, rate in getattr(self, "_saved", []):  # none after a phase without fit (the probe)
             layer.rate = rate
         self._saved = []
 

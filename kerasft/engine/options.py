@@ -42,7 +42,11 @@ __all__ = [
     "check_conflicts",
 ]
 
-BUILTIN_RECIPES = ("lp-ft", "full", "head", "gradual", "lora", "dora", "lp-lora", "lp-dora")
+BUILTIN_RECIPES = ("auto", "lp-ft", "full", "head", "gradual", "lora", "dora", "lp-lora", "lp-dora")
+# Keywords whose `None` in `finetune` means "the recipe decides": recipe="auto" decides
+# them from the model and the data; the other recipes take these fixed defaults.
+FIXED_DEFAULTS: dict[str, Any] = {"batch_size": 32, "validation_split": 0.2, "head_epochs": 5, "epochs": 10,
+                                  "lr": 1e-2, "optimizer": "adam", "warmup": 0.1}
 # Recipes that train low-rank adapters beside frozen pretrained weights, and their method.
 ADAPTER_RECIPES = {"lora": "lora", "dora": "dora", "lp-lora": "lora", "lp-dora": "dora"}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -52,7 +56,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 class RecipeOptions:
     """What trains when, and at which rates (see ``finetune``'s docstring for each)."""
 
-    recipe: Any = "lp-ft"
+    recipe: Any = "auto"
     head_epochs: int = 5
     epochs: int = 10
     lr: float | str = 1e-2
@@ -234,18 +238,30 @@ class Options:
     regularization: RegularizationOptions = RegularizationOptions()
     speed: SpeedOptions = SpeedOptions()
     run: RunOptions = RunOptions()
+    given: frozenset[str] = frozenset()
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> Options:
         """Sort ``finetune``'s keywords into groups, then validate them all.
 
+        A keyword of :data:`FIXED_DEFAULTS` that is ``None`` (or absent) is left to the
+        recipe: ``"auto"`` decides it from the model and the data, the other recipes take
+        its fixed default. :attr:`given` holds the ones the caller set.
+
         Raises:
             TypeError: an unknown keyword (listing the valid ones).
             ValueError: a bad value, or options that do not work together.
         """
-        options = cls.group(**keywords)
+        given = frozenset(k for k in FIXED_DEFAULTS if keywords.get(k) is not None)
+        filled = {**keywords, **{k: v for k, v in FIXED_DEFAULTS.items() if keywords.get(k) is None}}
+        options = dataclasses.replace(cls.group(**filled), given=given)
         options.validate()
         return options
+
+    @property
+    def auto(self) -> bool:
+        """Whether the recipe is ``"auto"``."""
+        return self.recipe.kind == "auto"
 
     @classmethod
     def group(cls, **keywords: Any) -> Options:
@@ -271,8 +287,12 @@ class Options:
                 for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
 
     def replace(self, **keywords: Any) -> Options:
-        """A copy with some flat keywords changed (validated again)."""
-        return Options.from_keywords(**{**self.keywords(), **keywords})
+        """A copy with some flat keywords changed (validated again); :attr:`given` grows by them."""
+        return Options.from_keywords(**{**self.user_keywords(), **keywords})
+
+    def user_keywords(self) -> dict[str, Any]:
+        """The flat keywords, with those the recipe decides (not :attr:`given`) as ``None``."""
+        return {k: (None if k in FIXED_DEFAULTS and k not in self.given else v) for k, v in self.keywords().items()}
 
     def validate(self) -> None:
         """Check every value, then the combinations (:func:`check_conflicts`)."""
@@ -481,6 +501,18 @@ def _plain_plateau_callback(o: Options) -> bool:
 
 
 CONFLICTS: list[Conflict] = [
+    Conflict(
+        lambda o: o.auto and "head_epochs" in o.given,
+        lambda o: (f"Argument `head_epochs={o.recipe.head_epochs!r}` sets the epochs of a head trained by "
+                   "gradient, but recipe='auto' fits the head in closed form (a converged linear probe) "
+                   "before it fine-tunes. HINT: leave head_epochs out, or pass recipe='lp-ft'."),
+    ),
+    Conflict(
+        lambda o: o.auto and o.recipe.finds_lr,
+        lambda o: ("Argument `lr='find'` sweeps the rate of a head trained by gradient, but recipe='auto' "
+                   "fits the head in closed form and picks the fine-tuning rate by model family. HINT: pass "
+                   "lr=<rate> to set the fine-tuning rate, or recipe='lp-ft' with lr='find'."),
+    ),
     Conflict(
         lambda o: o.recipe.quantize is not None and o.recipe.adapters is None,
         lambda o: (f"Argument `quantize={o.recipe.quantize!r}` quantizes the frozen base under low-rank "

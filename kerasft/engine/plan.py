@@ -110,6 +110,9 @@ class Phase:
         spread: whether ``lr_mult`` / ``layer_decay`` spread the rate over layer groups.
         stages: for a staged phase, when which layers join (trainable set changes in fit).
         train_bn: whether BatchNormalization layers train once unfrozen.
+        solver: ``"fit"`` (gradient steps) or ``"probe"`` (the head fitted in closed form
+            on the frozen body's features: :mod:`kerasft.probe`).
+        layer_decay: the phase's own layer-wise rate decay (``None``: the options').
     """
 
     name: str
@@ -121,6 +124,12 @@ class Phase:
     spread: bool = False
     stages: tuple[Stage, ...] = ()
     train_bn: bool = False
+    solver: str = "fit"
+    layer_decay: float | None = None
+
+    @property
+    def probe(self) -> bool:
+        return self.solver == "probe"
 
     @property
     def staged(self) -> bool:
@@ -146,6 +155,8 @@ class Plan:
         trainable_params: per phase, the parameters it trains (for a staged phase, per
             stage; ``None`` until :meth:`count` ran on a model).
         total_params: all parameters of the model.
+        decision: what ``recipe="auto"`` decided and why (a
+            :class:`kerasft.engine.auto.AutoDecision`), else ``None``.
     """
 
     phases: list[Phase]
@@ -153,6 +164,7 @@ class Plan:
     trainable_params: list[list[int]] | None = None
     total_params: int = 0
     rates: list[list[float]] | None = field(default=None, repr=False)
+    decision: Any = None
 
     def resolve_rates(self, found: float) -> Plan:
         """The plan once the LR finder suggested ``found`` for the first phase."""
@@ -196,9 +208,12 @@ class Plan:
         out = []
         for i, phase in enumerate(self.phases):
             counts = self.trainable_params[i] if self.trainable_params else [None]
+            if phase.probe:
+                out.append((phase.name, 0, counts[0], "closed form (L-BFGS/ridge)"))
+                continue
             if not phase.staged:
                 schedule = " warmup+cosine" if phase.schedule == "warmup_cosine" else ""
-                spread = " spread" if phase.spread else ""
+                spread = f" layer decay {phase.layer_decay:g}" if phase.layer_decay else " spread" if phase.spread else ""
                 out.append((phase.name, phase.epochs, counts[0], f"{phase.rate}{schedule}{spread}"))
                 continue
             starts = [s.epoch for s in phase.stages] + [phase.epochs]
@@ -214,6 +229,9 @@ class Plan:
             lines.append(f"{name:<28}{epochs:>7}{shown:>13}  {rate}")
         if self.total_params:
             lines.append(f"{self.total_params:,} parameters in all; {self.steps_per_epoch} steps per epoch")
+        if self.decision is not None:
+            lines.append("recipe='auto' decided:")
+            lines += [f"  - {reason}" for reason in self.decision.reasons]
         return "\n".join(lines)
 
 
@@ -305,6 +323,17 @@ def _gradual(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> 
     return [_staged("gradual", o.head_epochs + o.epochs, stages, o)]
 
 
+@register_recipe("auto")
+def _auto(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer, decision: Any = None) -> list[Phase]:
+    if decision is None:
+        raise ValueError("recipe='auto' is planned from the data: use kerasft.plan(model, data).")
+    return [
+        Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn),
+        Phase("finetune", decision.epochs, o.unfreeze, Rate(decision.rate), "warmup_cosine", decision.warmup,
+              spread=decision.layer_decay is not None, train_bn=o.train_bn, layer_decay=decision.layer_decay),
+    ]
+
+
 @register_recipe("phases")
 def _phases(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
     stages = [Stage(list(p["layers"]), int(p["epoch"]), p["lr"]) for p in o.phase_list]
@@ -312,12 +341,17 @@ def _phases(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> l
 
 
 def build_plan(model: keras.Model, head: keras.layers.Layer, options: RecipeOptions,
-               steps_per_epoch: int) -> Plan:
+               steps_per_epoch: int, decision: Any = None) -> Plan:
     """The plan of ``options.recipe`` for ``model`` (whose output layer is ``head``).
+
+    ``decision`` is what ``recipe="auto"`` decided from the data
+    (:func:`kerasft.engine.auto.decide`).
 
     Raises:
         ValueError: when the recipe leaves nothing to train.
     """
+    if options.kind == "auto":
+        return Plan(_auto(options, model, head, decision), steps_per_epoch=steps_per_epoch, decision=decision)
     phases = RECIPES[options.kind](options, model, head)
     if not any(p.epochs for p in phases):
         raise ValueError(

@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 
 from kerasft import _onednn, convert, surgery
 from kerasft import data as data_lib
+from kerasft.engine import auto
 from kerasft.engine.hooks import Hook
 from kerasft.engine.loading import load_model
 from kerasft.engine.optim import PhaseOptimizer, phase_optimizer, staged_optimizer
 from kerasft.engine.options import Options
-from kerasft.engine.plan import Phase, Plan, build_plan, select_trainable, trainable_layers
+from kerasft.engine.plan import Phase, Plan, Rate, build_plan, select_trainable, trainable_layers
 from kerasft.engine.result import FinetuneResult, NaNEvent, PhaseResult, RegularizationRecord
 from kerasft.engine.task import (
     Task,
@@ -60,6 +62,11 @@ class Run:
         phase_index, phase, phase_optimizer, phase_peak, phase_counts: the current
             phase, its optimizer, its peak rate and its parameter counts.
         lr_find, pruning, nan, regularization, stages: records for the result.
+        decision: what ``recipe="auto"`` decided (:class:`kerasft.engine.auto.AutoDecision`).
+        probe: the :class:`kerasft.probe.ProbeChoice` of a probe phase.
+        keep_final: return the last weights (a fixed budget without validation), not
+            the best seen.
+        restore_length: ``(preprocessor, sequence length)`` to put back after the run.
     """
 
     options: Options
@@ -82,6 +89,10 @@ class Run:
     regularization: RegularizationRecord = field(default_factory=RegularizationRecord)
     stages: list[Any] | None = None
     speed: Any = None
+    decision: Any = None
+    probe: Any = None
+    keep_final: bool = False
+    restore_length: tuple[Any, int] | None = None
 
     @property
     def model(self) -> keras.Model:
@@ -110,7 +121,7 @@ class Run:
             adapters=self.task.lora, options=self.options, spec=self.task.spec,
             representative=export_sample(self.data), batch_size=self.options.data.batch_size, plan=self.plan,
             speed=self.speed, lr_find=self.lr_find, pruning=self.pruning, nan=self.nan,
-            regularization=self.regularization, stages=self.stages,
+            regularization=self.regularization, stages=self.stages, decision=self.decision, probe=self.probe,
         )
 
 
@@ -138,19 +149,32 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         model = copy_model(model)
     preprocessor = _detach_preprocessor(model)
     head = surgery.find_head(model)
+    profile = auto.profile_model(model, head) if options.auto else None
+    restore_length = _size_sequences(preprocessor, data, options) if options.auto else None
+    given = options.given
     try:
         prepared = data_lib.prepare_data(
-            data, model=model, validation_data=o.validation_data, validation_split=o.validation_split,
-            batch_size=o.batch_size, seed=seed, num_classes=t.num_classes, label_mode=t.label_mode,
+            data, model=model, validation_data=o.validation_data,
+            validation_split=(o.validation_split if not options.auto or "validation_split" in given
+                              else auto.auto_validation_split),
+            batch_size=o.batch_size if not options.auto or "batch_size" in given else auto.auto_batch_size,
+            seed=seed, num_classes=t.num_classes, label_mode=t.label_mode,
             task=t.task, head_units=surgery.head_units(head), head_activation=surgery.head_activation(model),
             label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
             one_hot=_needs_one_hot(options), augment=o.augment,
         )
+        decision = None
+        if options.auto:
+            decision = _decide(profile, prepared, options, restore_length)
+            options = options.replace(batch_size=prepared.batch_size, epochs=decision.epochs,
+                                      optimizer=decision.optimizer, weight_decay=decision.weight_decay,
+                                      warmup=decision.warmup)
         task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
         if options.recipe.adapters is not None:
             add_adapters(task, options.recipe)
     except Exception:
         _attach_preprocessor(model, preprocessor)
+        _restore_length(restore_length)
         raise
     has_val = prepared.validation is not None
     monitor = options.monitor.monitor or ("val_loss" if has_val else "loss")
@@ -159,9 +183,50 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
             "no validation_data were given. Use monitor='loss' or give validation data."
         )
-    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch).count(
+    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch, decision).count(
         task.model, task.head, task.adapters)
-    return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor)
+    return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor, decision=decision,
+               keep_final=decision is not None and not has_val, restore_length=restore_length)
+
+
+def _size_sequences(preprocessor: Any, data: Any, options: Options) -> tuple[Any, int] | None:
+    """Shorten a text preprocessor's sequence length to what the data needs; return what to put back."""
+    length = getattr(preprocessor, "sequence_length", None)
+    if preprocessor is None or not isinstance(length, int):
+        return None
+    try:
+        source = data_lib.as_source(data, "data", options.data.label_columns)
+    except Exception:
+        return None  # refused again, with its message, by prepare_data
+    if not isinstance(source, tuple):
+        return None
+    needed = auto.needed_sequence_length(preprocessor, source[0], seed=options.data.seed)
+    if needed is None or needed >= length:
+        return None
+    preprocessor.sequence_length = needed
+    return preprocessor, length
+
+
+def _restore_length(saved: tuple[Any, int] | None) -> None:
+    if saved is not None:
+        saved[0].sequence_length = saved[1]
+
+
+def _decide(profile: Any, prepared: data_lib.PreparedData, options: Options,
+            restore_length: tuple[Any, int] | None) -> Any:
+    """``recipe="auto"``'s decision for the prepared data, with the user's own options winning."""
+    r, given = options.recipe, options.given
+    rate = r.finetune_lr if r.finetune_lr is not None else (r.lr if "lr" in given else None)
+    user = {"epochs": r.epochs if "epochs" in given else None, "lr": rate,
+            "optimizer": options.optimizer.optimizer if "optimizer" in given else None,
+            "warmup": r.warmup if "warmup" in given else None, "layer_decay": r.layer_decay, "lr_mult": r.lr_mult,
+            "weight_decay": options.optimizer.weight_decay}
+    split = options.data.validation_data is None
+    n_examples = prepared.n_train + (prepared.n_validation if split else 0)
+    length = restore_length[0].sequence_length if restore_length else None
+    return auto.decide(profile, n_examples=n_examples, n_train=prepared.n_train, batch_size=prepared.batch_size,
+                       given_validation=not split, user=user, sequence_length=length,
+                       user_length=restore_length[1] if restore_length else None)
 
 
 def _needs_one_hot(options: Options) -> bool:
@@ -214,14 +279,14 @@ class Runner:
         try:
             self._each("run_start", run)
             for index, phase in enumerate(run.plan.phases):
-                if phase.epochs == 0:
+                if phase.epochs == 0 and not phase.probe:
                     continue
                 run.phase_index, run.phase, run.count_from_epoch = index, phase, 0
                 restored = next((r for r in (h.resume(run) for h in self.hooks) if r is not None), None)
                 if restored is not None:
                     run.phases.append(restored)
                     continue
-                result = self._phase(run, speed)
+                result = self._probe(run, speed) if phase.probe else self._phase(run, speed)
                 run.phases.append(result)
                 self._each("phase_end", run, result)
                 if run.stop_reason is not None:
@@ -231,11 +296,44 @@ class Runner:
         finally:
             speed.close()
             _attach_preprocessor(run.model, task.preprocessor)
+            _restore_length(run.restore_length)
         if not getattr(run.model, "compiled", False):  # every phase was restored from a checkpoint
             run.model.compile(loss=task.loss, metrics=task.metrics)
         run.log(f"kerasft: done; best {run.monitor} {run.best.best_value if run.best else None} in phase "
                 f"{run.best.best_phase if run.best else None!r}")
         return run.result()
+
+    def _probe(self, run: Run, speed: SpeedPlan) -> PhaseResult:
+        """Fit the head in closed form on the frozen body's features; score it like an epoch.
+
+        Where the head's features cannot be read, the head trains by gradient instead
+        (Adam at 1e-2 for about 100 steps), and the log says why.
+        """
+        from kerasft import probe as probe_lib
+
+        start = time.perf_counter()
+        select_trainable(run.model, run.task.head, run.phase)
+        try:
+            run.probe = probe_lib.fit_probe(run.model, run.task, run.data, seed=run.options.data.seed)
+        except probe_lib.ProbeUnavailable as e:
+            epochs = int(min(50, max(5, round(100 / run.plan.steps_per_epoch))))
+            run.log(f"kerasft: no closed-form probe ({e}); training the head by gradient for {epochs} epochs")
+            run.phase = dataclasses.replace(run.phase, solver="fit", epochs=epochs, rate=Rate(1e-2))
+            return self._phase(run, speed)
+        if run.probe.model is not run.model:
+            run.replace_model(run.probe.model)
+        run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} 'probe': {run.probe.describe()}")
+        model, task = run.model, run.task
+        model.compile(loss=task.loss, metrics=list(task.metrics))
+        history = {"loss": [run.probe.train_loss]}
+        if run.data.validation is not None:
+            logs = model.evaluate(run.data.validation, verbose=0, return_dict=True)
+            history.update({f"val_{k}": [float(v)] for k, v in logs.items()})
+        if run.best is not None and not run.keep_final:
+            run.best.offer(history.get(run.monitor, [None])[0], model, "probe")
+        seconds = time.perf_counter() - start
+        trainable = sum(int(np.prod(v.shape)) for v in task.head.weights)
+        return PhaseResult("probe", 1, history, seconds, trainable, 0.0, 0)
 
     def _phase(self, run: Run, speed: SpeedPlan) -> PhaseResult:
         """Set up, compile and fit the current phase."""
@@ -254,7 +352,8 @@ class Runner:
         else:
             r = run.options.recipe
             run.phase_optimizer = phase_optimizer(model, phase, run.make_optimizer, steps, lr_mult=r.lr_mult,
-                                                  layer_decay=r.layer_decay, layer_groups=r.layer_groups)
+                                                  layer_decay=phase.layer_decay or r.layer_decay,
+                                                  layer_groups=r.layer_groups)
         if not model.trainable_weights:
             raise ValueError(
                 f"Nothing to train in phase {phase.name!r}: every weight of model {model.name!r} is "

@@ -1,0 +1,267 @@
+"""``recipe="auto"``: what trains, for how many steps, at which rate, decided from the model and the data.
+
+A recipe of constants ("5 head epochs, then 10 more at 1e-3, batch 32, 20% held out")
+is tuned to the data it was tried on. With 40 examples that is 2 optimizer steps an
+epoch; with a transformer it is a CNN's learning rate. ``"auto"`` decides instead, from
+what it reads off the model (its family, its size) and the data (examples, classes,
+task), and writes down each decision and its reason in the plan:
+
+1. **A converged linear probe first** (:mod:`kerasft.probe`): the head is fitted in
+   closed form on the frozen body's features, its L2 strength chosen by 5-fold
+   cross-validation; for a KerasHub text classifier the pooling of the token outputs
+   (the ``[CLS]`` pooler or the masked mean) is chosen the same way. That is the LP of
+   LP-FT, and the yardstick the fine-tune must beat.
+2. **Then a fine-tune of the whole network from the probe**, at the family's rate
+   (AdamW with layer-wise decay for transformers; Adam, scaled down with size, for
+   convolutional networks; Adam for the rest), linear warmup and cosine decay, for a
+   budget counted in optimizer steps (converted to epochs of the batch size that fits
+   the data: at least about ten steps an epoch).
+3. **Selection that the data can support.** From :data:`SMALL_DATA` examples up, 20% is
+   held out (stratified); the probe and every fine-tuning epoch are scored on it, and
+   the best wins (so the result is never worse on validation than the probe). Below
+   :data:`REFIT_LIMIT` examples the winner is then trained again on all labels (the
+   probe refitted, or the fine-tune for the number of epochs that won), since a fifth
+   of a small data set is too much to leave out. Below :data:`SMALL_DATA` examples a
+   validation set would hold a few dozen examples at most, too few to choose on
+   (Perez et al., 2021): the probe is cross-validated, and the fine-tune trains on
+   every label for the budget, with no selection.
+4. **Work sized to the data**: a KerasHub text task trains at the sequence length its
+   texts need (the 98th percentile of their token counts), not the preprocessor's
+   padding length, which is put back on the returned task.
+
+Every value a user passes (``epochs=``, ``lr=``, ``batch_size=``, ``optimizer=``,
+``validation_split=``...) overrides the decision for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerasft import _keras_compat as compat
+from kerasft import layerwise, surgery
+
+__all__ = ["ModelProfile", "AutoDecision", "profile_model", "decide", "auto_batch_size", "auto_validation_split",
+           "needed_sequence_length", "SMALL_DATA", "REFIT_LIMIT"]
+
+# Fewer examples than this: no holdout to choose on (a 20% split would hold < 40).
+SMALL_DATA = 200
+# Fewer than this (and a holdout was used): train the winner again on all labels.
+REFIT_LIMIT = 2000
+# Fine-tuning budgets in optimizer steps, and the epochs they may span, per family.
+# (Budgets and rates come from the dev cases of benchmarks/matrix.py; docs/matrix.md.)
+_BUDGET = {"transformer": (120, 3, 10), "cnn": (300, 5, 30), "mlp": (300, 5, 30)}
+_RATE = {"transformer": 5e-5, "cnn": 3e-4, "mlp": 1e-3}
+_LAYER_DECAY = {"transformer": 0.9}
+_WEIGHT_DECAY = {"transformer": 0.01}
+_OPTIMIZER = {"transformer": "adamw", "cnn": "adam", "mlp": "adam"}
+# CNN rates fall with size: 3e-4 up to 2M parameters, then as 1/sqrt(parameters).
+_CNN_REFERENCE_PARAMS = 2_000_000
+_TEXT_LENGTH_QUANTILE = 98
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What ``auto`` reads off a model.
+
+    Attributes:
+        family: ``"transformer"`` (attention blocks: KerasHub backbones, ViTs),
+            ``"cnn"`` (convolutions) or ``"mlp"`` (dense layers, embeddings).
+        params: all parameters.
+        blocks: layer groups with weights below the head (transformer blocks, conv stages).
+        keras_hub: whether the model is a KerasHub task.
+        text: whether it is a KerasHub text classifier (its pooling can be chosen).
+    """
+
+    family: str
+    params: int
+    blocks: int
+    keras_hub: bool = False
+    text: bool = False
+
+    def describe(self) -> str:
+        kind = {"transformer": "a transformer", "cnn": "a convolutional network", "mlp": "a dense network"}
+        return f"{kind[self.family]} of {self.params:,} parameters in {self.blocks} blocks"
+
+
+_CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.SeparableConv1D,
+                 keras.layers.SeparableConv2D, keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+
+
+def _is_attention(layer: Any) -> bool:
+    return isinstance(layer, keras.layers.MultiHeadAttention) or (
+        type(layer).__module__.startswith("keras_hub") and "Attention" in type(layer).__name__)
+
+
+def profile_model(model: keras.Model, head: keras.layers.Layer) -> ModelProfile:
+    """The family, size and depth of ``model`` (whose classifier is ``head``)."""
+    from kerasft.engine.task import is_keras_hub_task
+    from kerasft.pooling import is_text_task
+
+    layers = compat.flatten_layers(model)
+    if any(_is_attention(lyr) for lyr in layers):
+        family = "transformer"
+    elif any(isinstance(lyr, _CONVOLUTIONS) for lyr in layers):
+        family = "cnn"
+    else:
+        family = "mlp"
+    groups = [g for g in layerwise.layer_groups(model) if not any(lyr is head for lyr in g[1])]
+    blocks = sum(1 for _, members in groups if any(lyr.weights for lyr in members))
+    return ModelProfile(family, surgery.count_params(model).total, blocks, is_keras_hub_task(model),
+                        is_text_task(model))
+
+
+# ------------------------------------------------------------------------------ data sizes
+
+
+def auto_validation_split(n: int | None) -> float:
+    """The fraction held out: none below :data:`SMALL_DATA` examples, else 20% (10% from 10,000)."""
+    if n is None:
+        return 0.2
+    if n < SMALL_DATA:
+        return 0.0
+    return 0.2 if n < 10_000 else 0.1
+
+
+def auto_batch_size(n_train: int | None) -> int:
+    """A batch that gives about ten steps an epoch or more: a power of two in [8, 32]."""
+    if n_train is None:
+        return 32
+    return int(min(32, max(8, 2 ** math.floor(math.log2(max(n_train / 10, 1))))))
+
+
+def needed_sequence_length(preprocessor: Any, texts: Any, *, sample: int = 2000, seed: int = 0) -> int | None:
+    """The sequence length that holds the 98th percentile of ``texts``' token counts.
+
+    Counted with ``preprocessor``'s own tokenizer on up to ``sample`` texts, plus the
+    special tokens, rounded up to a multiple of 16 and never above the preprocessor's
+    ``sequence_length``; ``None`` when that cannot be read (non-string inputs, another
+    kind of preprocessor).
+    """
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    limit = getattr(preprocessor, "sequence_length", None)
+    if tokenizer is None or not isinstance(limit, int):
+        return None
+    values = texts if not isinstance(texts, dict) else next(iter(texts.values()))
+    array = np.asarray(values)
+    if array.ndim != 1 or array.dtype.kind not in "USO" or len(array) == 0:
+        return None
+    if len(array) > sample:
+        array = array[np.random.default_rng(seed).choice(len(array), sample, replace=False)]
+    try:
+        ids = tokenizer([str(t) for t in array])
+        counts = np.asarray([len(row) for row in (ids.to_list() if hasattr(ids, "to_list") else ids)])
+    except Exception:  # a tokenizer that does not take a list of strings: keep the preprocessor's length
+        return None
+    needed = int(np.percentile(counts, _TEXT_LENGTH_QUANTILE)) + 2  # [CLS] and [SEP]
+    return int(min(limit, max(16, 16 * math.ceil(needed / 16))))
+
+
+# -------------------------------------------------------------------------------- decision
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """What ``recipe="auto"`` decided for one model and data set, and why.
+
+    Attributes:
+        profile: the :class:`ModelProfile`.
+        n_examples: labelled examples given (training and held out).
+        selection: ``"none"`` (small data: cross-validated probe, fixed fine-tune),
+            ``"holdout, then refit"``, ``"holdout"`` or ``"validation data"``.
+        optimizer, rate, layer_decay, weight_decay, warmup: the fine-tune's optimizer.
+        epochs: fine-tuning epochs; ``steps`` the optimizer steps they make.
+        batch_size: the batch size.
+        sequence_length: the length text is trained at (``None``: the preprocessor's).
+        reasons: one line per decision, for the plan.
+    """
+
+    profile: ModelProfile
+    n_examples: int
+    selection: str
+    optimizer: str
+    rate: float
+    layer_decay: float | None
+    weight_decay: float | None
+    warmup: float
+    epochs: int
+    steps: int
+    batch_size: int
+    sequence_length: int | None = None
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def refit(self) -> bool:
+        return self.selection == "holdout, then refit"
+
+
+def _cnn_rate(params: int) -> float:
+    return _RATE["cnn"] * min(1.0, math.sqrt(_CNN_REFERENCE_PARAMS / max(params, 1)))
+
+
+def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: int, given_validation: bool,
+           user: dict[str, Any], sequence_length: int | None = None, user_length: int | None = None) -> AutoDecision:
+    """Decide the fine-tune of a model of ``profile`` on ``n_examples`` labelled examples.
+
+    Args:
+        profile: the model's :class:`ModelProfile`.
+        n_examples: labelled examples given (before any holdout).
+        n_train: examples the fine-tune trains on (after the holdout).
+        batch_size: the batch size in use.
+        given_validation: whether the user gave validation data.
+        user: the options the user set (``epochs``, ``lr``, ``optimizer``...), which win.
+        sequence_length: the text length chosen, if any; ``user_length`` the
+            preprocessor's.
+
+    Returns:
+        An :class:`AutoDecision`.
+    """
+    family = profile.family
+    reasons = [f"model: {profile.describe()}"]
+    if given_validation:
+        selection = "validation data"
+        reasons.append("selection: the probe and each fine-tuning epoch are scored on the validation data given")
+    elif n_train == n_examples:
+        selection = "none"
+        reasons.append(f"selection: none; {n_examples} examples are too few to hold some out and choose on "
+                       f"(< {SMALL_DATA}): the probe is cross-validated, the fine-tune trains on all labels")
+    elif n_examples < REFIT_LIMIT:
+        selection = "holdout, then refit"
+        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and each "
+                       "fine-tuning epoch; the winner is then trained again on all labels")
+    else:
+        selection = "holdout"
+        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and each "
+                       "fine-tuning epoch (kept: enough data that the holdout costs little)")
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    target, low, high = _BUDGET[family]
+    epochs = int(min(high, max(low, round(target / steps_per_epoch))))
+    if user.get("epochs") is not None:
+        epochs = int(user["epochs"])
+        reasons.append(f"budget: {epochs} epochs as given ({epochs * steps_per_epoch} steps)")
+    else:
+        reasons.append(f"budget: about {target} optimizer steps for a {family}: {epochs} epochs of "
+                       f"{steps_per_epoch} steps at batch {batch_size}")
+    rate = _cnn_rate(profile.params) if family == "cnn" else _RATE[family]
+    optimizer = _OPTIMIZER[family]
+    layer_decay = _LAYER_DECAY.get(family)
+    if user.get("lr") is not None:
+        rate = float(user["lr"])
+    if user.get("optimizer") is not None:
+        optimizer = str(user["optimizer"])
+    if user.get("layer_decay") is not None or user.get("lr_mult") is not None:
+        layer_decay = user.get("layer_decay")
+    weight_decay = user.get("weight_decay") if user.get("weight_decay") is not None else _WEIGHT_DECAY.get(family)
+    spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
+    reasons.append(f"fine-tune: everything from the probe, {optimizer} at {rate:.2g} peak{spread}, warmup 10% "
+                   "and cosine decay; BatchNormalization in inference mode")
+    if sequence_length is not None and user_length is not None and sequence_length < user_length:
+        reasons.append(f"text: trained at sequence length {sequence_length} (98% of the texts fit), not the "
+                       f"preprocessor's {user_length}, which the returned task keeps")
+    return AutoDecision(profile, n_examples, selection, optimizer, rate, layer_decay, weight_decay,
+                        float(user.get("warmup") if user.get("warmup") is not None else 0.1), epochs,
+                        epochs * steps_per_epoch, batch_size, sequence_length, tuple(reasons))

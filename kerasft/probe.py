@@ -1,0 +1,475 @@
+"""The linear probe: a head fitted to convergence on frozen features, in closed form.
+
+A new head trained by a few epochs of Adam on a few hundred examples is far from
+converged when the body unfreezes, and fine-tuning then spends its steps (and the
+pretrained features) repairing it. :func:`fit_linear_head` fits the head as a convex
+problem instead: multinomial (or per-label, or binary) logistic regression with L-BFGS,
+or ridge regression, on standardised features, with the L2 strength chosen on
+validation data or by k-fold cross-validation. The solution is folded back into the
+head layer's kernel and bias (:func:`set_head_weights`), so the model predicts exactly
+what the probe does. That is the LP of LP-FT (Kumar et al., 2022), and the yardstick a
+fine-tune has to beat.
+
+The probe reads what the head reads (:func:`head_features`); for a transformer whose
+classifier pools one way (a ``[CLS]`` token through a pooler that was never trained, as
+in sentence-embedding BERTs), other poolings of the same backbone output are features
+too (:mod:`kerasft.pooling`), and the probe picks among them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from kerasft import surgery
+
+__all__ = ["LinearHead", "ProbeChoice", "ProbeUnavailable", "fit_probe", "fit_linear_head", "head_features",
+           "set_head_weights", "probe_targets", "REGULARIZATION_GRID"]
+
+# L2 strengths tried (scikit-learn's C: inverse strength, on standardised features).
+REGULARIZATION_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+# Ridge strengths (alpha), the same span.
+RIDGE_GRID = tuple(float(a) for a in np.logspace(-2, 4, 13))
+_MAX_ITER = 500
+# Above this many feature values, the strength is chosen on a sample of the examples.
+_SELECTION_CELLS = 20_000_000
+
+
+@dataclass
+class LinearHead:
+    """A fitted linear head, in the units of the raw (unstandardised) features.
+
+    Attributes:
+        kernel: ``(features, units)``.
+        bias: ``(units,)``.
+        strength: the chosen regularization (scikit-learn's ``C``, or ridge ``alpha``).
+        score: the selection loss at that strength (log-loss or mean squared error,
+            on validation data or cross-validated); lower is better.
+        selection: ``"validation"`` or ``"k-fold cross-validation"``.
+        scores: selection loss per strength tried.
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    strength: float
+    score: float
+    selection: str
+    scores: dict[float, float] = field(default_factory=dict)
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features, "float64") @ self.kernel + self.bias
+
+
+class ProbeUnavailable(ValueError):
+    """The probe cannot read this model's features; the caller trains the head by gradient instead."""
+
+
+@dataclass
+class ProbeChoice:
+    """What a probe decided: which features, which strength, how it chose.
+
+    Attributes:
+        pooling: the features the head reads (``"head input"``), or a pooling of a text
+            backbone's token outputs (``"cls"``, ``"mean"``).
+        head: the :class:`LinearHead` fitted on them.
+        candidates: selection loss per pooling tried.
+        feature_seconds: time spent computing features.
+        fit_seconds: time spent fitting.
+        train_loss: the training loss of the fitted head.
+        model: the model with the fitted head (a new KerasHub task when another pooling
+            than the one it had was chosen).
+    """
+
+    pooling: str
+    head: LinearHead
+    candidates: dict[str, float]
+    feature_seconds: float
+    fit_seconds: float
+    train_loss: float
+    model: Any = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        tried = ", ".join(f"{k} {v:.4g}" for k, v in self.candidates.items())
+        return (f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} chosen by "
+                f"{self.head.selection} (held-out loss: {tried}); features {self.feature_seconds:.1f} s, "
+                f"fit {self.fit_seconds:.1f} s")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "strength": self.head.strength, "selection": self.head.selection,
+                "candidates": dict(self.candidates), "feature_seconds": self.feature_seconds,
+                "fit_seconds": self.fit_seconds, "train_loss": self.train_loss}
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def probe_targets(y: np.ndarray, label_mode: str) -> np.ndarray:
+    """Targets as the solver takes them: class ids, a 0/1 matrix, or float values."""
+    y = np.asarray(y)
+    if label_mode == "one_hot":
+        return np.argmax(y, axis=1)
+    if label_mode == "multi_hot":
+        return (y > 0.5).astype("int64")
+    if label_mode == "continuous":
+        return y.astype("float64").reshape(len(y), -1)
+    return y.reshape(len(y), -1)[:, 0].astype("int64")
+
+
+# ------------------------------------------------------------------------------ solver
+
+
+def _standardise(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    return mean, np.where(std > 1e-8 * max(1.0, float(np.abs(std).max(initial=0.0))), std, 1.0)
+
+
+def _log_loss(probabilities: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> float:
+    p = np.clip(probabilities[np.arange(len(y)), y], 1e-12, 1.0)
+    return float(np.average(-np.log(p), weights=weights))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+
+def _sample_weights(y: np.ndarray, class_weight: dict[int, float] | None) -> np.ndarray | None:
+    if not class_weight:
+        return None
+    return np.asarray([class_weight.get(int(c), 1.0) for c in y], dtype="float64")
+
+
+class _Problem:
+    """One convex problem: logistic (multinomial or binary) or ridge, on standardised features."""
+
+    def __init__(self, kind: str, num_classes: int, class_weight: dict[int, float] | None, seed: int):
+        self.kind = kind  # "multinomial", "binary", "ridge"
+        self.num_classes = num_classes
+        self.class_weight = class_weight
+        self.seed = seed
+
+    def grid(self) -> tuple[float, ...]:
+        return RIDGE_GRID if self.kind == "ridge" else REGULARIZATION_GRID
+
+    def fit(self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None) -> Any:
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        if self.kind == "ridge":
+            return Ridge(alpha=strength).fit(x, y)
+        present = np.unique(y)
+        if len(present) < 2:  # one class only in this fold: a constant predictor
+            return ("constant", int(present[0]))
+        model = warm if warm is not None else LogisticRegression(
+            C=strength, max_iter=_MAX_ITER, tol=1e-5, warm_start=True, random_state=self.seed)
+        model.set_params(C=strength)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning at the weakest strengths
+            model.fit(x, y, sample_weight=_sample_weights(y, self.class_weight))
+        return model
+
+    def coefficients(self, fitted: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(kernel (dim, k), bias (k,))`` of the fitted problem, over all classes."""
+        if self.kind == "ridge":
+            coef = np.atleast_2d(fitted.coef_)
+            return coef.T.astype("float64"), np.atleast_1d(fitted.intercept_).astype("float64")
+        k = self.num_classes
+        kernel, bias = np.zeros((dim, k)), np.zeros(k)
+        if isinstance(fitted, tuple):  # a constant class: a large logit for it
+            bias[fitted[1]] = 10.0
+            return kernel, bias
+        classes = fitted.classes_.astype(int)
+        coef, intercept = fitted.coef_, fitted.intercept_
+        if coef.shape[0] == 1:  # scikit-learn's binary form: one logit for classes_[1]
+            lo, hi = classes
+            kernel[:, hi], bias[hi] = coef[0] / 2, intercept[0] / 2
+            kernel[:, lo], bias[lo] = -coef[0] / 2, -intercept[0] / 2
+        else:
+            kernel[:, classes], bias[classes] = coef.T, intercept
+        # Classes absent from the training examples get a very low logit.
+        absent = np.setdiff1d(np.arange(k), classes)
+        bias[absent] = bias[classes].min() - 10.0 if len(classes) else 0.0
+        return kernel, bias
+
+    def loss(self, fitted: Any, x: np.ndarray, y: np.ndarray) -> float:
+        if self.kind == "ridge":
+            return float(np.mean((fitted.predict(x).reshape(y.shape) - y) ** 2))
+        kernel, bias = self.coefficients(fitted, x.shape[1])
+        return _log_loss(_softmax(x @ kernel + bias), y, _sample_weights(y, self.class_weight))
+
+
+def _folds(y: np.ndarray | None, n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if y is not None and y.ndim == 1:
+        counts = np.bincount(y)
+        if counts[counts > 0].min() >= k:
+            return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(n), y))
+    return list(KFold(k, shuffle=True, random_state=seed).split(np.zeros(n)))
+
+
+def _select(problem: _Problem, x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray | None,
+            folds: int, seed: int) -> tuple[float, float, str, dict[float, float]]:
+    """Choose the strength: on ``(xv, yv)`` if given, else by ``folds``-fold cross-validation."""
+    if len(x) * x.shape[1] > _SELECTION_CELLS and xv is None:
+        keep = np.random.default_rng(seed).choice(len(x), max(1000, _SELECTION_CELLS // x.shape[1]), replace=False)
+        x, y = x[keep], y[keep]
+    if xv is not None:
+        splits, selection = [(x, y, xv, yv)], "validation"
+    else:
+        parts = _folds(y if problem.kind != "ridge" else None, len(x), folds, seed)
+        splits = [(x[a], y[a], x[b], y[b]) for a, b in parts]
+        selection = f"{len(parts)}-fold cross-validation"
+    scores: dict[float, float] = {}
+    warm: list[Any] = [None] * len(splits)
+    worse = 0
+    for strength in sorted(problem.grid(), reverse=problem.kind == "ridge"):  # strongest first
+        total = 0.0
+        for i, (xa, ya, xb, yb) in enumerate(splits):
+            fitted = problem.fit(xa, ya, strength, warm[i])
+            warm[i] = None if isinstance(fitted, tuple) or problem.kind == "ridge" else fitted
+            total += problem.loss(fitted, xb, yb) * len(yb)
+        scores[strength] = total / sum(len(s[3]) for s in splits)
+        # The held-out loss is unimodal in the strength in practice: stop two steps past the minimum.
+        worse = worse + 1 if scores[strength] > min(scores.values()) else 0
+        if worse == 2:
+            break
+    best = min(scores, key=lambda s: (scores[s], -s if problem.kind != "ridge" else s))
+    return best, scores[best], selection, scores
+
+
+def fit_linear_head(
+    features: np.ndarray,
+    y: np.ndarray,
+    label_mode: str,
+    num_classes: int,
+    *,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    class_weight: dict[int, float] | None = None,
+    folds: int = 5,
+    refit_on_all: bool = False,
+    seed: int = 0,
+) -> LinearHead:
+    """Fit a linear head on ``features`` to convergence, its L2 strength chosen on held-out data.
+
+    Classification is multinomial logistic regression (L-BFGS), multi-label one binary
+    logistic regression per label, regression ridge regression; features are
+    standardised for the fit and the scaling folded into the returned kernel and bias.
+    The strength is the one with the lowest log-loss (mean squared error for
+    regression) on ``validation``, or, without it, by ``folds``-fold cross-validation.
+
+    Example:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(200, 5)); y = (x[:, 0] > 0).astype(int)
+    >>> head = fit_linear_head(x, y, "sparse", 2)
+    >>> float(np.mean(head.logits(x).argmax(1) == y)) > 0.95
+    True
+
+    Args:
+        features: ``(n, d)`` training features.
+        y: training targets as the loss takes them (class ids, one-hot or 0/1 rows,
+            values).
+        label_mode: ``"sparse"``, ``"one_hot"``, ``"binary"``, ``"multi_hot"`` or
+            ``"continuous"``.
+        num_classes: classes (labels, outputs); the kernel has that many columns, or
+            one for ``"binary"``.
+        validation: ``(features, targets)`` to choose the strength on. Defaults to `None`
+            (cross-validation).
+        class_weight: per-class weights of the training loss. Defaults to `None`.
+        folds: folds of the cross-validation. Defaults to `5`.
+        refit_on_all: with ``validation``, fit the chosen strength again on training
+            and validation examples together. Defaults to `False`.
+        seed: seed of the folds. Defaults to `0`.
+
+    Returns:
+        A :class:`LinearHead`.
+
+    Raises:
+        ValueError: features and targets of different lengths, or non-finite features.
+    """
+    with threadpool_limits(1):  # BLAS threads fighting TensorFlow's made these small fits 10x slower
+        return _fit_linear_head(features, y, label_mode, num_classes, validation, class_weight, folds,
+                                refit_on_all, seed)
+
+
+def _fit_linear_head(features, y, label_mode, num_classes, validation, class_weight, folds, refit_on_all,
+                     seed) -> LinearHead:
+    x = _as_matrix(features, "features")
+    t = probe_targets(y, label_mode)
+    if len(x) != len(t):
+        raise ValueError(f"Arguments `features` and `y` must have the same length. Received: {len(x)} and {len(t)}.")
+    xv = tv = None
+    if validation is not None:
+        xv, tv = _as_matrix(validation[0], "validation"), probe_targets(validation[1], label_mode)
+    kind = "ridge" if label_mode == "continuous" else "multinomial"
+    units = t.shape[1] if kind == "ridge" else 2 if label_mode in ("binary", "multi_hot") else num_classes
+    problem = _Problem(kind, units, None if label_mode == "multi_hot" else class_weight, seed)
+    columns = range(t.shape[1]) if label_mode == "multi_hot" else [None]
+    mean, std = _standardise(x)
+    z, zv = (x - mean) / std, None if xv is None else (xv - mean) / std
+    choices = [_select(problem, z, t if j is None else t[:, j], zv, None if tv is None else (tv if j is None else tv[:, j]),
+                       folds, seed) for j in columns]
+    if refit_on_all and xv is not None:
+        x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
+        mean, std = _standardise(x)
+        z = (x - mean) / std
+    parts = [problem.coefficients(problem.fit(z, t if j is None else t[:, j], choice[0]), z.shape[1])
+             for j, choice in zip(columns, choices)]
+    if label_mode in ("binary", "multi_hot"):  # one sigmoid unit per label: logit of 1 against 0
+        kernel = np.stack([k[:, 1] - k[:, 0] for k, _ in parts], axis=1)
+        bias = np.asarray([b[1] - b[0] for _, b in parts])
+    else:
+        kernel, bias = parts[0]
+    # Fold the standardisation in: w' = w / std, b' = b - mean @ w'.
+    kernel = kernel / std[:, None]
+    bias = bias - mean @ kernel
+    strength = float(np.median([c[0] for c in choices]))
+    score = float(np.mean([c[1] for c in choices]))
+    selection = choices[0][2] + (", then refit on training and validation data" if refit_on_all and xv is not None
+                                 else "")
+    return LinearHead(kernel, bias, strength, score, selection, choices[0][3] if len(choices) == 1 else {})
+
+
+def _as_matrix(values: Any, argument: str) -> np.ndarray:
+    x = np.asarray(values, dtype="float64")
+    x = x.reshape(len(x), -1)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"Argument `{argument}` holds NaN or infinite values: the frozen body's output is broken.")
+    return x
+
+
+# ------------------------------------------------------------------------ model side
+
+
+def head_features(model: keras.Model, x: Any, *, batch_size: int = 64) -> np.ndarray:
+    """What ``model``'s head reads, for inputs ``x``, in inference mode, as ``(n, d)``.
+
+    Raises:
+        ValueError: a head inside a nested model (its input is not a tensor of this graph).
+    """
+    tensor = surgery.classifier_input(model)
+    if tensor is None:
+        raise ValueError(
+            f"The head of model {model.name!r} is inside a nested model; kerasft reads features "
+            "only from a head of the outer graph."
+        )
+    extractor = keras.Model(model.inputs, tensor)
+    out = extractor.predict(x, batch_size=batch_size, verbose=0)
+    return np.asarray(out).reshape(len(out), -1)
+
+
+def set_head_weights(head: keras.layers.Layer, linear: LinearHead) -> None:
+    """Put a fitted :class:`LinearHead` into ``head`` (a Dense or a 1x1 convolution).
+
+    Raises:
+        ValueError: when the shapes do not fit the layer.
+    """
+    kernel_var = head.kernel
+    shape = tuple(kernel_var.shape)
+    if int(np.prod(shape)) != linear.kernel.size:
+        raise ValueError(
+            f"The probe's kernel {linear.kernel.shape} does not fit head {head.name!r} "
+            f"(kernel {shape})."
+        )
+    kernel_var.assign(linear.kernel.reshape(shape).astype(kernel_var.dtype))
+    if getattr(head, "bias", None) is not None:
+        head.bias.assign(linear.bias.astype(head.bias.dtype))
+    elif np.any(np.abs(linear.bias) > 1e-6):
+        warnings.warn(f"Head {head.name!r} has no bias; the probe's bias is dropped.", RuntimeWarning,
+                      stacklevel=2)
+
+
+def _training_examples(data: Any) -> tuple[Any, np.ndarray]:
+    """``(x, y)`` of the training split: the arrays when in memory, else one pass of the pipeline."""
+    if data.arrays is not None:
+        return data.arrays
+    xs, ys = [], []
+    for x, y in data.train:
+        xs.append(keras.tree.map_structure(lambda t: np.asarray(t), x))
+        ys.append(np.asarray(y))
+    x = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *xs)
+    return x, np.concatenate(ys)
+
+
+def _feature_sets(model: keras.Model, x: Any) -> dict[str, np.ndarray]:
+    from kerasft import pooling
+
+    if pooling.is_text_task(model):
+        return pooling.text_features(model, x)
+    try:
+        return {"head input": head_features(model, x)}
+    except ValueError as e:
+        raise ProbeUnavailable(str(e)) from None
+
+
+def _outputs(logits: np.ndarray, model: keras.Model, from_logits: bool) -> np.ndarray:
+    """What the model outputs for these logits (its head's activation applied)."""
+    if from_logits:
+        return logits
+    activation = surgery.head_activation(model)
+    if activation == "softmax":
+        return _softmax(logits)
+    if activation == "sigmoid":
+        return _sigmoid(logits)
+    return logits
+
+
+def fit_probe(model: keras.Model, task: Any, data: Any, *, seed: int = 0, folds: int = 5) -> ProbeChoice:
+    """Fit ``model``'s head as a converged linear probe on its frozen features, in place.
+
+    The features are computed once (inference mode). For a KerasHub text classifier the
+    ``[CLS]`` and mean poolings are both probed, and the one with the lower
+    cross-validated loss wins; when that is not the pooling the task reads, a
+    :class:`kerasft.pooling` task on the same backbone is returned in
+    :attr:`ProbeChoice.model`.
+
+    Args:
+        model: the model, its head fitting the task.
+        task: the run's :class:`kerasft.engine.task.Task` (labels, class weights, loss).
+        data: the run's :class:`kerasft.data.PreparedData`.
+        seed: seed of the cross-validation folds. Defaults to `0`.
+        folds: cross-validation folds. Defaults to `5`.
+
+    Returns:
+        A :class:`ProbeChoice`.
+
+    Raises:
+        ProbeUnavailable: when the head's input cannot be read (a head inside a nested
+            model, a head whose kernel does not fit its features).
+    """
+    from kerasft import pooling
+
+    start = time.perf_counter()
+    x, y = _training_examples(data)
+    feature_sets = _feature_sets(model, x)
+    feature_seconds = time.perf_counter() - start
+    spec = task.spec
+    fitted = {name: fit_linear_head(f, y, spec.label_mode, spec.num_classes, class_weight=task.class_weight,
+                                    folds=min(folds, max(2, len(y) // 2)), seed=seed)
+              for name, f in feature_sets.items()}
+    current = pooling.task_pooling(model) if pooling.is_text_task(model) else "head input"
+    chosen = min(fitted, key=lambda name: (fitted[name].score, name != current))
+    if chosen != current:
+        model = pooling.pooled_text_classifier(model, chosen)
+    head = surgery.find_head(model)
+    try:
+        set_head_weights(head, fitted[chosen])
+    except ValueError as e:
+        raise ProbeUnavailable(str(e)) from None
+    outputs = _outputs(fitted[chosen].logits(feature_sets[chosen]), model, task.from_logits)
+    train_loss = float(keras.ops.convert_to_numpy(task.loss(y, outputs.astype("float32"))))
+    return ProbeChoice(chosen, fitted[chosen], {k: v.score for k, v in fitted.items()}, feature_seconds,
+                       time.perf_counter() - start - feature_seconds, train_loss, model)
