@@ -95,6 +95,11 @@ class FinetuneResult:
         representative: a :class:`kerasft.export.ExportSample` (up to 200 training inputs
             and 200 held-out validation examples) that :meth:`export` calibrates int8
             TFLite files on and checks TFLite files with, or ``None``.
+        decision: what ``recipe="auto"`` decided and why
+            (:class:`kerasft.engine.auto.AutoDecision`), else ``None``.
+        probe: the linear probe's choices (:class:`kerasft.probe.ProbeChoice`), if one ran.
+        selection: for a run that chose on held-out data and then trained the winner
+            again on all labels, the result of the choosing run (its phases and scores).
     """
 
     model: keras.Model
@@ -121,6 +126,9 @@ class FinetuneResult:
     options: Any = None
     spec: Any = None
     representative: Any = None
+    decision: Any = None
+    probe: Any = None
+    selection: Any = None
 
     @property
     def history(self) -> dict[str, dict[str, list[float]]]:
