@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -29,6 +28,8 @@ from typing import Any
 
 import keras
 import numpy as np
+
+from kerasft._fileio import scratch_directory
 
 __all__ = [
     "ConversionError",
@@ -303,7 +304,7 @@ def _convert_object(model: Any, custom_objects, safe_mode: bool, verify: bool) -
             "a subclassed model has no config from which Keras 3 could rebuild it", _REBUILD_HINT,
         )])
     custom = {path for path, layer in _leaf_layers(model) if not type(layer).__module__.startswith("tf_keras.")}
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_directory("convert") as tmp:
         file = os.path.join(tmp, "model.h5")
         try:
             with warnings.catch_warnings():
@@ -325,9 +326,17 @@ def _convert_path(path: str, custom_objects, safe_mode: bool, verify: bool) -> C
     if not os.path.exists(path):
         raise ValueError(f"Argument `model`: no file or directory at {path!r}.")
     saved_by = _saved_by(path)
+    if safe_mode:
+        # tf_keras's loaders for .h5 files and SavedModels run a Lambda's code while
+        # rebuilding the model, whatever `safe_mode` says: read the saved config first.
+        _refuse_code(path)
+    if os.path.isdir(path):
+        from kerasft.export.loading import check_saved_model_graph
+
+        check_saved_model_graph(path, safe_mode=safe_mode)
     if _is_h5(path):
         _check_h5_model(path)
-        with tempfile.TemporaryDirectory() as tmp:
+        with scratch_directory("convert") as tmp:
             file = os.path.join(tmp, "model.h5")
             shutil.copyfile(path, file)  # the config is rewritten in the copy
             # tf_keras, if installed, gives the output shapes of Lambda layers and the
@@ -352,6 +361,61 @@ def _convert_path(path: str, custom_objects, safe_mode: bool, verify: bool) -> C
         raise ValueError(f"Argument `model`: {path!r} was saved by Keras {saved_by}, but {note}.")
     result = _convert_object(original, custom_objects, safe_mode, verify)
     return dataclasses.replace(result, source=path, saved_by=saved_by)
+
+
+def _saved_classes(path: str) -> list[tuple[str, str]]:
+    """``(layer path, class name)`` of every layer in a Keras 2 file, read without loading it.
+
+    From the config of a ``.h5`` or ``.keras`` file, or the ``keras_metadata.pb`` of a
+    SavedModel directory (one record per saved layer, nested ones included).
+    """
+    if _is_h5(path):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+        return list(_named_classes(json.loads(_text(raw)), "", root=True)) if raw is not None else []
+    if os.path.isdir(path):
+        file = os.path.join(path, "keras_metadata.pb")
+        if not os.path.isfile(file):
+            return []
+        with open(file, "rb") as f:
+            data = f.read()
+        try:
+            from tf_keras.protobuf import saved_metadata_pb2
+        except ImportError:  # no parser: any mention of a Lambda counts
+            return [("?", "Lambda")] if b'"class_name": "Lambda"' in data else []
+        metadata = saved_metadata_pb2.SavedMetadata()
+        metadata.ParseFromString(data)
+        records = []
+        for node in metadata.nodes:
+            try:
+                records.append((node.node_path, json.loads(node.metadata)))
+            except ValueError:
+                continue
+        root = next((r for p, r in records if p == "root"), {})
+        if root.get("class_name") in _MODELS and isinstance(root.get("config"), dict):
+            return list(_named_classes({"class_name": root["class_name"], "config": root["config"]}, "", root=True))
+        # A subclassed model has no config: one record per saved layer.
+        return [(p, str(r.get("class_name", ""))) for p, r in records]
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            try:
+                config = json.loads(z.read("config.json"))
+            except (KeyError, ValueError):
+                return []
+        return list(_named_classes(config, "", root=True)) if isinstance(config, dict) else []
+    return []
+
+
+def _refuse_code(path: str) -> None:
+    """Raise a :class:`ConversionError` if the Keras 2 file at ``path`` holds ``Lambda`` layers."""
+    problems = []
+    for layer, class_name in dict.fromkeys(_saved_classes(path)):
+        if class_name == "Lambda":
+            problems.append(_check_class(class_name, layer, {}, True, set()))
+    if problems:
+        raise ConversionError(repr(path), problems)
 
 
 def _is_h5(path: str) -> bool:

@@ -175,6 +175,32 @@ def test_lambda_refused_under_safe_mode_with_the_recipe(split):
     assert any("'tf'" in change for change in trusted.changes)  # says it will not survive a reload
 
 
+def _marking_lambda_model(marker):
+    def mark(t, marker=str(marker)):
+        open(marker, "a").close()  # what untrusted code could do: it must never run
+        return t
+
+    inputs = tfk.Input((28, 28, 1))
+    outputs = L.Dense(10, name="head")(L.Flatten(name="flat")(L.Lambda(mark, name="code")(inputs)))
+    return tfk.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("save_format", ["h5", "tf"])
+def test_lambda_in_a_keras2_file_never_runs_under_safe_mode(tmp_path, split, save_format):
+    # tf_keras's loaders ran the Lambda's code while rebuilding the model, before kerasft
+    # refused the layer: the saved config is now read first.
+    marker = tmp_path / "ran"
+    path = str(tmp_path / ("evil.h5" if save_format == "h5" else "evil_savedmodel"))
+    _marking_lambda_model(marker).save(path, save_format=save_format)
+    marker.unlink()  # saving traced the model once
+    data = (split.x_train[:20], split.y_train[:20])
+    for call in (lambda: convert.to_keras3(path), lambda: kerasft.load_model(path),
+                 lambda: kerasft.plan(path, data), lambda: kerasft.finetune(path, data, verbose=0)):
+        with pytest.raises(convert.ConversionError, match=r"'code' \(Lambda\): its Python function would run"):
+            call()
+        assert not marker.exists()
+
+
 class _Scale(L.Layer):
     """A custom tf_keras layer: the kind Keras 3 cannot know without help."""
 

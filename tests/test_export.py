@@ -291,6 +291,31 @@ def test_finetune_explains_why_a_plain_saved_model_cannot_be_fine_tuned(model, d
         load_saved_model(tmp_path)
 
 
+def test_saved_model_graph_with_file_ops_is_refused_and_every_load_warns(exported, tmp_path):
+    marker = tmp_path / "written"
+
+    class Writes(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.ones((4, 3)))
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 4), tf.float32)])
+        def serve(self, x):
+            tf.io.write_file(str(marker), "ran")  # what a hostile graph could do when called
+            return {"probabilities": tf.nn.softmax(x @ self.w)}
+
+    module = Writes()
+    tf.saved_model.save(module, str(tmp_path / "writes"), signatures={"serve": module.serve})
+    with pytest.raises(ValueError, match=r"holds ops that reach outside the model: WriteFile \(in "):
+        load_for_finetuning(tmp_path / "writes", endpoint="serve")
+    assert not marker.exists()
+    with pytest.warns(kerasft.export.loading.SavedModelWarning, match="runs its TensorFlow graph as saved"):
+        trusted = load_for_finetuning(tmp_path / "writes", endpoint="serve", safe_mode=False)
+    trusted.predict(np.ones((1, 4), "float32"), verbose=0)
+    assert marker.exists()  # safe_mode=False: the user said they trust it
+    with pytest.warns(kerasft.export.loading.SavedModelWarning):  # a kerasft export loads, with the warning
+        load_saved_model(exported)
+
+
 def test_load_for_finetuning_plain_keras_export(model, x_test, tmp_path):
     # A SavedModel written by Keras itself (model.export): no kerasft.json, no features.
     path = str(tmp_path / "plain")

@@ -1,7 +1,10 @@
 """Loading a model to fine-tune from a file: ``.keras``, ``.h5`` or a SavedModel directory.
 
 Files load with Keras's ``safe_mode=True``: a file carrying Python code (a ``Lambda``
-layer) is refused unless the caller says it trusts the file. Files saved by Keras 2
+layer) is refused unless the caller says it trusts the file, before anything in it
+runs (tf_keras's own loaders would run it). A SavedModel is a TensorFlow graph, which
+Keras's ``safe_mode`` does not cover: kerasft refuses graphs with ops that touch files
+or call Python, and warns that loading one trusts it. Files saved by Keras 2
 (tf_keras, or ``tf.keras`` before TensorFlow 2.16) are converted to Keras 3 by
 :func:`kerasft.convert.to_keras3`. Every failure names the file and what would be valid.
 """
@@ -45,7 +48,7 @@ def load_model(path: str, *, safe_mode: bool = True, verbose: int = 0) -> keras.
         if os.path.exists(os.path.join(path, "saved_model.pb")):
             from kerasft.export import load_saved_model
 
-            return load_saved_model(path)
+            return load_saved_model(path, safe_mode=safe_mode)
         raise ValueError(
             f"Argument `model`: {path!r} is a directory without saved_model.pb. Pass a .keras "
             "or .h5 file, or a SavedModel directory."

@@ -9,6 +9,7 @@ classification layer as a `Dense` head or puts a new one on its `features` endpo
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -22,7 +23,87 @@ from kerasft.export.savedmodel import (
     read_export_metadata,
 )
 
-__all__ = ["load_for_finetuning", "load_saved_model", "SavedModelLayer"]
+__all__ = ["load_for_finetuning", "load_saved_model", "check_saved_model_graph", "SavedModelLayer",
+           "SavedModelWarning", "UNSAFE_OPS"]
+
+# Ops that reach outside the model: files, Python, summaries, datasets written to disk.
+# A SavedModel's graph runs as saved when it is loaded and called; under safe_mode these
+# are refused. The list is of known dangers, not a proof of safety.
+UNSAFE_OPS = frozenset({
+    "WriteFile", "ReadFile", "MatchingFiles", "PyFunc", "PyFuncStateless", "EagerPyFunc", "PrintV2",
+    "Save", "SaveSlices", "SaveV2", "MergeV2Checkpoints", "Restore", "RestoreSlice", "RestoreV2",
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
+    "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
+    "WriteRawProtoSummary", "ImportEvent", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
+    "SaveDataset", "SaveDatasetV2", "ImmutableConst", "LoadDataset", "FixedLengthRecordDataset",
+    "FixedLengthRecordDatasetV2", "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset",
+    "ExperimentalLMDBDataset", "LMDBDataset", "ExperimentalSqlDataset", "SqlDataset",
+})
+# TensorFlow's own checkpoint functions save and restore the variables with these.
+_SAVER_OPS = frozenset({"SaveV2", "MergeV2Checkpoints", "RestoreV2", "Save", "Restore", "RestoreSlice",
+                        "SaveSlices"})
+
+
+class SavedModelWarning(UserWarning):
+    """A SavedModel's graph runs as saved: loading it trusts the file."""
+
+
+def check_saved_model_graph(path: str | os.PathLike, *, safe_mode: bool = True) -> None:
+    """Look at the ops of a SavedModel before it is loaded; refuse dangerous ones, warn on the rest.
+
+    A SavedModel is a TensorFlow graph, not Keras layers: Keras's ``safe_mode`` (which
+    refuses the Python code of ``Lambda`` layers) does not apply to it, and loading and
+    calling it runs whatever ops it holds. With ``safe_mode=True`` a graph holding an op of
+    :data:`UNSAFE_OPS` outside TensorFlow's own checkpoint functions (writing or reading
+    files, calling Python...) is refused; in every case a :class:`SavedModelWarning` says
+    that the file is trusted. A graph can do harm with ops not on the list (a huge
+    allocation, say): load SavedModels from sources you trust.
+
+    Args:
+        path: a SavedModel directory.
+        safe_mode: refuse the ops of :data:`UNSAFE_OPS`. Defaults to `True`.
+
+    Raises:
+        ValueError: with ``safe_mode=True``, for a graph holding such ops (named, with the
+            functions that hold them).
+    """
+    path = os.fspath(path)
+    found = _unsafe_ops(path)
+    if found and safe_mode:
+        listing = ", ".join(f"{op} (in {', '.join(sorted(where)[:3])})" for op, where in sorted(found.items()))
+        raise ValueError(
+            f"Argument `model`: the SavedModel at {path!r} holds ops that reach outside the model: "
+            f"{listing}. Its graph would run them when loaded or called, and safe_mode=True refuses "
+            "that. If you trust the file, pass safe_mode=False (CLI: --unsafe)."
+        )
+    warnings.warn(
+        f"Loading the SavedModel at {path!r} runs its TensorFlow graph as saved. Keras's safe_mode "
+        "does not cover graphs; kerasft refused known file and Python ops"
+        + (" (safe_mode=False: not this time)" if not safe_mode else "")
+        + ", but only load SavedModels from sources you trust.",
+        SavedModelWarning, stacklevel=3,
+    )
+
+
+def _unsafe_ops(path: str) -> dict[str, set[str]]:
+    """``{op: {function names}}`` for the ops of :data:`UNSAFE_OPS` in a SavedModel's graph."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    found: dict[str, set[str]] = {}
+    for meta_graph in saved.meta_graphs:
+        # The main graph holds TF1 savers only; TF2 saves through `_traced_save/restore`.
+        graphs = [("graph", meta_graph.graph_def.node, True)]
+        graphs += [(f.signature.name, f.node_def, "_traced_save" in f.signature.name
+                    or "_traced_restore" in f.signature.name) for f in meta_graph.graph_def.library.function]
+        for name, nodes, saver in graphs:
+            for node in nodes:
+                if node.op in UNSAFE_OPS and not (saver and node.op in _SAVER_OPS):
+                    found.setdefault(node.op, set()).add(name)
+    return found
+
 
 
 def load_for_finetuning(
@@ -32,6 +113,7 @@ def load_for_finetuning(
     activation: str | None = "softmax",
     endpoint: str | None = None,
     trainable: bool = True,
+    safe_mode: bool = True,
 ) -> keras.Model:
     """Wrap a SavedModel in a trainable Keras model, optionally with a new head.
 
@@ -73,6 +155,8 @@ def load_for_finetuning(
             when the export has it and `"serve"` (or `"serving_default"`) otherwise.
             Defaults to `None`.
         trainable: whether the SavedModel's weights train. Defaults to `True`.
+        safe_mode: refuse a graph holding ops that reach outside the model (files,
+            Python); see `check_saved_model_graph`. Defaults to `True`.
 
     Returns:
         An uncompiled `keras.Model` taking the SavedModel's raw inputs.
@@ -93,6 +177,7 @@ def load_for_finetuning(
             f"Received: num_classes={num_classes!r}"
         )
     signatures = _read_signatures(path)
+    check_saved_model_graph(path, safe_mode=safe_mode)
     restore_head = False
     metadata = None
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
@@ -192,7 +277,7 @@ def load_for_finetuning(
     return keras.Model(inputs, outputs, name=f"{name}_from_saved_model")
 
 
-def load_saved_model(path: str | os.PathLike) -> keras.Model:
+def load_saved_model(path: str | os.PathLike, *, safe_mode: bool = True) -> keras.Model:
     """Load a SavedModel directory as a classifier that `kerasft.finetune` can fine-tune.
 
     This is what `kerasft.finetune("path/to/saved_model", data)` and
@@ -203,8 +288,12 @@ def load_saved_model(path: str | os.PathLike) -> keras.Model:
     layer, and their head's weights are folded into one opaque function, so no `Dense`
     head can be separated from them; those are refused with the alternatives.
 
+    Loading runs the SavedModel's graph as saved (Keras's `safe_mode` covers `Lambda`
+    layers, not graphs): see `check_saved_model_graph` for what is refused.
+
     Args:
         path: a SavedModel directory.
+        safe_mode: refuse graphs holding ops that reach outside the model. Defaults to `True`.
 
     Returns:
         An uncompiled `keras.Model`: `SavedModelLayer` body, then a `Dense` head.
@@ -233,7 +322,7 @@ def load_saved_model(path: str | os.PathLike) -> keras.Model:
             "kerasft.export.load_for_finetuning(path, num_classes=k, endpoint='serve'), "
             "which stacks a new head on the SavedModel's outputs."
         )
-    return load_for_finetuning(path)
+    return load_for_finetuning(path, safe_mode=safe_mode)
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
