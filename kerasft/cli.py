@@ -89,26 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
                          "(its recipe is kerasft.textjob.TEXT_RECIPE; of the options below only "
                          "--seed, --json and -q apply)")
     ft.add_argument("--no-baseline", action="store_true", help="--task text: skip KerasHub's recipe")
-    ft.add_argument("--data", default="digits",
+    ft.add_argument("--data", default=None,
                     help="'digits' (scikit-learn digits, default) or an image folder with one "
                          "sub-folder per class (or train/ and test/ splits of such folders)")
-    ft.add_argument("--shots", type=_positive_int, default=10,
+    ft.add_argument("--shots", type=_positive_int, default=None,
                     help="digits only: labelled examples per class for training+validation (default 10)")
-    ft.add_argument("--recipe", default="lp-ft",
+    ft.add_argument("--recipe", default=None,
                     help="lp-ft (default), full, head, gradual, or a YAML/JSON file of phases")
-    ft.add_argument("--head-epochs", type=_non_negative_int, default=5)
-    ft.add_argument("--epochs", type=_non_negative_int, default=10)
-    ft.add_argument("--lr", type=_learning_rate, default=1e-2,
+    ft.add_argument("--head-epochs", type=_non_negative_int, default=None, help="default 5")
+    ft.add_argument("--epochs", type=_non_negative_int, default=None, help="default 10")
+    ft.add_argument("--lr", type=_learning_rate, default=None,
                     help="head-phase learning rate (default 1e-2), or 'find' to run the LR finder")
     ft.add_argument("--finetune-lr", type=float, default=None)
-    ft.add_argument("--unfreeze", type=_unfreeze, default="all",
-                    help="'all', top N weighted layers, top fraction, or a regex")
-    ft.add_argument("--batch-size", type=_positive_int, default=32)
+    ft.add_argument("--unfreeze", type=_unfreeze, default=None,
+                    help="'all' (default), top N weighted layers, top fraction, or a regex")
+    ft.add_argument("--batch-size", type=_positive_int, default=None, help="default 32")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--export", default=None, metavar="DIR",
-                    help=f"SavedModel directory to export to (default with no MODEL: {DEFAULT_EXPORT})")
+                    help=f"SavedModel directory to export to (default with no MODEL: {DEFAULT_EXPORT}); "
+                         "checked before training")
     ft.add_argument("--no-export", action="store_true", help="do not export")
-    ft.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    ft.add_argument("--overwrite", action="store_true",
+                    help="replace an existing export directory (only an earlier kerasft export)")
     ft.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
     ft.add_argument("--plots", default=None, metavar="DIR", help="save training-curve and confusion PNGs")
     ft.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files")
@@ -142,6 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--json", action="store_true")
     lf.add_argument("--unsafe", action="store_true")
     return parser
+
+
+# `kerasft finetune` options of the image job, with their defaults. `--task text` runs a
+# fixed recipe on bundled data and refuses them rather than ignore them.
+_IMAGE_DEFAULTS = {"model": None, "data": "digits", "shots": 10, "recipe": "lp-ft", "head_epochs": 5,
+                   "epochs": 10, "lr": 1e-2, "finetune_lr": None, "unfreeze": "all", "batch_size": 32,
+                   "export": None, "no_export": False, "overwrite": False, "no_scratch": False, "plots": None,
+                   "tensorboard": None, "unsafe": False}
+
+
+def _check_text_options(args: argparse.Namespace) -> None:
+    given = [name for name in _IMAGE_DEFAULTS if getattr(args, name) not in (None, False)]
+    if given:
+        flags = ["MODEL" if n == "model" else "--" + n.replace("_", "-") for n in given]
+        raise ValueError(
+            f"Arguments {flags} do not apply to --task text, which fine-tunes MiniLM on the bundled "
+            "Rotten Tomatoes reviews with a fixed recipe (kerasft.textjob.TEXT_RECIPE); only --seed, "
+            "--no-baseline, --json and -q apply. HINT: for your own text data call "
+            "kerasft.finetune(model, data) from Python."
+        )
+
+
+def _image_defaults(args: argparse.Namespace) -> None:
+    for name, default in _IMAGE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _load_task(data: str, shots: int, seed: int, model) -> dict[str, Any]:
@@ -204,18 +232,26 @@ def _predicted_classes(model, x):
 
 def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     if args.task == "text":
+        _check_text_options(args)
         return _cmd_finetune_text(args)
+    _image_defaults(args)
     import keras
 
     from kerasft import finetuning as ft
+    from kerasft.export import SavedModelLayer, check_destination
 
     model_path = args.model or default_model_path()
     verbose = 0 if args.quiet or args.json else 1
     start = time.perf_counter()
+    export_path, overwrite = _export_destination(args)
+    if export_path is not None:  # before training: a run is not thrown away for its destination
+        check_destination(export_path, format="saved_model", overwrite=overwrite)
     model = ft.load_model(model_path, safe_mode=not args.unsafe)
     task = _load_task(args.data, args.shots, args.seed, model)
     n_classes = len(task["class_names"])
     print(f"kerasft: fine-tuning {model_path} on {task['description']}", flush=True)
+    # A SavedModel's body is one opaque layer: it has no architecture to train from scratch.
+    opaque = any(isinstance(layer, SavedModelLayer) for layer in model.layers)
 
     from kerasft import surgery
 
@@ -226,13 +262,16 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs, lr=args.lr, finetune_lr=args.finetune_lr, unfreeze=args.unfreeze,
         batch_size=args.batch_size, seed=args.seed, num_classes=n_classes, verbose=verbose,
         tensorboard=args.tensorboard,
+        copy=False,  # loaded here for this run alone (and a SavedModel's layer cannot be copied)
     )
     evaluation = result.evaluate((task["x_test"], task["y_test"]), class_names=task["class_names"])
     test_acc = evaluation["accuracy"]
     finetune_seconds = sum(result.seconds.values())
 
     scratch = None
-    if not args.no_scratch:
+    if opaque and not args.no_scratch:
+        print("kerasft: no from-scratch baseline for a SavedModel (its body is one opaque layer)", flush=True)
+    if not args.no_scratch and not opaque:
         keras.utils.set_random_seed(args.seed)
         fresh = keras.models.clone_model(model)  # same architecture, new initial weights
         print("kerasft: training the same architecture from scratch, same budget", flush=True)
@@ -244,14 +283,9 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         )
         scratch = _accuracy(base.model, task["x_test"], task["y_test"])
 
-    export_path = None
-    if not args.no_export:
-        export_path = args.export
-        overwrite = args.overwrite
-        if export_path is None and args.model is None and args.data == "digits":
-            export_path, overwrite = DEFAULT_EXPORT, True  # the demo's own output
-        if export_path is not None:
-            export_path = result.export(export_path, class_names=task["class_names"], overwrite=overwrite)
+    if export_path is not None:
+        export_path = result.export(export_path, class_names=task["class_names"], overwrite=overwrite,
+                                    evaluation=evaluation, evaluation_data=f"the test split of {task['description']}")
 
     if args.plots:
         from kerasft import plots
@@ -284,6 +318,15 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
     return report
+
+
+def _export_destination(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """Where ``kerasft finetune`` exports, and whether it may replace an earlier export there."""
+    if args.no_export:
+        return None, False
+    if args.export is None and args.model is None and args.data == "digits":
+        return DEFAULT_EXPORT, True  # the demo's own output
+    return args.export, args.overwrite
 
 
 def _cmd_finetune_text(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,6 +426,27 @@ def _cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a bad input, file or environment raises: printed as one line, exit status 2.
+
+    Everything else is a bug in kerasft and keeps its traceback.
+    """
+    import tensorflow as tf
+
+    errors: list[type[BaseException]] = [ValueError, TypeError, RuntimeError, OSError, tf.errors.OpError]
+    try:
+        import yaml
+    except ImportError:
+        pass
+    else:
+        errors.append(yaml.YAMLError)
+    return tuple(errors)
+
+
+def _one_line(error: BaseException) -> str:
+    return str(error).strip() or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kerasft`` console script; returns the exit status."""
     parser = build_parser()
@@ -399,8 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"finetune": _cmd_finetune, "export": _cmd_export, "lr-find": _cmd_lr_find}
     try:
         report = commands[args.command](args)
-    except (ValueError, TypeError, RuntimeError, FileExistsError, FileNotFoundError) as e:
-        print(f"kerasft {args.command}: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        print(f"kerasft {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return _EXIT_USAGE
     except KeyboardInterrupt:
         print("kerasft: interrupted", file=sys.stderr)

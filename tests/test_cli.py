@@ -65,6 +65,67 @@ def test_errors_are_one_line_without_traceback(args, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.fixture()
+def three_digits(tmp_path, digits_small):
+    """An image folder of 30 digits, 3 classes: a quick --data for in-process CLI runs."""
+    x, y = digits_small
+    keep = np.flatnonzero(y < 3)[:30]
+    _write_folder(tmp_path / "three", x[keep], y[keep], ["zero", "one", "two"])
+    return str(tmp_path / "three")
+
+
+def test_bad_files_are_one_line_errors_too(tmp_path, capsys, three_digits):
+    # YAML syntax errors and OSErrors printed a traceback with exit status 1.
+    broken = tmp_path / "phases.yaml"
+    broken.write_text("- {name: head, epochs: [1\n")
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    for recipe in (broken, folder):
+        assert cli.main(["finetune", "--recipe", str(recipe), "--data", three_digits, "--no-export",
+                         "--no-scratch", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kerasft finetune: error: ") and "Traceback" not in err
+
+
+def test_export_destination_is_checked_before_training(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert cli.main(["finetune", "--export", str(mine), "--overwrite", "-q"]) == 2
+    captured = capsys.readouterr()
+    assert "is not a kerasft export" in captured.err
+    assert "fine-tuning" not in captured.out  # refused before loading data or training
+    assert os.listdir(mine) == ["notes.txt"]
+    assert cli.main(["finetune", "--export", str(mine), "-q"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert cli.main(["finetune", "--export", str(locked / "out"), "-q"]) == 2
+        assert "is not a writable directory" in capsys.readouterr().err
+
+
+def test_text_task_refuses_the_image_options(capsys):
+    # They used to be ignored: the bundled reviews were trained on, exit status 0.
+    assert cli.main(["finetune", "--task", "text", "--data", "reviews.csv", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Arguments ['--data', '--epochs'] do not apply to --task text" in err
+
+
+@pytest.mark.slow
+def test_saved_model_directory_fine_tunes_from_the_cli(tmp_path, shipped_model, capsys, three_digits):
+    # The CLI copied the loaded model, which a SavedModel's layer refuses ("pass copy=False").
+    from kerasft.export import export_model
+
+    export_model(shipped_model, tmp_path / "exported")
+    code = cli.main(["finetune", str(tmp_path / "exported"), "--data", three_digits, "--head-epochs", "1",
+                     "--epochs", "1", "--no-export", "--json", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["test_examples"] > 0 and report["scratch_accuracy"] is None
+
+
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "finetune" in capsys.readouterr().out
