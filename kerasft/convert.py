@@ -209,7 +209,8 @@ def to_keras3(
     Args:
         model: a tf_keras Sequential or Functional model, or the path of a model saved
             by Keras 2: ``.h5``, or ``.keras``/SavedModel directory (these two are read
-            with tf_keras, which must be installed).
+            with tf_keras, which must be installed); or a llama.cpp ``.gguf`` file, read
+            into a KerasHub ``LlamaCausalLM`` (see :func:`kerasft.llm.load_gguf`).
         custom_objects: Keras 3 classes for custom layers, keyed by the class name in
             the saved config, like ``{"MyLayer": MyKeras3Layer}``. Defaults to `None`.
         safe_mode: refuse ``Lambda`` layers, whose Python code would run again. Set
@@ -227,6 +228,10 @@ def to_keras3(
         TypeError: if ``model`` is neither a tf_keras model nor a path.
         ValueError: if the path does not exist or holds no model saved by Keras 2.
     """
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".gguf"):
+        from kerasft.llm.gguf import convert_gguf  # imports KerasHub: only for GGUF files
+
+        return convert_gguf(model, verify=verify, verbose=verbose)
     if isinstance(model, (str, os.PathLike)):
         result = _convert_path(os.fspath(model), custom_objects, safe_mode, verify)
     elif is_tf_keras(model):

@@ -176,7 +176,10 @@ def llama_config(f: GGUFFile) -> dict[str, Any]:
         "rope_max_wavelength": float(get("rope.freq_base", 10000.0)),
         "rope_position_scaling_factor": scaling,
         "layer_norm_epsilon": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "tie_word_embeddings": not f.has_tensor("output.weight"),
+        # KerasHub 0.32's LlamaBackbone.get_config leaves `tie_word_embeddings` out, so a
+        # tied model would not load again from a .keras file or a preset: a file without
+        # `output.weight` gets it as a copy of the embedding (export_gguf ties it back).
+        "tie_word_embeddings": False,
     }
 
 
@@ -362,6 +365,8 @@ def load_gguf(
     backbone = keras_hub.models.LlamaBackbone(**config, dtype=dtype)
     for name, layer, attr, kind in _tensors(backbone):
         variable = getattr(layer, attr)
+        if name == "output.weight" and not f.has_tensor(name):
+            name = "token_embd.weight"
         value = _to_keras(f.tensor(name), kind, backbone)
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
@@ -433,8 +438,13 @@ def export_gguf(causal_lm: Any, path: str | os.PathLike, *, dtype: str = "f16", 
     writer = gguf.GGUFWriter(path + ".partial", "llama")
     _write_metadata(writer, backbone, tokenizer, dtype)
     qtype = getattr(gguf.GGMLQuantizationType, EXPORT_TYPES[dtype][0])
+    embedding = None
     for name, layer, attr, kind in _tensors(backbone):
         array = _to_gguf(keras.ops.convert_to_numpy(getattr(layer, attr)), kind, backbone).astype(np.float32)
+        if name == "token_embd.weight":
+            embedding = array
+        if name == "output.weight" and np.array_equal(array, embedding):
+            continue  # tied, as llama.cpp expects when there is no output matrix
         if array.ndim == 1:
             writer.add_tensor(name, array)
         elif qtype == gguf.GGMLQuantizationType.F16:
@@ -527,3 +537,39 @@ def _write_tokenizer(writer: Any, tokenizer: Any, vocabulary_size: int, carried:
     template = getattr(tokenizer, "chat_template", None)
     if template:
         writer.add_chat_template(template)
+
+
+def convert_gguf(path: str | os.PathLike, *, verify: bool = True, verbose: int = 0) -> Any:
+    """:func:`kerasft.convert.to_keras3` for a ``.gguf`` file: :func:`load_gguf`, then the check.
+
+    The check runs the converted model and :func:`kerasft.llm.reference.reference_logits`
+    (NumPy, in llama.cpp's own layout) on a probe sentence and records the largest
+    logit difference.
+
+    Returns:
+        A :class:`kerasft.convert.ConversionResult` whose ``model`` is the causal LM.
+
+    Raises:
+        ValueError: as :func:`load_gguf`, or when the check finds the logits apart (> 1e-3).
+    """
+    from kerasft.convert import ConversionError, ConversionResult, Unconvertible
+    from kerasft.llm.reference import reference_logits
+
+    path = os.fspath(path)
+    model = load_gguf(path)
+    diff, note = None, "verify=False"
+    if verify:
+        ids = np.asarray(model.preprocessor.tokenizer("The quick brown fox jumps over the lazy dog."), np.int32)
+        ids = ids.reshape(1, -1)
+        ours = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
+        diff, note = float(np.abs(ours - reference_logits(path, list(ids[0]))).max()), ""
+        if diff > 1e-3:
+            raise ConversionError(path, [Unconvertible(
+                "llama_backbone", "LlamaBackbone", f"logits differ from the NumPy reference by {diff:.2e}",
+                "report this file's architecture; kerasft reads plain Llama GGUF files")])
+    result = ConversionResult(model=model, source=path, saved_by=None, max_abs_diff=diff,
+                              changes=("tensors dequantized to float32", "query/key rows reordered for KerasHub"),
+                              note=note)
+    if verbose:
+        print(result.summary(), flush=True)
+    return result
