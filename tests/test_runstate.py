@@ -142,6 +142,92 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, shipped_model, digits_sm
                          verbose=0)
 
 
+def _quick(tmp_path, **kwargs):
+    return {**dict(recipe="lp-ft", head_epochs=1, epochs=1, patience=None, checkpoint_dir=str(tmp_path / "c"),
+                   verbose=0), **kwargs}
+
+
+def test_resume_with_other_data_or_loss_options_is_refused(tmp_path, shipped_model, digits_small):
+    # The same checkpoint_dir used to return the old run's weights (0.312 vs 0.904 fresh).
+    x, y = digits_small
+    kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
+    corrected = y.copy()
+    corrected[:3] = (corrected[:3] + 1) % 10  # three labels corrected
+    changes = [("data", (x, corrected), {}), ("label_smoothing", (x, y), {"label_smoothing": 0.1}),
+               ("class_weight", (x, y), {"class_weight": "balanced"}), ("loss", (x, y), {"loss": "focal"}),
+               ("augment", (x, y), {"augment": "light"})]
+    for name, data, options in changes:
+        with pytest.raises(ValueError, match=rf"holds the state of a different run \(it differs in .*'{name}'"):
+            kerasft.finetune(shipped_model, data, **_quick(tmp_path, **options))
+
+
+class _FailInPhase2(keras.callbacks.Callback):
+    """Raise in the second epoch of phase 2 while ``armed``: the run stops there, as if killed."""
+
+    armed = False
+
+    def on_train_begin(self, logs=None):
+        self.fits = getattr(self, "fits", 0) + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _FailInPhase2.armed and self.fits == 2 and epoch == 1:
+            raise RuntimeError("stopped")
+
+
+def test_resumed_phase_counts_all_its_epochs(tmp_path, shipped_model, digits_small):
+    # result.phases counted only the epochs after the resume.
+    x, y = digits_small
+    options = _quick(tmp_path, epochs=4)
+    _FailInPhase2.armed = True
+    try:
+        with pytest.raises(RuntimeError, match="stopped"):
+            kerasft.finetune(shipped_model, (x, y), callbacks=[_FailInPhase2()], **options)
+    finally:
+        _FailInPhase2.armed = False
+    resumed = kerasft.finetune(shipped_model, (x, y), callbacks=[_FailInPhase2()], **options)
+    phase = resumed.phases[1]
+    assert phase.epochs == 4 and len(phase.history["loss"]) == 4
+    assert all(np.isfinite(phase.history["loss"]))
+
+
+def test_second_process_on_the_same_checkpoint_is_refused(tmp_path, shipped_model, digits_small):
+    # The second run died with a raw h5py error (both wrote the same backup files).
+    ckpt = tmp_path / "c"
+    ckpt.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(os.path.join(sys.argv[1], '.lock'), os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+         "print('locked', flush=True); time.sleep(60)", str(ckpt)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        x, y = digits_small
+        with pytest.raises(RuntimeError, match=rf"is in use by another run \(process {holder.pid}\)"):
+            kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))  # free again
+    kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))  # and this process released it
+
+
+def test_damaged_checkpoint_files_name_the_file(tmp_path, shipped_model, digits_small):
+    x, y = digits_small
+    kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
+    ckpt = tmp_path / "c"
+    weights = ckpt / "phase-0.weights.npz"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=r"phase-0.weights.npz' is damaged .*BadZipFile.*delete the directory"):
+        kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
+    np.savez(weights, np.zeros(3))  # a foreign file of the right name
+    with pytest.raises(ValueError, match=r"phase-0.weights.npz' is damaged or was not written by kerasft"):
+        kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
+    (ckpt / "run.json").write_text('{"fingerprint": ')
+    with pytest.raises(ValueError, match=r"run.json' is damaged .*JSONDecodeError"):
+        kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
+
+
 def test_nan_loss_stops_and_restores_last_good_weights(shipped_model, digits):
     x, y = digits
     split = datasets.few_shot_split(x, y, shots=30, seed=0)
