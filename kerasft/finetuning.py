@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
-from kerasft.callbacks import monitor_mode
 from kerasft.engine.hooks import default_hooks
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
@@ -48,7 +47,7 @@ def finetune(
     lr: float | str | None = None,
     finetune_lr: float | None = None,
     warmup: float | None = None,
-    unfreeze: str | int | float = "all",
+    unfreeze: str | int | float | None = None,
     train_bn: bool = False,
     batch_size: int | None = None,
     optimizer: str | None = None,
@@ -124,7 +123,9 @@ def finetune(
 
     Args:
         model: a Sequential or Functional Keras 3 model (a nested backbone is fine), or a
-            path to a ``.keras``/``.h5`` file or SavedModel directory.
+            path to a ``.keras``/``.h5`` file or SavedModel directory. A KerasHub
+            ``CausalLM`` or a ``.gguf`` file gets supervised fine-tuning instead (see
+            :func:`kerasft.llm.finetune_causal_lm`; ``recipe`` may be a ``kerasft.llm.SFTConfig``).
         data: ``(x, y)`` where ``x`` is an array, a tuple or dict of arrays (several
             inputs), raw strings (a model starting with ``TextVectorization``, or a KerasHub
             task with its preprocessor), integer token ids or variable-length sequences
@@ -164,7 +165,8 @@ def finetune(
             Defaults to `None` (`0.1`).
         unfreeze: what the fine-tuning phase unfreezes: ``"all"``, the top N weighted
             layers (int), the top fraction of them (float), or a regex over layer paths.
-            Defaults to `"all"`.
+            Defaults to `None`: ``"auto"`` unfreezes a transformer's top half of attention
+            blocks and everything else entirely; ``"all"`` for the other recipes.
         train_bn: let BatchNormalization layers train (batch statistics, updated moving
             averages) once unfrozen. Defaults to `False`.
         batch_size: batch size (global, across replicas). Defaults to `None`: ``"auto"``
@@ -316,6 +318,10 @@ def finetune(
         TypeError: a subclassed model or data of an unsupported type.
         RuntimeError: the model would crash TensorFlow's oneDNN kernels (see docs/onednn.md).
     """
+    if _is_causal_lm(model):  # supervised fine-tuning of a language model: see kerasft.llm
+        from kerasft.llm.finetune import finetune_from_facade
+
+        return finetune_from_facade(model, data, locals())
     options = Options.from_keywords(**{k: v for k, v in locals().items() if k not in ("model", "data")})
     strategy = resolve_strategy(options.speed.distribute)
     # The pretrained weights, for training a winner again on all labels (recipe="auto").
@@ -357,16 +363,11 @@ def _refit(model: Any, data: Any, options: Options, chosen: FinetuneResult, stra
 
 def _winning_epochs(result: FinetuneResult) -> tuple[int, float]:
     """``(epochs of the fine-tune that won, its score)``; ``(0, score)`` when the probe won."""
-    mode = -1.0 if monitor_mode(result.monitor) == "min" else 1.0
-    best = (0, None)
-    for phase in result.phases:
-        values = phase.history.get(result.monitor, [])
-        for epoch, value in enumerate(values):
-            if value is None or not np.isfinite(value):
-                continue
-            if best[1] is None or mode * value > mode * best[1]:
-                best = (0 if phase.name == "probe" else epoch + 1, value)
-    return best[0], float(best[1]) if best[1] is not None else float("nan")
+    score = result.best_score if result.best_score is not None else float("nan")
+    if result.best_phase in (None, "probe"):
+        return 0, score
+    phase = next(p for p in result.phases if p.name == result.best_phase)
+    return phase.epochs, score
 
 
 def plan(model: keras.Model | str | os.PathLike, data: Any, **keywords: Any) -> Plan:
@@ -393,5 +394,17 @@ def plan(model: keras.Model | str | os.PathLike, data: Any, **keywords: Any) -> 
     Raises:
         ValueError / TypeError: as :func:`finetune` would, before training.
     """
+    if _is_causal_lm(model):
+        from kerasft.llm.finetune import plan_from_facade
+
+        return plan_from_facade(model, data, keywords)
     options = Options.from_keywords(**{**keywords, "copy": True})
     return prepare_run(model, data, options).plan
+
+
+def _is_causal_lm(model: Any) -> bool:
+    """A KerasHub CausalLM or a llama.cpp ``.gguf`` path (KerasHub is not imported to find out)."""
+    hub = sys.modules.get("keras_hub")
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model).endswith(".gguf")
+    return hub is not None and isinstance(model, hub.models.CausalLM)
