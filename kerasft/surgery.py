@@ -24,6 +24,7 @@ from kerasft import _keras_compat as compat
 
 __all__ = [
     "NORMALIZATION_LAYERS",
+    "unused_layers",
     "ParamCount",
     "iter_layers",
     "get_layer",
@@ -707,3 +708,38 @@ def _new_classifier(head: keras.layers.Layer, units: int, initializer: Any, name
     base = next(cls for cls in _CONV_HEADS if isinstance(head, cls))
     return base(units, kernel_size=1, padding=head.padding, data_format=head.data_format,
                 use_bias=head.use_bias, kernel_initializer=initializer, name=name)
+
+
+def unused_layers(model: keras.Model, sample: Any) -> list[keras.layers.Layer]:
+    """The leaf layers with weights that ``model``'s output does not depend on.
+
+    A KerasHub backbone computes every output it has (a BERT's ``[CLS]`` pooler among
+    them) whichever one a task reads; training such a layer is a step on no gradient
+    (Keras warns, and an optimizer that holds only such variables fails). Found by one
+    gradient of the output with respect to every weight, on ``sample`` (a batch of inputs).
+    """
+    import tensorflow as tf
+
+    snapshot = [(lyr, lyr.trainable) for lyr in compat.flatten_layers(model)]
+    flags = [(v, v.trainable) for v in model.weights]
+    try:
+        for layer, _ in snapshot:
+            layer.trainable = True
+        variables = [v for v in model.weights if v.trainable]
+        with tf.GradientTape() as tape:
+            out = model(sample, training=False)
+            total = keras.ops.sum(keras.ops.cast(keras.tree.flatten(out)[0], "float32"))
+        grads = tape.gradient(total, [v.value if hasattr(v, "value") else v for v in variables])
+    finally:
+        for layer, flag in snapshot:
+            layer.trainable = flag
+        for variable, flag in flags:
+            variable.trainable = flag
+    seen = {id(v) for v in variables}
+    dead = {id(v) for v, g in zip(variables, grads) if g is None}
+    unused = []
+    for _, layer in leaf_layers(model):
+        own = [id(v) for v in layer.weights if id(v) in seen]
+        if own and all(i in dead for i in own):
+            unused.append(layer)
+    return unused

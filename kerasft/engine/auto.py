@@ -54,8 +54,8 @@ SMALL_DATA = 200
 REFIT_LIMIT = 2000
 # Fine-tuning budgets in optimizer steps, and the epochs they may span, per family.
 # (Budgets and rates come from the dev cases of benchmarks/matrix.py; docs/matrix.md.)
-_BUDGET = {"transformer": (120, 3, 10), "cnn": (300, 5, 30), "mlp": (300, 5, 30)}
-_RATE = {"transformer": 5e-5, "cnn": 3e-4, "mlp": 1e-3}
+_BUDGET = {"transformer": (60, 3, 5), "cnn": (300, 5, 30), "mlp": (300, 5, 30)}
+_RATE = {"transformer": 1e-4, "cnn": 3e-4, "mlp": 1e-3}
 _LAYER_DECAY = {"transformer": 0.9}
 _WEIGHT_DECAY = {"transformer": 0.01}
 _OPTIMIZER = {"transformer": "adamw", "cnn": "adam", "mlp": "adam"}
@@ -75,6 +75,9 @@ class ModelProfile:
         blocks: layer groups with weights below the head (transformer blocks, conv stages).
         keras_hub: whether the model is a KerasHub task.
         text: whether it is a KerasHub text classifier (its pooling can be chosen).
+        top_blocks: for a transformer, a regex over layer paths selecting its top half of
+            attention blocks and every layer above them; else ``None``.
+        attention_blocks: the number of attention blocks.
     """
 
     family: str
@@ -82,6 +85,8 @@ class ModelProfile:
     blocks: int
     keras_hub: bool = False
     text: bool = False
+    top_blocks: str | None = None
+    attention_blocks: int = 0
 
     def describe(self) -> str:
         kind = {"transformer": "a transformer", "cnn": "a convolutional network", "mlp": "a dense network"}
@@ -111,8 +116,24 @@ def profile_model(model: keras.Model, head: keras.layers.Layer) -> ModelProfile:
         family = "mlp"
     groups = [g for g in layerwise.layer_groups(model) if not any(lyr is head for lyr in g[1])]
     blocks = sum(1 for _, members in groups if any(lyr.weights for lyr in members))
+    top, attention = _top_attention_blocks(model, groups) if family == "transformer" else (None, 0)
     return ModelProfile(family, surgery.count_params(model).total, blocks, is_keras_hub_task(model),
-                        is_text_task(model))
+                        is_text_task(model), top, attention)
+
+
+def _top_attention_blocks(model: keras.Model, groups: list) -> tuple[str | None, int]:
+    """A regex for the top half of the attention blocks and every leaf layer after them."""
+    import re
+
+    attention = [members for _, members in groups
+                 if any(_is_attention(part) for lyr in members for part in compat.flatten_layers(lyr))]
+    if len(attention) < 2:
+        return None, len(attention)
+    first = attention[len(attention) - math.ceil(len(attention) / 2)][0]
+    leaves = surgery.leaf_layers(model)
+    start = next(i for i, (_, lyr) in enumerate(leaves) if lyr is first)
+    paths = [re.escape(path) for path, lyr in leaves[start:] if lyr.weights]
+    return "(^|/)(" + "|".join(paths) + ")$", len(attention)
 
 
 # ------------------------------------------------------------------------------ data sizes
@@ -176,6 +197,7 @@ class AutoDecision:
         optimizer, rate, layer_decay, weight_decay, warmup: the fine-tune's optimizer.
         epochs: fine-tuning epochs; ``steps`` the optimizer steps they make.
         batch_size: the batch size.
+        unfreeze: what the fine-tune trains (``"all"``, or a regex over layer paths).
         sequence_length: the length text is trained at (``None``: the preprocessor's).
         reasons: one line per decision, for the plan.
     """
@@ -191,6 +213,7 @@ class AutoDecision:
     epochs: int
     steps: int
     batch_size: int
+    unfreeze: Any = "all"
     sequence_length: int | None = None
     reasons: tuple[str, ...] = field(default=())
 
@@ -224,19 +247,20 @@ def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: 
     reasons = [f"model: {profile.describe()}"]
     if given_validation:
         selection = "validation data"
-        reasons.append("selection: the probe and each fine-tuning epoch are scored on the validation data given")
+        reasons.append("selection: the probe and the fine-tune (its last epoch) are scored on the validation data "
+                       "given")
     elif n_train == n_examples:
         selection = "none"
         reasons.append(f"selection: none; {n_examples} examples are too few to hold some out and choose on "
                        f"(< {SMALL_DATA}): the probe is cross-validated, the fine-tune trains on all labels")
     elif n_examples < REFIT_LIMIT:
         selection = "holdout, then refit"
-        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and each "
-                       "fine-tuning epoch; the winner is then trained again on all labels")
+        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and the "
+                       "fine-tune (its last epoch); the winner is then trained again on all labels")
     else:
         selection = "holdout"
-        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and each "
-                       "fine-tuning epoch (kept: enough data that the holdout costs little)")
+        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and the "
+                       "fine-tune (its last epoch); kept out: with this much data the holdout costs little")
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     target, low, high = _BUDGET[family]
     epochs = int(min(high, max(low, round(target / steps_per_epoch))))
@@ -257,11 +281,18 @@ def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: 
         layer_decay = user.get("layer_decay")
     weight_decay = user.get("weight_decay") if user.get("weight_decay") is not None else _WEIGHT_DECAY.get(family)
     spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
-    reasons.append(f"fine-tune: everything from the probe, {optimizer} at {rate:.2g} peak{spread}, warmup 10% "
+    unfreeze, what = "all", "everything"
+    if user.get("unfreeze") is not None:
+        unfreeze, what = user["unfreeze"], f"unfreeze={user['unfreeze']!r} (as given)"
+    elif profile.top_blocks is not None:
+        unfreeze = profile.top_blocks
+        what = (f"the top {math.ceil(profile.attention_blocks / 2)} of {profile.attention_blocks} attention "
+                "blocks and the layers above (the bottom runs once, its outputs cached)")
+    reasons.append(f"fine-tune: {what} from the probe, {optimizer} at {rate:.2g} peak{spread}, warmup 10% "
                    "and cosine decay; BatchNormalization in inference mode")
     if sequence_length is not None and user_length is not None and sequence_length < user_length:
         reasons.append(f"text: trained at sequence length {sequence_length} (98% of the texts fit), not the "
                        f"preprocessor's {user_length}, which the returned task keeps")
     return AutoDecision(profile, n_examples, selection, optimizer, rate, layer_decay, weight_decay,
                         float(user.get("warmup") if user.get("warmup") is not None else 0.1), epochs,
-                        epochs * steps_per_epoch, batch_size, sequence_length, tuple(reasons))
+                        epochs * steps_per_epoch, batch_size, unfreeze, sequence_length, tuple(reasons))

@@ -85,43 +85,71 @@ class Hook:
 
 
 class _Tracker(keras.callbacks.Callback):
-    """Remember the best weights on ``monitor`` across phases."""
+    """Remember the best weights on ``monitor`` across phases.
 
-    def __init__(self, monitor: str, mode: str):
+    With ``final_only``, a phase is one candidate scored by its last epoch (a fixed
+    budget compared as a whole with the others, as ``recipe="auto"`` compares the
+    fine-tune with the probe), not one candidate per epoch. A tie on ``monitor`` goes to
+    the lower ``tie_break`` (a loss), when given.
+    """
+
+    def __init__(self, monitor: str, mode: str, *, final_only: bool = False, tie_break: str | None = None):
         super().__init__()
         self.monitor = monitor
         self.sign = -1.0 if mode == "min" else 1.0
+        self.final_only = final_only
+        self.tie_break = tie_break
         self.best = -math.inf
         self.best_weights: list[np.ndarray] | None = None
         self.best_phase: str | None = None
         self.phase = ""
         self.from_epoch = 0
+        self._last: dict[str, Any] | None = None
 
     def restart(self, from_epoch: int) -> None:
         """Forget the weights seen so far; then only count epochs >= ``from_epoch``."""
         self.best, self.best_weights, self.from_epoch = -math.inf, None, from_epoch
 
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(value) or epoch < self.from_epoch:
-            return
-        if self.sign * value > self.best:
-            self.best = self.sign * value
-            self.best_weights = self.model.get_weights()
-            self.best_phase = self.phase
-
-    def offer(self, value: float | None, model: keras.Model, phase: str) -> None:
-        """Score ``model``'s current weights as if an epoch of ``phase`` had ended with ``value``."""
+    def score(self, logs: dict[str, Any]) -> float | None:
+        """The signed score of ``logs`` (higher is better), or ``None`` when not finite."""
+        value = logs.get(self.monitor)
         if value is None or not np.isfinite(value):
+            return None
+        score = self.sign * float(value)
+        loss = logs.get(self.tie_break) if self.tie_break else None
+        if loss is not None and np.isfinite(loss):
+            score -= 1e-6 * float(loss)
+        return score
+
+    def on_train_begin(self, logs=None):
+        self._last = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.from_epoch:
             return
-        if self.sign * value > self.best:
-            self.best = self.sign * value
+        if self.final_only:
+            self._last = dict(logs or {})
+            return
+        self._consider(logs or {}, self.model, self.phase)
+
+    def on_train_end(self, logs=None):
+        if self.final_only and self._last is not None:
+            self._consider(self._last, self.model, self.phase)
+
+    def _consider(self, logs: dict[str, Any], model: keras.Model, phase: str) -> None:
+        score = self.score(logs)
+        if score is not None and score > self.best:
+            self.best = score
             self.best_weights = model.get_weights()
             self.best_phase = phase
 
+    def offer(self, logs: dict[str, Any], model: keras.Model, phase: str) -> None:
+        """Score ``model``'s current weights as if an epoch of ``phase`` had ended with ``logs``."""
+        self._consider(logs, model, phase)
+
     @property
     def best_value(self) -> float | None:
-        return None if self.best_weights is None else self.sign * self.best
+        return None if self.best_weights is None else self.sign * round(self.best, 5)
 
     def restore(self, model: keras.Model) -> None:
         if self.best_weights is not None:
@@ -136,7 +164,8 @@ class BestWeights(Hook):
     """
 
     def run_start(self, run: Run) -> None:
-        run.best = _Tracker(run.monitor, run.task.monitor_mode(run.monitor))
+        run.best = _Tracker(run.monitor, run.task.monitor_mode(run.monitor), final_only=run.compare_final,
+                            tie_break="val_loss" if run.compare_final and run.monitor != "val_loss" else None)
         self._model = run.model
 
     def phase_start(self, run: Run) -> None:
@@ -229,7 +258,7 @@ class EarlyStopping(Hook):
         self.patience = patience
 
     def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
-        if run.keep_final:  # a fixed budget without validation: nothing to stop on
+        if run.keep_final or run.compare_final:  # a fixed budget: nothing to stop on
             return []
         start = max(run.count_from_epoch, run.phase_optimizer.settle_epoch)
         return [keras.callbacks.EarlyStopping(monitor=run.monitor, patience=self.patience,

@@ -329,7 +329,7 @@ def _auto(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer, decisi
         raise ValueError("recipe='auto' is planned from the data: use kerasft.plan(model, data).")
     return [
         Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn),
-        Phase("finetune", decision.epochs, o.unfreeze, Rate(decision.rate), "warmup_cosine", decision.warmup,
+        Phase("finetune", decision.epochs, decision.unfreeze, Rate(decision.rate), "warmup_cosine", decision.warmup,
               spread=decision.layer_decay is not None, train_bn=o.train_bn, layer_decay=decision.layer_decay),
     ]
 

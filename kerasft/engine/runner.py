@@ -66,6 +66,8 @@ class Run:
         probe: the :class:`kerasft.probe.ProbeChoice` of a probe phase.
         keep_final: return the last weights (a fixed budget without validation), not
             the best seen.
+        compare_final: each phase is one candidate, scored by its last epoch (the probe
+            against the whole fine-tune), not one candidate per epoch.
         restore_length: ``(preprocessor, sequence length)`` to put back after the run.
     """
 
@@ -93,6 +95,8 @@ class Run:
     probe: Any = None
     keep_final: bool = False
     restore_length: tuple[Any, int] | None = None
+    unused: tuple[Any, list] | None = field(default=None, repr=False)
+    compare_final: bool = False
 
     @property
     def model(self) -> keras.Model:
@@ -177,7 +181,9 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         _restore_length(restore_length)
         raise
     has_val = prepared.validation is not None
-    monitor = options.monitor.monitor or ("val_loss" if has_val else "loss")
+    # "auto" compares whole candidates on what the user will measure: accuracy, for classes.
+    chosen = "val_accuracy" if decision is not None and has_val and task.kind == "classification" else None
+    monitor = options.monitor.monitor or chosen or ("val_loss" if has_val else "loss")
     if monitor.startswith("val_") and not has_val:
         raise ValueError(
             f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
@@ -186,7 +192,8 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
     plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch, decision).count(
         task.model, task.head, task.adapters)
     return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor, decision=decision,
-               keep_final=decision is not None and not has_val, restore_length=restore_length)
+               keep_final=decision is not None and not has_val, compare_final=decision is not None and has_val,
+               restore_length=restore_length)
 
 
 def _size_sequences(preprocessor: Any, data: Any, options: Options) -> tuple[Any, int] | None:
@@ -220,7 +227,7 @@ def _decide(profile: Any, prepared: data_lib.PreparedData, options: Options,
     user = {"epochs": r.epochs if "epochs" in given else None, "lr": rate,
             "optimizer": options.optimizer.optimizer if "optimizer" in given else None,
             "warmup": r.warmup if "warmup" in given else None, "layer_decay": r.layer_decay, "lr_mult": r.lr_mult,
-            "weight_decay": options.optimizer.weight_decay}
+            "weight_decay": options.optimizer.weight_decay, "unfreeze": r.unfreeze if "unfreeze" in given else None}
     split = options.data.validation_data is None
     n_examples = prepared.n_train + (prepared.n_validation if split else 0)
     length = restore_length[0].sequence_length if restore_length else None
@@ -330,7 +337,7 @@ class Runner:
             logs = model.evaluate(run.data.validation, verbose=0, return_dict=True)
             history.update({f"val_{k}": [float(v)] for k, v in logs.items()})
         if run.best is not None and not run.keep_final:
-            run.best.offer(history.get(run.monitor, [None])[0], model, "probe")
+            run.best.offer({k: v[0] for k, v in history.items()}, model, "probe")
         seconds = time.perf_counter() - start
         trainable = sum(int(np.prod(v.shape)) for v in task.head.weights)
         return PhaseResult("probe", 1, history, seconds, trainable, 0.0, 0)
@@ -340,6 +347,9 @@ class Runner:
         phase, steps = run.phase, run.plan.steps_per_epoch
         if not phase.staged:
             select_trainable(run.model, run.task.head, phase, run.task.adapters)
+            if phase.trains_body:
+                for layer in _unused_layers(run):
+                    layer.trainable = False
         for hook in self.hooks:
             replacement = hook.phase_start(run)
             if replacement is not None:
@@ -392,6 +402,24 @@ class Runner:
             return trainable_layers(run.model, run.task.head, following)
         except ValueError:
             return None  # raised again, with its message, when that phase starts
+
+
+def _unused_layers(run: Run) -> list:
+    """Layers the output does not depend on (a backbone's unread pooler), found once per model."""
+    if run.unused is not None and run.unused[0] is run.model:
+        return run.unused[1]
+    unused: list = []
+    # KerasHub backbones compute outputs their task may not read; other models' graphs end at their output.
+    if run.data.arrays is not None and is_keras_hub_task(run.model):
+        sample = data_lib.inputs.take(run.data.arrays[0], np.arange(min(2, run.data.n_train)))
+        try:
+            unused = surgery.unused_layers(run.model, sample)
+        except Exception:  # a model the gradient check cannot run on: train it as configured
+            unused = []
+    if unused:
+        run.log(f"kerasft: not training {[lyr.name for lyr in unused]}: the output does not depend on them")
+    run.unused = (run.model, unused)
+    return unused
 
 
 def _stage_record(stage: Any) -> Any:
