@@ -6,9 +6,11 @@ import datetime
 import importlib.util
 import json
 import os
+import re
 import stat
 
 import keras
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -173,3 +175,59 @@ def test_shipped_model_readme_is_its_generated_card(shipped_model_path):
     assert card.metrics == {"accuracy on the 10,000 MNIST test images": 0.9869}
     assert round(card.evaluation["accuracy"], 3) == 0.660  # zero-shot on the 1,797 digits
     assert "| parameters | 468,394 |" in shipped
+
+
+def _three_class_model():
+    inputs = keras.Input((4,), name="x")
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(inputs))
+
+
+def test_card_says_what_the_given_evaluation_ran_on(tmp_path):
+    # The card said "held-out validation examples of the fine-tuning run" for a report
+    # computed on the user's test set, because the run's sample was the verify data.
+    from kerasft.evaluation import evaluate_model
+    from kerasft.export import ExportSample, export_model
+
+    model = _three_class_model()
+    rng = np.random.default_rng(0)
+    x_val, y_val = rng.normal(size=(20, 4)).astype("float32"), rng.integers(0, 3, 20)
+    x_test, y_test = rng.normal(size=(50, 4)).astype("float32"), rng.integers(0, 3, 50)
+    sample = ExportSample(inputs=x_val, held_out=(x_val, y_val))
+    on_test = evaluate_model(model, x_test, y_test)
+    path = export_model(model, tmp_path / "given", verify_data=sample, evaluation=on_test)
+    assert path.card.evaluation["num_examples"] == 50
+    assert "held-out validation" not in path.card.evaluation_data
+    named = export_model(model, tmp_path / "named", verify_data=sample, evaluation=on_test,
+                         evaluation_data="the 50 test images")
+    assert named.card.evaluation_data == "the 50 test images"
+    own = export_model(model, tmp_path / "own", verify_data=sample)
+    assert own.card.evaluation["num_examples"] == 20
+    assert own.card.evaluation_data == "held-out validation examples of the fine-tuning run"
+
+
+def test_names_with_markdown_or_html_cannot_break_the_card(tmp_path):
+    from kerasft.evaluation import evaluate_model
+    from kerasft.export import export_model
+
+    names = ["<script>alert(1)</script>", "a|b", "*bold* `code`"]
+    model = _three_class_model()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)).astype("float32"), rng.integers(0, 3, 30)
+    path = export_model(model, tmp_path / "m", class_names=names,
+                        evaluation=evaluate_model(model, x, y, class_names=names))
+    with open(os.path.join(path, CARD_FILE), encoding="utf-8") as f:
+        markdown = f.read()
+    assert "<script>" not in markdown
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    assert len(tables) >= 5
+    for table in tables:  # each row keeps the header's columns: no unescaped | in a cell
+        widths = {len(re.findall(r"(?<!\\)\|", row)) for row in table}
+        assert len(widths) == 1, table
+    assert ModelCard.from_json(os.path.join(path, CARD_JSON)).model["class_names"] == names

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import html
 import importlib.metadata
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,8 +185,13 @@ def model_card(
             Defaults to `None`.
         evaluation_data: what the evaluation ran on. Defaults to `None`.
         exports: the exported files (`format`, `file`, `size_bytes`, ...). Defaults to `()`.
-        title: the heading. Defaults to `None` ("Model card: <model name>").
-        description: a paragraph on what the model is. Defaults to `None`.
+        title: the heading, as Markdown. Defaults to `None` ("Model card: <model name>",
+            the name escaped).
+        description: a paragraph on what the model is, as Markdown (title, description,
+            intended use, notes, `evaluation_data`, `metrics` and the facts in `data` and
+            `training` are the caller's Markdown; every name the card takes from the model,
+            the data or the files (model, input, class and file names) is escaped).
+            Defaults to `None`.
         data: facts on the training data, merged over what `result` says. Defaults to `None`.
         training: facts on the training, merged over what `result` says (for a model
             trained without `finetune`). Defaults to `None`.
@@ -218,7 +225,7 @@ def model_card(
     if training:
         training_facts.update(training)
     return ModelCard(
-        title=title or f"Model card: {model.name}",
+        title=title or f"Model card: {_text(model.name)}",
         model=_model_facts(model, names),
         date=date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         versions=library_versions(),
@@ -254,11 +261,12 @@ def library_versions() -> dict[str, str | None]:
 def _model_facts(model: Any, names: list[str] | None) -> dict[str, Any]:
     facts: dict[str, Any] = {"name": model.name, "parameters": int(model.count_params())}
     facts["trainable_parameters"] = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    inputs = getattr(model, "inputs", None) or []
+    inputs = [{"name": t.name, "shape": list(t.shape), "dtype": str(getattr(t.dtype, "name", t.dtype))}
+              for t in getattr(model, "inputs", None) or []]
     if len(inputs) == 1:
-        tensor = inputs[0]
-        facts["input"] = {"name": tensor.name, "shape": list(tensor.shape),
-                          "dtype": str(getattr(tensor.dtype, "name", tensor.dtype))}
+        facts["input"] = inputs[0]
+    elif inputs:
+        facts["inputs"] = inputs
     outputs = getattr(model, "outputs", None) or []
     if len(outputs) == 1:
         facts["output_shape"] = list(outputs[0].shape)
@@ -355,12 +363,41 @@ def _plain(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------
 # Markdown
+#
+# Names in a card come from users (class names, file names, descriptions of data): each
+# goes through `_text` or `_code`, so that `<script>`, `|` or `*` in a class name shows as
+# typed instead of breaking a table or turning into HTML. Cells already written as
+# Markdown by this module are `_Md` strings, left as they are.
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
+class _Md(str):
+    """Markdown written by this module (not user text): not escaped again."""
+
+
+# Characters that start Markdown syntax; "_" only where it could open or close emphasis
+# (GitHub leaves digit_0 alone), and <, > and & become HTML entities.
+_MARKDOWN_SYNTAX = re.compile(r"[\\`*\[\]|~#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def _text(value: Any) -> _Md:
+    """User text as inline Markdown that renders as typed: HTML and Markdown escaped, one line."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return _Md(_MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(0), text))
+
+
+def _code(value: Any) -> _Md:
+    """User text in a code span: literal, whatever backticks or pipes it holds."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    # GitHub's tables split cells on | even inside code spans, unless it is escaped.
+    return _Md(f"{fence}{pad}{text.replace('|', chr(92) + '|')}{pad}{fence}")
+
+
+def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     rule = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines = ["| " + " | ".join(_cell(c) for c in header) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines + [""]
 
@@ -368,10 +405,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, _Md):
+        return value
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
+    # The caller's own text (facts, metrics): Markdown, kept inside its cell.
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -386,23 +426,22 @@ def _size(n: int | None) -> str:
 
 
 def _model_section(model: dict[str, Any]) -> list[str]:
-    rows = [("name", f"`{model['name']}`"), ("parameters", model.get("parameters")),
+    rows = [("name", _code(model["name"])), ("parameters", model.get("parameters")),
             ("trainable parameters", model.get("trainable_parameters"))]
-    if "input" in model:
-        i = model["input"]
+    for i in model.get("inputs") or ([model["input"]] if "input" in model else []):
         shape = "(" + ", ".join("batch" if d is None else str(d) for d in i["shape"]) + ")"
-        rows.append(("input", f"`{i['name']}`: {i['dtype']} {shape}"))
+        rows.append(("input", _Md(f"{_code(i['name'])}: {_text(i['dtype'])} {shape}")))
     if "output_shape" in model:
         rows.append(("output", "(" + ", ".join("batch" if d is None else str(d)
                                                for d in model["output_shape"]) + ")"))
     if model.get("class_names"):
-        rows.append(("classes", ", ".join(model["class_names"])))
+        rows.append(("classes", _Md(", ".join(_text(n) for n in model["class_names"]))))
     return ["## Model", ""] + _table(["", ""], rows, "ll")
 
 
 def _data_section(data: dict[str, Any]) -> list[str]:
     lines = ["## Data", ""]
-    if data.get("description"):
+    if data.get("description"):  # the caller's Markdown, as the card's description
         lines += [data["description"], ""]
     rows = [(k.replace("_", " "), data[k]) for k in ("source", "task", "num_classes", "label_mode",
                                                      "num_examples", "augmentation") if k in data]
@@ -410,17 +449,17 @@ def _data_section(data: dict[str, Any]) -> list[str]:
         lines += _table(["", ""], rows, "ll")
     per_class = data.get("examples_per_class")
     if per_class:
-        lines += ["Examples per class:", ""] + _table(list(per_class), [list(per_class.values())])
+        lines += ["Examples per class:", ""] + _table([_text(n) for n in per_class], [list(per_class.values())])
     return lines
 
 
 def _training_section(recipe, phases, training) -> list[str]:
     lines = ["## Training", ""]
     if recipe:
-        lines += [f"Recipe `{recipe['name']}`.", ""]
+        lines += [_Md(f"Recipe {_code(recipe['name'])}."), ""]
         if recipe.get("options"):
             lines += ["Options (the non-default keywords of `kerasft.finetune`):", ""]
-            lines += _table(["option", "value"], [(f"`{k}`", json.dumps(v))
+            lines += _table(["option", "value"], [(_code(k), _text(json.dumps(v)))
                                                   for k, v in recipe["options"].items()], "ll")
         else:
             lines += ["All `kerasft.finetune` options at their defaults.", ""]
@@ -446,7 +485,7 @@ def _evaluation_section(report, source, metrics) -> list[str]:
     if report["task"] == "regression":
         names = report["class_names"]
         lines += _table(["output", "MSE", "RMSE", "MAE", "R2"],
-                        [(n, report["mse"][i], report["rmse"][i], report["mae"][i], _f4(report["r2"][i]))
+                        [(_text(n), report["mse"][i], report["rmse"][i], report["mae"][i], _f4(report["r2"][i]))
                          for i, n in enumerate(names)])
         return lines
     figures = [("loss", _f4(report["loss"])), ("accuracy", _f4(report["accuracy"]))]
@@ -455,33 +494,38 @@ def _evaluation_section(report, source, metrics) -> list[str]:
     if report.get("roc_auc") is not None:
         figures.append(("ROC-AUC", _f4(report["roc_auc"])))
     lines += _table(["figure", "value"], figures)
-    rows = [(n, _f4(report["precision"][i]), _f4(report["recall"][i]), _f4(report["f1"][i]),
+    rows = [(_text(n), _f4(report["precision"][i]), _f4(report["recall"][i]), _f4(report["f1"][i]),
              report["support"][i]) for i, n in enumerate(report["class_names"])]
     total = sum(report["support"])
     for average in ("micro", "macro", "weighted", "samples"):
         if average in report.get("averages", {}):
             a = report["averages"][average]
-            rows.append((f"*{average} avg*", _f4(a["precision"]), _f4(a["recall"]), _f4(a["f1"]), total))
+            rows.append((_Md(f"*{average} avg*"), _f4(a["precision"]), _f4(a["recall"]), _f4(a["f1"]), total))
     lines += _table(["class", "precision", "recall", "f1", "support"], rows)
     matrix = report.get("confusion_matrix")
     if matrix and len(matrix) <= _MAX_MATRIX_CLASSES:
-        names = report["class_names"]
+        names = [_text(n) for n in report["class_names"]]
         lines += ["Confusion matrix (rows: true class, columns: predicted):", ""]
-        lines += _table(["true \\ predicted"] + list(names), [[n] + row for n, row in zip(names, matrix)])
+        lines += _table([_Md("true \\ predicted")] + names, [[n] + row for n, row in zip(names, matrix)])
     return lines
 
 
 def _exports_section(exports: list[dict[str, Any]]) -> list[str]:
-    rows, checks = [], []
+    rows, checks, served = [], [], []
     for e in exports:
         io = e.get("io_dtype")
-        rows.append((e.get("format"), f"`{e.get('file')}`", _size(e.get("size_bytes")),
+        rows.append((e.get("format"), _code(e.get("file")), _size(e.get("size_bytes")),
                      e.get("quantize") or ("float32" if e.get("format") == "tflite" else ""),
                      io or ""))
-        check = e.get("check")
-        if check:
-            checks.append((f"`{e.get('file')}`", check))
+        if e.get("check"):
+            checks.append((_code(e.get("file")), e["check"]))
+        if e.get("serving_check"):
+            served.append((_code(e.get("file")), e["serving_check"]))
     lines = ["## Exports", ""] + _table(["format", "file", "size", "weights", "I/O"], rows, "lllll")
+    for name, c in served:
+        lines += [f"{name} served by TensorFlow beside the Keras model on {c['examples']:,} inputs "
+                  f"({c.get('data')}): top-1 agreement {_f4(c['agreement'])}, max abs. "
+                  f"probability difference {c['max_abs_difference']:.3g}.", ""]
     for name, c in checks:
         if not c.get("examples"):
             lines += [f"{name}: loads and runs in LiteRT ({c.get('runtime')}); no data was given "
