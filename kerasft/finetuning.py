@@ -41,7 +41,7 @@ def finetune(
     *,
     validation_data: Any = None,
     validation_split: float | None = None,
-    recipe: str | Sequence[dict[str, Any]] | os.PathLike = "auto",
+    recipe: str | Sequence[dict[str, Any]] | os.PathLike | None = None,
     head_epochs: int | None = None,
     epochs: int | None = None,
     lr: float | str | None = None,
@@ -148,7 +148,8 @@ def finetune(
             trained with the head at ``finetune_lr`` for ``epochs``), ``"lp-lora"`` /
             ``"lp-dora"`` (the head first for ``head_epochs`` at ``lr``, then the adapters);
             or ``"auto"``, which decides from the model and the data (above).
-            Defaults to `"auto"`.
+            Defaults to `None`: ``"auto"``, or ``"lp-ft"`` when ``head_epochs`` or
+            ``lr="find"`` is given (options of its head phase).
         head_epochs: epochs of a head phase trained by gradient (not ``"auto"``, whose
             head is fitted in closed form). Defaults to `None` (`5`).
         epochs: epochs of the fine-tuning phase (of the only phase for ``"full"``).

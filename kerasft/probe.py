@@ -36,7 +36,7 @@ __all__ = ["LinearHead", "ProbeChoice", "ProbeUnavailable", "fit_probe", "fit_li
 REGULARIZATION_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 # Ridge strengths (alpha), the same span.
 RIDGE_GRID = tuple(float(a) for a in np.logspace(-2, 4, 13))
-_MAX_ITER = 500
+_MAX_ITER = 1000
 # Above this many feature values, the strength is chosen on a sample of the examples.
 _SELECTION_CELLS = 20_000_000
 
@@ -163,7 +163,7 @@ class _Problem:
     def grid(self) -> tuple[float, ...]:
         return RIDGE_GRID if self.kind == "ridge" else REGULARIZATION_GRID
 
-    def fit(self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None) -> Any:
+    def fit(self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None, tol: float = 1e-6) -> Any:
         from sklearn.linear_model import LogisticRegression, Ridge
 
         if self.kind == "ridge":
@@ -172,8 +172,8 @@ class _Problem:
         if len(present) < 2:  # one class only in this fold: a constant predictor
             return ("constant", int(present[0]))
         model = warm if warm is not None else LogisticRegression(
-            C=strength, max_iter=_MAX_ITER, tol=1e-5, warm_start=True, random_state=self.seed)
-        model.set_params(C=strength)
+            C=strength, max_iter=_MAX_ITER, tol=tol, warm_start=True, random_state=self.seed)
+        model.set_params(C=strength, tol=tol)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning at the weakest strengths
             model.fit(x, y, sample_weight=_sample_weights(y, self.class_weight))
@@ -326,7 +326,7 @@ def _fit_linear_head(features, y, label_mode, num_classes, validation, class_wei
         x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
         mean, std = _standardise(x)
         z = (x - mean) / std
-    parts = [problem.coefficients(problem.fit(z, t if j is None else t[:, j], choice[0]), z.shape[1])
+    parts = [problem.coefficients(problem.fit(z, t if j is None else t[:, j], choice[0], tol=1e-8), z.shape[1])
              for j, choice in zip(columns, choices)]
     if label_mode in ("binary", "multi_hot"):  # one sigmoid unit per label: logit of 1 against 0
         kernel = np.stack([k[:, 1] - k[:, 0] for k, _ in parts], axis=1)

@@ -254,6 +254,8 @@ class Options:
         """
         given = frozenset(k for k in FIXED_DEFAULTS if keywords.get(k) is not None)
         filled = {**keywords, **{k: v for k, v in FIXED_DEFAULTS.items() if keywords.get(k) is None}}
+        if keywords.get("recipe") is None:
+            filled["recipe"] = default_recipe(keywords)
         options = dataclasses.replace(cls.group(**filled), given=given)
         options.validate()
         return options
@@ -299,6 +301,18 @@ class Options:
         for check in _VALUE_CHECKS:
             check(self)
         check_conflicts(self)
+
+
+def default_recipe(keywords: Mapping[str, Any]) -> str:
+    """The recipe when none is given: ``"auto"``, or ``"lp-ft"`` for options only its head phase has.
+
+    ``head_epochs=`` and ``lr="find"`` describe a head trained by gradient, which
+    ``"auto"`` does not have (it fits the head in closed form): code written for the
+    LP-FT recipe with those options keeps its meaning.
+    """
+    if keywords.get("head_epochs") is not None or keywords.get("lr") == "find":
+        return "lp-ft"
+    return "auto"
 
 
 # ------------------------------------------------------------------------ value checks

@@ -1,0 +1,87 @@
+"""The linear probe: closed-form heads on real features, folded into real Keras heads."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn import datasets as skdata
+from sklearn.linear_model import LogisticRegression, Ridge
+
+import kerasft
+from kerasft import probe
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    """sklearn's 8x8 digits as 64 raw features (real handwriting), split 600 / 1197."""
+    x, y = skdata.load_digits(return_X_y=True)
+    return x[:600], y[:600], x[600:], y[600:]
+
+
+def test_multinomial_head_matches_scikit_learn_at_the_chosen_strength(pixels):
+    x, y, xt, yt = pixels
+    head = probe.fit_linear_head(x, y, "sparse", 10)
+    assert head.selection == "5-fold cross-validation" and head.strength in probe.REGULARIZATION_GRID
+    mean, std = x.mean(0), x.std(0)
+    std[std == 0] = 1
+    reference = LogisticRegression(C=head.strength, max_iter=2000, tol=1e-8).fit((x - mean) / std, y)
+    expected = reference.predict_proba((xt - mean) / std)
+    got = keras.ops.convert_to_numpy(keras.ops.softmax(head.logits(xt)))
+    np.testing.assert_allclose(got, expected, atol=2e-3)  # the standardisation folded into raw-feature weights
+    assert np.mean(head.logits(xt).argmax(1) == yt) > 0.9
+
+
+def test_strength_is_chosen_on_validation_when_given(pixels):
+    x, y, xt, yt = pixels
+    head = probe.fit_linear_head(x, y, "sparse", 10, validation=(xt[:300], yt[:300]))
+    assert head.selection == "validation"
+    assert head.scores[head.strength] == min(head.scores.values())
+    refit = probe.fit_linear_head(x, y, "sparse", 10, validation=(xt[:300], yt[:300]), refit_on_all=True)
+    assert refit.selection.endswith("refit on training and validation data") and refit.strength == head.strength
+
+
+def test_binary_multilabel_and_regression_heads(pixels):
+    x, y, xt, yt = pixels
+    binary = probe.fit_linear_head(x, (y % 2)[:, None].astype("float32"), "binary", 1)
+    assert binary.kernel.shape == (64, 1) and np.mean((binary.logits(xt)[:, 0] > 0) == (yt % 2)) > 0.85
+    labels = np.stack([y % 2 == 0, y >= 5, np.isin(y, [0, 4, 6, 8, 9])], axis=1).astype("float32")
+    truth = np.stack([yt % 2 == 0, yt >= 5, np.isin(yt, [0, 4, 6, 8, 9])], axis=1)
+    multi = probe.fit_linear_head(x, labels, "multi_hot", 3)
+    assert multi.kernel.shape == (64, 3) and np.mean((multi.logits(xt) > 0) == truth) > 0.85
+    xr, yr = skdata.load_diabetes(return_X_y=True)  # real regression targets
+    ridge = probe.fit_linear_head(xr[:300], yr[:300, None], "continuous", 1)
+    mean, std = xr[:300].mean(0), xr[:300].std(0)
+    expected = Ridge(alpha=ridge.strength).fit((xr[:300] - mean) / std, yr[:300]).predict((xr[300:] - mean) / std)
+    np.testing.assert_allclose(ridge.logits(xr[300:])[:, 0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_features_are_refused_by_name(pixels):
+    x, y, _, _ = pixels
+    with pytest.raises(ValueError, match="`features` and `y` must have the same length"):
+        probe.fit_linear_head(x, y[:10], "sparse", 10)
+    broken = x.copy()
+    broken[3, 3] = np.nan
+    with pytest.raises(ValueError, match="`features` holds NaN"):
+        probe.fit_linear_head(broken, y, "sparse", 10)
+
+
+def test_probe_sets_dense_and_conv_heads_so_the_model_predicts_the_probe(digits_small):
+    x, y = digits_small
+    dense = keras.models.load_model(kerasft.__path__[0] + "/../saved_models/mnist_cnn.keras")
+    features = probe.head_features(dense, x)
+    head = probe.fit_linear_head(features, y, "sparse", 10)
+    probe.set_head_weights(kerasft.find_head(dense), head)
+    np.testing.assert_allclose(dense.predict(x[:20], verbose=0),
+                               keras.ops.convert_to_numpy(keras.ops.softmax(head.logits(features[:20]))), atol=1e-4)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(6, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    h = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    out = keras.layers.Flatten()(keras.layers.Conv2D(10, 1, name="logits")(h))
+    conv = keras.Model(inputs, out)
+    feats = probe.head_features(conv, x)
+    linear = probe.fit_linear_head(feats, y, "sparse", 10)
+    probe.set_head_weights(conv.get_layer("logits"), linear)
+    np.testing.assert_allclose(conv.predict(x[:20], verbose=0), linear.logits(feats[:20]), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="does not fit head"):
+        probe.set_head_weights(conv.get_layer("logits"), probe.LinearHead(np.zeros((5, 3)), np.zeros(3), 1, 0, ""))
