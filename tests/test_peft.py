@@ -173,6 +173,44 @@ def test_wrong_base_model_is_refused(tmp_path):
         peft.load_adapters(other_arch, path)
 
 
+def test_rank_larger_than_the_layer_is_refused():
+    # rank=1000 on the CNN's 3136x128 "fc" was accepted: 99.8% of the model trainable.
+    model = load_mnist_cnn()
+    for rank in (129, 1000):
+        with pytest.raises(ValueError, match=rf"`rank={rank}` is larger than layer 'fc' allows: .*"
+                                             r"min\(fan_in=3136, fan_out=128\) = 128.*rank <= 128"):
+            peft.apply_lora(model, rank=rank)
+    assert not model.get_layer("fc").lora_enabled
+    assert peft.apply_lora(model, rank=64).report.adapter_params == 64 * (3136 + 128)
+
+
+def test_damaged_adapter_file_is_refused_before_the_model_changes(tmp_path):
+    # A wrong array used to fail after LoRA was enabled and the layers frozen.
+    path = peft.save_adapters(peft.apply_lora(load_mnist_cnn(), rank=2).model, tmp_path / "a.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    a_name = meta["adapters"][0]["arrays"][0]
+    damaged = {"wrong shape": {**arrays, a_name: arrays[a_name][:, :1]},
+               "missing array": {k: v for k, v in arrays.items() if k != a_name},
+               "not finite": {**arrays, a_name: np.full_like(arrays[a_name], np.nan)}}
+    for what, content in damaged.items():
+        np.savez(tmp_path / "bad.npz", **content)
+        model = load_mnist_cnn()
+        snap, flags = snapshot(model), [layer.trainable for layer in model.layers]
+        with pytest.raises(ValueError, match=r"bad.npz' is damaged \("):
+            peft.load_adapters(model, tmp_path / "bad.npz")
+        assert not changed(snap) and not model.get_layer("fc").lora_enabled, what
+        assert [layer.trainable for layer in model.layers] == flags, what
+    # Truncated, or holding Python objects: named, and no advice to allow pickles.
+    (tmp_path / "cut.npz").write_bytes(open(path, "rb").read()[:500])
+    np.savez(tmp_path / "objects.npz", __meta__=np.array([{"format": 1}], dtype=object))
+    for name in ("cut.npz", "objects.npz"):
+        with pytest.raises(ValueError, match=rf"{name}' is damaged or not a kerasft adapter file") as info:
+            peft.load_adapters(load_mnist_cnn(), tmp_path / name)
+        assert "allow_pickle" not in str(info.value)
+
+
 # --- DoRA and adapter dropout (wrapper layers) ------------------------------------------
 
 
@@ -490,7 +528,7 @@ def test_bad_inputs_are_refused_with_clear_messages(tmp_path):
         ]
     )
     with pytest.raises(ValueError, match="LoRA cannot go on 'c': it has a weight constraint"):
-        peft.apply_lora(constrained, targets=["d", "c"], train=())
+        peft.apply_lora(constrained, targets=["d", "c"], train=(), rank=1)
     assert not constrained.get_layer("d").lora_enabled  # refused before changing anything
 
     peft.apply_lora(model, rank=2)

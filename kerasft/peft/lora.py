@@ -290,9 +290,32 @@ def apply_plan(
     )
 
 
+def _check_rank(n: _walk.Node, spec: AdapterSpec) -> None:
+    """Refuse an adapter of a rank larger than its layer's.
+
+    ``A @ B`` has rank at most ``min(fan_in, fan_out)``: a larger rank adds parameters and
+    nothing else (rank 1000 on a 3136x128 layer trained 99.8% of the model).
+    """
+    layer = n.layer.layer if isinstance(n.layer, LoRA) else n.layer
+    kernel = getattr(layer, "kernel", None) if not isinstance(layer, keras.layers.Embedding) else layer.embeddings
+    if kernel is None or len(kernel.shape) < 2:
+        return
+    fan_in, fan_out = math.prod(int(d) for d in kernel.shape[:-1]), int(kernel.shape[-1])
+    limit = min(fan_in, fan_out)
+    if spec.rank > limit:
+        raise ValueError(
+            f"Argument `rank={spec.rank}` is larger than layer {n.path!r} allows: its update has rank "
+            f"at most min(fan_in={fan_in}, fan_out={fan_out}) = {limit}, and the adapter would have "
+            f"{spec.rank * (fan_in + fan_out):,} parameters for the {fan_in * fan_out:,} weights it "
+            f"adapts. HINT: pass rank <= {limit}, well below for a low-rank update (finetune: "
+            f"lora_rank=), or leave {n.path!r} out of the targets."
+        )
+
+
 def _check_plan(plan: list[tuple[_walk.Node, AdapterSpec]]) -> None:
     """Refuse what would fail half-way, before anything in the model changes."""
     for n, spec in plan:
+        _check_rank(n, spec)
         if not spec.wraps(n.layer):
             if getattr(n.layer, "kernel_constraint", None) or getattr(
                 n.layer, "embeddings_constraint", None
