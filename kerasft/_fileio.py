@@ -29,6 +29,7 @@ __all__ = [
     "tidy_permissions",
     "current_umask",
     "sweep_leftovers",
+    "make_partial_directory",
     "scratch_directory",
     "make_scratch_directory",
 ]
@@ -157,6 +158,17 @@ def _remove(path: str) -> None:
 
 def _temporary_prefix(path: str) -> str:
     return f".{os.path.basename(path)}.{os.getpid()}."
+
+
+def make_partial_directory(path: str) -> str:
+    """A new private directory beside ``path`` named as its temporaries are.
+
+    For staging that must stay on the destination's filesystem (to be renamed into
+    place); :func:`sweep_leftovers` removes it after a kill, like any temporary of ``path``.
+    """
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".partial", dir=os.path.dirname(path))
 
 
 # --------------------------------------------------------------------------- renames

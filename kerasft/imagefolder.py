@@ -15,13 +15,12 @@ import collections
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
-from kerasft._fileio import atomic_directory
+from kerasft._fileio import atomic_directory, make_partial_directory
 
 __all__ = ["load_image_folder", "load_tfds_folder", "image_folder_to_tfds", "IMAGE_EXTENSIONS"]
 
@@ -39,6 +38,7 @@ def load_image_folder(
     image_size: tuple[int, int] | None = None,
     color_mode: str = "auto",
     class_names: Sequence[str] | None = None,
+    follow_symlinks: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a folder with one sub-folder of images per class into arrays.
 
@@ -65,8 +65,11 @@ def load_image_folder(
             channel when every image is grayscale, 3 otherwise. Defaults to `"auto"`.
         class_names: class names in class-id order, to fix the ids (e.g. the same for a
             train and a test folder); every sub-folder must be one of them, and a name
-            without a sub-folder simply has no images. Defaults to `None` (sorted
-            sub-folder names).
+            without a sub-folder simply has no images. Each must be a plain folder name
+            (no `/`, `.` or `..`). Defaults to `None` (sorted sub-folder names).
+        follow_symlinks: read class folders and images that are symbolic links to
+            places outside `path`; by default they are refused, so that only what is
+            under `path` is read. Defaults to `False`.
 
     Returns:
         `(x, y, class_names)`: `x` is `float32` `(n, height, width, channels)` with
@@ -81,7 +84,7 @@ def load_image_folder(
     size = _check_image_size(image_size)
     _check_color_mode(color_mode)
     path = os.fspath(path)
-    names, files_per_class = _scan_class_folder(path, class_names)
+    names, files_per_class = _scan_class_folder(path, class_names, follow_symlinks=follow_symlinks)
     files = [f for files in files_per_class for f in files]
     labels = np.concatenate(
         [np.full(len(files), i, dtype="int64") for i, files in enumerate(files_per_class)]
@@ -297,8 +300,9 @@ def image_folder_to_tfds(
     )
     data_dir = os.path.abspath(os.fspath(data_dir))
     final = os.path.join(data_dir, name, version)
-    with atomic_directory(final, overwrite=overwrite) as tmp:
-        staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=os.path.dirname(tmp))
+    with atomic_directory(final, overwrite=overwrite, what="prepared TFDS dataset (with dataset_info.json)",
+                          replaceable=lambda p: os.path.isfile(os.path.join(p, "dataset_info.json"))) as tmp:
+        staging = make_partial_directory(final)  # same filesystem: its result is renamed into place
         try:
             builder = _supervised_builder(
                 name=name,
@@ -378,10 +382,43 @@ def _image_files(folder: str, extensions: Sequence[str]) -> list[str]:
     )
 
 
+def _check_names(names: list[str]) -> None:
+    """Class names are folder names inside the root: never a path that leaves it."""
+    bad = [n for n in names if not n or n in (".", "..") or "\0" in n
+           or any(sep in n for sep in (os.sep, os.altsep) if sep)]
+    if bad:
+        raise ValueError(
+            f"Argument `class_names` must hold plain folder names inside `path`, but {bad!r} are "
+            "empty, '.', '..' or paths. HINT: name the class sub-folders, e.g. ['cat', 'dog']."
+        )
+
+
+def _outside(file: str, root: str) -> bool:
+    real, base = os.path.realpath(file), os.path.realpath(root)
+    return real != base and not real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _check_links(root: str, folder: str, files: list[str], follow_symlinks: bool) -> None:
+    """Refuse class folders or images that are links to places outside ``root``."""
+    if follow_symlinks:
+        return
+    escaping = [p for p in [folder, *files] if os.path.islink(p) or os.path.islink(os.path.dirname(p))
+                if _outside(p, root)]
+    if escaping:
+        first = escaping[0]
+        raise ValueError(
+            f"{first!r} is a symbolic link to {os.path.realpath(first)!r}, outside {root!r} "
+            f"({len(escaping)} such paths in {folder!r}). kerasft reads only what is under `path`. "
+            "HINT: copy the images in, or pass follow_symlinks=True if you trust the links."
+        )
+
+
 def _scan_class_folder(
     path: str,
     class_names: Sequence[str] | None = None,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    *,
+    follow_symlinks: bool = False,
 ) -> tuple[list[str], list[list[str]]]:
     """Return (class names, image files per class), checking the layout."""
     if not os.path.exists(path):
@@ -406,6 +443,7 @@ def _scan_class_folder(
                 f"Argument `class_names` must be a list of names. Received: {class_names!r}"
             )
         names = [str(c) for c in class_names]
+        _check_names(names)
         if len(set(names)) != len(names):
             raise ValueError(f"Argument `class_names` has duplicates: {names!r}")
         unknown = [f for f in folders if f not in names]
@@ -433,6 +471,7 @@ def _scan_class_folder(
                 f"Class folder {folder!r} holds no image (files ending in "
                 f"{', '.join(extensions)}).{hint}"
             )
+        _check_links(path, folder, files, follow_symlinks)
         per_class.append(files)
     return names, per_class
 

@@ -115,6 +115,30 @@ def test_load_image_folder_errors(three_digits, tmp_path):
 # --- tensorflow-datasets ------------------------------------------------------------------
 
 
+def test_class_names_and_links_cannot_leave_the_folder(split_folder, tmp_path):
+    # class_names=["../x", "/abs"] read folders outside the root, and links were followed.
+    outside = tmp_path / "private"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8), "uint8")).save(outside / "secret.png")
+    root = split_folder / "train"
+    for names in (["zero", "../private"], ["zero", str(outside)], ["zero", ".."], ["zero", ""]):
+        with pytest.raises(ValueError, match=r"`class_names` must hold plain folder names inside `path`"):
+            load_image_folder(root, class_names=names)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "zero").symlink_to(root / "zero")  # a link inside... to another tree
+    (linked / "other").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"is a symbolic link to .*private', outside .*follow_symlinks=True"):
+        load_image_folder(linked)
+    x, y, names = load_image_folder(linked, follow_symlinks=True, image_size=(8, 8))
+    assert names == ["other", "zero"] and (y == 0).sum() == 1
+    inside = tmp_path / "inside"
+    (inside / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), "uint8")).save(inside / "a" / "1.png")
+    (inside / "b").symlink_to(inside / "a")  # a link that stays under the root is fine
+    assert load_image_folder(inside)[2] == ["a", "b"]
+
+
 def test_load_tfds_folder_with_image_folder(split_folder, three_digits):
     ds, names = load_tfds_folder(split_folder, "test")
     assert names == sorted(NAMES)
