@@ -505,6 +505,22 @@ def test_overwrite_replaces_only_a_kerasft_export(tmp_path):
     assert kerasft.export.is_export(first)
 
 
+def test_exports_honour_a_private_umask(tmp_path):
+    # Exports were widened to 0o755/0o644 whatever the umask.
+    old = os.umask(0o077)
+    try:
+        saved = export_model(_tiny(), tmp_path / "m")
+        lite = export_model(_tiny(), tmp_path / "m.tflite", format="tflite")
+    finally:
+        os.umask(old)
+    for root, _, files in os.walk(saved):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600
+    for name in kerasft.export.export_files(lite).values():
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
+
+
 def test_directory_appearing_during_export_is_kept(tmp_path, monkeypatch):
     from kerasft.export import savedmodel
 
