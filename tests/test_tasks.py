@@ -169,3 +169,22 @@ def test_keras_hub_text_export_serves_raw_strings(reviews, tmp_path, recipe):
     expected = keras.ops.softmax(result.model.predict(reviews.x_test[:8], verbose=0)).numpy()
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-4)  # adapters merged in
     assert [n.decode() for n in served["class_name"].numpy()] == [["rotten", "fresh"][i] for i in expected.argmax(1)]
+
+
+def test_keras_hub_efficientnet_with_its_own_num_features_is_copied():
+    # KerasHub's EfficientNetBackbone config leaves num_features out: the copy was rebuilt
+    # with 1280 and failed with "Layer 'top_conv' expected 1 variables".
+    import keras_hub
+
+    from kerasft.engine.task import copy_model
+
+    backbone = keras_hub.models.EfficientNetBackbone(
+        width_coefficient=0.1, depth_coefficient=0.1, stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1],
+        stackwise_input_filters=[32, 16], stackwise_output_filters=[16, 24], stackwise_expansion_ratios=[1, 6],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25], stackwise_strides=[1, 2],
+        stackwise_block_types=["v1", "v1"], image_shape=(32, 32, 3), num_features=64)
+    task = keras_hub.models.EfficientNetImageClassifier(backbone, num_classes=3)
+    copied = copy_model(task)
+    assert copied is not task and type(copied) is type(task)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(copied.predict(x, verbose=0), task.predict(x, verbose=0), atol=1e-6)

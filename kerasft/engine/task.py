@@ -198,7 +198,7 @@ def _copy_keras_hub_task(model: keras.Model) -> keras.Model:
     # From the config and weights in memory: about 1 s faster than a saving round trip for
     # a 23M-parameter BERT, which is most of a trial's fixed cost in kerasft.search.
     try:
-        config = model.get_config()
+        config = _completed_config(model)
         if config.get("preprocessor") is not None:
             config["preprocessor"] = model.preprocessor
         clone = type(model).from_config(config)
@@ -210,6 +210,22 @@ def _copy_keras_hub_task(model: keras.Model) -> keras.Model:
         path = os.path.join(tmp, "task.keras")
         model.save(path)
         return keras.models.load_model(path, compile=False)
+
+
+def _completed_config(model: keras.Model) -> dict:
+    """A KerasHub task's config with the arguments its backbone's config leaves out.
+
+    KerasHub 0.32's ``EfficientNetBackbone.get_config`` omits ``num_features``: rebuilt
+    with the default, the top convolution gets another width and no weights fit
+    (``Layer 'top_conv' expected 1 variables``). Its value is read back from that layer.
+    """
+    config = model.get_config()
+    backbone = getattr(model, "backbone", None)
+    inner = (config.get("backbone") or {}).get("config")
+    if type(backbone).__name__ == "EfficientNetBackbone" and isinstance(inner, dict) and "num_features" not in inner:
+        filters = backbone.get_layer("top_conv").filters
+        inner["num_features"] = int(round(filters / backbone.stackwise_width_coefficients[-1]))
+    return config
 
 
 def select_output(model: keras.Model, head: str | None) -> keras.Model:
