@@ -120,23 +120,23 @@ def row_features(seed: int) -> dict:
 
 
 def row_kerasft(seed: int) -> dict:
-    """kerasft's text recipe (kerasft.textjob.TEXT_RECIPE): LP-FT on cached frozen layers."""
+    """``kerasft.finetune`` with its defaults (recipe="auto")."""
     from kerasft import textjob
 
     keras.utils.set_random_seed(seed)
     split = textdata.rotten_tomatoes_few_shot(n_train=N_TRAIN, n_test=N_TEST, seed=SPLIT_SEED)
     task = textjob.build_task()
     start = time.perf_counter()
-    result = kerasft.finetune(task, (split.x_train, split.y_train), seed=seed, verbose=0, copy=False,
-                              **textjob.TEXT_RECIPE)
+    result = kerasft.finetune(task, (split.x_train, split.y_train), seed=seed, verbose=0, copy=False)
     seconds = time.perf_counter() - start
     accuracy = result.evaluate((split.x_test, split.y_test))["accuracy"]
     speed = result.speed.phases
     return {
-        "name": "kerasft.finetune, textjob.TEXT_RECIPE (LP-FT, top 3 layers)",
+        "name": "kerasft.finetune, defaults (recipe='auto')",
         "accuracy": accuracy,
         "seconds": seconds,
-        "note": "whole finetune call; features "
+        "note": f"whole finetune call; {result.probe.pooling} pooling; "
+        + ("refit on all labels; " if result.selection is not None else "")
         + ", ".join(f"{p.feature_seconds:.1f} s ({p.feature_source})" for p in speed if p.cached),
     }
 

