@@ -27,7 +27,15 @@ from kerasft.engine.hooks import Hook
 from kerasft.engine.loading import load_model
 from kerasft.engine.optim import PhaseOptimizer, phase_optimizer, staged_optimizer
 from kerasft.engine.options import Options
-from kerasft.engine.plan import Phase, Plan, Rate, build_plan, select_trainable, trainable_layers
+from kerasft.engine.plan import (
+    Phase,
+    Plan,
+    Rate,
+    TrainableSnapshot,
+    build_plan,
+    select_trainable,
+    trainable_layers,
+)
 from kerasft.engine.result import FinetuneResult, NaNEvent, PhaseResult, RegularizationRecord
 from kerasft.engine.task import (
     Task,
@@ -139,6 +147,9 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         ValueError / TypeError: a model or data kerasft cannot fine-tune, with the reason.
     """
     copy = options.run.copy
+    # Seeded before any layer is built: Keras layers draw their random seeds (dropout) from
+    # Python's generator when constructed, and a model loaded from a path is built here.
+    keras.utils.set_random_seed(options.data.seed)
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, safe_mode=options.run.safe_mode, verbose=options.run.verbose)
         copy = False
@@ -329,6 +340,10 @@ class Runner:
             return self._phase(run, speed)
         if run.probe.model is not run.model:
             run.replace_model(run.probe.model)
+            if run.task.adapters is not None:  # the new head trains beside the adapters
+                run.task.adapters.restore(run.model)
+                run.task.head.trainable = True
+                run.task.adapters = TrainableSnapshot.take(run.model)
         run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} 'probe': {run.probe.describe()}")
         model, task = run.model, run.task
         model.compile(loss=task.loss, metrics=list(task.metrics))

@@ -2,8 +2,9 @@
 
 Regexes match in full against a layer's path or its name, so ``"query"`` and
 ``"backbone/.*/query"`` both work, as PEFT's ``target_modules`` users expect. The
-default targets follow the architecture: the query/value projections of attention
-layers when there are any, else every Dense and 1x1 convolution below the head.
+default targets follow the architecture: every projection (attention and feed-forward)
+of the top half of the attention blocks when there are any, else every Dense and 1x1
+convolution below the head.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _default_targets(model: keras.Model, nodes: list[_walk.Node], head: Any) -> 
         and isinstance(n.layer, (keras.layers.Dense, keras.layers.EinsumDense))
     ]
     if attention:
-        return attention
+        return _top_blocks(nodes, attention, head)
 
     convs = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
@@ -78,6 +79,29 @@ def _default_targets(model: keras.Model, nodes: list[_walk.Node], head: Any) -> 
         for n in nodes
         if n.layer is not head and (isinstance(n.layer, keras.layers.Dense) or pointwise(n.layer))
     ]
+
+
+def _top_blocks(nodes: list[_walk.Node], attention: list[_walk.Node], head: Any) -> list[_walk.Node]:
+    """Every projection (attention and feed-forward) of the top half of the attention blocks.
+
+    A block is what holds an attention layer (``.../transformer_layer_3`` holding
+    ``.../transformer_layer_3/self_attention_layer/query``). On MiniLM and 400 reviews,
+    adapters on all projections of the top three of six blocks reached 0.703 against
+    0.648 for the query/value projections of all six (``benchmarks/peft.py``), and the
+    untouched bottom half can run once, its outputs cached.
+    """
+    blocks: list[str] = []
+    for n in attention:
+        parts = n.path.split("/")
+        block = "/".join(parts[:-2]) if len(parts) > 2 else "/".join(parts[:-1])
+        if block and block not in blocks:
+            blocks.append(block)
+    if len(blocks) < 2:
+        return attention
+    top = blocks[len(blocks) - -(-len(blocks) // 2):]
+    dense = (keras.layers.Dense, keras.layers.EinsumDense)
+    return [n for n in nodes if n.layer is not head and isinstance(n.layer, dense)
+            and any(n.path.startswith(b + "/") for b in top)]
 
 
 def resolve_targets(

@@ -180,9 +180,9 @@ def apply_lora(
             Defaults to `0.0`.
         targets: layers to adapt: regexes matched in full against layer paths
             (``"backbone/.*/query"``) or layer names (``"query"``), and/or layer classes.
-            `None` picks per architecture: the query and value projections of attention
-            layers when the model has any, else every ``Dense`` and 1x1 convolution except
-            the head. Defaults to `None`.
+            `None` picks per architecture: every projection (attention and feed-forward)
+            of the top half of the attention blocks when the model has any, else every
+            ``Dense`` and 1x1 convolution except the head. Defaults to `None`.
         method: ``"lora"`` or ``"dora"``. Defaults to `"lora"`.
         use_rslora: scale by ``alpha / sqrt(rank)`` (rank-stabilised LoRA). Defaults to
             `False`.
