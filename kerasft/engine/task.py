@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ import keras
 
 from kerasft import _keras_compat as compat
 from kerasft import surgery
+from kerasft._fileio import scratch_directory
 from kerasft.callbacks import monitor_mode
 from kerasft.data import DataSpec, class_weights
 from kerasft.engine.options import TaskOptions
@@ -206,7 +206,7 @@ def _copy_keras_hub_task(model: keras.Model) -> keras.Model:
         return clone
     except Exception:  # anything the config does not rebuild: the slower, complete copy
         pass
-    with tempfile.TemporaryDirectory(prefix="kerasft_copy_") as tmp:
+    with scratch_directory("copy") as tmp:  # swept after a kill
         path = os.path.join(tmp, "task.keras")
         model.save(path)
         return keras.models.load_model(path, compile=False)

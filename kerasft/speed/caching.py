@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 import weakref
@@ -49,6 +48,7 @@ import tensorflow as tf
 from kerasft import _keras_compat as compat
 from kerasft import data as data_lib
 from kerasft import surgery
+from kerasft._fileio import make_scratch_directory
 
 __all__ = ["FeatureCache", "FeatureSplit", "FeatureStore", "PhaseSetup", "split_frozen_prefix",
            "CachedFeatureModel", "CACHE_CHOICES", "barrier_reason", "check_cache_features", "prefix_key"]
@@ -809,7 +809,7 @@ class FeatureCache:
             os.makedirs(self.directory, exist_ok=True)
             return self.directory
         if self._tmpdir is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="kerasft_features_")
+            self._tmpdir = make_scratch_directory("features")  # swept after a kill
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
         return self._tmpdir
 
