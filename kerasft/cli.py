@@ -83,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a model (no arguments: the bundled digits demo)")
     ft.add_argument("model", nargs="?", default=None,
                     help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)")
-    ft.add_argument("--task", default="image", choices=["image", "text"],
+    ft.add_argument("--task", default="image", choices=["image", "text", "generate"],
                     help="image (default: digits or --data folder) or text: MiniLM (a pretrained BERT) "
                          "on 400 Rotten Tomatoes reviews, beside KerasHub's hand-written recipe "
                          "(kerasft.finetune with its defaults; of the options below only "
-                         "--seed, --json and -q apply)")
+                         "--seed, --json and -q apply); or generate: SmolLM2-135M-Instruct (GGUF) taught "
+                         "to answer fresh/rotten (--epochs, --lr, --batch-size, --export FILE.gguf also apply)")
     ft.add_argument("--no-baseline", action="store_true", help="--task text: skip KerasHub's recipe")
     ft.add_argument("--data", default=None,
                     help="'digits' (scikit-learn digits, default) or an image folder with one "
@@ -239,6 +240,10 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     if args.task == "text":
         _check_text_options(args)
         return _cmd_finetune_text(args)
+    if args.task == "generate":
+        from kerasft.llm.job import run_cli
+
+        return run_cli(args)
     _image_defaults(args)
     import keras
 

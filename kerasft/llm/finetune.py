@@ -15,6 +15,7 @@ the :class:`SFTPlan`.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -76,7 +77,7 @@ class SFTPlan:
     def __str__(self) -> str:
         packed = f"{self.rows} rows of {self.sequence_length} ({self.fill:.0%} filled)"
         lines = [
-            f"kerasft SFT plan: {self.examples} {self.kind} examples ({self.validation_examples} held out) -> {packed}",
+            f"kerasft SFT plan: {self.examples} examples ({self.kind}; {self.validation_examples} held out) -> {packed}",
             f"  tokens/epoch {self.tokens:,}, loss on {self.target_tokens:,}; batch {self.batch_size} rows"
             f" x {self.gradient_accumulation} accumulated, {self.steps_per_epoch} steps/epoch, {self.epochs} epochs",
             f"  recipe {self.recipe!r}: {self.trainable:,} trainable of {self.total:,} parameters "
@@ -177,8 +178,16 @@ def _adapt(causal_lm: Any, config: SFTConfig) -> Any:
     from kerasft import peft
 
     targets = ALL_LINEAR if config.lora_targets == "all-linear" else config.lora_targets
-    result = peft.apply_lora(causal_lm, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                             targets=targets, method=config.recipe, train=(), quantize=config.quantize)
+    # Keras's Model.quantize runs a full garbage collection for every layer it quantizes
+    # (Layer.__delattr__): seconds each in a process holding a vocabulary and TF graphs.
+    # Freezing the objects that exist already makes those collections cheap.
+    gc.freeze()
+    try:
+        result = peft.apply_lora(causal_lm, rank=config.lora_rank, alpha=config.lora_alpha,
+                                 dropout=config.lora_dropout, targets=targets, method=config.recipe, train=(),
+                                 quantize=config.quantize)
+    finally:
+        gc.unfreeze()
     if result.model is not causal_lm:  # a rebuilt graph would train weights the causal LM does not use
         raise ValueError(
             "Argument `lora_targets` selects layers that need adapter wrappers outside the transformer blocks; "
@@ -238,9 +247,10 @@ def _optimizer(config: SFTConfig, total_steps: int) -> keras.optimizers.Optimize
 class _Guard(keras.callbacks.Callback):
     """NaN guard and best weights: only the trainable variables are copied (adapters are small)."""
 
-    def __init__(self, watch_validation: bool):
+    def __init__(self, watch_validation: bool, peak_rate: float):
         super().__init__()
         self.watch_validation = watch_validation
+        self.peak_rate = peak_rate
         self.event: NaNEvent | None = None
         self.best: float | None = None
         self._good: list[np.ndarray] | None = None
@@ -263,8 +273,7 @@ class _Guard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if self.event is None and loss is not None and not math.isfinite(float(loss)):
-            self.event = NaNEvent("sft", self._epoch + 1, batch + 1, float(loss),
-                                  float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+            self.event = NaNEvent("sft", self._epoch + 1, batch + 1, float(loss), self.peak_rate)
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -415,7 +424,7 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
     _log(config, str(plan))
     trainer = SFTModel(causal_lm, remat=config.remat)
     trainer.compile(optimizer=_optimizer(config, plan.steps_per_epoch * plan.epochs))
-    guard = _Guard(watch_validation=prepared.validation is not None)
+    guard = _Guard(watch_validation=prepared.validation is not None, peak_rate=config.lr)
     callbacks = [guard, *(config.callbacks or [])]
     done, checkpoint = 0, None
     if config.checkpoint_dir is not None:
