@@ -76,6 +76,7 @@ __all__ = [
     "report_from_predictions",
     "plot_report",
     "peft",
+    "llm",
     "convert",
     "SearchResult",
     "search",
@@ -140,3 +141,12 @@ __all__ = [
     "trainable_state",
     "unfreeze",
 ]
+
+
+def __getattr__(name: str):
+    # kerasft.llm (causal LMs, GGUF) imports KerasHub: it loads on first use, not with kerasft.
+    if name == "llm":
+        import importlib
+
+        return importlib.import_module("kerasft.llm")
+    raise AttributeError(f"module 'kerasft' has no attribute {name!r}")
