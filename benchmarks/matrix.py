@@ -577,11 +577,12 @@ def append_row(path: str, row: dict) -> None:
 
 def run(cases: list[str], seeds: list[int], methods: list[str], quick: bool, path: str,
         rerun: bool) -> None:
-    done = {(r["case"], r["seed"], r["method"]) for r in read_rows(path)
-            if "error" not in r and r.get("quick") == quick}
     for name in cases:
         case = CASES[name]
         for seed in seeds:
+            # Read again before each case-seed: another process may share the file.
+            done = {(r["case"], r["seed"], r["method"]) for r in read_rows(path)
+                    if "error" not in r and r.get("quick") == quick}
             todo = [m for m in methods_for(case, methods, quick)
                     if rerun or (name, seed, m) not in done]
             if not todo:
