@@ -460,3 +460,37 @@ class TrainableTFSMLayer(keras.layers.TFSMLayer):
         )
         self._track_variable(variable)
 
+
+
+# ---------------------------------------------------------------------------- KerasHub internals
+
+
+def llama_block_parts(layer: Any) -> dict[str, Any]:
+    """The sublayers of a KerasHub ``LlamaTransformerDecoder`` by role.
+
+    KerasHub keeps them as private attributes and offers no public accessor; a GGUF file
+    names each weight by its role, so reading and writing one needs them.
+    """
+    attention = layer._self_attention_layer
+    return {
+        "attention": attention,
+        "attention_norm": layer._self_attention_layernorm,
+        "query": attention._query_dense,
+        "key": attention._key_dense,
+        "value": attention._value_dense,
+        "output": attention._output_dense,
+        "ffn_norm": layer._feedforward_layernorm,
+        "gate": layer._feedforward_gate_dense,
+        "up": layer._feedforward_intermediate_dense,
+        "down": layer._feedforward_output_dense,
+    }
+
+
+def parent_hook(cls: type, obj: Any, name: str) -> Callable[..., Any]:
+    """The parent class's private hook ``name`` bound to ``obj`` (``super(cls, obj).name``).
+
+    For subclasses that extend a KerasHub tokenizer's private set-up hooks
+    (``_update_special_token_ids``, ``_set_vocabulary_and_merges_tokenizers``), which are
+    the only places its vocabulary is installed.
+    """
+    return getattr(super(cls, obj), name)

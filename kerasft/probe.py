@@ -297,7 +297,8 @@ def fit_linear_head(
             one for ``"binary"``.
         validation: ``(features, targets)`` to choose the strength on. Defaults to `None`
             (cross-validation).
-        class_weight: per-class weights of the training loss. Defaults to `None`.
+        class_weight: per-class weights of the training loss; for ``"multi_hot"``, the
+            weight of each label's positive examples. Defaults to `None`.
         folds: folds of the cross-validation. Defaults to `5`.
         refit_on_all: with ``validation``, fit the chosen strength again on training
             and validation examples together. Defaults to `False`.
@@ -325,18 +326,22 @@ def _fit_linear_head(features, y, label_mode, num_classes, validation, class_wei
         xv, tv = _as_matrix(validation[0], "validation"), probe_targets(validation[1], label_mode)
     kind = "ridge" if label_mode == "continuous" else "multinomial"
     units = t.shape[1] if kind == "ridge" else 2 if label_mode in ("binary", "multi_hot") else num_classes
-    problem = _Problem(kind, units, None if label_mode == "multi_hot" else class_weight, seed)
     columns = range(t.shape[1]) if label_mode == "multi_hot" else [None]
+    if label_mode == "multi_hot":  # class_weight: label -> weight of its positives
+        problems = [_Problem(kind, units, {0: 1.0, 1: float(class_weight[j])} if class_weight and j in class_weight
+                             else None, seed) for j in columns]
+    else:
+        problems = [_Problem(kind, units, class_weight, seed)]
     mean, std = _standardise(x)
     z, zv = (x - mean) / std, None if xv is None else (xv - mean) / std
     choices = [_select(problem, z, t if j is None else t[:, j], zv, None if tv is None else (tv if j is None else tv[:, j]),
-                       folds, seed) for j in columns]
+                       folds, seed) for problem, j in zip(problems, columns)]
     if refit_on_all and xv is not None:
         x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
         mean, std = _standardise(x)
         z = (x - mean) / std
     parts = [problem.coefficients(problem.fit(z, t if j is None else t[:, j], choice[0], tol=1e-8), z.shape[1])
-             for j, choice in zip(columns, choices)]
+             for problem, j, choice in zip(problems, columns, choices)]
     if label_mode in ("binary", "multi_hot"):  # one sigmoid unit per label: logit of 1 against 0
         kernel = np.stack([k[:, 1] - k[:, 0] for k, _ in parts], axis=1)
         bias = np.asarray([b[1] - b[0] for _, b in parts])
@@ -466,7 +471,10 @@ def fit_probe(model: keras.Model, task: Any, data: Any, *, seed: int = 0, folds:
     feature_sets = _feature_sets(model, x)
     feature_seconds = time.perf_counter() - start
     spec = task.spec
-    fitted = {name: fit_linear_head(f, y, spec.label_mode, spec.num_classes, class_weight=task.class_weight,
+    class_weight = task.class_weight
+    if spec.label_mode == "multi_hot" and getattr(task.loss, "pos_weight", None) is not None:
+        class_weight = dict(enumerate(task.loss.pos_weight))  # the weighted loss's positives
+    fitted = {name: fit_linear_head(f, y, spec.label_mode, spec.num_classes, class_weight=class_weight,
                                     folds=min(folds, max(2, len(y) // 2)), seed=seed)
               for name, f in feature_sets.items()}
     current = pooling.task_pooling(model) if pooling.is_text_task(model) else "head input"

@@ -1,9 +1,10 @@
-"""Real architectures end to end: every keras.applications family and two KerasHub classifiers.
+"""Real architectures end to end: every keras.applications family and four KerasHub classifiers.
 
 Each network is built with random weights (``weights=None``: nothing downloads) at the
 smallest input size its family accepts, fine-tuned with LP-FT on real handwritten digits
 (4 per class, upsampled and tiled to 3 channels), evaluated, and exported as a
-SavedModel whose served classes must match the model's. The graphs hold what kerasft
+SavedModel whose served probabilities must match the model's (two KerasHub tasks keep
+their preprocessor, which the export must run too). The graphs hold what kerasft
 must understand: raw operations (ConvNeXt's ``x + y``, ViT's ``x[:, 0]``), 1x1
 convolution heads (MobileNet, MobileNetV3), nested backbones, KerasHub layers.
 """
@@ -57,6 +58,29 @@ def _hub_resnet(size):
     return keras_hub.models.ResNetImageClassifier(backbone, num_classes=10)
 
 
+def _hub_vit_preprocessed(size):
+    """A ViT task with its preprocessor kept: raw pixels in, scaled to [-1, 1] by the task."""
+    import keras_hub
+
+    converter = keras_hub.layers.ViTImageConverter(image_size=(size, size), scale=1 / 127.5, offset=-1)
+    preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
+    return keras_hub.models.ViTImageClassifier(_hub_vit(size).backbone, num_classes=10, preprocessor=preprocessor)
+
+
+def _hub_efficientnet_preprocessed(size):
+    """An EfficientNet task (num_features its config leaves out) with its preprocessor kept."""
+    import keras_hub
+
+    backbone = keras_hub.models.EfficientNetBackbone(
+        width_coefficient=0.1, depth_coefficient=0.1, stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1],
+        stackwise_input_filters=[32, 16], stackwise_output_filters=[16, 24], stackwise_expansion_ratios=[1, 6],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25], stackwise_strides=[1, 2],
+        stackwise_block_types=["v1", "v1"], image_shape=(size, size, 3), num_features=64)
+    converter = keras_hub.layers.EfficientNetImageConverter(image_size=(size, size), scale=1 / 255)
+    preprocessor = keras_hub.models.EfficientNetImageClassifierPreprocessor(image_converter=converter)
+    return keras_hub.models.EfficientNetImageClassifier(backbone, num_classes=10, preprocessor=preprocessor)
+
+
 # name: (smallest input size, builder, head layer name); sizes are the families' minimums.
 FAMILIES = {
     "ResNet50": (32, lambda s: _top(A.ResNet50, s), "predictions"),
@@ -74,9 +98,12 @@ FAMILIES = {
     "VGG16": (32, lambda s: _top(A.VGG16, s), "predictions"),
     "KerasHubViT": (32, _hub_vit, "predictions"),
     "KerasHubResNet": (32, _hub_resnet, "predictions"),
+    "KerasHubViTPreprocessed": (32, _hub_vit_preprocessed, "predictions"),
+    "KerasHubEfficientNetPreprocessed": (32, _hub_efficientnet_preprocessed, "predictions"),
 }
 # Measured here (2 cores): 2-13 s each; the others took 18-62 s and are marked slow.
-QUICK = {"MobileNet", "MobileNetV2", "MobileNetV3Small", "VGG16", "KerasHubViT", "KerasHubResNet"}
+QUICK = {"MobileNet", "MobileNetV2", "MobileNetV3Small", "VGG16", "KerasHubViT", "KerasHubResNet",
+         "KerasHubViTPreprocessed", "KerasHubEfficientNetPreprocessed"}
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +148,11 @@ def test_family_finetunes_evaluates_and_exports(name, digits4, tmp_path):
     served = loaded.serve(tf.constant(x[:8]))
     probabilities = served["probabilities"].numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    expected = np.argmax(result.model.predict(x[:8], verbose=0), axis=1)
-    np.testing.assert_array_equal(served["class_id"].numpy(), expected)
+    # What the export serves is what the model predicts (a KerasHub task's preprocessor included).
+    expected = kerasft.export.served_probabilities(result.model, x[:8])
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    np.testing.assert_array_equal(served["class_id"].numpy(), np.argmax(expected, axis=1))
+    assert path.metadata["serving_check"]["max_abs_difference"] < 1e-4
 
 
 def test_conv_head_is_rebuilt_for_other_classes(digits4, tmp_path):

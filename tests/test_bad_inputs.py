@@ -115,7 +115,7 @@ CASES = [
     ("new_head=False with other classes", lambda m, d, t: _ft(m, (d[0], np.minimum(d[1], 2)), new_head=False),
      ValueError, r"`new_head=False`.*10 units.*3 classes"),
     ("unknown recipe", lambda m, d, t: _ft(m, d, recipe="fast"),
-     ValueError, r"Argument `recipe` must be one of \['lp-ft'.*Received: recipe='fast'"),
+     ValueError, r"Argument `recipe` must be one of \['auto', 'lp-ft'.*Received: recipe='fast'"),
     ("negative learning rate", lambda m, d, t: _ft(m, d, lr=-1),
      ValueError, r"Argument `lr` must be a number in \(0, 10\). Received: lr=-1"),
     ("validation_split >= 1", lambda m, d, t: _ft(m, d, validation_split=1.5),

@@ -233,7 +233,7 @@ def test_errors(shipped_model, digits_small):
         shipped_model.fit(x[:32], y[:32], verbose=0, callbacks=[GradualUnfreezing([{"layers": "head"}])])
     with pytest.raises(ValueError, match=r"keras.callbacks.ReduceLROnPlateau.*HINT: pass reduce_on_plateau=True"):
         kerasft.finetune(shipped_model, digits_small, callbacks=[keras.callbacks.ReduceLROnPlateau()], verbose=0)
-    with pytest.raises(ValueError, match=r"Argument `recipe` must be one of \['lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\]"):
+    with pytest.raises(ValueError, match=r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\]"):
         kerasft.finetune(shipped_model, digits_small, recipe="slow", verbose=0)
     with pytest.raises(ValueError, match=r"Argument `recipe`: phases \[1\] have no `epoch`.*HINT"):
         kerasft.finetune(shipped_model, digits_small, recipe=[{"layers": "fc"}, {"layers": "block2_.*"}], verbose=0)

@@ -106,14 +106,18 @@ def test_remat_gives_the_same_gradients(tiny):
     tok = tiny.preprocessor.tokenizer
     _, examples = sft.tokenize_examples(PAIRS[:4], tok, chat_template=tok.chat_template)
     rows = sft.pack(examples, 160, pad_id=tok.pad_token_id)
-    grads = []
-    for remat in (False, True):
-        model = SFTModel(tiny, remat=remat)
-        with tf.GradientTape() as tape:
-            value = model.compute_loss(y=rows.target_ids, y_pred=model(rows.inputs(), training=True),
-                                       sample_weight=rows.loss_weights)
-        grads.append([np.asarray(tf.convert_to_tensor(g)) for g in tape.gradient(value, tiny.trainable_variables)])
-    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    adapted = llm.finetune.copy_causal_lm(tiny)
+    kerasft.peft.apply_lora(adapted, rank=4, train=())
+    for model in (tiny, adapted):  # everything trainable; LoRA on a frozen base
+        grads = []
+        for remat in (False, True):
+            trainer = SFTModel(model, remat=remat)
+            with tf.GradientTape() as tape:
+                value = trainer.compute_loss(y=rows.target_ids, y_pred=trainer(rows.inputs(), training=True),
+                                             sample_weight=rows.loss_weights)
+            grads.append([np.asarray(tf.convert_to_tensor(g)) for g in tape.gradient(value, model.trainable_variables)])
+        assert len(grads[0]) == len(model.trainable_variables)
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
 
 
 def test_finetune_learns_the_answers(tiny_path):

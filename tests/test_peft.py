@@ -398,7 +398,7 @@ def test_dora_inside_kerashub_blocks_goes_in_place(tmp_path):
     classifier, texts, _, labels = bert_classifier(with_preprocessor=True)
     classifier.save(tmp_path / "base.keras")
     expected = classifier.predict(texts, verbose=0)
-    result = peft.apply_lora(classifier, rank=4, alpha=8, method="dora")
+    result = peft.apply_lora(classifier, rank=4, alpha=8, method="dora", targets=["query", "value"])
     assert result.model is classifier
     query = classifier.get_layer("bert_backbone").get_layer("transformer_layer_0")
     query = query._self_attention_layer._query_dense
@@ -441,9 +441,9 @@ def test_adapter_dropout_inside_kerashub_blocks_is_refused_with_a_hint():
         r"'bert_backbone/transformer_layer_0/self_attention_layer/query'.*"
         r"inside 'self_attention_layer'.*HINT: use dropout=0.0 there",
     ):
-        peft.apply_lora(classifier, method="dora", dropout=0.1)
+        peft.apply_lora(classifier, method="dora", dropout=0.1, targets=["query", "value"])
     with pytest.raises(ValueError, match="LoRA with dropout needs a wrapper.*HINT: use method='lora'"):
-        peft.apply_lora(classifier, dropout=0.1)
+        peft.apply_lora(classifier, dropout=0.1, targets=["query", "value"])
     assert not any(_walk.is_adapted(node.layer) for node in _walk.walk(classifier))
 
 

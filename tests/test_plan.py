@@ -198,7 +198,9 @@ def test_option_matrix_builds_plans_or_refuses(model_for_plans, recipe, pair):
 
 def test_every_conflict_row_is_hit_by_its_case_alone():
     cases = [
-        (dict(quantize="int8"), r"`quantize='int8'` quantizes the frozen base under low-rank adapters, but recipe='lp-ft'"),
+        (dict(recipe="auto", head_epochs=2), r"`head_epochs=2` sets the epochs of a head trained by gradient"),
+        (dict(recipe="auto", lr="find"), r"`lr='find'` sweeps the rate of a head trained by gradient"),
+        (dict(quantize="int8"), r"`quantize='int8'` quantizes the frozen base under low-rank adapters, but recipe='auto'"),
         (dict(task="classification", standardize_targets=True), r"`standardize_targets=True` applies to regression"),
         (dict(task="regression", label_smoothing=0.1), r"`label_smoothing=0.1` smooths class labels"),
         (dict(task="regression", class_weight="balanced"), r"`class_weight='balanced'` applies to classification"),

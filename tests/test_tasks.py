@@ -10,6 +10,7 @@ from sklearn.datasets import load_diabetes
 import kerasft
 from kerasft import data as data_lib
 from kerasft import datasets, textdata
+from kerasft import probe as probe_lib
 from kerasft.engine.task import WeightedBinaryCrossentropy
 
 
@@ -83,7 +84,14 @@ def test_class_weights(shipped_model):
     assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.8
     # multi-label: positives weighted in the loss
     ml = kerasft.plan(shipped_model, (x, _multilabel(y)), class_weight="balanced")
-    assert ml.phases[0].name == "head"
+    assert ml.phases[0].name == "probe"
+    # the probe weighs the positives as the loss does: more of the rare label predicted
+    features = np.random.default_rng(0).normal(size=(300, 6))
+    rare = (features[:, 0] > 1.3).astype("float32")[:, None]
+    targets = np.concatenate([rare, 1 - rare], axis=1)
+    plain = probe_lib.fit_linear_head(features, targets, "multi_hot", 2)
+    weighted = probe_lib.fit_linear_head(features, targets, "multi_hot", 2, class_weight={0: 8.0})
+    assert (weighted.logits(features)[:, 0] > 0).sum() > (plain.logits(features)[:, 0] > 0).sum()
     options = kerasft.Options.from_keywords(class_weight="balanced")
     task = kerasft.engine.setup_task(shipped_model, data_lib.infer_spec(_multilabel(y)), options.task, seed=0)
     assert isinstance(task.loss, WeightedBinaryCrossentropy) and task.class_weight is None

@@ -215,15 +215,22 @@ def test_plain_export_without_data_is_checked_on_a_probe_batch(result, tmp_path)
 # --- the run's own sample ------------------------------------------------------------------
 
 
-def test_finetune_result_keeps_a_sample_for_exports(result, split, tmp_path):
+def test_finetune_result_keeps_a_sample_for_exports(result, split, shipped_model_path, tmp_path):
     """Needs `Run.result()` to fill `representative` (kerasft/engine/runner.py)."""
     sample = result.representative
     assert isinstance(sample, ExportSample)
-    assert sample.inputs.shape == (80, 28, 28, 1)  # the training split of 100 (20% validation)
-    x_held, y_held = sample.held_out
+    # 100 examples: recipe='auto' holds none out, so the sample is all of them and unlabelled
+    assert sample.inputs.shape == (100, 28, 28, 1) and sample.held_out is None
+    path = result.export(str(tmp_path / "auto.tflite"), format="tflite", quantize="int8", class_names=NAMES)
+    assert path.check.data == "training inputs of the fine-tuning run (no held-out data)"
+    assert path.check.accuracy is None
+    # with a validation split, the held-out examples check the export and carry labels
+    held = kerasft.finetune(shipped_model_path, (split.x_train, split.y_train), validation_split=0.2, epochs=1,
+                            verbose=0)
+    x_held, y_held = held.representative.held_out
+    assert held.representative.inputs.shape == (80, 28, 28, 1)
     assert x_held.shape == (20, 28, 28, 1) and y_held.shape == (20,)
-    path = result.export(str(tmp_path / "auto.tflite"), format="tflite", quantize="int8",
-                         class_names=NAMES)
+    path = held.export(str(tmp_path / "held.tflite"), format="tflite", quantize="int8", class_names=NAMES)
     assert path.check.examples == 20
     assert path.check.data == "held-out validation examples of the fine-tuning run"
     assert path.check.accuracy is not None

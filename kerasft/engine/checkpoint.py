@@ -43,7 +43,9 @@ _LOCK = ".lock"
 _EPOCH_LOGS = "epoch_logs.json"
 # Keywords of finetune that do not change what is trained: where it is logged, how fast
 # it runs, whether the model is copied first.
-_NOT_TRAINING = frozenset({"verbose", "checkpoint_dir", "tensorboard", "copy", "safe_mode", "feature_store",
+# Callbacks are left out: a resumed run may watch itself differently (a progress bar, a
+# logger, TensorBoard) and is still the same run.
+_NOT_TRAINING = frozenset({"callbacks", "verbose", "checkpoint_dir", "tensorboard", "copy", "safe_mode", "feature_store",
                            "cache_features", "cache_budget", "jit_compile", "steps_per_execution", "distribute"})
 _DIGEST_SAMPLE = 1 << 16
 
@@ -92,7 +94,7 @@ def run_fingerprint(run: Run) -> dict[str, Any]:
     the training and validation examples and labels when they are in memory; their
     counts for a streamed pipeline), the resolved rates and phases, and every ``finetune``
     keyword that changes training (``loss``, ``label_smoothing``, ``class_weight``,
-    ``augment``...; not ``verbose``, ``checkpoint_dir`` or speed options). Each is a
+    ``augment``...; not ``callbacks``, ``verbose``, ``checkpoint_dir`` or speed options). Each is a
     top-level key, so a refusal can name what changed.
     """
     data = run.data
@@ -184,14 +186,14 @@ class _DirectoryLock:
         self.path = os.path.join(directory, _LOCK)
         earlier = self._held.pop(self.path, None)
         if earlier is not None:
-            earlier._finalizer.detach()
+            earlier.finalizer.detach()
             self.fd = earlier.fd
         else:
             self.fd = self._acquire()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         self._held[self.path] = self
-        self._finalizer = weakref.finalize(self, os.close, self.fd)
+        self.finalizer = weakref.finalize(self, os.close, self.fd)
 
     def _acquire(self) -> int:
         import fcntl
@@ -212,7 +214,7 @@ class _DirectoryLock:
     def release(self) -> None:
         if self._held.get(self.path) is self:
             del self._held[self.path]
-        self._finalizer()  # closing the descriptor releases the flock
+        self.finalizer()  # closing the descriptor releases the flock
 
 
 # --------------------------------------------------------------------------- directory

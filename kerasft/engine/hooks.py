@@ -102,6 +102,7 @@ class _Tracker(keras.callbacks.Callback):
         self.best = -math.inf
         self.best_weights: list[np.ndarray] | None = None
         self.best_phase: str | None = None
+        self.best_logged: float | None = None
         self.phase = ""
         self.from_epoch = 0
         self._last: dict[str, Any] | None = None
@@ -142,6 +143,7 @@ class _Tracker(keras.callbacks.Callback):
             self.best = score
             self.best_weights = model.get_weights()
             self.best_phase = phase
+            self.best_logged = float(logs[self.monitor])
 
     def offer(self, logs: dict[str, Any], model: keras.Model, phase: str) -> None:
         """Score ``model``'s current weights as if an epoch of ``phase`` had ended with ``logs``."""
@@ -149,7 +151,7 @@ class _Tracker(keras.callbacks.Callback):
 
     @property
     def best_value(self) -> float | None:
-        return None if self.best_weights is None else self.sign * round(self.best, 5)
+        return None if self.best_weights is None else self.best_logged
 
     def restore(self, model: keras.Model) -> None:
         if self.best_weights is not None:
@@ -227,13 +229,15 @@ class _NaNCallback(keras.callbacks.Callback):
 class NaNGuard(Hook):
     """Stop at the first non-finite loss, keep the last finite weights, skip later phases."""
 
+    _callback: _NaNCallback | None = None  # None: a phase without fit (the probe)
+
     def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
         self._callback = _NaNCallback(run)
         return [self._callback]
 
     def phase_end(self, run: Run, result: PhaseResult) -> None:
-        callback, self._callback = getattr(self, "_callback", None), None
-        event = callback.event if callback is not None else None  # None: a phase without fit (the probe)
+        callback, self._callback = self._callback, None
+        event = callback.event if callback is not None else None
         if event is None:
             return
         peak = run.phase_peak
@@ -384,6 +388,8 @@ class FrozenBackboneDropout(Hook):
     left as they are.
     """
 
+    _saved: tuple = ()  # none after a phase without fit (the probe)
+
     def phase_start(self, run: Run) -> None:
         self._saved: list[tuple[keras.layers.Layer, float]] = []
         if run.phase.staged:
@@ -400,7 +406,7 @@ class FrozenBackboneDropout(Hook):
                         part.rate = 0.0
 
     def phase_end(self, run: Run, result: PhaseResult) -> None:
-        for layer, rate in getattr(self, "_saved", []):  # none after a phase without fit (the probe)
+        for layer, rate in self._saved:
             layer.rate = rate
         self._saved = []
 

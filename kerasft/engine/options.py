@@ -56,7 +56,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 class RecipeOptions:
     """What trains when, and at which rates (see ``finetune``'s docstring for each)."""
 
-    recipe: Any = "auto"
+    recipe: Any = "lp-ft"  # finetune() without a recipe: default_recipe() (usually "auto")
     head_epochs: int = 5
     epochs: int = 10
     lr: float | str = 1e-2
@@ -238,7 +238,7 @@ class Options:
     regularization: RegularizationOptions = RegularizationOptions()
     speed: SpeedOptions = SpeedOptions()
     run: RunOptions = RunOptions()
-    given: frozenset[str] = frozenset()
+    given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> Options:
@@ -281,7 +281,8 @@ class Options:
                     f"{sorted(owner)}"
                 )
             groups[owner[key]][key] = value
-        return cls(**{name: _GROUPS[name](**values) for name, values in groups.items()})
+        given = frozenset(k for k in FIXED_DEFAULTS if keywords.get(k) is not None)
+        return cls(**{name: _GROUPS[name](**values) for name, values in groups.items()}, given=given)
 
     def keywords(self) -> dict[str, Any]:
         """The flat ``finetune`` keywords these options were built from."""
@@ -307,10 +308,11 @@ def default_recipe(keywords: Mapping[str, Any]) -> str:
     """The recipe when none is given: ``"auto"``, or ``"lp-ft"`` for options only its head phase has.
 
     ``head_epochs=`` and ``lr="find"`` describe a head trained by gradient, which
-    ``"auto"`` does not have (it fits the head in closed form): code written for the
-    LP-FT recipe with those options keeps its meaning.
+    ``"auto"`` does not have (it fits the head in closed form), and ``prune=`` prunes
+    the last phase of a fixed recipe: code written for the LP-FT recipe with those
+    options keeps its meaning.
     """
-    if keywords.get("head_epochs") is not None or keywords.get("lr") == "find":
+    if keywords.get("head_epochs") is not None or keywords.get("lr") == "find" or keywords.get("prune") is not None:
         return "lp-ft"
     return "auto"
 

@@ -226,7 +226,8 @@ class Plan:
         lines = [f"{'phase':<28}{'epochs':>7}{'trainable':>13}  rate"]
         for name, epochs, count, rate in self.rows():
             shown = "?" if count is None else f"{count:,}"
-            lines.append(f"{name:<28}{epochs:>7}{shown:>13}  {rate}")
+            steps = "-" if rate.startswith("closed form") else epochs  # a probe takes no epochs
+            lines.append(f"{name:<28}{steps:>7}{shown:>13}  {rate}")
         if self.total_params:
             lines.append(f"{self.total_params:,} parameters in all; {self.steps_per_epoch} steps per epoch")
         if self.decision is not None:
@@ -335,7 +336,8 @@ def _auto(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer, decisi
     return [
         Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn),
         Phase("finetune", decision.epochs, decision.unfreeze, Rate(decision.rate), "warmup_cosine", decision.warmup,
-              spread=decision.layer_decay is not None, train_bn=o.train_bn, layer_decay=decision.layer_decay),
+              spread=decision.layer_decay is not None or o.lr_mult is not None, train_bn=o.train_bn,
+              layer_decay=decision.layer_decay),
     ]
 
 

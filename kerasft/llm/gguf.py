@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from kerasft import _keras_compat as compat
+
 __all__ = [
     "GGUFFile",
     "read_gguf",
@@ -197,17 +199,16 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 def _block_tensors(backbone: Any, i: int) -> Iterator[tuple[str, Any, str, str]]:
     """``(GGUF name, layer, attribute, kind)`` of block ``i``; kind says how the layouts differ."""
-    layer = backbone.get_layer(f"transformer_layer_{i}")
-    attention = layer._self_attention_layer
-    yield f"blk.{i}.attn_norm.weight", layer._self_attention_layernorm, "scale", "vector"
-    yield f"blk.{i}.attn_q.weight", attention._query_dense, "kernel", "query"
-    yield f"blk.{i}.attn_k.weight", attention._key_dense, "kernel", "key"
-    yield f"blk.{i}.attn_v.weight", attention._value_dense, "kernel", "value"
-    yield f"blk.{i}.attn_output.weight", attention._output_dense, "kernel", "output"
-    yield f"blk.{i}.ffn_norm.weight", layer._feedforward_layernorm, "scale", "vector"
-    yield f"blk.{i}.ffn_gate.weight", layer._feedforward_gate_dense, "kernel", "dense"
-    yield f"blk.{i}.ffn_up.weight", layer._feedforward_intermediate_dense, "kernel", "dense"
-    yield f"blk.{i}.ffn_down.weight", layer._feedforward_output_dense, "kernel", "dense"
+    parts = compat.llama_block_parts(backbone.get_layer(f"transformer_layer_{i}"))
+    yield f"blk.{i}.attn_norm.weight", parts["attention_norm"], "scale", "vector"
+    yield f"blk.{i}.attn_q.weight", parts["query"], "kernel", "query"
+    yield f"blk.{i}.attn_k.weight", parts["key"], "kernel", "key"
+    yield f"blk.{i}.attn_v.weight", parts["value"], "kernel", "value"
+    yield f"blk.{i}.attn_output.weight", parts["output"], "kernel", "output"
+    yield f"blk.{i}.ffn_norm.weight", parts["ffn_norm"], "scale", "vector"
+    yield f"blk.{i}.ffn_gate.weight", parts["gate"], "kernel", "dense"
+    yield f"blk.{i}.ffn_up.weight", parts["up"], "kernel", "dense"
+    yield f"blk.{i}.ffn_down.weight", parts["down"], "kernel", "dense"
 
 
 def _tensors(backbone: Any) -> Iterator[tuple[str, Any, str, str]]:

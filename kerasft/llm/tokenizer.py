@@ -19,6 +19,8 @@ import keras
 from keras_hub.src.models.llama.llama_backbone import LlamaBackbone
 from keras_hub.src.tokenizers.byte_pair_tokenizer import SPLIT_PATTERN_TOKENIZERS, BytePairTokenizer
 
+from kerasft import _keras_compat as compat
+
 __all__ = ["GGUFTokenizer", "PRE_TOKENIZERS"]
 
 # GPT-2's word pattern, as Hugging Face's ByteLevel pre-tokenizer applies it.
@@ -146,12 +148,12 @@ class GGUFTokenizer(BytePairTokenizer):
         super().__init__(vocabulary=vocabulary, merges=merges, unsplittable_tokens=unsplittable, **kwargs)
 
     def _update_special_token_ids(self) -> None:
-        super()._update_special_token_ids()
+        compat.parent_hook(GGUFTokenizer, self, "_update_special_token_ids")()
         if self.vocabulary is not None and self.pad_token is not None:
             self.pad_token_id = self.token_to_id(self.pad_token)
 
     def _set_vocabulary_and_merges_tokenizers(self, vocabulary, merges) -> None:
-        super()._set_vocabulary_and_merges_tokenizers(vocabulary, merges)
+        compat.parent_hook(GGUFTokenizer, self, "_set_vocabulary_and_merges_tokenizers")(vocabulary, merges)
         self._tokenizer.pre_tokenizer = _hf_pre_tokenizer(PRE_TOKENIZERS[self.pre_tokenizer])
 
     def get_config(self) -> dict[str, Any]:
