@@ -3,7 +3,7 @@
 ``python benchmarks/matrix.py --report`` calls :func:`write`. Per case: kerasft and every
 baseline as mean +- standard deviation over seeds (points, x100), the best baseline (the
 highest mean), kerasft minus it, and the wall-time ratio kerasft / reference recipe; then
-issue 18's targets checked over case-seeds, listing every miss.
+the matrix's targets checked over case-seeds, listing every miss.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def summarize(rows: Sequence[dict], cases: Sequence[Any]) -> list[dict]:
 
 
 def targets(summary: list[dict]) -> list[dict]:
-    """Issue 18's four targets: ``name``, ``passed``, ``value`` and ``misses`` (text lines)."""
+    """The matrix's four targets: ``name``, ``passed``, ``value`` and ``misses`` (text lines)."""
     gaps = [(c["case"].name, s, g) for c in summary for s, g in sorted(c["gaps"].items())]
     ratios = [(c["case"].name, s, r) for c in summary for s, r in sorted(c["ratios"].items())]
     out = []
@@ -127,7 +127,7 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
     lines = [
         "# Benchmark matrix: kerasft's defaults against the baselines a user would write",
         "",
-        "The evidence for kerasft's default recipe (issue 18). Each case is a real pretrained",
+        "The evidence for kerasft's default recipe. Each case is a real pretrained",
         "model on real data; for every case and seed, `benchmarks/matrix.py` runs",
         "`kerasft.finetune(model, (x_train, y_train), seed=seed, verbose=0)` with the",
         "defaults, and beside it, in the same process and on the same split, the baselines",

@@ -8,9 +8,10 @@ Sequence length 64, batch 32, training seed 0 (``--seed``).
 
 Rows:
 
-- ``kerasft``: ``kerasft.finetune`` with ``kerasft.textjob.TEXT_RECIPE`` on the same
-  ``BertTextClassifier``: the frozen bottom (embeddings, layers 0-2) runs once and is
-  cached, the head trains 3 epochs, then layers 3-5 and the pooler 2 epochs at 3e-4.
+- ``kerasft``: ``kerasft.finetune`` with its defaults (``recipe="auto"``) on the same
+  ``BertTextClassifier``: a probe on frozen features (both poolings), then the top half
+  of the blocks fine-tuned on the cached output of the bottom half, chosen against the
+  probe on a holdout and trained again on all labels (docs/text.md).
 - ``baseline``: ``keras_hub.models.BertTextClassifier`` (KerasHub's [CLS]-pooler head,
   dropout 0.1) fine-tuned end to end, ``Adam(5e-5)``,
   ``SparseCategoricalCrossentropy(from_logits=True)``, 3 epochs; "train s" is the
