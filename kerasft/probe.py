@@ -94,6 +94,13 @@ class ProbeChoice:
     fit_seconds: float
     train_loss: float
     model: Any = field(default=None, repr=False)
+    chance: float | None = None
+
+    @property
+    def no_signal(self) -> bool:
+        """Whether the chosen head's held-out loss is no better than guessing from label frequencies."""
+        score = self.candidates.get(self.pooling)
+        return self.chance is not None and score is not None and self.chance > 0 and score >= 0.97 * self.chance
 
     def describe(self) -> str:
         tried = ", ".join(f"{k} {v:.4g}" for k, v in self.candidates.items())
@@ -489,4 +496,23 @@ def fit_probe(model: keras.Model, task: Any, data: Any, *, seed: int = 0, folds:
     outputs = _outputs(fitted[chosen].logits(feature_sets[chosen]), model, task.from_logits)
     train_loss = float(keras.ops.convert_to_numpy(task.loss(y, outputs.astype("float32"))))
     return ProbeChoice(chosen, fitted[chosen], {k: v.score for k, v in fitted.items()}, feature_seconds,
-                       time.perf_counter() - start - feature_seconds, train_loss, model)
+                       time.perf_counter() - start - feature_seconds, train_loss, model,
+                       chance_loss(y, spec.label_mode))
+
+
+def chance_loss(y: np.ndarray, label_mode: str) -> float:
+    """The held-out loss of a head that knows only the label frequencies (the mean, for values).
+
+    Cross-entropy of the class frequencies (per label, averaged, for multi-label); for
+    regression the targets' variance, the squared error of predicting their mean.
+    """
+    t = probe_targets(y, label_mode)
+    if label_mode == "continuous":
+        return float(np.mean(np.var(t, axis=0)))
+    columns = [t[:, j] for j in range(t.shape[1])] if t.ndim == 2 else [t]
+    losses = []
+    for column in columns:
+        p = np.bincount(column.astype("int64")) / len(column)
+        p = p[p > 0]
+        losses.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(losses))

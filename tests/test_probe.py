@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -86,3 +88,23 @@ def test_probe_sets_dense_and_conv_heads_so_the_model_predicts_the_probe(digits_
     np.testing.assert_allclose(conv.predict(x[:20], verbose=0), linear.logits(feats[:20]), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="does not fit head"):
         probe.set_head_weights(conv.get_layer("logits"), probe.LinearHead(np.zeros((5, 3)), np.zeros(3), 1, 0, ""))
+
+
+def test_features_without_signal_are_reported(shipped_model_path):
+    from kerasft import datasets
+
+    split = datasets.digits_few_shot(shots=10, seed=0)
+    x, y = split.x_train, split.y_train
+    assert probe.chance_loss(y, "sparse") == pytest.approx(np.log(10))
+    # 0..1 pixels into a model that rescales 0..255 itself: said before training
+    with pytest.warns(UserWarning, match=r"rescales them itself \(layer 'rescale'.*HINT: pass the pixels unscaled"):
+        kerasft.plan(shipped_model_path, (x / 255.0, y))
+    # blank inputs: the frozen features say nothing, and the probe says so
+    with pytest.warns(UserWarning, match=r"carry no signal about these labels"):
+        result = kerasft.finetune(shipped_model_path, (x * 0.0, y), epochs=1, verbose=0)
+    assert result.probe.no_signal
+    # the same digits as the model expects: no warning
+    model = keras.models.load_model(shipped_model_path)
+    task = kerasft.engine.setup_task(model, kerasft.data.infer_spec(y), kerasft.Options.from_keywords().task, seed=0)
+    choice = probe.fit_probe(model, task, types.SimpleNamespace(arrays=(x, y)))
+    assert not choice.no_signal and choice.chance == pytest.approx(np.log(10))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +138,28 @@ class Run:
         )
 
 
+def _warn_unscaled_pixels(model: keras.Model, prepared: Any) -> None:
+    """Warn when inputs already in 0..1 meet a model that divides its input by 255 itself."""
+    if prepared.arrays is None:
+        return
+    inputs = keras.tree.flatten(prepared.arrays[0])
+    for layer in model.layers:
+        scale = getattr(layer, "scale", None)
+        if not isinstance(layer, keras.layers.Rescaling) or not isinstance(scale, (int, float)):
+            continue
+        if not 0 < scale <= 1 / 100 or len(inputs) != 1:
+            continue
+        x = np.asarray(inputs[0])
+        if x.dtype.kind == "f" and x.size and float(np.max(x)) <= 1.0 and float(np.min(x)) >= -1.0:
+            warnings.warn(
+                f"The inputs lie in [{float(np.min(x)):.3g}, {float(np.max(x)):.3g}], but model {model.name!r} "
+                f"rescales them itself (layer {layer.name!r}: x * {scale:.4g}), as for 0..255 pixels: they reach "
+                "it nearly all zero. HINT: pass the pixels unscaled (0..255).",
+                stacklevel=3,
+            )
+        return
+
+
 def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Options) -> Run:
     """Load or copy the model, check and batch the data, set up the task, build the plan.
 
@@ -178,6 +201,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
             one_hot=_needs_one_hot(options), augment=o.augment,
         )
+        _warn_unscaled_pixels(model, prepared)
         decision = None
         if options.auto:
             decision = _decide(profile, prepared, options, restore_length)
@@ -345,6 +369,15 @@ class Runner:
                 run.task.head.trainable = True
                 run.task.adapters = TrainableSnapshot.take(run.model)
         run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} 'probe': {run.probe.describe()}")
+        if run.probe.no_signal:
+            warnings.warn(
+                f"The frozen features of model {run.model.name!r} carry no signal about these labels: a linear "
+                f"head on them scores no better on held-out examples than guessing from the label frequencies "
+                f"(loss {run.probe.candidates[run.probe.pooling]:.4g} against {run.probe.chance:.4g}). Fine-tuning "
+                "may still learn, but check that the inputs are scaled as the model expects (0..255 pixels, "
+                "not 0..1, for a model that rescales inside) and that the backbone has its pretrained weights.",
+                stacklevel=2,
+            )
         model, task = run.model, run.task
         model.compile(loss=task.loss, metrics=list(task.metrics))
         history = {"loss": [run.probe.train_loss]}
