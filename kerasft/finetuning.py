@@ -48,7 +48,7 @@ def finetune(
     finetune_lr: float | None = None,
     warmup: float | None = None,
     unfreeze: str | int | float | None = None,
-    train_bn: bool = False,
+    train_bn: bool | None = None,
     batch_size: int | None = None,
     optimizer: str | None = None,
     weight_decay: float | None = None,
@@ -110,7 +110,8 @@ def finetune(
     the model family's rate for a budget counted in optimizer steps, scores the probe and
     every epoch on held-out data where there is enough of it, keeps the best, and trains
     the winner again on all labels when the data is small. BatchNormalization layers
-    stay in inference mode unless ``train_bn=True``. The other recipes (``"lp-ft"``,
+    train during that fine-tune (their statistics follow the new data) unless
+    ``train_bn=False``. The other recipes (``"lp-ft"``,
     ``"full"``, ``"gradual"``...) run fixed phases with the defaults listed below.
 
     Example:
@@ -169,7 +170,9 @@ def finetune(
             Defaults to `None`: ``"auto"`` unfreezes a transformer's top half of attention
             blocks and everything else entirely; ``"all"`` for the other recipes.
         train_bn: let BatchNormalization layers train (batch statistics, updated moving
-            averages) once unfrozen. Defaults to `False`.
+            averages) once unfrozen. Defaults to `None`: ``"auto"`` lets them train in its
+            fine-tune; `False` (inference mode, as the Keras transfer-learning guide
+            keeps them) for the other recipes.
         batch_size: batch size (global, across replicas). Defaults to `None`: ``"auto"``
             takes a power of two in [8, 32] that gives about ten steps an epoch; `32` for
             the other recipes.

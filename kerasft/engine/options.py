@@ -46,7 +46,8 @@ BUILTIN_RECIPES = ("auto", "lp-ft", "full", "head", "gradual", "lora", "dora", "
 # Keywords whose `None` in `finetune` means "the recipe decides": recipe="auto" decides
 # them from the model and the data; the other recipes take these fixed defaults.
 FIXED_DEFAULTS: dict[str, Any] = {"batch_size": 32, "validation_split": 0.2, "head_epochs": 5, "epochs": 10,
-                                  "lr": 1e-2, "optimizer": "adam", "warmup": 0.1, "unfreeze": "all"}
+                                  "lr": 1e-2, "optimizer": "adam", "warmup": 0.1, "unfreeze": "all",
+                                  "train_bn": False}
 # Recipes that train low-rank adapters beside frozen pretrained weights, and their method.
 ADAPTER_RECIPES = {"lora": "lora", "dora": "dora", "lp-lora": "lora", "lp-dora": "dora"}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")

@@ -205,7 +205,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         decision = None
         if options.auto:
             decision = _decide(profile, prepared, options, restore_length)
-            options = options.replace(batch_size=prepared.batch_size, epochs=decision.epochs,
+            options = options.replace(batch_size=prepared.batch_size, epochs=decision.epochs, train_bn=decision.train_bn,
                                       optimizer=decision.optimizer, weight_decay=decision.weight_decay,
                                       warmup=decision.warmup)
         task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
@@ -262,7 +262,8 @@ def _decide(profile: Any, prepared: data_lib.PreparedData, options: Options,
     user = {"epochs": r.epochs if "epochs" in given else None, "lr": rate,
             "optimizer": options.optimizer.optimizer if "optimizer" in given else None,
             "warmup": r.warmup if "warmup" in given else None, "layer_decay": r.layer_decay, "lr_mult": r.lr_mult,
-            "weight_decay": options.optimizer.weight_decay, "unfreeze": r.unfreeze if "unfreeze" in given else None}
+            "weight_decay": options.optimizer.weight_decay, "unfreeze": r.unfreeze if "unfreeze" in given else None,
+            "train_bn": r.train_bn if "train_bn" in given else None}
     split = options.data.validation_data is None
     n_examples = prepared.n_train + (prepared.n_validation if split else 0)
     length = restore_length[0].sequence_length if restore_length else None
