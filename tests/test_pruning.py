@@ -641,8 +641,9 @@ def test_pruned_digits_model_keeps_its_accuracy(shipped_model_path):
     split = datasets.few_shot_split(*datasets.load_digits(), shots=100, seed=0)
     accuracy = {}
     for name, prune in (("dense", None), ("pruned", 0.8)):
+        # the same recipe both ways (pruning runs with LP-FT's phases)
         result = kerasft.finetune(
-            shipped_model_path, (split.x_train, split.y_train), prune=prune, verbose=0
+            shipped_model_path, (split.x_train, split.y_train), recipe="lp-ft", prune=prune, verbose=0
         )
         accuracy[name] = result.evaluate((split.x_test, split.y_test))["accuracy"]
     print(
