@@ -316,11 +316,12 @@ class RunCheckpoint:
         if saved and os.path.exists(os.path.join(self.directory, _BEST)):
             best.best = saved["score"]
             best.best_phase = saved["phase"]
+            best.best_logged = saved.get("logged", best.sign * saved["score"])
             best.best_weights = _load_arrays(os.path.join(self.directory, _BEST), self.directory)
 
     def save_best(self, best: Any) -> None:
         _save_arrays(os.path.join(self.directory, _BEST), best.best_weights)
-        self.state["best"] = {"score": best.best, "phase": best.best_phase}
+        self.state["best"] = {"score": best.best, "phase": best.best_phase, "logged": best.best_logged}
         self._write_state()
 
     def finish_phase(self, index: int, result: dict[str, Any], weights: list[np.ndarray]) -> None:
