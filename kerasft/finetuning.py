@@ -1,11 +1,13 @@
 """``kerasft.finetune``: fine-tune a pretrained classifier on new labelled data, in one call.
 
-The default recipe is LP-FT, the Keras transfer-learning guide's and fastai
-``fine_tune``'s: train a (possibly new) head on a frozen body, then unfreeze the body
-(all of it, or its top layers) and train everything at a lower rate with warmup and
-cosine decay. BatchNormalization stays in inference mode throughout, early stopping
-watches the validation metric, and the best weights seen in any phase are the ones
-returned.
+The default recipe, ``"auto"``, decides from the model and the data: a linear head fitted
+to convergence on the frozen body's features (a linear probe), then a fine-tune from it
+budgeted in optimizer steps at the model family's rate (BatchNormalization training,
+so that its statistics follow the new data), the probe and the fine-tune compared on
+held-out data where there is enough of it, and the winner trained again on all labels
+when the data is small. The fixed recipes (``"lp-ft"``, the Keras transfer-learning
+guide's and fastai ``fine_tune``'s; ``"full"``, ``"head"``, ``"gradual"``, LoRA) remain
+one keyword away.
 
 This module is the facade: :func:`finetune` sorts its keywords into
 :class:`kerasft.engine.options.Options`, prepares the run (model, data, task, plan) and
