@@ -298,8 +298,9 @@ def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: 
             else "BatchNormalization in inference mode")
     if user.get("train_bn") is not None:
         norm += " (as given)"
+    norm = "" if family == "transformer" else f"; {norm}"  # no BatchNormalization to speak of
     reasons.append(f"fine-tune: {what} from the probe, {optimizer} at {rate:.2g} peak{spread}, warmup 10% "
-                   f"and cosine decay; {norm}")
+                   f"and cosine decay{norm}")
     if sequence_length is not None and user_length is not None and sequence_length < user_length:
         reasons.append(f"text: trained at sequence length {sequence_length} (98% of the texts fit), not the "
                        f"preprocessor's {user_length}, which the returned task keeps")
