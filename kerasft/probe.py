@@ -99,8 +99,7 @@ class ProbeChoice:
     @property
     def no_signal(self) -> bool:
         """Whether the chosen head's held-out loss is no better than guessing from label frequencies."""
-        score = self.candidates.get(self.pooling)
-        return self.chance is not None and score is not None and self.chance > 0 and score >= 0.97 * self.chance
+        return self.chance is not None and self.chance > 0 and self.head.score >= 0.97 * self.chance
 
     def describe(self) -> str:
         tried = ", ".join(f"{k} {v:.4g}" for k, v in self.candidates.items())

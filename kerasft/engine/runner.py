@@ -140,14 +140,14 @@ class Run:
 
 def _warn_unscaled_pixels(model: keras.Model, prepared: Any) -> None:
     """Warn when inputs already in 0..1 meet a model that divides its input by 255 itself."""
-    if prepared.arrays is None:
+    inputs = keras.tree.flatten(prepared.arrays[0]) if prepared.arrays is not None else []
+    if len(inputs) != 1:
         return
-    inputs = keras.tree.flatten(prepared.arrays[0])
     for layer in model.layers:
         scale = getattr(layer, "scale", None)
         if not isinstance(layer, keras.layers.Rescaling) or not isinstance(scale, (int, float)):
             continue
-        if not 0 < scale <= 1 / 100 or len(inputs) != 1:
+        if not 0 < scale <= 1 / 100:
             continue
         x = np.asarray(inputs[0])
         if x.dtype.kind == "f" and x.size and float(np.max(x)) <= 1.0 and float(np.min(x)) >= -1.0:
@@ -205,9 +205,9 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         decision = None
         if options.auto:
             decision = _decide(profile, prepared, options, restore_length)
-            options = options.replace(batch_size=prepared.batch_size, epochs=decision.epochs, train_bn=decision.train_bn,
+            options = options.replace(batch_size=prepared.batch_size, epochs=decision.epochs,
                                       optimizer=decision.optimizer, weight_decay=decision.weight_decay,
-                                      warmup=decision.warmup)
+                                      warmup=decision.warmup, train_bn=decision.train_bn)
         task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
         if options.recipe.adapters is not None:
             add_adapters(task, options.recipe)
@@ -374,7 +374,7 @@ class Runner:
             warnings.warn(
                 f"The frozen features of model {run.model.name!r} carry no signal about these labels: a linear "
                 f"head on them scores no better on held-out examples than guessing from the label frequencies "
-                f"(loss {run.probe.candidates[run.probe.pooling]:.4g} against {run.probe.chance:.4g}). Fine-tuning "
+                f"(loss {run.probe.head.score:.4g} against {run.probe.chance:.4g}). Fine-tuning "
                 "may still learn, but check that the inputs are scaled as the model expects (0..255 pixels, "
                 "not 0..1, for a model that rescales inside) and that the backbone has its pretrained weights.",
                 stacklevel=2,
