@@ -347,7 +347,8 @@ def finetune(
 def _refit(model: Any, data: Any, options: Options, chosen: FinetuneResult, strategy: Any) -> FinetuneResult:
     """Train the winner of a holdout choice again on all labels (``recipe="auto"`` on small data).
 
-    The probe is fitted again on every example; the fine-tune, if it won, runs for the
+    The probe is fitted again on every example with the features and strength it chose
+    (choosing them again could pick otherwise); the fine-tune, if it won, runs for the
     epochs that won, at the same batch size, with no holdout.
     """
     epochs, score = _winning_epochs(chosen)
@@ -361,6 +362,7 @@ def _refit(model: Any, data: Any, options: Options, chosen: FinetuneResult, stra
               f"{run.data.n_train} labels")
     run.decision = dataclasses.replace(chosen.decision, reasons=(*chosen.decision.reasons, reason))
     run.plan.decision = run.decision
+    run.given_probe = chosen.probe
     run.log(f"kerasft: {reason}")
     result = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
     result.selection = chosen

@@ -79,6 +79,9 @@ def test_holdout_choice_then_refit_on_all_labels(shipped_model, digits):
     assert chosen.phases[0].name == "probe" and "val_accuracy" in chosen.phases[0].history
     assert result.phases[0].epochs == 1 and sum(result.spec.class_counts.values()) == 250  # every label
     assert "refit:" in str(result.plan)
+    # the probe is fitted again with the strength it chose on the holdout, nothing chosen again
+    assert result.probe.head.selection == "given"
+    assert result.probe.head.strength == chosen.probe.head.strength and "as chosen before" in result.probe.describe()
     assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.95
 
 

@@ -59,6 +59,37 @@ def test_binary_multilabel_and_regression_heads(pixels):
     np.testing.assert_allclose(ridge.logits(xr[300:])[:, 0], expected, rtol=1e-6, atol=1e-6)
 
 
+def test_given_strengths_fit_again_without_choosing(pixels):
+    x, y, _, _ = pixels
+    chosen = probe.fit_linear_head(x[:300], y[:300], "sparse", 10)
+    assert chosen.strengths == (chosen.strength,) and 0.8 < chosen.accuracy <= 1.0
+    assert chosen.errors.shape == (300,) and set(np.unique(chosen.errors)) <= {0.0, 1.0}
+    assert chosen.accuracy == pytest.approx(1.0 - chosen.errors.mean())
+    again = probe.fit_linear_head(x, y, "sparse", 10, strengths=chosen.strengths)
+    assert again.selection == "given" and again.strength == chosen.strength and again.errors is None
+    labels = np.stack([y % 2 == 0, y >= 5], axis=1).astype("float32")
+    multi = probe.fit_linear_head(x, labels, "multi_hot", 2)
+    assert len(multi.strengths) == 2 and multi.accuracy is None and multi.errors.shape == (600,)
+    assert probe.fit_linear_head(x, labels, "multi_hot", 2, strengths=multi.strengths).strengths == multi.strengths
+    with pytest.raises(ValueError, match="`strengths` must hold 2 value"):
+        probe.fit_linear_head(x, labels, "multi_hot", 2, strengths=(1.0,))
+
+
+def test_features_kept_unless_another_makes_clearly_fewer_errors(pixels):
+    x, y, _, _ = pixels
+    noise = np.random.default_rng(0).normal(size=(len(x), 16))
+    good = probe.fit_linear_head(x, y, "sparse", 10)
+    useless = probe.fit_linear_head(noise, y, "sparse", 10)
+    # clearly better features win over the preferred ones; the preferred are kept otherwise
+    assert probe._choose_features({"mean": useless, "cls": good}, "mean") == "cls"
+    assert probe._choose_features({"mean": good, "cls": useless}, "mean") == "mean"
+    # nearly the same features (a few pixels dropped): not clearly better, the preferred stay
+    near = probe.fit_linear_head(x[:, 2:], y, "sparse", 10)
+    assert abs(near.accuracy - good.accuracy) < 0.03
+    assert probe._choose_features({"mean": near, "cls": good}, "mean") == "mean"
+    assert probe._choose_features({"mean": good, "cls": near}, "mean") == "mean"
+
+
 def test_bad_features_are_refused_by_name(pixels):
     x, y, _, _ = pixels
     with pytest.raises(ValueError, match="`features` and `y` must have the same length"):

@@ -73,6 +73,8 @@ class Run:
         lr_find, pruning, nan, regularization, stages: records for the result.
         decision: what ``recipe="auto"`` decided (:class:`kerasft.engine.auto.AutoDecision`).
         probe: the :class:`kerasft.probe.ProbeChoice` of a probe phase.
+        given_probe: a probe chosen before (on a holdout) to fit again, its features and
+            strength kept (a refit on all labels).
         keep_final: return the last weights (a fixed budget without validation), not
             the best seen.
         compare_final: each phase is one candidate, scored by its last epoch (the probe
@@ -102,6 +104,7 @@ class Run:
     speed: Any = None
     decision: Any = None
     probe: Any = None
+    given_probe: Any = None
     keep_final: bool = False
     restore_length: tuple[Any, int] | None = None
     unused: tuple[Any, list] | None = field(default=None, repr=False)
@@ -357,7 +360,8 @@ class Runner:
         start = time.perf_counter()
         select_trainable(run.model, run.task.head, run.phase)
         try:
-            run.probe = probe_lib.fit_probe(run.model, run.task, run.data, seed=run.options.data.seed)
+            run.probe = probe_lib.fit_probe(run.model, run.task, run.data, seed=run.options.data.seed,
+                                            given=run.given_probe)
         except probe_lib.ProbeUnavailable as e:
             epochs = int(min(50, max(5, round(100 / run.plan.steps_per_epoch))))
             run.log(f"kerasft: no closed-form probe ({e}); training the head by gradient for {epochs} epochs")
