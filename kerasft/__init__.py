@@ -5,70 +5,43 @@ Import kerasft before TensorFlow: it turns TensorFlow's oneDNN kernels off
 ResNet-style models; see ``kerasft/_onednn.py``.
 """
 
+import os as _os
+import sys as _sys
+
 from kerasft import _onednn
 
 _onednn.configure()
 
-from kerasft import _keras_compat  # noqa: E402
-
-_keras_compat.check_keras_version()
-
-from kerasft import convert, peft, pooling, pruning  # noqa: E402  (register their layers for load_model)
-
-pooling.register_stand_in()
-from kerasft.callbacks import (  # noqa: E402
-    GradualUnfreezing,
-    PhaseLogger,
-    ReduceLROnPlateauScaled,
-    monitor_mode,
-)
-from kerasft.data import DataSpec, PreparedData, prepare_data  # noqa: E402
-from kerasft.engine import Options, Plan  # noqa: E402
-from kerasft.evaluation import EvaluationReport, evaluate, evaluate_model, report_from_predictions  # noqa: E402
-from kerasft.export import export_model, load_for_finetuning, read_export_metadata  # noqa: E402
-from kerasft.finetuning import FinetuneResult, PhaseResult, finetune, load_model, plan  # noqa: E402
-from kerasft.imagefolder import image_folder_to_tfds, load_image_folder, load_tfds_folder  # noqa: E402
-from kerasft.layerwise import (  # noqa: E402
-    discriminative_optimizer,
-    group_multipliers,
-    layer_groups,
-    no_decay_variables,
-)
-from kerasft.lr_finder import LRFindResult, lr_find, suggest_learning_rates  # noqa: E402
-from kerasft.plots import plot_confusion_matrix, plot_history, plot_lr_find, plot_report  # noqa: E402
-from kerasft.pruning import prune_low_magnitude, sparsity_report, strip_pruning  # noqa: E402
-from kerasft.regularizers import L2SP, ClipWeights, apply_l2sp, clip_weights  # noqa: E402
-from kerasft.schedules import (  # noqa: E402
-    OneCycle,
-    Scaled,
-    WarmupCosineDecay,
-    WarmupExponentialDecay,
-    WarmupStepDecay,
-    scale_schedule,
-)
-from kerasft.search import SearchResult, search  # noqa: E402
-from kerasft.speed import CachedFeatureModel, FeatureCache, split_frozen_prefix  # noqa: E402
-from kerasft.surgery import (  # noqa: E402
-    ParamCount,
-    count_params,
-    find_backbone,
-    find_head,
-    freeze,
-    get_layer,
-    iter_layers,
-    replace_head,
-    select_layers,
-    set_trainable,
-    trainable_state,
-    unfreeze,
-)
-from kerasft.tensorboard import TensorBoardLogger  # noqa: E402
-from kerasft.unfreezing import load_phases, sync_optimizer  # noqa: E402
-
 __version__ = "0.1.0"
+
+
+def _is_command_line() -> bool:
+    """Whether this process is the ``kerasft`` console script (``kerasft.cli:main``).
+
+    The script reads its command line before the library (and TensorFlow, seconds to load)
+    is needed: ``kerasft --help``, ``--version`` and a mistyped option answer at once, and
+    TensorFlow's start-up lines are quietened before it loads.
+    """
+    script = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
+    return script in ("kerasft", "kerasft.exe", "kerasft-script.py") and "tensorflow" not in _sys.modules
+
+
+_COMMAND_LINE = _is_command_line()
+if _COMMAND_LINE:
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+else:
+    from kerasft._api import *  # noqa: E402, F403
+
 
 __all__ = [
     "CachedFeatureModel",
+    "HeadConfig",
+    "LayerwiseConfig",
+    "LoraConfig",
+    "OptimizerConfig",
+    "RegularizationConfig",
+    "RunConfig",
+    "SpeedConfig",
     "Options",
     "EvaluationReport",
     "evaluate",
@@ -144,9 +117,19 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    import importlib
+    import importlib.util
+
     # kerasft.llm (causal LMs, GGUF) imports KerasHub: it loads on first use, not with kerasft.
     if name == "llm":
-        import importlib
-
         return importlib.import_module("kerasft.llm")
+    if _COMMAND_LINE and name in __all__:  # the command needs the library now
+        api = importlib.import_module("kerasft._api")
+        globals().update({k: v for k, v in vars(api).items() if not k.startswith("_")})
+        if name in globals():
+            return globals()[name]
+        # Asked for while the library is still loading (`from kerasft import convert`):
+        # a submodule imports by itself; anything else is not there yet.
+        if importlib.util.find_spec(f"kerasft.{name}") is not None:
+            return importlib.import_module(f"kerasft.{name}")
     raise AttributeError(f"module 'kerasft' has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """Data augmentation for fine-tuning, in the input pipeline, from Keras's own layers.
 
-``finetune(augment=...)`` takes a preset or a list of Keras preprocessing layers and
-applies them to training batches in the ``tf.data`` pipeline, never inside the model
-(the exported model does not augment). Presets:
+``finetune(regularization=RegularizationConfig(augment=...))`` takes a preset or a list
+of Keras preprocessing layers and applies them to training batches in the ``tf.data``
+pipeline, never inside the model (the exported model does not augment). Presets:
 
 - ``"light"``: small random zooms and translations, a small rotation (and horizontal
   flips with ``"light+flip"``: digits and text in images are not flip-invariant);
@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["PRESETS", "Augmentation", "build_augmentation", "mixup_batch"]
+__all__ = ["PRESETS", "Augmentation", "build_augmentation", "check_augment", "mixup_batch"]
 
 PRESETS = ("light", "light+flip", "randaugment", "mixup", "cutmix", "feature_mixup")
 _MIXUP_ALPHA = 0.2
@@ -113,18 +113,16 @@ def _check_images(signature: Any, name: str) -> None:
 
 def build_augmentation(augment: Any, *, signature: Any, value_range: tuple[float, float], seed: int,
                        task: str) -> Augmentation | None:
-    """The :class:`Augmentation` for ``finetune(augment=...)``, or ``None``.
+    """The :class:`Augmentation` for ``RegularizationConfig(augment=...)``, or ``None``.
 
     Raises:
         ValueError: an unknown preset, a non-layer in a list, input augmentation for a
             model whose input is not an image, mixing for a regression task.
     """
+    check_augment(augment)
     if augment is None:
         return None
     if isinstance(augment, str):
-        if augment not in PRESETS:
-            raise ValueError(f"Argument `augment` must be None, one of {list(PRESETS)} or a list of Keras "
-                             f"preprocessing layers. Received: augment={augment!r}")
         mix = augment if augment in ("mixup", "cutmix", "feature_mixup") else None
         if mix is not None and task == "regression":
             raise ValueError(f"Argument `augment={augment!r}` mixes labels, which regression targets are not. "
@@ -133,9 +131,21 @@ def build_augmentation(augment: Any, *, signature: Any, value_range: tuple[float
             _check_images(signature, augment)
         layers = _preset_layers(augment, value_range, seed)
         return Augmentation(augment, layers, mix, one_hot=mix is not None and task == "classification", seed=seed)
-    if isinstance(augment, Sequence) and augment and all(isinstance(a, keras.layers.Layer) for a in augment):
-        _check_images(signature, "[...]")
-        return Augmentation("layers", list(augment), seed=seed)
+    _check_images(signature, "[...]")
+    return Augmentation("layers", list(augment), seed=seed)
+
+
+def check_augment(augment: Any) -> None:
+    """Check the value of ``finetune``'s ``augment`` alone (the model and task are checked later).
+
+    Raises:
+        ValueError: neither ``None``, a preset nor a non-empty list of Keras layers.
+    """
+    if augment is None or (isinstance(augment, str) and augment in PRESETS):
+        return
+    if (not isinstance(augment, str) and isinstance(augment, Sequence) and augment
+            and all(isinstance(a, keras.layers.Layer) for a in augment)):
+        return
     raise ValueError(f"Argument `augment` must be None, one of {list(PRESETS)} or a non-empty list of Keras "
                      f"preprocessing layers. Received: augment={augment!r}")
 

@@ -23,7 +23,7 @@ from kerasft import _keras_compat as compat
 from kerasft import layerwise as _layerwise
 from kerasft import schedules as _schedules
 from kerasft import surgery
-from kerasft.unfreezing import apply_trainable, load_phases, resolve_layers, sync_optimizer
+from kerasft.unfreezing import apply_trainable, load_phases, sync_optimizer
 
 __all__ = [
     "GradualUnfreezing",
@@ -204,7 +204,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         for i, phase in enumerate(self.phases):
             layers = [
                 layer
-                for layer in resolve_layers(model, phase["layers"], f"phases[{i}]['layers']")
+                for layer in surgery.select_layers(model, phase["layers"], argument=f"phases[{i}]['layers']")
                 if id(layer) not in taken
             ]
             if not layers:

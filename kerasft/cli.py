@@ -4,20 +4,28 @@
 shipped MNIST CNN on scikit-learn's digits with 10 labels per class, and reports test
 accuracy before fine-tuning, after it, and for the same architecture trained from
 scratch on the same budget. Errors in the input are printed as one line, without a
-traceback, and the exit status is 2.
+traceback, and the exit status is 2; they name the command's options (``--overwrite``),
+not the Python keywords behind them.
+
+This module imports only the standard library at the top, and ``import kerasft`` in
+the ``kerasft`` console script defers the library (see ``kerasft/__init__.py``), so the
+command answers ``--help`` and ``--version`` and refuses a bad option without importing
+TensorFlow. ``python -m kerasft.cli`` imports the whole package, TensorFlow with it, first.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "default_model_path"]
+__all__ = ["main", "run", "parse_args", "build_parser", "default_model_path", "progress_verbosity"]
 
 _EXIT_USAGE = 2
 DEFAULT_EXPORT = os.path.join("saved_models", "digits_finetuned")
@@ -76,8 +84,20 @@ def _learning_rate(text: str) -> str | float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _version() -> str:
+    """``kerasft.__version__``, read from ``kerasft/__init__.py`` without running it (it imports TensorFlow)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__init__.py"), encoding="utf-8") as f:
+        match = re.search(r"""^__version__ = ["']([^"']+)["']""", f.read(), re.M)
+    if match is None:
+        raise RuntimeError("kerasft/__init__.py assigns no `__version__ = \"...\"` line for `kerasft --version`.")
+    return match.group(1)
+
+
+def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``kerasft`` parser and the parser of each command, by name."""
     parser = argparse.ArgumentParser(prog="kerasft", description="Fine-tune pretrained Keras models.")
+    parser.add_argument("--version", action="version", version=f"kerasft {_version()}",
+                        help="print kerasft's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ft = sub.add_parser("finetune", help="fine-tune a model (no arguments: the bundled digits demo)")
@@ -105,11 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=_learning_rate, default=None,
                     help="auto: the fine-tuning rate (default by model family); other recipes: the "
                          "head-phase rate (default 1e-2), or 'find' to run the LR finder")
-    ft.add_argument("--finetune-lr", type=float, default=None)
+    ft.add_argument("--finetune-lr", type=float, default=None,
+                    help="peak rate of the fine-tuning phase, after unfreezing (default: --lr / 10; "
+                         "auto: by model family)")
     ft.add_argument("--unfreeze", type=_unfreeze, default=None,
                     help="'all' (default), top N weighted layers, top fraction, or a regex")
     ft.add_argument("--batch-size", type=_positive_int, default=None, help="default 32")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--seed", type=int, default=0,
+                    help="seed of the data split, the shuffling and the new weights (default 0)")
     ft.add_argument("--export", default=None, metavar="DIR",
                     help=f"SavedModel directory to export to (default with no MODEL: {DEFAULT_EXPORT}); "
                          "checked before training")
@@ -125,9 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     ex = sub.add_parser("export", help="export a .keras model as a SavedModel or TFLite file")
-    ex.add_argument("model")
-    ex.add_argument("path")
-    ex.add_argument("--format", default="saved_model", help="saved_model (default) or tflite")
+    ex.add_argument("model", help="the model to export: a .keras/.h5 file or SavedModel directory")
+    ex.add_argument("path", help="where to export: a SavedModel directory, or a file ending in .tflite")
+    ex.add_argument("--format", default=None,
+                    help="saved_model or tflite (default: tflite for a PATH ending in .tflite, "
+                         "else saved_model)")
     ex.add_argument("--quantize", default=None,
                     help="tflite only: float16, dynamic (int8 weights) or int8 (full-integer, "
                          "calibrated on --data)")
@@ -138,17 +163,69 @@ def build_parser() -> argparse.ArgumentParser:
                          "or 'none': int8 calibration inputs, and held-out data for the LiteRT "
                          "check and the model card's evaluation")
     ex.add_argument("--class-names", default=None, help="comma-separated class names")
-    ex.add_argument("--overwrite", action="store_true")
-    ex.add_argument("--unsafe", action="store_true")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace an existing export at PATH (only an earlier kerasft export)")
+    ex.add_argument("--unsafe", action="store_true",
+                    help="allow Python code (Lambda layers) in the model file: trusted files only")
 
     lf = sub.add_parser("lr-find", help="sweep learning rates and suggest one")
-    lf.add_argument("model", nargs="?", default=None)
-    lf.add_argument("--data", default="digits")
-    lf.add_argument("--shots", type=_positive_int, default=10)
-    lf.add_argument("--plot", default=None, metavar="PNG")
-    lf.add_argument("--json", action="store_true")
-    lf.add_argument("--unsafe", action="store_true")
-    return parser
+    lf.add_argument("model", nargs="?", default=None,
+                    help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)")
+    lf.add_argument("--data", default="digits",
+                    help="'digits' (scikit-learn digits, default) or an image folder with one "
+                         "sub-folder per class")
+    lf.add_argument("--shots", type=_positive_int, default=10,
+                    help="digits only: labelled examples per class to sweep on (default 10)")
+    lf.add_argument("--plot", default=None, metavar="PNG",
+                    help="save the loss-against-rate curve, suggestions marked, to this PNG")
+    lf.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    lf.add_argument("--unsafe", action="store_true",
+                    help="allow Python code (Lambda layers) in the model file: trusted files only")
+    return parser, dict(sub.choices)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``kerasft`` command line (it knows no "Did you mean"; `parse_args` does)."""
+    return _subcommands()[0]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a ``kerasft`` command line, or exit as argparse does.
+
+    ``--help`` and ``--version`` print and exit with status 0; a bad command line prints
+    the usage and the error, with the closest option for a misspelt one (``--epocs``:
+    "Did you mean --epochs?"), and exits with status 2.
+    """
+    parser, commands = _subcommands()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = commands.get(args.command, parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(unknown, command)}")
+    return args
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    # argparse has no public accessor for a parser's actions; `_actions` is what argcomplete reads too.
+    return [action for action in parser._actions if action.option_strings]
+
+
+def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """``". Did you mean --epochs?"`` for the misspelt options among ``unknown``, or ``""``."""
+    flags = [flag for action in _options(parser) for flag in action.option_strings if flag.startswith("--")]
+    hints = []
+    for word in unknown:
+        given = word.split("=", 1)[0]
+        if not given.startswith("-"):
+            continue
+        # Compared without the dashes that every flag shares, which would make anything look close.
+        close = difflib.get_close_matches(given.lstrip("-"), [f[2:] for f in flags], n=1)
+        if close:
+            hints.append((given, "--" + close[0]))
+    if not hints:
+        return ""
+    if len(hints) == 1:
+        return f". Did you mean {hints[0][1]}?"
+    return ". Did you mean " + ", ".join(f"{flag} for {given}" for given, flag in hints) + "?"
 
 
 # `kerasft finetune` options of the image job, with their defaults. `--task text` runs a
@@ -241,17 +318,18 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         _check_text_options(args)
         return _cmd_finetune_text(args)
     if args.task == "generate":
-        from kerasft.llm.job import run_cli
+        from kerasft.jobs.generate import run_cli
 
         return run_cli(args)
     _image_defaults(args)
     import keras
 
     from kerasft import finetuning as ft
+    from kerasft.configs import HeadConfig, RunConfig
     from kerasft.export import SavedModelLayer, check_destination
 
     model_path = args.model or default_model_path()
-    verbose = 0 if args.quiet or args.json else 1
+    verbose = progress_verbosity(args)
     start = time.perf_counter()
     export_path, overwrite = _export_destination(args)
     if export_path is not None:  # before training: a run is not thrown away for its destination
@@ -270,8 +348,8 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     result = ft.finetune(
         model, (task["x_train"], task["y_train"]), recipe=args.recipe, head_epochs=args.head_epochs,
         epochs=args.epochs, lr=args.lr, finetune_lr=args.finetune_lr, unfreeze=args.unfreeze,
-        batch_size=args.batch_size, seed=args.seed, num_classes=n_classes, verbose=verbose,
-        tensorboard=args.tensorboard,
+        batch_size=args.batch_size, seed=args.seed, head=HeadConfig(num_classes=n_classes), verbose=verbose,
+        run=RunConfig(tensorboard=args.tensorboard),
         copy=False,  # loaded here for this run alone (and a SavedModel's layer cannot be copied)
     )
     evaluation = result.evaluate((task["x_test"], task["y_test"]), class_names=task["class_names"])
@@ -292,7 +370,7 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         per_epoch = -(-len(task["x_train"]) // 32)
         base = ft.finetune(
             fresh, (task["x_train"], task["y_train"]), recipe="full", epochs=-(-steps // per_epoch), lr=1e-3,
-            batch_size=32, seed=args.seed, num_classes=n_classes, verbose=verbose, copy=False,
+            batch_size=32, seed=args.seed, head=HeadConfig(num_classes=n_classes), verbose=verbose, copy=False,
             validation_split=0.0, patience=None,
         )
         scratch = _accuracy(base.model, task["x_test"], task["y_test"])
@@ -324,14 +402,25 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not (args.quiet or args.json):
         print(evaluation, flush=True)
-    print(
-        f"kerasft: test accuracy {report['test_accuracy']:.4f} after fine-tuning"
-        f" | pretrained {report['pretrained_accuracy']}"
-        f" | from scratch {report['scratch_accuracy']}"
-        f" | {report['seconds']} s" + (f" | exported to {export_path}" if export_path else ""),
-        flush=True,
-    )
+    print(_result_line(report), flush=True)
     return report
+
+
+def _result_line(report: dict[str, Any]) -> str:
+    """The last line of ``kerasft finetune``; a baseline that was not measured is left out.
+
+    The pretrained model is scored only when its head already has one output per class,
+    and the from-scratch run is skipped with ``--no-scratch`` or for a SavedModel.
+    """
+    parts = [f"kerasft: test accuracy {report['test_accuracy']:.4f} after fine-tuning"]
+    if report["pretrained_accuracy"] is not None:
+        parts.append(f"pretrained {report['pretrained_accuracy']:.4f}")
+    if report["scratch_accuracy"] is not None:
+        parts.append(f"from scratch {report['scratch_accuracy']:.4f}")
+    parts.append(f"{report['seconds']} s")
+    if report["export_path"]:
+        parts.append(f"exported to {report['export_path']}")
+    return " | ".join(parts)
 
 
 def _export_destination(args: argparse.Namespace) -> tuple[str | None, bool]:
@@ -344,9 +433,9 @@ def _export_destination(args: argparse.Namespace) -> tuple[str | None, bool]:
 
 
 def _cmd_finetune_text(args: argparse.Namespace) -> dict[str, Any]:
-    from kerasft import textjob
+    from kerasft.jobs import textjob
 
-    verbose = 0 if args.quiet or args.json else 1
+    verbose = progress_verbosity(args)
     print("kerasft: fine-tuning all-MiniLM-L6-v2 (KerasHub BertTextClassifier) on 400 Rotten Tomatoes "
           "reviews, testing on 600", flush=True)
     start = time.perf_counter()
@@ -386,7 +475,7 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     representative = verify = None
     if data is not None:
         representative, verify = data["x_train"], (data["x_test"], data["y_test"])
-    path = export_model(model, args.path, format=args.format, class_names=names,
+    path = export_model(model, args.path, format=_export_format(args), class_names=names,
                         quantize=args.quantize, io_dtype=args.io_dtype,
                         representative_data=representative, verify_data=verify,
                         overwrite=args.overwrite)
@@ -398,6 +487,13 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     if path.check is not None:
         report["tflite_check"] = path.check.to_dict()
     return report
+
+
+def _export_format(args: argparse.Namespace) -> str:
+    """``--format``, or read off PATH: ``tflite`` for a file ending in ``.tflite``."""
+    if args.format is not None:
+        return args.format
+    return "tflite" if os.fspath(args.path).endswith(".tflite") else "saved_model"
 
 
 def _export_data(args: argparse.Namespace, model) -> dict[str, Any] | None:
@@ -461,16 +557,93 @@ def _one_line(error: BaseException) -> str:
     return str(error).strip() or type(error).__name__
 
 
+# A library keyword written `name=value` in an error message: `overwrite=True`, `recipe='warp'`,
+# `lr=<rate>`, `finetune_lr=-1.0`; with the "pass " before it, and the "(CLI: --flag)" that a
+# few messages add after it (dropped once the keyword is written as the flag).
+_KEYWORD = re.compile(
+    r"(?<![\w.\-])(?P<verb>pass )?(?P<name>[a-z][a-z0-9_]*)="
+    r"(?P<value>'[^']*'|\"[^\"]*\"|<[^>]*>|True|False|None|-?\d+(?:\.\d+)?(?:e[+-]?\d+)?\b)"
+    r"(?P<cli> \(CLI: [^)]*\))?"
+)
+# Keywords the commands spell differently from the library: `--unsafe` turns safe_mode off,
+# and `kerasft finetune` exports to `--export`, export_model's `path`. The library's `task`
+# (classification, regression...) and `data` (arrays) are not the options of those names.
+_SAFE_MODE = {"False": "--unsafe", "True": "safe mode (on unless --unsafe)"}
+_RENAMED = {"finetune": {"path": "--export"}}
+_NOT_OPTIONS = {"task", "data"}
+
+
+def _in_flags(message: str, command: str) -> str:
+    """``message`` with the library's keyword arguments written as ``kerasft COMMAND``'s options.
+
+    ``overwrite=True`` becomes ``--overwrite``, ``recipe='warp'`` ``--recipe 'warp'``,
+    ``pass quantize=None`` ``leave out --quantize``. Keywords that are no option of the
+    command (``pattern=...``, ``task=...``) stay as they are.
+    """
+    commands = _subcommands()[1]
+    if command not in commands:
+        return message
+    actions = {a.dest: a for a in _options(commands[command]) if a.dest not in _NOT_OPTIONS}
+    renamed = _RENAMED.get(command, {})
+
+    def flag_of(name: str) -> str | None:
+        if name in renamed:
+            return renamed[name]
+        action = actions.get(name)
+        return None if action is None else next(f for f in action.option_strings if f.startswith("--"))
+
+    def spell(match: re.Match) -> str:
+        name, value, verb = match["name"], match["value"], match["verb"] or ""
+        if name == "safe_mode" and value in _SAFE_MODE:
+            return verb + _SAFE_MODE[value]
+        flag = flag_of(name)
+        if flag is None:
+            return match[0]
+        switch = name in actions and actions[name].nargs == 0  # --overwrite, --unsafe: no value
+        if (switch and value == "True") or (not switch and value not in ("None", "False")):
+            return verb + (flag if switch else f"{flag} {value}")
+        return ("leave out " if verb else "no ") + flag
+
+    message = _KEYWORD.sub(spell, message)
+    for name, flag in renamed.items():
+        message = message.replace(f"Argument `{name}`", f"Argument `{flag}`")
+    return message
+
+
+def progress_verbosity(args: argparse.Namespace) -> int:
+    """Keras's ``verbose`` for a command: progress bars on a terminal only.
+
+    0 with ``-q`` or ``--json``; 1 (a progress bar redrawn in place) when standard output
+    is a terminal; 2 (one plain line per epoch) when it goes to a file or a pipe, where the
+    bar's carriage returns and colour codes would be noise.
+    """
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kerasft`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run a ``kerasft`` command line; returns the exit status.
+
+    The ``kerasft`` console script: the command line is parsed before the library and
+    TensorFlow load (`run` loads them).
+    """
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command line (`parse_args`); returns the exit status."""
     if args.command is None:
-        parser.print_help()
+        build_parser().print_help()
         return _EXIT_USAGE
-    # Quiet TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines).
+    # Quiet TensorFlow's C++ chatter (CUDA probing on CPU-only machines). Its start-up lines
+    # are printed on import, before this: the console script sets the variable earlier.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import importlib
+
     import tensorflow as tf
+
+    importlib.import_module("kerasft._api")  # the whole library: its layers registered for loading
 
     tf.get_logger().setLevel("ERROR")
 
@@ -478,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = commands[args.command](args)
     except _user_errors() as e:
-        print(f"kerasft {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"kerasft {args.command}: error: {_in_flags(_one_line(e), args.command)}", file=sys.stderr)
         return _EXIT_USAGE
     except KeyboardInterrupt:
         print("kerasft: interrupted", file=sys.stderr)

@@ -27,6 +27,13 @@ __all__ = ["plot_history", "plot_lr_find", "plot_confusion_matrix", "plot_report
 
 _DPI = 100
 
+# How kerasft.suggest_learning_rates picks each rate, for the legend of plot_lr_find.
+_SUGGESTION_MEANINGS = {
+    "valley": "in the longest descent",
+    "steep": "steepest descent",
+    "minimum": "rate of the lowest loss / 10",
+}
+
 
 def plot_history(
     phases: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
@@ -36,9 +43,10 @@ def plot_history(
 
     One panel per quantity: `loss` first, then each metric (`accuracy`, ...), each with
     its `val_` counterpart dashed; a `learning_rate` (or `lr`) series gets a log-scale
-    panel. Epochs are numbered continuously across phases and a vertical line marks
-    where each phase starts, labelled with its name. A quantity a phase did not log is
-    left blank for that phase.
+    panel, and so does a loss whose values are all positive and span more than 10x (one
+    early spike would otherwise flatten the rest of the curve). Epochs are numbered
+    continuously across phases and a vertical line marks where each phase starts,
+    labelled with its name. A quantity a phase did not log is left blank for that phase.
 
     Example:
 
@@ -114,12 +122,14 @@ def plot_history(
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colours = {"train": "tab:blue", "val": "tab:orange"}
     for ax, (title, keys) in zip(axes, panels):
+        drawn = []
         for key in keys:
             # One continuous line across phases; NaN where a phase lacks the key.
             ys = []
             for _, history, epochs in parsed:
                 values = history.get(key)
                 ys.extend([float(v) for v in values] if values is not None else [np.nan] * epochs)
+            drawn.extend(ys)
             xs = np.arange(1, total + 1)
             is_val = key.startswith("val_")
             ax.plot(
@@ -131,7 +141,7 @@ def plot_history(
                 color=colours["val" if is_val else "train"] if len(keys) <= 2 else None,
                 label=key,
             )
-        if title in ("learning_rate", "lr"):
+        if title in ("learning_rate", "lr") or (title.endswith("loss") and _spans_decades(drawn)):
             ax.set_yscale("log")
         start = 0
         for i, (name, _, epochs) in enumerate(parsed):
@@ -168,9 +178,13 @@ def plot_lr_find(
 ) -> str:
     """Plot an LR-finder sweep: loss against learning rate (log scale), suggestions marked.
 
-    The y-axis is clipped to the interesting range: from the lowest loss to a little
-    above the starting loss, so that the divergence at the end of the sweep does not
-    flatten the curve. Non-finite losses are left out.
+    Each suggestion is marked on the curve at its rate, and its legend entry says how it
+    was chosen (`valley`: inside the longest descent; `steep`: the steepest descent;
+    `minimum`: a tenth of the rate of the lowest loss, so its marker sits left of the
+    lowest point). A star marks the lowest point of the plotted curve itself. The y-axis
+    is clipped to the interesting range: from the lowest loss to a little above the
+    starting loss, so that the divergence at the end of the sweep does not flatten the
+    curve. Non-finite losses are left out.
 
     Example:
 
@@ -241,6 +255,7 @@ def plot_lr_find(
         if lr is None:
             continue
         y = np.interp(np.log(lr), np.log(lrs[finite][order]), loss[finite][order])
+        meaning = _SUGGESTION_MEANINGS.get(name)
         ax.plot(
             [lr],
             [y],
@@ -248,8 +263,18 @@ def plot_lr_find(
             markersize=9,
             linestyle="none",
             color=next(colours, "black"),
-            label=f"{name}: {lr:.2e}",
+            label=f"{name} ({meaning}): {lr:.2e}" if meaning else f"{name}: {lr:.2e}",
         )
+    lowest = int(np.argmin(loss[finite]))
+    ax.plot(
+        [lrs[finite][lowest]],
+        [low],
+        marker="*",
+        markersize=12,
+        linestyle="none",
+        color="black",
+        label=f"lowest loss {low:.4g} at {lrs[finite][lowest]:.2e}",
+    )
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss")
     ax.set_title("Learning-rate finder")
@@ -358,6 +383,13 @@ def plot_confusion_matrix(
     accuracy = np.trace(matrix) / matrix.sum()
     ax.set_title(f"Confusion matrix: accuracy {accuracy:.1%} on {matrix.sum()} examples")
     return _save(fig, path)
+
+
+def _spans_decades(values: Sequence[float]) -> bool:
+    """Whether the finite ``values`` are all positive and span more than a factor of 10."""
+    finite = np.asarray(values, dtype="float64")
+    finite = finite[np.isfinite(finite)]
+    return finite.size > 0 and finite.min() > 0 and finite.max() > 10 * finite.min()
 
 
 def _check_png_path(path: Any) -> str:

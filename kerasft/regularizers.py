@@ -12,7 +12,6 @@ with the model. ``ClipWeights`` is a registered constraint that keeps weights in
 from __future__ import annotations
 
 import base64
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -119,26 +118,11 @@ def _trainable_kind(layer: keras.layers.Layer) -> list:
     return compat.trainable_kind_weights(layer)
 
 
-def _select(model: keras.Model, layers: str | Sequence[str] | None, argument: str) -> list:
-    leaves = [(p, lyr) for p, lyr in surgery.iter_layers(model) if not isinstance(lyr, keras.Model)]
-    if layers is None:
-        return leaves
-    if isinstance(layers, str):
-        layers = [layers]
-    out = []
-    for spec in layers:
-        try:
-            regex = re.compile(spec)
-        except (re.error, TypeError) as e:
-            raise ValueError(f"Invalid regex {spec!r} in argument `{argument}`: {e}") from None
-        found = [(p, lyr) for p, lyr in leaves if regex.fullmatch(lyr.name) or regex.fullmatch(p)]
-        if not found:
-            raise ValueError(
-                f"No layer of model {model.name!r} matches {spec!r} in argument `{argument}`. "
-                f"Existing layers are: {[p for p, _ in leaves]}"
-            )
-        out.extend(item for item in found if all(item[1] is not o for _, o in out))
-    return out
+def _select(model: keras.Model, layers: Any, argument: str) -> list:
+    """The leaf layers ``layers`` selects (all when `None`), as ``kerasft.select_layers`` does."""
+    chosen = surgery.select_layers(model, layers, argument=argument)
+    # A subclassed model nested in a graph is a leaf of the walk, not a layer with regularizers.
+    return [layer for layer in chosen if not isinstance(layer, keras.Model)]
 
 
 def _attach(layer, variable, suffix: str, value, unsaved: list[str]) -> None:
@@ -181,8 +165,9 @@ def apply_l2sp(
         alpha: strength of the pull toward the pretrained values. Defaults to `1e-3`.
         beta: L2 strength on the weights of ``new_layers``; ``0`` leaves them
             unregularized. Defaults to `1e-3`.
-        new_layers: regexes (``re.fullmatch`` on layer names or paths) of layers that are
-            new, e.g. a replaced head. Defaults to `None` (every layer is pretrained,
+        new_layers: the layers that are new, e.g. a replaced head, as
+            ``kerasft.select_layers`` takes them (regexes matched in full against layer
+            paths or names, classes, a callable). Defaults to `None` (every layer is pretrained,
             unless ``reference`` says otherwise).
         reference: the pretrained model to take ``w0`` from; layers are matched by name
             and weight shapes, and layers it lacks count as new. Defaults to `None`
@@ -200,13 +185,13 @@ def apply_l2sp(
     """
     alpha = check_strength("alpha", alpha)
     beta = check_strength("beta", beta)
-    new_ids = {id(lyr) for _, lyr in _select(model, new_layers, "new_layers")} if new_layers else set()
+    new_ids = {id(lyr) for lyr in _select(model, new_layers, "new_layers")} if new_layers else set()
     ref_layers = {}
     if reference is not None:
-        ref_layers = {lyr.name: lyr for _, lyr in _select(reference, None, "reference")}
+        ref_layers = {lyr.name: lyr for lyr in _select(reference, None, "reference")}
     report: dict[str, list[str]] = {"l2sp": [], "l2": [], "unsaved": []}
     replaced = []
-    for _, layer in _select(model, None, "model"):
+    for layer in _select(model, None, "model"):
         if isinstance(layer, _NORMALIZATION) and not include_normalization:
             continue
         variables = _trainable_kind(layer)
@@ -292,7 +277,8 @@ def clip_weights(
     Args:
         model: the model.
         c: the bound, > 0.
-        layers: regexes (``re.fullmatch`` on names or paths) of the layers to constrain.
+        layers: the layers to constrain, as ``kerasft.select_layers`` takes them
+            (regexes matched in full against layer paths or names, classes, a callable).
             Defaults to `None` (every layer but normalization layers, whose scales
             are not weights to bound).
 
@@ -304,7 +290,7 @@ def clip_weights(
     """
     constraint = ClipWeights(c)
     done, unsaved = [], []
-    for _, layer in _select(model, layers, "layers"):
+    for layer in _select(model, layers, "layers"):
         if layers is None and isinstance(layer, _NORMALIZATION):
             continue
         for v in _trainable_kind(layer):

@@ -29,7 +29,7 @@ import keras_tuner
 import numpy as np
 from keras_tuner.engine.base_tuner import BaseTuner
 
-from kerasft import convert
+from kerasft import configs, convert
 from kerasft._fileio import atomic_file, make_scratch_directory
 from kerasft.callbacks import monitor_mode
 from kerasft.engine.loading import load_model
@@ -176,8 +176,9 @@ class SearchResult:
         ax.plot(xs, ys, marker="o", linestyle="none", color="tab:blue", label=f"{self.objective} of the trial")
         ax.step(xs, best_so_far, where="post", color="tab:orange", label="best so far")
         best = next((i, r.objective) for i, r in done if r.trial_id == self.best_trial)
+        # Numbered from 1 as on the x-axis; KerasTuner's ids (the table's) count from 0.
         ax.plot([best[0]], [best[1]], marker="*", markersize=14, linestyle="none", color="tab:red",
-                label=f"best: trial {self.best_trial}")
+                label=f"best: trial {best[0]} (id {self.best_trial})")
         ax.set_xlabel("trial (in the order run)")
         ax.set_ylabel(self.objective)
         ax.set_title(f"Search: {self.objective} per trial ({self.direction}imised)")
@@ -384,7 +385,9 @@ def search(
         seed: seed of the oracle and of every trial. Defaults to `0`.
         verbose: 0 silent, 1 a line per trial, 2 also ``finetune``'s lines per epoch.
             Defaults to `1`.
-        **finetune_keywords: fixed keywords of every trial (``epochs=5``, ``recipe=``...).
+        **finetune_keywords: fixed keywords of every trial (``epochs=5``, ``recipe=``,
+            configs such as ``lora=kerasft.LoraConfig(rank=4)``...). The space and the
+            results name every option by its flat keyword (``lora_rank``, ``l2sp``...).
 
     Returns:
         A :class:`SearchResult`.
@@ -397,7 +400,7 @@ def search(
     """
     start = time.perf_counter()
     _check_arguments(max_trials, objective, oracle, project_name, overwrite, seed, verbose)
-    fixed = _check_fixed(finetune_keywords, objective)
+    fixed = _check_fixed(configs.flatten(finetune_keywords), objective)
     params = parse_space(space, fixed)
     if oracle == "hyperband" and "epochs" in space:
         raise ValueError("Argument `space` has 'epochs', but oracle='hyperband' sets each trial's epochs "
@@ -748,5 +751,6 @@ class _Trials:
 def _finetune(model: keras.Model, data: Any, keywords: dict[str, Any]) -> FinetuneResult:
     from kerasft.finetuning import finetune
 
-    return finetune(model, data, **keywords)
+    flat, groups = configs.sort_keywords(keywords, caller="search")  # the space names options by flat keyword
+    return finetune(model, data, **flat, **groups)
 

@@ -3,7 +3,9 @@
 Works on Sequential and Functional Keras 3 models, including Functional models that
 hold a nested backbone model (the Keras transfer-learning guide's pattern). Layers are
 addressed by their path, ``"backbone/block_1_conv"`` for a layer inside a nested model,
-or by bare name when that name is unique.
+or by bare name when that name is unique. :func:`walk_layers` is kerasft's one walk over
+nested layers, and :func:`select_layers` its one rule for arguments that select layers
+(a regular expression matched in full against a path or a name, a class, a callable).
 
 BatchNormalization gets special care: in Keras 3 a BN layer with ``trainable=False``
 runs in inference mode (moving statistics used, never updated), which is what
@@ -13,7 +15,11 @@ fine-tuning wants. ``unfreeze`` therefore leaves BN layers frozen unless
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +39,9 @@ __all__ = [
     "unfreeze",
     "set_trainable",
     "trainable_state",
+    "TrainableSnapshot",
+    "LayerNode",
+    "walk_layers",
     "find_head",
     "find_backbone",
     "replace_head",
@@ -96,6 +105,74 @@ def is_container(layer: keras.layers.Layer) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class LayerNode:
+    """A layer met by :func:`walk_layers`: its path, the layer, and the layers above it.
+
+    ``ancestors`` runs from the walked model down to the layer's parent.
+    """
+
+    path: str
+    layer: keras.layers.Layer
+    ancestors: tuple[Any, ...]
+
+
+def walk_layers(
+    model: Any, *, sublayers: bool | Callable[[Any], bool] = False, recursive: bool = True
+) -> list[LayerNode]:
+    """Every layer below ``model``, parents before children, each once; Input layers skipped.
+
+    This is kerasft's one walk over nested layers. Paths join names with ``/`` from the
+    model down (``"backbone/block1_conv1"``). By default the walk looks into nested
+    Sequential and Functional models, in graph order (``Model.layers``): the layers that
+    freezing, surgery and :func:`select_layers` work on. With ``sublayers`` it also looks
+    into the layers that other layers keep as attributes (custom blocks, the attention
+    projections of a KerasHub transformer layer), in Keras's tracking order: the layers
+    low-rank adapters can target.
+
+    Example:
+
+    >>> import keras, kerasft
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")], name="inner")
+    >>> outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, name="head")])
+    >>> [node.path for node in kerasft.surgery.walk_layers(outer)]
+    ['inner', 'inner/fc', 'head']
+
+    Args:
+        model: the model (or layer) to walk.
+        sublayers: `False` to look into nested graph models only, `True` to look into
+            every layer, or a predicate ``layer -> bool`` naming the layers to look into
+            (the walk always looks into ``model`` itself). Defaults to `False`.
+        recursive: `False` lists the layers directly in ``model`` only.
+            Defaults to `True`.
+
+    Returns:
+        A list of :class:`LayerNode`.
+    """
+    nodes: list[LayerNode] = []
+    seen = {id(model)}
+
+    def children(layer: Any, root: bool) -> list:
+        if sublayers is False:
+            return list(getattr(layer, "layers", ())) if root or is_container(layer) else []
+        if not root and sublayers is not True and not sublayers(layer):
+            return []
+        return compat.direct_sublayers(layer)
+
+    def visit(layer: Any, prefix: str, ancestors: tuple, root: bool) -> None:
+        for sub in children(layer, root):
+            if id(sub) in seen or isinstance(sub, keras.layers.InputLayer):
+                continue
+            seen.add(id(sub))
+            path = f"{prefix}{sub.name}"
+            nodes.append(LayerNode(path, sub, ancestors))
+            if recursive:
+                visit(sub, path + "/", ancestors + (sub,), False)
+
+    visit(model, "", (model,), True)
+    return nodes
+
+
 def iter_layers(model: keras.Model, *, recursive: bool = True) -> list[tuple[str, keras.layers.Layer]]:
     """List ``(path, layer)`` pairs in graph order, descending into nested models.
 
@@ -109,19 +186,7 @@ def iter_layers(model: keras.Model, *, recursive: bool = True) -> list[tuple[str
         model: a Sequential or Functional model.
         recursive: descend into nested Sequential/Functional models. Defaults to `True`.
     """
-    out: list[tuple[str, keras.layers.Layer]] = []
-
-    def walk(container: keras.Model, prefix: str) -> None:
-        for layer in container.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            path = f"{prefix}{layer.name}"
-            out.append((path, layer))
-            if recursive and is_container(layer):
-                walk(layer, path + "/")
-
-    walk(model, "")
-    return out
+    return [(n.path, n.layer) for n in walk_layers(model, recursive=recursive)]
 
 
 def leaf_layers(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
@@ -170,9 +235,23 @@ def get_layer(model: keras.Model, name: str) -> keras.layers.Layer:
     )
 
 
+# A layer spec: what `select_layers` accepts, alone or in a list.
+LayerSpec = Any
+
+# Old matching rules still honoured by the arguments that used them (see `select_layers`).
+_LEGACY_RULES = {
+    "search": "searching the regular expression in each layer path (re.search)",
+    "name": "matching the regular expression against layer names only",
+}
+
+
 def select_layers(
     model: keras.Model,
+    spec: LayerSpec = None,
     *,
+    argument: str = "spec",
+    sublayers: bool | Callable[[Any], bool] = False,
+    legacy: str | None = None,
     names: str | Sequence[str] | None = None,
     pattern: str | None = None,
     indices: int | Sequence[int] | None = None,
@@ -180,55 +259,86 @@ def select_layers(
     up_to: str | None = None,
     include_up_to: bool = True,
 ) -> list[keras.layers.Layer]:
-    """Select leaf layers (nested models are looked into) by one or more criteria.
+    """Select layers: kerasft's one rule for every argument that names layers.
 
-    The criteria combine with AND. With none given, every leaf layer is selected.
+    ``spec`` may be a string, a regular expression matched **in full** against each
+    layer's path (``"backbone/block1_conv1"``) or its name (so ``"block1_conv1"``,
+    ``"block1_.*"`` and ``"backbone/.*"`` all work, and ``"conv"`` matches only a layer
+    named ``conv``); a layer class or a tuple of classes; a callable ``layer -> bool``;
+    a layer object (a nested model stands for its layers); or a list of these, each of
+    which must select something. ``unfreeze=``, phase ``layers``, LoRA ``targets`` and
+    ``train``, L2-SP's ``new_layers``, ``clip_weights(layers=)`` and pruning's
+    ``layers=`` all select with it. The nested models are looked into, not selected.
+
+    The keywords ``names``, ``pattern``, ``indices``, ``types`` and ``up_to`` are the
+    older criteria of :func:`freeze` and :func:`unfreeze`; all criteria combine with
+    AND, and with none given every layer is selected.
+
+    Example:
+
+    >>> import keras, kerasft
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="block1_fc"),
+    ...                       keras.layers.Dense(3, name="block2_fc"),
+    ...                       keras.layers.Dense(2, name="head")], name="mlp")
+    >>> [layer.name for layer in kerasft.select_layers(m, "block.*")]
+    ['block1_fc', 'block2_fc']
+    >>> [layer.name for layer in kerasft.select_layers(m, ["head", lambda layer: layer.units == 3])]
+    ['block1_fc', 'block2_fc', 'head']
+    >>> kerasft.select_layers(m, "blok1_fc", argument="unfreeze")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: No layer of model 'mlp' matches 'blok1_fc' in argument `unfreeze`. Existing layers are: ['block1_fc', 'block2_fc', 'head']. HINT: did you mean 'block1_fc'...?
 
     Args:
         model: a Sequential or Functional model.
-        names: layer paths or unique bare names. Defaults to `None`.
-        pattern: a regex searched (``re.search``) in each layer path. Defaults to `None`.
+        spec: what to select (see above). Defaults to `None` (no restriction).
+        argument: the name of the user's argument, for messages. Defaults to `"spec"`.
+        sublayers: also look into the layers kept inside other layers, as
+            :func:`walk_layers` does: then any layer of the walk can be selected, not
+            only those at the bottom of the graph. Defaults to `False`.
+        legacy: the old rule of an argument being moved to this one, ``"search"``
+            (``re.search`` in paths: ``unfreeze=``, ``pattern=``) or ``"name"`` (names
+            only: pruning's ``layers=``). Where a string selects differently under it,
+            the old selection is kept and a ``FutureWarning`` shows the full-match
+            pattern to write. Defaults to `None`.
+        names: layer paths or unique bare names (a nested model selects its layers).
+            Defaults to `None`.
+        pattern: a regular expression, as a string ``spec`` under the old
+            ``"search"`` rule. Defaults to `None`.
         indices: positions in ``iter_layers(model, recursive=False)``, negative allowed;
             a nested model at an index selects all its layers. Defaults to `None`.
         types: layer classes (``isinstance``). Defaults to `None`.
-        up_to: a layer path/name: select every leaf layer before it in graph order.
+        up_to: a layer path/name: select every layer before it in graph order.
             Defaults to `None`.
         include_up_to: whether ``up_to`` itself is included. Defaults to `True`.
 
     Returns:
-        The selected leaf layers, in graph order.
+        The selected layers, in model order.
 
     Raises:
-        ValueError: unknown names (listing the layers that exist), a pattern that
-            matches nothing, an index out of range.
+        ValueError: an entry that selects no layer (the message names the argument and
+            the entry, lists the layers, and suggests close names), an invalid regular
+            expression, unknown ``names``, an index out of range.
+        TypeError: a spec of another type, or a model that is not a Keras model.
     """
-    check_operable(model)
-    leaves = leaf_layers(model)
-    selected = {id(lyr) for _, lyr in leaves}
+    _check_selectable(model)
+    if legacy is not None and legacy not in _LEGACY_RULES:
+        raise ValueError(f"Argument `legacy` must be None or one of {list(_LEGACY_RULES)}. Received: legacy={legacy!r}")
+    nodes = walk_layers(model, sublayers=sublayers)
+    candidates = nodes if sublayers is not False else [n for n in nodes if not is_container(n.layer)]
+    selected = {id(n.layer) for n in candidates}
 
     def restrict(ids: Iterable[int]) -> None:
         nonlocal selected
         selected &= set(ids)
 
+    if spec is not None:
+        restrict(_match(model, nodes, candidates, spec, argument, legacy))
+    if pattern is not None:
+        restrict(_match(model, nodes, candidates, pattern, "pattern", "search"))
     if names is not None:
         names = [names] if isinstance(names, str) else list(names)
-        ids = set()
-        for n in names:
-            layer = get_layer(model, n)
-            ids |= _leaf_ids(layer)
-        restrict(ids)
-    if pattern is not None:
-        try:
-            rx = re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"Argument `pattern` is not a valid regex: {pattern!r} ({e})") from None
-        ids = {id(lyr) for p, lyr in leaves if rx.search(p)}
-        if not ids:
-            raise ValueError(
-                f"Argument `pattern={pattern!r}` matches no layer of model {model.name!r}. "
-                f"Existing layers are: {_names_listing(model)}"
-            )
-        restrict(ids)
+        restrict(i for n in names for i in _leaf_ids(get_layer(model, n)))
     if indices is not None:
         top = iter_layers(model, recursive=False)
         indices = [indices] if isinstance(indices, int) else list(indices)
@@ -242,19 +352,191 @@ def select_layers(
             ids |= _leaf_ids(top[i][1])
         restrict(ids)
     if types is not None:
-        restrict(id(lyr) for _, lyr in leaves if isinstance(lyr, types))
+        restrict(id(n.layer) for n in candidates if isinstance(n.layer, types))
     if up_to is not None:
-        target = get_layer(model, up_to)
-        target_ids = _leaf_ids(target)
+        target_ids = _leaf_ids(get_layer(model, up_to))
         ids = set()
-        for _, lyr in leaves:
-            if id(lyr) in target_ids:
+        for n in candidates:
+            if id(n.layer) in target_ids:
                 if include_up_to:
                     ids |= target_ids
                 break
-            ids.add(id(lyr))
+            ids.add(id(n.layer))
         restrict(ids)
-    return [lyr for _, lyr in leaves if id(lyr) in selected]
+    return [n.layer for n in candidates if id(n.layer) in selected]
+
+
+def _check_selectable(model: Any) -> None:
+    # tf_keras models (pruning hands them over) have `layers` too and are walked as they are.
+    if isinstance(model, keras.layers.Layer) or not hasattr(model, "layers"):
+        check_operable(model)
+
+
+def _entries(spec: LayerSpec) -> list:
+    """The entries of ``spec``: a list's items, else ``spec`` itself (a tuple of classes is one entry)."""
+    if isinstance(spec, tuple) and spec and all(isinstance(t, type) for t in spec):
+        return [spec]
+    if isinstance(spec, (list, tuple)):
+        return list(spec)
+    return [spec]
+
+
+def _match(model: Any, nodes: list[LayerNode], candidates: list[LayerNode], spec: LayerSpec,
+           argument: str, legacy: str | None) -> set[int]:
+    """Ids of the candidates ``spec`` selects; every entry must select one at least."""
+    out: set[int] = set()
+    for entry in _entries(spec):
+        hits = _match_entry(model, nodes, candidates, entry, argument, legacy)
+        if not hits:
+            raise _no_match(model, nodes, candidates, entry, argument)
+        out |= {id(n.layer) for n in hits}
+    return out
+
+
+def _match_entry(model: Any, nodes: list[LayerNode], candidates: list[LayerNode], entry: Any,
+                 argument: str, legacy: str | None) -> list[LayerNode]:
+    if isinstance(entry, str):
+        regex = _compile(entry, argument)
+        hits = [n for n in candidates if _full_match(regex, n)]
+        if legacy is None:
+            return hits
+        old = [n for n in candidates if _legacy_match(regex, n, legacy)]
+        if old and {id(n.layer) for n in old} != {id(n.layer) for n in hits}:
+            _warn_legacy(candidates, entry, argument, legacy, old, hits)
+            return old
+        return hits
+    if isinstance(entry, type) or (isinstance(entry, tuple) and entry and all(isinstance(t, type) for t in entry)):
+        return [n for n in candidates if isinstance(n.layer, entry)]
+    if isinstance(entry, keras.layers.Layer):
+        found = [n for n in nodes if n.layer is entry]
+        if not found:
+            return []
+        if any(n is found[0] for n in candidates):
+            return found
+        prefix = found[0].path + "/"  # a nested model: the layers in it
+        return [n for n in candidates if n.path.startswith(prefix)]
+    if callable(entry):
+        return [n for n in candidates if entry(n.layer)]
+    raise TypeError(
+        f"Argument `{argument}` must hold layer-path regexes (str, matched in full against each "
+        "layer's path or name), layer classes, layers, or callables `layer -> bool`, alone or "
+        f"in a list. Received: {entry!r} of type {type(entry).__name__}."
+    )
+
+
+def _compile(entry: str, argument: str) -> re.Pattern:
+    try:
+        return re.compile(entry)
+    except re.error as e:
+        raise ValueError(
+            f"Invalid regex {entry!r} in argument `{argument}`: {e}. HINT: layer specs are "
+            "regular expressions; an invalid regular expression is often a literal name with "
+            "special characters: pass `re.escape(name)`."
+        ) from None
+
+
+def _full_match(regex: re.Pattern, node: LayerNode) -> bool:
+    return bool(regex.fullmatch(node.path) or regex.fullmatch(node.layer.name))
+
+
+def _legacy_match(regex: re.Pattern, node: LayerNode, rule: str) -> bool:
+    if rule == "search":
+        return bool(regex.search(node.path))
+    return bool(regex.fullmatch(node.layer.name))
+
+
+def _as_full_match(entry: str, rule: str) -> str:
+    """A pattern that, matched in full, selects what ``entry`` selected under ``rule``."""
+    if rule == "name":
+        return f"(?!.*/)(?:{entry})"  # never a nested path: names only
+    body, start, end = entry, ".*", ".*"
+    if "|" not in body:
+        if body.startswith("^"):
+            body, start = body[1:], ""
+        if body.endswith("$") and not body.endswith("\\$"):
+            body, end = body[:-1], ""
+    else:
+        body = f"(?:{body})"
+    if body.startswith(".*"):
+        start = ""
+    if body.endswith(".*") and not body.endswith("\\.*"):
+        end = ""
+    return start + body + end
+
+
+def _warn_legacy(candidates: list[LayerNode], entry: str, argument: str, rule: str,
+                 old: list[LayerNode], new: list[LayerNode]) -> None:
+    suggestion = _as_full_match(entry, rule)
+    regex = re.compile(suggestion)
+    same = {id(n.layer) for n in candidates if _full_match(regex, n)} == {id(n.layer) for n in old}
+    advice = (f"To keep today's selection, write {suggestion!r}" if same else
+              f"Write a pattern that matches in full (for example {suggestion!r}), or pass the layers")
+    warnings.warn(
+        f"Argument `{argument}={entry!r}` selects layers by {_LEGACY_RULES[rule]}: "
+        f"{_paths(old)}. Layer specs are regular expressions matched in full against each "
+        f"layer's path or name, which will be the only rule in a future version; in full, "
+        f"{entry!r} selects {_paths(new) if new else 'no layer'}. {advice}.",
+        FutureWarning,
+        stacklevel=_caller_level(),
+    )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside kerasft: the user's call."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = inspect.currentframe(), 0
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return max(level, 1)
+
+
+def _paths(nodes: Sequence[LayerNode], limit: int = 8) -> str:
+    shown = [n.path for n in nodes[:limit]]
+    more = f" and {len(nodes) - limit} more" if len(nodes) > limit else ""
+    return f"{shown}{more}"
+
+
+def _describe_entry(entry: Any) -> str:
+    if isinstance(entry, keras.layers.Layer):
+        return f"layer {entry.name!r}"
+    if isinstance(entry, type):
+        return entry.__name__
+    if isinstance(entry, tuple) and all(isinstance(t, type) for t in entry):
+        return "(" + ", ".join(t.__name__ for t in entry) + ")"
+    if callable(entry) and not isinstance(entry, str):
+        return getattr(entry, "__name__", repr(entry))
+    return repr(entry)
+
+
+def _no_match(model: Any, nodes: list[LayerNode], candidates: list[LayerNode], entry: Any,
+              argument: str) -> ValueError:
+    """The one message for a selection that selects nothing."""
+    listing = "[" + ", ".join(repr(n.path) for n in candidates) + "]"
+    return ValueError(
+        f"No layer of model {getattr(model, 'name', None)!r} matches {_describe_entry(entry)} in "
+        f"argument `{argument}`. Existing layers are: {listing}{_hint(nodes, candidates, entry)}"
+    )
+
+
+def _hint(nodes: list[LayerNode], candidates: list[LayerNode], entry: Any) -> str:
+    if isinstance(entry, keras.layers.Layer):
+        return f". HINT: layer {entry.name!r} is not in this model; pass its name or path instead."
+    if not isinstance(entry, str):
+        return "."
+    regex = re.compile(entry)
+    containers = [n.path for n in nodes if is_container(n.layer) and _full_match(regex, n)]
+    if containers:
+        return (f". HINT: {containers[0]!r} is a nested model; write "
+                f"'{containers[0]}/.*' to select the layers in it.")
+    searched = [n for n in candidates if regex.search(n.path)]
+    if searched:
+        return (f". HINT: a string must match a layer's path or name in full: write "
+                f"{_as_full_match(entry, 'search')!r} to select {_paths(searched)}.")
+    words = list(dict.fromkeys([n.path for n in candidates] + [n.layer.name for n in candidates]))
+    close = difflib.get_close_matches(entry, words, n=3, cutoff=0.75)
+    if close:
+        return f". HINT: did you mean {' or '.join(repr(c) for c in close)}?"
+    return "."
 
 
 def _leaf_ids(layer: keras.layers.Layer) -> set[int]:
@@ -265,21 +547,36 @@ def _leaf_ids(layer: keras.layers.Layer) -> set[int]:
 
 def trainable_state(model: keras.Model) -> dict[str, bool]:
     """Map each leaf layer path to its ``trainable`` flag (effective, parents included)."""
-    state = {}
+    return {
+        n.path: model.trainable and all(a.trainable for a in n.ancestors[1:]) and n.layer.trainable
+        for n in walk_layers(model)
+        if not is_container(n.layer)
+    }
 
-    def walk(container: keras.Model, prefix: str, parent_trainable: bool) -> None:
-        for layer in container.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            path = f"{prefix}{layer.name}"
-            effective = parent_trainable and layer.trainable
-            if is_container(layer):
-                walk(layer, path + "/", effective)
-            else:
-                state[path] = effective
 
-    walk(model, "", model.trainable)
-    return state
+@dataclass
+class TrainableSnapshot:
+    """Every layer's and variable's ``trainable`` flag, to put back exactly.
+
+    Layer flags cascade to sublayers and variables in Keras, so low-rank adapters (a
+    frozen kernel beside trainable factors in one layer) survive a freeze/unfreeze only
+    by restoring the variables' own flags after the layers'. :func:`trainable_state` is
+    the by-path view of the same flags, for leaf layers.
+    """
+
+    layers: list[tuple[keras.layers.Layer, bool]]
+    variables: list[tuple[Any, bool]]
+
+    @classmethod
+    def take(cls, model: keras.Model) -> TrainableSnapshot:
+        layers = [(lyr, lyr.trainable) for lyr in compat.flatten_layers(model)]
+        return cls(layers, [(v, v.trainable) for v in model.weights])
+
+    def restore(self, model: keras.Model) -> None:
+        for layer, flag in self.layers:  # top-down: children end with their own flags
+            layer.trainable = flag
+        for variable, flag in self.variables:
+            variable.trainable = flag
 
 
 def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
@@ -297,22 +594,9 @@ def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
         )
     wanted = {**current, **state}
     leaves = dict(leaf_layers(model))
+    model_trainable = any(wanted.values())
     # Keras propagates a container's flag down to every sublayer, so set containers
-    # first (trainable if any leaf below is), then every leaf.
-    def fix_containers(container: keras.Model, prefix: str) -> bool:
-        any_trainable = False
-        for layer in container.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            path = f"{prefix}{layer.name}"
-            if is_container(layer):
-                sub = fix_containers(layer, path + "/")
-                any_trainable |= sub
-            else:
-                any_trainable |= wanted[path]
-        return any_trainable
-
-    model_trainable = fix_containers(model, "")
+    # first (trainable), then every leaf.
     model.trainable = True
     for _path, layer in iter_layers(model):
         if is_container(layer):
@@ -330,12 +614,12 @@ def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
         compat.set_trainable_flag(model, False)
 
 
-def freeze(model: keras.Model, **selection: Any) -> list[keras.layers.Layer]:
+def freeze(model: keras.Model, spec: LayerSpec = None, **selection: Any) -> list[keras.layers.Layer]:
     """Freeze the selected layers (all leaf layers by default).
 
-    Selection keywords are those of :func:`select_layers`: ``names``, ``pattern``,
-    ``indices``, ``types``, ``up_to``, ``include_up_to``. A frozen BatchNormalization
-    layer runs in inference mode.
+    ``spec`` and the selection keywords are those of :func:`select_layers` (``names``,
+    ``pattern``, ``indices``, ``types``, ``up_to``, ``include_up_to``). A frozen
+    BatchNormalization layer runs in inference mode.
 
     Example:
 
@@ -350,16 +634,18 @@ def freeze(model: keras.Model, **selection: Any) -> list[keras.layers.Layer]:
     Returns:
         The layers frozen.
     """
-    layers = select_layers(model, **selection)
+    layers = select_layers(model, spec, **selection)
     _set_flags(model, layers, False)
     return layers
 
 
-def unfreeze(model: keras.Model, *, train_bn: bool = False, **selection: Any) -> list[keras.layers.Layer]:
+def unfreeze(model: keras.Model, spec: LayerSpec = None, *, train_bn: bool = False,
+             **selection: Any) -> list[keras.layers.Layer]:
     """Unfreeze the selected layers (all leaf layers by default), BatchNorm excepted.
 
     Args:
         model: a Sequential or Functional model.
+        spec: the layers, as :func:`select_layers` takes them. Defaults to `None`.
         train_bn: also unfreeze BatchNormalization layers, which then train in training
             mode and update their moving statistics. The Keras transfer-learning guide
             keeps them frozen when fine-tuning. Defaults to `False`.
@@ -368,7 +654,7 @@ def unfreeze(model: keras.Model, *, train_bn: bool = False, **selection: Any) ->
     Returns:
         The layers unfrozen.
     """
-    layers = select_layers(model, **selection)
+    layers = select_layers(model, spec, **selection)
     if not train_bn:
         layers = [lyr for lyr in layers if not isinstance(lyr, keras.layers.BatchNormalization)]
     _set_flags(model, layers, True)
@@ -720,10 +1006,9 @@ def unused_layers(model: keras.Model, sample: Any) -> list[keras.layers.Layer]:
     """
     import tensorflow as tf
 
-    snapshot = [(lyr, lyr.trainable) for lyr in compat.flatten_layers(model)]
-    flags = [(v, v.trainable) for v in model.weights]
+    snapshot = TrainableSnapshot.take(model)
     try:
-        for layer, _ in snapshot:
+        for layer, _ in snapshot.layers:
             layer.trainable = True
         variables = [v for v in model.weights if v.trainable]
         with tf.GradientTape() as tape:
@@ -731,10 +1016,7 @@ def unused_layers(model: keras.Model, sample: Any) -> list[keras.layers.Layer]:
             total = keras.ops.sum(keras.ops.cast(keras.tree.flatten(out)[0], "float32"))
         grads = tape.gradient(total, [v.value if hasattr(v, "value") else v for v in variables])
     finally:
-        for layer, flag in snapshot:
-            layer.trainable = flag
-        for variable, flag in flags:
-            variable.trainable = flag
+        snapshot.restore(model)
     seen = {id(v) for v in variables}
     dead = {id(v) for v, g in zip(variables, grads) if g is None}
     unused = []

@@ -3,7 +3,7 @@
 `keras.callbacks.TensorBoard` numbers epochs from 0 in every `fit` call, so the phases
 of a fine-tuning run would be drawn on top of each other. `TensorBoardLogger` counts
 epochs and optimizer steps across phases instead, and marks where each phase begins.
-`kerasft.finetune(..., tensorboard=DIR)` uses it; it also works on its own around
+`kerasft.finetune(..., run=kerasft.RunConfig(tensorboard=DIR))` uses it; it also works on its own around
 several `fit` calls.
 """
 

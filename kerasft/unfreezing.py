@@ -5,9 +5,9 @@ function and the optimizer, which knows only the variables it was built with. Fl
 ``layer.trainable`` mid-``fit`` (``kerasft.freeze`` / ``kerasft.unfreeze``) therefore
 needs both redone: :func:`sync_optimizer` does that, keeping the optimizer state of
 weights that stay trainable. :func:`load_phases` reads a phase schedule (finetuning-
-scheduler's idea: phases as data, in YAML or JSON), :func:`resolve_layers` turns its
-regexes into layers, and :func:`apply_trainable` sets a trainable set with kerasft's
-BatchNormalization rule. ``kerasft.callbacks.GradualUnfreezing`` and the engine's
+scheduler's idea: phases as data, in YAML or JSON), ``kerasft.select_layers`` turns
+its layer specs into layers, and :func:`apply_trainable` sets a trainable set with
+kerasft's BatchNormalization rule. ``kerasft.callbacks.GradualUnfreezing`` and the engine's
 staged phases are built on these.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,22 +63,14 @@ def sync_optimizer(model: keras.Model) -> None:
 
 
 def resolve_layers(model: keras.Model, regexes: Sequence[str], argument: str) -> list:
-    """Leaf layers whose name or path (``"backbone/conv1"``) fully matches a regex."""
-    leaves = surgery.leaf_layers(model)
-    out: list = []
-    for spec in regexes:
-        try:
-            regex = re.compile(spec)
-        except re.error as e:
-            raise ValueError(f"Invalid regex {spec!r} in argument `{argument}`: {e}") from None
-        found = [layer for p, layer in leaves if regex.fullmatch(layer.name) or regex.fullmatch(p)]
-        if not found:
-            raise ValueError(
-                f"No layer of model {model.name!r} matches {spec!r} in argument `{argument}`. "
-                f"Existing layers are: {[p for p, _ in leaves]}"
-            )
-        out.extend(layer for layer in found if not any(layer is o for o in out))
-    return out
+    """Deprecated: ``kerasft.select_layers(model, regexes, argument=argument)``, the same rule."""
+    warnings.warn(
+        "kerasft.unfreezing.resolve_layers is deprecated: use "
+        "kerasft.select_layers(model, spec, argument=...), which it calls.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return surgery.select_layers(model, list(regexes), argument=argument)
 
 
 def apply_trainable(model: keras.Model, updates: dict[int, bool], train_bn: bool) -> None:
@@ -107,7 +99,8 @@ _PHASE_KEYS = ("layers", "epoch", "lr")
 def load_phases(source: str | os.PathLike | Sequence[Mapping] | Mapping) -> list[dict[str, Any]]:
     """Read a phase schedule: a list of phases, a ``{index: phase}`` dict, or a file.
 
-    A phase is a dict with ``layers`` (a regex or list of regexes on layer names),
+    A phase is a dict with ``layers`` (a regex or list of regexes matched in full
+    against layer paths or names, as ``kerasft.select_layers`` matches them),
     ``epoch`` (the epoch it starts at; phase 0 defaults to 0) and optionally ``lr``
     (the rate of the weights it unfreezes). Files may be YAML (``.yaml``/``.yml``,
     needs PyYAML) or JSON, holding the same structure, optionally under a top-level

@@ -5,11 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from test_tasks import small_bert_classifier
 
 import kerasft
 from kerasft import datasets
 from kerasft.engine import auto
-from test_tasks import small_bert_classifier
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_never_worse_on_validation_than_the_probe(shipped_model, digits):
 
 @pytest.mark.slow
 def test_text_task_probes_both_poolings_and_keeps_the_users_preprocessor(tmp_path):
-    from kerasft import textdata
+    from kerasft.jobs import textdata
 
     keras_hub = pytest.importorskip("keras_hub")
     reviews = textdata.rotten_tomatoes_few_shot(n_train=120, n_test=60, seed=0)

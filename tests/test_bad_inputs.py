@@ -95,7 +95,7 @@ CASES = [
     ("unknown layer name", lambda m, d, t: kerasft.freeze(m, names=["dense_9"]),
      ValueError, r"No layer named 'dense_9'.*Existing layers are: \['rescale'"),
     ("regex matching nothing", lambda m, d, t: kerasft.freeze(m, pattern="^zzz"),
-     ValueError, r"`pattern='\^zzz'` matches no layer.*Existing layers are"),
+     ValueError, r"matches '\^zzz' in argument `pattern`.*Existing layers are"),
     ("unfreeze= matching nothing", lambda m, d, t: _ft(m, d, unfreeze="^zzz"),
      ValueError, r"`unfreeze='\^zzz'` selects nothing to train"),
     ("softmax head with 1 class", lambda m, d, t: kerasft.replace_head(m, 1, activation="softmax"),

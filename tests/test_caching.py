@@ -321,7 +321,7 @@ def test_speed_path_falls_back_when_features_would_depend_on_batching(capsys):
     # A real model the cache cannot serve: TextVectorization pads each batch to its
     # longest review, so the embedding and conv features below any cut depend on which
     # reviews share a batch. The run trains on the inputs, as without caching.
-    from kerasft import textdata
+    from kerasft.jobs import textdata
 
     split = textdata.rotten_tomatoes_few_shot(n_train=200, n_test=2, seed=0)
     data = (split.x_train, split.y_train)

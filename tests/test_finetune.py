@@ -140,7 +140,7 @@ def test_progress_names_each_phase(shipped_model, digits_small, capsys):
     [
         (dict(num_classes=5), ValueError, r"label 9 is out of range for num_classes=5"),
         (dict(recipe="warp"), ValueError, r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\].*Received: recipe='warp'"),
-        (dict(unfreeze="^nope"), ValueError, r"Argument `pattern='\^nope'` matches no layer"),
+        (dict(unfreeze="^nope"), ValueError, r"No layer of model .* matches '\^nope' in argument `unfreeze`"),
         (dict(unfreeze=-2), ValueError, r"Argument `unfreeze` must be 'all', a positive number"),
         (dict(lr=-1.0), ValueError, r"Argument `lr` must be a number in \(0, 10\). Received: lr=-1.0"),
         (dict(head_epochs=0, epochs=0), ValueError, r"leave nothing to train"),

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import kerasft
 from kerasft import data as data_lib
-from kerasft import textdata
+from kerasft.jobs import textdata
 
 QUICK = dict(head_epochs=1, epochs=2, verbose=0)
 

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from kerasft import llm, textdata
-from kerasft.llm import gguf as gguf_io
+from kerasft import llm
+from kerasft.jobs import textdata
 from kerasft.llm.reference import reference_logits
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

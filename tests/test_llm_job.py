@@ -6,7 +6,7 @@ import kerasft  # noqa: F401  (first: oneDNN off)
 
 # isort: split
 from kerasft import cli
-from kerasft.llm import job
+from kerasft.jobs import generate as job
 from kerasft.llm.options import SFTConfig
 
 

@@ -72,7 +72,7 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
     with open(os.path.join(EXAMPLES, name), encoding="utf-8") as f:
         nb = nbformat.read(f, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3",
+        nb, timeout=1800, kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},  # files land in tmp_path
     )
     client.execute(env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -488,8 +488,8 @@ def test_bad_inputs_are_refused_with_clear_messages(tmp_path):
         peft.apply_lora(model, quantize="int8", method="dora")
     with pytest.raises(
         ValueError,
-        match=r"entry 'attention' selects nothing to adapt: it matches no "
-        r"layer\. Layers that can take adapters .*'block1_conv1'.*'fc'",
+        match=r"No layer of model 'mnist_cnn' matches 'attention' in argument `targets`\. "
+        r"Existing layers are: .*'block1_conv1'.*'fc'",
     ):
         peft.apply_lora(model, targets=["attention"])
     with pytest.raises(
@@ -504,7 +504,7 @@ def test_bad_inputs_are_refused_with_clear_messages(tmp_path):
         ValueError, match=r"\['predictions'\] are both adapter targets and in `train`"
     ):
         peft.apply_lora(model, targets=["fc", "predictions"])
-    with pytest.raises(ValueError, match="`train` entry 'nothing' matches no layer"):
+    with pytest.raises(ValueError, match=r"No layer of model .* matches 'nothing' in argument `train`"):
         peft.apply_lora(model, train=["nothing"])
     with pytest.raises(ValueError, match="has no adapters to merge"):
         peft.merge(model)

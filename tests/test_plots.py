@@ -149,3 +149,104 @@ def test_cli_plots_end_to_end(tmp_path):
     assert history.shape[1] > 1000  # loss and accuracy side by side
     assert confusion.std() > 10
     assert sorted(os.listdir(logs)) == ["train", "validation"]
+
+
+# ----------------------------------------------------- what the figures show (their artists)
+
+
+@pytest.fixture()
+def drawn(monkeypatch):
+    """The matplotlib figures saved during the test, in order (a spy: they are still written)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return figures
+
+
+def _axes_titled(figure, title):
+    return next(ax for ax in figure.axes if ax.get_title() == title)
+
+
+def _line_labelled(ax, start):
+    return next(line for line in ax.get_lines() if line.get_label().startswith(start))
+
+
+def test_history_loss_axis_is_logarithmic_when_it_spans_decades(tmp_path, drawn):
+    spike = [("head", {"loss": [9.0, 0.4, 0.3], "val_loss": [2.0, 0.5, 0.35], "accuracy": [0.2, 0.8, 0.9]}),
+             ("full", {"loss": [0.2, 0.1], "val_loss": [0.3, 0.25], "accuracy": [0.95, 0.97]})]
+    plot_history(spike, tmp_path / "spike.png")
+    gentle = [("head", {"loss": [1.0, 0.6, 0.4], "accuracy": [0.5, 0.7, 0.8]})]
+    plot_history(gentle, tmp_path / "gentle.png")
+    negative = [("head", {"loss": [50.0, 1.0, -0.5]})]  # a loss that can go below 0 stays linear
+    plot_history(negative, tmp_path / "negative.png")
+    assert _axes_titled(drawn[0], "loss").get_yscale() == "log"  # 9.0 down to 0.1: 90x
+    assert _axes_titled(drawn[0], "accuracy").get_yscale() == "linear"
+    assert _axes_titled(drawn[1], "loss").get_yscale() == "linear"  # 2.5x
+    assert _axes_titled(drawn[2], "loss").get_yscale() == "linear"
+
+
+def test_history_of_a_real_run_follows_the_rule(two_phase_history, tmp_path, drawn):
+    plot_history(two_phase_history, tmp_path / "history.png")
+    (_, head), (_, full) = two_phase_history
+    losses = [v for key in ("loss", "val_loss") for v in list(head.history[key]) + list(full[key])]
+    spans = min(losses) > 0 and max(losses) > 10 * min(losses)
+    assert _axes_titled(drawn[0], "loss").get_yscale() == ("log" if spans else "linear")
+
+
+def test_lr_find_plot_marks_the_lowest_point_and_says_what_each_marker_is(
+        shipped_model, digits_small, tmp_path, drawn):
+    from kerasft.lr_finder import lr_find
+
+    x, y = digits_small
+    found = lr_find(shipped_model, (x, y), num_steps=40, loss="sparse_categorical_crossentropy",
+                    plot=tmp_path / "lr_find.png")
+    assert found.plot_path == str(tmp_path / "lr_find.png")
+    ax = drawn[0].axes[0]
+    curve = _line_labelled(ax, "loss")
+    lrs, losses = curve.get_xdata(), curve.get_ydata()
+    np.testing.assert_allclose(losses, found.losses[np.isfinite(found.losses)])  # the smoothed curve
+
+    lowest = _line_labelled(ax, "lowest loss")
+    assert lowest.get_xdata()[0] == lrs[np.argmin(losses)]
+    assert lowest.get_ydata()[0] == losses.min()
+    # "minimum" is a tenth of the lowest loss's rate (in the range the suggestions read), so
+    # its marker is not at the lowest point, and its legend says so.
+    minimum = _line_labelled(ax, "minimum")
+    assert minimum.get_label() == f"minimum (rate of the lowest loss / 10): {found.suggestions['minimum']:.2e}"
+    assert minimum.get_xdata()[0] == found.suggestions["minimum"] < lowest.get_xdata()[0]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert any(t.startswith("valley (in the longest descent): ") for t in legend)
+    assert any(t.startswith("steep (steepest descent): ") for t in legend)
+    assert f"lowest loss {losses.min():.4g} at {lrs[np.argmin(losses)]:.2e}" in legend
+
+
+def test_lr_find_plot_labels_unknown_suggestions_by_name(tmp_path, drawn):
+    lrs = np.geomspace(1e-5, 1.0, 30)
+    losses = np.concatenate([np.linspace(2.0, 0.5, 24), np.linspace(0.6, 3.0, 6)])
+    plot_lr_find(lrs, losses, {"mine": 1e-3}, tmp_path / "lr.png")
+    legend = [text.get_text() for text in drawn[0].axes[0].get_legend().get_texts()]
+    assert legend == ["loss", "mine: 1.00e-03", f"lowest loss 0.5 at {lrs[23]:.2e}"]
+
+
+def test_search_plot_numbers_trials_from_one_in_axis_and_legend(tmp_path, drawn):
+    from kerasft.search import SearchResult, TrialRow
+
+    trials = [TrialRow("0", {"lr": 1e-2}, 0.9, 1.0, "COMPLETED"),
+              TrialRow("1", {"lr": 1e-3}, 0.4, 1.0, "COMPLETED"),
+              TrialRow("2", {"lr": 1e-4}, None, 1.0, "FAILED", message="diverged"),
+              TrialRow("3", {"lr": 3e-4}, 0.6, 1.0, "COMPLETED")]
+    result = SearchResult(best=None, best_params={"lr": 1e-3}, best_trial="1", trials=trials,
+                          objective="val_loss", direction="min", directory=None, store=None)
+    result.plot(tmp_path / "search.png")
+    ax = drawn[0].axes[0]
+    assert list(_line_labelled(ax, "val_loss of the trial").get_xdata()) == [1, 2, 4]
+    best = _line_labelled(ax, "best:")
+    assert best.get_label() == "best: trial 2 (id 1)"
+    assert (best.get_xdata()[0], best.get_ydata()[0]) == (2, 0.4)

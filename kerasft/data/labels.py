@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataSpec", "TASKS", "LABEL_MODES", "infer_spec", "cast_labels", "stratify_labels",
+__all__ = ["DataSpec", "TASKS", "LABEL_MODES", "check_choices", "infer_spec", "cast_labels", "stratify_labels",
            "class_weights"]
 
 TASKS = ("classification", "multilabel", "regression")
@@ -56,7 +56,8 @@ class DataSpec:
         return 1 if self.label_mode == "binary" else self.num_classes
 
 
-def _check_choices(task: Any, label_mode: Any, num_classes: Any) -> None:
+def check_choices(task: Any, label_mode: Any, num_classes: Any) -> None:
+    """Check ``task``, ``label_mode`` and ``num_classes`` alone, before any labels are read."""
     if task not in (None, "auto", *TASKS):
         raise ValueError(f"Argument `task` must be 'auto' or one of {list(TASKS)}. Received: task={task!r}")
     if label_mode is not None and label_mode not in LABEL_MODES:
@@ -87,7 +88,7 @@ def infer_spec(
             are not class indices with ``task="classification"``, negative or too large
             class ids, a one-hot width other than ``num_classes``, fewer than 2 classes.
     """
-    _check_choices(task, label_mode, num_classes)
+    check_choices(task, label_mode, num_classes)
     y = np.asarray(y)
     if y.size == 0:
         raise ValueError(f"Argument `{argument}` is empty: it yields no examples.")

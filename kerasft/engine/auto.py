@@ -268,9 +268,9 @@ def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: 
     epochs = int(min(high, max(low, round(target / steps_per_epoch))))
     if user.get("epochs") is not None:
         epochs = int(user["epochs"])
-        reasons.append(f"budget: {epochs} epochs as given ({epochs * steps_per_epoch} steps)")
+        reasons.append(f"budget: {epochs} epoch{'s' if epochs != 1 else ''} as given ({epochs * steps_per_epoch} steps)")
     else:
-        reasons.append(f"budget: about {target} optimizer steps for a {family}: {epochs} epochs of "
+        reasons.append(f"budget: about {target} optimizer steps for a {family}: {epochs} epoch{'s' if epochs != 1 else ''} of "
                        f"{steps_per_epoch} steps at batch {batch_size}")
     rate = _cnn_rate(profile.params) if family == "cnn" else _RATE[family]
     optimizer = _OPTIMIZER[family]

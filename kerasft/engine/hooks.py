@@ -247,7 +247,8 @@ class NaNGuard(Hook):
             f"epoch {event['epoch']} in phase {run.phase.name!r} (peak learning rate {peak:g}). "
             "Training stopped and the last weights with a finite loss were restored; later "
             f"phases were skipped. HINT: try a lower learning rate (e.g. {peak / 10:g}), "
-            "gradient clipping (global_clipnorm=1.0), or check the inputs for extreme values.",
+            "gradient clipping (optimizer=kerasft.OptimizerConfig(global_clipnorm=1.0)), or check the inputs "
+            "for extreme values.",
             RuntimeWarning, stacklevel=5,  # hook, runner, run, finetune, caller
         )
 

@@ -1,11 +1,15 @@
 """The options of a fine-tuning run, grouped by concern and validated in one place.
 
-``kerasft.finetune`` keeps its flat keywords: users' code and the README call it that
-way, and one call with keywords is the point of the library. Inside, the keywords are
-sorted into small frozen dataclasses, one per part of the engine that reads them
+``kerasft.finetune`` takes the common options as flat keywords and the rest as the
+configs of :mod:`kerasft.configs`, each checked when it is built. :meth:`Options.build`
+sorts both into small frozen dataclasses, one per part of the engine that reads them
 (recipe, optimizer, task, data, monitoring, regularization, speed, run), so that each
-part receives only what concerns it and a plan or a hook can be built and tested from
-a few fields instead of 48. :meth:`Options.from_keywords` checks every value, then
+part receives only what concerns it and a plan or a hook can be built and tested from a
+few fields. The optimizer, regularization and speed configs are such groups themselves
+and travel whole; the fields of the others join the flat keywords of their group. The
+engine names every option by its flat keyword (``lora_rank``, not ``LoraConfig.rank``):
+:meth:`Options.from_keywords` takes that spelling, :meth:`Options.keywords` gives it back.
+:meth:`Options.validate` checks the flat values (the configs checked theirs), then
 :func:`check_conflicts` walks one table of the combinations that do not work together.
 Messages name the argument, the value received and what would be valid.
 """
@@ -13,7 +17,6 @@ Messages name the argument, the value received and what would be valid.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,11 +24,10 @@ from typing import Any
 
 import keras
 
+from kerasft import configs as configs_lib
 from kerasft import data as data_lib
-from kerasft import layerwise, regularizers
 from kerasft.callbacks import ReduceLROnPlateauScaled
-from kerasft.data import TASKS
-from kerasft.speed import plan as speed_plan
+from kerasft.configs import OptimizerConfig, RegularizationConfig, SpeedConfig
 from kerasft.unfreezing import load_phases
 
 __all__ = [
@@ -50,7 +52,6 @@ FIXED_DEFAULTS: dict[str, Any] = {"batch_size": 32, "validation_split": 0.2, "he
                                   "train_bn": False}
 # Recipes that train low-rank adapters beside frozen pretrained weights, and their method.
 ADAPTER_RECIPES = {"lora": "lora", "dora": "dora", "lp-lora": "lora", "lp-dora": "dora"}
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
 @dataclass(frozen=True)
@@ -95,33 +96,8 @@ class RecipeOptions:
         return isinstance(self.lr, str) and self.lr == "find"
 
 
-@dataclass(frozen=True)
-class OptimizerOptions:
-    """The optimizer each phase gets."""
-
-    optimizer: str = "adam"
-    weight_decay: float | None = None
-    clipnorm: float | None = None
-    global_clipnorm: float | None = None
-    use_ema: bool = False
-
-    def make(self, learning_rate: Any) -> keras.optimizers.Optimizer:
-        """A new optimizer of this kind at ``learning_rate`` (a float or a schedule)."""
-        kwargs: dict[str, Any] = {"learning_rate": learning_rate}
-        if self.use_ema:
-            kwargs["use_ema"] = True
-        if self.clipnorm is not None:
-            kwargs["clipnorm"] = self.clipnorm
-        if self.global_clipnorm is not None:
-            kwargs["global_clipnorm"] = self.global_clipnorm
-        name = self.optimizer.lower()
-        if name == "adamw":
-            return keras.optimizers.AdamW(weight_decay=self.weight_decay or 1e-4, **kwargs)
-        if name == "sgd":
-            return keras.optimizers.SGD(momentum=0.9, nesterov=True, **kwargs)
-        if name == "rmsprop":
-            return keras.optimizers.RMSprop(**kwargs)
-        return keras.optimizers.Adam(**kwargs)
+# The optimizer's options are a public config, passed whole (`finetune(optimizer=OptimizerConfig(...))`).
+OptimizerOptions = OptimizerConfig
 
 
 @dataclass(frozen=True)
@@ -153,7 +129,6 @@ class DataOptions:
     batch_size: int = 32
     seed: int = 0
     label_columns: str | Sequence[str] | None = None
-    augment: Any = None
 
 
 @dataclass(frozen=True)
@@ -172,35 +147,9 @@ class MonitorOptions:
         return {"monitor": monitor, "factor": 0.5, "patience": 2, **(value if isinstance(value, Mapping) else {})}
 
 
-@dataclass(frozen=True)
-class RegularizationOptions:
-    """What keeps the fine-tuned weights near the pretrained ones, or sparse."""
-
-    l2sp: float | None = None
-    clip_weights: float | tuple[float, Any] | None = None
-    prune: float | dict[str, Any] | None = None
-
-    @property
-    def clip(self) -> tuple[float, Any] | None:
-        """``(c, layers)`` from ``clip_weights=c`` or ``(c, layer regexes)``."""
-        value = self.clip_weights
-        if value is None:
-            return None
-        c, layers = (value if isinstance(value, (tuple, list)) and len(value) == 2 else (value, None))
-        return float(c), layers
-
-
-@dataclass(frozen=True)
-class SpeedOptions:
-    """How fast the run goes: caching, XLA, precision, step grouping, distribution."""
-
-    cache_features: bool | str = "auto"
-    cache_budget: float = 1024**3
-    jit_compile: bool | str = "auto"
-    mixed_precision: bool | str | None = None
-    steps_per_execution: int | str = "auto"
-    distribute: Any = None
-    feature_store: Any = None
+# Public configs passed whole (`finetune(regularization=..., speed=...)`).
+RegularizationOptions = RegularizationConfig
+SpeedOptions = SpeedConfig
 
 
 @dataclass(frozen=True)
@@ -232,34 +181,65 @@ class Options:
     """Every option of one ``finetune`` call, grouped."""
 
     recipe: RecipeOptions = RecipeOptions()
-    optimizer: OptimizerOptions = OptimizerOptions()
+    optimizer: OptimizerConfig = OptimizerConfig(name="adam")
     task: TaskOptions = TaskOptions()
     data: DataOptions = DataOptions()
     monitor: MonitorOptions = MonitorOptions()
-    regularization: RegularizationOptions = RegularizationOptions()
-    speed: SpeedOptions = SpeedOptions()
+    regularization: RegularizationConfig = RegularizationConfig()
+    speed: SpeedConfig = SpeedConfig()
     run: RunOptions = RunOptions()
     given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
     @classmethod
-    def from_keywords(cls, **keywords: Any) -> Options:
-        """Sort ``finetune``'s keywords into groups, then validate them all.
+    def build(cls, flat: Mapping[str, Any], configs: Mapping[str, Any]) -> Options:
+        """The options of a ``finetune`` call: its flat keywords and its configs, then validated.
 
-        A keyword of :data:`FIXED_DEFAULTS` that is ``None`` (or absent) is left to the
-        recipe: ``"auto"`` decides it from the model and the data, the other recipes take
-        its fixed default. :attr:`given` holds the ones the caller set.
+        The configs (``{"lora": LoraConfig(...), ...}``, see :mod:`kerasft.configs`)
+        checked their values when they were built; this checks the flat values and the
+        combinations. A keyword of :data:`FIXED_DEFAULTS` that is ``None`` (or absent)
+        is left to the recipe: ``"auto"`` decides it from the model and the data, the
+        other recipes take its fixed default. :attr:`given` holds the ones the caller set.
 
         Raises:
-            TypeError: an unknown keyword (listing the valid ones).
             ValueError: a bad value, or options that do not work together.
         """
+        options = cls.assemble(flat, configs)
+        options.validate()
+        return options
+
+    @classmethod
+    def assemble(cls, flat: Mapping[str, Any], configs: Mapping[str, Any]) -> Options:
+        """The groups of a call's flat keywords and configs, without validating them (see :meth:`build`)."""
+        keywords = dict(flat)
+        for config in configs.values():
+            keywords.update(config.keywords())
         given = frozenset(k for k in FIXED_DEFAULTS if keywords.get(k) is not None)
         filled = {**keywords, **{k: v for k, v in FIXED_DEFAULTS.items() if keywords.get(k) is None}}
         if keywords.get("recipe") is None:
             filled["recipe"] = default_recipe(keywords)
-        options = dataclasses.replace(cls.group(**filled), given=given)
-        options.validate()
-        return options
+        groups = {}
+        for name, group in _GROUPS.items():
+            config = configs.get(name)
+            if isinstance(config, group):  # a public config that is a group travels whole
+                fills = {f.name: filled[config.flat_name(f.name)] for f in dataclasses.fields(config)
+                         if config.flat_name(f.name) in FIXED_DEFAULTS and config.flat_name(f.name) not in given}
+                groups[name] = dataclasses.replace(config, **fills) if fills else config
+            else:
+                groups[name] = group(**{f.name: filled[_flat_name(group, f.name)] for f in dataclasses.fields(group)
+                                        if _flat_name(group, f.name) in filled})
+        return cls(**groups, given=given)
+
+    @classmethod
+    def from_keywords(cls, **keywords: Any) -> Options:
+        """:meth:`build` from flat keywords only: every option under its flat name (``lora_rank=4``).
+
+        Config objects are accepted too. No deprecation warning: this is the engine's spelling.
+
+        Raises:
+            TypeError: an unknown keyword (with the closest valid one).
+            ValueError: a bad value, or options that do not work together.
+        """
+        return cls.build(*configs_lib.sort_keywords(keywords))
 
     @property
     def auto(self) -> bool:
@@ -268,27 +248,18 @@ class Options:
 
     @classmethod
     def group(cls, **keywords: Any) -> Options:
-        """Sort ``finetune``'s keywords into groups, without validating them.
+        """:meth:`assemble` from flat keywords, without validating the combinations.
 
         Raises:
-            TypeError: an unknown keyword (listing the valid ones).
+            TypeError: an unknown keyword (with the closest valid one).
+            ValueError: a bad value of a config's field (the configs check theirs when built).
         """
-        groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
-        owner = {f.name: name for name, group in _GROUPS.items() for f in dataclasses.fields(group)}
-        for key, value in keywords.items():
-            if key not in owner:
-                raise TypeError(
-                    f"finetune() got an unexpected keyword argument {key!r}. Valid keywords are: "
-                    f"{sorted(owner)}"
-                )
-            groups[owner[key]][key] = value
-        given = frozenset(k for k in FIXED_DEFAULTS if keywords.get(k) is not None)
-        return cls(**{name: _GROUPS[name](**values) for name, values in groups.items()}, given=given)
+        return cls.assemble(*configs_lib.sort_keywords(keywords))
 
     def keywords(self) -> dict[str, Any]:
-        """The flat ``finetune`` keywords these options were built from."""
-        return {f.name: getattr(getattr(self, group), f.name)
-                for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+        """Every option under its flat ``finetune`` keyword (``lora_rank``, ``optimizer``...)."""
+        return {_flat_name(type(group), f.name): getattr(group, f.name)
+                for group in (getattr(self, name) for name in _GROUPS) for f in dataclasses.fields(group)}
 
     def replace(self, **keywords: Any) -> Options:
         """A copy with some flat keywords changed (validated again); :attr:`given` grows by them."""
@@ -305,6 +276,11 @@ class Options:
         check_conflicts(self)
 
 
+def _flat_name(group: type, field: str) -> str:
+    """The flat keyword of a group's field (the configs renamed a few: ``OptimizerConfig.name``)."""
+    return group.flat_name(field) if hasattr(group, "flat_name") else field
+
+
 def default_recipe(keywords: Mapping[str, Any]) -> str:
     """The recipe when none is given: ``"auto"``, or ``"lp-ft"`` for options only its head phase has.
 
@@ -319,6 +295,7 @@ def default_recipe(keywords: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------ value checks
+# The flat keywords' values; each config checked its own fields when it was built.
 
 
 def recipe_names() -> list[str]:
@@ -364,8 +341,6 @@ def _check_numbers(o: Options) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 < value < 10):
             raise ValueError(f"Argument `{arg}` must be a number in (0, 10). Received: {arg}={value!r}")
-    if isinstance(r.warmup, bool) or not isinstance(r.warmup, (int, float)) or not 0.0 <= r.warmup < 1.0:
-        raise ValueError(f"Argument `warmup` must be a fraction in [0, 1). Received: warmup={r.warmup!r}")
     patience = o.monitor.patience
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
         raise ValueError(f"Argument `patience` must be a non-negative int or None. Received: patience={patience!r}")
@@ -390,34 +365,7 @@ def _check_unfreeze(o: Options) -> None:
         raise ValueError(valid)
 
 
-def _check_optimizer(o: Options) -> None:
-    opt = o.optimizer
-    if not isinstance(opt.optimizer, str) or opt.optimizer.lower() not in OPTIMIZERS:
-        raise ValueError(
-            f"Argument `optimizer` must be one of {list(OPTIMIZERS)}. Received: optimizer={opt.optimizer!r}"
-        )
-    if not isinstance(opt.use_ema, bool):
-        raise ValueError(f"Argument `use_ema` must be True or False. Received: use_ema={opt.use_ema!r}")
-    for arg in ("weight_decay", "clipnorm", "global_clipnorm"):
-        value = getattr(opt, arg)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ValueError(f"Argument `{arg}` must be a number >= 0 or None. Received: {arg}={value!r}")
-
-
-def _check_strategy_values(o: Options) -> None:
-    r, reg = o.recipe, o.regularization
-    sequence = isinstance(r.lr_mult, Sequence) and not isinstance(r.lr_mult, str)
-    layerwise.group_multipliers(len(r.lr_mult) if sequence else 2, lr_mult=r.lr_mult, layer_decay=r.layer_decay)
-    if reg.l2sp is not None:
-        regularizers.check_strength("l2sp", reg.l2sp)
-    if reg.clip_weights is not None:
-        value = reg.clip_weights
-        c = value[0] if isinstance(value, (tuple, list)) and len(value) == 2 else value
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
-            raise ValueError(
-                "Argument `clip_weights` must be a bound c > 0, or (c, layer regex or list of "
-                f"regexes). Received: clip_weights={value!r}"
-            )
+def _check_plateau(o: Options) -> None:
     plateau = o.monitor.reduce_on_plateau
     if not (plateau is None or isinstance(plateau, bool) or isinstance(plateau, Mapping)):
         raise ValueError(
@@ -427,67 +375,25 @@ def _check_strategy_values(o: Options) -> None:
         )
 
 
-def _check_speed(o: Options) -> None:
-    s = o.speed
-    speed_plan.check_options(cache_features=s.cache_features, cache_budget=s.cache_budget,
-                             jit_compile=s.jit_compile, mixed_precision=s.mixed_precision,
-                             steps_per_execution=s.steps_per_execution)
-
-
 def _check_prune(o: Options) -> None:
+    # Whether the recipe can prune; RegularizationConfig checked the value itself.
     if o.regularization.prune is not None:
         from kerasft.pruning import finetune as pruning_finetune
 
         pruning_finetune.parse_prune_option(o.regularization.prune, o.recipe.kind)
 
 
-def _check_adapters(o: Options) -> None:
-    r = o.recipe
-    if isinstance(r.lora_rank, bool) or not isinstance(r.lora_rank, int) or r.lora_rank < 1:
-        raise ValueError(f"Argument `lora_rank` must be a positive integer. Received: lora_rank={r.lora_rank!r}")
-    if r.lora_alpha is not None and (isinstance(r.lora_alpha, bool) or not isinstance(r.lora_alpha, (int, float))
-                                     or not r.lora_alpha > 0):
-        raise ValueError(f"Argument `lora_alpha` must be a positive number or None. Received: lora_alpha={r.lora_alpha!r}")
-    if isinstance(r.lora_dropout, bool) or not isinstance(r.lora_dropout, (int, float)) or not 0 <= r.lora_dropout < 1:
-        raise ValueError(f"Argument `lora_dropout` must be in [0, 1). Received: lora_dropout={r.lora_dropout!r}")
-    if r.quantize not in (None, "int8"):
-        raise ValueError(f"Argument `quantize` must be None or 'int8'. Received: quantize={r.quantize!r}")
-
-
-def _check_task(o: Options) -> None:
+def _check_class_weight(o: Options) -> None:
     t = o.task
-    if t.task not in ("auto", *TASKS):
-        raise ValueError(f"Argument `task` must be 'auto' or one of {list(TASKS)}. Received: task={t.task!r}")
     if t.class_weight is not None and t.class_weight != "balanced" and not isinstance(t.class_weight, Mapping):
         raise ValueError(
             "Argument `class_weight` must be None, 'balanced' or a dict {class id: weight}. "
             f"Received: class_weight={t.class_weight!r}"
         )
-    if not isinstance(t.standardize_targets, bool):
-        raise ValueError(
-            f"Argument `standardize_targets` must be True or False. Received: standardize_targets={t.standardize_targets!r}"
-        )
-    th = t.thresholds
-    ok = th is None or th == "tune" or (isinstance(th, Sequence) and not isinstance(th, str) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in th))
-    if not ok:
-        raise ValueError(
-            "Argument `thresholds` must be 'tune' (per-label thresholds that maximise F1 on the "
-            "validation data), None (0.5) or a list of per-label thresholds in (0, 1). "
-            f"Received: thresholds={th!r}"
-        )
-    ls = t.label_smoothing
-    if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
-        raise ValueError(f"Argument `label_smoothing` must be in [0, 1). Received: label_smoothing={ls!r}")
-    if isinstance(t.loss, str) and t.loss == "focal" and t.task == "regression":
-        raise ValueError("Argument `loss='focal'` is a classification loss, but task='regression'.")
-    if t.head is not None and not isinstance(t.head, str):
-        raise ValueError(f"Argument `head` must be the name of a model output, or None. Received: head={t.head!r}")
 
 
 _VALUE_CHECKS: list[Callable[[Options], None]] = [
-    _check_recipe, _check_numbers, _check_unfreeze, _check_optimizer, _check_strategy_values,
-    _check_speed, _check_prune, _check_task, _check_adapters,
+    _check_recipe, _check_numbers, _check_unfreeze, _check_plateau, _check_prune, _check_class_weight,
 ]
 
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import keras
 
-from kerasft import _keras_compat as compat
 from kerasft import layerwise, surgery
 from kerasft.engine.options import RecipeOptions
-from kerasft.unfreezing import apply_trainable, resolve_layers
+from kerasft.surgery import TrainableSnapshot
+from kerasft.unfreezing import apply_trainable
 
 __all__ = [
     "Phase",
@@ -36,7 +36,6 @@ __all__ = [
     "build_plan",
     "register_recipe",
     "select_trainable",
-    "TrainableSnapshot",
     "trainable_layers",
 ]
 
@@ -306,7 +305,7 @@ def _staged(name: str, epochs: int, stages: list[Stage], o: RecipeOptions) -> Ph
     if late:
         raise ValueError(
             f"Argument `recipe`: phases start at epochs {[s.epoch for s in stages]} but the "
-            f"run lasts {epochs} epochs, so some would never train. HINT: raise `epochs`."
+            f"run lasts {epochs} epoch{'s' if epochs != 1 else ''}, so some would never train. HINT: raise `epochs`."
         )
     mults = layerwise.group_multipliers(max(1, len(stages) - 1), lr_mult=o.lr_mult, layer_decay=o.layer_decay)
     head, body = _head_rate(o), _body_rate(o)
@@ -388,7 +387,7 @@ def _unfrozen_body(model: keras.Model, head: keras.layers.Layer, body: list, unf
     """The body layers ``unfreeze`` selects: top N weighted layers, a top fraction, a regex."""
     if isinstance(unfreeze, str):
         try:
-            keep = surgery.select_layers(model, pattern=unfreeze)
+            keep = surgery.select_layers(model, unfreeze, argument="unfreeze", legacy="search")
         except ValueError as e:
             raise ValueError(f"Argument `unfreeze={unfreeze!r}` selects nothing to train: {e}") from None
         return [lyr for lyr in keep if lyr is not head]
@@ -413,35 +412,11 @@ def select_trainable(model: keras.Model, head: keras.layers.Layer, phase: Phase,
     surgery.set_trainable(model, {p: id(lyr) in ids for p, lyr in surgery.leaf_layers(model)})
 
 
-@dataclass
-class TrainableSnapshot:
-    """Every layer's and variable's ``trainable`` flag, to put back exactly.
-
-    Layer flags cascade to sublayers and variables in Keras, so low-rank adapters (a
-    frozen kernel beside trainable factors in one layer) survive a freeze/unfreeze only
-    by restoring the variables' own flags after the layers'.
-    """
-
-    layers: list[tuple[keras.layers.Layer, bool]]
-    variables: list[tuple[Any, bool]]
-
-    @classmethod
-    def take(cls, model: keras.Model) -> TrainableSnapshot:
-        layers = [(lyr, lyr.trainable) for lyr in compat.flatten_layers(model)]
-        return cls(layers, [(v, v.trainable) for v in model.weights])
-
-    def restore(self, model: keras.Model) -> None:
-        for layer, flag in self.layers:  # top-down: children end with their own flags
-            layer.trainable = flag
-        for variable, flag in self.variables:
-            variable.trainable = flag
-
-
 def stage_layers(model: keras.Model, phase: Phase) -> list[list[keras.layers.Layer]]:
     """The layers each stage of a staged phase adds (a layer belongs to its first stage)."""
     out, taken = [], set()
     for i, stage in enumerate(phase.stages):
-        layers = [lyr for lyr in resolve_layers(model, stage.layers, f"phases[{i}]['layers']")
+        layers = [lyr for lyr in surgery.select_layers(model, stage.layers, argument=f"phases[{i}]['layers']")
                   if id(lyr) not in taken]
         if not layers:
             raise ValueError(f"Phase {i} ({stage.layers}) has only layers of earlier phases.")

@@ -23,6 +23,7 @@ import numpy as np
 
 from kerasft import _onednn, convert, surgery
 from kerasft import data as data_lib
+from kerasft.data.sample import export_sample
 from kerasft.engine import auto
 from kerasft.engine.hooks import Hook
 from kerasft.engine.loading import load_model
@@ -46,7 +47,6 @@ from kerasft.engine.task import (
     select_output,
     setup_task,
 )
-from kerasft.export.tflite import export_sample
 from kerasft.speed import distribute
 from kerasft.speed.plan import SpeedPlan
 
@@ -202,7 +202,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             seed=seed, num_classes=t.num_classes, label_mode=t.label_mode,
             task=t.task, head_units=surgery.head_units(head), head_activation=surgery.head_activation(model),
             label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
-            one_hot=_needs_one_hot(options), augment=o.augment,
+            one_hot=_needs_one_hot(options), augment=options.regularization.augment,
         )
         _warn_unscaled_pixels(model, prepared)
         decision = None
@@ -263,7 +263,7 @@ def _decide(profile: Any, prepared: data_lib.PreparedData, options: Options,
     r, given = options.recipe, options.given
     rate = r.finetune_lr if r.finetune_lr is not None else (r.lr if "lr" in given else None)
     user = {"epochs": r.epochs if "epochs" in given else None, "lr": rate,
-            "optimizer": options.optimizer.optimizer if "optimizer" in given else None,
+            "optimizer": options.optimizer.name if "optimizer" in given else None,
             "warmup": r.warmup if "warmup" in given else None, "layer_decay": r.layer_decay, "lr_mult": r.lr_mult,
             "weight_decay": options.optimizer.weight_decay, "unfreeze": r.unfreeze if "unfreeze" in given else None,
             "train_bn": r.train_bn if "train_bn" in given else None}
@@ -277,7 +277,7 @@ def _decide(profile: Any, prepared: data_lib.PreparedData, options: Options,
 
 def _needs_one_hot(options: Options) -> bool:
     """Whether single-label classes must be one-hot: smoothing, focal loss, mixing augmentation."""
-    t, augment = options.task, options.data.augment
+    t, augment = options.task, options.regularization.augment
     return (t.label_smoothing > 0 or (isinstance(t.loss, str) and t.loss == "focal")
             or (isinstance(augment, str) and augment in ("mixup", "cutmix", "feature_mixup")))
 
@@ -345,7 +345,8 @@ class Runner:
             _restore_length(run.restore_length)
         if not getattr(run.model, "compiled", False):  # every phase was restored from a checkpoint
             run.model.compile(loss=task.loss, metrics=task.metrics)
-        run.log(f"kerasft: done; best {run.monitor} {run.best.best_value if run.best else None} in phase "
+        best = run.best.best_value if run.best else None
+        run.log(f"kerasft: done; best {run.monitor} {best if best is None else format(best, '.4g')} in phase "
                 f"{run.best.best_phase if run.best else None!r}")
         return run.result()
 
@@ -428,7 +429,7 @@ class Runner:
                             metrics=list(run.task.metrics), **setup.compile_kwargs)
         run.phase_peak, run.phase_counts = run.phase_optimizer.peak, surgery.count_params(model)
         run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': {phase.epochs} "
-                f"epochs, lr {run.phase_peak:g}{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, "
+                f"epoch{'s' if phase.epochs != 1 else ''}, lr {run.phase_peak:g}{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, "
                 f"{run.phase_counts}")
         callbacks = [cb for hook in self.hooks for cb in hook.callbacks(run)]
         speed.before_fit(setup)

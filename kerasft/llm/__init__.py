@@ -10,7 +10,13 @@ to load again). See ``docs/generate.md``.
 """
 
 from kerasft.llm.chat import apply_chat_template, render_chat
-from kerasft.llm.evaluate import GenerationReport, answer_accuracy, evaluate_causal_lm, generate, perplexity
+from kerasft.llm.evaluate import (
+    GenerationReport,
+    answer_accuracy,
+    evaluate_causal_lm,
+    generate,
+    perplexity,
+)
 from kerasft.llm.export import CausalLMExport, export_causal_lm
 from kerasft.llm.finetune import SFTPlan, finetune_causal_lm, plan_sft
 from kerasft.llm.gguf import GGUFFile, export_gguf, load_gguf, read_gguf

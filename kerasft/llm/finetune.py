@@ -79,7 +79,7 @@ class SFTPlan:
         lines = [
             f"kerasft SFT plan: {self.examples} examples ({self.kind}; {self.validation_examples} held out) -> {packed}",
             f"  tokens/epoch {self.tokens:,}, loss on {self.target_tokens:,}; batch {self.batch_size} rows"
-            f" x {self.gradient_accumulation} accumulated, {self.steps_per_epoch} steps/epoch, {self.epochs} epochs",
+            f" x {self.gradient_accumulation} accumulated, {self.steps_per_epoch} steps/epoch, {self.epochs} epoch{'s' if self.epochs != 1 else ''}",
             f"  recipe {self.recipe!r}: {self.trainable:,} trainable of {self.total:,} parameters "
             f"({100 * self.trainable / max(1, self.total):.2f}%)",
         ]
@@ -437,7 +437,7 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
     if prepared.validation is not None:
         v = prepared.validation
         validation = (v.inputs(), v.target_ids, v.loss_weights)
-    _log(config, f"kerasft phase 1/1 '{config.recipe}': {config.epochs} epochs, lr {config.lr:g} (warmup+cosine), "
+    _log(config, f"kerasft phase 1/1 '{config.recipe}': {config.epochs} epoch{'s' if config.epochs != 1 else ''}, lr {config.lr:g} (warmup+cosine), "
                  f"{plan.trainable:,} trainable / {plan.total - plan.trainable:,} frozen / {plan.total:,} total")
     start = time.perf_counter()
     history: dict[str, list[float]] = {}
@@ -457,7 +457,8 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
         _log(config, f"kerasft: stopped at a non-finite loss (epoch {guard.event.epoch}, step {guard.event.step}); "
                      "the last finite weights are kept")
     final = history.get("loss", [float("nan")])[-1] if history.get("loss") else float("nan")
-    _log(config, f"kerasft: done; {'best val_loss %.4f' % best if best is not None else 'final loss %.4f' % final}")
+    outcome = f"best val_loss {best:.4f}" if best is not None else f"final loss {final:.4f}"
+    _log(config, f"kerasft: done; {outcome}")
     return SFTResult(
         model=causal_lm, plan=plan, history=history, seconds=seconds, epochs_run=epochs_run,
         tokens_per_second=rows.tokens * epochs_run / seconds if seconds and epochs_run else 0.0,
@@ -465,24 +466,16 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
     )
 
 
-def _facade_defaults(function: Any) -> dict[str, Any]:
-    import inspect
-
-    return {name: p.default for name, p in inspect.signature(function).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
 def finetune_from_facade(model: Any, data: Any, keywords: dict[str, Any]) -> SFTResult:
     """``kerasft.finetune`` on a causal LM: its keywords sorted into an :class:`SFTConfig`.
 
+    ``keywords`` are the options the call set, under their flat names
+    (:func:`kerasft.configs.given_keywords`: ``lora_rank``, not ``LoraConfig.rank``).
     ``recipe`` may be an :class:`SFTConfig` (the options ``kerasft.finetune`` has no
-    keyword for); the other keywords set to non-default values override its fields.
+    keyword for); the other keywords override its fields.
     """
-    from kerasft import finetuning
-
-    defaults = _facade_defaults(finetuning.finetune)
-    config, rest = _facade_config({k: v for k, v in keywords.items() if k in defaults})
-    return finetune_causal_lm(model, data, config=config, **from_facade(rest, defaults))
+    config, rest = _facade_config(keywords)
+    return finetune_causal_lm(model, data, config=config, **from_facade(rest, {}))
 
 
 def plan_from_facade(model: Any, data: Any, keywords: dict[str, Any]) -> SFTPlan:

@@ -1,7 +1,9 @@
 """Which layers get adapters and which train in full: regexes, classes, defaults.
 
-Regexes match in full against a layer's path or its name, so ``"query"`` and
-``"backbone/.*/query"`` both work, as PEFT's ``target_modules`` users expect. The
+Targets are selected by ``kerasft.select_layers`` over the walk with sublayers: regexes
+match in full against a layer's path or its name, so ``"query"`` and
+``"backbone/.*/query"`` both work, as PEFT's ``target_modules`` users expect; layer
+classes, layers and callables work too. The
 default targets follow the architecture: every projection (attention and feed-forward)
 of the top half of the attention blocks when there are any, else every Dense and 1x1
 convolution below the head.
@@ -9,12 +11,12 @@ convolution below the head.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 
+from kerasft import surgery
 from kerasft.peft import _walk
 
 # Names of the query/value projections: Keras MultiHeadAttention's EinsumDense layers
@@ -27,32 +29,15 @@ def listing(nodes: Sequence[_walk.Node]) -> str:
     return "[" + ", ".join(repr(n.path) for n in nodes) + "]"
 
 
-def _matcher(item: Any, argument: str) -> Callable[[_walk.Node], bool]:
-    if isinstance(item, type) and issubclass(item, keras.layers.Layer):
-        return lambda n: isinstance(n.layer, item)
-    if isinstance(item, str):
-        try:
-            pattern = re.compile(item)
-        except re.error as e:
-            raise ValueError(
-                f"Argument `{argument}` contains an invalid regular expression {item!r}: {e}."
-            ) from None
-        return lambda n: bool(pattern.fullmatch(n.path) or pattern.fullmatch(n.layer.name))
-    raise TypeError(
-        f"Argument `{argument}` must hold layer-path regexes (str) or Keras layer classes. "
-        f"Received: {item!r} of type {type(item).__name__}."
-    )
+def _entries(value: Any) -> list[Any]:
+    """The entries of ``targets``/``train``; each must select a layer."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _as_list(value: Any, argument: str) -> list[Any]:
-    if isinstance(value, (str, type)):
-        return [value]
-    if not isinstance(value, Sequence):
-        raise TypeError(
-            f"Argument `{argument}` must be a str, a layer class, or a list of them. "
-            f"Received: {argument}={value!r}"
-        )
-    return list(value)
+def _select(model: keras.Model, nodes: list[_walk.Node], item: Any, argument: str) -> list[_walk.Node]:
+    """The nodes ``item`` selects, by ``kerasft.select_layers``'s rule, in walk order."""
+    ids = {id(layer) for layer in surgery.select_layers(model, item, argument=argument, sublayers=_walk.descend)}
+    return [n for n in nodes if id(n.layer) in ids]
 
 
 def _default_targets(model: keras.Model, nodes: list[_walk.Node], head: Any) -> list[_walk.Node]:
@@ -117,52 +102,42 @@ def resolve_targets(
                 f"Pass `targets`. Layers that can take adapters: {listing(adaptable)}."
             )
         return chosen
-    chosen: list[_walk.Node] = []
-    for item in _as_list(targets, "targets"):
-        match = _matcher(item, "targets")
-        hits = [n for n in nodes if match(n)]
+    ids: set[int] = set()
+    for item in _entries(targets):
+        hits = _select(model, nodes, item, "targets")
         usable = [n for n in hits if _walk.supports_keras_lora(n.layer)]
         if not usable:
-            found = (
-                f"it matches only layers that cannot take adapters: {listing(hits)}. "
-                if hits
-                else "it matches no layer. "
-            )
             raise ValueError(
-                f"Argument `targets` entry {item!r} selects nothing to adapt: {found}"
-                f"Layers that can take adapters (Dense, EinsumDense, Embedding, Conv): "
-                f"{listing(adaptable)}."
+                f"Argument `targets` entry {item!r} selects nothing to adapt: it matches only "
+                f"layers that cannot take adapters: {listing(hits)}. Layers that can take "
+                f"adapters (Dense, EinsumDense, Embedding, Conv): {listing(adaptable)}."
             )
-        chosen += [n for n in usable if all(n is not c for c in chosen)]
-    return chosen
+        ids |= {id(n.layer) for n in usable}
+    return [n for n in nodes if id(n.layer) in ids]
 
 
 def resolve_trained(
     model: keras.Model, nodes: list[_walk.Node], train: Any, head: Any
 ) -> list[_walk.Node]:
-    chosen: list[_walk.Node] = []
-
-    def add(found: list[_walk.Node]) -> None:
-        chosen.extend(n for n in found if all(n is not c for c in chosen))
-
-    for item in _as_list(train, "train"):
+    ids: set[int] = set()
+    for item in _entries(train):
         if item == "head":
             if head is None:
                 raise ValueError(
                     f"Argument `train` asks for 'head', but model {model.name!r} has no layer "
-                    "with weights. Received: train={train!r}"
+                    f"with weights. Received: train={train!r}"
                 )
-            add([n for n in nodes if n.layer is head])
+            ids.add(id(head))
         elif item == "norm":
-            add([n for n in nodes if isinstance(n.layer, _walk.NORM_TYPES) and n.own_weights])
+            ids |= {id(n.layer) for n in nodes if isinstance(n.layer, _walk.NORM_TYPES) and n.own_weights}
         else:
-            match = _matcher(item, "train")
-            hits = [n for n in nodes if match(n) and n.layer.weights]
-            if not hits:
+            hits = _select(model, nodes, item, "train")
+            weighted = [n for n in hits if n.layer.weights]
+            if not weighted:
                 raise ValueError(
-                    f"Argument `train` entry {item!r} matches no layer with weights. Use 'head', "
-                    f"'norm', or a regex over layer paths such as "
+                    f"Argument `train` entry {item!r} matches only layers without weights: "
+                    f"{listing(hits)}. Use 'head', 'norm', or a regex over layer paths such as "
                     f"{listing([n for n in nodes if n.layer.weights][:8])}."
                 )
-            add(hits)
-    return chosen
+            ids |= {id(n.layer) for n in weighted}
+    return [n for n in nodes if id(n.layer) in ids]

@@ -1,7 +1,8 @@
 """Walk a model's layer tree with paths, and tell adapter weights from base weights.
 
-Paths join layer names with ``/`` from the model down, through nested models and the
-sublayers of subclassed layers: ``"bert_backbone/transformer_layer_0/
+The walk is ``kerasft.surgery.walk_layers``, looking into sublayers. Paths join layer
+names with ``/`` from the model down, through nested models and the sublayers of
+subclassed layers: ``"bert_backbone/transformer_layer_0/
 self_attention_layer/query"``. Adapter wrappers are leaves: the wrapped layer carries
 the wrapper's name, so a layer keeps its path when it is wrapped.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import keras
 
 from kerasft import _keras_compat as compat
+from kerasft import surgery
 from kerasft.peft.layers import LoRA, is_in_place_dora
 
 NORM_TYPES = tuple(
@@ -47,23 +49,20 @@ class Node:
         return [v for v in self.own_weights if id(v) not in adapters]
 
 
+def descend(layer: keras.layers.Layer) -> bool:
+    """Whether the walk looks inside ``layer``: everywhere but into adapter wrappers."""
+    return not isinstance(layer, LoRA)
+
+
 def walk(model: keras.layers.Layer) -> list[Node]:
-    """All layers below ``model`` (parents before children), each once, inputs skipped."""
-    nodes: list[Node] = []
-    seen = {id(model)}
+    """All layers below ``model`` (parents before children), each once, inputs skipped.
 
-    def visit(layer: keras.layers.Layer, prefix: str, ancestors: tuple) -> None:
-        for sub in compat.direct_sublayers(layer):
-            if id(sub) in seen or isinstance(sub, keras.layers.InputLayer):
-                continue
-            seen.add(id(sub))
-            path = f"{prefix}{sub.name}"
-            nodes.append(Node(path, sub, ancestors, tuple(own_weights(sub))))
-            if not isinstance(sub, LoRA):
-                visit(sub, path + "/", ancestors + (sub,))
-
-    visit(model, "", (model,))
-    return nodes
+    ``kerasft.surgery.walk_layers`` with sublayers, stopping at adapter wrappers.
+    """
+    return [
+        Node(n.path, n.layer, n.ancestors, tuple(own_weights(n.layer)))
+        for n in surgery.walk_layers(model, sublayers=descend)
+    ]
 
 
 def own_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
@@ -109,19 +108,18 @@ def supports_keras_lora(layer: keras.layers.Layer) -> bool:
     return callable(getattr(layer, "enable_lora", None)) and not isinstance(layer, keras.Model)
 
 
-def is_graph_model(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, keras.Sequential) or compat.is_functional(layer)
+def last_weighted_layer(model: keras.Model) -> keras.layers.Layer | None:
+    """The last layer with weights in graph order, looking into nested models.
 
-
-def find_head(model: keras.Model) -> keras.layers.Layer | None:
-    """The last layer with weights in graph order, looking into nested models."""
-    for layer in reversed(model.layers):
-        if not layer.weights:
-            continue
-        if is_graph_model(layer):
-            return find_head(layer)
-        return layer
-    return None
+    What ``train=("head",)`` means for adapters. It is not ``kerasft.find_head`` on
+    purpose: adapters go on any Functional model (a KerasHub backbone, an encoder whose
+    output is a LayerNormalization or a Dense followed by a residual add), where
+    ``find_head`` asks for a classifier at the output (a Dense or 1x1 convolution, then
+    weightless layers only) and raises otherwise.
+    """
+    weighted = [n.layer for n in surgery.walk_layers(model)
+                if n.layer.weights and not surgery.is_container(n.layer)]
+    return weighted[-1] if weighted else None
 
 
 def num_elements(variables: list[keras.Variable]) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import keras
 
 from kerasft import _keras_compat as compat
+from kerasft import surgery
 from kerasft.peft import _targets, _walk
 from kerasft.peft.layers import DoRA, LoRA, enable_dora, supports_wrapping
 from kerasft.peft.report import TrainableReport, trainable_report
@@ -208,7 +209,7 @@ def apply_lora(
     _validate(rank, alpha, dropout, method, use_rslora, quantize)
     nodes = _walk.walk(model)
     _check_fresh(model, nodes)
-    head = _walk.find_head(model)
+    head = _walk.last_weighted_layer(model)
     chosen = _targets.resolve_targets(model, nodes, targets, head)
     trained = _targets.resolve_trained(model, nodes, train, head)
     both = [n for n in chosen if any(n is t for t in trained)]
@@ -386,7 +387,7 @@ def _rebuild(model: keras.Model, wrappers: dict[int, LoRA]) -> keras.Model:
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
         if id(layer) in wrappers:
             return wrappers[id(layer)]
-        if _walk.is_graph_model(layer) and holds_target(layer):
+        if surgery.is_container(layer) and holds_target(layer):
             return keras.models.clone_model(layer, clone_function=clone_function)
         return layer
 

@@ -9,10 +9,9 @@ tf_keras helpers that the other pruning modules share.
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -68,14 +67,15 @@ def _check_backend() -> None:
         )
 
 
-def leaf_layers(model, graph_only: bool = False) -> Iterable:
-    """Layers of `model`, descending into nested models (only graph ones if asked)."""
-    for layer in model.layers:
-        nested = surgery.is_container(layer) if graph_only else _is_model(layer)
-        if nested:
-            yield from leaf_layers(layer, graph_only)
-        else:
-            yield layer
+def leaf_layers(model, graph_only: bool = False) -> list:
+    """Layers of `model`, descending into nested models (only graph ones if asked).
+
+    The walk is ``kerasft.surgery.walk_layers``; without ``graph_only`` it also looks into
+    subclassed and tf_keras models.
+    """
+    if graph_only:
+        return [layer for _, layer in surgery.leaf_layers(model)]
+    return [n.layer for n in surgery.walk_layers(model, sublayers=_is_model) if not _is_model(n.layer)]
 
 
 def _is_model(layer) -> bool:
@@ -83,58 +83,44 @@ def _is_model(layer) -> bool:
     return isinstance(layer, keras.Model) or (tfk is not None and isinstance(layer, tfk.Model))
 
 
-def _layer_names(model) -> list[str]:
-    """Names a `layers=` selection may use: leaf layers, and layers inside wrappers."""
-    names = []
-    for layer in leaf_layers(model):
-        names.append(layer.name)
-        inner = getattr(layer, "layer", None)
-        if inner is not None and hasattr(layer, "pruning_vars"):
-            names.append(inner.name)
-    return names
+def _looked_into(layer) -> bool:
+    """Where a `layers=` selection looks: into models, and into pruning wrappers (a
+    wrapped layer keeps its name, so a stripped and a pruned model select alike)."""
+    return _is_model(layer) or hasattr(layer, "pruning_vars")
 
 
 def select_layers(model, layers: LayerSelection, candidates: list) -> list:
-    """Apply the `layers=` selection to `candidates` (leaf layers of `model`)."""
-    names = _layer_names(model)
+    """Apply the `layers=` selection to `candidates` (the prunable layers of `model`).
+
+    Strings, classes and layers select as ``kerasft.select_layers`` does (a regex matched
+    in full against each layer's path or name); a name that only matched names before
+    is honoured with a FutureWarning. A callable is asked about each candidate only.
+    """
     if layers is None:
         return candidates
-    if isinstance(layers, str):
-        try:
-            pattern = re.compile(layers)
-        except re.error as e:
-            raise ValueError(
-                f"Argument `layers` is not a valid regular expression ({e}). "
-                f"Received: layers={layers!r}"
-            ) from None
-        if not any(pattern.fullmatch(name) for name in names):
-            raise ValueError(
-                f"No layer name matches layers={layers!r} (a regex matched against the "
-                f"whole name). Existing layers are: {names}"
-            )
-        return [layer for layer in candidates if pattern.fullmatch(layer.name)]
-    if callable(layers):
+    if callable(layers) and not isinstance(layers, type) and not hasattr(layers, "weights"):
         return [layer for layer in candidates if layers(layer)]
+    ids = {id(layer) for layer in candidates}
+
+    def select(spec) -> list:
+        found = surgery.select_layers(model, spec, argument="layers", sublayers=_looked_into, legacy="name")
+        return [layer for layer in found if id(layer) in ids]
+
     if isinstance(layers, (list, tuple, set)) and all(isinstance(n, str) for n in layers):
-        unknown = [n for n in layers if n not in names]
-        if unknown:
-            raise ValueError(
-                f"No layer named {unknown[0]!r} in model '{model.name}'. "
-                f"Existing layers are: {names}"
-            )
-        by_name = {layer.name: layer for layer in candidates}
-        missing = [n for n in layers if n not in by_name]
-        if missing:
-            raise ValueError(
-                f"Layer {missing[0]!r} has no prunable weights. Prunable types are: "
-                f"{list(PRUNABLE_LAYER_TYPES)}. Prunable layers of model '{model.name}' "
-                f"are: {list(by_name)}"
-            )
-        return [by_name[n] for n in layers]
-    raise TypeError(
-        "Argument `layers` must be None, a layer name or regex (str), a list of layer "
-        f"names, or a callable `layer -> bool`. Received: layers={layers!r}"
-    )
+        # Each listed name must be prunable: a name is a promise, not a filter.
+        chosen: set[int] = set()
+        for name in layers:
+            hits = select(name)
+            if not hits:
+                raise ValueError(
+                    f"Layer {name!r} has no prunable weights. Prunable types are: "
+                    f"{list(PRUNABLE_LAYER_TYPES)}. Prunable layers of model '{model.name}' "
+                    f"are: {[layer.name for layer in candidates]}"
+                )
+            chosen |= {id(layer) for layer in hits}
+        return [layer for layer in candidates if id(layer) in chosen]
+    chosen = {id(layer) for layer in select(layers)}
+    return [layer for layer in candidates if id(layer) in chosen]
 
 
 def _clone_layer(layer):
@@ -200,11 +186,13 @@ def prune_low_magnitude(
             weights along the input channels (``(2, 4)`` for sparse tensor cores). The
             masks are computed once, at the first training step; the schedule's
             sparsity is ignored. Defaults to `None`.
-        layers: which layers of a model to prune: `None` for every prunable layer, a
-            string matched as a regex against whole layer names (non-prunable matches
-            are skipped), a list of exact layer names (each must be prunable), or a
-            callable ``layer -> bool`` asked about each prunable layer. Layers inside
-            nested models are included. Defaults to `None`.
+        layers: which layers of a model to prune: `None` for every prunable layer; a
+            string, a layer class or a layer, selected as ``kerasft.select_layers``
+            does (a string is a regex matched in full against each layer's path or
+            name; non-prunable matches are skipped); a list of names or regexes (each
+            must select a prunable layer); or a callable ``layer -> bool`` asked about
+            each prunable layer. Layers inside nested models are included.
+            Defaults to `None`.
 
     Returns:
         The pruned model (not compiled unless `model` was, in which case it is compiled
@@ -276,7 +264,7 @@ def _prune_model(model, params, layers):
             "wrapped layers. HINT: build it as a Functional or Sequential model, or wrap "
             "its layers with `prune_low_magnitude(layer)` where you create them."
         )
-    leaves = list(leaf_layers(model, graph_only=True))
+    leaves = leaf_layers(model, graph_only=True)
     candidates = [
         layer for layer in leaves if is_prunable(layer) and not isinstance(layer, PruneLowMagnitude)
     ]

@@ -1,6 +1,6 @@
 """``tf.distribute`` support: pick a strategy, and fine-tune under its scope.
 
-``finetune(..., distribute=strategy)`` loads or copies the model, rebuilds the head,
+``finetune(..., speed=SpeedConfig(distribute=strategy))`` loads or copies the model, rebuilds the head,
 compiles and trains inside ``strategy.scope()``, so every variable is a distributed one.
 Supported: ``MirroredStrategy`` (several GPUs, or logical CPU devices),
 ``MultiWorkerMirroredStrategy`` (several machines or processes, configured by
