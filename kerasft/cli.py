@@ -95,7 +95,7 @@ def _version() -> str:
 
 def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``kerasft`` parser and the parser of each command, by name."""
-    parser = argparse.ArgumentParser(prog="kerasft", description="Fine-tune pretrained Keras models.")
+    parser = _Parser(prog="kerasft", description="Fine-tune pretrained Keras models.")
     parser.add_argument("--version", action="version", version=f"kerasft {_version()}",
                         help="print kerasft's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -204,9 +204,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that keeps the arguments added to it (argparse lists them publicly nowhere).
+
+    Its sub-command parsers are of this class too (``add_subparsers`` uses the parent's).
+    """
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.arguments = [*getattr(self, "arguments", []), action]
+        return action
+
+
 def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    # argparse has no public accessor for a parser's actions; `_actions` is what argcomplete reads too.
-    return [action for action in parser._actions if action.option_strings]
+    """The optional arguments (flags) of ``parser``."""
+    return [action for action in getattr(parser, "arguments", []) if action.option_strings]
 
 
 def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["SAMPLE_SIZE", "ExportSample", "export_sample", "class_ids"]
+__all__ = ["SAMPLE_SIZE", "ExportSample", "export_sample", "class_ids", "spread_indices"]
 
 SAMPLE_SIZE = 200
 # A sample kept on a result must stay small whatever the input size (224x224x3 float32
@@ -56,7 +56,7 @@ def export_sample(prepared: Any, limit: int = SAMPLE_SIZE) -> ExportSample | Non
         x = prepared.arrays[0]
         if not isinstance(x, np.ndarray):
             return None
-        inputs = x[_spread(len(x), _fit(limit, x))]
+        inputs = x[spread_indices(len(x), _fit(limit, x))]
     else:
         inputs = _take(prepared.train, limit)
         if inputs is None:
@@ -80,7 +80,7 @@ def class_ids(y: Any) -> np.ndarray:
     return np.rint(y.reshape(len(y))).astype(np.int64)
 
 
-def _spread(n: int, k: int) -> np.ndarray:
+def spread_indices(n: int, k: int) -> np.ndarray:
     """`k` indices spread evenly over `range(n)` (data is often sorted by class)."""
     if k >= n:
         return np.arange(n)

@@ -26,9 +26,9 @@ import tensorflow as tf
 # The run's sample of inputs lives with the data; exports read it (names kept importable here).
 from kerasft.data.sample import (
     ExportSample,
-    _spread,
     class_ids,
     export_sample,
+    spread_indices,
 )
 
 __all__ = [
@@ -166,7 +166,7 @@ def read_inputs(
             f"Argument `{argument}`: {len(x)} inputs but {len(y)} labels; they must be equally long."
         )
     if limit is not None and len(x) > limit:
-        keep = _spread(len(x), limit)
+        keep = spread_indices(len(x), limit)
         x, y = x[keep], None if y is None else y[keep]
     return x, y
 
@@ -386,7 +386,7 @@ def _read_multi_inputs(data: Any, argument: str, names: list[str], limit: int | 
             f"Argument `{argument}`: {n} inputs but {len(y)} labels; they must be equally long."
         )
     if limit is not None and n > limit:
-        keep = _spread(n, limit)
+        keep = spread_indices(n, limit)
         x, y = [a[keep] for a in x], None if y is None else y[keep]
     return x, y
 
