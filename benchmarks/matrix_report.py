@@ -45,11 +45,15 @@ def summarize(rows: Sequence[dict], cases: Sequence[Any]) -> list[dict]:
                 by_method.setdefault(method, {})[seed] = r
         if not by_method:
             continue
-        stats = {m: {"scores": {s: r["score"] for s, r in seeds.items()},
-                     "seconds": {s: r["train_seconds"] for s, r in seeds.items()},
-                     "accuracy": {s: r.get("accuracy") for s, r in seeds.items()},
-                     "epochs": next(iter(seeds.values())).get("epochs")}
-                 for m, seeds in by_method.items()}
+        stats = {
+            m: {
+                "scores": {s: r["score"] for s, r in seeds.items()},
+                "seconds": {s: r["train_seconds"] for s, r in seeds.items()},
+                "accuracy": {s: r.get("accuracy") for s, r in seeds.items()},
+                "epochs": next(iter(seeds.values())).get("epochs"),
+            }
+            for m, seeds in by_method.items()
+        }
         for s in stats.values():
             s["mean"], s["std"] = _mean_std(list(s["scores"].values()))
         baselines = [m for m in BASELINES if m in stats]
@@ -57,14 +61,33 @@ def summarize(rows: Sequence[dict], cases: Sequence[Any]) -> list[dict]:
         gaps, ratios = {}, {}
         if best and "kerasft" in stats:
             k = stats["kerasft"]
-            gaps = {s: k["scores"][s] - stats[best]["scores"][s]
-                    for s in k["scores"] if s in stats[best]["scores"]}
+            gaps = {
+                s: k["scores"][s] - stats[best]["scores"][s]
+                for s in k["scores"]
+                if s in stats[best]["scores"]
+            }
             if "ref" in stats:
-                ratios = {s: k["seconds"][s] / stats["ref"]["seconds"][s]
-                          for s in k["seconds"] if s in stats["ref"]["seconds"]}
-        recipes = sorted({str((r.get("detail") or {}).get("recipe")) for r in by_method.get("kerasft", {}).values()})
-        out.append({"case": case, "stats": stats, "best": best, "gaps": gaps, "ratios": ratios,
-                    "recipes": recipes})
+                ratios = {
+                    s: k["seconds"][s] / stats["ref"]["seconds"][s]
+                    for s in k["seconds"]
+                    if s in stats["ref"]["seconds"]
+                }
+        recipes = sorted(
+            {
+                str((r.get("detail") or {}).get("recipe"))
+                for r in by_method.get("kerasft", {}).values()
+            }
+        )
+        out.append(
+            {
+                "case": case,
+                "stats": stats,
+                "best": best,
+                "gaps": gaps,
+                "ratios": ratios,
+                "recipes": recipes,
+            }
+        )
     return out
 
 
@@ -75,29 +98,53 @@ def targets(summary: list[dict]) -> list[dict]:
     out = []
     near = [g for *_, g in gaps if g >= -WITHIN]
     share = len(near) / len(gaps) if gaps else float("nan")
-    out.append({"name": f"within {WITHIN:g} point of the best baseline on >= {SHARE:.0%} of case-seeds",
-                "passed": bool(gaps) and share >= SHARE,
-                "value": f"{len(near)}/{len(gaps)} case-seeds ({share:.0%})" if gaps else "no data",
-                "misses": [f"{n} seed {s}: {g:+.2f}" for n, s, g in gaps if g < -WITHIN]})
+    out.append(
+        {
+            "name": f"within {WITHIN:g} point of the best baseline on >= {SHARE:.0%} of case-seeds",
+            "passed": bool(gaps) and share >= SHARE,
+            "value": f"{len(near)}/{len(gaps)} case-seeds ({share:.0%})" if gaps else "no data",
+            "misses": [f"{n} seed {s}: {g:+.2f}" for n, s, g in gaps if g < -WITHIN],
+        }
+    )
     far = [(n, s, g) for n, s, g in gaps if g < -FLOOR]
     worst = min((g for *_, g in gaps), default=float("nan"))
-    out.append({"name": f"never more than {FLOOR:g} points below it",
-                "passed": bool(gaps) and not far, "value": f"worst {worst:+.2f}" if gaps else "no data",
-                "misses": [f"{n} seed {s}: {g:+.2f}" for n, s, g in far]})
-    spread = [(c["case"].name, c["stats"]["kerasft"]["std"], c["stats"][c["best"]]["std"], c["best"])
-              for c in summary if c["gaps"] and len(c["stats"]["kerasft"]["scores"]) > 1]
+    out.append(
+        {
+            "name": f"never more than {FLOOR:g} points below it",
+            "passed": bool(gaps) and not far,
+            "value": f"worst {worst:+.2f}" if gaps else "no data",
+            "misses": [f"{n} seed {s}: {g:+.2f}" for n, s, g in far],
+        }
+    )
+    spread = [
+        (c["case"].name, c["stats"]["kerasft"]["std"], c["stats"][c["best"]]["std"], c["best"])
+        for c in summary
+        if c["gaps"] and len(c["stats"]["kerasft"]["scores"]) > 1
+    ]
     wide = [x for x in spread if x[1] > x[2]]
-    out.append({"name": "kerasft's seed spread (std) no wider than the best baseline's, per case",
-                "passed": (not wide) if spread else None,
-                "value": f"{len(spread) - len(wide)}/{len(spread)} cases" if spread else "needs 2+ seeds",
-                "misses": [f"{n}: std {k:.2f} vs {b} {s:.2f}" for n, k, s, b in wide]})
+    out.append(
+        {
+            "name": "kerasft's seed spread (std) no wider than the best baseline's, per case",
+            "passed": (not wide) if spread else None,
+            "value": f"{len(spread) - len(wide)}/{len(spread)} cases"
+            if spread
+            else "needs 2+ seeds",
+            "misses": [f"{n}: std {k:.2f} vs {b} {s:.2f}" for n, k, s, b in wide],
+        }
+    )
     median = statistics.median(r for *_, r in ratios) if ratios else float("nan")
     slow = sorted({n for n, _, r in ratios if r > 1.0})
-    out.append({"name": "median wall time at most the reference recipe's (median of kerasft/ref per case-seed <= 1)",
-                "passed": bool(ratios) and median <= 1.0,
-                "value": f"median ratio {median:.2f} over {len(ratios)} case-seeds" if ratios else "no data",
-                "misses": ([f"median {median:.2f} > 1"] if ratios and median > 1.0 else [])
-                + [f"slower than ref (mean ratio > 1): {', '.join(slow)}"] * bool(slow)})
+    out.append(
+        {
+            "name": "median wall time at most the reference recipe's (median of kerasft/ref per case-seed <= 1)",
+            "passed": bool(ratios) and median <= 1.0,
+            "value": f"median ratio {median:.2f} over {len(ratios)} case-seeds"
+            if ratios
+            else "no data",
+            "misses": ([f"median {median:.2f} > 1"] if ratios and median > 1.0 else [])
+            + [f"slower than ref (mean ratio > 1): {', '.join(slow)}"] * bool(slow),
+        }
+    )
     return out
 
 
@@ -116,10 +163,26 @@ def _seconds(stats: dict, method: str) -> str:
 
 def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_name: str) -> str:
     summary = summarize(rows, cases)
-    machines = {(r["machine"]["cpu"], r["machine"]["cores"], r["machine"]["memory_gib"]) for r in rows if "machine" in r}
-    versions = {tuple((k, r["machine"].get(k)) for k in ("python", "tensorflow", "keras", "keras_hub", "onednn"))
-                for r in rows if "machine" in r}
-    commits = sorted({str(r["machine"].get("commit")) for r in rows if r.get("method") == "kerasft" and "machine" in r})
+    machines = {
+        (r["machine"]["cpu"], r["machine"]["cores"], r["machine"]["memory_gib"])
+        for r in rows
+        if "machine" in r
+    }
+    versions = {
+        tuple(
+            (k, r["machine"].get(k))
+            for k in ("python", "tensorflow", "keras", "keras_hub", "onednn")
+        )
+        for r in rows
+        if "machine" in r
+    }
+    commits = sorted(
+        {
+            str(r["machine"].get("commit"))
+            for r in rows
+            if r.get("method") == "kerasft" and "machine" in r
+        }
+    )
     times = sorted(r["time"] for r in rows if "time" in r)
     seeds = sorted({r["seed"] for r in rows})
     loads = [r["loadavg"] for r in rows if "loadavg" in r]
@@ -146,17 +209,24 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         "",
     ]
     if any(r.get("quick") for r in rows):
-        lines.append("- **Quick run** (`--quick`): one seed, test sets capped at 500 images / 200 texts, "
-                     "no fit30. Indicative only.")
+        lines.append(
+            "- **Quick run** (`--quick`): one seed, test sets capped at 500 images / 200 texts, "
+            "no fit30. Indicative only."
+        )
     for cpu, cores, mem in sorted(machines):
-        lines.append(f"- Machine: {cpu}, {cores} cores, {mem} GiB RAM, no GPU; shared with other jobs "
-                     f"(1-minute load average at the start of a row: "
-                     f"{min(loads):.1f}-{max(loads):.1f}), so seconds drift by 10-20%." if loads else
-                     f"- Machine: {cpu}, {cores} cores, {mem} GiB RAM.")
+        lines.append(
+            f"- Machine: {cpu}, {cores} cores, {mem} GiB RAM, no GPU; shared with other jobs "
+            f"(1-minute load average at the start of a row: "
+            f"{min(loads):.1f}-{max(loads):.1f}), so seconds drift by 10-20%."
+            if loads
+            else f"- Machine: {cpu}, {cores} cores, {mem} GiB RAM."
+        )
     for v in sorted(versions):
         d = dict(v)
-        lines.append(f"- Python {d['python']}, TensorFlow {d['tensorflow']} (oneDNN off: "
-                     f"`TF_ENABLE_ONEDNN_OPTS={d['onednn']}`), Keras {d['keras']}, KerasHub {d['keras_hub']}.")
+        lines.append(
+            f"- Python {d['python']}, TensorFlow {d['tensorflow']} (oneDNN off: "
+            f"`TF_ENABLE_ONEDNN_OPTS={d['onednn']}`), Keras {d['keras']}, KerasHub {d['keras_hub']}."
+        )
     lines += [
         f"- kerasft at commit {', '.join(f'`{c}`' for c in commits) or 'n/a'} (the `kerasft` rows); "
         f"rows from {times[0] if times else 'n/a'} to {times[-1] if times else 'n/a'}; "
@@ -213,8 +283,11 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         if "kerasft" in st and "ref" in st:
             ratio = f"{statistics.fmean(st['kerasft']['seconds'].values()) / statistics.fmean(st['ref']['seconds'].values()):.2f}"
         n = max(len(s["scores"]) for s in st.values())
-        lines.append(f"| {c['case'].name} | {c['case'].group} | {n} | "
-                     + " | ".join(_cell(st, m) for m in METHODS) + f" | {best or ''} | {gap} | {ratio} |")
+        lines.append(
+            f"| {c['case'].name} | {c['case'].group} | {n} | "
+            + " | ".join(_cell(st, m) for m in METHODS)
+            + f" | {best or ''} | {gap} | {ratio} |"
+        )
     lines += [
         "",
         "Training seconds (mean over seeds):",
@@ -223,19 +296,33 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         "|---|---|---|---|---|---|---|",
     ]
     for c in summary:
-        lines.append(f"| {c['case'].name} | " + " | ".join(_seconds(c["stats"], m) for m in METHODS) + " |")
-    lines += ["", f"![kerasft minus the best baseline, per case and seed]({png_name})", "", "## Targets", ""]
+        lines.append(
+            f"| {c['case'].name} | " + " | ".join(_seconds(c["stats"], m) for m in METHODS) + " |"
+        )
+    lines += [
+        "",
+        f"![kerasft minus the best baseline, per case and seed]({png_name})",
+        "",
+        "## Targets",
+        "",
+    ]
     for t in targets(summary):
         status = {True: "PASS", False: "MISS", None: "N/A"}[t["passed"]]
         lines.append(f"- {status}: {t['name']}: {t['value']}.")
         lines += [f"  - {m}" for m in t["misses"]]
     recipes = [(c["case"].name, ", ".join(c["recipes"])) for c in summary if c["recipes"]]
     if recipes:
-        lines += ["", "kerasft's recipe per case (`result.options.recipe`): "
-                  + "; ".join(f"{n}: `{r}`" for n, r in recipes) + "."]
+        lines += [
+            "",
+            "kerasft's recipe per case (`result.options.recipe`): "
+            + "; ".join(f"{n}: `{r}`" for n, r in recipes)
+            + ".",
+        ]
     if errors:
         lines += ["", "## Failed rows", ""]
-        lines += [f"- {r['case']} seed {r['seed']} {r['method']}: {r['error'][:300]}" for r in errors]
+        lines += [
+            f"- {r['case']} seed {r['seed']} {r['method']}: {r['error'][:300]}" for r in errors
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -44,8 +44,16 @@ ROWS = ("full", "keras_hub_lora", "lora", "lora_qv_all", "dora", "int8_lora")
 # kerasft's LoRA recipe for the job: the head first on cached features, then rank-8
 # adapters on every projection of the top three transformer layers (attention and
 # feed-forward), with the head, on the cached output of the frozen layers below them.
-RECIPE = dict(head_epochs=3, epochs=4, lr=1e-3, finetune_lr=2e-3, lora_rank=8, lora_alpha=16, validation_split=0.0,
-              lora_targets=r"bert_backbone/transformer_layer_[345]/.*")
+RECIPE = dict(
+    head_epochs=3,
+    epochs=4,
+    lr=1e-3,
+    finetune_lr=2e-3,
+    lora_rank=8,
+    lora_alpha=16,
+    validation_split=0.0,
+    lora_targets=r"bert_backbone/transformer_layer_[345]/.*",
+)
 
 
 def _row(name: str, seed: int) -> dict:
@@ -72,8 +80,11 @@ def _row(name: str, seed: int) -> dict:
             task.backbone.enable_lora(4)
         total = sum(int(w.numpy().size) for w in task.weights)
         trainable_share = sum(int(w.numpy().size) for w in task.trainable_weights) / total
-        task.compile(optimizer=keras.optimizers.Adam(5e-5 if name == "full" else 1e-3),
-                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        task.compile(
+            optimizer=keras.optimizers.Adam(5e-5 if name == "full" else 1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         task.fit(split.x_train, split.y_train, batch_size=32, epochs=3, verbose=0)
         seconds = time.perf_counter() - start
         accuracy = float(task.evaluate(split.x_test, split.y_test, verbose=0)[1])
@@ -81,13 +92,25 @@ def _row(name: str, seed: int) -> dict:
         task.save(path)
         file_bytes = os.path.getsize(path)
     else:
-        recipe = {"lora": "lp-lora", "lora_qv_all": "lp-lora", "dora": "lp-dora", "int8_lora": "lp-lora"}[name]
+        recipe = {
+            "lora": "lp-lora",
+            "lora_qv_all": "lp-lora",
+            "dora": "lp-dora",
+            "int8_lora": "lp-lora",
+        }[name]
         extra = {"quantize": "int8"} if name == "int8_lora" else {}
         if name == "lora_qv_all":
             extra = {"lora_targets": None}
         try:
-            result = kerasft.finetune(task, (split.x_train, split.y_train), recipe=recipe, seed=seed, verbose=0,
-                                      copy=False, **{**RECIPE, **extra})
+            result = kerasft.finetune(
+                task,
+                (split.x_train, split.y_train),
+                recipe=recipe,
+                seed=seed,
+                verbose=0,
+                copy=False,
+                **{**RECIPE, **extra},
+            )
         except ValueError as e:
             error = str(e).split(". HINT")[0]
             return {"name": name, "error": error}
@@ -95,12 +118,22 @@ def _row(name: str, seed: int) -> dict:
         total = result.plan.total_params
         trainable_share = max(c for row in result.plan.trainable_params for c in row) / total
         accuracy = result.evaluate((split.x_test, split.y_test))["accuracy"]
-        file_bytes = os.path.getsize(peft.save_adapters(result.model, os.path.join(directory, "adapters.npz")))
+        file_bytes = os.path.getsize(
+            peft.save_adapters(result.model, os.path.join(directory, "adapters.npz"))
+        )
     peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-    return {"name": name, "accuracy": accuracy, "seconds": seconds, "tf_peak_mb": peak / 2**20,
-            "tf_loaded_mb": loaded["current"] / 2**20, "tf_load_peak_mb": loaded["peak"] / 2**20,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "trainable": trainable_share,
-            "file_mb": file_bytes / 2**20, "error": error}
+    return {
+        "name": name,
+        "accuracy": accuracy,
+        "seconds": seconds,
+        "tf_peak_mb": peak / 2**20,
+        "tf_loaded_mb": loaded["current"] / 2**20,
+        "tf_load_peak_mb": loaded["peak"] / 2**20,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable": trainable_share,
+        "file_mb": file_bytes / 2**20,
+        "error": error,
+    }
 
 
 def main(argv=None) -> None:
@@ -114,14 +147,23 @@ def main(argv=None) -> None:
         return
     rows = []
     for name in args.rows:
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--seed", str(args.seed)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--seed", str(args.seed)],
+            capture_output=True,
+            text=True,
+        )
         line = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
-        row = json.loads(line[0][4:]) if line else {"name": name, "error": out.stderr.strip().splitlines()[-1]}
+        row = (
+            json.loads(line[0][4:])
+            if line
+            else {"name": name, "error": out.stderr.strip().splitlines()[-1]}
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
     full = next((r for r in rows if r["name"] == "full" and not r.get("error")), None)
-    print("\n| row | test acc | train s | trainable % | TF peak MiB (x full) | RSS MiB (x full) | file MiB (x full) |")
+    print(
+        "\n| row | test acc | train s | trainable % | TF peak MiB (x full) | RSS MiB (x full) | file MiB (x full) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("error"):
@@ -131,9 +173,11 @@ def main(argv=None) -> None:
         def ratio(key, r=r):
             return f" ({r[key] / full[key]:.2f})" if full else ""
 
-        print(f"| {r['name']} | {r['accuracy']:.3f} | {r['seconds']:.1f} | {100 * r['trainable']:.2f} | "
-              f"{r['tf_peak_mb']:.0f}{ratio('tf_peak_mb')} | {r['rss_mb']:.0f}{ratio('rss_mb')} | "
-              f"{r['file_mb']:.2f}{ratio('file_mb')} |")
+        print(
+            f"| {r['name']} | {r['accuracy']:.3f} | {r['seconds']:.1f} | {100 * r['trainable']:.2f} | "
+            f"{r['tf_peak_mb']:.0f}{ratio('tf_peak_mb')} | {r['rss_mb']:.0f}{ratio('rss_mb')} | "
+            f"{r['file_mb']:.2f}{ratio('file_mb')} |"
+        )
 
 
 if __name__ == "__main__":

@@ -62,11 +62,18 @@ def load_task(name: str):
         from kerasft.jobs import textdata, textjob
 
         split = textdata.rotten_tomatoes_few_shot(n_train=400, n_test=600, seed=0)
-        return (textjob.build_task(), (split.x_train, split.y_train), (split.x_test, split.y_test),
-                TEXT_SPACE, TEXT_KEYWORDS)
+        return (
+            textjob.build_task(),
+            (split.x_train, split.y_train),
+            (split.x_test, split.y_test),
+            TEXT_SPACE,
+            TEXT_KEYWORDS,
+        )
     split = datasets.digits_few_shot(shots=10)
     model = keras.models.load_model("saved_models/mnist_cnn.keras")
     return model, (split.x_train, split.y_train), (split.x_test, split.y_test), SPACE, {}
+
+
 TRIALS = 8
 ROUNDS = 2
 
@@ -92,7 +99,9 @@ def main(argv=None):
 
     def searched():
         with tempfile.TemporaryDirectory() as directory:
-            return search(model, data, space, max_trials=args.trials, directory=directory, verbose=0, **fixed)
+            return search(
+                model, data, space, max_trials=args.trials, directory=directory, verbose=0, **fixed
+            )
 
     times = {"single": [], "search": [], "loop": []}
     accuracy = {}
@@ -110,8 +119,11 @@ def main(argv=None):
                 if found is None:
                     found, _ = timed(searched)
                 configs = [row.params for row in found.trials]
-                loop, seconds = timed(lambda configs=configs: [kerasft.finetune(model, data, verbose=0, **fixed, **p)
-                                                               for p in configs])
+                loop, seconds = timed(
+                    lambda configs=configs: [
+                        kerasft.finetune(model, data, verbose=0, **fixed, **p) for p in configs
+                    ]
+                )
                 per_trial = [r.evaluate(test)["accuracy"] for r in loop]
             times[name].append(seconds)
             print(f"round {round_ + 1}: {name} {seconds:.1f} s", flush=True)
@@ -119,24 +131,34 @@ def main(argv=None):
     median = {k: statistics.median(v) for k, v in times.items()}
     print()
     print(found.table())
-    print("test accuracy of each trial's configuration (from the loop):",
-          " ".join(f"{a:.4f}" for a in per_trial))
+    print(
+        "test accuracy of each trial's configuration (from the loop):",
+        " ".join(f"{a:.4f}" for a in per_trial),
+    )
     print()
     rows = found.trials
     fit = sum(r.fit_seconds for r in rows)
     features = sum(r.feature_seconds for r in rows)
     total = sum(r.seconds for r in rows)
-    print(f"where the last search's trial time went ({total:.1f} s in {len(rows)} trials): fit calls (tracing "
-          f"included) {fit:.1f} s, features {features:.2f} s, the rest (copy, data, plan, compile) "
-          f"{total - fit - features:.1f} s; {found.store}")
+    print(
+        f"where the last search's trial time went ({total:.1f} s in {len(rows)} trials): fit calls (tracing "
+        f"included) {fit:.1f} s, features {features:.2f} s, the rest (copy, data, plan, compile) "
+        f"{total - fit - features:.1f} s; {found.store}"
+    )
     print()
     print("| run | seconds (median of rounds) | x single | test accuracy |")
     print("|---|---|---|---|")
-    print(f"| single finetune ({fixed.get('recipe', 'default')} recipe) | {median['single']:.1f} | 1.0 | {accuracy['single']:.4f} |")
-    print(f"| kerasft.search, {args.trials} trials | {median['search']:.1f} | "
-          f"{median['search'] / median['single']:.1f} | {accuracy['search']:.4f} (best trial) |")
-    print(f"| {args.trials} finetune calls, no store | {median['loop']:.1f} | "
-          f"{median['loop'] / median['single']:.1f} | - |")
+    print(
+        f"| single finetune ({fixed.get('recipe', 'default')} recipe) | {median['single']:.1f} | 1.0 | {accuracy['single']:.4f} |"
+    )
+    print(
+        f"| kerasft.search, {args.trials} trials | {median['search']:.1f} | "
+        f"{median['search'] / median['single']:.1f} | {accuracy['search']:.4f} (best trial) |"
+    )
+    print(
+        f"| {args.trials} finetune calls, no store | {median['loop']:.1f} | "
+        f"{median['loop'] / median['single']:.1f} | - |"
+    )
     print(f"\nbest trial {found.best_trial}: {found.best_params}")
 
 

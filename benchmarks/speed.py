@@ -46,7 +46,7 @@ def to_rgb96(x: np.ndarray) -> np.ndarray:
     """MNIST-framed 28x28 digits in [0, 255] -> 96x96 RGB in [-1, 1] (MobileNetV2's range)."""
     out = []
     for i in range(0, len(x), 500):
-        out.append(tf.image.resize(x[i:i + 500], (SIZE, SIZE)).numpy())
+        out.append(tf.image.resize(x[i : i + 500], (SIZE, SIZE)).numpy())
     x = np.concatenate(out) / 127.5 - 1.0
     return np.repeat(x, 3, axis=-1).astype("float32")
 
@@ -61,8 +61,9 @@ def load_tasks():
 
 
 def backbone():
-    return keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(SIZE, SIZE, 3),
-                                          include_top=False)
+    return keras.applications.MobileNetV2(
+        weights=None, alpha=0.35, input_shape=(SIZE, SIZE, 3), include_top=False
+    )
 
 
 def pretrain(x, y) -> list[np.ndarray]:
@@ -77,12 +78,16 @@ def pretrain(x, y) -> list[np.ndarray]:
     inputs = keras.Input((SIZE, SIZE, 3))
     h = keras.layers.GlobalAveragePooling2D()(base(inputs))
     model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(h))
-    model.compile(keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     n_val = 400
     model.fit(x[n_val:], y[n_val:], batch_size=BATCH, epochs=PRETRAIN_EPOCHS, verbose=0)
     acc = model.evaluate(x[:n_val], y[:n_val], batch_size=128, verbose=0)[1]
-    print(f"pretrained on digits 0-4 ({len(x) - n_val} images, {PRETRAIN_EPOCHS} epochs): "
-          f"held-out accuracy {acc:.3f} (inference mode)")
+    print(
+        f"pretrained on digits 0-4 ({len(x) - n_val} images, {PRETRAIN_EPOCHS} epochs): "
+        f"held-out accuracy {acc:.3f} (inference mode)"
+    )
     return base.get_weights()
 
 
@@ -105,7 +110,11 @@ def freeze_below(base, unfreeze_fraction):
     """The guide's unfreezing, with kerasft's count: top fraction of the weighted layers."""
     base.trainable = True
     if unfreeze_fraction < 1:
-        weighted = [lyr for lyr in base.layers if lyr.weights and not isinstance(lyr, keras.layers.BatchNormalization)]
+        weighted = [
+            lyr
+            for lyr in base.layers
+            if lyr.weights and not isinstance(lyr, keras.layers.BatchNormalization)
+        ]
         first = base.layers.index(weighted[-int(round(unfreeze_fraction * len(weighted)))])
         for lyr in base.layers[:first]:
             lyr.trainable = False
@@ -118,34 +127,64 @@ def hand_written(weights, x, y, unfreeze_fraction):
     """The Keras transfer-learning guide's recipe."""
     (xt, yt), (xv, yv) = split(x, y)
     model, base = build(weights)
-    train = tf.data.Dataset.from_tensor_slices((xt, yt)).shuffle(len(xt), seed=0).batch(BATCH).prefetch(-1)
+    train = (
+        tf.data.Dataset.from_tensor_slices((xt, yt))
+        .shuffle(len(xt), seed=0)
+        .batch(BATCH)
+        .prefetch(-1)
+    )
     val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(BATCH).prefetch(-1)
     base.trainable = False
-    model.compile(keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     t0 = time.perf_counter()
     head = model.fit(train, validation_data=val, epochs=HEAD_EPOCHS, verbose=0)
     t1 = time.perf_counter()
     freeze_below(base, unfreeze_fraction)
-    model.compile(keras.optimizers.Adam(LR / 10), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(LR / 10), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     hist = model.fit(train, validation_data=val, epochs=EPOCHS, verbose=0)
     t2 = time.perf_counter()
-    return {"seconds": t2 - t0, "head_s": t1 - t0, "ft_s": t2 - t1, "head_acc": head.history["val_accuracy"][-1],
-            "val_acc": hist.history["val_accuracy"][-1]}
+    return {
+        "seconds": t2 - t0,
+        "head_s": t1 - t0,
+        "ft_s": t2 - t1,
+        "head_acc": head.history["val_accuracy"][-1],
+        "val_acc": hist.history["val_accuracy"][-1],
+    }
 
 
 def with_kerasft(weights, x, y, unfreeze):
     train, val = split(x, y)
     model, _ = build(weights)
     t0 = time.perf_counter()
-    r = kerasft.finetune(model, train, validation_data=val, head_epochs=HEAD_EPOCHS, epochs=EPOCHS, lr=LR,
-                         finetune_lr=LR / 10, warmup=0.0, unfreeze=unfreeze, batch_size=BATCH, patience=None,
-                         verbose=0)
+    r = kerasft.finetune(
+        model,
+        train,
+        validation_data=val,
+        head_epochs=HEAD_EPOCHS,
+        epochs=EPOCHS,
+        lr=LR,
+        finetune_lr=LR / 10,
+        warmup=0.0,
+        unfreeze=unfreeze,
+        batch_size=BATCH,
+        patience=None,
+        verbose=0,
+    )
     seconds = time.perf_counter() - t0
     head, ft = r.phases
     feats = [p.feature_seconds for p in r.speed.phases]
-    return {"seconds": seconds, "head_s": head.seconds + feats[0], "ft_s": ft.seconds + feats[1],
-            "head_acc": head.history["val_accuracy"][-1], "val_acc": ft.history["val_accuracy"][-1],
-            "speed": r.speed.to_dict()}
+    return {
+        "seconds": seconds,
+        "head_s": head.seconds + feats[0],
+        "ft_s": ft.seconds + feats[1],
+        "head_acc": head.history["val_accuracy"][-1],
+        "val_acc": ft.history["val_accuracy"][-1],
+        "speed": r.speed.to_dict(),
+    }
 
 
 def matmul_peak() -> float:
@@ -219,9 +258,16 @@ def overhead(weights, x, y, epochs=OVERHEAD_EPOCHS):
     (xt, yt), (xv, yv) = split(x[:OVERHEAD_N], y[:OVERHEAD_N])
     model, base = build(weights)
     freeze_below(base, 1.0)
-    train = tf.data.Dataset.from_tensor_slices((xt, yt)).shuffle(len(xt), seed=0).batch(BATCH).prefetch(-1)
+    train = (
+        tf.data.Dataset.from_tensor_slices((xt, yt))
+        .shuffle(len(xt), seed=0)
+        .batch(BATCH)
+        .prefetch(-1)
+    )
     val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(BATCH).prefetch(-1)
-    model.compile(keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(LR), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
 
     def bare_epoch():
         timer = StepTimer()
@@ -230,9 +276,20 @@ def overhead(weights, x, y, epochs=OVERHEAD_EPOCHS):
 
     bare_epoch()  # trace
     timer, bare = StepTimer(), BareEpochs(bare_epoch)
-    kerasft.finetune(build(weights)[0], (xt, yt), validation_data=(xv, yv), recipe="full", epochs=epochs, lr=LR,
-                     warmup=0.0, batch_size=BATCH, patience=None, cache_features=False, verbose=0,
-                     callbacks=[timer, bare])
+    kerasft.finetune(
+        build(weights)[0],
+        (xt, yt),
+        validation_data=(xv, yv),
+        recipe="full",
+        epochs=epochs,
+        lr=LR,
+        warmup=0.0,
+        batch_size=BATCH,
+        patience=None,
+        cache_features=False,
+        verbose=0,
+        callbacks=[timer, bare],
+    )
     kft = [float(np.median(steps)) for steps in timer.epochs]
     ratios = [kft[e] / ((bare.medians[e - 1] + bare.medians[e]) / 2) for e in range(1, epochs)]
     return bare.medians, kft, ratios, model
@@ -240,14 +297,20 @@ def overhead(weights, x, y, epochs=OVERHEAD_EPOCHS):
 
 def report(hand, kft, n_train):
     for name, r in (("hand-written", hand), ("kerasft", kft)):
-        print(f"{name:<13}: {r['seconds']:6.1f} s  val acc head {r['head_acc']:.3f} -> final {r['val_acc']:.3f}  "
-              f"head {HEAD_EPOCHS * n_train / r['head_s']:6.0f} img/s  "
-              f"finetune {EPOCHS * n_train / r['ft_s']:5.0f} img/s")
+        print(
+            f"{name:<13}: {r['seconds']:6.1f} s  val acc head {r['head_acc']:.3f} -> final {r['val_acc']:.3f}  "
+            f"head {HEAD_EPOCHS * n_train / r['head_s']:6.0f} img/s  "
+            f"finetune {EPOCHS * n_train / r['ft_s']:5.0f} img/s"
+        )
     print(f"ratio kerasft/hand-written: {kft['seconds'] / hand['seconds']:.2f}")
-    print("kerasft features per phase: " + "; ".join(
-        f"{'cached' if p['cached'] else 'not cached'}"
-        + (f" ({p['feature_source']}, {p['feature_seconds']:.1f}s)" if p["cached"] else "")
-        for p in kft["speed"]["phases"]))
+    print(
+        "kerasft features per phase: "
+        + "; ".join(
+            f"{'cached' if p['cached'] else 'not cached'}"
+            + (f" ({p['feature_source']}, {p['feature_seconds']:.1f}s)" if p["cached"] else "")
+            for p in kft["speed"]["phases"]
+        )
+    )
 
 
 def main(argv=None):
@@ -257,8 +320,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.perf_counter()
     (xs, ys), (x, y) = load_tasks()
-    print(f"data: pretraining on {len(xs)} MNIST digits 0-4, fine-tuning on {len(x)} MNIST digits 5-9 "
-          f"(upscaled to {SIZE}px RGB; {int(0.8 * len(x))} train / {len(x) // 5} validation)")
+    print(
+        f"data: pretraining on {len(xs)} MNIST digits 0-4, fine-tuning on {len(x)} MNIST digits 5-9 "
+        f"(upscaled to {SIZE}px RGB; {int(0.8 * len(x))} train / {len(x) // 5} validation)"
+    )
     peak = matmul_peak()
     print(f"measured fp32 matmul peak: {peak:.0f} GFLOP/s")
     weights = pretrain(xs, ys)
@@ -272,8 +337,11 @@ def main(argv=None):
             order = ("hand", "kerasft") if (r + c) % 2 == 0 else ("kerasft", "hand")
             runs = {}
             for who in order:
-                runs[who] = (hand_written(weights, x, y, frac) if who == "hand"
-                             else with_kerasft(weights, x, y, unfreeze))
+                runs[who] = (
+                    hand_written(weights, x, y, frac)
+                    if who == "hand"
+                    else with_kerasft(weights, x, y, unfreeze)
+                )
             hand, kft = runs["hand"], runs["kerasft"]
             rows.append((label, hand, kft))
             print(f"\n== round {r + 1}: phase 2 with {label} (run order: {', '.join(order)}) ==")
@@ -281,19 +349,26 @@ def main(argv=None):
     print("\n== summary: kerasft/hand-written wall-time ratio per round (median) ==")
     for label, _, _ in configs:
         ratios = [k["seconds"] / h["seconds"] for lab, h, k in rows if lab == label]
-        print(f"{label:<17}: {' '.join(f'{q:.2f}' for q in ratios)}  median {float(np.median(ratios)):.2f}")
+        print(
+            f"{label:<17}: {' '.join(f'{q:.2f}' for q in ratios)}  median {float(np.median(ratios)):.2f}"
+        )
     bare, kft_steps, ratios, model = overhead(weights, x, y, args.overhead_epochs)
     flops = train_flops_per_image(model)
     peak = max(peak, matmul_peak())
     print("\n== per-step overhead (full fine-tuning, caching off, alternating every epoch) ==")
     print("kerasft.finetune ms/step, per epoch: " + " ".join(f"{1e3 * s:.0f}" for s in kft_steps))
     print("bare model.fit ms/step, per epoch  : " + " ".join(f"{1e3 * s:.0f}" for s in bare))
-    print("ratios (epochs 2+): " + " ".join(f"{r:.3f}" for r in ratios)
-          + f"; median overhead {100 * (float(np.median(ratios)) - 1):+.1f}%")
+    print(
+        "ratios (epochs 2+): "
+        + " ".join(f"{r:.3f}" for r in ratios)
+        + f"; median overhead {100 * (float(np.median(ratios)) - 1):+.1f}%"
+    )
     step = float(np.median(bare))
     gflops = BATCH * flops / step / 1e9
-    print(f"training compute: {flops / 1e6:.0f} MFLOP/image (forward x3); achieved {gflops:.1f} GFLOP/s "
-          f"= {100 * gflops / peak:.1f}% of the measured matmul peak (best of two, {peak:.0f} GFLOP/s)")
+    print(
+        f"training compute: {flops / 1e6:.0f} MFLOP/image (forward x3); achieved {gflops:.1f} GFLOP/s "
+        f"= {100 * gflops / peak:.1f}% of the measured matmul peak (best of two, {peak:.0f} GFLOP/s)"
+    )
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
     return rows, ratios, flops, peak
 

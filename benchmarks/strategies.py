@@ -112,13 +112,18 @@ def pretrain_0_4(verbose: bool) -> keras.Model:
         keras.utils.set_random_seed(0)
         base = keras.models.clone_model(keras.models.load_model(default_model_path()))
         model = kerasft.replace_head(base, 5, seed=0)
-        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         start = time.perf_counter()
         model.fit(x[y < 5], y[y < 5], batch_size=32, epochs=5, verbose=0)
         acc = accuracy(model, xt[yt < 5], yt[yt < 5])
         if verbose:
-            print(f"pretrained on MNIST 0-4 ({int(np.sum(y < 5))} images, "
-                  f"{time.perf_counter() - start:.0f} s): test accuracy on 0-4 {acc:.3f}", flush=True)
+            print(
+                f"pretrained on MNIST 0-4 ({int(np.sum(y < 5))} images, "
+                f"{time.perf_counter() - start:.0f} s): test accuracy on 0-4 {acc:.3f}",
+                flush=True,
+            )
         _PRETRAINED_0_4["model"] = model
     return _PRETRAINED_0_4["model"]
 
@@ -142,7 +147,9 @@ def run(task: str, recipe: str, seed: int) -> tuple[float, float]:
         model = keras.models.clone_model(model)  # same architecture, fresh weights
         options["copy"] = False
     start = time.perf_counter()
-    result = kerasft.finetune(model, (split.x_train, split.y_train), seed=seed, verbose=0, **options)
+    result = kerasft.finetune(
+        model, (split.x_train, split.y_train), seed=seed, verbose=0, **options
+    )
     seconds = time.perf_counter() - start
     return accuracy(result.model, split.x_test, split.y_test), seconds
 
@@ -162,8 +169,11 @@ def main(argv=None) -> None:
                 accs.append(acc)
                 secs.append(sec)
             rows.append((task, recipe, np.mean(accs), np.std(accs), np.mean(secs)))
-            print(f"{task:<18} {recipe:<13} acc {np.mean(accs):.3f} ± {np.std(accs):.3f}  "
-                  f"{np.mean(secs):5.1f} s   ({', '.join(f'{a:.3f}' for a in accs)})", flush=True)
+            print(
+                f"{task:<18} {recipe:<13} acc {np.mean(accs):.3f} ± {np.std(accs):.3f}  "
+                f"{np.mean(secs):5.1f} s   ({', '.join(f'{a:.3f}' for a in accs)})",
+                flush=True,
+            )
     print(f"\n| task | recipe | test accuracy (mean ± std, {args.seeds} seeds) | seconds |")
     print("|---|---|---|---|")
     for task, recipe, mean, std, sec in rows:

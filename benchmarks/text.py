@@ -128,7 +128,9 @@ def row_kerasft(seed: int) -> dict:
     split = textdata.rotten_tomatoes_few_shot(n_train=N_TRAIN, n_test=N_TEST, seed=SPLIT_SEED)
     task = textjob.build_task()
     start = time.perf_counter()
-    result = kerasft.finetune(task, (split.x_train, split.y_train), seed=seed, verbose=0, copy=False)
+    result = kerasft.finetune(
+        task, (split.x_train, split.y_train), seed=seed, verbose=0, copy=False
+    )
     seconds = time.perf_counter() - start
     accuracy = result.evaluate((split.x_test, split.y_test))["accuracy"]
     speed = result.speed.phases
@@ -173,10 +175,16 @@ def main(argv=None) -> None:
                 flush=True,
             )
     if "baseline" in results and "kerasft" in results:
-        ratios = [k["seconds"] / b["seconds"] for k, b in zip(results["kerasft"], results["baseline"])]
-        deltas = [k["accuracy"] - b["accuracy"] for k, b in zip(results["kerasft"], results["baseline"])]
-        print(f"kerasft/hand-written time ratio per seed: {' '.join(f'{r:.2f}' for r in ratios)}; "
-              f"accuracy difference: {' '.join(f'{d:+.3f}' for d in deltas)}")
+        ratios = [
+            k["seconds"] / b["seconds"] for k, b in zip(results["kerasft"], results["baseline"])
+        ]
+        deltas = [
+            k["accuracy"] - b["accuracy"] for k, b in zip(results["kerasft"], results["baseline"])
+        ]
+        print(
+            f"kerasft/hand-written time ratio per seed: {' '.join(f'{r:.2f}' for r in ratios)}; "
+            f"accuracy difference: {' '.join(f'{d:+.3f}' for d in deltas)}"
+        )
 
 
 if __name__ == "__main__":

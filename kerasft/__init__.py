@@ -23,7 +23,10 @@ def _is_command_line() -> bool:
     TensorFlow's start-up lines are quietened before it loads.
     """
     script = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
-    return script in ("kerasft", "kerasft.exe", "kerasft-script.py") and "tensorflow" not in _sys.modules
+    return (
+        script in ("kerasft", "kerasft.exe", "kerasft-script.py")
+        and "tensorflow" not in _sys.modules
+    )
 
 
 _COMMAND_LINE = _is_command_line()

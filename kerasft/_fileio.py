@@ -132,8 +132,11 @@ def sweep_leftovers(path: str) -> list[str]:
             found.append((match.group(2), name))
     cleaned = []
     # Restore before deleting, newest first: the old copy is the last complete export.
-    olds = sorted((n for k, n in found if k == "old"),
-                  key=lambda n: os.stat(os.path.join(parent, n)).st_mtime, reverse=True)
+    olds = sorted(
+        (n for k, n in found if k == "old"),
+        key=lambda n: os.stat(os.path.join(parent, n)).st_mtime,
+        reverse=True,
+    )
     for name in olds:
         leftover = os.path.join(parent, name)
         if not os.path.lexists(path):
@@ -168,7 +171,9 @@ def make_partial_directory(path: str) -> str:
     """
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".partial", dir=os.path.dirname(path))
+    return tempfile.mkdtemp(
+        prefix=_temporary_prefix(path), suffix=".partial", dir=os.path.dirname(path)
+    )
 
 
 # --------------------------------------------------------------------------- renames
@@ -288,8 +293,12 @@ def atomic_directory(
             _remove(tmp)
 
 
-def _check_replaceable(path: str, overwrite: bool, replaceable, what: str, *, late: bool = False) -> None:
-    when = " (it appeared while the new one was being written, and was left as it is)" if late else ""
+def _check_replaceable(
+    path: str, overwrite: bool, replaceable, what: str, *, late: bool = False
+) -> None:
+    when = (
+        " (it appeared while the new one was being written, and was left as it is)" if late else ""
+    )
     if os.path.isfile(path) or (os.path.lexists(path) and not os.path.isdir(path)):
         raise ValueError(
             f"Argument `path` must be a directory path, but {path!r} is an existing file{when}. "
@@ -318,7 +327,10 @@ def _swap_in(tmp: str, path: str, overwrite: bool, replaceable, what: str) -> No
         except (FileExistsError, OSError) as e:
             if not os.path.lexists(path):
                 raise
-            if not isinstance(e, FileExistsError) and e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            if not isinstance(e, FileExistsError) and e.errno not in (
+                errno.EEXIST,
+                errno.ENOTEMPTY,
+            ):
                 raise
     # Something is at the path now: check it again, as at the start.
     _check_replaceable(path, overwrite, replaceable, what, late=True)

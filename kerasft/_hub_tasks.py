@@ -40,21 +40,35 @@ class PooledTextClassifier(keras_hub.models.TextClassifier):
         dropout: dropout before the head. Defaults to `0.1`.
     """
 
-    def __init__(self, backbone: Any, num_classes: int, preprocessor: Any = None, pooling: str = "mean",
-                 activation: Any = None, dropout: float = 0.1, **kwargs: Any):
+    def __init__(
+        self,
+        backbone: Any,
+        num_classes: int,
+        preprocessor: Any = None,
+        pooling: str = "mean",
+        activation: Any = None,
+        dropout: float = 0.1,
+        **kwargs: Any,
+    ):
         if pooling not in POOLINGS:
-            raise ValueError(f"Argument `pooling` must be one of {list(POOLINGS)}. Received: pooling={pooling!r}")
+            raise ValueError(
+                f"Argument `pooling` must be one of {list(POOLINGS)}. Received: pooling={pooling!r}"
+            )
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.output_dropout = keras.layers.Dropout(dropout, dtype=backbone.dtype_policy, name="classifier_dropout")
-        self.output_dense = keras.layers.Dense(num_classes, activation=activation, dtype=backbone.dtype_policy,
-                                               name="logits")
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype=backbone.dtype_policy, name="classifier_dropout"
+        )
+        self.output_dense = keras.layers.Dense(
+            num_classes, activation=activation, dtype=backbone.dtype_policy, name="logits"
+        )
         inputs = backbone.input
         outputs = backbone(inputs)
         sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
         if pooling == "mean":
             pooled = MaskedMeanPooling(dtype=backbone.dtype_policy, name="mean_pooling")(
-                sequence, inputs["padding_mask"])
+                sequence, inputs["padding_mask"]
+            )
         elif isinstance(outputs, dict) and "pooled_output" in outputs:
             pooled = outputs["pooled_output"]
         else:
@@ -68,10 +82,12 @@ class PooledTextClassifier(keras_hub.models.TextClassifier):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({
-            "num_classes": self.num_classes,
-            "pooling": self.pooling,
-            "activation": keras.activations.serialize(self.activation),
-            "dropout": self.dropout,
-        })
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "pooling": self.pooling,
+                "activation": keras.activations.serialize(self.activation),
+                "dropout": self.dropout,
+            }
+        )
         return config

@@ -148,9 +148,11 @@ def draws_random_numbers(layer: Any) -> bool:
     whether a layer is random in training. A ``Dropout`` at rate 0 draws nothing (its
     ``call`` skips the draw), whatever generator it was built with.
     """
-    return any(getattr(part, "_seed_generators", None)
-               and not (isinstance(part, keras.layers.Dropout) and part.rate == 0)
-               for part in flatten_layers(layer))
+    return any(
+        getattr(part, "_seed_generators", None)
+        and not (isinstance(part, keras.layers.Dropout) and part.rate == 0)
+        for part in flatten_layers(layer)
+    )
 
 
 def call_takes_training(layer: Any) -> bool:
@@ -165,7 +167,11 @@ def run_through_graph(container: Any, inputs: Any, call_fn: Callable[..., Any]) 
     (raw operations such as ``x + y`` included); ``Function._run_through_graph`` is what
     ``Functional.call`` itself uses. A Sequential model keeps its graph in ``_functional``.
     """
-    inner = getattr(container, "_functional", None) if isinstance(container, keras.Sequential) else container
+    inner = (
+        getattr(container, "_functional", None)
+        if isinstance(container, keras.Sequential)
+        else container
+    )
     if inner is None:  # an unbuilt Sequential model has no graph yet
         raise ValueError(f"Model {container.name!r} is not built. HINT: call it on an input first.")
     return inner._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call_fn)
@@ -284,7 +290,9 @@ def _rebuild_single(optimizer: Any, variables: list) -> None:
     # variables are named after the model variable they shadow, so state is carried over
     # by name. No public API un-builds an optimizer.
     key = optimizer._var_key
-    if optimizer.built and [key(v) for v in optimizer._trainable_variables] == [key(v) for v in variables]:
+    if optimizer.built and [key(v) for v in optimizer._trainable_variables] == [
+        key(v) for v in variables
+    ]:
         return
     keep = {id(optimizer._iterations)}
     if isinstance(optimizer._learning_rate, keras.Variable):
@@ -315,7 +323,9 @@ def rebuild_optimizer(optimizer: Any, variables: list) -> None:
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         rebuild_optimizer(optimizer.inner_optimizer, variables)
         optimizer._trainable_variables = variables[:]
-        optimizer._trainable_variables_indices = {optimizer._var_key(v): i for i, v in enumerate(variables)}
+        optimizer._trainable_variables_indices = {
+            optimizer._var_key(v): i for i, v in enumerate(variables)
+        }
         return
     if isinstance(optimizer, keras.optimizers.MultiOptimizer):
         routed: dict[int, list] = {id(o): [] for o in optimizer.optimizers}
@@ -333,7 +343,9 @@ def rebuild_optimizer(optimizer: Any, variables: list) -> None:
 
 def has_ema_averages(optimizer: Any) -> bool:
     """Whether an EMA optimizer has built its averages (``_model_variables_moving_average``)."""
-    return bool(getattr(optimizer, "use_ema", False)) and hasattr(optimizer, "_model_variables_moving_average")
+    return bool(getattr(optimizer, "use_ema", False)) and hasattr(
+        optimizer, "_model_variables_moving_average"
+    )
 
 
 def add_weight_after_build(layer: Any, **kwargs: Any) -> Any:
@@ -459,7 +471,6 @@ class TrainableTFSMLayer(keras.layers.TFSMLayer):
             name=name,
         )
         self._track_variable(variable)
-
 
 
 # ---------------------------------------------------------------------------- KerasHub internals

@@ -73,7 +73,8 @@ def check_model(model, *, trains_body: bool = True) -> None:
     if not layers:
         return
     how = (
-        "TensorFlow was imported before kerasft" if _state["tf_loaded_first"]
+        "TensorFlow was imported before kerasft"
+        if _state["tf_loaded_first"]
         else f"{_ENV} is set to {os.environ.get(_ENV)!r}"
     )
     raise RuntimeError(

@@ -102,7 +102,11 @@ def mixup_batch(x: Any, y: Any, alpha: float, seed: int) -> tuple[Any, Any]:
 def _check_images(signature: Any, name: str) -> None:
     if signature is None:
         return
-    if signature.structure != "single" or len(signature.shapes[0]) != 3 or signature.dtypes[0] == "string":
+    if (
+        signature.structure != "single"
+        or len(signature.shapes[0]) != 3
+        or signature.dtypes[0] == "string"
+    ):
         raise ValueError(
             f"Argument `augment={name!r}` augments images, but the model takes "
             f"[{signature.describe()}] (images are inputs of shape (height, width, channels)). "
@@ -111,8 +115,9 @@ def _check_images(signature: Any, name: str) -> None:
         )
 
 
-def build_augmentation(augment: Any, *, signature: Any, value_range: tuple[float, float], seed: int,
-                       task: str) -> Augmentation | None:
+def build_augmentation(
+    augment: Any, *, signature: Any, value_range: tuple[float, float], seed: int, task: str
+) -> Augmentation | None:
     """The :class:`Augmentation` for ``RegularizationConfig(augment=...)``, or ``None``.
 
     Raises:
@@ -125,12 +130,16 @@ def build_augmentation(augment: Any, *, signature: Any, value_range: tuple[float
     if isinstance(augment, str):
         mix = augment if augment in ("mixup", "cutmix", "feature_mixup") else None
         if mix is not None and task == "regression":
-            raise ValueError(f"Argument `augment={augment!r}` mixes labels, which regression targets are not. "
-                             "HINT: pass augment='light' or None.")
+            raise ValueError(
+                f"Argument `augment={augment!r}` mixes labels, which regression targets are not. "
+                "HINT: pass augment='light' or None."
+            )
         if augment != "feature_mixup":
             _check_images(signature, augment)
         layers = _preset_layers(augment, value_range, seed)
-        return Augmentation(augment, layers, mix, one_hot=mix is not None and task == "classification", seed=seed)
+        return Augmentation(
+            augment, layers, mix, one_hot=mix is not None and task == "classification", seed=seed
+        )
     _check_images(signature, "[...]")
     return Augmentation("layers", list(augment), seed=seed)
 
@@ -143,17 +152,28 @@ def check_augment(augment: Any) -> None:
     """
     if augment is None or (isinstance(augment, str) and augment in PRESETS):
         return
-    if (not isinstance(augment, str) and isinstance(augment, Sequence) and augment
-            and all(isinstance(a, keras.layers.Layer) for a in augment)):
+    if (
+        not isinstance(augment, str)
+        and isinstance(augment, Sequence)
+        and augment
+        and all(isinstance(a, keras.layers.Layer) for a in augment)
+    ):
         return
-    raise ValueError(f"Argument `augment` must be None, one of {list(PRESETS)} or a non-empty list of Keras "
-                     f"preprocessing layers. Received: augment={augment!r}")
+    raise ValueError(
+        f"Argument `augment` must be None, one of {list(PRESETS)} or a non-empty list of Keras "
+        f"preprocessing layers. Received: augment={augment!r}"
+    )
 
 
-def _preset_layers(name: str, value_range: tuple[float, float], seed: int) -> list[keras.layers.Layer]:
+def _preset_layers(
+    name: str, value_range: tuple[float, float], seed: int
+) -> list[keras.layers.Layer]:
     if name in ("light", "light+flip"):
-        layers = [keras.layers.RandomZoom(0.1, seed=seed), keras.layers.RandomTranslation(0.08, 0.08, seed=seed + 1),
-                  keras.layers.RandomRotation(0.04, seed=seed + 2)]
+        layers = [
+            keras.layers.RandomZoom(0.1, seed=seed),
+            keras.layers.RandomTranslation(0.08, 0.08, seed=seed + 1),
+            keras.layers.RandomRotation(0.04, seed=seed + 2),
+        ]
         if name == "light+flip":
             layers.insert(0, keras.layers.RandomFlip("horizontal", seed=seed + 3))
         return layers

@@ -33,8 +33,20 @@ __all__ = [
 ]
 
 # Metric names that improve upwards, when no metric object says so.
-_MAXIMISED = ("acc", "accuracy", "auc", "precision", "recall", "f1", "f1_score", "fbeta_score",
-              "top_k", "iou", "r2", "r2_score")
+_MAXIMISED = (
+    "acc",
+    "accuracy",
+    "auc",
+    "precision",
+    "recall",
+    "f1",
+    "f1_score",
+    "fbeta_score",
+    "top_k",
+    "iou",
+    "r2",
+    "r2_score",
+)
 
 
 def monitor_mode(monitor: str, metrics: Sequence[Any] = ()) -> str:
@@ -150,9 +162,13 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.phases = load_phases(phases) if phases is not None else None
         for name, value in (("groups_per_phase", groups_per_phase), ("patience", patience)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Argument `{name}` must be an integer >= 1. Received: {name}={value!r}")
+                raise ValueError(
+                    f"Argument `{name}` must be an integer >= 1. Received: {name}={value!r}"
+                )
         if unfreeze_every is not None and (
-            isinstance(unfreeze_every, bool) or not isinstance(unfreeze_every, int) or unfreeze_every < 1
+            isinstance(unfreeze_every, bool)
+            or not isinstance(unfreeze_every, int)
+            or unfreeze_every < 1
         ):
             raise ValueError(
                 f"Argument `unfreeze_every` must be an integer >= 1 or None. "
@@ -170,7 +186,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
                     "never start. Give them an epoch or pass `monitor`."
                 )
         if mode not in ("auto", "min", "max"):
-            raise ValueError(f"Argument `mode` must be one of ('auto', 'min', 'max'). Received: mode={mode!r}")
+            raise ValueError(
+                f"Argument `mode` must be one of ('auto', 'min', 'max'). Received: mode={mode!r}"
+            )
         self.groups = groups
         self.unfreeze_every = unfreeze_every
         self.groups_per_phase = groups_per_phase
@@ -188,7 +206,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
         """``(layers, start epoch, lr)`` per phase; a layer belongs to its first phase."""
         if self.phases is None:
             groups = self.groups
-            if groups is None or not (isinstance(groups, list) and groups and isinstance(groups[0], tuple)):
+            if groups is None or not (
+                isinstance(groups, list) and groups and isinstance(groups[0], tuple)
+            ):
                 groups = _layerwise.layer_groups(model, groups)
             top_down = list(reversed(groups))
             out = []
@@ -204,11 +224,15 @@ class GradualUnfreezing(keras.callbacks.Callback):
         for i, phase in enumerate(self.phases):
             layers = [
                 layer
-                for layer in surgery.select_layers(model, phase["layers"], argument=f"phases[{i}]['layers']")
+                for layer in surgery.select_layers(
+                    model, phase["layers"], argument=f"phases[{i}]['layers']"
+                )
                 if id(layer) not in taken
             ]
             if not layers:
-                raise ValueError(f"Phase {i} ({phase['layers']}) has only layers of earlier phases.")
+                raise ValueError(
+                    f"Phase {i} ({phase['layers']}) has only layers of earlier phases."
+                )
             taken.update(id(layer) for layer in layers)
             out.append((layers, phase["epoch"], phase["lr"]))
         return out
@@ -312,7 +336,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.transitions.append((epoch, target))
         if self.verbose:
             n = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
-            print(f"\nEpoch {epoch + 1}: GradualUnfreezing entered phase {target}, {n} trainable parameters.")
+            print(
+                f"\nEpoch {epoch + 1}: GradualUnfreezing entered phase {target}, {n} trainable parameters."
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         target = max(self._target_for(epoch), self.phase)
@@ -406,7 +432,9 @@ class ReduceLROnPlateauScaled(keras.callbacks.Callback):
         if not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
             raise ValueError(f"Argument `factor` must be in (0, 1). Received: factor={factor!r}")
         if mode not in ("auto", "min", "max"):
-            raise ValueError(f"Argument `mode` must be one of ('auto', 'min', 'max'). Received: mode={mode!r}")
+            raise ValueError(
+                f"Argument `mode` must be one of ('auto', 'min', 'max'). Received: mode={mode!r}"
+            )
         self.monitor = monitor
         self.factor = factor
         self.patience = patience
@@ -480,10 +508,14 @@ class ReduceLROnPlateauScaled(keras.callbacks.Callback):
         else:
             ratio = new_lr / old_lr if old_lr > 0 else self.factor
             rate.multiplier = rate.multiplier * ratio
-            message = (f"scaling the schedule by {ratio:.3g} (multiplier {rate.multiplier:.3g}, "
-                       f"rate now {new_lr:.3g})")
+            message = (
+                f"scaling the schedule by {ratio:.3g} (multiplier {rate.multiplier:.3g}, "
+                f"rate now {new_lr:.3g})"
+            )
         if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateauScaled{' ' + name if name else ''} {message}.")
+            print(
+                f"\nEpoch {epoch + 1}: ReduceLROnPlateauScaled{' ' + name if name else ''} {message}."
+            )
         return True
 
 

@@ -78,7 +78,9 @@ def _learning_rate(text: str) -> str | float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'find' or a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be 'find' or a positive number, got {text!r}"
+        ) from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be 'find' or a positive number, got {text!r}")
     return value
@@ -86,101 +88,207 @@ def _learning_rate(text: str) -> str | float:
 
 def _version() -> str:
     """``kerasft.__version__``, read from ``kerasft/__init__.py`` without running it (it imports TensorFlow)."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__init__.py"), encoding="utf-8") as f:
+    with open(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "__init__.py"), encoding="utf-8"
+    ) as f:
         match = re.search(r"""^__version__ = ["']([^"']+)["']""", f.read(), re.M)
     if match is None:
-        raise RuntimeError("kerasft/__init__.py assigns no `__version__ = \"...\"` line for `kerasft --version`.")
+        raise RuntimeError(
+            'kerasft/__init__.py assigns no `__version__ = "..."` line for `kerasft --version`.'
+        )
     return match.group(1)
 
 
 def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``kerasft`` parser and the parser of each command, by name."""
     parser = _Parser(prog="kerasft", description="Fine-tune pretrained Keras models.")
-    parser.add_argument("--version", action="version", version=f"kerasft {_version()}",
-                        help="print kerasft's version and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"kerasft {_version()}",
+        help="print kerasft's version and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    ft = sub.add_parser("finetune", help="fine-tune a model (no arguments: the bundled digits demo)")
-    ft.add_argument("model", nargs="?", default=None,
-                    help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)")
-    ft.add_argument("--task", default="image", choices=["image", "text", "generate"],
-                    help="image (default: digits or --data folder) or text: MiniLM (a pretrained BERT) "
-                         "on 400 Rotten Tomatoes reviews, beside KerasHub's hand-written recipe "
-                         "(kerasft.finetune with its defaults; of the options below only "
-                         "--seed, --json and -q apply); or generate: SmolLM2-135M-Instruct (GGUF) taught "
-                         "to answer fresh/rotten (--epochs, --lr, --batch-size, --export FILE.gguf also apply)")
-    ft.add_argument("--no-baseline", action="store_true", help="--task text: skip KerasHub's recipe")
-    ft.add_argument("--data", default=None,
-                    help="'digits' (scikit-learn digits, default) or an image folder with one "
-                         "sub-folder per class (or train/ and test/ splits of such folders)")
-    ft.add_argument("--shots", type=_positive_int, default=None,
-                    help="digits only: labelled examples per class for training+validation (default 10)")
-    ft.add_argument("--recipe", default=None,
-                    help="auto (default: decided from the model and the data; see kerasft.plan), lp-ft, "
-                         "full, head, gradual, or a YAML/JSON file of phases")
-    ft.add_argument("--head-epochs", type=_non_negative_int, default=None,
-                    help="epochs of a head trained by gradient (lp-ft, gradual: default 5; implies lp-ft)")
-    ft.add_argument("--epochs", type=_non_negative_int, default=None,
-                    help="fine-tuning epochs (default: auto's step budget; 10 for the other recipes)")
-    ft.add_argument("--lr", type=_learning_rate, default=None,
-                    help="auto: the fine-tuning rate (default by model family); other recipes: the "
-                         "head-phase rate (default 1e-2), or 'find' to run the LR finder")
-    ft.add_argument("--finetune-lr", type=float, default=None,
-                    help="peak rate of the fine-tuning phase, after unfreezing (default: --lr / 10; "
-                         "auto: by model family)")
-    ft.add_argument("--unfreeze", type=_unfreeze, default=None,
-                    help="'all' (default), top N weighted layers, top fraction, or a regex")
+    ft = sub.add_parser(
+        "finetune", help="fine-tune a model (no arguments: the bundled digits demo)"
+    )
+    ft.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)",
+    )
+    ft.add_argument(
+        "--task",
+        default="image",
+        choices=["image", "text", "generate"],
+        help="image (default: digits or --data folder) or text: MiniLM (a pretrained BERT) "
+        "on 400 Rotten Tomatoes reviews, beside KerasHub's hand-written recipe "
+        "(kerasft.finetune with its defaults; of the options below only "
+        "--seed, --json and -q apply); or generate: SmolLM2-135M-Instruct (GGUF) taught "
+        "to answer fresh/rotten (--epochs, --lr, --batch-size, --export FILE.gguf also apply)",
+    )
+    ft.add_argument(
+        "--no-baseline", action="store_true", help="--task text: skip KerasHub's recipe"
+    )
+    ft.add_argument(
+        "--data",
+        default=None,
+        help="'digits' (scikit-learn digits, default) or an image folder with one "
+        "sub-folder per class (or train/ and test/ splits of such folders)",
+    )
+    ft.add_argument(
+        "--shots",
+        type=_positive_int,
+        default=None,
+        help="digits only: labelled examples per class for training+validation (default 10)",
+    )
+    ft.add_argument(
+        "--recipe",
+        default=None,
+        help="auto (default: decided from the model and the data; see kerasft.plan), lp-ft, "
+        "full, head, gradual, or a YAML/JSON file of phases",
+    )
+    ft.add_argument(
+        "--head-epochs",
+        type=_non_negative_int,
+        default=None,
+        help="epochs of a head trained by gradient (lp-ft, gradual: default 5; implies lp-ft)",
+    )
+    ft.add_argument(
+        "--epochs",
+        type=_non_negative_int,
+        default=None,
+        help="fine-tuning epochs (default: auto's step budget; 10 for the other recipes)",
+    )
+    ft.add_argument(
+        "--lr",
+        type=_learning_rate,
+        default=None,
+        help="auto: the fine-tuning rate (default by model family); other recipes: the "
+        "head-phase rate (default 1e-2), or 'find' to run the LR finder",
+    )
+    ft.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="peak rate of the fine-tuning phase, after unfreezing (default: --lr / 10; "
+        "auto: by model family)",
+    )
+    ft.add_argument(
+        "--unfreeze",
+        type=_unfreeze,
+        default=None,
+        help="'all' (default), top N weighted layers, top fraction, or a regex",
+    )
     ft.add_argument("--batch-size", type=_positive_int, default=None, help="default 32")
-    ft.add_argument("--seed", type=int, default=0,
-                    help="seed of the data split, the shuffling and the new weights (default 0)")
-    ft.add_argument("--export", default=None, metavar="DIR",
-                    help=f"SavedModel directory to export to (default with no MODEL: {DEFAULT_EXPORT}); "
-                         "checked before training")
+    ft.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data split, the shuffling and the new weights (default 0)",
+    )
+    ft.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help=f"SavedModel directory to export to (default with no MODEL: {DEFAULT_EXPORT}); "
+        "checked before training",
+    )
     ft.add_argument("--no-export", action="store_true", help="do not export")
-    ft.add_argument("--overwrite", action="store_true",
-                    help="replace an existing export directory (only an earlier kerasft export)")
+    ft.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing export directory (only an earlier kerasft export)",
+    )
     ft.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
-    ft.add_argument("--plots", default=None, metavar="DIR", help="save training-curve and confusion PNGs")
-    ft.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files")
+    ft.add_argument(
+        "--plots", default=None, metavar="DIR", help="save training-curve and confusion PNGs"
+    )
+    ft.add_argument(
+        "--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files"
+    )
     ft.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    ft.add_argument("--unsafe", action="store_true",
-                    help="allow Python code (Lambda layers) in the model file: trusted files only")
+    ft.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="allow Python code (Lambda layers) in the model file: trusted files only",
+    )
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     ex = sub.add_parser("export", help="export a .keras model as a SavedModel or TFLite file")
     ex.add_argument("model", help="the model to export: a .keras/.h5 file or SavedModel directory")
-    ex.add_argument("path", help="where to export: a SavedModel directory, or a file ending in .tflite")
-    ex.add_argument("--format", default=None,
-                    help="saved_model or tflite (default: tflite for a PATH ending in .tflite, "
-                         "else saved_model)")
-    ex.add_argument("--quantize", default=None,
-                    help="tflite only: float16, dynamic (int8 weights) or int8 (full-integer, "
-                         "calibrated on --data)")
-    ex.add_argument("--io-dtype", default="float32",
-                    help="--quantize int8 only: float32 (default), int8 or uint8 model input/output")
-    ex.add_argument("--data", default=None,
-                    help="'digits' (default when the model takes 28x28x1 digits), an image folder, "
-                         "or 'none': int8 calibration inputs, and held-out data for the LiteRT "
-                         "check and the model card's evaluation")
+    ex.add_argument(
+        "path", help="where to export: a SavedModel directory, or a file ending in .tflite"
+    )
+    ex.add_argument(
+        "--format",
+        default=None,
+        help="saved_model or tflite (default: tflite for a PATH ending in .tflite, "
+        "else saved_model)",
+    )
+    ex.add_argument(
+        "--quantize",
+        default=None,
+        help="tflite only: float16, dynamic (int8 weights) or int8 (full-integer, "
+        "calibrated on --data)",
+    )
+    ex.add_argument(
+        "--io-dtype",
+        default="float32",
+        help="--quantize int8 only: float32 (default), int8 or uint8 model input/output",
+    )
+    ex.add_argument(
+        "--data",
+        default=None,
+        help="'digits' (default when the model takes 28x28x1 digits), an image folder, "
+        "or 'none': int8 calibration inputs, and held-out data for the LiteRT "
+        "check and the model card's evaluation",
+    )
     ex.add_argument("--class-names", default=None, help="comma-separated class names")
-    ex.add_argument("--overwrite", action="store_true",
-                    help="replace an existing export at PATH (only an earlier kerasft export)")
-    ex.add_argument("--unsafe", action="store_true",
-                    help="allow Python code (Lambda layers) in the model file: trusted files only")
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing export at PATH (only an earlier kerasft export)",
+    )
+    ex.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="allow Python code (Lambda layers) in the model file: trusted files only",
+    )
 
     lf = sub.add_parser("lr-find", help="sweep learning rates and suggest one")
-    lf.add_argument("model", nargs="?", default=None,
-                    help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)")
-    lf.add_argument("--data", default="digits",
-                    help="'digits' (scikit-learn digits, default) or an image folder with one "
-                         "sub-folder per class")
-    lf.add_argument("--shots", type=_positive_int, default=10,
-                    help="digits only: labelled examples per class to sweep on (default 10)")
-    lf.add_argument("--plot", default=None, metavar="PNG",
-                    help="save the loss-against-rate curve, suggestions marked, to this PNG")
+    lf.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)",
+    )
+    lf.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (scikit-learn digits, default) or an image folder with one "
+        "sub-folder per class",
+    )
+    lf.add_argument(
+        "--shots",
+        type=_positive_int,
+        default=10,
+        help="digits only: labelled examples per class to sweep on (default 10)",
+    )
+    lf.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="save the loss-against-rate curve, suggestions marked, to this PNG",
+    )
     lf.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    lf.add_argument("--unsafe", action="store_true",
-                    help="allow Python code (Lambda layers) in the model file: trusted files only")
+    lf.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="allow Python code (Lambda layers) in the model file: trusted files only",
+    )
     return parser, dict(sub.choices)
 
 
@@ -200,7 +308,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command = commands.get(args.command, parser)
-        command.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(unknown, command)}")
+        command.error(
+            f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(unknown, command)}"
+        )
     return args
 
 
@@ -223,7 +333,12 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:
     """``". Did you mean --epochs?"`` for the misspelt options among ``unknown``, or ``""``."""
-    flags = [flag for action in _options(parser) for flag in action.option_strings if flag.startswith("--")]
+    flags = [
+        flag
+        for action in _options(parser)
+        for flag in action.option_strings
+        if flag.startswith("--")
+    ]
     hints = []
     for word in unknown:
         given = word.split("=", 1)[0]
@@ -243,10 +358,25 @@ def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> st
 # `kerasft finetune` options of the image job, with their defaults. `--task text` runs a
 # fixed recipe on bundled data and refuses them rather than ignore them.
 # None: kerasft.finetune decides (recipe "auto": from the model and the data).
-_IMAGE_DEFAULTS = {"model": None, "data": "digits", "shots": 10, "recipe": None, "head_epochs": None,
-                   "epochs": None, "lr": None, "finetune_lr": None, "unfreeze": None, "batch_size": None,
-                   "export": None, "no_export": False, "overwrite": False, "no_scratch": False, "plots": None,
-                   "tensorboard": None, "unsafe": False}
+_IMAGE_DEFAULTS = {
+    "model": None,
+    "data": "digits",
+    "shots": 10,
+    "recipe": None,
+    "head_epochs": None,
+    "epochs": None,
+    "lr": None,
+    "finetune_lr": None,
+    "unfreeze": None,
+    "batch_size": None,
+    "export": None,
+    "no_export": False,
+    "overwrite": False,
+    "no_scratch": False,
+    "plots": None,
+    "tensorboard": None,
+    "unsafe": False,
+}
 
 
 def _check_text_options(args: argparse.Namespace) -> None:
@@ -275,10 +405,15 @@ def _load_task(data: str, shots: int, seed: int, model) -> dict[str, Any]:
 
     if data == "digits":
         split = datasets.digits_few_shot(shots=shots, seed=seed)
-        return dict(x_train=split.x_train, y_train=split.y_train, x_test=split.x_test,
-                    y_test=split.y_test, class_names=[str(i) for i in range(10)],
-                    description=f"scikit-learn digits, {shots} labels per class "
-                                f"({len(split.x_train)} train+validation, {len(split.x_test)} test)")
+        return dict(
+            x_train=split.x_train,
+            y_train=split.y_train,
+            x_test=split.x_test,
+            y_test=split.y_test,
+            class_names=[str(i) for i in range(10)],
+            description=f"scikit-learn digits, {shots} labels per class "
+            f"({len(split.x_train)} train+validation, {len(split.x_test)} test)",
+        )
     if not os.path.isdir(data):
         raise ValueError(
             f"Argument `--data` must be 'digits' or an existing image folder. Received: --data={data!r}"
@@ -302,7 +437,9 @@ def _load_task(data: str, shots: int, seed: int, model) -> dict[str, Any]:
             )
     else:
         x, y, names = load_image_folder(data, **kwargs)
-        split = datasets.few_shot_split(x, y, shots=1, seed=seed)  # validates every class has >1 image
+        split = datasets.few_shot_split(
+            x, y, shots=1, seed=seed
+        )  # validates every class has >1 image
         rng = np.random.default_rng(seed)
         test_mask = np.zeros(len(y), dtype=bool)
         for c in np.unique(y):
@@ -310,8 +447,14 @@ def _load_task(data: str, shots: int, seed: int, model) -> dict[str, Any]:
             test_mask[rng.choice(idx, size=max(1, len(idx) // 5), replace=False)] = True
         del split
         x_train, y_train, x_test, y_test = x[~test_mask], y[~test_mask], x[test_mask], y[test_mask]
-    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, class_names=names,
-                description=f"image folder {data} ({len(x_train)} train+validation, {len(x_test)} test)")
+    return dict(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=names,
+        description=f"image folder {data} ({len(x_train)} train+validation, {len(x_test)} test)",
+    )
 
 
 def _accuracy(model, x, y) -> float:
@@ -322,7 +465,11 @@ def _accuracy(model, x, y) -> float:
 
 def _predicted_classes(model, x):
     probs = model.predict(x, verbose=0, batch_size=256)
-    return (probs[:, 0] > (0.0 if probs.min() < 0 else 0.5)).astype(int) if probs.shape[-1] == 1 else probs.argmax(-1)
+    return (
+        (probs[:, 0] > (0.0 if probs.min() < 0 else 0.5)).astype(int)
+        if probs.shape[-1] == 1
+        else probs.argmax(-1)
+    )
 
 
 def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -356,11 +503,24 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from kerasft import surgery
 
     head = surgery.find_head(model)
-    pretrained = _accuracy(model, task["x_test"], task["y_test"]) if surgery.head_units(head) == n_classes else None
+    pretrained = (
+        _accuracy(model, task["x_test"], task["y_test"])
+        if surgery.head_units(head) == n_classes
+        else None
+    )
     result = ft.finetune(
-        model, (task["x_train"], task["y_train"]), recipe=args.recipe, head_epochs=args.head_epochs,
-        epochs=args.epochs, lr=args.lr, finetune_lr=args.finetune_lr, unfreeze=args.unfreeze,
-        batch_size=args.batch_size, seed=args.seed, head=HeadConfig(num_classes=n_classes), verbose=verbose,
+        model,
+        (task["x_train"], task["y_train"]),
+        recipe=args.recipe,
+        head_epochs=args.head_epochs,
+        epochs=args.epochs,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        unfreeze=args.unfreeze,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        head=HeadConfig(num_classes=n_classes),
+        verbose=verbose,
         run=RunConfig(tensorboard=args.tensorboard),
         copy=False,  # loaded here for this run alone (and a SavedModel's layer cannot be copied)
     )
@@ -370,7 +530,10 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
     scratch = None
     if opaque and not args.no_scratch:
-        print("kerasft: no from-scratch baseline for a SavedModel (its body is one opaque layer)", flush=True)
+        print(
+            "kerasft: no from-scratch baseline for a SavedModel (its body is one opaque layer)",
+            flush=True,
+        )
     if not args.no_scratch and not opaque:
         keras.utils.set_random_seed(args.seed)
         fresh = keras.models.clone_model(model)  # same architecture, new initial weights
@@ -378,26 +541,43 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         # The same number of optimizer steps as the fine-tune, as one plain run would take them:
         # Adam at 1e-3, batch 32. BatchNormalization stays in inference mode: learning its
         # statistics from 100 images in batches of 32 scored 0.11-0.48 here, against 0.925.
-        steps = max(1, sum(p.epochs * p.steps_per_epoch for p in result.phases if p.name != "probe"))
+        steps = max(
+            1, sum(p.epochs * p.steps_per_epoch for p in result.phases if p.name != "probe")
+        )
         per_epoch = -(-len(task["x_train"]) // 32)
         base = ft.finetune(
-            fresh, (task["x_train"], task["y_train"]), recipe="full", epochs=-(-steps // per_epoch), lr=1e-3,
-            batch_size=32, seed=args.seed, head=HeadConfig(num_classes=n_classes), verbose=verbose, copy=False,
-            validation_split=0.0, patience=None,
+            fresh,
+            (task["x_train"], task["y_train"]),
+            recipe="full",
+            epochs=-(-steps // per_epoch),
+            lr=1e-3,
+            batch_size=32,
+            seed=args.seed,
+            head=HeadConfig(num_classes=n_classes),
+            verbose=verbose,
+            copy=False,
+            validation_split=0.0,
+            patience=None,
         )
         scratch = _accuracy(base.model, task["x_test"], task["y_test"])
 
     if export_path is not None:
-        export_path = result.export(export_path, class_names=task["class_names"], overwrite=overwrite,
-                                    evaluation=evaluation, evaluation_data=f"the test split of {task['description']}")
+        export_path = result.export(
+            export_path,
+            class_names=task["class_names"],
+            overwrite=overwrite,
+            evaluation=evaluation,
+            evaluation_data=f"the test split of {task['description']}",
+        )
 
     if args.plots:
         from kerasft import plots
 
         plots.plot_history(result, os.path.join(args.plots, "history.png"))
         pred = _predicted_classes(result.model, task["x_test"])
-        plots.plot_confusion_matrix(task["y_test"], pred, task["class_names"],
-                                    os.path.join(args.plots, "confusion.png"))
+        plots.plot_confusion_matrix(
+            task["y_test"], pred, task["class_names"], os.path.join(args.plots, "confusion.png")
+        )
 
     report = {
         "test_accuracy": round(test_acc, 4),
@@ -448,8 +628,11 @@ def _cmd_finetune_text(args: argparse.Namespace) -> dict[str, Any]:
     from kerasft.jobs import textjob
 
     verbose = progress_verbosity(args)
-    print("kerasft: fine-tuning all-MiniLM-L6-v2 (KerasHub BertTextClassifier) on 400 Rotten Tomatoes "
-          "reviews, testing on 600", flush=True)
+    print(
+        "kerasft: fine-tuning all-MiniLM-L6-v2 (KerasHub BertTextClassifier) on 400 Rotten Tomatoes "
+        "reviews, testing on 600",
+        flush=True,
+    )
     start = time.perf_counter()
     job = textjob.run_text_job(seed=args.seed, baseline=not args.no_baseline, verbose=verbose)
     after, hand = job["after"], job["baseline"]
@@ -468,11 +651,15 @@ def _cmd_finetune_text(args: argparse.Namespace) -> dict[str, Any]:
         "evaluation": after.to_dict(),
         "evaluation_before": job["before"].to_dict(),
     }
-    line = (f"kerasft: test accuracy {report['test_accuracy']:.4f} after fine-tuning "
-            f"({report['finetune_seconds']} s) | before {report['pretrained_accuracy']}")
+    line = (
+        f"kerasft: test accuracy {report['test_accuracy']:.4f} after fine-tuning "
+        f"({report['finetune_seconds']} s) | before {report['pretrained_accuracy']}"
+    )
     if hand is not None:
-        line += (f" | KerasHub's recipe by hand {report['baseline_accuracy']:.4f} "
-                 f"({report['baseline_seconds']} s; kerasft/hand {job['seconds'] / hand['seconds']:.2f})")
+        line += (
+            f" | KerasHub's recipe by hand {report['baseline_accuracy']:.4f} "
+            f"({report['baseline_seconds']} s; kerasft/hand {job['seconds'] / hand['seconds']:.2f})"
+        )
     print(line, flush=True)
     return report
 
@@ -487,10 +674,17 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     representative = verify = None
     if data is not None:
         representative, verify = data["x_train"], (data["x_test"], data["y_test"])
-    path = export_model(model, args.path, format=_export_format(args), class_names=names,
-                        quantize=args.quantize, io_dtype=args.io_dtype,
-                        representative_data=representative, verify_data=verify,
-                        overwrite=args.overwrite)
+    path = export_model(
+        model,
+        args.path,
+        format=_export_format(args),
+        class_names=names,
+        quantize=args.quantize,
+        io_dtype=args.io_dtype,
+        representative_data=representative,
+        verify_data=verify,
+        overwrite=args.overwrite,
+    )
     size = path.metadata["size_bytes"]
     print(f"kerasft: exported {args.model} to {path} ({size / 1024:.1f} KiB)")
     if path.check is not None:
@@ -522,8 +716,10 @@ def _export_data(args: argparse.Namespace, model) -> dict[str, Any] | None:
     width = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
     if args.data in (None, "digits") and (shape != (28, 28, 1) or width != 10):
         if args.data is None and args.quantize != "int8":
-            print("kerasft: no data to check the export on (the model does not take the 28x28x1, "
-                  "10-class digits); pass --data DIR for a LiteRT check and an evaluation")
+            print(
+                "kerasft: no data to check the export on (the model does not take the 28x28x1, "
+                "10-class digits); pass --data DIR for a LiteRT check and an evaluation"
+            )
             return None
         raise ValueError(
             f"Argument `--data digits`: the digits are 28x28x1 images of 10 classes, but model "
@@ -539,10 +735,16 @@ def _cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:
 
     model = ft.load_model(args.model or default_model_path(), safe_mode=not args.unsafe)
     task = _load_task(args.data, args.shots, 0, model)
-    result = lr_find(model, (task["x_train"], task["y_train"]), plot=args.plot,
-                     loss="sparse_categorical_crossentropy")
+    result = lr_find(
+        model,
+        (task["x_train"], task["y_train"]),
+        plot=args.plot,
+        loss="sparse_categorical_crossentropy",
+    )
     report = {k: float(v) for k, v in result.suggestions.items()}
-    print("kerasft: suggested learning rates: " + ", ".join(f"{k} {v:.2e}" for k, v in report.items()))
+    print(
+        "kerasft: suggested learning rates: " + ", ".join(f"{k} {v:.2e}" for k, v in report.items())
+    )
     if args.plot:
         report["plot"] = args.plot
     return report
@@ -555,7 +757,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """
     import tensorflow as tf
 
-    errors: list[type[BaseException]] = [ValueError, TypeError, RuntimeError, OSError, tf.errors.OpError]
+    errors: list[type[BaseException]] = [
+        ValueError,
+        TypeError,
+        RuntimeError,
+        OSError,
+        tf.errors.OpError,
+    ]
     try:
         import yaml
     except ImportError:
@@ -602,7 +810,9 @@ def _in_flags(message: str, command: str) -> str:
         if name in renamed:
             return renamed[name]
         action = actions.get(name)
-        return None if action is None else next(f for f in action.option_strings if f.startswith("--"))
+        return (
+            None if action is None else next(f for f in action.option_strings if f.startswith("--"))
+        )
 
     def spell(match: re.Match) -> str:
         name, value, verb = match["name"], match["value"], match["verb"] or ""
@@ -663,7 +873,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = commands[args.command](args)
     except _user_errors() as e:
-        print(f"kerasft {args.command}: error: {_in_flags(_one_line(e), args.command)}", file=sys.stderr)
+        print(
+            f"kerasft {args.command}: error: {_in_flags(_one_line(e), args.command)}",
+            file=sys.stderr,
+        )
         return _EXIT_USAGE
     except KeyboardInterrupt:
         print("kerasft: interrupted", file=sys.stderr)

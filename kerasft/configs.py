@@ -71,8 +71,11 @@ class _Config:
 
     def non_defaults(self) -> dict[str, Any]:
         """The fields that differ from their defaults."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not _same(getattr(self, f.name), f.default)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not _same(getattr(self, f.name), f.default)
+        }
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.non_defaults().items())
@@ -134,8 +137,12 @@ class HeadConfig(_Config):
     """
 
     keyword: ClassVar[str] = "head"
-    renamed: ClassVar[Mapping[str, str]] = {"output": "head", "new": "new_head", "dropout": "head_dropout",
-                                            "activation": "head_activation"}
+    renamed: ClassVar[Mapping[str, str]] = {
+        "output": "head",
+        "new": "new_head",
+        "dropout": "head_dropout",
+        "activation": "head_activation",
+    }
 
     task: str = "auto"
     num_classes: int | None = None
@@ -156,24 +163,39 @@ class HeadConfig(_Config):
         labels.check_choices(self.task, self.label_mode, self.num_classes)
         if self.output is not None and not isinstance(self.output, str):
             raise ValueError(
-                f"Argument `output` must be the name of a model output, or None. Received: output={self.output!r}")
+                f"Argument `output` must be the name of a model output, or None. Received: output={self.output!r}"
+            )
         for name in ("new", "from_logits"):
             _optional_bool(name, getattr(self, name))
         _fraction("dropout", self.dropout)
         _fraction("label_smoothing", self.label_smoothing)
         if not isinstance(self.standardize_targets, bool):
-            raise ValueError("Argument `standardize_targets` must be True or False. "
-                             f"Received: standardize_targets={self.standardize_targets!r}")
+            raise ValueError(
+                "Argument `standardize_targets` must be True or False. "
+                f"Received: standardize_targets={self.standardize_targets!r}"
+            )
         th = self.thresholds
-        if not (th is None or th == "tune" or (isinstance(th, Sequence) and not isinstance(th, str) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in th))):
+        if not (
+            th is None
+            or th == "tune"
+            or (
+                isinstance(th, Sequence)
+                and not isinstance(th, str)
+                and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+                    for v in th
+                )
+            )
+        ):
             raise ValueError(
                 "Argument `thresholds` must be 'tune' (per-label thresholds that maximise F1 on the "
                 "validation data), None (0.5) or a list of per-label thresholds in (0, 1). "
                 f"Received: thresholds={th!r}"
             )
         if isinstance(self.loss, str) and self.loss == "focal" and self.task == "regression":
-            raise ValueError("Argument `loss='focal'` is a classification loss, but task='regression'.")
+            raise ValueError(
+                "Argument `loss='focal'` is a classification loss, but task='regression'."
+            )
 
 
 @dataclass(frozen=True, repr=False)
@@ -217,8 +239,9 @@ class LayerwiseConfig(_Config):
 
     def __post_init__(self) -> None:
         sequence = isinstance(self.lr_mult, Sequence) and not isinstance(self.lr_mult, str)
-        layerwise.group_multipliers(len(self.lr_mult) if sequence else 2, lr_mult=self.lr_mult,
-                                    layer_decay=self.layer_decay)
+        layerwise.group_multipliers(
+            len(self.lr_mult) if sequence else 2, lr_mult=self.lr_mult, layer_decay=self.layer_decay
+        )
         _optional_bool("train_bn", self.train_bn)
         if self.warmup is not None:
             _fraction("warmup", self.warmup)
@@ -252,8 +275,13 @@ class LoraConfig(_Config):
     """
 
     keyword: ClassVar[str] = "lora"
-    renamed: ClassVar[Mapping[str, str]] = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout",
-                                            "targets": "lora_targets", "train": "lora_train"}
+    renamed: ClassVar[Mapping[str, str]] = {
+        "rank": "lora_rank",
+        "alpha": "lora_alpha",
+        "dropout": "lora_dropout",
+        "targets": "lora_targets",
+        "train": "lora_train",
+    }
 
     rank: int = 8
     alpha: float | None = None
@@ -264,13 +292,22 @@ class LoraConfig(_Config):
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"Argument `rank` must be a positive integer. Received: rank={self.rank!r}")
-        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))
-                                       or not self.alpha > 0):
-            raise ValueError(f"Argument `alpha` must be a positive number or None. Received: alpha={self.alpha!r}")
+            raise ValueError(
+                f"Argument `rank` must be a positive integer. Received: rank={self.rank!r}"
+            )
+        if self.alpha is not None and (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not self.alpha > 0
+        ):
+            raise ValueError(
+                f"Argument `alpha` must be a positive number or None. Received: alpha={self.alpha!r}"
+            )
         _fraction("dropout", self.dropout)
         if self.quantize not in (None, "int8"):
-            raise ValueError(f"Argument `quantize` must be None or 'int8'. Received: quantize={self.quantize!r}")
+            raise ValueError(
+                f"Argument `quantize` must be None or 'int8'. Received: quantize={self.quantize!r}"
+            )
 
 
 @dataclass(frozen=True, repr=False)
@@ -307,17 +344,25 @@ class OptimizerConfig(_Config):
     use_ema: bool = False
 
     def __post_init__(self) -> None:
-        if self.name is not None and (not isinstance(self.name, str) or self.name.lower() not in OPTIMIZERS):
+        if self.name is not None and (
+            not isinstance(self.name, str) or self.name.lower() not in OPTIMIZERS
+        ):
             raise ValueError(
                 f"Argument `optimizer` must be one of {list(OPTIMIZERS)}, None (the recipe decides) or a "
                 f"kerasft.OptimizerConfig named one of them. Received: optimizer={self.name!r}"
             )
         if not isinstance(self.use_ema, bool):
-            raise ValueError(f"Argument `use_ema` must be True or False. Received: use_ema={self.use_ema!r}")
+            raise ValueError(
+                f"Argument `use_ema` must be True or False. Received: use_ema={self.use_ema!r}"
+            )
         for name in ("weight_decay", "clipnorm", "global_clipnorm"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise ValueError(f"Argument `{name}` must be a number >= 0 or None. Received: {name}={value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+            ):
+                raise ValueError(
+                    f"Argument `{name}` must be a number >= 0 or None. Received: {name}={value!r}"
+                )
 
     def make(self, learning_rate: Any) -> keras.optimizers.Optimizer:
         """A new optimizer of this kind at ``learning_rate`` (a float or a schedule)."""
@@ -386,7 +431,12 @@ class RegularizationConfig(_Config):
         if self.clip_weights is not None:
             value = self.clip_weights
             c = value[0] if isinstance(value, (tuple, list)) and len(value) == 2 else value
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
+            if (
+                isinstance(c, bool)
+                or not isinstance(c, (int, float))
+                or not math.isfinite(c)
+                or c <= 0
+            ):
                 raise ValueError(
                     "Argument `clip_weights` must be a bound c > 0, or (c, layer regex or list of "
                     f"regexes). Received: clip_weights={value!r}"
@@ -404,7 +454,7 @@ class RegularizationConfig(_Config):
         value = self.clip_weights
         if value is None:
             return None
-        c, layers = (value if isinstance(value, (tuple, list)) and len(value) == 2 else (value, None))
+        c, layers = value if isinstance(value, (tuple, list)) and len(value) == 2 else (value, None)
         return float(c), layers
 
 
@@ -460,9 +510,13 @@ class SpeedConfig(_Config):
     feature_store: Any = None
 
     def __post_init__(self) -> None:
-        speed_plan.check_options(cache_features=self.cache_features, cache_budget=self.cache_budget,
-                                 jit_compile=self.jit_compile, mixed_precision=self.mixed_precision,
-                                 steps_per_execution=self.steps_per_execution)
+        speed_plan.check_options(
+            cache_features=self.cache_features,
+            cache_budget=self.cache_budget,
+            jit_compile=self.jit_compile,
+            mixed_precision=self.mixed_precision,
+            steps_per_execution=self.steps_per_execution,
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -500,31 +554,67 @@ class RunConfig(_Config):
         for name in ("tensorboard", "checkpoint_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise ValueError(f"Argument `{name}` must be a directory path or None. Received: {name}={value!r}")
+                raise ValueError(
+                    f"Argument `{name}` must be a directory path or None. Received: {name}={value!r}"
+                )
         if not isinstance(self.safe_mode, bool):
-            raise ValueError(f"Argument `safe_mode` must be True or False. Received: safe_mode={self.safe_mode!r}")
+            raise ValueError(
+                f"Argument `safe_mode` must be True or False. Received: safe_mode={self.safe_mode!r}"
+            )
 
 
 # ------------------------------------------------------------------ keywords and configs
 
 # finetune's flat keywords (besides `optimizer`, a name or an OptimizerConfig), with their defaults.
 FLAT: dict[str, Any] = {
-    "recipe": None, "epochs": None, "head_epochs": None, "lr": None, "finetune_lr": None, "unfreeze": None,
-    "batch_size": None, "validation_data": None, "validation_split": None, "monitor": None, "patience": 5,
-    "reduce_on_plateau": None, "class_weight": None, "callbacks": None, "seed": 0, "verbose": 1, "copy": True,
+    "recipe": None,
+    "epochs": None,
+    "head_epochs": None,
+    "lr": None,
+    "finetune_lr": None,
+    "unfreeze": None,
+    "batch_size": None,
+    "validation_data": None,
+    "validation_split": None,
+    "monitor": None,
+    "patience": 5,
+    "reduce_on_plateau": None,
+    "class_weight": None,
+    "callbacks": None,
+    "seed": 0,
+    "verbose": 1,
+    "copy": True,
 }
 # finetune's keyword for each config.
-CONFIGS: dict[str, type[_Config]] = {cls.keyword: cls for cls in (
-    OptimizerConfig, HeadConfig, LayerwiseConfig, LoraConfig, RegularizationConfig, SpeedConfig, RunConfig)}
+CONFIGS: dict[str, type[_Config]] = {
+    cls.keyword: cls
+    for cls in (
+        OptimizerConfig,
+        HeadConfig,
+        LayerwiseConfig,
+        LoraConfig,
+        RegularizationConfig,
+        SpeedConfig,
+        RunConfig,
+    )
+}
 # Every old flat keyword: (the config's keyword, its field).
-LEGACY: dict[str, tuple[str, str]] = {cls.flat_name(f.name): (keyword, f.name)
-                                      for keyword, cls in CONFIGS.items() for f in dataclasses.fields(cls)}
+LEGACY: dict[str, tuple[str, str]] = {
+    cls.flat_name(f.name): (keyword, f.name)
+    for keyword, cls in CONFIGS.items()
+    for f in dataclasses.fields(cls)
+}
 # Old keywords that remain the flat spelling: `optimizer="adamw"` is OptimizerConfig("adamw").
 SHORTHANDS = frozenset({"optimizer"})
 
 
-def sort_keywords(keywords: Mapping[str, Any], *, caller: str = "finetune", deprecated: bool = False,
-                  stacklevel: int = 3) -> tuple[dict[str, Any], dict[str, _Config]]:
+def sort_keywords(
+    keywords: Mapping[str, Any],
+    *,
+    caller: str = "finetune",
+    deprecated: bool = False,
+    stacklevel: int = 3,
+) -> tuple[dict[str, Any], dict[str, _Config]]:
     """Sort a call's keywords into ``(flat keywords, {keyword: config})``.
 
     Config objects are taken as they are; old flat keywords (``lora_rank=4``) are
@@ -556,9 +646,13 @@ def sort_keywords(keywords: Mapping[str, Any], *, caller: str = "finetune", depr
         elif cls is not None and value is None:
             continue
         elif key in LEGACY and (cls is None or key in SHORTHANDS or isinstance(value, str)):
-            old.setdefault(LEGACY[key][0], {})[key] = value  # `head="aux"`: the output's old keyword
+            old.setdefault(LEGACY[key][0], {})[key] = (
+                value  # `head="aux"`: the output's old keyword
+            )
         elif cls is not None:
-            raise TypeError(f"Argument `{key}` must be a kerasft.{cls.__name__} or None. Received: {key}={value!r}")
+            raise TypeError(
+                f"Argument `{key}` must be a kerasft.{cls.__name__} or None. Received: {key}={value!r}"
+            )
         else:
             raise TypeError(_unknown(key, caller, deprecated))
     for keyword, given in old.items():
@@ -575,7 +669,10 @@ def sort_keywords(keywords: Mapping[str, Any], *, caller: str = "finetune", depr
         if deprecated and old_names:
             warnings.warn(
                 f"{_spell(old_names)} {'is' if len(old_names) == 1 else 'are'} deprecated; pass "
-                f"`{keyword}=kerasft.{configs[keyword]!r}`.", DeprecationWarning, stacklevel=stacklevel)
+                f"`{keyword}=kerasft.{configs[keyword]!r}`.",
+                DeprecationWarning,
+                stacklevel=stacklevel,
+            )
     return flat, configs
 
 
@@ -606,8 +703,10 @@ def _unknown(key: str, caller: str, facade: bool) -> str:
         if facade and name in LEGACY and name not in CONFIGS and name not in SHORTHANDS:
             keyword, field = LEGACY[name]
             hint = f" Did you mean {keyword}=kerasft.{CONFIGS[keyword].__name__}({field}=...) (formerly {name!r})?"
-    return (f"{caller}() got an unexpected keyword argument {key!r}.{hint} Valid keywords are: "
-            f"{sorted(set(names))}")
+    return (
+        f"{caller}() got an unexpected keyword argument {key!r}.{hint} Valid keywords are: "
+        f"{sorted(set(names))}"
+    )
 
 
 def _spell(keywords: Mapping[str, Any]) -> str:
@@ -641,7 +740,9 @@ def _same(value: Any, default: Any) -> bool:
 
 def _optional_bool(name: str, value: Any) -> None:
     if value is not None and not isinstance(value, bool):
-        raise ValueError(f"Argument `{name}` must be True, False or None. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be True, False or None. Received: {name}={value!r}"
+        )
 
 
 def _fraction(name: str, value: Any) -> None:

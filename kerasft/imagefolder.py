@@ -256,7 +256,9 @@ def image_folder_to_tfds(
             f"underscores, starting with a letter). Received: name={name!r}"
         )
     if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+\.\d+", version):
-        raise ValueError(f"Argument `version` must look like '1.0.0'. Received: version={version!r}")
+        raise ValueError(
+            f"Argument `version` must look like '1.0.0'. Received: version={version!r}"
+        )
     try:
         import importlib_resources  # noqa: F401  (TFDS imports it lazily, deep inside)
     except ModuleNotFoundError as e:
@@ -285,11 +287,14 @@ def image_folder_to_tfds(
     def generate(items: list[tuple[str, int]]) -> Iterator[tuple[int, dict]]:
         for key, (file, label) in enumerate(items):
             image = _read_image(file, mode, size).astype("uint8")
-            yield key, {
-                "image": image,
-                "label": label,
-                "image/filename": os.path.relpath(file, root),
-            }
+            yield (
+                key,
+                {
+                    "image": image,
+                    "label": label,
+                    "image/filename": os.path.relpath(file, root),
+                },
+            )
 
     features = tfds.features.FeaturesDict(
         {
@@ -300,8 +305,12 @@ def image_folder_to_tfds(
     )
     data_dir = os.path.abspath(os.fspath(data_dir))
     final = os.path.join(data_dir, name, version)
-    with atomic_directory(final, overwrite=overwrite, what="prepared TFDS dataset (with dataset_info.json)",
-                          replaceable=lambda p: os.path.isfile(os.path.join(p, "dataset_info.json"))) as tmp:
+    with atomic_directory(
+        final,
+        overwrite=overwrite,
+        what="prepared TFDS dataset (with dataset_info.json)",
+        replaceable=lambda p: os.path.isfile(os.path.join(p, "dataset_info.json")),
+    ) as tmp:
         staging = make_partial_directory(final)  # same filesystem: its result is renamed into place
         try:
             builder = _supervised_builder(
@@ -348,8 +357,10 @@ def _check_image_size(image_size) -> tuple[int, int] | None:
     if (
         not isinstance(image_size, (tuple, list))
         or len(image_size) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-                   for v in image_size)
+        or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+            for v in image_size
+        )
     ):
         raise ValueError(
             "Argument `image_size` must be None or (height, width) with two positive "
@@ -368,7 +379,9 @@ def _check_color_mode(color_mode: str) -> None:
 
 def _visible_dirs(path: str) -> list[str]:
     return sorted(
-        d for d in os.listdir(path) if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
+        d
+        for d in os.listdir(path)
+        if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
     )
 
 
@@ -384,8 +397,14 @@ def _image_files(folder: str, extensions: Sequence[str]) -> list[str]:
 
 def _check_names(names: list[str]) -> None:
     """Class names are folder names inside the root: never a path that leaves it."""
-    bad = [n for n in names if not n or n in (".", "..") or "\0" in n
-           or any(sep in n for sep in (os.sep, os.altsep) if sep)]
+    bad = [
+        n
+        for n in names
+        if not n
+        or n in (".", "..")
+        or "\0" in n
+        or any(sep in n for sep in (os.sep, os.altsep) if sep)
+    ]
     if bad:
         raise ValueError(
             f"Argument `class_names` must hold plain folder names inside `path`, but {bad!r} are "
@@ -402,8 +421,12 @@ def _check_links(root: str, folder: str, files: list[str], follow_symlinks: bool
     """Refuse class folders or images that are links to places outside ``root``."""
     if follow_symlinks:
         return
-    escaping = [p for p in [folder, *files] if os.path.islink(p) or os.path.islink(os.path.dirname(p))
-                if _outside(p, root)]
+    escaping = [
+        p
+        for p in [folder, *files]
+        if os.path.islink(p) or os.path.islink(os.path.dirname(p))
+        if _outside(p, root)
+    ]
     if escaping:
         first = escaping[0]
         raise ValueError(
@@ -483,7 +506,9 @@ def _split_folders(root: str) -> list[str]:
             f"No split sub-folders in {root!r}. The layout is root/split/class/image.png, "
             "e.g. root/train/cat/1.png."
         )
-    looks_like_classes = [s for s in splits if _image_files(os.path.join(root, s), IMAGE_EXTENSIONS)]
+    looks_like_classes = [
+        s for s in splits if _image_files(os.path.join(root, s), IMAGE_EXTENSIONS)
+    ]
     if looks_like_classes:
         raise ValueError(
             f"{root!r} looks like a class folder, not a split folder: sub-folders "

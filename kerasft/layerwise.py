@@ -324,7 +324,9 @@ def _safe_name(name: str) -> str:
 
 def discriminative_optimizer(
     model: keras.Model,
-    optimizer: float | keras.optimizers.schedules.LearningRateSchedule | keras.optimizers.Optimizer
+    optimizer: float
+    | keras.optimizers.schedules.LearningRateSchedule
+    | keras.optimizers.Optimizer
     | Callable[[], keras.optimizers.Optimizer] = 1e-3,
     *,
     lr_mult: float | Sequence[float] | None = None,
@@ -376,7 +378,9 @@ def discriminative_optimizer(
             negative ``weight_decay``, or variable paths shared by two layers.
         TypeError: for an ``optimizer`` of another kind.
     """
-    if weight_decay is not None and (not isinstance(weight_decay, (int, float)) or weight_decay < 0):
+    if weight_decay is not None and (
+        not isinstance(weight_decay, (int, float)) or weight_decay < 0
+    ):
         raise ValueError(
             f"Argument `weight_decay` must be a number >= 0. Received: weight_decay={weight_decay!r}"
         )
@@ -423,7 +427,10 @@ def grouped_optimizer(
                     plain_paths.append(tail)
                 else:
                     decay_paths.append(tail)
-        for paths, wd, suffix in ((decay_paths, weight_decay, ""), (plain_paths, None, "_no_decay")):
+        for paths, wd, suffix in (
+            (decay_paths, weight_decay, ""),
+            (plain_paths, None, "_no_decay"),
+        ):
             if paths:
                 # Any prefix: Sequential models put their own (auto-generated) name in
                 # front of variable paths, and it changes when the model is reloaded.

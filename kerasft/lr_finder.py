@@ -207,21 +207,29 @@ def lr_find(
 
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"Argument `{name}` must be a finite number > 0. Received: {name}={value!r}")
+            raise ValueError(
+                f"Argument `{name}` must be a finite number > 0. Received: {name}={value!r}"
+            )
     if end_lr <= start_lr:
         raise ValueError(
             f"Argument `end_lr` must be > `start_lr`. Received: start_lr={start_lr}, end_lr={end_lr}"
         )
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 10:
-        raise ValueError(f"Argument `num_steps` must be an integer >= 10. Received: num_steps={num_steps!r}")
+        raise ValueError(
+            f"Argument `num_steps` must be an integer >= 10. Received: num_steps={num_steps!r}"
+        )
     if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"Argument `smoothing` must be in [0, 1). Received: smoothing={smoothing!r}")
+        raise ValueError(
+            f"Argument `smoothing` must be in [0, 1). Received: smoothing={smoothing!r}"
+        )
     if diverge_threshold <= 1.0:
         raise ValueError(
             f"Argument `diverge_threshold` must be > 1. Received: diverge_threshold={diverge_threshold!r}"
         )
     if plot is not None and not os.fspath(plot).lower().endswith(".png"):
-        raise ValueError(f"Argument `plot` must be a path ending in '.png'. Received: plot={plot!r}")
+        raise ValueError(
+            f"Argument `plot` must be a path ending in '.png'. Received: plot={plot!r}"
+        )
     if not isinstance(model, keras.Model):
         raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
     if loss is None and not (getattr(model, "compiled", False) and getattr(model, "loss", None)):

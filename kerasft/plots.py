@@ -77,8 +77,10 @@ def plot_history(
     path = _check_png_path(path)
     if hasattr(phases, "phases") and not isinstance(phases, Sequence):  # a FinetuneResult
         phases = [(p.name, p.history) for p in phases.phases]
-    elif isinstance(phases, Mapping) and phases and all(
-        isinstance(h, Mapping) or hasattr(h, "history") for h in phases.values()
+    elif (
+        isinstance(phases, Mapping)
+        and phases
+        and all(isinstance(h, Mapping) or hasattr(h, "history") for h in phases.values())
     ):  # FinetuneResult.history: {phase name: history}
         phases = list(phases.items())
     if isinstance(phases, (str, bytes, Mapping)) or not isinstance(phases, Sequence):
@@ -340,7 +342,9 @@ def plot_confusion_matrix(
     for arg, y in (("y_true", y_true), ("y_pred", y_pred)):
         if not np.issubdtype(y.dtype, np.integer):
             if not np.all(np.equal(np.mod(y, 1), 0)):
-                raise ValueError(f"Argument `{arg}` must hold integer class ids. Received: {y[:5]!r}")
+                raise ValueError(
+                    f"Argument `{arg}` must hold integer class ids. Received: {y[:5]!r}"
+                )
         bad = y[(y < 0) | (y >= k)]
         if len(bad):
             raise ValueError(

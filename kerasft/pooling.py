@@ -23,8 +23,14 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["MaskedMeanPooling", "POOLINGS", "text_features", "pooled_text_classifier", "is_text_task",
-           "task_pooling"]
+__all__ = [
+    "MaskedMeanPooling",
+    "POOLINGS",
+    "text_features",
+    "pooled_text_classifier",
+    "is_text_task",
+    "task_pooling",
+]
 
 POOLINGS = ("cls", "mean")
 
@@ -78,7 +84,9 @@ def _sequence_output(outputs: Any) -> Any:
     return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
 
-def text_features(task: Any, x: dict[str, np.ndarray], *, batch_size: int = 64) -> dict[str, np.ndarray]:
+def text_features(
+    task: Any, x: dict[str, np.ndarray], *, batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """The features each pooling gives, from one pass of ``task``'s backbone over ``x``.
 
     ``"cls"`` is what a KerasHub classifier pools (the backbone's ``pooled_output``, or
@@ -97,8 +105,14 @@ def text_features(task: Any, x: dict[str, np.ndarray], *, batch_size: int = 64) 
     outputs = backbone.output
     sequence = _sequence_output(outputs)
     mask = backbone.input["padding_mask"]
-    first = outputs["pooled_output"] if isinstance(outputs, dict) and "pooled_output" in outputs else sequence[:, 0, :]
-    extractor = keras.Model(backbone.input, {"cls": first, "mean": MaskedMeanPooling()(sequence, mask)})
+    first = (
+        outputs["pooled_output"]
+        if isinstance(outputs, dict) and "pooled_output" in outputs
+        else sequence[:, 0, :]
+    )
+    extractor = keras.Model(
+        backbone.input, {"cls": first, "mean": MaskedMeanPooling()(sequence, mask)}
+    )
     inputs = {k: v for k, v in x.items() if k in backbone.input}
     out = extractor.predict(inputs, batch_size=batch_size, verbose=0)
     return {k: np.asarray(v, dtype="float32") for k, v in out.items()}
@@ -111,15 +125,23 @@ def pooled_text_classifier(task: Any, pooling: str) -> Any:
     preprocessor is ``task``'s. Raises ValueError for a pooling not in :data:`POOLINGS`.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"Argument `pooling` must be one of {list(POOLINGS)}. Received: pooling={pooling!r}")
+        raise ValueError(
+            f"Argument `pooling` must be one of {list(POOLINGS)}. Received: pooling={pooling!r}"
+        )
     from kerasft._hub_tasks import PooledTextClassifier
 
     head = task.layers[-1] if not hasattr(task, "output_dense") else task.output_dense
     units = int(head.units)
     activation = keras.activations.serialize(head.activation)
     dropout = float(getattr(task, "dropout", 0.1) or 0.0)
-    return PooledTextClassifier(task.backbone, num_classes=units, preprocessor=task.preprocessor, pooling=pooling,
-                                activation=None if activation == "linear" else activation, dropout=dropout)
+    return PooledTextClassifier(
+        task.backbone,
+        num_classes=units,
+        preprocessor=task.preprocessor,
+        pooling=pooling,
+        activation=None if activation == "linear" else activation,
+        dropout=dropout,
+    )
 
 
 class _LoadsPooledTextClassifier:

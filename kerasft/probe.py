@@ -30,8 +30,17 @@ from threadpoolctl import threadpool_limits
 
 from kerasft import surgery
 
-__all__ = ["LinearHead", "ProbeChoice", "ProbeUnavailable", "fit_probe", "fit_linear_head", "head_features",
-           "set_head_weights", "probe_targets", "REGULARIZATION_GRID"]
+__all__ = [
+    "LinearHead",
+    "ProbeChoice",
+    "ProbeUnavailable",
+    "fit_probe",
+    "fit_linear_head",
+    "head_features",
+    "set_head_weights",
+    "probe_targets",
+    "REGULARIZATION_GRID",
+]
 
 # L2 strengths tried (scikit-learn's C: inverse strength, on standardised features).
 REGULARIZATION_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -116,19 +125,29 @@ class ProbeChoice:
     def describe(self) -> str:
         timing = f"features {self.feature_seconds:.1f} s, fit {self.fit_seconds:.1f} s"
         if self.head.selection == "given":
-            return (f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} as chosen "
-                    f"before, fitted again on these examples; {timing}")
+            return (
+                f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} as chosen "
+                f"before, fitted again on these examples; {timing}"
+            )
         tried = ", ".join(f"{k} {v:.4g}" for k, v in self.candidates.items())
         if self.accuracies:
             tried += "; accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in self.accuracies.items())
-        return (f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} chosen by "
-                f"{self.head.selection} (held-out loss: {tried}); {timing}")
+        return (
+            f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} chosen by "
+            f"{self.head.selection} (held-out loss: {tried}); {timing}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pooling": self.pooling, "strength": self.head.strength, "selection": self.head.selection,
-                "candidates": dict(self.candidates), "accuracies": dict(self.accuracies),
-                "feature_seconds": self.feature_seconds,
-                "fit_seconds": self.fit_seconds, "train_loss": self.train_loss}
+        return {
+            "pooling": self.pooling,
+            "strength": self.head.strength,
+            "selection": self.head.selection,
+            "candidates": dict(self.candidates),
+            "accuracies": dict(self.accuracies),
+            "feature_seconds": self.feature_seconds,
+            "fit_seconds": self.fit_seconds,
+            "train_loss": self.train_loss,
+        }
 
 
 # ----------------------------------------------------------------------------- targets
@@ -182,8 +201,14 @@ def _sample_weights(y: np.ndarray, class_weight: dict[int, float] | None) -> np.
 class _Problem:
     """One convex problem: logistic (multinomial or binary) or ridge, on standardised features."""
 
-    def __init__(self, kind: str, num_classes: int, class_weight: dict[int, float] | None, seed: int,
-                 single_label: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        num_classes: int,
+        class_weight: dict[int, float] | None,
+        seed: int,
+        single_label: bool = False,
+    ):
         self.kind = kind  # "multinomial" or "ridge"
         self.num_classes = num_classes
         self.class_weight = class_weight
@@ -193,7 +218,9 @@ class _Problem:
     def grid(self) -> tuple[float, ...]:
         return RIDGE_GRID if self.kind == "ridge" else REGULARIZATION_GRID
 
-    def fit(self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None, tol: float = 1e-6) -> Any:
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None, tol: float = 1e-6
+    ) -> Any:
         from sklearn.linear_model import LogisticRegression, Ridge
 
         if self.kind == "ridge":
@@ -201,8 +228,13 @@ class _Problem:
         present = np.unique(y)
         if len(present) < 2:  # one class only in this fold: a constant predictor
             return ("constant", int(present[0]))
-        model = warm if warm is not None else LogisticRegression(
-            C=strength, max_iter=_MAX_ITER, tol=tol, warm_start=True, random_state=self.seed)
+        model = (
+            warm
+            if warm is not None
+            else LogisticRegression(
+                C=strength, max_iter=_MAX_ITER, tol=tol, warm_start=True, random_state=self.seed
+            )
+        )
         model.set_params(C=strength, tol=tol)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning at the weakest strengths
@@ -263,15 +295,24 @@ def _folds(y: np.ndarray | None, n: int, k: int, seed: int) -> list[tuple[np.nda
     return list(KFold(k, shuffle=True, random_state=seed).split(np.zeros(n)))
 
 
-def _select(problem: _Problem, x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray | None,
-            folds: int, seed: int) -> tuple[float, float, str, dict[float, float], float | None]:
+def _select(
+    problem: _Problem,
+    x: np.ndarray,
+    y: np.ndarray,
+    xv: np.ndarray | None,
+    yv: np.ndarray | None,
+    folds: int,
+    seed: int,
+) -> tuple[float, float, str, dict[float, float], float | None]:
     """Choose the strength: on ``(xv, yv)`` if given, else by ``folds``-fold cross-validation.
 
     Returns ``(strength, its held-out loss, how chosen, loss per strength, its held-out
     accuracy)``; the accuracy is `None` but for single-label classification.
     """
     if len(x) * x.shape[1] > _SELECTION_CELLS and xv is None:
-        keep = np.random.default_rng(seed).choice(len(x), max(1000, _SELECTION_CELLS // x.shape[1]), replace=False)
+        keep = np.random.default_rng(seed).choice(
+            len(x), max(1000, _SELECTION_CELLS // x.shape[1]), replace=False
+        )
         x, y = x[keep], y[keep]
     if xv is not None:
         splits, selection = [(x, y, xv, yv)], "validation"
@@ -292,7 +333,9 @@ def _select(problem: _Problem, x: np.ndarray, y: np.ndarray, xv: np.ndarray | No
             losses = problem.example_losses(fitted, xb, yb)
             total += float(np.average(losses, weights=problem.weights(yb))) * len(yb)
             where = parts[i][1] if xv is None else slice(None)
-            errors[strength][where] = (problem.predict(fitted, xb) != yb) if problem.single_label else losses
+            errors[strength][where] = (
+                (problem.predict(fitted, xb) != yb) if problem.single_label else losses
+            )
         scores[strength] = total / sum(len(s[3]) for s in splits)
         # The held-out loss is unimodal in the strength in practice: stop two steps past the minimum.
         worse = worse + 1 if scores[strength] > min(scores.values()) else 0
@@ -359,45 +402,97 @@ def fit_linear_head(
         ValueError: features and targets of different lengths, non-finite features, or
             ``strengths`` of the wrong length.
     """
-    with threadpool_limits(1):  # BLAS threads fighting TensorFlow's made these small fits 10x slower
-        return _fit_linear_head(features, y, label_mode, num_classes, validation, class_weight, folds,
-                                refit_on_all, seed, strengths)
+    with threadpool_limits(
+        1
+    ):  # BLAS threads fighting TensorFlow's made these small fits 10x slower
+        return _fit_linear_head(
+            features,
+            y,
+            label_mode,
+            num_classes,
+            validation,
+            class_weight,
+            folds,
+            refit_on_all,
+            seed,
+            strengths,
+        )
 
 
-def _fit_linear_head(features, y, label_mode, num_classes, validation, class_weight, folds, refit_on_all,
-                     seed, strengths=None) -> LinearHead:
+def _fit_linear_head(
+    features,
+    y,
+    label_mode,
+    num_classes,
+    validation,
+    class_weight,
+    folds,
+    refit_on_all,
+    seed,
+    strengths=None,
+) -> LinearHead:
     x = _as_matrix(features, "features")
     t = probe_targets(y, label_mode)
     if len(x) != len(t):
-        raise ValueError(f"Arguments `features` and `y` must have the same length. Received: {len(x)} and {len(t)}.")
+        raise ValueError(
+            f"Arguments `features` and `y` must have the same length. Received: {len(x)} and {len(t)}."
+        )
     xv = tv = None
     if validation is not None:
         xv, tv = _as_matrix(validation[0], "validation"), probe_targets(validation[1], label_mode)
     kind = "ridge" if label_mode == "continuous" else "multinomial"
-    units = t.shape[1] if kind == "ridge" else 2 if label_mode in ("binary", "multi_hot") else num_classes
+    units = (
+        t.shape[1]
+        if kind == "ridge"
+        else 2
+        if label_mode in ("binary", "multi_hot")
+        else num_classes
+    )
     columns = range(t.shape[1]) if label_mode == "multi_hot" else [None]
     if label_mode == "multi_hot":  # class_weight: label -> weight of its positives
-        problems = [_Problem(kind, units, {0: 1.0, 1: float(class_weight[j])} if class_weight and j in class_weight
-                             else None, seed) for j in columns]
+        problems = [
+            _Problem(
+                kind,
+                units,
+                {0: 1.0, 1: float(class_weight[j])} if class_weight and j in class_weight else None,
+                seed,
+            )
+            for j in columns
+        ]
     else:
         problems = [_Problem(kind, units, class_weight, seed, single_label=kind == "multinomial")]
     mean, std = _standardise(x)
     z, zv = (x - mean) / std, None if xv is None else (xv - mean) / std
     if strengths is not None:
         if len(strengths) != len(problems):
-            raise ValueError(f"Argument `strengths` must hold {len(problems)} value(s), one per problem solved. "
-                             f"Received: strengths={tuple(strengths)!r}")
+            raise ValueError(
+                f"Argument `strengths` must hold {len(problems)} value(s), one per problem solved. "
+                f"Received: strengths={tuple(strengths)!r}"
+            )
         choices = [(float(c), float("nan"), "given", {}, None, None) for c in strengths]
     else:
-        choices = [_select(problem, z, t if j is None else t[:, j], zv,
-                           None if tv is None else (tv if j is None else tv[:, j]), folds, seed)
-                   for problem, j in zip(problems, columns)]
+        choices = [
+            _select(
+                problem,
+                z,
+                t if j is None else t[:, j],
+                zv,
+                None if tv is None else (tv if j is None else tv[:, j]),
+                folds,
+                seed,
+            )
+            for problem, j in zip(problems, columns)
+        ]
     if refit_on_all and xv is not None:
         x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
         mean, std = _standardise(x)
         z = (x - mean) / std
-    parts = [problem.coefficients(problem.fit(z, t if j is None else t[:, j], choice[0], tol=1e-8), z.shape[1])
-             for problem, j, choice in zip(problems, columns, choices)]
+    parts = [
+        problem.coefficients(
+            problem.fit(z, t if j is None else t[:, j], choice[0], tol=1e-8), z.shape[1]
+        )
+        for problem, j, choice in zip(problems, columns, choices)
+    ]
     if label_mode in ("binary", "multi_hot"):  # one sigmoid unit per label: logit of 1 against 0
         kernel = np.stack([k[:, 1] - k[:, 0] for k, _ in parts], axis=1)
         bias = np.asarray([b[1] - b[0] for _, b in parts])
@@ -408,18 +503,30 @@ def _fit_linear_head(features, y, label_mode, num_classes, validation, class_wei
     bias = bias - mean @ kernel
     strength = float(np.median([c[0] for c in choices]))
     score = float(np.mean([c[1] for c in choices]))
-    selection = choices[0][2] + (", then refit on training and validation data" if refit_on_all and xv is not None
-                                 else "")
+    selection = choices[0][2] + (
+        ", then refit on training and validation data" if refit_on_all and xv is not None else ""
+    )
     errors = None if strengths is not None else np.mean([c[5] for c in choices], axis=0)
-    return LinearHead(kernel, bias, strength, score, selection, choices[0][3] if len(choices) == 1 else {},
-                      choices[0][4] if len(choices) == 1 else None, tuple(c[0] for c in choices), errors)
+    return LinearHead(
+        kernel,
+        bias,
+        strength,
+        score,
+        selection,
+        choices[0][3] if len(choices) == 1 else {},
+        choices[0][4] if len(choices) == 1 else None,
+        tuple(c[0] for c in choices),
+        errors,
+    )
 
 
 def _as_matrix(values: Any, argument: str) -> np.ndarray:
     x = np.asarray(values, dtype="float64")
     x = x.reshape(len(x), -1)
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"Argument `{argument}` holds NaN or infinite values: the frozen body's output is broken.")
+        raise ValueError(
+            f"Argument `{argument}` holds NaN or infinite values: the frozen body's output is broken."
+        )
     return x
 
 
@@ -460,8 +567,11 @@ def set_head_weights(head: keras.layers.Layer, linear: LinearHead) -> None:
     if getattr(head, "bias", None) is not None:
         head.bias.assign(linear.bias.astype(head.bias.dtype))
     elif np.any(np.abs(linear.bias) > 1e-6):
-        warnings.warn(f"Head {head.name!r} has no bias; the probe's bias is dropped.", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"Head {head.name!r} has no bias; the probe's bias is dropped.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _training_examples(data: Any) -> tuple[Any, np.ndarray]:
@@ -499,8 +609,15 @@ def _outputs(logits: np.ndarray, model: keras.Model, from_logits: bool) -> np.nd
     return logits
 
 
-def fit_probe(model: keras.Model, task: Any, data: Any, *, seed: int = 0, folds: int = 5,
-              given: ProbeChoice | None = None) -> ProbeChoice:
+def fit_probe(
+    model: keras.Model,
+    task: Any,
+    data: Any,
+    *,
+    seed: int = 0,
+    folds: int = 5,
+    given: ProbeChoice | None = None,
+) -> ProbeChoice:
     """Fit ``model``'s head as a converged linear probe on its frozen features, in place.
 
     The features are computed once (inference mode). For a KerasHub text classifier the
@@ -538,13 +655,24 @@ def fit_probe(model: keras.Model, task: Any, data: Any, *, seed: int = 0, folds:
         class_weight = dict(enumerate(task.loss.pos_weight))  # the weighted loss's positives
     if given is not None:
         if given.pooling not in feature_sets:
-            raise ValueError(f"Argument `given` holds a probe on {given.pooling!r} features; this model offers "
-                             f"{sorted(feature_sets)}.")
+            raise ValueError(
+                f"Argument `given` holds a probe on {given.pooling!r} features; this model offers "
+                f"{sorted(feature_sets)}."
+            )
         feature_sets = {given.pooling: feature_sets[given.pooling]}
-    fitted = {name: fit_linear_head(f, y, spec.label_mode, spec.num_classes, class_weight=class_weight,
-                                    folds=min(folds, max(2, len(y) // 2)), seed=seed,
-                                    strengths=None if given is None else given.head.strengths)
-              for name, f in feature_sets.items()}
+    fitted = {
+        name: fit_linear_head(
+            f,
+            y,
+            spec.label_mode,
+            spec.num_classes,
+            class_weight=class_weight,
+            folds=min(folds, max(2, len(y) // 2)),
+            seed=seed,
+            strengths=None if given is None else given.head.strengths,
+        )
+        for name, f in feature_sets.items()
+    }
     current = pooling.task_pooling(model) if pooling.is_text_task(model) else "head input"
     chosen = _choose_features(fitted, "mean" if "mean" in fitted else current)
     if chosen != current:
@@ -557,10 +685,17 @@ def fit_probe(model: keras.Model, task: Any, data: Any, *, seed: int = 0, folds:
     outputs = _outputs(fitted[chosen].logits(feature_sets[chosen]), model, task.from_logits)
     train_loss = float(keras.ops.convert_to_numpy(task.loss(y, outputs.astype("float32"))))
     judge = given is None and _enough_to_judge(y, spec.label_mode)
-    return ProbeChoice(chosen, fitted[chosen], {k: v.score for k, v in fitted.items()}, feature_seconds,
-                       time.perf_counter() - start - feature_seconds, train_loss, model,
-                       chance_loss(y, spec.label_mode) if judge else None,
-                       {k: v.accuracy for k, v in fitted.items() if v.accuracy is not None})
+    return ProbeChoice(
+        chosen,
+        fitted[chosen],
+        {k: v.score for k, v in fitted.items()},
+        feature_seconds,
+        time.perf_counter() - start - feature_seconds,
+        train_loss,
+        model,
+        chance_loss(y, spec.label_mode) if judge else None,
+        {k: v.accuracy for k, v in fitted.items() if v.accuracy is not None},
+    )
 
 
 def _choose_features(fitted: dict[str, LinearHead], preferred: str) -> str:
@@ -577,8 +712,12 @@ def _choose_features(fitted: dict[str, LinearHead], preferred: str) -> str:
     """
     if len(fitted) == 1:
         return next(iter(fitted))
-    best = min(fitted, key=lambda name: fitted[name].score if fitted[name].accuracy is None
-               else 1.0 - fitted[name].accuracy)
+    best = min(
+        fitted,
+        key=lambda name: (
+            fitted[name].score if fitted[name].accuracy is None else 1.0 - fitted[name].accuracy
+        ),
+    )
     if best == preferred or fitted[preferred].errors is None or fitted[best].errors is None:
         return preferred
     difference = fitted[best].errors - fitted[preferred].errors

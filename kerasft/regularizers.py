@@ -40,8 +40,15 @@ _NORMALIZATION = (
 
 def check_strength(name: str, value: Any) -> float:
     """``value`` as a float, or a ValueError naming argument ``name`` unless finite and >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not np.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}"
+        )
     return float(value)
 
 
@@ -219,9 +226,7 @@ def apply_l2sp(
                 report["l2"].append(v.path)
             _attach(layer, v, "regularizer", reg, report["unsaved"])
     if replaced:
-        warnings.warn(
-            f"apply_l2sp replaced the existing regularizers of {replaced}.", stacklevel=2
-        )
+        warnings.warn(f"apply_l2sp replaced the existing regularizers of {replaced}.", stacklevel=2)
     if report["unsaved"]:
         warnings.warn(
             f"Weights {report['unsaved']} belong to layers without a regularizer argument: "

@@ -37,7 +37,15 @@ from kerasft.engine.options import Options
 from kerasft.engine.result import FinetuneResult
 from kerasft.speed.caching import FeatureStore
 
-__all__ = ["search", "SearchResult", "TrialRow", "ORACLES", "baseline_values", "parse_space", "searchable_keywords"]
+__all__ = [
+    "search",
+    "SearchResult",
+    "TrialRow",
+    "ORACLES",
+    "baseline_values",
+    "parse_space",
+    "searchable_keywords",
+]
 
 ORACLES = ("random", "bayesian", "hyperband")
 # Keywords that are about the run, not the model it returns, or that make the trials'
@@ -121,11 +129,22 @@ class SearchResult:
         header = ["", "trial", "status", self.objective, "seconds", "features s", "fit s", *names]
         lines = [header]
         for row in self.trials:
-            lines.append(["*" if row.trial_id == self.best_trial else "", row.trial_id, row.status.lower(),
-                          _fmt(row.objective), _fmt(row.seconds, ".1f"), _fmt(row.feature_seconds, ".2f"),
-                          _fmt(row.fit_seconds, ".1f"), *(_fmt(row.params.get(k, "")) for k in names)])
+            lines.append(
+                [
+                    "*" if row.trial_id == self.best_trial else "",
+                    row.trial_id,
+                    row.status.lower(),
+                    _fmt(row.objective),
+                    _fmt(row.seconds, ".1f"),
+                    _fmt(row.feature_seconds, ".2f"),
+                    _fmt(row.fit_seconds, ".1f"),
+                    *(_fmt(row.params.get(k, "")) for k in names),
+                ]
+            )
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+        return "\n".join(
+            "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines
+        )
 
     def __str__(self) -> str:
         return self.table()
@@ -139,11 +158,25 @@ class SearchResult:
         try:
             import pandas as pd
         except ImportError:
-            raise ImportError("SearchResult.to_dataframe() needs pandas: pip install pandas") from None
-        rows = [{"trial_id": r.trial_id, "status": r.status, self.objective: r.objective, "seconds": r.seconds,
-                 "feature_seconds": r.feature_seconds, "fit_seconds": r.fit_seconds, "earlier": r.earlier,
-                 **{k: v if isinstance(v, (int, float, str, bool)) or v is None else repr(v)
-                    for k, v in r.params.items()}} for r in self.trials]
+            raise ImportError(
+                "SearchResult.to_dataframe() needs pandas: pip install pandas"
+            ) from None
+        rows = [
+            {
+                "trial_id": r.trial_id,
+                "status": r.status,
+                self.objective: r.objective,
+                "seconds": r.seconds,
+                "feature_seconds": r.feature_seconds,
+                "fit_seconds": r.fit_seconds,
+                "earlier": r.earlier,
+                **{
+                    k: v if isinstance(v, (int, float, str, bool)) or v is None else repr(v)
+                    for k, v in r.params.items()
+                },
+            }
+            for r in self.trials
+        ]
         return pd.DataFrame(rows).set_index("trial_id")
 
     def plot(self, path: str | os.PathLike) -> str:
@@ -164,21 +197,43 @@ class SearchResult:
         path = os.path.abspath(os.fspath(path))
         if not path.lower().endswith(".png"):
             raise ValueError(f"Argument `path` must end with '.png'. Received: path={path!r}")
-        done = [(i + 1, r) for i, r in enumerate(self.trials) if r.objective is not None and math.isfinite(r.objective)]
+        done = [
+            (i + 1, r)
+            for i, r in enumerate(self.trials)
+            if r.objective is not None and math.isfinite(r.objective)
+        ]
         if not done:
-            raise ValueError("No trial of the search completed with a finite objective: nothing to plot.")
+            raise ValueError(
+                "No trial of the search completed with a finite objective: nothing to plot."
+            )
         xs = np.array([i for i, _ in done])
         ys = np.array([r.objective for _, r in done])
-        best_so_far = np.minimum.accumulate(ys) if self.direction == "min" else np.maximum.accumulate(ys)
+        best_so_far = (
+            np.minimum.accumulate(ys) if self.direction == "min" else np.maximum.accumulate(ys)
+        )
         fig = Figure(figsize=(7.0, 4.5), dpi=_DPI, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        ax.plot(xs, ys, marker="o", linestyle="none", color="tab:blue", label=f"{self.objective} of the trial")
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            linestyle="none",
+            color="tab:blue",
+            label=f"{self.objective} of the trial",
+        )
         ax.step(xs, best_so_far, where="post", color="tab:orange", label="best so far")
         best = next((i, r.objective) for i, r in done if r.trial_id == self.best_trial)
         # Numbered from 1 as on the x-axis; KerasTuner's ids (the table's) count from 0.
-        ax.plot([best[0]], [best[1]], marker="*", markersize=14, linestyle="none", color="tab:red",
-                label=f"best: trial {best[0]} (id {self.best_trial})")
+        ax.plot(
+            [best[0]],
+            [best[1]],
+            marker="*",
+            markersize=14,
+            linestyle="none",
+            color="tab:red",
+            label=f"best: trial {best[0]} (id {self.best_trial})",
+        )
         ax.set_xlabel("trial (in the order run)")
         ax.set_ylabel(self.objective)
         ax.set_title(f"Search: {self.objective} per trial ({self.direction}imised)")
@@ -226,7 +281,9 @@ class _Param:
         elif self.kind == "float":
             hp.Float(self.name, self.low, self.high, sampling="log" if self.log else "linear")
         else:
-            hp.Int(self.name, int(self.low), int(self.high), sampling="log" if self.log else "linear")
+            hp.Int(
+                self.name, int(self.low), int(self.high), sampling="log" if self.log else "linear"
+            )
 
     def decode(self, value: Any) -> Any:
         if self.labels is not None:
@@ -239,13 +296,20 @@ class _Param:
         """The oracle's value for ``value``, or ``None`` when the space does not hold it."""
         if self.kind == "choice":
             for i, v in enumerate(self.values):
-                same = (math.isclose(v, value, rel_tol=1e-9) if isinstance(v, float) and isinstance(value, float)
-                        else v == value)
+                same = (
+                    math.isclose(v, value, rel_tol=1e-9)
+                    if isinstance(v, float) and isinstance(value, float)
+                    else v == value
+                )
                 if type(v) is type(value) and same:
                     return v if self.labels is None else self.labels[i]
             return None
         number = int if self.kind == "int" else (int, float)
-        ok = isinstance(value, number) and not isinstance(value, bool) and self.low <= value <= self.high
+        ok = (
+            isinstance(value, number)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+        )
         return value if ok else None
 
     def describe(self) -> list:
@@ -267,36 +331,48 @@ def parse_space(space: Any, fixed: Mapping[str, Any]) -> list[_Param]:
             bad specification, or a value ``finetune`` would refuse.
     """
     if not isinstance(space, Mapping) or not space:
-        raise ValueError("Argument `space` must be a non-empty dict {finetune keyword: values}, e.g. "
-                         f"{{'lr': [1e-3, 1e-2], 'unfreeze': [1, 2, 'all']}}. Received: space={space!r}")
+        raise ValueError(
+            "Argument `space` must be a non-empty dict {finetune keyword: values}, e.g. "
+            f"{{'lr': [1e-3, 1e-2], 'unfreeze': [1, 2, 'all']}}. Received: space={space!r}"
+        )
     params = []
     for name, spec in space.items():
         if name in _NOT_SEARCHED:
             raise ValueError(f"Argument `space` cannot search {name!r}: {_NOT_SEARCHED[name]}.")
         if name not in searchable_keywords():
-            raise ValueError(f"Argument `space` has {name!r}, which is not a finetune keyword. Keywords that "
-                             f"can be searched: {searchable_keywords()}")
+            raise ValueError(
+                f"Argument `space` has {name!r}, which is not a finetune keyword. Keywords that "
+                f"can be searched: {searchable_keywords()}"
+            )
         if name in fixed:
-            raise ValueError(f"Keyword {name!r} is both in `space` and fixed ({name}={fixed[name]!r}). "
-                             "Pass it in one place.")
+            raise ValueError(
+                f"Keyword {name!r} is both in `space` and fixed ({name}={fixed[name]!r}). "
+                "Pass it in one place."
+            )
         param = _parse_spec(name, spec)
         for value in param.values if param.kind == "choice" else (param.low, param.high):
             value = int(value) if param.kind == "int" else value
             try:
                 Options.from_keywords(**{**fixed, name: value})
             except (ValueError, TypeError) as e:
-                raise ValueError(f"Argument `space[{name!r}]`: finetune refuses {name}={value!r}: {e}") from None
+                raise ValueError(
+                    f"Argument `space[{name!r}]`: finetune refuses {name}={value!r}: {e}"
+                ) from None
         params.append(param)
     return params
 
 
 def _parse_spec(name: str, spec: Any) -> _Param:
-    valid = (f"Argument `space[{name!r}]` must be a list of values (a choice), ('float', low, high), "
-             f"('float', low, high, 'log'), ('int', low, high) or ('int', low, high, 'log'). "
-             f"Received: space[{name!r}]={spec!r}")
+    valid = (
+        f"Argument `space[{name!r}]` must be a list of values (a choice), ('float', low, high), "
+        f"('float', low, high, 'log'), ('int', low, high) or ('int', low, high, 'log'). "
+        f"Received: space[{name!r}]={spec!r}"
+    )
     if isinstance(spec, list):
         if not spec:
-            raise ValueError(f"Argument `space[{name!r}]` is an empty list: give at least one value.")
+            raise ValueError(
+                f"Argument `space[{name!r}]` is an empty list: give at least one value."
+            )
         labels = [repr(v) for v in spec]
         if len(set(labels)) != len(labels):
             raise ValueError(f"Argument `space[{name!r}]` repeats a value. Received: {spec!r}")
@@ -312,7 +388,9 @@ def _parse_spec(name: str, spec: Any) -> _Param:
     if any(isinstance(v, bool) or not isinstance(v, number) for v in (low, high)) or not low < high:
         raise ValueError(f"{valid}. Bounds must be {kind}s with low < high.")
     if rest and low <= 0:
-        raise ValueError(f"Argument `space[{name!r}]`: a log range needs low > 0. Received: low={low!r}")
+        raise ValueError(
+            f"Argument `space[{name!r}]`: a log range needs low > 0. Received: low={low!r}"
+        )
     return _Param(name, kind, low=low, high=high, log=bool(rest))
 
 
@@ -403,8 +481,10 @@ def search(
     fixed = _check_fixed(configs.flatten(finetune_keywords), objective)
     params = parse_space(space, fixed)
     if oracle == "hyperband" and "epochs" in space:
-        raise ValueError("Argument `space` has 'epochs', but oracle='hyperband' sets each trial's epochs "
-                         "from its budget (up to the `epochs` keyword). Remove 'epochs' from `space`.")
+        raise ValueError(
+            "Argument `space` has 'epochs', but oracle='hyperband' sets each trial's epochs "
+            "from its budget (up to the `epochs` keyword). Remove 'epochs' from `space`."
+        )
     _warn_incomparable(params, objective)
     direction = monitor_mode(objective, fixed.get("metrics") or ())
     store = fixed.pop("feature_store", None)
@@ -418,14 +498,38 @@ def search(
             _check_replaceable(os.path.join(root, project_name))
         else:
             _check_fingerprint(os.path.join(root, project_name), fingerprint)
-        trials = _Trials(model, data, params, fixed, objective, direction, store, seed, verbose,
-                         epochs_budget=oracle == "hyperband")
-        tuner = _make_tuner(trials, params, oracle, objective, direction, max_trials, seed, root, project_name,
-                            overwrite, fixed.get("epochs", Options().recipe.epochs))
+        trials = _Trials(
+            model,
+            data,
+            params,
+            fixed,
+            objective,
+            direction,
+            store,
+            seed,
+            verbose,
+            epochs_budget=oracle == "hyperband",
+        )
+        tuner = _make_tuner(
+            trials,
+            params,
+            oracle,
+            objective,
+            direction,
+            max_trials,
+            seed,
+            root,
+            project_name,
+            overwrite,
+            fixed.get("epochs", Options().recipe.epochs),
+        )
         _write_fingerprint(tuner.project_dir, fingerprint)
         trials.earlier = {t.trial_id for t in tuner.oracle.trials.values() if t.status != "RUNNING"}
-        trials.log(f"kerasft search: {len(trials.earlier)} trials finished earlier in "
-                   f"{tuner.project_dir}" if trials.earlier else None)
+        trials.log(
+            f"kerasft search: {len(trials.earlier)} trials finished earlier in {tuner.project_dir}"
+            if trials.earlier
+            else None
+        )
         try:
             with _quiet_retracing():
                 tuner.search(verbose=0)
@@ -433,13 +537,17 @@ def search(
             if e.__cause__ is not None:
                 raise e.__cause__ from None
             raise
-        result = trials.result(tuner.oracle, None if temporary else os.path.join(root, project_name))
+        result = trials.result(
+            tuner.oracle, None if temporary else os.path.join(root, project_name)
+        )
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
     result.seconds = time.perf_counter() - start
-    trials.log(f"kerasft search: best {objective} {result.best.best_score:.4g} in trial {result.best_trial} "
-               f"{_short(result.best_params)}; {len(result.trials)} trials, {result.seconds:.1f} s; {store}")
+    trials.log(
+        f"kerasft search: best {objective} {result.best.best_score:.4g} in trial {result.best_trial} "
+        f"{_short(result.best_params)}; {len(result.trials)} trials, {result.seconds:.1f} s; {store}"
+    )
     return result
 
 
@@ -460,21 +568,33 @@ def _quiet_retracing():
 
 def _check_arguments(max_trials, objective, oracle, project_name, overwrite, seed, verbose) -> None:
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
-        raise ValueError(f"Argument `max_trials` must be an integer >= 1. Received: max_trials={max_trials!r}")
+        raise ValueError(
+            f"Argument `max_trials` must be an integer >= 1. Received: max_trials={max_trials!r}"
+        )
     if not isinstance(objective, str) or not objective:
-        raise ValueError(f"Argument `objective` must be the name of a logged quantity such as 'val_loss' or "
-                         f"'val_accuracy'. Received: objective={objective!r}")
+        raise ValueError(
+            f"Argument `objective` must be the name of a logged quantity such as 'val_loss' or "
+            f"'val_accuracy'. Received: objective={objective!r}"
+        )
     if oracle not in ORACLES:
-        raise ValueError(f"Argument `oracle` must be one of {list(ORACLES)}. Received: oracle={oracle!r}")
-    if (not isinstance(project_name, str) or project_name in ("", ".", "..")
-            or any(sep in project_name for sep in (os.sep, os.altsep) if sep)):
+        raise ValueError(
+            f"Argument `oracle` must be one of {list(ORACLES)}. Received: oracle={oracle!r}"
+        )
+    if (
+        not isinstance(project_name, str)
+        or project_name in ("", ".", "..")
+        or any(sep in project_name for sep in (os.sep, os.altsep) if sep)
+    ):
         # "." or ".." would make the project the directory itself or its parent, which
         # KerasTuner deletes with overwrite=True.
         raise ValueError(
             "Argument `project_name` must be the name of a directory inside `directory`: not '.', '..', "
-            f"nor a path. Received: project_name={project_name!r}")
+            f"nor a path. Received: project_name={project_name!r}"
+        )
     if not isinstance(overwrite, bool):
-        raise ValueError(f"Argument `overwrite` must be True or False. Received: overwrite={overwrite!r}")
+        raise ValueError(
+            f"Argument `overwrite` must be True or False. Received: overwrite={overwrite!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"Argument `seed` must be an integer >= 0. Received: seed={seed!r}")
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
@@ -486,15 +606,26 @@ def _check_fixed(keywords: dict[str, Any], objective: str) -> dict[str, Any]:
     valid = sorted(Options().keywords())
     for key in keywords:
         if key not in valid:
-            raise TypeError(f"search() got an unexpected keyword argument {key!r}. It takes the finetune "
-                            f"keywords: {valid}")
-    refused = {"copy": keywords.get("copy", True) is not True, "checkpoint_dir": "checkpoint_dir" in keywords,
-               "monitor": keywords.get("monitor", objective) != objective}
+            raise TypeError(
+                f"search() got an unexpected keyword argument {key!r}. It takes the finetune "
+                f"keywords: {valid}"
+            )
+    refused = {
+        "copy": keywords.get("copy", True) is not True,
+        "checkpoint_dir": "checkpoint_dir" in keywords,
+        "monitor": keywords.get("monitor", objective) != objective,
+    }
     for key in (k for k, bad in refused.items() if bad):
-        raise ValueError(f"Argument `{key}={keywords[key]!r}` cannot be given to search(): {_NOT_SEARCHED[key]}.")
-    if keywords.get("feature_store") is not None and not isinstance(keywords["feature_store"], FeatureStore):
-        raise TypeError("Argument `feature_store` must be a kerasft.speed.FeatureStore or None. "
-                        f"Received: feature_store={keywords['feature_store']!r}")
+        raise ValueError(
+            f"Argument `{key}={keywords[key]!r}` cannot be given to search(): {_NOT_SEARCHED[key]}."
+        )
+    if keywords.get("feature_store") is not None and not isinstance(
+        keywords["feature_store"], FeatureStore
+    ):
+        raise TypeError(
+            "Argument `feature_store` must be a kerasft.speed.FeatureStore or None. "
+            f"Received: feature_store={keywords['feature_store']!r}"
+        )
     fixed = {k: v for k, v in keywords.items() if k != "monitor"}
     try:
         Options.from_keywords(**fixed)
@@ -510,7 +641,9 @@ def _warn_incomparable(params: list[_Param], objective: str) -> None:
         warnings.warn(
             f"kerasft.search: the space changes {changed}, so the trials compute {objective!r} with different "
             f"losses and their values are not fully comparable. HINT: objective='val_accuracy'.",
-            UserWarning, stacklevel=3)
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _load_once(model: Any, fixed: Mapping[str, Any]) -> keras.Model:
@@ -531,9 +664,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def _fingerprint(model, params, objective, oracle, seed, fixed) -> dict[str, Any]:
-    return {"model": model.name, "params": int(model.count_params()), "objective": objective, "oracle": oracle,
-            "seed": seed, "space": {p.name: p.describe() for p in params},
-            "fixed": {k: _jsonable(v) for k, v in sorted(fixed.items())}}
+    return {
+        "model": model.name,
+        "params": int(model.count_params()),
+        "objective": objective,
+        "oracle": oracle,
+        "seed": seed,
+        "space": {p.name: p.describe() for p in params},
+        "fixed": {k: _jsonable(v) for k, v in sorted(fixed.items())},
+    }
 
 
 def _check_fingerprint(project_dir: str, fingerprint: dict[str, Any]) -> None:
@@ -546,11 +685,14 @@ def _check_fingerprint(project_dir: str, fingerprint: dict[str, Any]) -> None:
     except (OSError, ValueError):
         saved = {}
     if saved != fingerprint:
-        differ = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        differ = sorted(
+            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+        )
         raise ValueError(
             f"The project directory {project_dir!r} holds another search (it differs in {differ}), so its "
             "trials cannot be continued. HINT: pass overwrite=True to start afresh, or another "
-            "`project_name` / `directory`.")
+            "`project_name` / `directory`."
+        )
 
 
 def _check_replaceable(project_dir: str) -> None:
@@ -560,17 +702,24 @@ def _check_replaceable(project_dir: str) -> None:
     """
     if not os.path.lexists(project_dir):
         return
-    if os.path.isdir(project_dir) and not os.path.islink(project_dir) and (
-            not os.listdir(project_dir) or os.path.isfile(os.path.join(project_dir, _FINGERPRINT))):
+    if (
+        os.path.isdir(project_dir)
+        and not os.path.islink(project_dir)
+        and (not os.listdir(project_dir) or os.path.isfile(os.path.join(project_dir, _FINGERPRINT)))
+    ):
         return
     raise ValueError(
         f"The project directory {project_dir!r} exists and is not a kerasft search (it has no "
         f"{_FINGERPRINT}); overwrite=True deletes only an earlier search's project. HINT: choose "
-        "another `project_name` or `directory`.")
+        "another `project_name` or `directory`."
+    )
 
 
 def _write_fingerprint(project_dir: str, fingerprint: dict[str, Any]) -> None:
-    with atomic_file(os.path.join(project_dir, _FINGERPRINT)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with (
+        atomic_file(os.path.join(project_dir, _FINGERPRINT)) as tmp,
+        open(tmp, "w", encoding="utf-8") as f,
+    ):
         json.dump(fingerprint, f, indent=1)
 
 
@@ -584,8 +733,10 @@ def baseline_values(params: list[_Param], fixed: Mapping[str, Any]) -> dict[str,
     for param in params:
         default = defaults[param.name]
         if param.name == "finetune_lr" and default is None:
-            lr = next((p.decode(values[p.name]) for p in params if p.name == "lr" and p.name in values),
-                      fixed.get("lr", defaults["lr"]))
+            lr = next(
+                (p.decode(values[p.name]) for p in params if p.name == "lr" and p.name in values),
+                fixed.get("lr", defaults["lr"]),
+            )
             default = lr / 10 if isinstance(lr, (int, float)) else None
         value = None if default is None else param.encode(default)
         if value is None:
@@ -613,14 +764,28 @@ class _BayesianOracle(_Baseline, keras_tuner.oracles.BayesianOptimizationOracle)
     pass
 
 
-def _make_tuner(trials, params, oracle, objective, direction, max_trials, seed, root, project_name,
-                overwrite, epochs) -> BaseTuner:
+def _make_tuner(
+    trials,
+    params,
+    oracle,
+    objective,
+    direction,
+    max_trials,
+    seed,
+    root,
+    project_name,
+    overwrite,
+    epochs,
+) -> BaseTuner:
     hp = keras_tuner.HyperParameters()
     for param in params:
         param.add_to(hp)
-    common = dict(objective=keras_tuner.Objective(objective, direction), hyperparameters=hp,
-                  seed=seed + 1,  # KerasTuner draws a random seed for 0
-                  max_consecutive_failed_trials=max_trials)  # combinations finetune refuses fail fast
+    common = dict(
+        objective=keras_tuner.Objective(objective, direction),
+        hyperparameters=hp,
+        seed=seed + 1,  # KerasTuner draws a random seed for 0
+        max_consecutive_failed_trials=max_trials,
+    )  # combinations finetune refuses fail fast
     if oracle == "random":
         made = _RandomOracle(max_trials=max_trials, **common)
     elif oracle == "bayesian":
@@ -628,13 +793,16 @@ def _make_tuner(trials, params, oracle, objective, direction, max_trials, seed, 
         made = _BayesianOracle(max_trials=max_trials, num_initial_points=initial, **common)
     else:
         # Brackets repeat (no limit of iterations) until `max_trials`.
-        made = keras_tuner.oracles.HyperbandOracle(max_epochs=max(1, epochs), factor=3, hyperband_iterations=None,
-                                                   **common)
+        made = keras_tuner.oracles.HyperbandOracle(
+            max_epochs=max(1, epochs), factor=3, hyperband_iterations=None, **common
+        )
         made.max_trials = max_trials
     if oracle != "hyperband":  # Hyperband's brackets draw every configuration
         made.baseline = baseline_values(params, trials.fixed)
     with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
-        return _Tuner(trials, oracle=made, directory=root, project_name=project_name, overwrite=overwrite)
+        return _Tuner(
+            trials, oracle=made, directory=root, project_name=project_name, overwrite=overwrite
+        )
 
 
 class _Tuner(BaseTuner):
@@ -657,8 +825,15 @@ class _Tuner(BaseTuner):
 class _Trials:
     """Runs trials: keywords from drawn values, one ``finetune`` call, the score reported."""
 
-    def __init__(self, model, data, params, fixed, objective, direction, store, seed, verbose, epochs_budget):
-        self.model, self.data, self.params, self.fixed = model, data, {p.name: p for p in params}, fixed
+    def __init__(
+        self, model, data, params, fixed, objective, direction, store, seed, verbose, epochs_budget
+    ):
+        self.model, self.data, self.params, self.fixed = (
+            model,
+            data,
+            {p.name: p for p in params},
+            fixed,
+        )
         self.objective, self.direction, self.store, self.seed = objective, direction, store, seed
         self.verbose, self.epochs_budget = verbose, epochs_budget
         self.best: tuple[str, float, FinetuneResult] | None = None
@@ -671,14 +846,24 @@ class _Trials:
 
     def params_of(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The ``finetune`` keywords a trial's drawn values stand for."""
-        out = {name: param.decode(values[name]) for name, param in self.params.items() if name in values}
+        out = {
+            name: param.decode(values[name])
+            for name, param in self.params.items()
+            if name in values
+        }
         if self.epochs_budget and "tuner/epochs" in values:
             out["epochs"] = int(values["tuner/epochs"])
         return out
 
     def keywords(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"seed": self.seed, **self.fixed, **params, "monitor": self.objective, "feature_store": self.store,
-                "verbose": 2 if self.verbose == 2 else 0}
+        return {
+            "seed": self.seed,
+            **self.fixed,
+            **params,
+            "monitor": self.objective,
+            "feature_store": self.store,
+            "verbose": 2 if self.verbose == 2 else 0,
+        }
 
     def run(self, trial: Any) -> dict[str, float]:
         params = self.params_of(trial.hyperparameters.values)
@@ -696,14 +881,20 @@ class _Trials:
             raise keras_tuner.errors.FatalError(f"trial {trial.trial_id} failed: {e}") from e
         seconds = time.perf_counter() - start
         score = self._score(result)
-        if math.isfinite(score) and (self.best is None or (score < self.best[1] if self.direction == "min"
-                                                           else score > self.best[1])):
+        if math.isfinite(score) and (
+            self.best is None
+            or (score < self.best[1] if self.direction == "min" else score > self.best[1])
+        ):
             self.best = (trial.trial_id, score, result)
         features = sum(p.feature_seconds for p in result.speed.phases) if result.speed else 0.0
         fit = sum(p.seconds for p in result.phases)
-        sources = sorted({p.feature_source for p in (result.speed.phases if result.speed else []) if p.cached})
-        self.log(f"kerasft search: trial {trial.trial_id} {_short(params)}: {self.objective} {score:.4g} in {seconds:.1f} s "
-                 f"(features {features:.2f} s: {'; '.join(sources) or 'none cached'}; fit {fit:.1f} s)")
+        sources = sorted(
+            {p.feature_source for p in (result.speed.phases if result.speed else []) if p.cached}
+        )
+        self.log(
+            f"kerasft search: trial {trial.trial_id} {_short(params)}: {self.objective} {score:.4g} in {seconds:.1f} s "
+            f"(features {features:.2f} s: {'; '.join(sources) or 'none cached'}; fit {fit:.1f} s)"
+        )
         return dict(zip((self.objective, *_METRICS), (score, seconds, features, fit)))
 
     def _score(self, result: FinetuneResult) -> float:
@@ -712,26 +903,42 @@ class _Trials:
         logged = sorted({k for p in result.phases for k in p.history})
         if self.objective in logged:  # never finite: the loss diverged
             return float("nan")
-        error = ValueError(f"Argument `objective={self.objective!r}` is not a quantity the trials log. "
-                           f"They log: {logged}")
+        error = ValueError(
+            f"Argument `objective={self.objective!r}` is not a quantity the trials log. "
+            f"They log: {logged}"
+        )
         raise keras_tuner.errors.FatalError(str(error)) from error
 
     def row(self, trial: Any) -> TrialRow:
         metrics = trial.metrics
-        seconds, features, fit = (metrics.get_last_value(m) if metrics.exists(m) else None for m in _METRICS)
+        seconds, features, fit = (
+            metrics.get_last_value(m) if metrics.exists(m) else None for m in _METRICS
+        )
         message = self.messages.get(trial.trial_id)
         if message is None and trial.message:  # KerasTuner keeps the traceback
             message = trial.message.strip().splitlines()[-1].split(": ", 1)[-1]
         score = trial.score if trial.status == "COMPLETED" else None
-        return TrialRow(trial.trial_id, self.params_of(trial.hyperparameters.values),
-                        None if score is None else float(score), seconds, trial.status, features, fit,
-                        trial.trial_id in self.earlier, message)
+        return TrialRow(
+            trial.trial_id,
+            self.params_of(trial.hyperparameters.values),
+            None if score is None else float(score),
+            seconds,
+            trial.status,
+            features,
+            fit,
+            trial.trial_id in self.earlier,
+            message,
+        )
 
     def result(self, oracle: Any, directory: str | None) -> SearchResult:
         """The search's result; the best configuration is run again if it ran in an earlier search."""
         ordered = sorted(oracle.trials.values(), key=lambda t: int(t.trial_id))
         rows = [self.row(t) for t in ordered]
-        done = [t for t in ordered if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)]
+        done = [
+            t
+            for t in ordered
+            if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)
+        ]
         if not done:
             failures = [f"trial {r.trial_id} {r.params}: {r.message}" for r in rows]
             raise RuntimeError(f"No trial of the search completed. {failures[:5]}")
@@ -740,17 +947,27 @@ class _Trials:
         if self.best is not None and self.best[0] == best_trial.trial_id:
             best = self.best[2]
         else:
-            self.log(f"kerasft search: running the best trial {best_trial.trial_id} again {_short(params)} "
-                     "(it finished in an earlier search)")
+            self.log(
+                f"kerasft search: running the best trial {best_trial.trial_id} again {_short(params)} "
+                "(it finished in an earlier search)"
+            )
             best = _finetune(self.model, self.data, self.keywords(params))
-        return SearchResult(best=best, best_params=params, best_trial=best_trial.trial_id, trials=rows,
-                            objective=self.objective, direction=self.direction, directory=directory,
-                            store=self.store)
+        return SearchResult(
+            best=best,
+            best_params=params,
+            best_trial=best_trial.trial_id,
+            trials=rows,
+            objective=self.objective,
+            direction=self.direction,
+            directory=directory,
+            store=self.store,
+        )
 
 
 def _finetune(model: keras.Model, data: Any, keywords: dict[str, Any]) -> FinetuneResult:
     from kerasft.finetuning import finetune
 
-    flat, groups = configs.sort_keywords(keywords, caller="search")  # the space names options by flat keyword
+    flat, groups = configs.sort_keywords(
+        keywords, caller="search"
+    )  # the space names options by flat keyword
     return finetune(model, data, **flat, **groups)
-

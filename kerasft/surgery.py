@@ -173,7 +173,9 @@ def walk_layers(
     return nodes
 
 
-def iter_layers(model: keras.Model, *, recursive: bool = True) -> list[tuple[str, keras.layers.Layer]]:
+def iter_layers(
+    model: keras.Model, *, recursive: bool = True
+) -> list[tuple[str, keras.layers.Layer]]:
     """List ``(path, layer)`` pairs in graph order, descending into nested models.
 
     Input layers are skipped. A nested model appears itself (its path is its name) and,
@@ -323,9 +325,13 @@ def select_layers(
     """
     _check_selectable(model)
     if legacy is not None and legacy not in _LEGACY_RULES:
-        raise ValueError(f"Argument `legacy` must be None or one of {list(_LEGACY_RULES)}. Received: legacy={legacy!r}")
+        raise ValueError(
+            f"Argument `legacy` must be None or one of {list(_LEGACY_RULES)}. Received: legacy={legacy!r}"
+        )
     nodes = walk_layers(model, sublayers=sublayers)
-    candidates = nodes if sublayers is not False else [n for n in nodes if not is_container(n.layer)]
+    candidates = (
+        nodes if sublayers is not False else [n for n in nodes if not is_container(n.layer)]
+    )
     selected = {id(n.layer) for n in candidates}
 
     def restrict(ids: Iterable[int]) -> None:
@@ -381,8 +387,14 @@ def _entries(spec: LayerSpec) -> list:
     return [spec]
 
 
-def _match(model: Any, nodes: list[LayerNode], candidates: list[LayerNode], spec: LayerSpec,
-           argument: str, legacy: str | None) -> set[int]:
+def _match(
+    model: Any,
+    nodes: list[LayerNode],
+    candidates: list[LayerNode],
+    spec: LayerSpec,
+    argument: str,
+    legacy: str | None,
+) -> set[int]:
     """Ids of the candidates ``spec`` selects; every entry must select one at least."""
     out: set[int] = set()
     for entry in _entries(spec):
@@ -393,8 +405,14 @@ def _match(model: Any, nodes: list[LayerNode], candidates: list[LayerNode], spec
     return out
 
 
-def _match_entry(model: Any, nodes: list[LayerNode], candidates: list[LayerNode], entry: Any,
-                 argument: str, legacy: str | None) -> list[LayerNode]:
+def _match_entry(
+    model: Any,
+    nodes: list[LayerNode],
+    candidates: list[LayerNode],
+    entry: Any,
+    argument: str,
+    legacy: str | None,
+) -> list[LayerNode]:
     if isinstance(entry, str):
         regex = _compile(entry, argument)
         hits = [n for n in candidates if _full_match(regex, n)]
@@ -405,7 +423,9 @@ def _match_entry(model: Any, nodes: list[LayerNode], candidates: list[LayerNode]
             _warn_legacy(candidates, entry, argument, legacy, old, hits)
             return old
         return hits
-    if isinstance(entry, type) or (isinstance(entry, tuple) and entry and all(isinstance(t, type) for t in entry)):
+    if isinstance(entry, type) or (
+        isinstance(entry, tuple) and entry and all(isinstance(t, type) for t in entry)
+    ):
         return [n for n in candidates if isinstance(n.layer, entry)]
     if isinstance(entry, keras.layers.Layer):
         found = [n for n in nodes if n.layer is entry]
@@ -464,13 +484,22 @@ def _as_full_match(entry: str, rule: str) -> str:
     return start + body + end
 
 
-def _warn_legacy(candidates: list[LayerNode], entry: str, argument: str, rule: str,
-                 old: list[LayerNode], new: list[LayerNode]) -> None:
+def _warn_legacy(
+    candidates: list[LayerNode],
+    entry: str,
+    argument: str,
+    rule: str,
+    old: list[LayerNode],
+    new: list[LayerNode],
+) -> None:
     suggestion = _as_full_match(entry, rule)
     regex = re.compile(suggestion)
     same = {id(n.layer) for n in candidates if _full_match(regex, n)} == {id(n.layer) for n in old}
-    advice = (f"To keep today's selection, write {suggestion!r}" if same else
-              f"Write a pattern that matches in full (for example {suggestion!r}), or pass the layers")
+    advice = (
+        f"To keep today's selection, write {suggestion!r}"
+        if same
+        else f"Write a pattern that matches in full (for example {suggestion!r}), or pass the layers"
+    )
     warnings.warn(
         f"Argument `{argument}={entry!r}` selects layers by {_LEGACY_RULES[rule]}: "
         f"{_paths(old)}. Layer specs are regular expressions matched in full against each "
@@ -508,8 +537,9 @@ def _describe_entry(entry: Any) -> str:
     return repr(entry)
 
 
-def _no_match(model: Any, nodes: list[LayerNode], candidates: list[LayerNode], entry: Any,
-              argument: str) -> ValueError:
+def _no_match(
+    model: Any, nodes: list[LayerNode], candidates: list[LayerNode], entry: Any, argument: str
+) -> ValueError:
     """The one message for a selection that selects nothing."""
     listing = "[" + ", ".join(repr(n.path) for n in candidates) + "]"
     return ValueError(
@@ -526,12 +556,16 @@ def _hint(nodes: list[LayerNode], candidates: list[LayerNode], entry: Any) -> st
     regex = re.compile(entry)
     containers = [n.path for n in nodes if is_container(n.layer) and _full_match(regex, n)]
     if containers:
-        return (f". HINT: {containers[0]!r} is a nested model; write "
-                f"'{containers[0]}/.*' to select the layers in it.")
+        return (
+            f". HINT: {containers[0]!r} is a nested model; write "
+            f"'{containers[0]}/.*' to select the layers in it."
+        )
     searched = [n for n in candidates if regex.search(n.path)]
     if searched:
-        return (f". HINT: a string must match a layer's path or name in full: write "
-                f"{_as_full_match(entry, 'search')!r} to select {_paths(searched)}.")
+        return (
+            f". HINT: a string must match a layer's path or name in full: write "
+            f"{_as_full_match(entry, 'search')!r} to select {_paths(searched)}."
+        )
     words = list(dict.fromkeys([n.path for n in candidates] + [n.layer.name for n in candidates]))
     close = difflib.get_close_matches(entry, words, n=3, cutoff=0.75)
     if close:
@@ -606,15 +640,15 @@ def set_trainable(model: keras.Model, state: dict[str, bool]) -> None:
     # Containers with nothing trainable below are marked frozen too, so that
     # `summary()` and a later `container.trainable` read as users expect.
     for path, layer in reversed(iter_layers(model)):
-        if is_container(layer) and not any(
-            wanted[p] for p in wanted if p.startswith(path + "/")
-        ):
+        if is_container(layer) and not any(wanted[p] for p in wanted if p.startswith(path + "/")):
             compat.set_trainable_flag(layer, False)  # every leaf below is already frozen
     if not model_trainable:
         compat.set_trainable_flag(model, False)
 
 
-def freeze(model: keras.Model, spec: LayerSpec = None, **selection: Any) -> list[keras.layers.Layer]:
+def freeze(
+    model: keras.Model, spec: LayerSpec = None, **selection: Any
+) -> list[keras.layers.Layer]:
     """Freeze the selected layers (all leaf layers by default).
 
     ``spec`` and the selection keywords are those of :func:`select_layers` (``names``,
@@ -639,8 +673,9 @@ def freeze(model: keras.Model, spec: LayerSpec = None, **selection: Any) -> list
     return layers
 
 
-def unfreeze(model: keras.Model, spec: LayerSpec = None, *, train_bn: bool = False,
-             **selection: Any) -> list[keras.layers.Layer]:
+def unfreeze(
+    model: keras.Model, spec: LayerSpec = None, *, train_bn: bool = False, **selection: Any
+) -> list[keras.layers.Layer]:
     """Unfreeze the selected layers (all leaf layers by default), BatchNorm excepted.
 
     Args:
@@ -702,7 +737,12 @@ _RESHAPING_TAIL = (
     keras.layers.GlobalMaxPooling2D,
     keras.layers.GlobalMaxPooling3D,
 )
-_WEIGHTLESS_TAIL = (*_ACTIVATION_TAIL, *_RESHAPING_TAIL, keras.layers.Dropout, keras.layers.Identity)
+_WEIGHTLESS_TAIL = (
+    *_ACTIVATION_TAIL,
+    *_RESHAPING_TAIL,
+    keras.layers.Dropout,
+    keras.layers.Identity,
+)
 _CONV_HEADS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _TAIL_NAMES = "Activation, Softmax, Dropout, Identity, Flatten, Reshape, global pooling"
 
@@ -971,8 +1011,12 @@ def replace_head(
     initializer = keras.initializers.GlorotUniform(seed=seed)
     reshaped = any(isinstance(t, _RESHAPING_TAIL) for t in tail)
     if isinstance(head, keras.layers.Dense) and not reshaped:
-        new_head = keras.layers.Dense(num_classes, activation=activation, kernel_initializer=initializer,
-                                      name=name or head.name)
+        new_head = keras.layers.Dense(
+            num_classes,
+            activation=activation,
+            kernel_initializer=initializer,
+            name=name or head.name,
+        )
         return keras.Model(model.inputs, new_head(x), name=model.name)
     outputs = _new_classifier(head, num_classes, initializer, name or head.name)(x)
     for layer in tail:
@@ -983,17 +1027,28 @@ def replace_head(
         outputs = keras.layers.Flatten(name=f"{head.name}_flatten")(outputs)
     if activation is not None and _activation_name(keras.activations.get(activation)) != "linear":
         named = [t.name for t in tail if isinstance(t, _ACTIVATION_TAIL)]
-        outputs = keras.layers.Activation(activation, name=named[-1] if named else f"{head.name}_activation")(outputs)
+        outputs = keras.layers.Activation(
+            activation, name=named[-1] if named else f"{head.name}_activation"
+        )(outputs)
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
-def _new_classifier(head: keras.layers.Layer, units: int, initializer: Any, name: str) -> keras.layers.Layer:
+def _new_classifier(
+    head: keras.layers.Layer, units: int, initializer: Any, name: str
+) -> keras.layers.Layer:
     """A fresh, linear classifier of the old head's kind (Dense or 1x1 convolution)."""
     if isinstance(head, keras.layers.Dense):
         return keras.layers.Dense(units, kernel_initializer=initializer, name=name)
     base = next(cls for cls in _CONV_HEADS if isinstance(head, cls))
-    return base(units, kernel_size=1, padding=head.padding, data_format=head.data_format,
-                use_bias=head.use_bias, kernel_initializer=initializer, name=name)
+    return base(
+        units,
+        kernel_size=1,
+        padding=head.padding,
+        data_format=head.data_format,
+        use_bias=head.use_bias,
+        kernel_initializer=initializer,
+        name=name,
+    )
 
 
 def unused_layers(model: keras.Model, sample: Any) -> list[keras.layers.Layer]:

@@ -132,7 +132,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
                 for key, value in values.items():
                     value = _scalar(value)
                     if value is not None:
-                        name = key if key == "phase" or key.startswith("sparsity/") else f"epoch_{key}"
+                        name = (
+                            key if key == "phase" or key.startswith("sparsity/") else f"epoch_{key}"
+                        )
                         write_scalar(name, value, step=self.epoch)
             self._writers[split].flush()
         self.epoch += 1
@@ -161,9 +163,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
     def _writer(self, split: str):
         if split not in self._writers:
-            self._writers[split] = tf.summary.create_file_writer(
-                os.path.join(self.log_dir, split)
-            )
+            self._writers[split] = tf.summary.create_file_writer(os.path.join(self.log_dir, split))
         return self._writers[split]
 
     def _optimizer(self):
@@ -178,7 +178,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
     def _sparsity(self) -> dict[str, float]:
         """`sparsity/<layer>` and `sparsity/total` while the model is being pruned."""
-        if not any(isinstance(layer, PruneLowMagnitude) for layer in compat.flatten_layers(self.model)):
+        if not any(
+            isinstance(layer, PruneLowMagnitude) for layer in compat.flatten_layers(self.model)
+        ):
             return {}
         report = sparsity_report(self.model)
         values = {f"sparsity/{name}": value for name, value in report.layers.items()}

@@ -6,7 +6,11 @@ import warnings
 
 from kerasft.jobs import textdata as _moved
 
-warnings.warn("kerasft.textdata moved to kerasft.jobs.textdata; import it from there.", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "kerasft.textdata moved to kerasft.jobs.textdata; import it from there.",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 
 def __getattr__(name: str):

@@ -6,7 +6,11 @@ import warnings
 
 from kerasft.jobs import textjob as _moved
 
-warnings.warn("kerasft.textjob moved to kerasft.jobs.textjob; import it from there.", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "kerasft.textjob moved to kerasft.jobs.textjob; import it from there.",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 
 def __getattr__(name: str):

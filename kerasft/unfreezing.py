@@ -153,14 +153,20 @@ def load_phases(source: str | os.PathLike | Sequence[Mapping] | Mapping) -> list
                 f"Received keys: {list(source)}"
             ) from None
     if not isinstance(source, Sequence) or isinstance(source, str) or not source:
-        raise ValueError(f"Argument `phases` must be a non-empty list of phases. Received: {source!r}")
+        raise ValueError(
+            f"Argument `phases` must be a non-empty list of phases. Received: {source!r}"
+        )
     phases = []
     for i, phase in enumerate(source):
         if not isinstance(phase, Mapping):
-            raise ValueError(f"Phase {i} must be a dict with keys {_PHASE_KEYS}. Received: {phase!r}")
+            raise ValueError(
+                f"Phase {i} must be a dict with keys {_PHASE_KEYS}. Received: {phase!r}"
+            )
         unknown = sorted(set(phase) - set(_PHASE_KEYS))
         if unknown:
-            raise ValueError(f"Phase {i} has unknown keys {unknown}. Valid keys are: {list(_PHASE_KEYS)}")
+            raise ValueError(
+                f"Phase {i} has unknown keys {unknown}. Valid keys are: {list(_PHASE_KEYS)}"
+            )
         layers = phase.get("layers")
         if isinstance(layers, str):
             layers = [layers]
@@ -169,12 +175,18 @@ def load_phases(source: str | os.PathLike | Sequence[Mapping] | Mapping) -> list
                 f"Phase {i} needs `layers`: a regex or a list of regexes. Received: {layers!r}"
             )
         epoch = phase.get("epoch", 0 if i == 0 else None)
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
-            raise ValueError(f"Phase {i}: `epoch` must be an integer >= 0. Received: epoch={epoch!r}")
+        if epoch is not None and (
+            isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0
+        ):
+            raise ValueError(
+                f"Phase {i}: `epoch` must be an integer >= 0. Received: epoch={epoch!r}"
+            )
         lr = phase.get("lr")
         if lr is not None and (not isinstance(lr, (int, float)) or lr < 0):
             raise ValueError(f"Phase {i}: `lr` must be a number >= 0. Received: lr={lr!r}")
-        phases.append({"layers": list(layers), "epoch": epoch, "lr": None if lr is None else float(lr)})
+        phases.append(
+            {"layers": list(layers), "epoch": epoch, "lr": None if lr is None else float(lr)}
+        )
     epochs = [p["epoch"] for p in phases if p["epoch"] is not None]
     if any(b <= a for a, b in zip(epochs, epochs[1:])):
         raise ValueError(f"Phase epochs must increase. Received: {[p['epoch'] for p in phases]}")

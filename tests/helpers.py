@@ -22,9 +22,14 @@ def nested_model(num_classes: int = 10) -> keras.Model:
 
 def sequential_model() -> keras.Model:
     return keras.Sequential(
-        [keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Conv2D(4, 3, name="c"),
-         keras.layers.Flatten(), keras.layers.Dense(16, activation="relu", name="fc"),
-         keras.layers.Dense(10, name="logits")],
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, name="c"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu", name="fc"),
+            keras.layers.Dense(10, name="logits"),
+        ],
         name="seq",
     )
 

@@ -29,7 +29,9 @@ def _top(build, size, **kwargs):
 def _flat_user_head(build, size):
     """``include_top=False`` with the application's own pooling, then the user's Dense."""
     base = build(weights=None, include_top=False, input_shape=(size, size, 3), pooling="avg")
-    return keras.Model(base.input, keras.layers.Dense(10, activation="softmax", name="head")(base.output))
+    return keras.Model(
+        base.input, keras.layers.Dense(10, activation="softmax", name="head")(base.output)
+    )
 
 
 def _nested_user_head(build, size):
@@ -43,8 +45,14 @@ def _nested_user_head(build, size):
 def _hub_vit(size):
     import keras_hub
 
-    backbone = keras_hub.models.ViTBackbone(image_shape=(size, size, 3), patch_size=8, num_layers=2,
-                                            num_heads=2, hidden_dim=32, mlp_dim=64)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(size, size, 3),
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+    )
     return keras_hub.models.ViTImageClassifier(backbone, num_classes=10)
 
 
@@ -52,9 +60,15 @@ def _hub_resnet(size):
     import keras_hub
 
     backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        use_pre_activation=False, image_shape=(size, size, 3))
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=(size, size, 3),
+    )
     return keras_hub.models.ResNetImageClassifier(backbone, num_classes=10)
 
 
@@ -62,9 +76,13 @@ def _hub_vit_preprocessed(size):
     """A ViT task with its preprocessor kept: raw pixels in, scaled to [-1, 1] by the task."""
     import keras_hub
 
-    converter = keras_hub.layers.ViTImageConverter(image_size=(size, size), scale=1 / 127.5, offset=-1)
+    converter = keras_hub.layers.ViTImageConverter(
+        image_size=(size, size), scale=1 / 127.5, offset=-1
+    )
     preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
-    return keras_hub.models.ViTImageClassifier(_hub_vit(size).backbone, num_classes=10, preprocessor=preprocessor)
+    return keras_hub.models.ViTImageClassifier(
+        _hub_vit(size).backbone, num_classes=10, preprocessor=preprocessor
+    )
 
 
 def _hub_efficientnet_preprocessed(size):
@@ -72,13 +90,26 @@ def _hub_efficientnet_preprocessed(size):
     import keras_hub
 
     backbone = keras_hub.models.EfficientNetBackbone(
-        width_coefficient=0.1, depth_coefficient=0.1, stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1],
-        stackwise_input_filters=[32, 16], stackwise_output_filters=[16, 24], stackwise_expansion_ratios=[1, 6],
-        stackwise_squeeze_and_excite_ratios=[0.25, 0.25], stackwise_strides=[1, 2],
-        stackwise_block_types=["v1", "v1"], image_shape=(size, size, 3), num_features=64)
+        width_coefficient=0.1,
+        depth_coefficient=0.1,
+        stackwise_kernel_sizes=[3, 3],
+        stackwise_num_repeats=[1, 1],
+        stackwise_input_filters=[32, 16],
+        stackwise_output_filters=[16, 24],
+        stackwise_expansion_ratios=[1, 6],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25],
+        stackwise_strides=[1, 2],
+        stackwise_block_types=["v1", "v1"],
+        image_shape=(size, size, 3),
+        num_features=64,
+    )
     converter = keras_hub.layers.EfficientNetImageConverter(image_size=(size, size), scale=1 / 255)
-    preprocessor = keras_hub.models.EfficientNetImageClassifierPreprocessor(image_converter=converter)
-    return keras_hub.models.EfficientNetImageClassifier(backbone, num_classes=10, preprocessor=preprocessor)
+    preprocessor = keras_hub.models.EfficientNetImageClassifierPreprocessor(
+        image_converter=converter
+    )
+    return keras_hub.models.EfficientNetImageClassifier(
+        backbone, num_classes=10, preprocessor=preprocessor
+    )
 
 
 # name: (smallest input size, builder, head layer name); sizes are the families' minimums.
@@ -102,8 +133,16 @@ FAMILIES = {
     "KerasHubEfficientNetPreprocessed": (32, _hub_efficientnet_preprocessed, "predictions"),
 }
 # Measured here (2 cores): 2-13 s each; the others took 18-62 s and are marked slow.
-QUICK = {"MobileNet", "MobileNetV2", "MobileNetV3Small", "VGG16", "KerasHubViT", "KerasHubResNet",
-         "KerasHubViTPreprocessed", "KerasHubEfficientNetPreprocessed"}
+QUICK = {
+    "MobileNet",
+    "MobileNetV2",
+    "MobileNetV3Small",
+    "VGG16",
+    "KerasHubViT",
+    "KerasHubResNet",
+    "KerasHubViTPreprocessed",
+    "KerasHubEfficientNetPreprocessed",
+}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +158,8 @@ def _images(digits, size):
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow) for n in FAMILIES])
+    "name", [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow) for n in FAMILIES]
+)
 def test_family_finetunes_evaluates_and_exports(name, digits4, tmp_path):
     size, build, head_name = FAMILIES[name]
     keras.utils.set_random_seed(0)
@@ -158,7 +198,9 @@ def test_family_finetunes_evaluates_and_exports(name, digits4, tmp_path):
 def test_conv_head_is_rebuilt_for_other_classes(digits4, tmp_path):
     # MobileNetV3 built for 7 classes, fine-tuned on 10: a new 1x1 conv of 10 filters
     keras.utils.set_random_seed(0)
-    model = A.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=7, classifier_activation=None)
+    model = A.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), classes=7, classifier_activation=None
+    )
     x, y = _images(digits4, 32)
     result = kerasft.finetune(model, (x, y), recipe="head", epochs=1, batch_size=8, verbose=0)
     assert result.head_rebuilt

@@ -18,7 +18,14 @@ def digits_split():
 
 
 def test_batch_size_and_holdout_follow_the_number_of_examples():
-    assert [auto.auto_batch_size(n) for n in (20, 80, 160, 320, 5000, None)] == [8, 8, 16, 32, 32, 32]
+    assert [auto.auto_batch_size(n) for n in (20, 80, 160, 320, 5000, None)] == [
+        8,
+        8,
+        16,
+        32,
+        32,
+        32,
+    ]
     assert auto.auto_validation_split(150) == 0.0  # too few to choose on
     assert auto.auto_validation_split(400) == 0.2 and auto.auto_validation_split(50_000) == 0.1
 
@@ -26,7 +33,9 @@ def test_batch_size_and_holdout_follow_the_number_of_examples():
 def test_families_are_read_off_the_model(shipped_model):
     cnn = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
     assert cnn.family == "cnn" and cnn.blocks == 3 and cnn.top_blocks is None
-    mlp = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    mlp = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+    )
     assert auto.profile_model(mlp, mlp.layers[-1]).family == "mlp"
     task = small_bert_classifier(["a fine film", "a dull film"])
     bert = auto.profile_model(task, kerasft.find_head(task))
@@ -42,7 +51,11 @@ def test_small_data_plan_says_what_was_decided_and_why(shipped_model, digits_spl
     assert d.selection == "none" and d.batch_size == 8 and d.optimizer == "adam"
     assert d.steps == d.epochs * 13 and 5 <= d.epochs <= 30
     text = str(plan)
-    assert "recipe='auto' decided" in text and "too few to hold some out" in text and "closed form" in text
+    assert (
+        "recipe='auto' decided" in text
+        and "too few to hold some out" in text
+        and "closed form" in text
+    )
 
 
 def test_user_options_win_over_the_decision(shipped_model, digits_split):
@@ -52,7 +65,10 @@ def test_user_options_win_over_the_decision(shipped_model, digits_split):
     assert (d.epochs, d.rate, d.batch_size, d.optimizer) == (3, 1e-4, 16, "sgd")
     assert plan.phases[1].epochs == 3 and float(plan.phases[1].rate) == 1e-4
     # head_epochs belongs to a head trained by gradient: without a recipe it means LP-FT ...
-    assert [p.name for p in kerasft.plan(shipped_model, data, head_epochs=2).phases] == ["head", "finetune"]
+    assert [p.name for p in kerasft.plan(shipped_model, data, head_epochs=2).phases] == [
+        "head",
+        "finetune",
+    ]
     # ... and with recipe="auto" it is refused with the way out.
     with pytest.raises(ValueError, match=r"`head_epochs=2`.*closed form.*HINT"):
         kerasft.plan(shipped_model, data, recipe="auto", head_epochs=2)
@@ -61,10 +77,14 @@ def test_user_options_win_over_the_decision(shipped_model, digits_split):
 
 
 def test_small_data_trains_on_every_label_and_beats_the_probe(shipped_model, digits_split):
-    result = kerasft.finetune(shipped_model, (digits_split.x_train, digits_split.y_train), verbose=0)
+    result = kerasft.finetune(
+        shipped_model, (digits_split.x_train, digits_split.y_train), verbose=0
+    )
     assert [p.name for p in result.phases] == ["probe", "finetune"] and result.selection is None
     assert result.phases[1].epochs == result.decision.epochs  # a fixed budget: no early stop
-    assert result.probe.pooling == "head input" and "cross-validation" in result.probe.head.selection
+    assert (
+        result.probe.pooling == "head input" and "cross-validation" in result.probe.head.selection
+    )
     test = (digits_split.x_test, digits_split.y_test)
     assert result.evaluate(test)["accuracy"] > 0.95  # measured 0.979 here (seed 0)
 
@@ -75,13 +95,20 @@ def test_holdout_choice_then_refit_on_all_labels(shipped_model, digits):
     split = datasets.few_shot_split(x, y, shots=25, seed=1)  # 250 examples: a holdout, then a refit
     result = kerasft.finetune(shipped_model, (split.x_train, split.y_train), verbose=0, epochs=3)
     chosen = result.selection
-    assert result.decision.refit and chosen is not None and chosen.best_phase in ("probe", "finetune")
+    assert (
+        result.decision.refit and chosen is not None and chosen.best_phase in ("probe", "finetune")
+    )
     assert chosen.phases[0].name == "probe" and "val_accuracy" in chosen.phases[0].history
-    assert result.phases[0].epochs == 1 and sum(result.spec.class_counts.values()) == 250  # every label
+    assert (
+        result.phases[0].epochs == 1 and sum(result.spec.class_counts.values()) == 250
+    )  # every label
     assert "refit:" in str(result.plan)
     # the probe is fitted again with the strength it chose on the holdout, nothing chosen again
     assert result.probe.head.selection == "given"
-    assert result.probe.head.strength == chosen.probe.head.strength and "as chosen before" in result.probe.describe()
+    assert (
+        result.probe.head.strength == chosen.probe.head.strength
+        and "as chosen before" in result.probe.describe()
+    )
     assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.95
 
 
@@ -90,8 +117,15 @@ def test_never_worse_on_validation_than_the_probe(shipped_model, digits):
     x, y = digits
     split = datasets.few_shot_split(x, y, shots=10, seed=2)
     val = (split.x_test[:300], split.y_test[:300])
-    result = kerasft.finetune(shipped_model, (split.x_train, split.y_train), validation_data=val, lr=5.0,
-                              optimizer="sgd", epochs=2, verbose=0)
+    result = kerasft.finetune(
+        shipped_model,
+        (split.x_train, split.y_train),
+        validation_data=val,
+        lr=5.0,
+        optimizer="sgd",
+        epochs=2,
+        verbose=0,
+    )
     probe_acc = result.phases[0].history["val_accuracy"][0]
     assert result.best_phase == "probe" and result.best_score == pytest.approx(probe_acc, abs=1e-4)
     assert result.evaluate(val)["accuracy"] == pytest.approx(probe_acc, abs=1e-6)
@@ -105,13 +139,23 @@ def test_text_task_probes_both_poolings_and_keeps_the_users_preprocessor(tmp_pat
     reviews = textdata.rotten_tomatoes_few_shot(n_train=120, n_test=60, seed=0)
     small = small_bert_classifier(reviews.x_train)
     tokenizer = small.preprocessor.tokenizer
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=2,
-                                             hidden_dim=32, intermediate_dim=64, max_sequence_length=128)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=128)  # > needed
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=128,
+    )
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=128
+    )  # > needed
     task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor)
     result = kerasft.finetune(task, (reviews.x_train, reviews.y_train), epochs=1, verbose=0)
     assert set(result.probe.candidates) == {"cls", "mean"}
-    assert result.decision.sequence_length < 128 and result.model.preprocessor.sequence_length == 128
+    assert (
+        result.decision.sequence_length < 128 and result.model.preprocessor.sequence_length == 128
+    )
     assert task.preprocessor.sequence_length == 128
     model = result.model
     if result.probe.pooling == "mean":
@@ -119,5 +163,8 @@ def test_text_task_probes_both_poolings_and_keeps_the_users_preprocessor(tmp_pat
     path = str(tmp_path / "task.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded.predict(reviews.x_test[:8], verbose=0),
-                               model.predict(reviews.x_test[:8], verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(reviews.x_test[:8], verbose=0),
+        model.predict(reviews.x_test[:8], verbose=0),
+        atol=1e-5,
+    )

@@ -29,8 +29,9 @@ def _assert_same_run(a, b, rtol=1e-4, atol=1e-5):
     assert [p.name for p in a.phases] == [p.name for p in b.phases]
     for pa, pb in zip(a.phases, b.phases):
         for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
-            np.testing.assert_allclose(pa.history[key], pb.history[key], rtol=rtol, atol=atol,
-                                       err_msg=f"{pa.name} {key}")
+            np.testing.assert_allclose(
+                pa.history[key], pb.history[key], rtol=rtol, atol=atol, err_msg=f"{pa.name} {key}"
+            )
     for wa, wb in zip(a.model.get_weights(), b.model.get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=1e-3, atol=1e-4)
 
@@ -39,8 +40,12 @@ def test_lp_ft_on_cached_features_matches_uncached(shipped_model_path, digits_sm
     # The shipped model has Dropout before its head: the cut stops below it, and the
     # dropout masks (same layer, same seed generator) are the same as without caching.
     kwargs = dict(head_epochs=3, epochs=2, unfreeze=2)
-    plain = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs)
-    cached = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=True, **kwargs)
+    plain = _run(
+        keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs
+    )
+    cached = _run(
+        keras.models.load_model(shipped_model_path), digits_small, cache_features=True, **kwargs
+    )
     phases = cached.speed.phases
     assert [p.cached for p in phases] == [True, True]
     assert "'dropout'" in phases[0].reason
@@ -50,8 +55,15 @@ def test_lp_ft_on_cached_features_matches_uncached(shipped_model_path, digits_sm
     _assert_same_run(plain, cached)
     # the weights trained on features are the returned model's
     before = keras.models.load_model(shipped_model_path)
-    for name, moved in (("predictions", True), ("fc", True), ("block2_conv2", True), ("block1_conv1", False)):
-        same = np.array_equal(before.get_layer(name).get_weights()[0], cached.model.get_layer(name).get_weights()[0])
+    for name, moved in (
+        ("predictions", True),
+        ("fc", True),
+        ("block2_conv2", True),
+        ("block1_conv1", False),
+    ):
+        same = np.array_equal(
+            before.get_layer(name).get_weights()[0], cached.model.get_layer(name).get_weights()[0]
+        )
         assert same != moved, name
 
 
@@ -61,8 +73,15 @@ def test_nested_backbone_cut_inside_and_steps_per_execution(digits_small):
     for mode in (False, "auto"):
         keras.utils.set_random_seed(1)
         model = nested_model()
-        runs[mode] = _run(model, (x, y), head_epochs=2, epochs=2, unfreeze="backbone/conv2|pool",
-                          cache_features=mode, steps_per_execution=4 if mode else 1)
+        runs[mode] = _run(
+            model,
+            (x, y),
+            head_epochs=2,
+            epochs=2,
+            unfreeze="backbone/conv2|pool",
+            cache_features=mode,
+            steps_per_execution=4 if mode else 1,
+        )
     phases = runs["auto"].speed.phases
     assert [p.cached for p in phases] == [True, True]
     assert phases[1].reason.endswith("'backbone/conv2' (trainable)")
@@ -73,8 +92,12 @@ def test_nested_backbone_cut_inside_and_steps_per_execution(digits_small):
 
 def test_features_beyond_budget_go_to_a_cache_file(shipped_model_path, digits_small, tmp_path):
     kwargs = dict(recipe="head", epochs=2)
-    plain = _run(keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs)
-    on_file = _run(keras.models.load_model(shipped_model_path), digits_small, cache_budget=0, **kwargs)
+    plain = _run(
+        keras.models.load_model(shipped_model_path), digits_small, cache_features=False, **kwargs
+    )
+    on_file = _run(
+        keras.models.load_model(shipped_model_path), digits_small, cache_budget=0, **kwargs
+    )
     assert on_file.speed.phases[0].cached
     _assert_same_run(plain, on_file)
 
@@ -98,12 +121,19 @@ def test_features_beyond_budget_go_to_a_cache_file(shipped_model_path, digits_sm
 def test_random_pipeline_is_not_cached_and_forcing_it_raises(shipped_model_path, digits_small):
     x, y = digits_small
     ds = tf.data.Dataset.from_tensor_slices((x, y)).map(
-        lambda a, b: (tf.image.random_flip_left_right(a), b))
+        lambda a, b: (tf.image.random_flip_left_right(a), b)
+    )
     result = _run(keras.models.load_model(shipped_model_path), ds, recipe="head", epochs=1)
     phase = result.speed.phases[0]
     assert not phase.cached and "random" in phase.reason
     with pytest.raises(ValueError, match=r"cache_features=True.*random numbers"):
-        _run(keras.models.load_model(shipped_model_path), ds, recipe="head", epochs=1, cache_features=True)
+        _run(
+            keras.models.load_model(shipped_model_path),
+            ds,
+            recipe="head",
+            epochs=1,
+            cache_features=True,
+        )
 
 
 def test_augmentation_layer_at_the_input(digits_small):
@@ -169,19 +199,33 @@ def test_cached_model_speaks_for_the_full_model(shipped_model_path, tmp_path):
 
 
 def test_model_trained_on_features_saves_and_loads(shipped_model_path, digits_small, tmp_path):
-    result = _run(keras.models.load_model(shipped_model_path), digits_small, head_epochs=1, epochs=1, unfreeze=1)
+    result = _run(
+        keras.models.load_model(shipped_model_path),
+        digits_small,
+        head_epochs=1,
+        epochs=1,
+        unfreeze=1,
+    )
     assert all(p.cached for p in result.speed.phases)
     path = str(tmp_path / "tuned.keras")
     result.model.save(path)
     loaded = keras.models.load_model(path)
     x = digits_small[0][:16]
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_cache_argument_errors(shipped_model, digits_small):
-    with pytest.raises(ValueError, match=r"Argument `cache_features` must be True, False or 'auto'\. Received: cache_features='yes'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `cache_features` must be True, False or 'auto'\. Received: cache_features='yes'",
+    ):
         kerasft.finetune(shipped_model, digits_small, cache_features="yes", verbose=0)
-    with pytest.raises(ValueError, match=r"Argument `cache_budget` must be a number of bytes >= 0\. Received: cache_budget=-1"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `cache_budget` must be a number of bytes >= 0\. Received: cache_budget=-1",
+    ):
         kerasft.finetune(shipped_model, digits_small, cache_budget=-1, verbose=0)
     assert caching.CACHE_CHOICES == (True, False, "auto")
 
@@ -205,8 +249,10 @@ def test_features_derived_from_the_next_cut_and_reused(shipped_model_path, digit
     derived = cache.setup_phase(model, 0, later_trainable=later)
     assert (direct.feature_source, derived.feature_source) == ("computed", DERIVED)
     assert derived.model.suffix.layers[-1] is model.get_layer("predictions")
-    for a, b in zip(_first_batch(direct)[0] + [_first_batch(direct)[1]],
-                    _first_batch(derived)[0] + [_first_batch(derived)[1]]):
+    for a, b in zip(
+        _first_batch(direct)[0] + [_first_batch(direct)[1]],
+        _first_batch(derived)[0] + [_first_batch(derived)[1]],
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
     surgery.set_trainable(model, {"fc": True})
@@ -264,8 +310,15 @@ def test_keras_hub_layers_are_known_and_unseeded_noise_is_seen():
 
     def frozen_dino(drop_path_rate):
         backbone = keras_hub.models.DINOV2Backbone(
-            patch_size=8, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
-            drop_path_rate=drop_path_rate, image_shape=(32, 32, 3), position_embedding_shape=(32, 32, 3))
+            patch_size=8,
+            num_layers=2,
+            hidden_dim=16,
+            num_heads=2,
+            intermediate_dim=32,
+            drop_path_rate=drop_path_rate,
+            image_shape=(32, 32, 3),
+            position_embedding_shape=(32, 32, 3),
+        )
         pooled = keras.layers.GlobalAveragePooling1D(name="pool")(backbone.output)
         model = keras.Model(backbone.input, keras.layers.Dense(3, name="head")(pooled))
         surgery.freeze(model)
@@ -280,7 +333,10 @@ def test_keras_hub_layers_are_known_and_unseeded_noise_is_seen():
     # DINOv2's DropPath draws `keras.random.uniform` without a SeedGenerator: seen by its rate
     split = split_frozen_prefix(frozen_dino(0.2))
     assert split.prefix_layers == ["embeddings"]
-    assert split.stopped_by == "'encoder' (draws random numbers in training (dropout/noise/augmentation))"
+    assert (
+        split.stopped_by
+        == "'encoder' (draws random numbers in training (dropout/noise/augmentation))"
+    )
 
 
 def _variable_size_cnn():
@@ -297,8 +353,14 @@ def test_variable_size_inputs_are_cached_at_the_size_of_the_data(digits_small):
     runs = {}
     for mode in (False, "auto"):
         keras.utils.set_random_seed(2)
-        runs[mode] = _run(_variable_size_cnn(), digits_small, head_epochs=2, epochs=2, unfreeze=1,
-                          cache_features=mode)
+        runs[mode] = _run(
+            _variable_size_cnn(),
+            digits_small,
+            head_epochs=2,
+            epochs=2,
+            unfreeze=1,
+            cache_features=mode,
+        )
     phases = runs["auto"].speed.phases
     assert [p.cached for p in phases] == [True, True]
     assert [p.feature_source for p in phases] == [DERIVED, KEPT]
@@ -336,12 +398,19 @@ def test_speed_path_falls_back_when_features_would_depend_on_batching(capsys):
     for phase in phases:
         assert phase.reason.startswith(
             "caching abandoned: computing the frozen layers' features failed (ValueError: tensors "
-            "below the cut have shapes [(None, None), (None, None, 16)"), phase.reason
+            "below the cut have shapes [(None, None), (None, None, 16)"
+        ), phase.reason
     _assert_same_run(runs[False], runs["auto"], rtol=1e-6, atol=1e-7)
     capsys.readouterr()
-    with pytest.warns(RuntimeWarning, match=r"Argument `cache_features=True`, but caching abandoned"):
-        forced = _run(_text_cnn(split.x_train), data, cache_features=True, **{**kwargs, "verbose": 1})
+    with pytest.warns(
+        RuntimeWarning, match=r"Argument `cache_features=True`, but caching abandoned"
+    ):
+        forced = _run(
+            _text_cnn(split.x_train), data, cache_features=True, **{**kwargs, "verbose": 1}
+        )
     assert [p.cached for p in forced.speed.phases] == [False, False]
     lines = [line for line in capsys.readouterr().out.splitlines() if "caching abandoned" in line]
-    assert lines == [f"kerasft: not caching features: {p.reason}; training on the inputs"
-                     for p in forced.speed.phases]
+    assert lines == [
+        f"kerasft: not caching features: {p.reason}; training on the inputs"
+        for p in forced.speed.phases
+    ]

@@ -25,13 +25,20 @@ def test_docstring_examples_run():
 
 def _slots(optimizer, layer):
     """Optimizer variables (moments, averages) that shadow ``layer``'s weights, by path."""
-    return {v.path.split("/")[-1]: keras.ops.convert_to_numpy(v).copy() for v in optimizer.variables
-            if f"/{layer}_" in v.path}
+    return {
+        v.path.split("/")[-1]: keras.ops.convert_to_numpy(v).copy()
+        for v in optimizer.variables
+        if f"/{layer}_" in v.path
+    }
 
 
 def _params(model, names):
-    return sum(int(np.prod(w.shape)) for n in names for w in model.get_layer(n).trainable_weights
-               if not isinstance(model.get_layer(n), keras.layers.BatchNormalization))
+    return sum(
+        int(np.prod(w.shape))
+        for n in names
+        for w in model.get_layer(n).trainable_weights
+        if not isinstance(model.get_layer(n), keras.layers.BatchNormalization)
+    )
 
 
 def test_sync_optimizer_keeps_state_of_weights_already_training(shipped_model, digits_small):
@@ -52,7 +59,9 @@ def test_sync_optimizer_keeps_state_of_weights_already_training(shipped_model, d
     fc = _slots(opt, "fc")
     assert not np.any(fc["fc_kernel_momentum"]) and not np.any(fc["fc_kernel_velocity"])
     # A new moving average starts at the weight, not at zero.
-    np.testing.assert_array_equal(fc["fc_kernel_average"], shipped_model.get_layer("fc").get_weights()[0])
+    np.testing.assert_array_equal(
+        fc["fc_kernel_average"], shipped_model.get_layer("fc").get_weights()[0]
+    )
     assert int(opt.iterations) == 2
     before = shipped_model.get_layer("fc").get_weights()[0]
     shipped_model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
@@ -77,21 +86,30 @@ class _Probe(keras.callbacks.Callback):
 def test_gradual_unfreezing_at_declared_epochs_keeps_optimizer_state(shipped_model, digits_small):
     x, y = digits_small
     bn_stats = shipped_model.get_layer("block2_bn1").get_weights()[2:]
-    cb = GradualUnfreezing([
-        {"layers": "predictions"},
-        {"layers": "fc", "epoch": 2},
-        {"layers": r"block2_.*", "epoch": 3},
-    ])
+    cb = GradualUnfreezing(
+        [
+            {"layers": "predictions"},
+            {"layers": "fc", "epoch": 2},
+            {"layers": r"block2_.*", "epoch": 3},
+        ]
+    )
     probe, logger = _Probe(), PhaseLogger()
     kerasft.freeze(shipped_model)
     shipped_model.compile(keras.optimizers.Adam(1e-3), LOSS)
-    shipped_model.fit(x[:96], y[:96], batch_size=32, epochs=4, verbose=0, callbacks=[cb, probe, logger])
+    shipped_model.fit(
+        x[:96], y[:96], batch_size=32, epochs=4, verbose=0, callbacks=[cb, probe, logger]
+    )
 
     assert cb.transitions == [(0, 0), (2, 1), (3, 2)]
     head = _params(shipped_model, ["predictions"])
     fc = _params(shipped_model, ["fc"])
     block2 = _params(shipped_model, ["block2_conv1", "block2_conv2"])
-    assert [r["trainable_params"] for r in logger.records] == [head, head, head + fc, head + fc + block2]
+    assert [r["trainable_params"] for r in logger.records] == [
+        head,
+        head,
+        head + fc,
+        head + fc + block2,
+    ]
     assert [r["unfreeze_phase"] for r in logger.records] == [0, 0, 1, 2]
     # The phase change at epoch 2 rebuilt the optimizer; the head's moments survived it.
     for path, value in probe.at_end[1].items():
@@ -105,8 +123,10 @@ def test_gradual_unfreezing_at_declared_epochs_keeps_optimizer_state(shipped_mod
 
 def test_phase_rates_with_one_sub_optimizer_per_phase(shipped_model, digits_small):
     x, y = digits_small
-    cb = GradualUnfreezing([{"layers": "predictions", "lr": 1e-3},
-                            {"layers": "fc", "epoch": 1, "lr": 1e-5}], train_bn=True)
+    cb = GradualUnfreezing(
+        [{"layers": "predictions", "lr": 1e-3}, {"layers": "fc", "epoch": 1, "lr": 1e-5}],
+        train_bn=True,
+    )
     groups = cb.phase_groups(shipped_model)
     assert [name for name, _ in groups] == ["phase1", "phase0", "others"]
     kerasft.freeze(shipped_model)
@@ -121,7 +141,9 @@ def test_phase_rates_with_one_sub_optimizer_per_phase(shipped_model, digits_smal
 
 def test_plateau_starts_next_phase_and_train_bn(shipped_model, digits_small):
     x, y = digits_small
-    cb = GradualUnfreezing(unfreeze_every=None, monitor="loss", patience=1, min_delta=1e6, train_bn=True)
+    cb = GradualUnfreezing(
+        unfreeze_every=None, monitor="loss", patience=1, min_delta=1e6, train_bn=True
+    )
     kerasft.freeze(shipped_model)
     shipped_model.compile(keras.optimizers.Adam(1e-4), LOSS)
     shipped_model.fit(x[:64], y[:64], batch_size=32, epochs=3, verbose=0, callbacks=[cb])
@@ -138,10 +160,18 @@ def test_phases_from_yaml_and_json_files(tmp_path):
         "  - {layers: 'block2_.*', epoch: 2, lr: 1.0e-4}\n"
     )
     (tmp_path / "phases.yaml").write_text(yaml_text)
-    (tmp_path / "phases.json").write_text(json.dumps([
-        {"layers": ["predictions", "fc"], "lr": 1e-3}, {"layers": "block2_.*", "epoch": 2, "lr": 1e-4}]))
-    expected = [{"layers": ["predictions", "fc"], "epoch": 0, "lr": 1e-3},
-                {"layers": ["block2_.*"], "epoch": 2, "lr": 1e-4}]
+    (tmp_path / "phases.json").write_text(
+        json.dumps(
+            [
+                {"layers": ["predictions", "fc"], "lr": 1e-3},
+                {"layers": "block2_.*", "epoch": 2, "lr": 1e-4},
+            ]
+        )
+    )
+    expected = [
+        {"layers": ["predictions", "fc"], "epoch": 0, "lr": 1e-3},
+        {"layers": ["block2_.*"], "epoch": 2, "lr": 1e-4},
+    ]
     assert kerasft.load_phases(tmp_path / "phases.yaml") == expected
     assert kerasft.load_phases(str(tmp_path / "phases.json")) == expected
 
@@ -166,16 +196,32 @@ def test_reduce_on_plateau_scales_schedules(shipped_model, digits_small):
 
 def test_reduce_on_plateau_refuses_unscalable_schedule_before_training(shipped_model, digits_small):
     x, y = digits_small
-    shipped_model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, 100)), LOSS)
-    with pytest.raises(ValueError, match=r"cannot lower the rate of optimizer 'adam\w*': it follows a CosineDecay.*HINT"):
-        shipped_model.fit(x[:32], y[:32], epochs=1, verbose=0, callbacks=[ReduceLROnPlateauScaled()])
+    shipped_model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, 100)), LOSS
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"cannot lower the rate of optimizer 'adam\w*': it follows a CosineDecay.*HINT",
+    ):
+        shipped_model.fit(
+            x[:32], y[:32], epochs=1, verbose=0, callbacks=[ReduceLROnPlateauScaled()]
+        )
     assert int(shipped_model.optimizer.iterations) == 0
 
 
 def test_finetune_gradual_recipe(shipped_model, digits_small):
     logger = PhaseLogger()
-    result = kerasft.finetune(shipped_model, digits_small, recipe="gradual", head_epochs=1, epochs=3,
-                              lr=1e-3, patience=None, callbacks=[logger], verbose=0)
+    result = kerasft.finetune(
+        shipped_model,
+        digits_small,
+        recipe="gradual",
+        head_epochs=1,
+        epochs=3,
+        lr=1e-3,
+        patience=None,
+        callbacks=[logger],
+        verbose=0,
+    )
     stages = result.stages
     assert [s.epoch for s in stages] == [0, 1, 2, 3]
     assert stages[0].layers == ["predictions"] and stages[1].layers == ["fc"]
@@ -185,64 +231,132 @@ def test_finetune_gradual_recipe(shipped_model, digits_small):
     assert counts[1] - counts[0] == _params(result.model, ["fc"])
     assert result.phases[0].name == "gradual" and result.phases[0].trainable_params == counts[-1]
     assert isinstance(result.model.optimizer, keras.optimizers.MultiOptimizer)
-    assert not any(lyr.trainable for lyr in result.model.layers
-                   if isinstance(lyr, keras.layers.BatchNormalization))
+    assert not any(
+        lyr.trainable
+        for lyr in result.model.layers
+        if isinstance(lyr, keras.layers.BatchNormalization)
+    )
 
 
 def test_finetune_gradual_on_a_nested_backbone(digits_small):
-    result = kerasft.finetune(nested_model(), digits_small, recipe="gradual", head_epochs=1, epochs=2,
-                              patience=None, verbose=0)
+    result = kerasft.finetune(
+        nested_model(),
+        digits_small,
+        recipe="gradual",
+        head_epochs=1,
+        epochs=2,
+        patience=None,
+        verbose=0,
+    )
     # The lone BatchNormalization group joins the convolution below it.
     assert [s.layers for s in result.stages] == [
-        ["head"], ["backbone/conv2"], ["backbone/bn1", "backbone/conv1"]]
+        ["head"],
+        ["backbone/conv2"],
+        ["backbone/bn1", "backbone/conv1"],
+    ]
     assert result.model.get_layer("backbone").get_layer("conv1").trainable
     assert not result.model.get_layer("backbone").get_layer("bn1").trainable
 
 
 def test_finetune_phase_file_with_ema_and_plateau(shipped_model, digits_small, tmp_path):
     path = tmp_path / "phases.json"
-    path.write_text(json.dumps({"phases": [{"layers": ["predictions", "fc"], "lr": 2e-3},
-                                           {"layers": r"block2_conv\d", "epoch": 1}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "phases": [
+                    {"layers": ["predictions", "fc"], "lr": 2e-3},
+                    {"layers": r"block2_conv\d", "epoch": 1},
+                ]
+            }
+        )
+    )
     logger = PhaseLogger()
-    result = kerasft.finetune(shipped_model, digits_small, recipe=str(path), epochs=2, lr=1e-3, use_ema=True,
-                              reduce_on_plateau=True, layer_decay=0.5, callbacks=[logger], verbose=0)
+    result = kerasft.finetune(
+        shipped_model,
+        digits_small,
+        recipe=str(path),
+        epochs=2,
+        lr=1e-3,
+        use_ema=True,
+        reduce_on_plateau=True,
+        layer_decay=0.5,
+        callbacks=[logger],
+        verbose=0,
+    )
     assert [r["unfreeze_phase"] for r in logger.records] == [0, 1]
     assert logger.records[1]["trainable_params"] - logger.records[0]["trainable_params"] == _params(
-        result.model, ["block2_conv1", "block2_conv2"])
+        result.model, ["block2_conv1", "block2_conv2"]
+    )
     assert all(o.use_ema for o in result.model.optimizer.optimizers)
     assert [s.lr for s in result.stages] == pytest.approx([2e-3, 1e-4])
     assert result.best_val_accuracy is not None
 
 
 def test_errors(shipped_model, digits_small):
-    with pytest.raises(ValueError, match=r"Argument `unfreeze_every` must be an integer >= 1 or None. Received: unfreeze_every=0"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `unfreeze_every` must be an integer >= 1 or None. Received: unfreeze_every=0",
+    ):
         GradualUnfreezing(unfreeze_every=0)
     with pytest.raises(ValueError, match=r"Phase 1 has unknown keys \['lrate'\]. Valid keys are"):
         kerasft.load_phases([{"layers": "a"}, {"layers": "b", "epoch": 1, "lrate": 0.1}])
     with pytest.raises(ValueError, match=r"Phase epochs must increase. Received: \[0, 3, 2\]"):
-        kerasft.load_phases([{"layers": "a"}, {"layers": "b", "epoch": 3}, {"layers": "c", "epoch": 2}])
+        kerasft.load_phases(
+            [{"layers": "a"}, {"layers": "b", "epoch": 3}, {"layers": "c", "epoch": 2}]
+        )
     with pytest.raises(ValueError, match=r"Argument `phases`: no file at 'missing.yaml'"):
         kerasft.load_phases("missing.yaml")
-    with pytest.raises(ValueError, match=r"Argument `factor` must be in \(0, 1\). Received: factor=1.5"):
+    with pytest.raises(
+        ValueError, match=r"Argument `factor` must be in \(0, 1\). Received: factor=1.5"
+    ):
         ReduceLROnPlateauScaled(factor=1.5)
     with pytest.raises(ValueError, match=r"is not compiled.*HINT"):
         unfreezing.sync_optimizer(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
     x, y = digits_small
     shipped_model.compile(keras.optimizers.Adam(), LOSS)
-    with pytest.raises(ValueError, match=r"No layer of model .* matches 'head' in argument `phases\[0\]\['layers'\]`"):
-        shipped_model.fit(x[:32], y[:32], verbose=0, callbacks=[GradualUnfreezing([{"layers": "head"}])])
-    with pytest.raises(ValueError, match=r"keras.callbacks.ReduceLROnPlateau.*HINT: pass reduce_on_plateau=True"):
-        kerasft.finetune(shipped_model, digits_small, callbacks=[keras.callbacks.ReduceLROnPlateau()], verbose=0)
-    with pytest.raises(ValueError, match=r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"No layer of model .* matches 'head' in argument `phases\[0\]\['layers'\]`",
+    ):
+        shipped_model.fit(
+            x[:32], y[:32], verbose=0, callbacks=[GradualUnfreezing([{"layers": "head"}])]
+        )
+    with pytest.raises(
+        ValueError, match=r"keras.callbacks.ReduceLROnPlateau.*HINT: pass reduce_on_plateau=True"
+    ):
+        kerasft.finetune(
+            shipped_model, digits_small, callbacks=[keras.callbacks.ReduceLROnPlateau()], verbose=0
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\]",
+    ):
         kerasft.finetune(shipped_model, digits_small, recipe="slow", verbose=0)
     with pytest.raises(ValueError, match=r"Argument `recipe`: phases \[1\] have no `epoch`.*HINT"):
-        kerasft.finetune(shipped_model, digits_small, recipe=[{"layers": "fc"}, {"layers": "block2_.*"}], verbose=0)
+        kerasft.finetune(
+            shipped_model,
+            digits_small,
+            recipe=[{"layers": "fc"}, {"layers": "block2_.*"}],
+            verbose=0,
+        )
     with pytest.raises(ValueError, match=r"the run lasts 2 epochs.*HINT: raise `epochs`"):
-        kerasft.finetune(shipped_model, digits_small, recipe=[{"layers": "fc"}, {"layers": "block2_.*", "epoch": 2}],
-                         epochs=2, verbose=0)
-    with pytest.raises(ValueError, match=r"Argument `reduce_on_plateau` must be True, False, None or a dict"):
+        kerasft.finetune(
+            shipped_model,
+            digits_small,
+            recipe=[{"layers": "fc"}, {"layers": "block2_.*", "epoch": 2}],
+            epochs=2,
+            verbose=0,
+        )
+    with pytest.raises(
+        ValueError, match=r"Argument `reduce_on_plateau` must be True, False, None or a dict"
+    ):
         kerasft.finetune(shipped_model, digits_small, reduce_on_plateau=0.5, verbose=0)
-    with pytest.raises(ValueError, match=r"Argument `use_ema` must be True or False. Received: use_ema='yes'"):
+    with pytest.raises(
+        ValueError, match=r"Argument `use_ema` must be True or False. Received: use_ema='yes'"
+    ):
         kerasft.finetune(shipped_model, digits_small, use_ema="yes", verbose=0)
-    with pytest.raises(ValueError, match=r"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes.*Received: unfreeze=2"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes.*Received: unfreeze=2",
+    ):
         kerasft.finetune(shipped_model, digits_small, recipe="gradual", unfreeze=2, verbose=0)

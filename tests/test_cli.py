@@ -17,8 +17,13 @@ from kerasft import cli
 
 def _run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "kerasft.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "kerasft.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.mark.slow
@@ -32,7 +37,13 @@ def test_main_job_defaults_json(tmp_path):
     proc = _run_cli("finetune", "--json", "--export", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(report) >= {"test_accuracy", "pretrained_accuracy", "scratch_accuracy", "seconds", "export_path"}
+    assert set(report) >= {
+        "test_accuracy",
+        "pretrained_accuracy",
+        "scratch_accuracy",
+        "seconds",
+        "export_path",
+    }
     assert report["test_accuracy"] >= 0.95
     assert report["test_accuracy"] - report["scratch_accuracy"] >= 0.02
     assert report["test_accuracy"] > report["pretrained_accuracy"]
@@ -50,15 +61,37 @@ def test_image_folder_data(tmp_path, digits_small):
     x, y = digits_small
     mask = y < 3
     _write_folder(tmp_path / "digits", x[mask], y[mask], ["zero", "one", "two"])
-    assert cli.main(["finetune", "--data", str(tmp_path / "digits"), "--head-epochs", "1",
-                     "--epochs", "1", "--no-scratch", "--no-export", "--json", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "finetune",
+                "--data",
+                str(tmp_path / "digits"),
+                "--head-epochs",
+                "1",
+                "--epochs",
+                "1",
+                "--no-scratch",
+                "--no-export",
+                "--json",
+                "-q",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["finetune", "missing.keras"], "Argument `model`: no file or directory at 'missing.keras'"),
-        (["finetune", "--data", "/nonexistent"], "Argument `--data` must be 'digits' or an existing image folder"),
+        (
+            ["finetune", "missing.keras"],
+            "Argument `model`: no file or directory at 'missing.keras'",
+        ),
+        (
+            ["finetune", "--data", "/nonexistent"],
+            "Argument `--data` must be 'digits' or an existing image folder",
+        ),
         (["finetune", "--recipe", "warp", "--no-export"], "Argument `recipe` must be one of"),
         (["finetune", "--epochs", "-1"], "argument --epochs: must be an integer >= 0, got '-1'"),
     ],
@@ -86,8 +119,21 @@ def test_bad_files_are_one_line_errors_too(tmp_path, capsys, three_digits):
     folder = tmp_path / "dir.yaml"
     folder.mkdir()
     for recipe in (broken, folder):
-        assert cli.main(["finetune", "--recipe", str(recipe), "--data", three_digits, "--no-export",
-                         "--no-scratch", "-q"]) == 2
+        assert (
+            cli.main(
+                [
+                    "finetune",
+                    "--recipe",
+                    str(recipe),
+                    "--data",
+                    three_digits,
+                    "--no-export",
+                    "--no-scratch",
+                    "-q",
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert err.startswith("kerasft finetune: error: ") and "Traceback" not in err
 
@@ -118,13 +164,28 @@ def test_text_task_refuses_the_image_options(capsys):
 
 
 @pytest.mark.slow
-def test_saved_model_directory_fine_tunes_from_the_cli(tmp_path, shipped_model, capsys, three_digits):
+def test_saved_model_directory_fine_tunes_from_the_cli(
+    tmp_path, shipped_model, capsys, three_digits
+):
     # The CLI copied the loaded model, which a SavedModel's layer refuses ("pass copy=False").
     from kerasft.export import export_model
 
     export_model(shipped_model, tmp_path / "exported")
-    code = cli.main(["finetune", str(tmp_path / "exported"), "--data", three_digits, "--head-epochs", "1",
-                     "--epochs", "1", "--no-export", "--json", "-q"])
+    code = cli.main(
+        [
+            "finetune",
+            str(tmp_path / "exported"),
+            "--data",
+            three_digits,
+            "--head-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--no-export",
+            "--json",
+            "-q",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads(out.strip().splitlines()[-1])
@@ -170,22 +231,32 @@ finally:
 """
 
 
-def _run_console_script(*args: str, cwd=None, timeout: int = 600) -> tuple[subprocess.CompletedProcess, list]:
+def _run_console_script(
+    *args: str, cwd=None, timeout: int = 600
+) -> tuple[subprocess.CompletedProcess, list]:
     """Run ``kerasft ARGS`` as the console script does, output piped; also return what it loaded."""
     import tempfile
 
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with tempfile.TemporaryDirectory() as bin_dir:
-        script = os.path.join(bin_dir, "kerasft")  # the name decides: `import kerasft` defers the library
+        script = os.path.join(
+            bin_dir, "kerasft"
+        )  # the name decides: `import kerasft` defers the library
         with open(script, "w", encoding="utf-8") as f:
             f.write(_CONSOLE_SCRIPT)
-        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=cwd or ROOT)
+        proc = subprocess.run(
+            [sys.executable, script, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=cwd or ROOT,
+        )
     head, _, last = proc.stderr.rstrip("\n").rpartition("\n")
     assert last.startswith("loaded: "), proc.stderr[-2000:]
     proc.stderr = head
-    return proc, json.loads(last[len("loaded: "):])
+    return proc, json.loads(last[len("loaded: ") :])
 
 
 def test_console_script_is_the_cli():
@@ -196,14 +267,27 @@ def test_console_script_is_the_cli():
     assert "kerasft = kerasft.cli:main" in setup["options.entry_points"]["console_scripts"]
 
 
-@pytest.mark.parametrize("args, status, out, err", [
-    (["--help"], 0, "usage: kerasft [-h] [--version] COMMAND", ""),
-    (["lr-find", "--help"], 0, "labelled examples per class", ""),
-    (["--version"], 0, f"kerasft {cli._version()}\n", ""),
-    ([], 2, "usage: kerasft", ""),
-    (["finetune", "--epocs", "3"], 2, "", "unrecognized arguments: --epocs. Did you mean --epochs?"),
-    (["finetune", "--epochs", "-1"], 2, "", "argument --epochs: must be an integer >= 0, got '-1'"),
-])
+@pytest.mark.parametrize(
+    "args, status, out, err",
+    [
+        (["--help"], 0, "usage: kerasft [-h] [--version] COMMAND", ""),
+        (["lr-find", "--help"], 0, "labelled examples per class", ""),
+        (["--version"], 0, f"kerasft {cli._version()}\n", ""),
+        ([], 2, "usage: kerasft", ""),
+        (
+            ["finetune", "--epocs", "3"],
+            2,
+            "",
+            "unrecognized arguments: --epocs. Did you mean --epochs?",
+        ),
+        (
+            ["finetune", "--epochs", "-1"],
+            2,
+            "",
+            "argument --epochs: must be an integer >= 0, got '-1'",
+        ),
+    ],
+)
 def test_help_version_and_usage_errors_are_quick_and_quiet(args, status, out, err):
     """Answered without importing TensorFlow: no start-up log lines, no seconds of loading."""
     proc, loaded = _run_console_script(*args, timeout=120)
@@ -227,14 +311,25 @@ def test_version_is_the_package_version(capsys):
     assert capsys.readouterr().out == f"kerasft {kerasft.__version__}\n"
 
 
-@pytest.mark.parametrize("argv, hint", [
-    (["finetune", "--epocs", "3"], "unrecognized arguments: --epocs. Did you mean --epochs?"),
-    (["finetune", "--bach-size=8"], "unrecognized arguments: --bach-size=8. Did you mean --batch-size?"),
-    (["export", "m.keras", "out", "--overwirte", "--qantize", "int8"],
-     "Did you mean --overwrite for --overwirte, --quantize for --qantize?"),
-    (["--verison"], "kerasft: error: unrecognized arguments: --verison. Did you mean --version?"),
-    (["lr-find", "--plott", "lr.png"], "Did you mean --plot?"),
-])
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["finetune", "--epocs", "3"], "unrecognized arguments: --epocs. Did you mean --epochs?"),
+        (
+            ["finetune", "--bach-size=8"],
+            "unrecognized arguments: --bach-size=8. Did you mean --batch-size?",
+        ),
+        (
+            ["export", "m.keras", "out", "--overwirte", "--qantize", "int8"],
+            "Did you mean --overwrite for --overwirte, --quantize for --qantize?",
+        ),
+        (
+            ["--verison"],
+            "kerasft: error: unrecognized arguments: --verison. Did you mean --version?",
+        ),
+        (["lr-find", "--plott", "lr.png"], "Did you mean --plot?"),
+    ],
+)
 def test_unknown_option_suggests_the_closest_flag(argv, hint, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
@@ -261,27 +356,51 @@ def test_every_option_of_every_command_has_help():
         assert "options:" in command.format_help()
 
 
-@pytest.mark.parametrize("message, command, expected", [
-    ("Argument `path`: 'out' already exists. Pass overwrite=True to replace it, or choose a new path.",
-     "finetune", "Argument `--export`: 'out' already exists. Pass --overwrite to replace it, or choose a new path."),
-    ("Argument `path`: 'out' already exists. Pass overwrite=True to replace it.",
-     "export", "Argument `path`: 'out' already exists. Pass --overwrite to replace it."),
-    ("Argument `lr='find'` sweeps the rate of a head trained by gradient, but recipe='auto' fits the head in "
-     "closed form. HINT: pass lr=<rate>, or recipe='lp-ft' with lr='find'.", "finetune",
-     "Argument `--lr 'find'` sweeps the rate of a head trained by gradient, but --recipe 'auto' fits the head in "
-     "closed form. HINT: pass --lr <rate>, or --recipe 'lp-ft' with --lr 'find'."),
-    ("Argument `quantize='float16'` applies to format='tflite' only. Received: format='saved_model'. "
-     "HINT: a SavedModel keeps float weights; pass quantize=None.", "export",
-     "Argument `--quantize 'float16'` applies to --format 'tflite' only. Received: --format 'saved_model'. "
-     "HINT: a SavedModel keeps float weights; leave out --quantize."),
-    ("Arguments `head_epochs=0` and `epochs=0` leave nothing to train. Received: finetune_lr=-1.0.", "finetune",
-     "Arguments `--head-epochs 0` and `--epochs 0` leave nothing to train. Received: --finetune-lr -1.0."),
-    ("and safe_mode=True refuses that. If you trust the file, pass safe_mode=False (CLI: --unsafe).", "lr-find",
-     "and safe mode (on unless --unsafe) refuses that. If you trust the file, pass --unsafe."),
-    # Not options of the command: left as the library wrote them.
-    ("Argument `pattern='x'` matches no layer; pass task='regression' or class_weight=None.", "finetune",
-     "Argument `pattern='x'` matches no layer; pass task='regression' or class_weight=None."),
-])
+@pytest.mark.parametrize(
+    "message, command, expected",
+    [
+        (
+            "Argument `path`: 'out' already exists. Pass overwrite=True to replace it, or choose a new path.",
+            "finetune",
+            "Argument `--export`: 'out' already exists. Pass --overwrite to replace it, or choose a new path.",
+        ),
+        (
+            "Argument `path`: 'out' already exists. Pass overwrite=True to replace it.",
+            "export",
+            "Argument `path`: 'out' already exists. Pass --overwrite to replace it.",
+        ),
+        (
+            "Argument `lr='find'` sweeps the rate of a head trained by gradient, but recipe='auto' fits the head in "
+            "closed form. HINT: pass lr=<rate>, or recipe='lp-ft' with lr='find'.",
+            "finetune",
+            "Argument `--lr 'find'` sweeps the rate of a head trained by gradient, but --recipe 'auto' fits the head in "
+            "closed form. HINT: pass --lr <rate>, or --recipe 'lp-ft' with --lr 'find'.",
+        ),
+        (
+            "Argument `quantize='float16'` applies to format='tflite' only. Received: format='saved_model'. "
+            "HINT: a SavedModel keeps float weights; pass quantize=None.",
+            "export",
+            "Argument `--quantize 'float16'` applies to --format 'tflite' only. Received: --format 'saved_model'. "
+            "HINT: a SavedModel keeps float weights; leave out --quantize.",
+        ),
+        (
+            "Arguments `head_epochs=0` and `epochs=0` leave nothing to train. Received: finetune_lr=-1.0.",
+            "finetune",
+            "Arguments `--head-epochs 0` and `--epochs 0` leave nothing to train. Received: --finetune-lr -1.0.",
+        ),
+        (
+            "and safe_mode=True refuses that. If you trust the file, pass safe_mode=False (CLI: --unsafe).",
+            "lr-find",
+            "and safe mode (on unless --unsafe) refuses that. If you trust the file, pass --unsafe.",
+        ),
+        # Not options of the command: left as the library wrote them.
+        (
+            "Argument `pattern='x'` matches no layer; pass task='regression' or class_weight=None.",
+            "finetune",
+            "Argument `pattern='x'` matches no layer; pass task='regression' or class_weight=None.",
+        ),
+    ],
+)
 def test_keywords_in_messages_become_the_commands_flags(message, command, expected):
     assert cli._in_flags(message, command) == expected
 
@@ -291,10 +410,16 @@ def test_errors_name_the_flags_not_the_keywords(tmp_path, shipped_model_path, ca
     earlier.mkdir()
     assert cli.main(["finetune", "--export", str(earlier), "-q"]) == 2
     err = capsys.readouterr().err
-    assert f"Argument `--export`: {str(earlier)!r} already exists. Pass --overwrite to replace it" in err
+    assert (
+        f"Argument `--export`: {str(earlier)!r} already exists. Pass --overwrite to replace it"
+        in err
+    )
     assert "overwrite=True" not in err
 
-    assert cli.main(["export", shipped_model_path, str(tmp_path / "out"), "--quantize", "float16"]) == 2
+    assert (
+        cli.main(["export", shipped_model_path, str(tmp_path / "out"), "--quantize", "float16"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Argument `--quantize 'float16'` applies to --format 'tflite' only" in err
     assert "leave out --quantize" in err and "quantize=" not in err
@@ -313,15 +438,37 @@ def test_export_to_a_tflite_path_writes_tflite(tmp_path, shipped_model_path, cap
         assert f.read(8)[4:] == b"TFL3"  # a TFLite flatbuffer, not a SavedModel directory
     assert read_export_metadata(str(path))["format"] == "tflite"
     # An explicit --format still wins, and says what is wrong with the name.
-    assert cli.main(["export", shipped_model_path, str(tmp_path / "m.tflite"), "--format", "saved_model",
-                     "--data", "none"]) == 2
+    assert (
+        cli.main(
+            [
+                "export",
+                shipped_model_path,
+                str(tmp_path / "m.tflite"),
+                "--format",
+                "saved_model",
+                "--data",
+                "none",
+            ]
+        )
+        == 2
+    )
     assert "--format 'tflite'" in capsys.readouterr().err
 
 
 def test_piped_output_has_per_epoch_lines_and_no_escape_codes(tmp_path, three_digits):
     """Output to a pipe or file: Keras's per-epoch lines, not a progress bar redrawn with ANSI codes."""
-    proc, loaded = _run_console_script("finetune", "--data", three_digits, "--head-epochs", "1", "--epochs", "1",
-                                       "--no-scratch", "--no-export", cwd=str(tmp_path))
+    proc, loaded = _run_console_script(
+        "finetune",
+        "--data",
+        three_digits,
+        "--head-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--no-scratch",
+        "--no-export",
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tensorflow" in loaded and "kerasft library" in loaded
     assert "\x1b[" not in proc.stdout and "\x1b[" not in proc.stderr
@@ -333,15 +480,26 @@ def test_piped_output_has_per_epoch_lines_and_no_escape_codes(tmp_path, three_di
     best = re.search(r"kerasft: done; best val_loss (\S+) in phase", proc.stdout)[1]
     assert best == format(float(best), ".4g")
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("kerasft: test accuracy ") and "None" not in last and "pretrained" not in last
+    assert (
+        last.startswith("kerasft: test accuracy ")
+        and "None" not in last
+        and "pretrained" not in last
+    )
     assert "from scratch" not in last
 
 
 def test_result_line_leaves_out_baselines_not_measured():
-    report = {"test_accuracy": 0.9788, "pretrained_accuracy": 0.66, "scratch_accuracy": 0.9028,
-              "seconds": 8.3, "export_path": "out"}
-    assert cli._result_line(report) == ("kerasft: test accuracy 0.9788 after fine-tuning | pretrained 0.6600 | "
-                                        "from scratch 0.9028 | 8.3 s | exported to out")
+    report = {
+        "test_accuracy": 0.9788,
+        "pretrained_accuracy": 0.66,
+        "scratch_accuracy": 0.9028,
+        "seconds": 8.3,
+        "export_path": "out",
+    }
+    assert cli._result_line(report) == (
+        "kerasft: test accuracy 0.9788 after fine-tuning | pretrained 0.6600 | "
+        "from scratch 0.9028 | 8.3 s | exported to out"
+    )
     report.update(pretrained_accuracy=None, scratch_accuracy=None, export_path=None)
     assert cli._result_line(report) == "kerasft: test accuracy 0.9788 after fine-tuning | 8.3 s"
 

@@ -40,7 +40,9 @@ def tf_keras_cnn(split):
     tfk.utils.set_random_seed(0)
     model = _tf_keras_cnn()
     model.get_layer("conv1").trainable = False
-    model.compile(tfk.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        tfk.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(split.x_train, split.y_train, epochs=3, batch_size=32, verbose=0)
     return model
 
@@ -83,14 +85,18 @@ def test_cnn_keeps_predictions_names_flags_and_bn_statistics(tf_keras_cnn, split
     model = result.model
     assert isinstance(model, keras.Model) and not convert.is_tf_keras(model)
     x = split.x_test[:300]
-    np.testing.assert_allclose(model.predict(x, verbose=0), tf_keras_cnn.predict(x, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), tf_keras_cnn.predict(x, verbose=0), rtol=0, atol=1e-5
+    )
     assert result.max_abs_diff is not None and result.max_abs_diff < 1e-5
     assert _flags(model) == _flags(tf_keras_cnn)
     assert not model.get_layer("conv1").trainable and model.get_layer("conv2").trainable
     for name in ("bn1", "bn2"):
         moved = tf_keras_cnn.get_layer(name).moving_mean.numpy()
         assert np.abs(moved).max() > 1e-3, "the fixture's statistics must have left their init"
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer(name).moving_mean), moved)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(model.get_layer(name).moving_mean), moved
+        )
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(model.get_layer(name).moving_variance),
             tf_keras_cnn.get_layer(name).moving_variance.numpy(),
@@ -105,7 +111,9 @@ def test_nested_functional_and_shared_sequential(split):
     y = L.Conv2D(8, 3, name="conv")(y)
     y = L.BatchNormalization(name="bn")(y)
     backbone = tfk.Model(inner_in, L.GlobalAveragePooling2D(name="gap")(y), name="backbone")
-    block = tfk.Sequential([L.Dense(8, activation="relu", name="fc", input_shape=(8,))], name="block")
+    block = tfk.Sequential(
+        [L.Dense(8, activation="relu", name="fc", input_shape=(8,))], name="block"
+    )
     inputs = tfk.Input((28, 28, 1))
     features = backbone(inputs)
     twice = block(L.Dense(8, name="proj")(block(features)))  # a nested model called twice
@@ -118,7 +126,9 @@ def test_nested_functional_and_shared_sequential(split):
     result = convert.to_keras3(model)
     converted = result.model
     x = split.x_test[:200]
-    np.testing.assert_allclose(converted.predict(x, verbose=0), model.predict(x, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        converted.predict(x, verbose=0), model.predict(x, verbose=0), rtol=0, atol=1e-5
+    )
     assert _flags(converted) == _flags(model)
     assert [layer.name for layer in converted.get_layer("backbone").layers] == [
         layer.name for layer in backbone.layers
@@ -130,12 +140,16 @@ def test_legacy_h5_through_kerasft_load_model(legacy_h5, tf_keras_cnn, split, tm
     assert convert.is_legacy_file(legacy_h5)
     model = kerasft.load_model(legacy_h5)
     x = split.x_test[:300]
-    np.testing.assert_allclose(model.predict(x, verbose=0), tf_keras_cnn.predict(x, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), tf_keras_cnn.predict(x, verbose=0), rtol=0, atol=1e-5
+    )
     # A .h5 written by Keras 3 is not legacy: it loads as before.
     keras3_h5 = str(tmp_path / "keras3.h5")
     model.save(keras3_h5)
     assert not convert.is_legacy_file(keras3_h5)
-    np.testing.assert_allclose(kerasft.load_model(keras3_h5).predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_allclose(
+        kerasft.load_model(keras3_h5).predict(x, verbose=0), model.predict(x, verbose=0)
+    )
 
     result = convert.to_keras3(legacy_h5)
     assert result.saved_by == tfk.__version__ and result.max_abs_diff < 1e-5
@@ -145,15 +159,18 @@ def test_legacy_h5_through_kerasft_load_model(legacy_h5, tf_keras_cnn, split, tm
 def test_finetune_from_legacy_h5_improves_on_pretrained(mnist_pretrained_h5, split):
     path, pretrained = mnist_pretrained_h5
     before = _accuracy(pretrained, split.x_test, split.y_test)
-    result = kerasft.finetune(path, (split.x_train, split.y_train), head_epochs=3, epochs=5, lr=1e-3, verbose=0)
+    result = kerasft.finetune(
+        path, (split.x_train, split.y_train), head_epochs=3, epochs=5, lr=1e-3, verbose=0
+    )
     after = _accuracy(result.model, split.x_test, split.y_test)
     assert after > before + 0.05, (before, after)
 
 
 def test_finetune_converts_a_tf_keras_model_first(tf_keras_cnn, split, capsys):
     # Needs kerasft/engine/runner.py::prepare_run to call convert.to_keras3 on tf_keras models.
-    result = kerasft.finetune(tf_keras_cnn, (split.x_train, split.y_train), head_epochs=1, epochs=1, lr=1e-3,
-                              verbose=1)
+    result = kerasft.finetune(
+        tf_keras_cnn, (split.x_train, split.y_train), head_epochs=1, epochs=1, lr=1e-3, verbose=1
+    )
     assert isinstance(result.model, keras.Model) and not convert.is_tf_keras(result.model)
     assert "kerasft: converted tf_keras model 'legacy_cnn'" in capsys.readouterr().out
 
@@ -171,7 +188,9 @@ def test_lambda_refused_under_safe_mode_with_the_recipe(split):
 
     trusted = convert.to_keras3(model, safe_mode=False)
     x = split.x_test[:100]
-    np.testing.assert_allclose(trusted.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        trusted.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
     assert any("'tf'" in change for change in trusted.changes)  # says it will not survive a reload
 
 
@@ -194,9 +213,15 @@ def test_lambda_in_a_keras2_file_never_runs_under_safe_mode(tmp_path, split, sav
     _marking_lambda_model(marker).save(path, save_format=save_format)
     marker.unlink()  # saving traced the model once
     data = (split.x_train[:20], split.y_train[:20])
-    for call in (lambda: convert.to_keras3(path), lambda: kerasft.load_model(path),
-                 lambda: kerasft.plan(path, data), lambda: kerasft.finetune(path, data, verbose=0)):
-        with pytest.raises(convert.ConversionError, match=r"'code' \(Lambda\): its Python function would run"):
+    for call in (
+        lambda: convert.to_keras3(path),
+        lambda: kerasft.load_model(path),
+        lambda: kerasft.plan(path, data),
+        lambda: kerasft.finetune(path, data, verbose=0),
+    ):
+        with pytest.raises(
+            convert.ConversionError, match=r"'code' \(Lambda\): its Python function would run"
+        ):
             call()
         assert not marker.exists()
 
@@ -232,7 +257,11 @@ def test_unconvertible_layers_each_named_with_a_recipe():
     with pytest.raises(convert.ConversionError) as info:
         convert.to_keras3(model)
     found = {p.layer: p.class_name for p in info.value.problems}
-    assert found == {"custom": "_Scale", "tf.math.multiply": "TFOpLambda", "local": "LocallyConnected2D"}
+    assert found == {
+        "custom": "_Scale",
+        "tf.math.multiply": "TFOpLambda",
+        "local": "LocallyConnected2D",
+    }
     message = str(info.value)
     assert "custom_objects={'_Scale': MyLayer}" in message
     assert "kerasft.convert.copy_weights(tf_keras_model, keras3_model)" in message
@@ -247,7 +276,9 @@ def test_custom_layer_converts_with_its_keras3_class(split):
     result = convert.to_keras3(model, custom_objects={"_Scale": Scale})
     assert isinstance(result.model.get_layer("custom"), Scale)
     x = split.x_test[:100]
-    np.testing.assert_allclose(result.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        result.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
 
 
 def test_copy_weights_is_the_hand_conversion(split):
@@ -257,13 +288,21 @@ def test_copy_weights_is_the_hand_conversion(split):
     with pytest.raises(convert.ConversionError, match="TFOpLambda"):
         convert.to_keras3(model)
     k_in = keras.Input((28, 28, 1))
-    y = keras.layers.Conv2D(4, 3, name="conv")(keras.layers.Rescaling(1 / 255.0, name="rescale")(k_in))
-    rebuilt = keras.Model(k_in, keras.layers.Dense(10, name="head")(keras.layers.Flatten(name="flat")(y)))
+    y = keras.layers.Conv2D(4, 3, name="conv")(
+        keras.layers.Rescaling(1 / 255.0, name="rescale")(k_in)
+    )
+    rebuilt = keras.Model(
+        k_in, keras.layers.Dense(10, name="head")(keras.layers.Flatten(name="flat")(y))
+    )
     assert convert.copy_weights(model, rebuilt) == ["conv", "head"]
     x = split.x_test[:100]
-    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        rebuilt.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
     with pytest.raises(ValueError, match="'head'.*shapes"):
-        convert.copy_weights(model, keras.Sequential([keras.Input((3,)), keras.layers.Dense(10, name="head")]))
+        convert.copy_weights(
+            model, keras.Sequential([keras.Input((3,)), keras.layers.Dense(10, name="head")])
+        )
 
 
 def test_sequence_model_translations_survive_save_and_load(split, tmp_path):
@@ -285,16 +324,21 @@ def test_sequence_model_translations_survive_save_and_load(split, tmp_path):
     np.testing.assert_allclose(result.model.predict(x, verbose=0), expected, atol=1e-5)
     path = str(tmp_path / "converted.keras")
     result.model.save(path)
-    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.models.load_model(path).predict(x, verbose=0), expected, atol=1e-5
+    )
 
 
 def test_tf_keras_mobilenet_v2(split):
-    model = tfk.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=10)
+    model = tfk.applications.MobileNetV2(
+        weights=None, alpha=0.35, input_shape=(32, 32, 3), classes=10
+    )
     result = convert.to_keras3(model)
     images = tf.image.resize(split.x_test[:32], (32, 32)).numpy()
     images = np.repeat(images / 127.5 - 1.0, 3, axis=-1)
-    np.testing.assert_allclose(result.model.predict(images, verbose=0), model.predict(images, verbose=0),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        result.model.predict(images, verbose=0), model.predict(images, verbose=0), rtol=0, atol=1e-5
+    )
     assert len(result.model.layers) == len(model.layers)
     assert any("groups=1" in c for c in result.changes)  # its DepthwiseConv2D layers
 

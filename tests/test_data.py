@@ -50,11 +50,18 @@ def test_tfds_builder_offline(tmp_path, digits_small, shipped_model):
     x, y = digits_small
     ds = tf.data.Dataset.from_tensor_slices({"image": x.astype("uint8"), "label": y})
     tfds.dataset_builders.store_as_tfds_dataset(
-        name="digits_small", version="1.0.0",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10)}),
-        split_datasets={"train": ds}, data_dir=str(tmp_path), config=None, description="digits",
+        name="digits_small",
+        version="1.0.0",
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(28, 28, 1)),
+                "label": tfds.features.ClassLabel(num_classes=10),
+            }
+        ),
+        split_datasets={"train": ds},
+        data_dir=str(tmp_path),
+        config=None,
+        description="digits",
     )
     builder = tfds.builder_from_directory(str(tmp_path / "digits_small" / "1.0.0"))
     p = data_lib.prepare_data(builder, model=shipped_model)
@@ -76,7 +83,8 @@ def test_one_hot_and_binary_detection(digits_small):
 def test_random_pipelines_are_streamed_not_frozen(digits_small, shipped_model):
     x, y = digits_small
     ds = tf.data.Dataset.from_tensor_slices((x, y)).map(
-        lambda a, b: (a + tf.random.uniform(tf.shape(a), 0, 1), b))
+        lambda a, b: (a + tf.random.uniform(tf.shape(a), 0, 1), b)
+    )
     assert data_lib.has_random_ops(ds)
     assert not data_lib.has_random_ops(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(10))
     p = data_lib.prepare_data(ds, model=shipped_model, validation_split=0.25, seed=0)
@@ -91,14 +99,23 @@ def test_random_pipelines_are_streamed_not_frozen(digits_small, shipped_model):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda x, y: (x, y + 5), r"label 14 is out of range for num_classes=10; labels must be in \[0, 10\)"),
+        (
+            lambda x, y: (x, y + 5),
+            r"label 14 is out of range for num_classes=10; labels must be in \[0, 10\)",
+        ),
         (lambda x, y: (x, y - 1), r"labels must be in \[0, num_classes\), but the smallest is -1"),
         (lambda x, y: (x, y + 0.5), r"labels are floats that are not class indices"),
-        (lambda x, y: (x[:, :8, :8], y), r"each input has shape \(8, 8, 1\), but the model expects \(28, 28, 1\)"),
+        (
+            lambda x, y: (x[:, :8, :8], y),
+            r"each input has shape \(8, 8, 1\), but the model expects \(28, 28, 1\)",
+        ),
         (lambda x, y: (x[:0], y[:0]), r"Argument `data` is empty"),
         (lambda x, y: (x, y[:10]), r"x and y must have the same length"),
         (lambda x, y: (np.where(x > 250, np.nan, x), y), r"inputs contain NaN or inf"),
-        (lambda x, y: (x, keras.utils.to_categorical(y, 12)), r"does not match the one-hot label width 12"),
+        (
+            lambda x, y: (x, keras.utils.to_categorical(y, 12)),
+            r"does not match the one-hot label width 12",
+        ),
         (lambda x, y: (x, np.zeros_like(y)), r"a classifier needs at least 2 classes"),
         (lambda x, y: (x, np.where(y == 3, 4, y)), r"classes \[3\] have no examples"),
     ],
@@ -121,21 +138,48 @@ def test_wrong_structure_messages(digits_small, shipped_model):
     with pytest.raises(TypeError, match=r"Received: str"):
         data_lib.prepare_data("not data", model=shipped_model)
     with pytest.raises(ValueError, match=r"Argument `data` is empty"):
-        data_lib.prepare_data(tf.data.Dataset.from_tensor_slices((x, y)).take(0), model=shipped_model)
-    with pytest.raises(ValueError, match=r"Argument `validation_split` must be in \[0, 1\). Received: validation_split=1.5"):
+        data_lib.prepare_data(
+            tf.data.Dataset.from_tensor_slices((x, y)).take(0), model=shipped_model
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `validation_split` must be in \[0, 1\). Received: validation_split=1.5",
+    ):
         data_lib.prepare_data((x, y), validation_split=1.5)
 
 
 def _tiny_roberta():
     import keras_hub
 
-    vocabulary = {"<s>": 0, "<pad>": 1, "</s>": 2, "<mask>": 3, "<unk>": 4, "a": 5, "b": 6, "Ġa": 7,
-                  "Ġb": 8, "ab": 9, "Ġab": 10, "Ġ": 11}
-    tokenizer = keras_hub.models.RobertaTokenizer(vocabulary=vocabulary, merges=["a b", "Ġ a", "Ġ b", "Ġa b"])
+    vocabulary = {
+        "<s>": 0,
+        "<pad>": 1,
+        "</s>": 2,
+        "<mask>": 3,
+        "<unk>": 4,
+        "a": 5,
+        "b": 6,
+        "Ġa": 7,
+        "Ġb": 8,
+        "ab": 9,
+        "Ġab": 10,
+        "Ġ": 11,
+    }
+    tokenizer = keras_hub.models.RobertaTokenizer(
+        vocabulary=vocabulary, merges=["a b", "Ġ a", "Ġ b", "Ġa b"]
+    )
     preprocessor = keras_hub.models.RobertaTextClassifierPreprocessor(tokenizer, sequence_length=8)
-    backbone = keras_hub.models.RobertaBackbone(vocabulary_size=12, num_layers=1, num_heads=2, hidden_dim=8,
-                                                intermediate_dim=16, max_sequence_length=16)
-    return keras_hub.models.RobertaTextClassifier(backbone, num_classes=2, preprocessor=preprocessor)
+    backbone = keras_hub.models.RobertaBackbone(
+        vocabulary_size=12,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=16,
+    )
+    return keras_hub.models.RobertaTextClassifier(
+        backbone, num_classes=2, preprocessor=preprocessor
+    )
 
 
 def test_tokenizer_that_refuses_numpy_strings_gets_a_tensor():
@@ -146,6 +190,8 @@ def test_tokenizer_that_refuses_numpy_strings_gets_a_tensor():
 
     x = np.array(["a b", "b a", "ab ab", "a", "b b", "a a"] * 4)
     y = np.array([0, 1, 0, 1, 1, 0] * 4)
-    result = kerasft.finetune(_tiny_roberta(), (x, y), head_epochs=1, epochs=1, batch_size=8, verbose=0)
+    result = kerasft.finetune(
+        _tiny_roberta(), (x, y), head_epochs=1, epochs=1, batch_size=8, verbose=0
+    )
     assert result.evaluate((x, y))["accuracy"] >= 0.0
     assert result.model.preprocessor is not None

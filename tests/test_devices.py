@@ -13,8 +13,13 @@ from kerasft.speed import devices
 
 @pytest.mark.parametrize(
     "requested, kinds, expected",
-    [("auto", ["CPU"], False), ("auto", ["CPU", "GPU"], True), ("auto", ["CPU", "TPU"], True),
-     (True, ["CPU"], True), (False, ["CPU", "GPU"], False)],
+    [
+        ("auto", ["CPU"], False),
+        ("auto", ["CPU", "GPU"], True),
+        ("auto", ["CPU", "TPU"], True),
+        (True, ["CPU"], True),
+        (False, ["CPU", "GPU"], False),
+    ],
 )
 def test_choose_jit_compile(requested, kinds, expected):
     use, reason = devices.choose_jit_compile(requested, kinds)
@@ -23,9 +28,14 @@ def test_choose_jit_compile(requested, kinds, expected):
 
 @pytest.mark.parametrize(
     "requested, kinds, bf16, expected",
-    [(None, ["CPU", "GPU"], False, "float32"), (True, ["CPU", "GPU"], False, "mixed_float16"),
-     ("auto", ["CPU", "TPU"], False, "mixed_bfloat16"), (True, ["CPU"], True, "mixed_bfloat16"),
-     (True, ["CPU"], False, "float32"), ("mixed_bfloat16", ["CPU"], False, "mixed_bfloat16")],
+    [
+        (None, ["CPU", "GPU"], False, "float32"),
+        (True, ["CPU", "GPU"], False, "mixed_float16"),
+        ("auto", ["CPU", "TPU"], False, "mixed_bfloat16"),
+        (True, ["CPU"], True, "mixed_bfloat16"),
+        (True, ["CPU"], False, "float32"),
+        ("mixed_bfloat16", ["CPU"], False, "mixed_bfloat16"),
+    ],
 )
 def test_choose_mixed_precision(requested, kinds, bf16, expected):
     assert devices.choose_mixed_precision(requested, kinds, cpu_bf16=bf16)[0] == expected
@@ -76,8 +86,15 @@ def test_apply_mixed_precision_keeps_the_output_float32():
 
 def test_finetune_with_mixed_precision_and_xla(shipped_model, digits_small, tmp_path):
     # bfloat16 compute and XLA on CPU are slow here, but they must work when asked for.
-    result = kerasft.finetune(shipped_model, digits_small, head_epochs=1, epochs=1,
-                              mixed_precision="mixed_bfloat16", jit_compile=True, verbose=0)
+    result = kerasft.finetune(
+        shipped_model,
+        digits_small,
+        head_epochs=1,
+        epochs=1,
+        mixed_precision="mixed_bfloat16",
+        jit_compile=True,
+        verbose=0,
+    )
     speed = result.speed.to_dict()
     assert speed["precision"] == "mixed_bfloat16" and speed["jit_compile"] is True
     assert result.model.output.dtype == "float32"
@@ -91,10 +108,19 @@ def test_finetune_with_mixed_precision_and_xla(shipped_model, digits_small, tmp_
 
 def test_device_argument_errors(shipped_model, digits_small):
     cases = [
-        (dict(jit_compile="yes"), r"Argument `jit_compile` must be True, False or 'auto'\. Received: jit_compile='yes'"),
-        (dict(mixed_precision="fp8"), r"Argument `mixed_precision` must be .*Received: mixed_precision='fp8'"),
-        (dict(steps_per_execution=0), r"Argument `steps_per_execution` must be 'auto' or a positive integer\. "
-                                      r"Received: steps_per_execution=0"),
+        (
+            dict(jit_compile="yes"),
+            r"Argument `jit_compile` must be True, False or 'auto'\. Received: jit_compile='yes'",
+        ),
+        (
+            dict(mixed_precision="fp8"),
+            r"Argument `mixed_precision` must be .*Received: mixed_precision='fp8'",
+        ),
+        (
+            dict(steps_per_execution=0),
+            r"Argument `steps_per_execution` must be 'auto' or a positive integer\. "
+            r"Received: steps_per_execution=0",
+        ),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -48,26 +48,43 @@ def run(distribute):
              else distribute.num_replicas_in_sync}}
 """
 
-_MIRRORED = _COMMON.format(setup="""
+_MIRRORED = (
+    _COMMON.format(
+        setup="""
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-""") + """
+"""
+    )
+    + """
 out = {"single": run(None), "mirrored": run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))}
 print("RESULT " + json.dumps(out))
 """
+)
 
-_WORKER = _COMMON.format(setup="""
+_WORKER = (
+    _COMMON.format(
+        setup="""
 strategy = tf.distribute.MultiWorkerMirroredStrategy()  # at program start, as TensorFlow requires
-""") + """
+"""
+    )
+    + """
 out = run(strategy)
 with open(sys.argv[2], "w") as f:
     json.dump(out, f)
 """
+)
 
 
 def _python(script_path, *args, env=None, **kwargs):
-    return subprocess.Popen([sys.executable, script_path, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, script_path, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _free_ports(n):
@@ -91,7 +108,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, shipped_model_path):
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
     line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     single, mirrored = out["single"], out["mirrored"]
     assert mirrored["replicas"] == 2 and mirrored["variable"] == "MirroredVariable"
     assert single["variable"] == "ResourceVariable"
@@ -108,8 +125,13 @@ def test_multi_worker_matches_one_worker(tmp_path, shipped_model_path):
     procs = []
     try:
         for i in range(2):
-            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-            procs.append(_python(str(script), shipped_model_path, str(tmp_path / f"out{i}.json"), env=env))
+            env = dict(
+                os.environ,
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            )
+            procs.append(
+                _python(str(script), shipped_model_path, str(tmp_path / f"out{i}.json"), env=env)
+            )
         outputs = [p.communicate(timeout=240) for p in procs]
     finally:
         for p in procs:
@@ -124,13 +146,17 @@ def test_multi_worker_matches_one_worker(tmp_path, shipped_model_path):
 
     x, y = datasets.load_digits()
     sp = datasets.few_shot_split(x, y, shots=20, seed=0)
-    one = kerasft.finetune(shipped_model_path, (sp.x_train, sp.y_train), head_epochs=1, epochs=2, verbose=0)
+    one = kerasft.finetune(
+        shipped_model_path, (sp.x_train, sp.y_train), head_epochs=1, epochs=2, verbose=0
+    )
     acc_one = one.evaluate((sp.x_test, sp.y_test))["accuracy"]
     assert acc_one > 0.85 and abs(results[0]["acc"] - acc_one) < 0.05, (results, acc_one)
 
 
 def test_choose_strategy_kind():
-    tf_config = json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}})
+    tf_config = json.dumps(
+        {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
+    )
     assert distribute.choose_strategy_kind({"CPU": 1}, tf_config) == "multi_worker"
     assert distribute.choose_strategy_kind({"CPU": 1, "TPU": 8}) == "tpu"
     assert distribute.choose_strategy_kind({"CPU": 1, "GPU": 2}) == "mirrored"
@@ -142,20 +168,29 @@ def test_choose_strategy_kind():
 
 
 def test_distribute_errors(shipped_model, digits_small):
-    with pytest.raises(ValueError, match=r"Argument `distribute` must be None, 'auto' or a "
-                                         r"tf.distribute.Strategy.*Received: distribute='mirrored'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `distribute` must be None, 'auto' or a "
+        r"tf.distribute.Strategy.*Received: distribute='mirrored'",
+    ):
         kerasft.finetune(shipped_model, digits_small, distribute="mirrored", verbose=0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    with pytest.raises(ValueError, match=r"created outside the scope of `distribute`.*HINT: pass copy=True"):
+    with pytest.raises(
+        ValueError, match=r"created outside the scope of `distribute`.*HINT: pass copy=True"
+    ):
         kerasft.finetune(shipped_model, digits_small, distribute=strategy, copy=False, verbose=0)
 
 
 def test_one_device_strategy_trains_and_saves(shipped_model, digits_small, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    result = kerasft.finetune(shipped_model, digits_small, recipe="head", epochs=1, distribute=strategy, verbose=0)
+    result = kerasft.finetune(
+        shipped_model, digits_small, recipe="head", epochs=1, distribute=strategy, verbose=0
+    )
     assert result.speed.phases[0].cached is False
     path = str(tmp_path / "m.keras")
     result.model.save(path)
     loaded = keras.models.load_model(path)
     x = digits_small[0][:8]
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )

@@ -35,7 +35,9 @@ def test_examples_are_found():
 def test_docstring_examples_run(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that save files write them here
     module = importlib.import_module(name)
-    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    failures, tried = doctest.testmod(
+        module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
     assert tried > 0, f"{name} has '>>> ' in its source but doctest found no example"
     assert failures == 0, f"{failures} of {tried} examples in {name} failed (see the output above)"
     assert os.getcwd() == str(tmp_path)

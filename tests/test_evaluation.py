@@ -655,7 +655,12 @@ def test_dataframe_with_a_text_column_fine_tunes_and_evaluates():
     inputs = keras.Input((), dtype="string")
     x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(vectorize(inputs)))
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
-    result = kerasft.finetune(model, frame, label_columns="label", head_epochs=1, epochs=1, verbose=0)
+    result = kerasft.finetune(
+        model, frame, label_columns="label", head_epochs=1, epochs=1, verbose=0
+    )
     report = result.evaluate(frame)
     assert report.num_examples == len(frame)
-    assert report["accuracy"] == evaluation.evaluate(result.model, frame, label_columns="label")["accuracy"]
+    assert (
+        report["accuracy"]
+        == evaluation.evaluate(result.model, frame, label_columns="label")["accuracy"]
+    )

@@ -122,8 +122,17 @@ def test_saved_model_cli_show_and_run_match_keras(model, exported, x_test, tmp_p
 
     np.save(tmp_path / "x.npy", x_test)
     _cli(
-        "run", "--dir", exported, "--tag_set", "serve", "--signature_def", "serve",
-        "--inputs", f"image={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out"),
+        "run",
+        "--dir",
+        exported,
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serve",
+        "--inputs",
+        f"image={tmp_path / 'x.npy'}",
+        "--outdir",
+        str(tmp_path / "out"),
     )
     probabilities = np.load(tmp_path / "out" / "probabilities.npy")
     class_id = np.load(tmp_path / "out" / "class_id.npy")
@@ -228,7 +237,9 @@ def test_load_for_finetuning_new_head_trains_saved_weights(exported, digits, tmp
     body = new.get_layer("saved_model")
     before = [w.numpy().copy() for w in body.trainable_weights]
 
-    new.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    new.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     history = new.fit(x_new[:150], y_new[:150], epochs=3, batch_size=32, verbose=0)
     accuracy = new.evaluate(x_new[150:450], y_new[150:450], verbose=0)[1]
     assert history.history["loss"][-1] < history.history["loss"][0]
@@ -255,8 +266,9 @@ def test_finetune_from_a_saved_model_path(model, exported, x_test):
     """`finetune("dir", data)`: the SavedModel's own variables train, the head is kept."""
     split = datasets.digits_few_shot(shots=10, seed=0)
     before = model.predict(split.x_test, verbose=0).argmax(-1)
-    result = kerasft.finetune(exported, (split.x_train, split.y_train), head_epochs=2,
-                              epochs=4, verbose=0)
+    result = kerasft.finetune(
+        exported, (split.x_train, split.y_train), head_epochs=2, epochs=4, verbose=0
+    )
     assert not result.head_rebuilt  # 10 classes, as exported: the pretrained head is kept
     assert isinstance(result.model.get_layer("saved_model"), SavedModelLayer)
     after = result.model.predict(split.x_test, verbose=0).argmax(-1)
@@ -267,13 +279,16 @@ def test_finetune_from_a_saved_model_path(model, exported, x_test):
     # The export on disk is untouched, and the fine-tuned model exports again.
     np.testing.assert_allclose(
         _load(exported).serve(x_test)["probabilities"].numpy(),
-        model.predict(x_test, verbose=0), atol=1e-5,
+        model.predict(x_test, verbose=0),
+        atol=1e-5,
     )
-    path = result.export(os.path.join(os.path.dirname(exported), "refined"),
-                         class_names=DIGIT_NAMES)
+    path = result.export(
+        os.path.join(os.path.dirname(exported), "refined"), class_names=DIGIT_NAMES
+    )
     served = _load(path).serve(split.x_test[:64])
     np.testing.assert_allclose(
-        served["probabilities"].numpy(), result.model.predict(split.x_test[:64], verbose=0),
+        served["probabilities"].numpy(),
+        result.model.predict(split.x_test[:64], verbose=0),
         atol=1e-5,
     )
 
@@ -282,10 +297,13 @@ def test_finetune_explains_why_a_plain_saved_model_cannot_be_fine_tuned(model, d
     path = str(tmp_path / "plain")
     model.export(path, format="tf_saved_model", verbose=False)
     x, y = digits
-    with pytest.raises(ValueError, match=r"Argument `model`: kerasft cannot fine-tune the "
-                                         r"SavedModel at .*plain': it has no 'features' endpoint "
-                                         r"\(it was not written by kerasft.export_model\).*"
-                                         r"HINT: fine-tune the original .keras model"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `model`: kerasft cannot fine-tune the "
+        r"SavedModel at .*plain': it has no 'features' endpoint "
+        r"\(it was not written by kerasft.export_model\).*"
+        r"HINT: fine-tune the original .keras model",
+    ):
         kerasft.finetune(path, (x[:50], y[:50]), verbose=0)
     with pytest.raises(ValueError, match="not a SavedModel directory"):
         load_saved_model(tmp_path)
@@ -305,14 +323,20 @@ def test_saved_model_graph_with_file_ops_is_refused_and_every_load_warns(exporte
 
     module = Writes()
     tf.saved_model.save(module, str(tmp_path / "writes"), signatures={"serve": module.serve})
-    with pytest.raises(ValueError, match=r"holds ops that reach outside the model: WriteFile \(in "):
+    with pytest.raises(
+        ValueError, match=r"holds ops that reach outside the model: WriteFile \(in "
+    ):
         load_for_finetuning(tmp_path / "writes", endpoint="serve")
     assert not marker.exists()
-    with pytest.warns(kerasft.export.loading.SavedModelWarning, match="runs its TensorFlow graph as saved"):
+    with pytest.warns(
+        kerasft.export.loading.SavedModelWarning, match="runs its TensorFlow graph as saved"
+    ):
         trusted = load_for_finetuning(tmp_path / "writes", endpoint="serve", safe_mode=False)
     trusted.predict(np.ones((1, 4), "float32"), verbose=0)
     assert marker.exists()  # safe_mode=False: the user said they trust it
-    with pytest.warns(kerasft.export.loading.SavedModelWarning):  # a kerasft export loads, with the warning
+    with pytest.warns(
+        kerasft.export.loading.SavedModelWarning
+    ):  # a kerasft export loads, with the warning
         load_saved_model(exported)
 
 
@@ -337,8 +361,11 @@ def test_load_for_finetuning_errors(exported, tmp_path):
     tflite.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a SavedModel directory.*TFLite"):
         load_for_finetuning(tflite)
-    with pytest.raises(ValueError, match=r"No endpoint named 'serv' .*Existing endpoints are: "
-        r"\['features', 'serve', 'serving_default'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"No endpoint named 'serv' .*Existing endpoints are: "
+        r"\['features', 'serve', 'serving_default'\]",
+    ):
         load_for_finetuning(exported, endpoint="serv")
     with pytest.raises(ValueError, match="num_classes"):
         load_for_finetuning(exported, num_classes=0)
@@ -359,15 +386,21 @@ def test_load_for_finetuning_errors(exported, tmp_path):
 
 def test_cli_export(shipped_model_path, model, x_test, tmp_path):
     path = str(tmp_path / "cli_export")
-    assert cli.main(["export", shipped_model_path, path, "--class-names", ",".join(DIGIT_NAMES)]) == 0
+    assert (
+        cli.main(["export", shipped_model_path, path, "--class-names", ",".join(DIGIT_NAMES)]) == 0
+    )
     assert read_export_metadata(path)["class_names"] == DIGIT_NAMES
     assert cli.main(["export", shipped_model_path, path]) == 2  # exists: refused
     assert cli.main(["export", shipped_model_path, path, "--overwrite"]) == 0
     assert read_export_metadata(path)["class_names"] is None
 
     tflite = str(tmp_path / "m.tflite")
-    assert cli.main(["export", shipped_model_path, tflite, "--format", "tflite",
-                     "--quantize", "dynamic"]) == 0
+    assert (
+        cli.main(
+            ["export", shipped_model_path, tflite, "--format", "tflite", "--quantize", "dynamic"]
+        )
+        == 0
+    )
     assert 0 < os.path.getsize(tflite) < 0.3 * os.path.getsize(shipped_model_path)
 
 
@@ -382,8 +415,12 @@ def test_tflite_float_and_dynamic_match_keras(model, digits, tmp_path):
     outputs, sizes = {}, {}
     for quantize in (None, "dynamic"):
         path = export_model(
-            model, tmp_path / f"m_{quantize}.tflite", format="tflite",
-            class_names=DIGIT_NAMES, quantize=quantize, verify_data=x,
+            model,
+            tmp_path / f"m_{quantize}.tflite",
+            format="tflite",
+            class_names=DIGIT_NAMES,
+            quantize=quantize,
+            verify_data=x,
         )
         sizes[quantize] = os.path.getsize(path)
         runner = Interpreter(model_path=path).get_signature_runner("serve")
@@ -461,7 +498,9 @@ def test_interrupted_export_keeps_the_previous_model(model, shipped_model_path, 
     script.write_text(_INTERRUPTED_EXPORT)
     result = subprocess.run(
         [sys.executable, str(script), shipped_model_path, good],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr[-2000:]
     # The good export is still there, whole, with its own class names.
@@ -473,7 +512,11 @@ def test_interrupted_export_keeps_the_previous_model(model, shipped_model_path, 
     leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".partial")]
     assert len(leftovers) == 1 and leftovers[0].startswith(".m.")  # hidden, beside it
     killed = leftovers[0].split(".")[2]  # the writer's process id is in the name
-    scratch = [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("kerasft-") and f".{killed}." in n]
+    scratch = [
+        n
+        for n in os.listdir(tempfile.gettempdir())
+        if n.startswith("kerasft-") and f".{killed}." in n
+    ]
     assert scratch  # the class-names asset was being staged in $TMPDIR
     # The next export cleans what the killed one left, beside the path and in $TMPDIR.
     export_model(model, good, class_names=DIGIT_NAMES, overwrite=True)
@@ -483,14 +526,18 @@ def test_interrupted_export_keeps_the_previous_model(model, shipped_model_path, 
 
 def _tiny(num_classes: int = 3) -> keras.Model:
     inputs = keras.Input((4,), name="features")
-    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax", name="head")(inputs))
+    return keras.Model(
+        inputs, keras.layers.Dense(num_classes, activation="softmax", name="head")(inputs)
+    )
 
 
 def test_overwrite_replaces_only_a_kerasft_export(tmp_path):
     folder = tmp_path / "my_models"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="is not a kerasft export .* never other files or directories"):
+    with pytest.raises(
+        ValueError, match="is not a kerasft export .* never other files or directories"
+    ):
         export_model(_tiny(), folder, overwrite=True)
     assert os.listdir(folder) == ["notes.txt"]
     # A SavedModel that kerasft did not write is not replaced either.
@@ -543,8 +590,12 @@ def test_export_refuses_to_finish_when_served_predictions_differ(tmp_path, monke
     from kerasft.export import savedmodel
 
     real = savedmodel.served_probabilities
-    monkeypatch.setattr(savedmodel, "served_probabilities", lambda m, x, **k: real(m, x, **k)[:, ::-1])
-    with pytest.raises(ValueError, match=r"serves different predictions .* The export was not written"):
+    monkeypatch.setattr(
+        savedmodel, "served_probabilities", lambda m, x, **k: real(m, x, **k)[:, ::-1]
+    )
+    with pytest.raises(
+        ValueError, match=r"serves different predictions .* The export was not written"
+    ):
         export_model(_tiny(), tmp_path / "m")
     with pytest.raises(ValueError, match="float TFLite export serves different predictions"):
         export_model(_tiny(), tmp_path / "m.tflite", format="tflite")
@@ -554,9 +605,17 @@ def test_export_refuses_to_finish_when_served_predictions_differ(tmp_path, monke
 def _hub_vit_with_preprocessor(size=32):
     import keras_hub
 
-    backbone = keras_hub.models.ViTBackbone(image_shape=(size, size, 3), patch_size=8, num_layers=1,
-                                            num_heads=2, hidden_dim=16, mlp_dim=32)
-    converter = keras_hub.layers.ViTImageConverter(image_size=(size, size), scale=1 / 127.5, offset=-1)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(size, size, 3),
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+    )
+    converter = keras_hub.layers.ViTImageConverter(
+        image_size=(size, size), scale=1 / 127.5, offset=-1
+    )
     preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
     return keras_hub.models.ViTImageClassifier(backbone, num_classes=10, preprocessor=preprocessor)
 
@@ -571,7 +630,9 @@ def test_keras_hub_image_task_serves_what_predict_gives(digits, tmp_path):
     np.testing.assert_allclose(served, kerasft.export.served_probabilities(task, x), atol=1e-5)
     assert path.metadata["serving_check"]["max_abs_difference"] < 1e-4
     assert path.metadata["preprocessor"] == "ViTImageClassifierPreprocessor"
-    lite = export_model(task, tmp_path / "vit.tflite", format="tflite", verify_data=(x, digits[1][:32]))
+    lite = export_model(
+        task, tmp_path / "vit.tflite", format="tflite", verify_data=(x, digits[1][:32])
+    )
     assert lite.check.agreement == 1.0 and lite.check.max_abs_difference < 1e-4
 
 
@@ -579,9 +640,14 @@ def test_multi_input_model_exports_as_saved_model_and_tflite(tmp_path):
     image = keras.Input((8, 8, 1), name="image")
     extra = keras.Input((3,), name="extra")
     joined = keras.layers.Concatenate()([keras.layers.Flatten()(image), extra])
-    model = keras.Model([image, extra], keras.layers.Dense(4, activation="softmax", name="head")(joined))
+    model = keras.Model(
+        [image, extra], keras.layers.Dense(4, activation="softmax", name="head")(joined)
+    )
     rng = np.random.default_rng(0)
-    x = [rng.uniform(0, 1, (20, 8, 8, 1)).astype("float32"), rng.normal(size=(20, 3)).astype("float32")]
+    x = [
+        rng.uniform(0, 1, (20, 8, 8, 1)).astype("float32"),
+        rng.normal(size=(20, 3)).astype("float32"),
+    ]
     y = rng.integers(0, 4, 20)
     expected = model.predict(x, verbose=0)
 
@@ -592,8 +658,14 @@ def test_multi_input_model_exports_as_saved_model_and_tflite(tmp_path):
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
     by_name = loaded.signatures["serving_default"](image=tf.constant(x[0]), extra=tf.constant(x[1]))
     np.testing.assert_allclose(by_name["probabilities"].numpy(), expected, atol=1e-5)
-    lite = export_model(model, tmp_path / "two.tflite", format="tflite", quantize="int8",
-                        representative_data={"image": x[0], "extra": x[1]}, verify_data=(x, y))
+    lite = export_model(
+        model,
+        tmp_path / "two.tflite",
+        format="tflite",
+        quantize="int8",
+        representative_data={"image": x[0], "extra": x[1]},
+        verify_data=(x, y),
+    )
     assert lite.check.examples == 20 and lite.check.agreement >= 0.9
 
 
@@ -604,8 +676,11 @@ def test_argument_errors(model, tmp_path):
         r"Received: format='onnx'",
     ):
         export_model(model, tmp_path / "m", format="onnx")
-    with pytest.raises(ValueError, match=r"must be one of \[None, 'float16', 'dynamic', 'int8'\]. "
-                                         r"Received: quantize='int4'"):
+    with pytest.raises(
+        ValueError,
+        match=r"must be one of \[None, 'float16', 'dynamic', 'int8'\]. "
+        r"Received: quantize='int4'",
+    ):
         export_model(model, tmp_path / "m.tflite", format="tflite", quantize="int4")
     with pytest.raises(ValueError, match=r"`representative_data` is required for quantize='int8'"):
         export_model(model, tmp_path / "m.tflite", format="tflite", quantize="int8")

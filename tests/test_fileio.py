@@ -96,8 +96,9 @@ def test_replaceable_decides_what_overwrite_may_delete(tmp_path):
     path.mkdir()
     (path / "thesis.tex").write_text("years of work")
     with pytest.raises(ValueError, match="is a directory that is not a kerasft export"):
-        with _fileio.atomic_directory(str(path), overwrite=True, replaceable=lambda p: False,
-                                      what="kerasft export"):
+        with _fileio.atomic_directory(
+            str(path), overwrite=True, replaceable=lambda p: False, what="kerasft export"
+        ):
             pass
     assert (path / "thesis.tex").read_text() == "years of work"
 

@@ -17,8 +17,11 @@ QUICK = dict(head_epochs=1, epochs=1, lr=1e-3, verbose=0)
 
 
 def _bn_stats(model):
-    return {lyr.name: [w.copy() for w in lyr.get_weights()[2:]]
-            for lyr in model.layers if isinstance(lyr, keras.layers.BatchNormalization)}
+    return {
+        lyr.name: [w.copy() for w in lyr.get_weights()[2:]]
+        for lyr in model.layers
+        if isinstance(lyr, keras.layers.BatchNormalization)
+    }
 
 
 def test_head_phase_leaves_frozen_weights_bit_identical(shipped_model, digits_small):
@@ -32,7 +35,9 @@ def test_head_phase_leaves_frozen_weights_bit_identical(shipped_model, digits_sm
             else:
                 np.testing.assert_array_equal(a, b, err_msg=lyr.name)
     # copy=True: the caller's model is untouched
-    np.testing.assert_array_equal(before["predictions"][0], shipped_model.get_layer("predictions").get_weights()[0])
+    np.testing.assert_array_equal(
+        before["predictions"][0], shipped_model.get_layer("predictions").get_weights()[0]
+    )
 
 
 def test_lp_ft_keeps_bn_moving_statistics(shipped_model, digits_small):
@@ -96,7 +101,10 @@ def test_model_forms(form, tmp_path, digits_small):
 
 def test_data_forms_batched_and_unbatched(shipped_model, digits_small):
     x, y = digits_small
-    for ds in (tf.data.Dataset.from_tensor_slices((x, y)), tf.data.Dataset.from_tensor_slices((x, y)).batch(20)):
+    for ds in (
+        tf.data.Dataset.from_tensor_slices((x, y)),
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(20),
+    ):
         result = kerasft.finetune(shipped_model, ds, **QUICK)
         assert result.phases[0].history["val_accuracy"]
 
@@ -105,7 +113,9 @@ def test_seed_makes_runs_reproducible(shipped_model, digits_small):
     a = kerasft.finetune(shipped_model, digits_small, seed=7, **QUICK)
     b = kerasft.finetune(shipped_model, digits_small, seed=7, **QUICK)
     assert a.history["head"]["loss"] == b.history["head"]["loss"]
-    np.testing.assert_allclose(a.history["finetune"]["val_loss"], b.history["finetune"]["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        a.history["finetune"]["val_loss"], b.history["finetune"]["val_loss"], rtol=1e-5
+    )
 
 
 def test_best_weights_restored_and_result_fields(shipped_model, digits_small):
@@ -116,7 +126,9 @@ def test_best_weights_restored_and_result_fields(shipped_model, digits_small):
     assert set(r.seconds) == {"head", "finetune"} and all(s > 0 for s in r.seconds.values())
     assert r.best_val_accuracy is not None
     prepared = kerasft.prepare_data(digits_small, model=r.model, validation_split=0.2)
-    assert r.model.evaluate(prepared.validation, verbose=0, return_dict=True)["loss"] == pytest.approx(r.best_score, rel=1e-4)
+    assert r.model.evaluate(prepared.validation, verbose=0, return_dict=True)[
+        "loss"
+    ] == pytest.approx(r.best_score, rel=1e-4)
     assert "phase" in r.summary()
 
 
@@ -126,7 +138,9 @@ def test_save_load_round_trip(shipped_model, digits_small, tmp_path):
     r.model.save(path)
     loaded = keras.models.load_model(path)
     x = digits_small[0][:16]
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), r.model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), r.model.predict(x, verbose=0), atol=1e-6
+    )
 
 
 def test_progress_names_each_phase(shipped_model, digits_small, capsys):
@@ -139,19 +153,37 @@ def test_progress_names_each_phase(shipped_model, digits_small, capsys):
     "kwargs, error, message",
     [
         (dict(num_classes=5), ValueError, r"label 9 is out of range for num_classes=5"),
-        (dict(recipe="warp"), ValueError, r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\].*Received: recipe='warp'"),
-        (dict(unfreeze="^nope"), ValueError, r"No layer of model .* matches '\^nope' in argument `unfreeze`"),
+        (
+            dict(recipe="warp"),
+            ValueError,
+            r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\].*Received: recipe='warp'",
+        ),
+        (
+            dict(unfreeze="^nope"),
+            ValueError,
+            r"No layer of model .* matches '\^nope' in argument `unfreeze`",
+        ),
         (dict(unfreeze=-2), ValueError, r"Argument `unfreeze` must be 'all', a positive number"),
-        (dict(lr=-1.0), ValueError, r"Argument `lr` must be a number in \(0, 10\). Received: lr=-1.0"),
+        (
+            dict(lr=-1.0),
+            ValueError,
+            r"Argument `lr` must be a number in \(0, 10\). Received: lr=-1.0",
+        ),
         (dict(head_epochs=0, epochs=0), ValueError, r"leave nothing to train"),
-        (dict(new_head=False, num_classes=12), ValueError, r"Argument `new_head=False`, but the head 'predictions' has 10 units"),
+        (
+            dict(new_head=False, num_classes=12),
+            ValueError,
+            r"Argument `new_head=False`, but the head 'predictions' has 10 units",
+        ),
         (dict(monitor="val_accuracy", validation_split=0.0), ValueError, r"needs validation data"),
         (dict(optimizer="adagrad"), ValueError, r"Argument `optimizer` must be one of"),
     ],
 )
 def test_finetune_errors(shipped_model, digits_small, kwargs, error, message):
     with pytest.raises(error, match=message):
-        kerasft.finetune(shipped_model, digits_small, verbose=0, **{**dict(head_epochs=1, epochs=1), **kwargs})
+        kerasft.finetune(
+            shipped_model, digits_small, verbose=0, **{**dict(head_epochs=1, epochs=1), **kwargs}
+        )
 
 
 def test_finetune_model_errors(digits_small, tmp_path):
@@ -180,8 +212,14 @@ def test_few_shot_digits_beats_scratch():
     tuned = result.evaluate((split.x_test, split.y_test))["accuracy"]
     keras.utils.set_random_seed(0)
     scratch_model = keras.models.clone_model(keras.models.load_model(SHIPPED_MODEL))
-    scratch = kerasft.finetune(scratch_model, (split.x_train, split.y_train), recipe="full",
-                               epochs=15, verbose=0, copy=False)
+    scratch = kerasft.finetune(
+        scratch_model,
+        (split.x_train, split.y_train),
+        recipe="full",
+        epochs=15,
+        verbose=0,
+        copy=False,
+    )
     scratch_acc = scratch.evaluate((split.x_test, split.y_test))["accuracy"]
     assert tuned >= 0.93, tuned
     assert tuned - scratch_acc >= 0.05, (tuned, scratch_acc)
@@ -189,10 +227,14 @@ def test_few_shot_digits_beats_scratch():
 
 
 def test_extras_is_a_deprecated_alias_of_the_typed_records(shipped_model, digits_small):
-    result = kerasft.finetune(shipped_model, digits_small, recipe="head", epochs=1, l2sp=0.1, verbose=0)
+    result = kerasft.finetune(
+        shipped_model, digits_small, recipe="head", epochs=1, l2sp=0.1, verbose=0
+    )
     with pytest.warns(DeprecationWarning, match="result.speed"):
         extras = result.extras
-    assert extras["speed"] == result.speed.to_dict() and extras["l2sp"] == result.regularization.l2sp
+    assert (
+        extras["speed"] == result.speed.to_dict() and extras["l2sp"] == result.regularization.l2sp
+    )
     assert result.speed.phases[0].cached and result.plan.phases[0].name == "head"
 
 

@@ -55,7 +55,9 @@ def test_load_image_folder_reads_pixels_back_exactly(split_folder, three_digits)
     assert images.shape == (60, 28, 28, 1) and images.dtype == np.float32
     assert labels.dtype == np.int64
     # Files are read class by class in sorted order; compare as sets of (label, image).
-    by_name = {NAMES[c]: np.sort(x[y == c].astype("uint8").reshape(-1, 784), axis=0) for c in range(3)}
+    by_name = {
+        NAMES[c]: np.sort(x[y == c].astype("uint8").reshape(-1, 784), axis=0) for c in range(3)
+    }
     for i, name in enumerate(names):
         got = np.sort(images[labels == i].astype("uint8").reshape(-1, 784), axis=0)
         np.testing.assert_array_equal(got, by_name[name])
@@ -72,8 +74,10 @@ def test_load_image_folder_resizes_and_converts(three_digits, tmp_path):
     _write(tmp_path / "rgb", x[:12], y[:12], mode="RGB")
     rgb, _, _ = load_image_folder(tmp_path / "rgb")
     assert rgb.shape == (12, 28, 28, 3)  # "auto": colour images stay colour
-    np.testing.assert_array_equal(rgb[..., 0], x[:12, ..., 0].astype("uint8")[np.argsort(
-        [NAMES[c] for c in y[:12]], kind="stable")])
+    np.testing.assert_array_equal(
+        rgb[..., 0],
+        x[:12, ..., 0].astype("uint8")[np.argsort([NAMES[c] for c in y[:12]], kind="stable")],
+    )
     gray, _, _ = load_image_folder(tmp_path / "rgb", color_mode="grayscale", image_size=(14, 16))
     assert gray.shape == (12, 14, 16, 1)
     assert 0 <= gray.min() and gray.max() <= 255
@@ -102,13 +106,21 @@ def test_load_image_folder_errors(three_digits, tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"Class folder '.*/empty/a' holds no image"):
         load_image_folder(tmp_path / "empty")
-    with pytest.raises(ValueError, match=r"`image_size` must be None or \(height, width\).*"
-                                         r"Received: image_size=\(28,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`image_size` must be None or \(height, width\).*"
+        r"Received: image_size=\(28,\)",
+    ):
         load_image_folder(tmp_path / "mixed", image_size=(28,))
-    with pytest.raises(ValueError, match=r"`color_mode` must be one of \['auto', 'grayscale', "
-                                         r"'rgb'\]. Received: color_mode='RGB'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`color_mode` must be one of \['auto', 'grayscale', "
+        r"'rgb'\]. Received: color_mode='RGB'",
+    ):
         load_image_folder(tmp_path / "mixed", color_mode="RGB")
-    with pytest.raises(ValueError, match=r"Sub-folders \['two', 'zero'\] .* are not in `class_names`"):
+    with pytest.raises(
+        ValueError, match=r"Sub-folders \['two', 'zero'\] .* are not in `class_names`"
+    ):
         load_image_folder(tmp_path / "mixed", class_names=["one"], image_size=(28, 28))
 
 
@@ -122,13 +134,17 @@ def test_class_names_and_links_cannot_leave_the_folder(split_folder, tmp_path):
     Image.fromarray(np.zeros((8, 8), "uint8")).save(outside / "secret.png")
     root = split_folder / "train"
     for names in (["zero", "../private"], ["zero", str(outside)], ["zero", ".."], ["zero", ""]):
-        with pytest.raises(ValueError, match=r"`class_names` must hold plain folder names inside `path`"):
+        with pytest.raises(
+            ValueError, match=r"`class_names` must hold plain folder names inside `path`"
+        ):
             load_image_folder(root, class_names=names)
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "zero").symlink_to(root / "zero")  # a link inside... to another tree
     (linked / "other").symlink_to(outside)
-    with pytest.raises(ValueError, match=r"is a symbolic link to .*private', outside .*follow_symlinks=True"):
+    with pytest.raises(
+        ValueError, match=r"is a symbolic link to .*private', outside .*follow_symlinks=True"
+    ):
         load_image_folder(linked)
     x, y, names = load_image_folder(linked, follow_symlinks=True, image_size=(8, 8))
     assert names == ["other", "zero"] and (y == 0).sum() == 1
@@ -149,8 +165,11 @@ def test_load_tfds_folder_with_image_folder(split_folder, three_digits):
     as_dicts, _ = load_tfds_folder(split_folder, "test", as_supervised=False)
     assert {"image", "label", "image/filename"} <= set(as_dicts.element_spec)
 
-    with pytest.raises(ValueError, match=r"No split 'validation' .*Existing splits are: "
-                                         r"\['test', 'train'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"No split 'validation' .*Existing splits are: "
+        r"\['test', 'train'\]",
+    ):
         load_tfds_folder(split_folder, "validation")
     with pytest.raises(ValueError, match="looks like a class folder, not a split folder"):
         load_tfds_folder(split_folder / "train")
@@ -175,20 +194,25 @@ def test_image_folder_to_tfds_prepares_an_offline_dataset(split_folder, tmp_path
     assert prepared == sorted(image.numpy().tobytes() for image, _ in direct)
     half, names = load_tfds_folder(version_dir, "train[:50%]")
     assert sum(1 for _ in half) == 30 and names == sorted(NAMES)
-    with pytest.raises(ValueError, match=r"No split 'dev' .*Existing splits are: \['test', 'train'\]"):
+    with pytest.raises(
+        ValueError, match=r"No split 'dev' .*Existing splits are: \['test', 'train'\]"
+    ):
         load_tfds_folder(version_dir, "dev")
 
     with pytest.raises(FileExistsError, match="already exists. Pass overwrite=True"):
         image_folder_to_tfds(split_folder, data_dir, name="digits_folder")
-    resized = image_folder_to_tfds(split_folder, data_dir, name="digits_folder",
-                                   image_size=(14, 14), overwrite=True)
+    resized = image_folder_to_tfds(
+        split_folder, data_dir, name="digits_folder", image_size=(14, 14), overwrite=True
+    )
     assert resized.info.features["image"].shape == (14, 14, 1)
 
 
 def test_image_folder_to_tfds_errors(split_folder, tmp_path):
     with pytest.raises(ValueError, match="snake_case dataset name.*Received: name='Digits'"):
         image_folder_to_tfds(split_folder, tmp_path, name="Digits")
-    with pytest.raises(ValueError, match=r"`version` must look like '1.0.0'. Received: version='1'"):
+    with pytest.raises(
+        ValueError, match=r"`version` must look like '1.0.0'. Received: version='1'"
+    ):
         image_folder_to_tfds(split_folder, tmp_path, version="1")
     with pytest.raises(ValueError, match="looks like a class folder"):
         image_folder_to_tfds(split_folder / "train", tmp_path)
@@ -198,8 +222,9 @@ def test_image_folder_to_tfds_errors(split_folder, tmp_path):
 def test_finetune_takes_tfds_builders_and_splits(split_folder, tmp_path, shipped_model_path):
     """The shipped MNIST CNN fine-tunes on a TFDS dataset read from local PNGs only."""
     builder = tfds.ImageFolder(str(split_folder), shape=(None, None, 1))
-    result = kerasft.finetune(shipped_model_path, builder, head_epochs=5, epochs=5, lr=3e-3,
-                              batch_size=16, verbose=0)
+    result = kerasft.finetune(
+        shipped_model_path, builder, head_epochs=5, epochs=5, lr=3e-3, batch_size=16, verbose=0
+    )
     test = builder.as_dataset(split="test", as_supervised=True)
     accuracy = result.evaluate(test)["accuracy"]
     assert accuracy > 0.9  # measured 0.98-1.0 on these 60 test digits (seeds 0-2)

@@ -18,8 +18,12 @@ def two_input_model(dict_inputs: bool) -> keras.Model:
     image = keras.Input((8, 8, 1), name="image")
     rows = keras.Input((8,), name="rows")
     x = keras.layers.Flatten(name="flat")(image)
-    x = keras.layers.Concatenate(name="join")([keras.layers.Dense(32, activation="relu", name="img_fc")(x),
-                                              keras.layers.Dense(8, activation="relu", name="row_fc")(rows)])
+    x = keras.layers.Concatenate(name="join")(
+        [
+            keras.layers.Dense(32, activation="relu", name="img_fc")(x),
+            keras.layers.Dense(8, activation="relu", name="row_fc")(rows),
+        ]
+    )
     out = keras.layers.Dense(10, activation="softmax", name="head")(x)
     inputs = {"image": image, "rows": rows} if dict_inputs else [image, rows]
     return keras.Model(inputs, out, name="two_inputs")
@@ -56,15 +60,26 @@ def test_two_input_models_take_every_structure(digits8, form):
 def test_dataframe_with_label_columns(digits8):
     image, rows, y = digits8
     frame = pd.DataFrame(rows, columns=[f"r{i}" for i in range(8)]).assign(digit=y)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu", name="fc"),
-                              keras.layers.Dense(10, activation="softmax", name="head")])
-    result = kerasft.finetune(model, frame, label_columns="digit", recipe="full", epochs=5, lr=1e-2, verbose=0)
-    assert result.evaluate(frame, label_columns="digit")["accuracy"] > 0.3  # row sums alone are weak
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu", name="fc"),
+            keras.layers.Dense(10, activation="softmax", name="head"),
+        ]
+    )
+    result = kerasft.finetune(
+        model, frame, label_columns="digit", recipe="full", epochs=5, lr=1e-2, verbose=0
+    )
+    assert (
+        result.evaluate(frame, label_columns="digit")["accuracy"] > 0.3
+    )  # row sums alone are weak
     # A model with one named input per column gets the columns by name.
     inputs = {f"r{i}": keras.Input((1,), name=f"r{i}") for i in range(8)}
     joined = keras.layers.Concatenate(name="join")(list(inputs.values()))
     named = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(joined))
-    result = kerasft.finetune(named, frame, label_columns="digit", recipe="full", epochs=2, verbose=0)
+    result = kerasft.finetune(
+        named, frame, label_columns="digit", recipe="full", epochs=2, verbose=0
+    )
     assert result.evaluate(frame, label_columns="digit").num_examples == len(frame)
 
 
@@ -75,31 +90,48 @@ def reviews():
 
 
 def test_raw_strings_into_a_text_vectorization_model(reviews):
-    vectorize = keras.layers.TextVectorization(max_tokens=3000, output_sequence_length=40, name="vectorize")
+    vectorize = keras.layers.TextVectorization(
+        max_tokens=3000, output_sequence_length=40, name="vectorize"
+    )
     vectorize.adapt(reviews.x_train)
     inputs = keras.Input((), dtype="string", name="text")
     x = vectorize(inputs)
     x = keras.layers.Embedding(3000, 16, name="embed")(x)
     x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
-    result = kerasft.finetune(model, (reviews.x_train, reviews.y_train), recipe="full", epochs=3, verbose=0)
+    result = kerasft.finetune(
+        model, (reviews.x_train, reviews.y_train), recipe="full", epochs=3, verbose=0
+    )
     report = result.evaluate((reviews.x_test, reviews.y_test))
     assert report.task == "binary" and report.num_examples == 200
     # Numbers into a text model are refused by name.
-    with pytest.raises(ValueError, match=r"holds numbers \(dtype float64\), but the model takes text"):
+    with pytest.raises(
+        ValueError, match=r"holds numbers \(dtype float64\), but the model takes text"
+    ):
         kerasft.finetune(model, (np.zeros((10,)), np.arange(10) % 2), verbose=0)
 
 
 def test_variable_length_token_ids_are_padded(reviews):
-    words = {w: i + 1 for i, w in enumerate(sorted({w for t in reviews.x_train for w in t.lower().split()}))}
+    words = {
+        w: i + 1
+        for i, w in enumerate(sorted({w for t in reviews.x_train for w in t.lower().split()}))
+    }
     ids = [[words.get(w, 0) for w in t.lower().split()] for t in reviews.x_train]
     assert len({len(s) for s in ids}) > 5  # really variable
-    model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(len(words) + 1, 16, mask_zero=True),
-                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2, activation="softmax", name="head")])
+    model = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(len(words) + 1, 16, mask_zero=True),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(2, activation="softmax", name="head"),
+        ]
+    )
     result = kerasft.finetune(model, (ids, reviews.y_train), recipe="full", epochs=2, verbose=0)
     assert result.phases[0].epochs >= 1
-    ragged = tf.data.Dataset.from_generator(lambda: ((np.asarray(s, "int32"), y) for s, y in zip(ids, reviews.y_train)),
-                                            output_signature=(tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.int64)))
+    ragged = tf.data.Dataset.from_generator(
+        lambda: ((np.asarray(s, "int32"), y) for s, y in zip(ids, reviews.y_train)),
+        output_signature=(tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.int64)),
+    )
     prepared = data_lib.prepare_data(ragged, model=model)
     xb, _ = next(iter(prepared.train))
     assert xb.shape[1] == max(len(s) for s in ids)
@@ -108,18 +140,28 @@ def test_variable_length_token_ids_are_padded(reviews):
 def test_bad_inputs_name_the_input(digits8):
     image, rows, y = digits8
     model = two_input_model(dict_inputs=True)
-    with pytest.raises(ValueError, match=r"input 'rows' is missing. The model's inputs are \['image' \(8, 8, 1\) float32, 'rows' \(8,\) float32\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"input 'rows' is missing. The model's inputs are \['image' \(8, 8, 1\) float32, 'rows' \(8,\) float32\]",
+    ):
         kerasft.finetune(model, ({"image": image}, y), verbose=0)
     with pytest.raises(ValueError, match=r"has inputs \['extra'\] that the model does not take"):
         kerasft.finetune(model, ({"image": image, "rows": rows, "extra": rows}, y), verbose=0)
-    with pytest.raises(ValueError, match=r"input 'rows' each input has shape \(4,\), but the model expects \(8,\)"):
+    with pytest.raises(
+        ValueError, match=r"input 'rows' each input has shape \(4,\), but the model expects \(8,\)"
+    ):
         kerasft.finetune(model, ({"image": image, "rows": rows[:, :4]}, y), verbose=0)
     with pytest.raises(ValueError, match=r"the model takes 2 inputs .* but the data has 3"):
         kerasft.finetune(two_input_model(False), ((image, rows, rows), y), verbose=0)
-    with pytest.raises(ValueError, match=r"inputs must be numeric arrays \(the model takes float32\), but have dtype <U"):
+    with pytest.raises(
+        ValueError,
+        match=r"inputs must be numeric arrays \(the model takes float32\), but have dtype <U",
+    ):
         kerasft.finetune(model, ({"image": image, "rows": np.full((len(y), 8), "x")}, y), verbose=0)
     frame = pd.DataFrame(rows)
-    with pytest.raises(ValueError, match=r"is a DataFrame; kerasft needs to know which columns are labels"):
+    with pytest.raises(
+        ValueError, match=r"is a DataFrame; kerasft needs to know which columns are labels"
+    ):
         kerasft.finetune(model, frame, verbose=0)
     with pytest.raises(ValueError, match=r"`label_columns='digit'`: no column 'digit'"):
         kerasft.finetune(model, frame, label_columns="digit", verbose=0)

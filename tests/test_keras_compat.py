@@ -41,8 +41,16 @@ def _offences(path: str, tree: ast.AST) -> list[str]:
             owner = node.value
             if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
                 out.append(f"{rel}:{node.lineno} .{node.attr}")
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr", "setattr"):
-            if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+            "getattr",
+            "hasattr",
+            "setattr",
+        ):
+            if (
+                len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            ):
                 if _private(node.args[1].value):
                     out.append(f"{rel}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -51,10 +59,17 @@ def _offences(path: str, tree: ast.AST) -> list[str]:
             if node.module.startswith("kerasft"):
                 # Private modules of the package are its own business; private names
                 # inside another module are not.
-                out += [f"{rel}:{node.lineno} imports {a.name}" for a in node.names
-                        if _private(a.name) and not _is_module(node.module, a.name)]
+                out += [
+                    f"{rel}:{node.lineno} imports {a.name}"
+                    for a in node.names
+                    if _private(a.name) and not _is_module(node.module, a.name)
+                ]
         elif isinstance(node, ast.Import):
-            out += [f"{rel}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("keras.src")]
+            out += [
+                f"{rel}:{node.lineno} import {a.name}"
+                for a in node.names
+                if a.name.startswith("keras.src")
+            ]
     return out
 
 
@@ -66,9 +81,15 @@ def test_private_keras_api_only_in_the_compat_module():
 def test_compat_functions_say_why():
     with open(COMPAT, encoding="utf-8") as f:
         tree = ast.parse(f.read())
-    public = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not _private(n.name)]
+    public = [
+        n
+        for n in tree.body
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not _private(n.name)
+    ]
     assert len(public) >= 15
-    assert all(ast.get_docstring(n) for n in public), [n.name for n in public if not ast.get_docstring(n)]
+    assert all(ast.get_docstring(n) for n in public), [
+        n.name for n in public if not ast.get_docstring(n)
+    ]
     assert "Keras 3.15.1" in ast.get_docstring(tree)
 
 
@@ -83,7 +104,10 @@ def test_setup_cfg_bounds_keras_to_the_tested_range():
 @pytest.mark.parametrize("version", ["3.14.0", "3.16.0", "4.0.1", "2.15.0"])
 def test_untested_keras_is_refused_with_the_fix(version, monkeypatch):
     monkeypatch.delenv("KERASFT_ALLOW_UNTESTED_KERAS", raising=False)
-    with pytest.raises(ImportError, match=rf"tested with Keras >=3.15,<3.16, but Keras {version} is installed.*pip install"):
+    with pytest.raises(
+        ImportError,
+        match=rf"tested with Keras >=3.15,<3.16, but Keras {version} is installed.*pip install",
+    ):
         compat.check_keras_version(version)
 
 
@@ -97,7 +121,13 @@ def test_untested_keras_can_be_tried_on_request(monkeypatch):
 def test_import_fails_loudly_on_an_untested_keras(tmp_path):
     # A real import of kerasft with keras reporting another version: the error comes at
     # import, not deep inside a training step.
-    script = ("import keras; keras.__version__ = '3.99.0'\n"
-              "try:\n    import kerasft\nexcept ImportError as e:\n    print('REFUSED', e)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert "REFUSED kerasft is tested with Keras >=3.15,<3.16, but Keras 3.99.0" in out.stdout, out.stderr[-2000:]
+    script = (
+        "import keras; keras.__version__ = '3.99.0'\n"
+        "try:\n    import kerasft\nexcept ImportError as e:\n    print('REFUSED', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert "REFUSED kerasft is tested with Keras >=3.15,<3.16, but Keras 3.99.0" in out.stdout, (
+        out.stderr[-2000:]
+    )

@@ -21,7 +21,12 @@ def test_docstring_examples_run():
 def test_groups_of_the_shipped_model(shipped_model):
     groups = kerasft.layer_groups(shipped_model)
     assert [name for name, _ in groups] == ["block1", "block2", "fc", "predictions"]
-    assert [lyr.name for lyr in groups[0][1]] == ["block1_conv1", "block1_bn1", "block1_conv2", "block1_bn2"]
+    assert [lyr.name for lyr in groups[0][1]] == [
+        "block1_conv1",
+        "block1_bn1",
+        "block1_conv2",
+        "block1_bn2",
+    ]
     custom = kerasft.layer_groups(shipped_model, {"convs": r"block\d_.*", "top": ".*"})
     assert [name for name, _ in custom] == ["convs", "top"]
     assert [lyr.name for lyr in custom[1][1]] == ["fc", "predictions"]
@@ -29,14 +34,21 @@ def test_groups_of_the_shipped_model(shipped_model):
 
 def test_groups_inside_a_nested_backbone():
     groups = kerasft.layer_groups(nested_model())
-    assert [name for name, _ in groups] == ["backbone/conv1", "backbone/bn1", "backbone/conv2", "head"]
+    assert [name for name, _ in groups] == [
+        "backbone/conv1",
+        "backbone/bn1",
+        "backbone/conv2",
+        "head",
+    ]
     by_path = kerasft.layer_groups(nested_model(), [r"backbone/.*", "head"])
     assert [len(layers) for _, layers in by_path] == [3, 1]
 
 
 def test_group_multipliers_formulas():
     np.testing.assert_allclose(kerasft.group_multipliers(4, lr_mult=1000), [1e-3, 1e-2, 1e-1, 1.0])
-    np.testing.assert_allclose(kerasft.group_multipliers(4, layer_decay=0.8), [0.8**3, 0.8**2, 0.8, 1.0])
+    np.testing.assert_allclose(
+        kerasft.group_multipliers(4, layer_decay=0.8), [0.8**3, 0.8**2, 0.8, 1.0]
+    )
     assert kerasft.group_multipliers(3, lr_mult=[0.0, 0.5, 1.0]) == [0.0, 0.5, 1.0]
     assert kerasft.group_multipliers(2) == [1.0, 1.0]
 
@@ -45,14 +57,18 @@ def _one_step(model, optimizer, batch):
     model.compile(optimizer, "sparse_categorical_crossentropy")
     before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables}
     model.train_on_batch(*batch)
-    return {v.path: keras.ops.convert_to_numpy(v) - before[v.path] for v in model.trainable_variables}
+    return {
+        v.path: keras.ops.convert_to_numpy(v) - before[v.path] for v in model.trainable_variables
+    }
 
 
 def test_low_rate_groups_move_less(shipped_model_path, digits_small):
     x, y = digits_small
     batch = (x[:32], y[:32])
     keras.utils.set_random_seed(3)  # same dropout mask in both runs
-    uniform = _one_step(keras.models.load_model(shipped_model_path), keras.optimizers.SGD(0.01), batch)
+    uniform = _one_step(
+        keras.models.load_model(shipped_model_path), keras.optimizers.SGD(0.01), batch
+    )
     keras.utils.set_random_seed(3)
     model = keras.models.load_model(shipped_model_path)
     opt = kerasft.discriminative_optimizer(model, keras.optimizers.SGD(0.01), lr_mult=1000)
@@ -78,16 +94,31 @@ def test_weight_decay_skips_biases_and_normalization(shipped_model):
         assert (sub.weight_decay == 0.0) == (v.path in skip), v.path
         assert sub.name.endswith("_no_decay") == (v.path in skip)
     rates = {o.name: float(o.learning_rate) for o in opt.optimizers}
-    assert rates["block1"] == pytest.approx(1e-3 * 0.5**3) and rates["predictions"] == pytest.approx(1e-3)
+    assert rates["block1"] == pytest.approx(1e-3 * 0.5**3) and rates[
+        "predictions"
+    ] == pytest.approx(1e-3)
 
 
 def test_finetune_adamw_does_not_decay_biases_or_normalization(shipped_model, digits_small):
-    result = kerasft.finetune(shipped_model, digits_small, recipe="full", epochs=1, optimizer="adamw",
-                              weight_decay=1e-2, verbose=0)
+    result = kerasft.finetune(
+        shipped_model,
+        digits_small,
+        recipe="full",
+        epochs=1,
+        optimizer="adamw",
+        weight_decay=1e-2,
+        verbose=0,
+    )
     opt = result.model.optimizer
     decayed = {v.path for v in result.model.trainable_variables if opt._use_weight_decay(v)}
-    assert decayed == {"block1_conv1/kernel", "block1_conv2/kernel", "block2_conv1/kernel",
-                       "block2_conv2/kernel", "fc/kernel", "predictions/kernel"}
+    assert decayed == {
+        "block1_conv1/kernel",
+        "block1_conv2/kernel",
+        "block2_conv1/kernel",
+        "block2_conv2/kernel",
+        "fc/kernel",
+        "predictions/kernel",
+    }
 
 
 def test_discriminative_optimizer_saves_and_loads(tmp_path, shipped_model, digits_small):
@@ -110,12 +141,25 @@ def test_discriminative_optimizer_saves_and_loads(tmp_path, shipped_model, digit
 
 
 def test_finetune_lr_mult_builds_group_rates(shipped_model, digits_small):
-    result = kerasft.finetune(shipped_model, digits_small, recipe="full", epochs=1, lr=2e-3,
-                              lr_mult=100, warmup=0.0, verbose=0)
+    result = kerasft.finetune(
+        shipped_model,
+        digits_small,
+        recipe="full",
+        epochs=1,
+        lr=2e-3,
+        lr_mult=100,
+        warmup=0.0,
+        verbose=0,
+    )
     opt = result.model.optimizer
     assert isinstance(opt, keras.optimizers.MultiOptimizer)
-    peaks = {o.name: o._learning_rate.peak_learning_rate * o._learning_rate.multiplier for o in opt.optimizers}
-    assert peaks["block1"] == pytest.approx(2e-5) and peaks["block2"] == pytest.approx(2e-5 * 100 ** (1 / 3))
+    peaks = {
+        o.name: o._learning_rate.peak_learning_rate * o._learning_rate.multiplier
+        for o in opt.optimizers
+    }
+    assert peaks["block1"] == pytest.approx(2e-5) and peaks["block2"] == pytest.approx(
+        2e-5 * 100 ** (1 / 3)
+    )
     assert peaks["predictions"] == pytest.approx(2e-3)
 
 
@@ -124,9 +168,13 @@ def test_errors(shipped_model):
         kerasft.discriminative_optimizer(shipped_model, lr_mult=10, layer_decay=0.5)
     with pytest.raises(ValueError, match=r"Argument `lr_mult` must be >= 1.*Received: lr_mult=0.5"):
         kerasft.group_multipliers(3, lr_mult=0.5)
-    with pytest.raises(ValueError, match=r"Argument `layer_decay` must be in \(0, 1\]. Received: layer_decay=1.5"):
+    with pytest.raises(
+        ValueError, match=r"Argument `layer_decay` must be in \(0, 1\]. Received: layer_decay=1.5"
+    ):
         kerasft.group_multipliers(3, layer_decay=1.5)
-    with pytest.raises(ValueError, match=r"hold 4 non-negative multipliers.*Received: lr_mult=\[1.0, 2.0\]"):
+    with pytest.raises(
+        ValueError, match=r"hold 4 non-negative multipliers.*Received: lr_mult=\[1.0, 2.0\]"
+    ):
         kerasft.discriminative_optimizer(shipped_model, lr_mult=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"match no pattern: \['fc', 'predictions'\].*HINT"):
         kerasft.layer_groups(shipped_model, [r"block1_.*", r"block2_.*"])
@@ -135,5 +183,10 @@ def test_errors(shipped_model):
     with pytest.raises(TypeError, match=r"Argument `optimizer` must be a learning rate"):
         kerasft.discriminative_optimizer(shipped_model, "adam")
     with pytest.raises(ValueError, match=r"recipe='head' trains only the head"):
-        kerasft.finetune(shipped_model, (np.zeros((4, 28, 28, 1)), np.arange(4)), recipe="head",
-                         lr_mult=10, verbose=0)
+        kerasft.finetune(
+            shipped_model,
+            (np.zeros((4, 28, 28, 1)), np.arange(4)),
+            recipe="head",
+            lr_mult=10,
+            verbose=0,
+        )

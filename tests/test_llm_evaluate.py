@@ -25,8 +25,16 @@ def tiny_path(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tiny_path):
-    return llm.finetune_causal_lm(tiny_path, PAIRS, recipe="dora", epochs=2, lr=1e-2, verbose=0,
-                                  lora_targets="all-linear", lora_rank=4)
+    return llm.finetune_causal_lm(
+        tiny_path,
+        PAIRS,
+        recipe="dora",
+        epochs=2,
+        lr=1e-2,
+        verbose=0,
+        lora_targets="all-linear",
+        lora_rank=4,
+    )
 
 
 def test_generate_matches_keras_hub_greedy(tiny_path):
@@ -51,9 +59,13 @@ def test_evaluate_reports_loss_and_accuracy(trained):
     report = trained.evaluate(PAIRS[:6], choices=["fresh", "rotten"], max_new_tokens=3)
     tokenizer = trained.model.preprocessor.tokenizer
     _, examples = sft.tokenize_examples(PAIRS[:6], tokenizer, chat_template=tokenizer.chat_template)
-    assert report.tokens == sum(int(e.loss_mask[1:].sum()) for e in examples)  # the answers and turn ends
+    assert report.tokens == sum(
+        int(e.loss_mask[1:].sum()) for e in examples
+    )  # the answers and turn ends
     assert report.perplexity == pytest.approx(np.exp(report.loss))
-    assert report.accuracy is not None and 0.0 <= report.unparsed <= 1.0 and len(report.answers) == 6
+    assert (
+        report.accuracy is not None and 0.0 <= report.unparsed <= 1.0 and len(report.answers) == 6
+    )
     text = llm.evaluate_causal_lm(trained.model, [REVIEW, REVIEW + " Again."])
     assert text.accuracy is None and text.tokens > 20
     with pytest.raises(ValueError, match="Argument `max_new_tokens` must be a positive integer"):

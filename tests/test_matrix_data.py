@@ -65,7 +65,10 @@ def test_balanced_text_split_has_a_fixed_test_set():
     np.testing.assert_array_equal(np.sort(a.x_test), np.sort(b.x_test))
     assert not set(a.x_train) & set(a.x_test)
     assert set(a.x_train) != set(b.x_train)
-    assert np.bincount(a.y_train).tolist() == [20, 20] and np.bincount(a.y_test).tolist() == [50, 50]
+    assert np.bincount(a.y_train).tolist() == [20, 20] and np.bincount(a.y_test).tolist() == [
+        50,
+        50,
+    ]
 
 
 def test_digit_attributes():

@@ -35,8 +35,9 @@ def split():
 
 @pytest.fixture(scope="module")
 def result(split, shipped_model_path):
-    return kerasft.finetune(shipped_model_path, (split.x_train, split.y_train), head_epochs=1,
-                            epochs=2, verbose=0)
+    return kerasft.finetune(
+        shipped_model_path, (split.x_train, split.y_train), head_epochs=1, epochs=2, verbose=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +64,17 @@ def test_export_writes_a_card_with_the_runs_numbers(exported, result, report):
 
     assert card.data["task"] == "classification" and card.data["num_classes"] == 10
     assert card.data["num_examples"] == result.spec.num_examples == 100
-    assert card.data["examples_per_class"] == {NAMES[k]: v for k, v in result.spec.class_counts.items()}
+    assert card.data["examples_per_class"] == {
+        NAMES[k]: v for k, v in result.spec.class_counts.items()
+    }
 
-    assert card.recipe == {"name": "lp-ft", "options": {"head_epochs": 1, "epochs": 2, "verbose": 0}}
-    assert [p["name"] for p in card.phases] == [p.name for p in result.phases] == ["head", "finetune"]
+    assert card.recipe == {
+        "name": "lp-ft",
+        "options": {"head_epochs": 1, "epochs": 2, "verbose": 0},
+    }
+    assert (
+        [p["name"] for p in card.phases] == [p.name for p in result.phases] == ["head", "finetune"]
+    )
     for row, phase in zip(card.phases, result.phases):
         assert row["epochs"] == phase.epochs
         assert row["trainable_params"] == phase.trainable_params
@@ -91,8 +99,15 @@ def test_markdown_renders_the_tables(exported, report):
     with open(os.path.join(exported, CARD_FILE), encoding="utf-8") as f:
         markdown = f.read()
     assert markdown == exported.card.to_markdown()
-    for heading in ("# Model card: mnist_cnn", "## Model", "## Data", "## Training", "## Evaluation",
-                    "## Exports", "## Provenance"):
+    for heading in (
+        "# Model card: mnist_cnn",
+        "## Model",
+        "## Data",
+        "## Training",
+        "## Evaluation",
+        "## Exports",
+        "## Provenance",
+    ):
         assert f"\n{heading}\n" in "\n" + markdown
     lines = markdown.splitlines()
     header = lines.index("| class | precision | recall | f1 | support |")
@@ -104,7 +119,9 @@ def test_markdown_renders_the_tables(exported, report):
         )
     assert f"| accuracy | {report.accuracy:.4f} |" in lines
     assert "| true \\ predicted | " + " | ".join(NAMES) + " |" in lines
-    assert "| phase | epochs | trainable params | seconds | learning rate | best val_loss |" in lines
+    assert (
+        "| phase | epochs | trainable params | seconds | learning rate | best val_loss |" in lines
+    )
     assert "| `head_epochs` | 1 |" in lines
     assert any(line.startswith("| saved_model | `digits` | ") for line in lines)
 
@@ -119,8 +136,12 @@ def test_json_round_trips(exported):
 
 
 def test_tflite_card_sits_beside_the_file(result, split, tmp_path):
-    path = result.export(str(tmp_path / "digits.tflite"), format="tflite", quantize="dynamic",
-                         verify_data=(split.x_test, split.y_test))
+    path = result.export(
+        str(tmp_path / "digits.tflite"),
+        format="tflite",
+        quantize="dynamic",
+        verify_data=(split.x_test, split.y_test),
+    )
     files = export_files(path)
     assert files["card"] == str(tmp_path / "digits.MODEL_CARD.md")
     card = ModelCard.from_json(files["card_json"])
@@ -154,14 +175,18 @@ def test_model_card_and_write(result, report, tmp_path):
     assert sorted(os.listdir(tmp_path / "cards")) == ["run1.MODEL_CARD.md", "run1.model_card.json"]
     with pytest.raises(TypeError, match=r"needs `model` or `result`"):
         model_card()
-    with pytest.raises(TypeError, match=r"Argument `evaluation` must be a kerasft.evaluation."
-                                        r"EvaluationReport.*Received: evaluation of type float"):
+    with pytest.raises(
+        TypeError,
+        match=r"Argument `evaluation` must be a kerasft.evaluation."
+        r"EvaluationReport.*Received: evaluation of type float",
+    ):
         model_card(result.model, evaluation=0.9)
 
 
 def test_shipped_model_readme_is_its_generated_card(shipped_model_path):
     spec = importlib.util.spec_from_file_location(
-        "pretrain_mnist", os.path.join(ROOT, "examples", "pretrain_mnist.py"))
+        "pretrain_mnist", os.path.join(ROOT, "examples", "pretrain_mnist.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     card = module.shipped_model_card(shipped_model_path)
@@ -197,8 +222,13 @@ def test_card_says_what_the_given_evaluation_ran_on(tmp_path):
     path = export_model(model, tmp_path / "given", verify_data=sample, evaluation=on_test)
     assert path.card.evaluation["num_examples"] == 50
     assert "held-out validation" not in path.card.evaluation_data
-    named = export_model(model, tmp_path / "named", verify_data=sample, evaluation=on_test,
-                         evaluation_data="the 50 test images")
+    named = export_model(
+        model,
+        tmp_path / "named",
+        verify_data=sample,
+        evaluation=on_test,
+        evaluation_data="the 50 test images",
+    )
     assert named.card.evaluation_data == "the 50 test images"
     own = export_model(model, tmp_path / "own", verify_data=sample)
     assert own.card.evaluation["num_examples"] == 20
@@ -213,8 +243,12 @@ def test_names_with_markdown_or_html_cannot_break_the_card(tmp_path):
     model = _three_class_model()
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 4)).astype("float32"), rng.integers(0, 3, 30)
-    path = export_model(model, tmp_path / "m", class_names=names,
-                        evaluation=evaluate_model(model, x, y, class_names=names))
+    path = export_model(
+        model,
+        tmp_path / "m",
+        class_names=names,
+        evaluation=evaluate_model(model, x, y, class_names=names),
+    )
     with open(os.path.join(path, CARD_FILE), encoding="utf-8") as f:
         markdown = f.read()
     assert "<script>" not in markdown

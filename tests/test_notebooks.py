@@ -72,13 +72,21 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
     with open(os.path.join(EXAMPLES, name), encoding="utf-8") as f:
         nb = nbformat.read(f, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=1800, kernel_name="python3",
+        nb,
+        timeout=1800,
+        kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},  # files land in tmp_path
     )
     client.execute(env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                     for o in c.outputs if o.output_type == "stream")
+    text = "\n".join(
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "stream"
+    )
     assert "test accuracy" in text, text[-2000:]

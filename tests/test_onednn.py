@@ -42,8 +42,9 @@ def _run(order: str, env_value: str | None) -> subprocess.CompletedProcess:
     if env_value is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = env_value
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    return subprocess.run([sys.executable, "-c", SCRIPT, order], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, order], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_reproducer_trains_when_kerasft_is_imported_first():

@@ -28,8 +28,11 @@ def test_console_script_loads_the_library_on_first_use(tmp_path):
         "assert missing == [], missing\n"
         "from kerasft import find_head, peft\n"
         "print('ok')\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     env = {**os.environ, "PYTHONPATH": ROOT}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"

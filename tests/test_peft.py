@@ -177,8 +177,11 @@ def test_rank_larger_than_the_layer_is_refused():
     # rank=1000 on the CNN's 3136x128 "fc" was accepted: 99.8% of the model trainable.
     model = load_mnist_cnn()
     for rank in (129, 1000):
-        with pytest.raises(ValueError, match=rf"`rank={rank}` is larger than layer 'fc' allows: .*"
-                                             r"min\(fan_in=3136, fan_out=128\) = 128.*rank <= 128"):
+        with pytest.raises(
+            ValueError,
+            match=rf"`rank={rank}` is larger than layer 'fc' allows: .*"
+            r"min\(fan_in=3136, fan_out=128\) = 128.*rank <= 128",
+        ):
             peft.apply_lora(model, rank=rank)
     assert not model.get_layer("fc").lora_enabled
     assert peft.apply_lora(model, rank=64).report.adapter_params == 64 * (3136 + 128)
@@ -191,9 +194,11 @@ def test_damaged_adapter_file_is_refused_before_the_model_changes(tmp_path):
         arrays = {k: data[k] for k in data.files}
     meta = json.loads(arrays["__meta__"].tobytes())
     a_name = meta["adapters"][0]["arrays"][0]
-    damaged = {"wrong shape": {**arrays, a_name: arrays[a_name][:, :1]},
-               "missing array": {k: v for k, v in arrays.items() if k != a_name},
-               "not finite": {**arrays, a_name: np.full_like(arrays[a_name], np.nan)}}
+    damaged = {
+        "wrong shape": {**arrays, a_name: arrays[a_name][:, :1]},
+        "missing array": {k: v for k, v in arrays.items() if k != a_name},
+        "not finite": {**arrays, a_name: np.full_like(arrays[a_name], np.nan)},
+    }
     for what, content in damaged.items():
         np.savez(tmp_path / "bad.npz", **content)
         model = load_mnist_cnn()
@@ -206,7 +211,9 @@ def test_damaged_adapter_file_is_refused_before_the_model_changes(tmp_path):
     (tmp_path / "cut.npz").write_bytes(open(path, "rb").read()[:500])
     np.savez(tmp_path / "objects.npz", __meta__=np.array([{"format": 1}], dtype=object))
     for name in ("cut.npz", "objects.npz"):
-        with pytest.raises(ValueError, match=rf"{name}' is damaged or not a kerasft adapter file") as info:
+        with pytest.raises(
+            ValueError, match=rf"{name}' is damaged or not a kerasft adapter file"
+        ) as info:
             peft.load_adapters(load_mnist_cnn(), tmp_path / name)
         assert "allow_pickle" not in str(info.value)
 
@@ -348,7 +355,9 @@ def test_lora_on_kerashub_bert_trains_attention_adapters():
     result = peft.apply_lora(classifier, rank=4)
     assert result.model is classifier
     # By default every projection of the top half of the blocks (here the second of two).
-    projections = [f"self_attention_layer/{p}" for p in ("query", "key", "value", "attention_output")]
+    projections = [
+        f"self_attention_layer/{p}" for p in ("query", "key", "value", "attention_output")
+    ]
     projections += ["feedforward_intermediate_dense", "feedforward_output_dense"]
     assert result.targets == tuple(f"bert_backbone/transformer_layer_1/{p}" for p in projections)
     assert result.trained == ("logits",)
@@ -407,13 +416,17 @@ def test_dora_inside_kerashub_blocks_goes_in_place(tmp_path):
     # Adapters (A, B, magnitude per projection) and the head train; nothing else.
     assert result.report.adapter_params == 4 * (32 * 2 * 4 + 4 * 16 + 2 * 16)
 
-    classifier.compile(optimizer=keras.optimizers.Adam(3e-2),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(3e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     before = snapshot(classifier)
     classifier.fit(texts, labels, epochs=8, batch_size=8, shuffle=False, verbose=0)
     moved = changed(before)
     assert moved - {p for p in moved if "lora_kernel" in p or "dora_magnitude" in p} == {
-        "logits/kernel", "logits/bias"}
+        "logits/kernel",
+        "logits/bias",
+    }
     assert sum("dora_magnitude" in p for p in moved) == 4
     trained = classifier.predict(texts, verbose=0)
     assert not np.allclose(trained, expected, atol=1e-3)
@@ -442,7 +455,9 @@ def test_adapter_dropout_inside_kerashub_blocks_is_refused_with_a_hint():
         r"inside 'self_attention_layer'.*HINT: use dropout=0.0 there",
     ):
         peft.apply_lora(classifier, method="dora", dropout=0.1, targets=["query", "value"])
-    with pytest.raises(ValueError, match="LoRA with dropout needs a wrapper.*HINT: use method='lora'"):
+    with pytest.raises(
+        ValueError, match="LoRA with dropout needs a wrapper.*HINT: use method='lora'"
+    ):
         peft.apply_lora(classifier, dropout=0.1, targets=["query", "value"])
     assert not any(_walk.is_adapted(node.layer) for node in _walk.walk(classifier))
 
@@ -504,7 +519,9 @@ def test_bad_inputs_are_refused_with_clear_messages(tmp_path):
         ValueError, match=r"\['predictions'\] are both adapter targets and in `train`"
     ):
         peft.apply_lora(model, targets=["fc", "predictions"])
-    with pytest.raises(ValueError, match=r"No layer of model .* matches 'nothing' in argument `train`"):
+    with pytest.raises(
+        ValueError, match=r"No layer of model .* matches 'nothing' in argument `train`"
+    ):
         peft.apply_lora(model, train=["nothing"])
     with pytest.raises(ValueError, match="has no adapters to merge"):
         peft.merge(model)
@@ -550,5 +567,3 @@ def test_bad_inputs_are_refused_with_clear_messages(tmp_path):
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(f"kerasft.peft.{module}"))
     assert result.attempted > 0 and result.failed == 0
-
-

@@ -22,25 +22,44 @@ def _counts(model, names):
 def _plan(model, **recipe):
     options = RecipeOptions(**recipe)
     return build_plan(model, kerasft.find_head(model), options, steps_per_epoch=4).count(
-        model, kerasft.find_head(model))
+        model, kerasft.find_head(model)
+    )
 
 
 def test_lp_ft_plan(shipped_model):
     plan = _plan(shipped_model, head_epochs=3, epochs=7, lr=1e-2)
     head, body = plan.phases
-    assert (head.name, head.epochs, head.trains, float(head.rate), head.schedule) == ("head", 3, "head", 1e-2, "constant")
-    assert (body.name, body.epochs, body.trains, body.schedule, body.spread) == ("finetune", 7, "all", "warmup_cosine", True)
+    assert (head.name, head.epochs, head.trains, float(head.rate), head.schedule) == (
+        "head",
+        3,
+        "head",
+        1e-2,
+        "constant",
+    )
+    assert (body.name, body.epochs, body.trains, body.schedule, body.spread) == (
+        "finetune",
+        7,
+        "all",
+        "warmup_cosine",
+        True,
+    )
     assert float(body.rate) == pytest.approx(1e-3)
     assert plan.trainable_params[0] == [_counts(shipped_model, ["predictions"])]
     # BatchNormalization stays frozen: everything but its parameters trains.
-    bn = sum(int(np.prod(w.shape)) for lyr in shipped_model.layers
-             if isinstance(lyr, keras.layers.BatchNormalization) for w in lyr.weights)
+    bn = sum(
+        int(np.prod(w.shape))
+        for lyr in shipped_model.layers
+        if isinstance(lyr, keras.layers.BatchNormalization)
+        for w in lyr.weights
+    )
     assert plan.trainable_params[1] == [shipped_model.count_params() - bn]
     assert head.cacheable and body.cacheable
 
 
-@pytest.mark.parametrize("recipe, names, epochs", [("full", ["full"], [10]), ("head", ["head"], [10]),
-                                                   ("lp-ft", ["head", "finetune"], [5, 10])])
+@pytest.mark.parametrize(
+    "recipe, names, epochs",
+    [("full", ["full"], [10]), ("head", ["head"], [10]), ("lp-ft", ["head", "finetune"], [5, 10])],
+)
 def test_builtin_recipes(shipped_model, recipe, names, epochs):
     plan = _plan(shipped_model, recipe=recipe)
     assert [p.name for p in plan.phases] == names and [p.epochs for p in plan.phases] == epochs
@@ -61,7 +80,10 @@ def test_gradual_plan_stages_and_rates(shipped_model):
 
 
 def test_phase_list_and_file_recipes_give_the_same_plan(shipped_model, tmp_path):
-    phases = [{"layers": ["predictions", "fc"], "lr": 2e-3}, {"layers": r"block2_conv\d", "epoch": 3}]
+    phases = [
+        {"layers": ["predictions", "fc"], "lr": 2e-3},
+        {"layers": r"block2_conv\d", "epoch": 3},
+    ]
     path = tmp_path / "phases.json"
     path.write_text(json.dumps({"phases": phases}))
     listed = _plan(shipped_model, recipe=phases, epochs=5, lr=1e-2)
@@ -70,12 +92,19 @@ def test_phase_list_and_file_recipes_give_the_same_plan(shipped_model, tmp_path)
     (phase,) = listed.phases
     assert [float(s.rate) for s in phase.stages] == pytest.approx([2e-3, 1e-3])
     assert listed.trainable_params[0][1] - listed.trainable_params[0][0] == _counts(
-        shipped_model, ["block2_conv1", "block2_conv2"])
+        shipped_model, ["block2_conv1", "block2_conv2"]
+    )
 
 
 def test_phase_list_starting_after_the_run_is_refused(shipped_model):
-    with pytest.raises(ValueError, match=r"phases start at epochs \[0, 9\] but the run lasts 4 epochs"):
-        _plan(shipped_model, recipe=[{"layers": "predictions"}, {"layers": "fc", "epoch": 9}], epochs=4)
+    with pytest.raises(
+        ValueError, match=r"phases start at epochs \[0, 9\] but the run lasts 4 epochs"
+    ):
+        _plan(
+            shipped_model,
+            recipe=[{"layers": "predictions"}, {"layers": "fc", "epoch": 9}],
+            epochs=4,
+        )
 
 
 def test_find_rates_resolve(shipped_model):
@@ -88,9 +117,15 @@ def test_find_rates_resolve(shipped_model):
     assert str(Rate(of_found=0.1)) == "find/10"
 
 
-@pytest.mark.parametrize("unfreeze, trained", [(1, ["fc"]), (2, ["block2_conv2", "fc"]),
-                                                (0.6, ["block2_conv1", "block2_conv2", "fc"]),
-                                                (r"^block2_conv2$", ["block2_conv2"])])
+@pytest.mark.parametrize(
+    "unfreeze, trained",
+    [
+        (1, ["fc"]),
+        (2, ["block2_conv2", "fc"]),
+        (0.6, ["block2_conv1", "block2_conv2", "fc"]),
+        (r"^block2_conv2$", ["block2_conv2"]),
+    ],
+)
 def test_unfreeze_selects_the_top_of_the_body(shipped_model, unfreeze, trained):
     plan = _plan(shipped_model, unfreeze=unfreeze)
     layers = trainable_layers(shipped_model, kerasft.find_head(shipped_model), plan.phases[1])
@@ -125,7 +160,13 @@ def test_kerasft_plan_rebuilds_the_head_for_new_classes(shipped_model, digits_sm
 
 # ------------------------------------------------------------------ options and hooks
 
-RECIPE_CHOICES = ["lp-ft", "full", "head", "gradual", [{"layers": "predictions"}, {"layers": "fc", "epoch": 1}]]
+RECIPE_CHOICES = [
+    "lp-ft",
+    "full",
+    "head",
+    "gradual",
+    [{"layers": "predictions"}, {"layers": "fc", "epoch": 1}],
+]
 EXTRAS = {
     "lr_mult": dict(lr_mult=10),
     "layer_decay": dict(layer_decay=0.5),
@@ -169,7 +210,9 @@ def model_for_plans(shipped_model_path):
     return keras.models.load_model(shipped_model_path)
 
 
-@pytest.mark.parametrize("recipe", RECIPE_CHOICES, ids=lambda r: r if isinstance(r, str) else "phase-list")
+@pytest.mark.parametrize(
+    "recipe", RECIPE_CHOICES, ids=lambda r: r if isinstance(r, str) else "phase-list"
+)
 @pytest.mark.parametrize("pair", list(itertools.combinations(EXTRAS, 2)), ids="+".join)
 def test_option_matrix_builds_plans_or_refuses(model_for_plans, recipe, pair):
     shipped_model = model_for_plans
@@ -182,9 +225,12 @@ def test_option_matrix_builds_plans_or_refuses(model_for_plans, recipe, pair):
             Options.from_keywords(**keywords)
         return
     options = Options.from_keywords(**keywords)
-    plan = build_plan(shipped_model, kerasft.find_head(shipped_model), options.recipe, steps_per_epoch=2)
-    assert sum(p.epochs for p in plan.phases) == (2 if recipe in ("full", "head") or not isinstance(recipe, str)
-                                                 else 3)
+    plan = build_plan(
+        shipped_model, kerasft.find_head(shipped_model), options.recipe, steps_per_epoch=2
+    )
+    assert sum(p.epochs for p in plan.phases) == (
+        2 if recipe in ("full", "head") or not isinstance(recipe, str) else 3
+    )
     kinds = [type(h) for h in default_hooks(options, "val_loss")]
     assert kinds.index(hooks.BestWeights) < kinds.index(hooks.NaNGuard) < kinds.index(hooks.Stages)
     assert (hooks.LRFinder in kinds) == ("find" in pair)
@@ -198,17 +244,38 @@ def test_option_matrix_builds_plans_or_refuses(model_for_plans, recipe, pair):
 
 def test_every_conflict_row_is_hit_by_its_case_alone():
     cases = [
-        (dict(recipe="auto", head_epochs=2), r"`head_epochs=2` sets the epochs of a head trained by gradient"),
-        (dict(recipe="auto", lr="find"), r"`lr='find'` sweeps the rate of a head trained by gradient"),
-        (dict(quantize="int8"), r"`quantize='int8'` quantizes the frozen base under low-rank adapters, but recipe='auto'"),
-        (dict(task="classification", standardize_targets=True), r"`standardize_targets=True` applies to regression"),
-        (dict(task="regression", label_smoothing=0.1), r"`label_smoothing=0.1` smooths class labels"),
-        (dict(task="regression", class_weight="balanced"), r"`class_weight='balanced'` applies to classification"),
+        (
+            dict(recipe="auto", head_epochs=2),
+            r"`head_epochs=2` sets the epochs of a head trained by gradient",
+        ),
+        (
+            dict(recipe="auto", lr="find"),
+            r"`lr='find'` sweeps the rate of a head trained by gradient",
+        ),
+        (
+            dict(quantize="int8"),
+            r"`quantize='int8'` quantizes the frozen base under low-rank adapters, but recipe='auto'",
+        ),
+        (
+            dict(task="classification", standardize_targets=True),
+            r"`standardize_targets=True` applies to regression",
+        ),
+        (
+            dict(task="regression", label_smoothing=0.1),
+            r"`label_smoothing=0.1` smooths class labels",
+        ),
+        (
+            dict(task="regression", class_weight="balanced"),
+            r"`class_weight='balanced'` applies to classification",
+        ),
         (dict(recipe="head", lr_mult=10), "spread rates over layer groups"),
         (dict(recipe="gradual", unfreeze=3), "unfreezes by phases"),
         (dict(lr="find", distribute="auto"), r"`lr='find'` cannot run under `distribute` \(auto\)"),
         (dict(prune=0.5, l2sp=0.1), r"cannot be combined with \['l2sp'\] yet.*prune=0.5, l2sp=0.1"),
-        (dict(callbacks=[keras.callbacks.ReduceLROnPlateau()]), "keras.callbacks.ReduceLROnPlateau"),
+        (
+            dict(callbacks=[keras.callbacks.ReduceLROnPlateau()]),
+            "keras.callbacks.ReduceLROnPlateau",
+        ),
     ]
     assert len(cases) == len(CONFLICTS)
     for row, (keywords, message) in enumerate(cases):
@@ -225,7 +292,9 @@ def test_unknown_keyword_lists_the_valid_ones():
 
 def test_options_round_trip_through_keywords():
     options = Options.from_keywords(recipe="full", lr=3e-3, use_ema=True, patience=None)
-    assert options.recipe.lr == 3e-3 and options.optimizer.use_ema and options.monitor.patience is None
+    assert (
+        options.recipe.lr == 3e-3 and options.optimizer.use_ema and options.monitor.patience is None
+    )
     assert Options.from_keywords(**options.keywords()) == options
     assert options.replace(lr=1e-4).recipe.lr == 1e-4
 
@@ -243,6 +312,8 @@ def test_a_registered_recipe_is_used_by_name(shipped_model, digits_small):
         assert plan.trainable_params == [[1290], [1290]]
         result = kerasft.finetune(shipped_model, digits_small, recipe="head-twice", verbose=0)
         assert [p.name for p in result.phases] == ["head", "head-again"]
-        assert "head-twice" in str(pytest.raises(ValueError, Options.from_keywords, recipe="nope").value)
+        assert "head-twice" in str(
+            pytest.raises(ValueError, Options.from_keywords, recipe="nope").value
+        )
     finally:
         RECIPES.pop("head-twice")

@@ -36,8 +36,9 @@ def two_phase_history(digits_small):
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     head = model.fit(x, y, validation_split=0.2, epochs=3, verbose=0)
     body.trainable = True
-    model.compile(keras.optimizers.Adam(3e-4), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(3e-4), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     full = model.fit(x, y, validation_split=0.2, epochs=2, verbose=0)
     return [("head", head), ("full", full.history)]
 
@@ -60,8 +61,15 @@ def test_plot_history_across_phases(two_phase_history, tmp_path):
 def test_plot_history_tolerates_missing_series_and_learning_rate(tmp_path):
     phases = [
         ("head", {"loss": [1.0, 0.8], "accuracy": [0.5, 0.6]}),
-        ("full", {"loss": [0.7, 0.6], "val_loss": [0.8, 0.75], "accuracy": [0.7, 0.8],
-                  "learning_rate": [1e-4, 5e-5]}),
+        (
+            "full",
+            {
+                "loss": [0.7, 0.6],
+                "val_loss": [0.8, 0.75],
+                "accuracy": [0.7, 0.8],
+                "learning_rate": [1e-4, 5e-5],
+            },
+        ),
     ]
     _png(plot_history(phases, tmp_path / "h.png"))
     # Overwriting an existing PNG is fine (plots are cheap to redo).
@@ -86,10 +94,13 @@ def test_plot_history_errors(tmp_path):
 def test_plot_lr_find(tmp_path):
     lrs = np.geomspace(1e-6, 1.0, 80)
     # A typical sweep: flat, falling, then diverging to inf.
-    losses = 2.3 - 1.5 / (1 + np.exp(-2 * (np.log10(lrs) + 3.5))) + np.where(lrs > 0.05, lrs * 50, 0)
+    losses = (
+        2.3 - 1.5 / (1 + np.exp(-2 * (np.log10(lrs) + 3.5))) + np.where(lrs > 0.05, lrs * 50, 0)
+    )
     losses[-3:] = np.inf
-    path = plot_lr_find(lrs, losses, {"valley": 3e-3, "steep": 3e-4, "minimum": None},
-                        tmp_path / "lr.png")
+    path = plot_lr_find(
+        lrs, losses, {"valley": 3e-3, "steep": 3e-4, "minimum": None}, tmp_path / "lr.png"
+    )
     assert _png(path).std() > 10
     _png(plot_lr_find(lrs, losses, None, tmp_path / "lr_plain.png"))
 
@@ -130,11 +141,14 @@ def test_plot_confusion_matrix_errors(tmp_path):
 
 def test_plot_history_of_a_finetune_result(digits_small, shipped_model_path, tmp_path):
     x, y = digits_small
-    result = kerasft.finetune(shipped_model_path, (x[:100], y[:100]), head_epochs=1, epochs=2,
-                              verbose=0)
+    result = kerasft.finetune(
+        shipped_model_path, (x[:100], y[:100]), head_epochs=1, epochs=2, verbose=0
+    )
     from_result = _png(plot_history(result, tmp_path / "a.png"))
     from_dict = _png(plot_history(result.history, tmp_path / "b.png"))
-    from_pairs = _png(plot_history([(p.name, p.history) for p in result.phases], tmp_path / "c.png"))
+    from_pairs = _png(
+        plot_history([(p.name, p.history) for p in result.phases], tmp_path / "c.png")
+    )
     np.testing.assert_array_equal(from_result, from_pairs)
     np.testing.assert_array_equal(from_dict, from_pairs)
 
@@ -142,8 +156,25 @@ def test_plot_history_of_a_finetune_result(digits_small, shipped_model_path, tmp
 def test_cli_plots_end_to_end(tmp_path):
     """`kerasft finetune --plots DIR` writes the curves and the test-set confusion matrix."""
     plots, logs = tmp_path / "plots", tmp_path / "logs"
-    assert cli.main(["finetune", "--head-epochs", "1", "--epochs", "2", "--no-scratch",
-                     "--no-export", "-q", "--plots", str(plots), "--tensorboard", str(logs)]) == 0
+    assert (
+        cli.main(
+            [
+                "finetune",
+                "--head-epochs",
+                "1",
+                "--epochs",
+                "2",
+                "--no-scratch",
+                "--no-export",
+                "-q",
+                "--plots",
+                str(plots),
+                "--tensorboard",
+                str(logs),
+            ]
+        )
+        == 0
+    )
     assert sorted(os.listdir(plots)) == ["confusion.png", "history.png"]
     history, confusion = _png(plots / "history.png"), _png(plots / "confusion.png")
     assert history.shape[1] > 1000  # loss and accuracy side by side
@@ -179,8 +210,13 @@ def _line_labelled(ax, start):
 
 
 def test_history_loss_axis_is_logarithmic_when_it_spans_decades(tmp_path, drawn):
-    spike = [("head", {"loss": [9.0, 0.4, 0.3], "val_loss": [2.0, 0.5, 0.35], "accuracy": [0.2, 0.8, 0.9]}),
-             ("full", {"loss": [0.2, 0.1], "val_loss": [0.3, 0.25], "accuracy": [0.95, 0.97]})]
+    spike = [
+        (
+            "head",
+            {"loss": [9.0, 0.4, 0.3], "val_loss": [2.0, 0.5, 0.35], "accuracy": [0.2, 0.8, 0.9]},
+        ),
+        ("full", {"loss": [0.2, 0.1], "val_loss": [0.3, 0.25], "accuracy": [0.95, 0.97]}),
+    ]
     plot_history(spike, tmp_path / "spike.png")
     gentle = [("head", {"loss": [1.0, 0.6, 0.4], "accuracy": [0.5, 0.7, 0.8]})]
     plot_history(gentle, tmp_path / "gentle.png")
@@ -201,17 +237,25 @@ def test_history_of_a_real_run_follows_the_rule(two_phase_history, tmp_path, dra
 
 
 def test_lr_find_plot_marks_the_lowest_point_and_says_what_each_marker_is(
-        shipped_model, digits_small, tmp_path, drawn):
+    shipped_model, digits_small, tmp_path, drawn
+):
     from kerasft.lr_finder import lr_find
 
     x, y = digits_small
-    found = lr_find(shipped_model, (x, y), num_steps=40, loss="sparse_categorical_crossentropy",
-                    plot=tmp_path / "lr_find.png")
+    found = lr_find(
+        shipped_model,
+        (x, y),
+        num_steps=40,
+        loss="sparse_categorical_crossentropy",
+        plot=tmp_path / "lr_find.png",
+    )
     assert found.plot_path == str(tmp_path / "lr_find.png")
     ax = drawn[0].axes[0]
     curve = _line_labelled(ax, "loss")
     lrs, losses = curve.get_xdata(), curve.get_ydata()
-    np.testing.assert_allclose(losses, found.losses[np.isfinite(found.losses)])  # the smoothed curve
+    np.testing.assert_allclose(
+        losses, found.losses[np.isfinite(found.losses)]
+    )  # the smoothed curve
 
     lowest = _line_labelled(ax, "lowest loss")
     assert lowest.get_xdata()[0] == lrs[np.argmin(losses)]
@@ -219,7 +263,10 @@ def test_lr_find_plot_marks_the_lowest_point_and_says_what_each_marker_is(
     # "minimum" is a tenth of the lowest loss's rate (in the range the suggestions read), so
     # its marker is not at the lowest point, and its legend says so.
     minimum = _line_labelled(ax, "minimum")
-    assert minimum.get_label() == f"minimum (rate of the lowest loss / 10): {found.suggestions['minimum']:.2e}"
+    assert (
+        minimum.get_label()
+        == f"minimum (rate of the lowest loss / 10): {found.suggestions['minimum']:.2e}"
+    )
     assert minimum.get_xdata()[0] == found.suggestions["minimum"] < lowest.get_xdata()[0]
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert any(t.startswith("valley (in the longest descent): ") for t in legend)
@@ -238,12 +285,22 @@ def test_lr_find_plot_labels_unknown_suggestions_by_name(tmp_path, drawn):
 def test_search_plot_numbers_trials_from_one_in_axis_and_legend(tmp_path, drawn):
     from kerasft.search import SearchResult, TrialRow
 
-    trials = [TrialRow("0", {"lr": 1e-2}, 0.9, 1.0, "COMPLETED"),
-              TrialRow("1", {"lr": 1e-3}, 0.4, 1.0, "COMPLETED"),
-              TrialRow("2", {"lr": 1e-4}, None, 1.0, "FAILED", message="diverged"),
-              TrialRow("3", {"lr": 3e-4}, 0.6, 1.0, "COMPLETED")]
-    result = SearchResult(best=None, best_params={"lr": 1e-3}, best_trial="1", trials=trials,
-                          objective="val_loss", direction="min", directory=None, store=None)
+    trials = [
+        TrialRow("0", {"lr": 1e-2}, 0.9, 1.0, "COMPLETED"),
+        TrialRow("1", {"lr": 1e-3}, 0.4, 1.0, "COMPLETED"),
+        TrialRow("2", {"lr": 1e-4}, None, 1.0, "FAILED", message="diverged"),
+        TrialRow("3", {"lr": 3e-4}, 0.6, 1.0, "COMPLETED"),
+    ]
+    result = SearchResult(
+        best=None,
+        best_params={"lr": 1e-3},
+        best_trial="1",
+        trials=trials,
+        objective="val_loss",
+        direction="min",
+        directory=None,
+        store=None,
+    )
     result.plot(tmp_path / "search.png")
     ax = drawn[0].axes[0]
     assert list(_line_labelled(ax, "val_loss of the trial").get_xdata()) == [1, 2, 4]

@@ -24,13 +24,19 @@ def pixels():
 def test_multinomial_head_matches_scikit_learn_at_the_chosen_strength(pixels):
     x, y, xt, yt = pixels
     head = probe.fit_linear_head(x, y, "sparse", 10)
-    assert head.selection == "5-fold cross-validation" and head.strength in probe.REGULARIZATION_GRID
+    assert (
+        head.selection == "5-fold cross-validation" and head.strength in probe.REGULARIZATION_GRID
+    )
     mean = x.mean(0)
     std = np.sqrt(np.mean((x - mean) ** 2))  # one scale for all features
-    reference = LogisticRegression(C=head.strength, max_iter=2000, tol=1e-8).fit((x - mean) / std, y)
+    reference = LogisticRegression(C=head.strength, max_iter=2000, tol=1e-8).fit(
+        (x - mean) / std, y
+    )
     expected = reference.predict_proba((xt - mean) / std)
     got = keras.ops.convert_to_numpy(keras.ops.softmax(head.logits(xt)))
-    np.testing.assert_allclose(got, expected, atol=2e-3)  # the standardisation folded into raw-feature weights
+    np.testing.assert_allclose(
+        got, expected, atol=2e-3
+    )  # the standardisation folded into raw-feature weights
     assert np.mean(head.logits(xt).argmax(1) == yt) > 0.9
 
 
@@ -39,14 +45,21 @@ def test_strength_is_chosen_on_validation_when_given(pixels):
     head = probe.fit_linear_head(x, y, "sparse", 10, validation=(xt[:300], yt[:300]))
     assert head.selection == "validation"
     assert head.scores[head.strength] == min(head.scores.values())
-    refit = probe.fit_linear_head(x, y, "sparse", 10, validation=(xt[:300], yt[:300]), refit_on_all=True)
-    assert refit.selection.endswith("refit on training and validation data") and refit.strength == head.strength
+    refit = probe.fit_linear_head(
+        x, y, "sparse", 10, validation=(xt[:300], yt[:300]), refit_on_all=True
+    )
+    assert (
+        refit.selection.endswith("refit on training and validation data")
+        and refit.strength == head.strength
+    )
 
 
 def test_binary_multilabel_and_regression_heads(pixels):
     x, y, xt, yt = pixels
     binary = probe.fit_linear_head(x, (y % 2)[:, None].astype("float32"), "binary", 1)
-    assert binary.kernel.shape == (64, 1) and np.mean((binary.logits(xt)[:, 0] > 0) == (yt % 2)) > 0.85
+    assert (
+        binary.kernel.shape == (64, 1) and np.mean((binary.logits(xt)[:, 0] > 0) == (yt % 2)) > 0.85
+    )
     labels = np.stack([y % 2 == 0, y >= 5, np.isin(y, [0, 4, 6, 8, 9])], axis=1).astype("float32")
     truth = np.stack([yt % 2 == 0, yt >= 5, np.isin(yt, [0, 4, 6, 8, 9])], axis=1)
     multi = probe.fit_linear_head(x, labels, "multi_hot", 3)
@@ -55,7 +68,11 @@ def test_binary_multilabel_and_regression_heads(pixels):
     ridge = probe.fit_linear_head(xr[:300], yr[:300, None], "continuous", 1)
     mean = xr[:300].mean(0)
     std = np.sqrt(np.mean((xr[:300] - mean) ** 2))
-    expected = Ridge(alpha=ridge.strength).fit((xr[:300] - mean) / std, yr[:300]).predict((xr[300:] - mean) / std)
+    expected = (
+        Ridge(alpha=ridge.strength)
+        .fit((xr[:300] - mean) / std, yr[:300])
+        .predict((xr[300:] - mean) / std)
+    )
     np.testing.assert_allclose(ridge.logits(xr[300:])[:, 0], expected, rtol=1e-6, atol=1e-6)
 
 
@@ -70,7 +87,10 @@ def test_given_strengths_fit_again_without_choosing(pixels):
     labels = np.stack([y % 2 == 0, y >= 5], axis=1).astype("float32")
     multi = probe.fit_linear_head(x, labels, "multi_hot", 2)
     assert len(multi.strengths) == 2 and multi.accuracy is None and multi.errors.shape == (600,)
-    assert probe.fit_linear_head(x, labels, "multi_hot", 2, strengths=multi.strengths).strengths == multi.strengths
+    assert (
+        probe.fit_linear_head(x, labels, "multi_hot", 2, strengths=multi.strengths).strengths
+        == multi.strengths
+    )
     with pytest.raises(ValueError, match="`strengths` must hold 2 value"):
         probe.fit_linear_head(x, labels, "multi_hot", 2, strengths=(1.0,))
 
@@ -106,8 +126,11 @@ def test_probe_sets_dense_and_conv_heads_so_the_model_predicts_the_probe(digits_
     features = probe.head_features(dense, x)
     head = probe.fit_linear_head(features, y, "sparse", 10)
     probe.set_head_weights(kerasft.find_head(dense), head)
-    np.testing.assert_allclose(dense.predict(x[:20], verbose=0),
-                               keras.ops.convert_to_numpy(keras.ops.softmax(head.logits(features[:20]))), atol=1e-4)
+    np.testing.assert_allclose(
+        dense.predict(x[:20], verbose=0),
+        keras.ops.convert_to_numpy(keras.ops.softmax(head.logits(features[:20]))),
+        atol=1e-4,
+    )
     inputs = keras.Input((28, 28, 1))
     h = keras.layers.Conv2D(6, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
     h = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
@@ -116,9 +139,13 @@ def test_probe_sets_dense_and_conv_heads_so_the_model_predicts_the_probe(digits_
     feats = probe.head_features(conv, x)
     linear = probe.fit_linear_head(feats, y, "sparse", 10)
     probe.set_head_weights(conv.get_layer("logits"), linear)
-    np.testing.assert_allclose(conv.predict(x[:20], verbose=0), linear.logits(feats[:20]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        conv.predict(x[:20], verbose=0), linear.logits(feats[:20]), rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(ValueError, match="does not fit head"):
-        probe.set_head_weights(conv.get_layer("logits"), probe.LinearHead(np.zeros((5, 3)), np.zeros(3), 1, 0, ""))
+        probe.set_head_weights(
+            conv.get_layer("logits"), probe.LinearHead(np.zeros((5, 3)), np.zeros(3), 1, 0, "")
+        )
 
 
 def test_features_without_signal_are_reported(shipped_model_path):
@@ -128,7 +155,9 @@ def test_features_without_signal_are_reported(shipped_model_path):
     x, y = split.x_train, split.y_train
     assert probe.chance_loss(y, "sparse") == pytest.approx(np.log(10))
     # 0..1 pixels into a model that rescales 0..255 itself: said before training
-    with pytest.warns(UserWarning, match=r"rescales them itself \(layer 'rescale'.*HINT: pass the pixels unscaled"):
+    with pytest.warns(
+        UserWarning, match=r"rescales them itself \(layer 'rescale'.*HINT: pass the pixels unscaled"
+    ):
         kerasft.plan(shipped_model_path, (x / 255.0, y))
     # blank inputs: the frozen features say nothing, and the probe says so
     with pytest.warns(UserWarning, match=r"carry no signal about these labels"):
@@ -136,6 +165,8 @@ def test_features_without_signal_are_reported(shipped_model_path):
     assert result.probe.no_signal
     # the same digits as the model expects: no warning
     model = keras.models.load_model(shipped_model_path)
-    task = kerasft.engine.setup_task(model, kerasft.data.infer_spec(y), kerasft.Options.from_keywords().task, seed=0)
+    task = kerasft.engine.setup_task(
+        model, kerasft.data.infer_spec(y), kerasft.Options.from_keywords().task, seed=0
+    )
     choice = probe.fit_probe(model, task, types.SimpleNamespace(arrays=(x, y)))
     assert not choice.no_signal and choice.chance == pytest.approx(np.log(10))

@@ -642,7 +642,11 @@ def test_pruned_digits_model_keeps_its_accuracy(shipped_model_path):
     for name, prune in (("dense", None), ("pruned", 0.8)):
         # the same recipe both ways (pruning runs with LP-FT's phases)
         result = kerasft.finetune(
-            shipped_model_path, (split.x_train, split.y_train), recipe="lp-ft", prune=prune, verbose=0
+            shipped_model_path,
+            (split.x_train, split.y_train),
+            recipe="lp-ft",
+            prune=prune,
+            verbose=0,
         )
         accuracy[name] = result.evaluate((split.x_test, split.y_test))["accuracy"]
     print(

@@ -22,7 +22,9 @@ def test_l2sp_value_and_config_round_trip():
     w0 = rng.normal(size=(3, 4)).astype("float32")
     w = w0 + rng.normal(size=(3, 4)).astype("float32")
     reg = kerasft.L2SP(alpha=0.3, reference=w0)
-    assert float(reg(keras.ops.convert_to_tensor(w))) == pytest.approx(0.3 * np.sum((w - w0) ** 2), rel=1e-5)
+    assert float(reg(keras.ops.convert_to_tensor(w))) == pytest.approx(
+        0.3 * np.sum((w - w0) ** 2), rel=1e-5
+    )
     assert float(reg(keras.ops.convert_to_tensor(w0))) == 0.0
     restored = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
     assert isinstance(restored, kerasft.L2SP) and restored.alpha == 0.3
@@ -37,7 +39,9 @@ def test_apply_l2sp_adds_penalties_of_trainable_layers_only(shipped_model):
     # At the pretrained point the L2-SP terms are zero; only the new head's L2 remains.
     head = shipped_model.get_layer("predictions").kernel
     expected = 0.01 * float(np.sum(keras.ops.convert_to_numpy(head) ** 2))
-    expected += 0.01 * float(np.sum(keras.ops.convert_to_numpy(shipped_model.get_layer("predictions").bias) ** 2))
+    expected += 0.01 * float(
+        np.sum(keras.ops.convert_to_numpy(shipped_model.get_layer("predictions").bias) ** 2)
+    )
     assert float(sum(shipped_model.losses)) == pytest.approx(expected, rel=1e-4)
     fc = shipped_model.get_layer("fc").kernel
     fc.assign(fc + 0.1)
@@ -90,25 +94,45 @@ def test_clip_weights_bounds_chosen_layers_only(shipped_model, shipped_model_pat
 
 
 def test_finetune_clip_weights(shipped_model, digits_small):
-    result = kerasft.finetune(shipped_model, digits_small, recipe="full", epochs=1,
-                              clip_weights=(0.03, r"block2_conv\d"), verbose=0)
+    result = kerasft.finetune(
+        shipped_model,
+        digits_small,
+        recipe="full",
+        epochs=1,
+        clip_weights=(0.03, r"block2_conv\d"),
+        verbose=0,
+    )
     assert result.regularization.clip_weights == ["block2_conv1/kernel", "block2_conv2/kernel"]
     for name in ("block2_conv1", "block2_conv2"):
         assert np.abs(result.model.get_layer(name).get_weights()[0]).max() <= 0.03 + 1e-7
 
 
 def test_errors(shipped_model, digits_small):
-    with pytest.raises(ValueError, match=r"Argument `alpha` must be a finite number >= 0. Received: alpha=-1"):
+    with pytest.raises(
+        ValueError, match=r"Argument `alpha` must be a finite number >= 0. Received: alpha=-1"
+    ):
         kerasft.L2SP(alpha=-1, reference=np.zeros(2))
-    with pytest.raises(ValueError, match=r"Argument `c` must be a finite number > 0. Received: c=0"):
+    with pytest.raises(
+        ValueError, match=r"Argument `c` must be a finite number > 0. Received: c=0"
+    ):
         kerasft.ClipWeights(0)
-    with pytest.raises(ValueError, match=r"No layer of model .* matches 'nope' in argument `new_layers`. Existing layers"):
+    with pytest.raises(
+        ValueError,
+        match=r"No layer of model .* matches 'nope' in argument `new_layers`. Existing layers",
+    ):
         kerasft.apply_l2sp(shipped_model, new_layers="nope")
     with pytest.raises(ValueError, match=r"Invalid regex '\[' in argument `layers`"):
         kerasft.clip_weights(shipped_model, 0.1, layers="[")
-    with pytest.raises(ValueError, match=r"Argument `l2sp` must be a finite number >= 0. Received: l2sp=-0.1"):
+    with pytest.raises(
+        ValueError, match=r"Argument `l2sp` must be a finite number >= 0. Received: l2sp=-0.1"
+    ):
         kerasft.finetune(shipped_model, digits_small, l2sp=-0.1, verbose=0)
-    with pytest.raises(ValueError, match=r"Argument `clip_weights` must be a bound c > 0.*Received: clip_weights='tight'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `clip_weights` must be a bound c > 0.*Received: clip_weights='tight'",
+    ):
         kerasft.finetune(shipped_model, digits_small, clip_weights="tight", verbose=0)
-    with pytest.raises(ValueError, match=r"L2SP reference has shape \(2,\) but the weight has shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"L2SP reference has shape \(2,\) but the weight has shape \(3,\)"
+    ):
         kerasft.L2SP(0.1, reference=np.zeros(2))(keras.ops.zeros((3,)))

@@ -48,8 +48,11 @@ SCRIPT = textwrap.dedent("""
 def _run(script: str, model: str, ckpt: str, kill_after_epochs: int | None = None):
     """Run the script; with ``kill_after_epochs``, SIGKILL it that many epochs into phase 2."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, model, ckpt], cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        [sys.executable, "-c", script, model, ckpt],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     lines, in_phase2, epochs2 = [], False, 0
     deadline = time.monotonic() + 300
@@ -86,7 +89,7 @@ def test_killed_run_resumes_in_phase_two(tmp_path, shipped_model_path):
     assert code == -signal.SIGKILL
     assert not any(x.startswith("RESULT") for x in lines)
     state = json.load(open(os.path.join(ckpt, "run.json")))
-    assert list(state["phases"]) == ["0"]                  # head phase finished, phase 2 not
+    assert list(state["phases"]) == ["0"]  # head phase finished, phase 2 not
     meta = json.load(open(os.path.join(ckpt, "phase-1", "training_metadata.json")))
     assert 3 <= meta["epoch"] < 8
 
@@ -134,17 +137,28 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, shipped_model, digits_sm
     ckpt = str(tmp_path / "c")
     kerasft.finetune(shipped_model, (x, y), recipe="head", epochs=1, checkpoint_dir=ckpt, verbose=0)
     with pytest.raises(ValueError, match=r"checkpoint_dir=.*different run.*'recipe'"):
-        kerasft.finetune(shipped_model, (x, y), recipe="full", epochs=1, checkpoint_dir=ckpt,
-                         verbose=0)
+        kerasft.finetune(
+            shipped_model, (x, y), recipe="full", epochs=1, checkpoint_dir=ckpt, verbose=0
+        )
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="`checkpoint_dir` must be a directory"):
-        kerasft.finetune(shipped_model, (x, y), epochs=1, checkpoint_dir=str(tmp_path / "file"),
-                         verbose=0)
+        kerasft.finetune(
+            shipped_model, (x, y), epochs=1, checkpoint_dir=str(tmp_path / "file"), verbose=0
+        )
 
 
 def _quick(tmp_path, **kwargs):
-    return {**dict(recipe="lp-ft", head_epochs=1, epochs=1, patience=None, checkpoint_dir=str(tmp_path / "c"),
-                   verbose=0), **kwargs}
+    return {
+        **dict(
+            recipe="lp-ft",
+            head_epochs=1,
+            epochs=1,
+            patience=None,
+            checkpoint_dir=str(tmp_path / "c"),
+            verbose=0,
+        ),
+        **kwargs,
+    }
 
 
 def test_resume_with_other_data_or_loss_options_is_refused(tmp_path, shipped_model, digits_small):
@@ -153,11 +167,17 @@ def test_resume_with_other_data_or_loss_options_is_refused(tmp_path, shipped_mod
     kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
     corrected = y.copy()
     corrected[:3] = (corrected[:3] + 1) % 10  # three labels corrected
-    changes = [("data", (x, corrected), {}), ("label_smoothing", (x, y), {"label_smoothing": 0.1}),
-               ("class_weight", (x, y), {"class_weight": "balanced"}), ("loss", (x, y), {"loss": "focal"}),
-               ("augment", (x, y), {"augment": "light"})]
+    changes = [
+        ("data", (x, corrected), {}),
+        ("label_smoothing", (x, y), {"label_smoothing": 0.1}),
+        ("class_weight", (x, y), {"class_weight": "balanced"}),
+        ("loss", (x, y), {"loss": "focal"}),
+        ("augment", (x, y), {"augment": "light"}),
+    ]
     for name, data, options in changes:
-        with pytest.raises(ValueError, match=rf"holds the state of a different run \(it differs in .*'{name}'"):
+        with pytest.raises(
+            ValueError, match=rf"holds the state of a different run \(it differs in .*'{name}'"
+        ):
             kerasft.finetune(shipped_model, data, **_quick(tmp_path, **options))
 
 
@@ -195,15 +215,24 @@ def test_second_process_on_the_same_checkpoint_is_refused(tmp_path, shipped_mode
     ckpt = tmp_path / "c"
     ckpt.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time\n"
-         "fd = os.open(os.path.join(sys.argv[1], '.lock'), os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
-         "print('locked', flush=True); time.sleep(60)", str(ckpt)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(os.path.join(sys.argv[1], '.lock'), os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+            "print('locked', flush=True); time.sleep(60)",
+            str(ckpt),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         x, y = digits_small
-        with pytest.raises(RuntimeError, match=rf"is in use by another run \(process {holder.pid}\)"):
+        with pytest.raises(
+            RuntimeError, match=rf"is in use by another run \(process {holder.pid}\)"
+        ):
             kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
     finally:
         holder.kill()
@@ -218,10 +247,14 @@ def test_damaged_checkpoint_files_name_the_file(tmp_path, shipped_model, digits_
     ckpt = tmp_path / "c"
     weights = ckpt / "phase-0.weights.npz"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    with pytest.raises(ValueError, match=r"phase-0.weights.npz' is damaged .*BadZipFile.*delete the directory"):
+    with pytest.raises(
+        ValueError, match=r"phase-0.weights.npz' is damaged .*BadZipFile.*delete the directory"
+    ):
         kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
     np.savez(weights, np.zeros(3))  # a foreign file of the right name
-    with pytest.raises(ValueError, match=r"phase-0.weights.npz' is damaged or was not written by kerasft"):
+    with pytest.raises(
+        ValueError, match=r"phase-0.weights.npz' is damaged or was not written by kerasft"
+    ):
         kerasft.finetune(shipped_model, (x, y), **_quick(tmp_path))
     (ckpt / "run.json").write_text('{"fingerprint": ')
     with pytest.raises(ValueError, match=r"run.json' is damaged .*JSONDecodeError"):
@@ -232,10 +265,20 @@ def test_nan_loss_stops_and_restores_last_good_weights(shipped_model, digits):
     x, y = digits
     split = datasets.few_shot_split(x, y, shots=30, seed=0)
     # SGD at rate 5 diverges within the first epoch of the body phase.
-    with pytest.warns(RuntimeWarning, match=r"loss became nan at step \d+ of epoch 1 in phase "
-                                            r"'finetune'.*lower learning rate"):
-        result = kerasft.finetune(shipped_model, (split.x_train, split.y_train), head_epochs=2,
-                                  epochs=3, finetune_lr=5.0, optimizer="sgd", verbose=0)
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"loss became nan at step \d+ of epoch 1 in phase "
+        r"'finetune'.*lower learning rate",
+    ):
+        result = kerasft.finetune(
+            shipped_model,
+            (split.x_train, split.y_train),
+            head_epochs=2,
+            epochs=3,
+            finetune_lr=5.0,
+            optimizer="sgd",
+            verbose=0,
+        )
     event = result.nan
     assert event.phase == "finetune" and event.epoch == 1 and event.step >= 1
     assert all(np.isfinite(w).all() for w in result.model.get_weights())
@@ -245,7 +288,9 @@ def test_nan_loss_stops_and_restores_last_good_weights(shipped_model, digits):
 
 @pytest.mark.slow
 def test_killed_gradual_run_resumes_with_the_right_trainable_set(tmp_path, shipped_model_path):
-    script = SCRIPT.replace("head_epochs=2, epochs=8,", "recipe='gradual', head_epochs=2, epochs=8,")
+    script = SCRIPT.replace(
+        "head_epochs=2, epochs=8,", "recipe='gradual', head_epochs=2, epochs=8,"
+    )
     assert script != SCRIPT
     ckpt = str(tmp_path / "ckpt")
     code, _ = _run(script, shipped_model_path, ckpt, kill_after_epochs=5)
@@ -263,8 +308,10 @@ def test_killed_gradual_run_resumes_with_the_right_trainable_set(tmp_path, shipp
     assert abs(_result(resumed)["accuracy"] - _result(straight)["accuracy"]) <= 0.03
 
 
-LORA_SCRIPT = SCRIPT.replace("head_epochs=2, epochs=8, lr=1e-3,",
-                             "recipe='lp-lora', lora_rank=4, head_epochs=2, epochs=8, lr=1e-2,")
+LORA_SCRIPT = SCRIPT.replace(
+    "head_epochs=2, epochs=8, lr=1e-3,",
+    "recipe='lp-lora', lora_rank=4, head_epochs=2, epochs=8, lr=1e-2,",
+)
 
 
 @pytest.mark.slow
@@ -294,7 +341,9 @@ class _Interrupt(keras.callbacks.Callback):
         self.epochs, self.seen = epochs, 0
 
     def on_epoch_end(self, epoch, logs=None):
-        if any(getattr(w, "path", "").endswith("lora_kernel_a") for w in self.model.trainable_weights):
+        if any(
+            getattr(w, "path", "").endswith("lora_kernel_a") for w in self.model.trainable_weights
+        ):
             self.seen += 1
             if self.seen == self.epochs:
                 self.adapters = _adapters(self.model)
@@ -305,13 +354,22 @@ def _adapters(model):
     return {w.path: np.array(w) for w in model.weights if "lora_kernel" in w.path}
 
 
-def test_resumed_adapter_phase_gets_its_unmerged_adapters_back(tmp_path, shipped_model_path,
-                                                               digits_small):
+def test_resumed_adapter_phase_gets_its_unmerged_adapters_back(
+    tmp_path, shipped_model_path, digits_small
+):
     # Keras saves an in-place LoRA layer merged and zeroes A and B when loading it; a
     # phase resumed from that alone would have dead adapters (no gradient reaches A or B).
     x, y = digits_small
-    kwargs = dict(recipe="lp-lora", lora_rank=4, head_epochs=1, epochs=4, lr=1e-2,
-                  patience=None, checkpoint_dir=str(tmp_path / "c"), verbose=0)
+    kwargs = dict(
+        recipe="lp-lora",
+        lora_rank=4,
+        head_epochs=1,
+        epochs=4,
+        lr=1e-2,
+        patience=None,
+        checkpoint_dir=str(tmp_path / "c"),
+        verbose=0,
+    )
     interrupt = _Interrupt(2)
     with pytest.raises(KeyboardInterrupt):
         kerasft.finetune(shipped_model_path, (x, y), callbacks=[interrupt], **kwargs)

@@ -40,7 +40,9 @@ def test_warmup_cosine_matches_formula():
         p = min((s - warm) / (total - warm), 1.0)
         return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * p))
 
-    np.testing.assert_allclose(_values(sched, steps), [formula(s) for s in steps], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        _values(sched, steps), [formula(s) for s in steps], rtol=1e-5, atol=1e-9
+    )
     assert float(sched(10)) == pytest.approx(peak)
     assert float(sched(55)) == pytest.approx((peak + final) / 2, rel=1e-5)
 
@@ -59,7 +61,9 @@ def test_one_cycle_follows_fastai_combined_cos():
         return cos_anneal(top, top / div_final, (pos - pct) / (1 - pct))
 
     steps = [0, 1, 30, 59, 60, 61, 100, 130, 199, 200, 260]
-    np.testing.assert_allclose(_values(sched, steps), [formula(s) for s in steps], rtol=1e-4)  # float32
+    np.testing.assert_allclose(
+        _values(sched, steps), [formula(s) for s in steps], rtol=1e-4
+    )  # float32
     assert float(sched(0)) == pytest.approx(top / div)
     assert float(sched(60)) == pytest.approx(top)
     assert float(sched(200)) == pytest.approx(top / div_final, rel=1e-4)
@@ -67,9 +71,13 @@ def test_one_cycle_follows_fastai_combined_cos():
 
 
 def test_step_and_exponential_decay_with_warmup():
-    step = WarmupStepDecay(0.1, decay_steps=30, decay_rate=0.5, warmup_steps=10, min_learning_rate=0.01)
+    step = WarmupStepDecay(
+        0.1, decay_steps=30, decay_rate=0.5, warmup_steps=10, min_learning_rate=0.01
+    )
     expected = [0.0, 0.05, 0.1, 0.1, 0.05, 0.05, 0.025, 0.0125, 0.01]
-    np.testing.assert_allclose(_values(step, [0, 5, 10, 39, 40, 69, 70, 100, 500]), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        _values(step, [0, 5, 10, 39, 40, 69, 70, 100, 500]), expected, rtol=1e-6
+    )
 
     expo = WarmupExponentialDecay(1e-3, decay_steps=50, decay_rate=0.1, warmup_steps=20)
     steps = [0, 10, 20, 45, 70, 120]
@@ -80,7 +88,9 @@ def test_step_and_exponential_decay_with_warmup():
 def test_start_step_and_multiplier():
     base = WarmupCosineDecay(1e-3, total_steps=100, warmup_steps=10)
     later = WarmupCosineDecay(1e-3, total_steps=100, warmup_steps=10, start_step=40)
-    np.testing.assert_allclose(_values(later, range(0, 60, 7)), _values(base, range(40, 100, 7)), rtol=1e-6)
+    np.testing.assert_allclose(
+        _values(later, range(0, 60, 7)), _values(base, range(40, 100, 7)), rtol=1e-6
+    )
 
     half = base.scaled(0.5)
     np.testing.assert_allclose(_values(half, [5, 50]), 0.5 * _values(base, [5, 50]), rtol=1e-6)
@@ -91,17 +101,23 @@ def test_start_step_and_multiplier():
 
 
 def test_scaled_wraps_keras_schedules():
-    inner = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=90, warmup_target=1e-2, warmup_steps=10)
+    inner = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=90, warmup_target=1e-2, warmup_steps=10
+    )
     wrapped = kerasft.scale_schedule(inner, 0.1)
     assert isinstance(wrapped, Scaled)
-    np.testing.assert_allclose(_values(wrapped, [5, 10, 60]), 0.1 * _values(inner, [5, 10, 60]), rtol=1e-6)
+    np.testing.assert_allclose(
+        _values(wrapped, [5, 10, 60]), 0.1 * _values(inner, [5, 10, 60]), rtol=1e-6
+    )
     assert wrapped.peak_learning_rate == pytest.approx(1e-2)
 
 
 @pytest.mark.parametrize(
     "schedule",
     [
-        WarmupCosineDecay(1e-3, total_steps=50, warmup_steps=5, final_learning_rate=1e-6, multiplier=0.5),
+        WarmupCosineDecay(
+            1e-3, total_steps=50, warmup_steps=5, final_learning_rate=1e-6, multiplier=0.5
+        ),
         OneCycle(3e-3, total_steps=80, pct_start=0.4, div=10.0, div_final=100.0, start_step=7),
         WarmupStepDecay(0.1, decay_steps=10, decay_rate=0.3, warmup_steps=2),
         WarmupExponentialDecay(0.1, decay_steps=10, decay_rate=0.3, min_learning_rate=1e-4),
@@ -133,8 +149,10 @@ def test_model_saved_mid_run_loads_and_resumes_exactly(tmp_path, digits):
 
     def compiled(model):
         sched = OneCycle(5e-2, total_steps=16, pct_start=0.25)
-        model.compile(keras.optimizers.SGD(sched, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            keras.optimizers.SGD(sched, momentum=0.9),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         return model
 
     keras.utils.set_random_seed(1)
@@ -160,13 +178,30 @@ def test_model_saved_mid_run_loads_and_resumes_exactly(tmp_path, digits):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: WarmupCosineDecay(1e-3, total_steps=10, warmup_steps=10),
-         r"Argument `warmup_steps` must be < `total_steps`. Received: warmup_steps=10, total_steps=10"),
-        (lambda: WarmupCosineDecay(-1.0, total_steps=10), r"`peak_learning_rate`.*Received: peak_learning_rate=-1.0"),
-        (lambda: OneCycle(1e-3, total_steps=10, pct_start=1.5), r"`pct_start` must be in \(0, 1\). Received: pct_start=1.5"),
-        (lambda: OneCycle(1e-3, total_steps=0), r"`total_steps` must be a positive integer. Received: total_steps=0"),
-        (lambda: WarmupStepDecay(0.1, decay_steps=10, decay_rate=1.5), r"`decay_rate` must be in \(0, 1\]. Received: decay_rate=1.5"),
-        (lambda: WarmupExponentialDecay(0.1, decay_steps=10, decay_rate=0.5, start_step=-1), r"Received: start_step=-1"),
+        (
+            lambda: WarmupCosineDecay(1e-3, total_steps=10, warmup_steps=10),
+            r"Argument `warmup_steps` must be < `total_steps`. Received: warmup_steps=10, total_steps=10",
+        ),
+        (
+            lambda: WarmupCosineDecay(-1.0, total_steps=10),
+            r"`peak_learning_rate`.*Received: peak_learning_rate=-1.0",
+        ),
+        (
+            lambda: OneCycle(1e-3, total_steps=10, pct_start=1.5),
+            r"`pct_start` must be in \(0, 1\). Received: pct_start=1.5",
+        ),
+        (
+            lambda: OneCycle(1e-3, total_steps=0),
+            r"`total_steps` must be a positive integer. Received: total_steps=0",
+        ),
+        (
+            lambda: WarmupStepDecay(0.1, decay_steps=10, decay_rate=1.5),
+            r"`decay_rate` must be in \(0, 1\]. Received: decay_rate=1.5",
+        ),
+        (
+            lambda: WarmupExponentialDecay(0.1, decay_steps=10, decay_rate=0.5, start_step=-1),
+            r"Received: start_step=-1",
+        ),
     ],
 )
 def test_errors_name_argument_and_value(make, message):
@@ -175,7 +210,9 @@ def test_errors_name_argument_and_value(make, message):
 
 
 def test_type_errors():
-    with pytest.raises(TypeError, match=r"`schedule` must be a keras.optimizers.schedules.LearningRateSchedule"):
+    with pytest.raises(
+        TypeError, match=r"`schedule` must be a keras.optimizers.schedules.LearningRateSchedule"
+    ):
         Scaled(0.1)
     with pytest.raises(TypeError, match=r"Received: learning_rate='fast'"):
         kerasft.scale_schedule("fast", 0.5)

@@ -57,7 +57,9 @@ def test_store_reuses_features_and_trains_the_same_weights(pretrained, few):
     # same features, same batches: the same training as without the store
     assert _same_weights(plain.model, second.model)
     assert _same_weights(first.model, second.model)
-    np.testing.assert_allclose(plain.phases[1].history["val_loss"], second.phases[1].history["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        plain.phases[1].history["val_loss"], second.phases[1].history["val_loss"], rtol=1e-5
+    )
 
 
 def test_store_does_not_reuse_for_changed_weights_or_data(pretrained, few):
@@ -65,7 +67,11 @@ def test_store_does_not_reuse_for_changed_weights_or_data(pretrained, few):
     kwargs = dict(recipe="head", epochs=1, **QUICK)
 
     def source(model, data):
-        return kerasft.finetune(model, data, feature_store=store, **kwargs).speed.phases[0].feature_source
+        return (
+            kerasft.finetune(model, data, feature_store=store, **kwargs)
+            .speed.phases[0]
+            .feature_source
+        )
 
     assert source(pretrained, few) == caching.COMPUTED
     assert source(pretrained, few) == caching.STORED
@@ -127,7 +133,9 @@ def test_store_budget_keeps_the_most_recent_entries():
 def test_store_bad_arguments(pretrained, few):
     with pytest.raises(ValueError, match=r"`budget`.*Received: budget=-1"):
         FeatureStore(budget=-1)
-    with pytest.raises(TypeError, match=r"`feature_store` must be a kerasft.speed.FeatureStore.*'yes'"):
+    with pytest.raises(
+        TypeError, match=r"`feature_store` must be a kerasft.speed.FeatureStore.*'yes'"
+    ):
         kerasft.finetune(pretrained, few, feature_store="yes", recipe="head", epochs=1, **QUICK)
 
 
@@ -147,7 +155,9 @@ def test_random_search_shares_features_and_picks_the_best(random_search):
     assert isinstance(result, SearchResult) and len(result.trials) == 4
     assert all(row.status == "COMPLETED" and not row.earlier for row in result.trials)
     assert {tuple(sorted(row.params)) for row in result.trials} == {("lr", "unfreeze")}
-    assert result.trials[0].params == {"lr": 1e-2, "unfreeze": "all"}, "the first trial runs finetune's defaults"
+    assert result.trials[0].params == {"lr": 1e-2, "unfreeze": "all"}, (
+        "the first trial runs finetune's defaults"
+    )
     scores = [row.objective for row in result.trials]
     assert result.direction == "min"
     assert result.best.best_score == pytest.approx(min(scores))
@@ -162,8 +172,16 @@ def test_random_search_shares_features_and_picks_the_best(random_search):
 @pytest.mark.parametrize("oracle", ["bayesian", "hyperband"])
 def test_other_oracles(pretrained, few, oracle):
     kwargs = dict(TINY, epochs=3) if oracle == "hyperband" else TINY
-    result = search(pretrained, few, {"lr": ("float", 1e-3, 3e-2, "log"), "unfreeze": [1, "all"]},
-                    max_trials=4, oracle=oracle, objective="val_accuracy", verbose=0, **kwargs)
+    result = search(
+        pretrained,
+        few,
+        {"lr": ("float", 1e-3, 3e-2, "log"), "unfreeze": [1, "all"]},
+        max_trials=4,
+        oracle=oracle,
+        objective="val_accuracy",
+        verbose=0,
+        **kwargs,
+    )
     assert len(result.trials) == 4 and result.direction == "max"
     assert all(row.status == "COMPLETED" for row in result.trials)
     scores = [row.objective for row in result.trials]
@@ -181,8 +199,9 @@ def test_search_resumes_after_its_finished_trials(random_search, pretrained, few
     first, directory = random_search
     again = search(pretrained, few, SPACE, max_trials=4, directory=directory, verbose=0, **TINY)
     assert all(row.earlier for row in again.trials), "no trial runs twice"
-    assert [(r.trial_id, r.params, r.objective, r.seconds) for r in again.trials] == \
-        [(r.trial_id, r.params, r.objective, r.seconds) for r in first.trials]
+    assert [(r.trial_id, r.params, r.objective, r.seconds) for r in again.trials] == [
+        (r.trial_id, r.params, r.objective, r.seconds) for r in first.trials
+    ]
     # the best trial ran in the earlier search: its configuration ran once more, the same way
     assert again.best_trial == first.best_trial
     assert again.best.best_score == pytest.approx(first.best.best_score, rel=1e-4)
@@ -191,7 +210,15 @@ def test_search_resumes_after_its_finished_trials(random_search, pretrained, few
     assert [row.earlier for row in more.trials] == [True] * 4 + [False]
 
     with pytest.raises(ValueError, match=r"holds another search.*'space'.*overwrite=True"):
-        search(pretrained, few, {"lr": [1e-3, 3e-3]}, max_trials=4, directory=directory, verbose=0, **TINY)
+        search(
+            pretrained,
+            few,
+            {"lr": [1e-3, 3e-3]},
+            max_trials=4,
+            directory=directory,
+            verbose=0,
+            **TINY,
+        )
 
 
 @pytest.mark.slow
@@ -213,38 +240,106 @@ def test_result_table_dataframe_and_plot(random_search, tmp_path):
 
 def test_combinations_finetune_refuses_fail_their_trials(pretrained, few):
     # each value alone is fine; together, finetune refuses them: every trial fails at once
-    with pytest.raises(RuntimeError, match=r"No trial of the search completed.*`unfreeze` applies to"):
-        search(pretrained, few, {"recipe": ["gradual"], "unfreeze": [2]}, max_trials=2, verbose=0, **TINY)
+    with pytest.raises(
+        RuntimeError, match=r"No trial of the search completed.*`unfreeze` applies to"
+    ):
+        search(
+            pretrained,
+            few,
+            {"recipe": ["gradual"], "unfreeze": [2]},
+            max_trials=2,
+            verbose=0,
+            **TINY,
+        )
 
 
 @pytest.mark.filterwarnings("ignore:Early stopping conditioned on metric")
 def test_objective_that_is_not_logged(pretrained, few):
-    with pytest.raises(ValueError, match=r"`objective='val_acc'` is not a quantity the trials log.*val_accuracy"):
-        search(pretrained, few, {"lr": [1e-2]}, max_trials=1, objective="val_acc", verbose=0,
-               recipe="head", epochs=1)
+    with pytest.raises(
+        ValueError, match=r"`objective='val_acc'` is not a quantity the trials log.*val_accuracy"
+    ):
+        search(
+            pretrained,
+            few,
+            {"lr": [1e-2]},
+            max_trials=1,
+            objective="val_acc",
+            verbose=0,
+            recipe="head",
+            epochs=1,
+        )
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(space={"lr": [1e-3], "not_a_keyword": [1]}), ValueError,
-     r"'not_a_keyword', which is not a finetune keyword. Keywords that can be searched: \[.*'unfreeze'"),
-    (dict(space={"validation_split": [0.1, 0.2]}), ValueError, r"cannot search 'validation_split': the objective"),
-    (dict(space={"lr": [1e-3]}, lr=1e-2), ValueError, r"'lr' is both in `space` and fixed \(lr=0.01\)"),
-    (dict(space={"lr": [1e-3, 20]}), ValueError, r"`space\['lr'\]`: finetune refuses lr=20: .*\(0, 10\)"),
-    (dict(space={"lr": ("float", 1e-2, 1e-3)}), ValueError, r"`space\['lr'\]` must be a list .*low < high"),
-    (dict(space={"lr": ("float", 0.0, 1e-2, "log")}), ValueError, r"log range needs low > 0"),
-    (dict(space={"lr": ("uniform", 0.0, 1e-2)}), ValueError, r"\('float', low, high\).*Received: space\['lr'\]"),
-    (dict(space={"unfreeze": []}), ValueError, r"`space\['unfreeze'\]` is an empty list"),
-    (dict(space={"unfreeze": [1, 1]}), ValueError, r"repeats a value"),
-    (dict(space={}), ValueError, r"`space` must be a non-empty dict"),
-    (dict(space={"epochs": [1, 2]}, oracle="hyperband"), ValueError, r"oracle='hyperband' sets each trial's epochs"),
-    (dict(space={"lr": [1e-3]}, oracle="grid"), ValueError, r"`oracle` must be one of \['random', 'bayesian'"),
-    (dict(space={"lr": [1e-3]}, max_trials=0), ValueError, r"`max_trials` must be an integer >= 1"),
-    (dict(space={"lr": [1e-3]}, learning_rate=1e-3), TypeError,
-     r"unexpected keyword argument 'learning_rate'. It takes the finetune keywords: \[.*'finetune_lr'"),
-    (dict(space={"lr": [1e-3]}, monitor="val_accuracy"), ValueError, r"`monitor='val_accuracy'` cannot be given"),
-    (dict(space={"lr": [1e-3]}, copy=False), ValueError, r"`copy=False` cannot be given to search"),
-    (dict(space={"lr": [1e-3]}, unfreeze=0), ValueError, r"search\(\): Argument `unfreeze`"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            dict(space={"lr": [1e-3], "not_a_keyword": [1]}),
+            ValueError,
+            r"'not_a_keyword', which is not a finetune keyword. Keywords that can be searched: \[.*'unfreeze'",
+        ),
+        (
+            dict(space={"validation_split": [0.1, 0.2]}),
+            ValueError,
+            r"cannot search 'validation_split': the objective",
+        ),
+        (
+            dict(space={"lr": [1e-3]}, lr=1e-2),
+            ValueError,
+            r"'lr' is both in `space` and fixed \(lr=0.01\)",
+        ),
+        (
+            dict(space={"lr": [1e-3, 20]}),
+            ValueError,
+            r"`space\['lr'\]`: finetune refuses lr=20: .*\(0, 10\)",
+        ),
+        (
+            dict(space={"lr": ("float", 1e-2, 1e-3)}),
+            ValueError,
+            r"`space\['lr'\]` must be a list .*low < high",
+        ),
+        (dict(space={"lr": ("float", 0.0, 1e-2, "log")}), ValueError, r"log range needs low > 0"),
+        (
+            dict(space={"lr": ("uniform", 0.0, 1e-2)}),
+            ValueError,
+            r"\('float', low, high\).*Received: space\['lr'\]",
+        ),
+        (dict(space={"unfreeze": []}), ValueError, r"`space\['unfreeze'\]` is an empty list"),
+        (dict(space={"unfreeze": [1, 1]}), ValueError, r"repeats a value"),
+        (dict(space={}), ValueError, r"`space` must be a non-empty dict"),
+        (
+            dict(space={"epochs": [1, 2]}, oracle="hyperband"),
+            ValueError,
+            r"oracle='hyperband' sets each trial's epochs",
+        ),
+        (
+            dict(space={"lr": [1e-3]}, oracle="grid"),
+            ValueError,
+            r"`oracle` must be one of \['random', 'bayesian'",
+        ),
+        (
+            dict(space={"lr": [1e-3]}, max_trials=0),
+            ValueError,
+            r"`max_trials` must be an integer >= 1",
+        ),
+        (
+            dict(space={"lr": [1e-3]}, learning_rate=1e-3),
+            TypeError,
+            r"unexpected keyword argument 'learning_rate'. It takes the finetune keywords: \[.*'finetune_lr'",
+        ),
+        (
+            dict(space={"lr": [1e-3]}, monitor="val_accuracy"),
+            ValueError,
+            r"`monitor='val_accuracy'` cannot be given",
+        ),
+        (
+            dict(space={"lr": [1e-3]}, copy=False),
+            ValueError,
+            r"`copy=False` cannot be given to search",
+        ),
+        (dict(space={"lr": [1e-3]}, unfreeze=0), ValueError, r"search\(\): Argument `unfreeze`"),
+    ],
+)
 def test_bad_arguments(pretrained, few, kwargs, error, match):
     with pytest.raises(error, match=match):
         search(pretrained, few, verbose=0, **kwargs)
@@ -257,8 +352,15 @@ def test_project_name_must_stay_inside_directory(pretrained, few, tmp_path, proj
     inside = tmp_path / "runs"
     inside.mkdir()
     with pytest.raises(ValueError, match=r"`project_name` must be the name of a directory inside"):
-        search(pretrained, few, {"lr": [1e-3]}, directory=inside, project_name=project_name, overwrite=True,
-               verbose=0)
+        search(
+            pretrained,
+            few,
+            {"lr": [1e-3]},
+            directory=inside,
+            project_name=project_name,
+            overwrite=True,
+            verbose=0,
+        )
     assert sorted(os.listdir(tmp_path)) == ["keep.txt", "runs"]
 
 
@@ -272,22 +374,51 @@ def test_overwrite_deletes_only_a_search_project(pretrained, few, tmp_path):
 
 
 def test_loss_changing_space_warns(pretrained, few):
-    with pytest.warns(UserWarning, match=r"changes \['label_smoothing'\].*objective='val_accuracy'"):
-        result = search(pretrained, few, {"label_smoothing": [0.1]}, max_trials=1, verbose=0, recipe="head",
-                        epochs=1)
+    with pytest.warns(
+        UserWarning, match=r"changes \['label_smoothing'\].*objective='val_accuracy'"
+    ):
+        result = search(
+            pretrained,
+            few,
+            {"label_smoothing": [0.1]},
+            max_trials=1,
+            verbose=0,
+            recipe="head",
+            epochs=1,
+        )
     assert result.best_params == {"label_smoothing": 0.1}
 
 
 def test_baseline_is_finetune_defaults_when_the_space_holds_them():
-    space = {"lr": [3e-3, 1e-2], "finetune_lr": [1e-4, 1e-3], "unfreeze": [1, "all"], "train_bn": [True, False]}
-    assert baseline_values(parse_space(space, {}), {}) == {"lr": 1e-2, "finetune_lr": 1e-3, "unfreeze": "'all'",
-                                                           "train_bn": False}
+    space = {
+        "lr": [3e-3, 1e-2],
+        "finetune_lr": [1e-4, 1e-3],
+        "unfreeze": [1, "all"],
+        "train_bn": [True, False],
+    }
+    assert baseline_values(parse_space(space, {}), {}) == {
+        "lr": 1e-2,
+        "finetune_lr": 1e-3,
+        "unfreeze": "'all'",
+        "train_bn": False,
+    }
     fixed = {"lr": 3e-3}  # finetune_lr=None is lr / 10 of the fixed rate
-    assert baseline_values(parse_space({"finetune_lr": [3e-4, 1e-3]}, fixed), fixed) == {"finetune_lr": 3e-4}
+    assert baseline_values(parse_space({"finetune_lr": [3e-4, 1e-3]}, fixed), fixed) == {
+        "finetune_lr": 3e-4
+    }
     assert baseline_values(parse_space({"lr": ("float", 1e-3, 3e-3)}, {}), {}) is None
 
 
 def test_searchable_keywords_are_finetune_keywords():
     keywords = searchable_keywords()
-    assert {"lr", "finetune_lr", "unfreeze", "recipe", "lora_rank", "augment", "label_smoothing", "epochs"} <= set(keywords)
+    assert {
+        "lr",
+        "finetune_lr",
+        "unfreeze",
+        "recipe",
+        "lora_rank",
+        "augment",
+        "label_smoothing",
+        "epochs",
+    } <= set(keywords)
     assert not {"validation_split", "verbose", "feature_store", "copy"} & set(keywords)

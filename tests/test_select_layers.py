@@ -26,7 +26,9 @@ MOBILENET = "mobilenetv2_0.35_32"
 @pytest.fixture(scope="module")
 def mobilenet():
     """A real keras.applications backbone nested in a classifier (random weights, 32 px)."""
-    base = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, include_top=False)
+    base = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), alpha=0.35, include_top=False
+    )
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.GlobalAveragePooling2D(name="pool")(base(inputs))
     outputs = keras.layers.Dense(3, name="head")(x)
@@ -49,17 +51,38 @@ def no_warnings():
 
 def test_a_string_matches_names_in_full(shipped_model, no_warnings):
     assert names(kerasft.select_layers(shipped_model, "block1_.*")) == [
-        "block1_conv1", "block1_bn1", "block1_relu1", "block1_conv2", "block1_bn2", "block1_relu2", "block1_pool"]
+        "block1_conv1",
+        "block1_bn1",
+        "block1_relu1",
+        "block1_conv2",
+        "block1_bn2",
+        "block1_relu2",
+        "block1_pool",
+    ]
     assert names(kerasft.select_layers(shipped_model, "fc")) == ["fc"]
-    assert names(kerasft.select_layers(shipped_model, r"block\d_conv1")) == ["block1_conv1", "block2_conv1"]
+    assert names(kerasft.select_layers(shipped_model, r"block\d_conv1")) == [
+        "block1_conv1",
+        "block2_conv1",
+    ]
 
 
 def test_a_string_matches_paths_and_names_inside_nested_models(mobilenet, no_warnings):
     by_path = kerasft.select_layers(mobilenet, f"{MOBILENET}/block_16_.*")
     by_name = kerasft.select_layers(mobilenet, "block_16_.*")
-    assert names(by_path) == names(by_name) == [
-        "block_16_expand", "block_16_expand_BN", "block_16_expand_relu", "block_16_depthwise",
-        "block_16_depthwise_BN", "block_16_depthwise_relu", "block_16_project", "block_16_project_BN"]
+    assert (
+        names(by_path)
+        == names(by_name)
+        == [
+            "block_16_expand",
+            "block_16_expand_BN",
+            "block_16_expand_relu",
+            "block_16_depthwise",
+            "block_16_depthwise_BN",
+            "block_16_depthwise_relu",
+            "block_16_project",
+            "block_16_project_BN",
+        ]
+    )
     assert names(kerasft.select_layers(mobilenet, f"{MOBILENET}/Conv1")) == ["Conv1"]
     # Nested models are looked into, not selected.
     assert all(not surgery.is_container(layer) for layer in kerasft.select_layers(mobilenet, ".*"))
@@ -69,24 +92,48 @@ def test_a_string_matches_paths_and_names_inside_nested_models(mobilenet, no_war
 def test_lists_classes_callables_and_layers(shipped_model, mobilenet, no_warnings):
     m = shipped_model
     # Model order, each layer once, whatever the order of the entries.
-    assert names(kerasft.select_layers(m, ["predictions", "fc", "f.*"])) == ["flatten", "fc", "predictions"]
+    assert names(kerasft.select_layers(m, ["predictions", "fc", "f.*"])) == [
+        "flatten",
+        "fc",
+        "predictions",
+    ]
     assert names(kerasft.select_layers(m, ("fc", "dropout"))) == ["fc", "dropout"]
     assert names(kerasft.select_layers(m, keras.layers.Conv2D)) == [
-        "block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2"]
-    assert names(kerasft.select_layers(m, (keras.layers.Dense, keras.layers.Dropout))) == ["fc", "dropout", "predictions"]
-    assert names(kerasft.select_layers(m, [keras.layers.Dense, "flatten"])) == ["flatten", "fc", "predictions"]
-    assert names(kerasft.select_layers(m, lambda layer: getattr(layer, "units", 0) == 10)) == ["predictions"]
+        "block1_conv1",
+        "block1_conv2",
+        "block2_conv1",
+        "block2_conv2",
+    ]
+    assert names(kerasft.select_layers(m, (keras.layers.Dense, keras.layers.Dropout))) == [
+        "fc",
+        "dropout",
+        "predictions",
+    ]
+    assert names(kerasft.select_layers(m, [keras.layers.Dense, "flatten"])) == [
+        "flatten",
+        "fc",
+        "predictions",
+    ]
+    assert names(kerasft.select_layers(m, lambda layer: getattr(layer, "units", 0) == 10)) == [
+        "predictions"
+    ]
     assert kerasft.select_layers(m, m.get_layer("fc")) == [m.get_layer("fc")]
     # A nested model given as an object stands for its layers.
     base = mobilenet.get_layer(MOBILENET)
-    assert kerasft.select_layers(mobilenet, base) == [layer for _, layer in surgery.leaf_layers(base)]
+    assert kerasft.select_layers(mobilenet, base) == [
+        layer for _, layer in surgery.leaf_layers(base)
+    ]
     assert names(kerasft.select_layers(mobilenet, [base, "head"]))[-1] == "head"
 
 
 def test_spec_combines_with_the_older_keywords(shipped_model, no_warnings):
-    assert names(kerasft.select_layers(shipped_model, "block.*", types=keras.layers.BatchNormalization)) == [
-        "block1_bn1", "block1_bn2", "block2_bn1", "block2_bn2"]
-    assert names(kerasft.select_layers(shipped_model, ".*conv.*", up_to="block1_pool")) == ["block1_conv1", "block1_conv2"]
+    assert names(
+        kerasft.select_layers(shipped_model, "block.*", types=keras.layers.BatchNormalization)
+    ) == ["block1_bn1", "block1_bn2", "block2_bn1", "block2_bn2"]
+    assert names(kerasft.select_layers(shipped_model, ".*conv.*", up_to="block1_pool")) == [
+        "block1_conv1",
+        "block1_conv2",
+    ]
 
 
 def test_freeze_and_unfreeze_take_a_spec(shipped_model, no_warnings):
@@ -103,7 +150,9 @@ def test_selection_survives_save_and_load(shipped_model, tmp_path, no_warnings):
     shipped_model.save(path)
     loaded = keras.models.load_model(path)
     for spec in ("block2_.*", [keras.layers.Dense, "flatten"]):
-        assert names(kerasft.select_layers(loaded, spec)) == names(kerasft.select_layers(shipped_model, spec))
+        assert names(kerasft.select_layers(loaded, spec)) == names(
+            kerasft.select_layers(shipped_model, spec)
+        )
 
 
 # ---------------------------------------------------------------------- the message
@@ -115,29 +164,43 @@ def test_one_message_names_the_argument_the_entry_and_the_layers(shipped_model):
     message = str(info.value)
     assert message.startswith(
         "No layer of model 'mnist_cnn' matches 'block1_conv' in argument `unfreeze`. "
-        "Existing layers are: ['rescale', 'block1_conv1', ")
+        "Existing layers are: ['rescale', 'block1_conv1', "
+    )
     # The usual mistake, a substring, gets the full pattern to write.
-    assert "HINT: a string must match a layer's path or name in full: write '.*block1_conv.*'" in message
-    with pytest.raises(ValueError, match=r"matches 'predictons' .*HINT: did you mean 'predictions'\?$"):
+    assert (
+        "HINT: a string must match a layer's path or name in full: write '.*block1_conv.*'"
+        in message
+    )
+    with pytest.raises(
+        ValueError, match=r"matches 'predictons' .*HINT: did you mean 'predictions'\?$"
+    ):
         kerasft.select_layers(shipped_model, "predictons", argument="unfreeze")
-    with pytest.raises(ValueError, match=r"matches 'zzz' in argument `phases\[1\]\['layers'\]`.*Existing layers"):
+    with pytest.raises(
+        ValueError, match=r"matches 'zzz' in argument `phases\[1\]\['layers'\]`.*Existing layers"
+    ):
         kerasft.select_layers(shipped_model, ["fc", "zzz"], argument="phases[1]['layers']")
     other = keras.layers.Dense(2, name="elsewhere")
-    with pytest.raises(ValueError, match=r"matches layer 'elsewhere' in argument `spec`.*not in this model"):
+    with pytest.raises(
+        ValueError, match=r"matches layer 'elsewhere' in argument `spec`.*not in this model"
+    ):
         kerasft.select_layers(shipped_model, other)
     with pytest.raises(ValueError, match=r"matches Embedding in argument `spec`"):
         kerasft.select_layers(shipped_model, keras.layers.Embedding)
 
 
 def test_a_nested_model_name_gets_a_hint(mobilenet):
-    with pytest.raises(ValueError, match=rf"HINT: '{MOBILENET}' is a nested model; write '{MOBILENET}/\.\*'"):
+    with pytest.raises(
+        ValueError, match=rf"HINT: '{MOBILENET}' is a nested model; write '{MOBILENET}/\.\*'"
+    ):
         kerasft.select_layers(mobilenet, MOBILENET)
 
 
 def test_bad_specs_are_refused_with_the_argument(shipped_model):
     with pytest.raises(ValueError, match=r"Invalid regex '\(' in argument `train`: .*re.escape"):
         kerasft.select_layers(shipped_model, "(", argument="train")
-    with pytest.raises(TypeError, match=r"Argument `targets` must hold layer-path regexes.*Received: 3 of type int"):
+    with pytest.raises(
+        TypeError, match=r"Argument `targets` must hold layer-path regexes.*Received: 3 of type int"
+    ):
         kerasft.select_layers(shipped_model, [3], argument="targets")
     with pytest.raises(TypeError, match=r"Argument `model` must be a Keras 3 `keras.Model`"):
         kerasft.select_layers("model.keras", "fc")
@@ -147,30 +210,44 @@ def test_bad_specs_are_refused_with_the_argument(shipped_model):
 
 
 def test_old_substring_rule_is_kept_with_a_future_warning(shipped_model, mobilenet):
-    with pytest.warns(FutureWarning, match=r"`unfreeze='conv'` selects layers by searching.*write '\.\*conv\.\*'") as record:
+    with pytest.warns(
+        FutureWarning, match=r"`unfreeze='conv'` selects layers by searching.*write '\.\*conv\.\*'"
+    ) as record:
         chosen = kerasft.select_layers(shipped_model, "conv", argument="unfreeze", legacy="search")
     assert names(chosen) == ["block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2"]
     assert record[0].filename == __file__, "the warning points at the caller"
     # Where the full match selects fewer layers than the search did, the old selection stays.
-    with pytest.warns(FutureWarning, match=r"in full, 'Conv1' selects \['mobilenetv2_0.35_32/Conv1'\]"):
+    with pytest.warns(
+        FutureWarning, match=r"in full, 'Conv1' selects \['mobilenetv2_0.35_32/Conv1'\]"
+    ):
         chosen = kerasft.select_layers(mobilenet, "Conv1", argument="unfreeze", legacy="search")
     assert names(chosen) == ["Conv1", "bn_Conv1", "Conv1_relu"]
     # The suggested pattern selects the same layers, silently.
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        assert names(kerasft.select_layers(mobilenet, ".*Conv1.*", argument="unfreeze", legacy="search")) == names(chosen)
-        assert names(kerasft.select_layers(shipped_model, "block1_conv1", legacy="search")) == ["block1_conv1"]
+        assert names(
+            kerasft.select_layers(mobilenet, ".*Conv1.*", argument="unfreeze", legacy="search")
+        ) == names(chosen)
+        assert names(kerasft.select_layers(shipped_model, "block1_conv1", legacy="search")) == [
+            "block1_conv1"
+        ]
 
 
 def test_pattern_keyword_keeps_its_search_rule(shipped_model):
-    with pytest.warns(FutureWarning, match=r"`pattern='\^block2_'`.*To keep today's selection, write 'block2_\.\*'"):
+    with pytest.warns(
+        FutureWarning,
+        match=r"`pattern='\^block2_'`.*To keep today's selection, write 'block2_\.\*'",
+    ):
         frozen = kerasft.freeze(shipped_model, pattern=r"^block2_")
     assert names(frozen) == names(kerasft.select_layers(shipped_model, "block2_.*"))
 
 
 def test_old_names_only_rule_is_kept_with_a_future_warning(mobilenet):
     spec = ".*(mobilenet|head).*"
-    with pytest.warns(FutureWarning, match=r"by matching the regular expression against layer names only: \['head'\]"):
+    with pytest.warns(
+        FutureWarning,
+        match=r"by matching the regular expression against layer names only: \['head'\]",
+    ):
         chosen = kerasft.select_layers(mobilenet, spec, argument="layers", legacy="name")
     assert names(chosen) == ["head"]
     suggestion = re.search(r"write '(.*)'\.$", _warning_text(mobilenet, spec)).group(1)
@@ -190,14 +267,36 @@ def _warning_text(model, spec):
 
 def test_finetune_unfreeze_uses_the_selector(shipped_model, digits_small):
     with pytest.warns(FutureWarning, match=r"`unfreeze='block2'` selects layers by searching"):
-        plan = kerasft.plan(shipped_model, digits_small, recipe="lp-ft", head_epochs=1, epochs=1, unfreeze="block2")
+        plan = kerasft.plan(
+            shipped_model, digits_small, recipe="lp-ft", head_epochs=1, epochs=1, unfreeze="block2"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        same = kerasft.plan(shipped_model, digits_small, recipe="lp-ft", head_epochs=1, epochs=1, unfreeze="block2_.*")
-    assert plan.trainable_params == same.trainable_params and plan.trainable_params[1][0] > plan.trainable_params[0][0]
-    with pytest.raises(ValueError, match=r"`unfreeze='blok2_.\*'` selects nothing to train: No layer of model "
-                                         r"'mnist_cnn' matches 'blok2_.\*' in argument `unfreeze`"):
-        kerasft.plan(shipped_model, digits_small, recipe="lp-ft", head_epochs=1, epochs=1, unfreeze="blok2_.*")
+        same = kerasft.plan(
+            shipped_model,
+            digits_small,
+            recipe="lp-ft",
+            head_epochs=1,
+            epochs=1,
+            unfreeze="block2_.*",
+        )
+    assert (
+        plan.trainable_params == same.trainable_params
+        and plan.trainable_params[1][0] > plan.trainable_params[0][0]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"`unfreeze='blok2_.\*'` selects nothing to train: No layer of model "
+        r"'mnist_cnn' matches 'blok2_.\*' in argument `unfreeze`",
+    ):
+        kerasft.plan(
+            shipped_model,
+            digits_small,
+            recipe="lp-ft",
+            head_epochs=1,
+            epochs=1,
+            unfreeze="blok2_.*",
+        )
 
 
 # ------------------------------------------------------------------- every caller
@@ -206,8 +305,12 @@ def test_finetune_unfreeze_uses_the_selector(shipped_model, digits_small):
 def test_l2sp_and_clipping_select_with_it(shipped_model, no_warnings):
     report = regularizers.apply_l2sp(shipped_model, 0.1, 0.01, new_layers=[keras.layers.Dense])
     assert {p.split("/")[0] for p in report["l2"]} == {"fc", "predictions"}
-    assert regularizers.clip_weights(shipped_model, 0.5, layers=lambda layer: layer.name == "fc") == ["fc/kernel", "fc/bias"]
-    with pytest.raises(ValueError, match=r"No layer of model 'mnist_cnn' matches 'head' in argument `new_layers`"):
+    assert regularizers.clip_weights(
+        shipped_model, 0.5, layers=lambda layer: layer.name == "fc"
+    ) == ["fc/kernel", "fc/bias"]
+    with pytest.raises(
+        ValueError, match=r"No layer of model 'mnist_cnn' matches 'head' in argument `new_layers`"
+    ):
         regularizers.apply_l2sp(shipped_model, new_layers="head")
 
 
@@ -217,17 +320,25 @@ def test_lora_targets_select_with_it(no_warnings):
     model = nested_model(3)
     result = peft.apply_lora(model, rank=2, targets=[keras.layers.Conv2D], train=["head"])
     assert result.targets == ("backbone/conv1", "backbone/conv2") and result.trained == ("head",)
-    with pytest.raises(ValueError, match=r"No layer of model 'outer' matches 'conv3' in argument `targets`.*did you mean"):
+    with pytest.raises(
+        ValueError,
+        match=r"No layer of model 'outer' matches 'conv3' in argument `targets`.*did you mean",
+    ):
         peft.apply_lora(nested_model(3), targets="conv3")
 
 
 def test_pruning_layers_select_with_it(mobilenet, no_warnings):
-    candidates = [layer for layer in pruning.prune.leaf_layers(mobilenet, graph_only=True)
-                  if pruning.wrapper.is_prunable(layer)]
+    candidates = [
+        layer
+        for layer in pruning.prune.leaf_layers(mobilenet, graph_only=True)
+        if pruning.wrapper.is_prunable(layer)
+    ]
     chosen = pruning.prune.select_layers(mobilenet, f"{MOBILENET}/block_16_.*", candidates)
     assert names(chosen) == ["block_16_expand", "block_16_depthwise", "block_16_project"]
     assert names(pruning.prune.select_layers(mobilenet, keras.layers.Dense, candidates)) == ["head"]
-    with pytest.raises(ValueError, match=r"No layer of model 'classifier' matches 'dense_9' in argument `layers`"):
+    with pytest.raises(
+        ValueError, match=r"No layer of model 'classifier' matches 'dense_9' in argument `layers`"
+    ):
         pruning.prune.select_layers(mobilenet, ["dense_9"], candidates)
     with pytest.raises(ValueError, match=r"Layer 'pool' has no prunable weights"):
         pruning.prune.select_layers(mobilenet, ["head", "pool"], candidates)
@@ -239,9 +350,15 @@ def test_phases_select_with_it(shipped_model, no_warnings):
     phases = [{"layers": ["predictions", "fc"]}, {"layers": "block2_.*", "epoch": 2}]
     resolved = GradualUnfreezing(phases=phases).resolved_phases(shipped_model)
     assert [names(layers) for layers, _, _ in resolved] == [
-        ["fc", "predictions"], names(kerasft.select_layers(shipped_model, "block2_.*"))]
-    with pytest.raises(ValueError, match=r"matches 'block9_.\*' in argument `phases\[1\]\['layers'\]`"):
-        GradualUnfreezing(phases=[{"layers": "fc"}, {"layers": "block9_.*", "epoch": 1}]).resolved_phases(shipped_model)
+        ["fc", "predictions"],
+        names(kerasft.select_layers(shipped_model, "block2_.*")),
+    ]
+    with pytest.raises(
+        ValueError, match=r"matches 'block9_.\*' in argument `phases\[1\]\['layers'\]`"
+    ):
+        GradualUnfreezing(
+            phases=[{"layers": "fc"}, {"layers": "block9_.*", "epoch": 1}]
+        ).resolved_phases(shipped_model)
 
 
 # ------------------------------------------------------------------------- the walk
@@ -250,11 +367,19 @@ def test_phases_select_with_it(shipped_model, no_warnings):
 def test_walk_lists_each_layer_once_parents_first(mobilenet):
     nodes = surgery.walk_layers(mobilenet)
     paths = [n.path for n in nodes]
-    assert paths[0] == MOBILENET and paths[1] == f"{MOBILENET}/Conv1" and paths[-2:] == ["pool", "head"]
+    assert (
+        paths[0] == MOBILENET
+        and paths[1] == f"{MOBILENET}/Conv1"
+        and paths[-2:] == ["pool", "head"]
+    )
     assert len(paths) == len(set(paths)) == len({id(n.layer) for n in nodes})
     assert not any(isinstance(n.layer, keras.layers.InputLayer) for n in nodes)
     assert [(n.path, n.layer) for n in nodes] == surgery.iter_layers(mobilenet)
-    assert [n.path for n in surgery.walk_layers(mobilenet, recursive=False)] == [MOBILENET, "pool", "head"]
+    assert [n.path for n in surgery.walk_layers(mobilenet, recursive=False)] == [
+        MOBILENET,
+        "pool",
+        "head",
+    ]
     inner = next(n for n in nodes if n.path == f"{MOBILENET}/Conv1")
     assert inner.ancestors == (mobilenet, mobilenet.get_layer(MOBILENET))
 
@@ -269,12 +394,19 @@ def test_walk_with_sublayers_reaches_inside_custom_layers():
     # peft walks the same tree, and LoRA targets select from it.
     assert [n.path for n in _walk.walk(model)] == deep
     assert names(kerasft.select_layers(model, "query", sublayers=True)) == ["query"]
-    assert [n.path for n in surgery.walk_layers(model, sublayers=lambda layer: False)] == ["attention", "head"]
+    assert [n.path for n in surgery.walk_layers(model, sublayers=lambda layer: False)] == [
+        "attention",
+        "head",
+    ]
 
 
 def test_pruning_walks_with_it(mobilenet):
-    assert pruning.prune.leaf_layers(mobilenet, graph_only=True) == [lyr for _, lyr in surgery.leaf_layers(mobilenet)]
-    assert pruning.prune.leaf_layers(mobilenet) == [lyr for _, lyr in surgery.leaf_layers(mobilenet)]
+    assert pruning.prune.leaf_layers(mobilenet, graph_only=True) == [
+        lyr for _, lyr in surgery.leaf_layers(mobilenet)
+    ]
+    assert pruning.prune.leaf_layers(mobilenet) == [
+        lyr for _, lyr in surgery.leaf_layers(mobilenet)
+    ]
 
 
 # ------------------------------------------------------ the head, the trainable snapshot

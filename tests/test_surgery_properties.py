@@ -14,11 +14,16 @@ LAYER_KINDS = ("dense", "dense_relu", "bn", "dropout", "layernorm")
 
 def _layer(kind: str, i: int) -> keras.layers.Layer:
     if kind == "dense":
-        return keras.layers.Dense(5, kernel_initializer=keras.initializers.GlorotUniform(i),
-                                  name=f"dense_{i}")
+        return keras.layers.Dense(
+            5, kernel_initializer=keras.initializers.GlorotUniform(i), name=f"dense_{i}"
+        )
     if kind == "dense_relu":
-        return keras.layers.Dense(4, activation="relu", name=f"relu_{i}",
-                                  kernel_initializer=keras.initializers.GlorotUniform(i))
+        return keras.layers.Dense(
+            4,
+            activation="relu",
+            name=f"relu_{i}",
+            kernel_initializer=keras.initializers.GlorotUniform(i),
+        )
     if kind == "bn":
         return keras.layers.BatchNormalization(name=f"bn_{i}")
     if kind == "dropout":
@@ -29,8 +34,12 @@ def _layer(kind: str, i: int) -> keras.layers.Layer:
 def build(style: str, kinds: list[str], classes: int) -> keras.Model:
     """A model of the given style: 'sequential', 'functional' or 'nested' (backbone inside)."""
     body = [_layer(k, i) for i, k in enumerate(kinds)]
-    head = keras.layers.Dense(classes, activation="softmax", name="head",
-                              kernel_initializer=keras.initializers.GlorotUniform(99))
+    head = keras.layers.Dense(
+        classes,
+        activation="softmax",
+        name="head",
+        kernel_initializer=keras.initializers.GlorotUniform(99),
+    )
     if style == "sequential":
         return keras.Sequential([keras.Input((6,)), *body, head], name="seq")
     inputs = keras.Input((6,))
@@ -53,8 +62,11 @@ models = st.builds(
     st.lists(st.sampled_from(LAYER_KINDS), min_size=1, max_size=5),
     st.integers(2, 6),
 )
-SETTINGS = settings(max_examples=25, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _leaf_paths(model: keras.Model) -> list[str]:
@@ -83,8 +95,9 @@ def test_trainable_state_round_trips_through_set_trainable(model, data):
     kerasft.set_trainable(model, wanted)
     state = kerasft.trainable_state(model)
     assert state == wanted
-    expected = {id(w) for p in paths if wanted[p]
-                for w in kerasft.get_layer(model, p).trainable_weights}
+    expected = {
+        id(w) for p in paths if wanted[p] for w in kerasft.get_layer(model, p).trainable_weights
+    }
     kerasft.freeze(model)
     assert model.trainable_weights == []
     kerasft.set_trainable(model, state)
@@ -96,8 +109,11 @@ def test_trainable_state_round_trips_through_set_trainable(model, data):
 @given(model=models, classes=st.integers(1, 7), dropout=st.sampled_from([0.0, 0.3]))
 def test_replace_head_keeps_every_other_weight(model, classes, dropout):
     x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
-    before = {p: [w.copy() for w in lyr.get_weights()]
-              for p, lyr in kerasft.iter_layers(model) if p != "head" and not isinstance(lyr, keras.Model)}
+    before = {
+        p: [w.copy() for w in lyr.get_weights()]
+        for p, lyr in kerasft.iter_layers(model)
+        if p != "head" and not isinstance(lyr, keras.Model)
+    }
     features_before = keras.Model(model.inputs[0], model.get_layer("head").input)(x)
     activation = "sigmoid" if classes == 1 else "softmax"
     new = kerasft.replace_head(model, classes, activation=activation, dropout=dropout, seed=1)

@@ -36,8 +36,16 @@ def run(digits_small, shipped_model_path, tmp_path_factory):
     log_dir = str(tmp_path_factory.mktemp("tb") / "run")
     old_umask = os.umask(0o000)  # what kerasft writes must not depend on the umask
     try:
-        result = kerasft.finetune(shipped_model_path, (x[:160], y[:160]), head_epochs=2, epochs=3, lr=1e-3,
-                                  patience=None, verbose=0, tensorboard=log_dir)
+        result = kerasft.finetune(
+            shipped_model_path,
+            (x[:160], y[:160]),
+            head_epochs=2,
+            epochs=3,
+            lr=1e-3,
+            patience=None,
+            verbose=0,
+            tensorboard=log_dir,
+        )
     finally:
         os.umask(old_umask)
     return result, log_dir
@@ -87,8 +95,14 @@ def test_finetune_logs_learning_rate_and_phase_boundaries(run):
 
 def test_logger_on_its_own_around_two_fits(digits_small, tmp_path):
     x, y = digits_small
-    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255),
-                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
     model.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(True))
     logger = TensorBoardLogger(tmp_path / "logs")
     model.fit(x, y, epochs=2, verbose=0, callbacks=[logger])
@@ -113,10 +127,16 @@ def test_tensorboard_reads_the_logs(run):
     _, log_dir = run
     train = accumulator.EventAccumulator(os.path.join(log_dir, "train"))
     train.Reload()
-    plugins = {tag: train.SummaryMetadata(tag).plugin_data.plugin_name
-               for tag in train.Tags()["tensors"]}
-    assert plugins == {"epoch_loss": "scalars", "epoch_accuracy": "scalars",
-                       "epoch_learning_rate": "scalars", "phase": "scalars", "phases": "text"}
+    plugins = {
+        tag: train.SummaryMetadata(tag).plugin_data.plugin_name for tag in train.Tags()["tensors"]
+    }
+    assert plugins == {
+        "epoch_loss": "scalars",
+        "epoch_accuracy": "scalars",
+        "epoch_learning_rate": "scalars",
+        "phase": "scalars",
+        "phases": "text",
+    }
     loss = train.Tensors("epoch_loss")
     assert [e.step for e in loss] == [0, 1, 2, 3, 4]
     assert tf.make_ndarray(loss[0].tensor_proto).shape == ()
@@ -125,12 +145,14 @@ def test_tensorboard_reads_the_logs(run):
 def test_errors(tmp_path, shipped_model_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(ValueError, match=r"`log_dir` \(`tensorboard=` of kerasft.finetune\) must "
-                                         r"be a directory path, but .*file' is an existing file"):
+    with pytest.raises(
+        ValueError,
+        match=r"`log_dir` \(`tensorboard=` of kerasft.finetune\) must "
+        r"be a directory path, but .*file' is an existing file",
+    ):
         TensorBoardLogger(a_file)
     with pytest.raises(ValueError, match=r"must be a directory path. Received: log_dir=3"):
         TensorBoardLogger(3)
     x = np.zeros((20, 28, 28, 1), "float32")
     with pytest.raises(ValueError, match="is an existing file"):
-        kerasft.finetune(shipped_model_path, (x, np.arange(20) % 10),
-                         tensorboard=a_file, verbose=0)
+        kerasft.finetune(shipped_model_path, (x, np.arange(20) % 10), tensorboard=a_file, verbose=0)

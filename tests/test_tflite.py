@@ -52,8 +52,12 @@ def exports(result, split, tmp_path_factory):
     out = {}
     for quantize in (None, "float16", "dynamic", "int8"):
         out[quantize] = export_model(
-            result.model, folder / f"digits_{quantize}.tflite", format="tflite", quantize=quantize,
-            class_names=NAMES, representative_data=split.x_train,
+            result.model,
+            folder / f"digits_{quantize}.tflite",
+            format="tflite",
+            quantize=quantize,
+            class_names=NAMES,
+            representative_data=split.x_train,
             verify_data=(split.x_test, split.y_test),
         )
     return out
@@ -79,9 +83,15 @@ def _run_litert(path, x):
 def _float_tensors(path, *, inner_only):
     interpreter = Interpreter(model_path=path)
     runner = interpreter.get_signature_runner("serve")
-    io = {d["index"] for d in [*runner.get_input_details().values(), *runner.get_output_details().values()]}
-    return [t["name"] for t in interpreter.get_tensor_details()
-            if np.dtype(t["dtype"]).kind == "f" and not (inner_only and t["index"] in io)]
+    io = {
+        d["index"]
+        for d in [*runner.get_input_details().values(), *runner.get_output_details().values()]
+    }
+    return [
+        t["name"]
+        for t in interpreter.get_tensor_details()
+        if np.dtype(t["dtype"]).kind == "f" and not (inner_only and t["index"] in io)
+    ]
 
 
 # --- int8 full-integer --------------------------------------------------------------------
@@ -99,7 +109,9 @@ def test_int8_is_small_and_as_accurate_on_held_out_digits(exports, result, split
     assert abs(accuracy - keras_accuracy) <= 0.01  # measured +0.1 point
     assert np.mean(served["class_id"] == keras_classes) >= 0.98  # measured 0.992
     np.testing.assert_array_equal(served["class_id"], probabilities.argmax(-1))
-    assert [n.decode() for n in served["class_name"][:20]] == [NAMES[i] for i in served["class_id"][:20]]
+    assert [n.decode() for n in served["class_name"][:20]] == [
+        NAMES[i] for i in served["class_id"][:20]
+    ]
 
     # The recorded check is what LiteRT gives here.
     check = exports["int8"].check
@@ -122,9 +134,15 @@ def test_int8_model_computes_in_integers(exports):
 
 @pytest.mark.parametrize("io_dtype", ["int8", "uint8"])
 def test_int8_and_uint8_model_io(result, split, keras_classes, tmp_path, io_dtype):
-    path = export_model(result.model, tmp_path / "m.tflite", format="tflite", quantize="int8",
-                        io_dtype=io_dtype, representative_data=split.x_train,
-                        verify_data=(split.x_test, split.y_test))
+    path = export_model(
+        result.model,
+        tmp_path / "m.tflite",
+        format="tflite",
+        quantize="int8",
+        io_dtype=io_dtype,
+        representative_data=split.x_train,
+        verify_data=(split.x_test, split.y_test),
+    )
     runner = Interpreter(model_path=path).get_signature_runner("serve")
     inp = runner.get_input_details()["image"]
     out = runner.get_output_details()["probabilities"]
@@ -141,7 +159,10 @@ def test_int8_and_uint8_model_io(result, split, keras_classes, tmp_path, io_dtyp
     assert meta["output_quantization"] == pytest.approx([1 / 256, zero])
 
     served, probabilities = _run_litert(path, split.x_test)
-    assert abs(np.mean(served["class_id"] == split.y_test) - np.mean(keras_classes == split.y_test)) <= 0.01
+    assert (
+        abs(np.mean(served["class_id"] == split.y_test) - np.mean(keras_classes == split.y_test))
+        <= 0.01
+    )
     assert np.abs(probabilities.sum(-1) - 1).max() < 0.05
     assert path.check.accuracy == pytest.approx(np.mean(served["class_id"] == split.y_test))
 
@@ -149,11 +170,18 @@ def test_int8_and_uint8_model_io(result, split, keras_classes, tmp_path, io_dtyp
 def test_representative_data_as_a_tf_data_pipeline(result, split, exports, tmp_path):
     # Batched (x, y) and unbatched x calibrate as the array does.
     x = split.x_train
-    for name, data in [("batched", tf.data.Dataset.from_tensor_slices((x, split.y_train)).batch(16)),
-                       ("unbatched", tf.data.Dataset.from_tensor_slices(x))]:
-        path = export_model(result.model, tmp_path / f"{name}.tflite", format="tflite",
-                            quantize="int8", representative_data=data,
-                            verify_data=(split.x_test, split.y_test))
+    for name, data in [
+        ("batched", tf.data.Dataset.from_tensor_slices((x, split.y_train)).batch(16)),
+        ("unbatched", tf.data.Dataset.from_tensor_slices(x)),
+    ]:
+        path = export_model(
+            result.model,
+            tmp_path / f"{name}.tflite",
+            format="tflite",
+            quantize="int8",
+            representative_data=data,
+            verify_data=(split.x_test, split.y_test),
+        )
         assert path.check.agreement >= 0.98
         assert abs(path.check.accuracy - exports["int8"].check.accuracy) <= 0.005
 
@@ -197,7 +225,10 @@ def test_verify_tflite_on_its_own(exports, result, split):
     again = verify_tflite(exports["int8"], result.model, split.x_test, split.y_test)
     recorded = exports["int8"].check
     assert (again.agreement, again.accuracy, again.size_bytes) == (
-        recorded.agreement, recorded.accuracy, recorded.size_bytes)
+        recorded.agreement,
+        recorded.accuracy,
+        recorded.size_bytes,
+    )
     smoke = verify_tflite(exports[None], result.model, None)
     assert smoke.examples == 0 and smoke.agreement is None
     assert "no data to compare" in str(smoke)
@@ -206,7 +237,9 @@ def test_verify_tflite_on_its_own(exports, result, split):
 
 def test_plain_export_without_data_is_checked_on_a_probe_batch(result, tmp_path):
     # No data given: the file still runs beside Keras, on raw pixels of the model's input form.
-    path = export_model(result.model, tmp_path / "plain.tflite", format="tflite", quantize="dynamic")
+    path = export_model(
+        result.model, tmp_path / "plain.tflite", format="tflite", quantize="dynamic"
+    )
     assert path.check.examples == 8 and path.check.quantize == "dynamic"
     assert path.check.data == "a random probe batch of the model's input form"
     assert read_export_metadata(path)["tflite_check"]["examples"] == 8
@@ -221,17 +254,22 @@ def test_finetune_result_keeps_a_sample_for_exports(result, split, shipped_model
     assert isinstance(sample, ExportSample)
     # 100 examples: recipe='auto' holds none out, so the sample is all of them and unlabelled
     assert sample.inputs.shape == (100, 28, 28, 1) and sample.held_out is None
-    path = result.export(str(tmp_path / "auto.tflite"), format="tflite", quantize="int8", class_names=NAMES)
+    path = result.export(
+        str(tmp_path / "auto.tflite"), format="tflite", quantize="int8", class_names=NAMES
+    )
     assert path.check.data == "training inputs of the fine-tuning run (no held-out data)"
     assert path.check.accuracy is None
     # with validation data (never trained on: no refit), the held-out examples check the export
     x, y = split.x_train, split.y_train
-    held = kerasft.finetune(shipped_model_path, (x[:80], y[:80]), validation_data=(x[80:], y[80:]), epochs=1,
-                            verbose=0)
+    held = kerasft.finetune(
+        shipped_model_path, (x[:80], y[:80]), validation_data=(x[80:], y[80:]), epochs=1, verbose=0
+    )
     x_held, y_held = held.representative.held_out
     assert held.representative.inputs.shape == (80, 28, 28, 1)
     assert x_held.shape == (20, 28, 28, 1) and y_held.shape == (20,)
-    path = held.export(str(tmp_path / "held.tflite"), format="tflite", quantize="int8", class_names=NAMES)
+    path = held.export(
+        str(tmp_path / "held.tflite"), format="tflite", quantize="int8", class_names=NAMES
+    )
     assert path.check.examples == 20
     assert path.check.data == "held-out validation examples of the fine-tuning run"
     assert path.check.accuracy is not None
@@ -244,22 +282,45 @@ def test_finetune_result_keeps_a_sample_for_exports(result, split, shipped_model
 def test_bad_arguments_name_argument_value_and_choices(result, split, tmp_path):
     model = result.model
     m = tmp_path / "m.tflite"
-    with pytest.raises(ValueError, match=r"Argument `representative_data` is required for "
-                                         r"quantize='int8'.*Received: representative_data=None"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `representative_data` is required for "
+        r"quantize='int8'.*Received: representative_data=None",
+    ):
         export_model(model, m, format="tflite", quantize="int8")
-    with pytest.raises(ValueError, match=r"Argument `quantize` must be one of \[None, 'float16', "
-                                         r"'dynamic', 'int8'\]\. Received: quantize='int4'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `quantize` must be one of \[None, 'float16', "
+        r"'dynamic', 'int8'\]\. Received: quantize='int4'",
+    ):
         export_model(model, m, format="tflite", quantize="int4")
-    with pytest.raises(ValueError, match=r"Argument `io_dtype='int8'` applies to quantize='int8' "
-                                         r"only.*Received: quantize='dynamic'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `io_dtype='int8'` applies to quantize='int8' "
+        r"only.*Received: quantize='dynamic'",
+    ):
         export_model(model, m, format="tflite", quantize="dynamic", io_dtype="int8")
-    with pytest.raises(ValueError, match=r"Argument `io_dtype` must be one of \['float32', 'int8', "
-                                         r"'uint8'\]\. Received: io_dtype='int16'"):
-        export_model(model, m, format="tflite", quantize="int8", io_dtype="int16",
-                     representative_data=split.x_train)
-    with pytest.raises(ValueError, match=r"Argument `representative_data` holds inputs of shape "
-                                         r"\(5, 8, 8\), but the model takes \(None, 28, 28, 1\)"):
-        export_model(model, m, format="tflite", quantize="int8", representative_data=np.zeros((5, 8, 8)))
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `io_dtype` must be one of \['float32', 'int8', "
+        r"'uint8'\]\. Received: io_dtype='int16'",
+    ):
+        export_model(
+            model,
+            m,
+            format="tflite",
+            quantize="int8",
+            io_dtype="int16",
+            representative_data=split.x_train,
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `representative_data` holds inputs of shape "
+        r"\(5, 8, 8\), but the model takes \(None, 28, 28, 1\)",
+    ):
+        export_model(
+            model, m, format="tflite", quantize="int8", representative_data=np.zeros((5, 8, 8))
+        )
     with pytest.raises(TypeError, match=r"Argument `verify_data` must be an array.*a dict"):
         export_model(model, m, format="tflite", verify_data={"image": split.x_test})
     with pytest.raises(ValueError, match=r"Argument `verify_data`: 10 inputs but 9 labels"):
@@ -273,15 +334,43 @@ def test_bad_arguments_name_argument_value_and_choices(result, split, tmp_path):
 
 def test_cli_int8_export(shipped_model_path, tmp_path, capsys):
     path = str(tmp_path / "cli.tflite")
-    assert cli.main(["export", shipped_model_path, path, "--format", "tflite", "--quantize", "int8",
-                     "--io-dtype", "int8"]) == 0  # --data digits by default
+    assert (
+        cli.main(
+            [
+                "export",
+                shipped_model_path,
+                path,
+                "--format",
+                "tflite",
+                "--quantize",
+                "int8",
+                "--io-dtype",
+                "int8",
+            ]
+        )
+        == 0
+    )  # --data digits by default
     meta = read_export_metadata(path)
     assert meta["quantize"] == "int8" and meta["io_dtype"] == "int8"
     assert meta["tflite_check"]["examples"] == 1697  # checked on the held-out digits
     assert "LiteRT on 1697 examples" in capsys.readouterr().out
 
-    assert cli.main(["export", shipped_model_path, str(tmp_path / "x.tflite"), "--format", "tflite",
-                     "--quantize", "int8", "--data", "none"]) == 2
+    assert (
+        cli.main(
+            [
+                "export",
+                shipped_model_path,
+                str(tmp_path / "x.tflite"),
+                "--format",
+                "tflite",
+                "--quantize",
+                "int8",
+                "--data",
+                "none",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Argument `--quantize int8` needs representative data" in err
     assert "Received: --data none" in err

@@ -29,43 +29,68 @@ def test_load_phases_reads_lists_dicts_and_files(tmp_path):
     (tmp_path / "phases.json").write_text(json.dumps({"phases": listed}))
     assert unfreezing.load_phases(tmp_path / "phases.json") == expected
     (tmp_path / "phases.yaml").write_text(
-        "phases:\n  - {layers: [predictions, fc], lr: 1.0e-3}\n  - {layers: block2_.*, epoch: 2}\n")
+        "phases:\n  - {layers: [predictions, fc], lr: 1.0e-3}\n  - {layers: block2_.*, epoch: 2}\n"
+    )
     assert unfreezing.load_phases(str(tmp_path / "phases.yaml")) == expected
 
 
 def test_load_phases_errors_name_the_value():
-    with pytest.raises(ValueError, match=r"Phase 0 needs `layers`: a regex or a list of regexes. Received: \[\]"):
+    with pytest.raises(
+        ValueError, match=r"Phase 0 needs `layers`: a regex or a list of regexes. Received: \[\]"
+    ):
         unfreezing.load_phases([{"layers": []}])
-    with pytest.raises(ValueError, match=r"Phase 1: `epoch` must be an integer >= 0. Received: epoch=-1"):
+    with pytest.raises(
+        ValueError, match=r"Phase 1: `epoch` must be an integer >= 0. Received: epoch=-1"
+    ):
         unfreezing.load_phases([{"layers": "a"}, {"layers": "b", "epoch": -1}])
-    with pytest.raises(ValueError, match=r"Phase 0: `lr` must be a number >= 0. Received: lr='fast'"):
+    with pytest.raises(
+        ValueError, match=r"Phase 0: `lr` must be a number >= 0. Received: lr='fast'"
+    ):
         unfreezing.load_phases([{"layers": "a", "lr": "fast"}])
     with pytest.raises(ValueError, match=r"keyed by phase index .*Received keys: \['first'\]"):
         unfreezing.load_phases({"first": {"layers": "a"}})
 
 
 def test_phase_layers_are_selected_in_full(shipped_model):
-    phases = unfreezing.load_phases([{"layers": "block2_conv.*"}, {"layers": ["fc", "predictions"], "epoch": 1}])
-    layers = [kerasft.select_layers(shipped_model, p["layers"], argument=f"phases[{i}]['layers']")
-              for i, p in enumerate(phases)]
-    assert [[lyr.name for lyr in group] for group in layers] == [["block2_conv1", "block2_conv2"], ["fc", "predictions"]]
-    with pytest.raises(ValueError, match=r"No layer of model 'mnist_cnn' matches 'block2' in argument "
-                                         r"`phases\[0\]\['layers'\]`.*write '\.\*block2\.\*'"):
+    phases = unfreezing.load_phases(
+        [{"layers": "block2_conv.*"}, {"layers": ["fc", "predictions"], "epoch": 1}]
+    )
+    layers = [
+        kerasft.select_layers(shipped_model, p["layers"], argument=f"phases[{i}]['layers']")
+        for i, p in enumerate(phases)
+    ]
+    assert [[lyr.name for lyr in group] for group in layers] == [
+        ["block2_conv1", "block2_conv2"],
+        ["fc", "predictions"],
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"No layer of model 'mnist_cnn' matches 'block2' in argument "
+        r"`phases\[0\]\['layers'\]`.*write '\.\*block2\.\*'",
+    ):
         kerasft.select_layers(shipped_model, ["block2"], argument="phases[0]['layers']")
 
 
 def test_resolve_layers_is_a_deprecated_alias(shipped_model):
     with pytest.warns(DeprecationWarning, match="use kerasft.select_layers"):
-        layers = unfreezing.resolve_layers(shipped_model, ["fc", "block1_conv.*"], "phases[0]['layers']")
+        layers = unfreezing.resolve_layers(
+            shipped_model, ["fc", "block1_conv.*"], "phases[0]['layers']"
+        )
     assert layers == kerasft.select_layers(shipped_model, ["fc", "block1_conv.*"])
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"matches 'zzz' in argument `phases\[0\]"):
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match=r"matches 'zzz' in argument `phases\[0\]"),
+    ):
         unfreezing.resolve_layers(shipped_model, ["zzz"], "phases[0]['layers']")
 
 
 def test_apply_trainable_keeps_batchnorm_frozen_unless_asked():
     model = nested_model(3)
     kerasft.freeze(model)
-    bn, conv2 = model.get_layer("backbone").get_layer("bn1"), model.get_layer("backbone").get_layer("conv2")
+    bn, conv2 = (
+        model.get_layer("backbone").get_layer("bn1"),
+        model.get_layer("backbone").get_layer("conv2"),
+    )
     unfreezing.apply_trainable(model, {id(bn): True, id(conv2): True}, train_bn=False)
     state = surgery.trainable_state(model)
     assert state["backbone/conv2"] and not state["backbone/bn1"] and not state["head"]

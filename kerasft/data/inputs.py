@@ -17,7 +17,15 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["InputSignature", "normalize_inputs", "check_inputs", "num_examples", "take", "flatten", "restructure"]
+__all__ = [
+    "InputSignature",
+    "normalize_inputs",
+    "check_inputs",
+    "num_examples",
+    "take",
+    "flatten",
+    "restructure",
+]
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,17 @@ class InputSignature:
         else:
             kind = "single" if len(tensors) == 1 else "list"
             names = tuple(_base_name(t.name) for t in tensors)
-        return cls(names, tuple(tuple(t.shape[1:]) for t in tensors),
-                   tuple(keras.backend.standardize_dtype(t.dtype) for t in tensors), kind)
+        return cls(
+            names,
+            tuple(tuple(t.shape[1:]) for t in tensors),
+            tuple(keras.backend.standardize_dtype(t.dtype) for t in tensors),
+            kind,
+        )
 
     def describe(self) -> str:
-        return ", ".join(f"{n!r} {_shape(s)} {d}" for n, s, d in zip(self.names, self.shapes, self.dtypes))
+        return ", ".join(
+            f"{n!r} {_shape(s)} {d}" for n, s, d in zip(self.names, self.shapes, self.dtypes)
+        )
 
 
 def _base_name(name: str) -> str:
@@ -66,7 +80,12 @@ def _base_name(name: str) -> str:
 
 
 def _shape(shape: tuple) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    return (
+        "("
+        + ", ".join("None" if d is None else str(d) for d in shape)
+        + ("," if len(shape) == 1 else "")
+        + ")"
+    )
 
 
 def is_dataframe(obj: Any) -> bool:
@@ -86,10 +105,16 @@ def as_array(value: Any, argument: str, name: str | None = None) -> np.ndarray:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return np.asarray(value, dtype=str)
     array = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
-    if array.dtype == object and array.ndim == 1 and len(array) and all(
-            isinstance(v, (list, tuple, np.ndarray)) for v in array):
+    if (
+        array.dtype == object
+        and array.ndim == 1
+        and len(array)
+        and all(isinstance(v, (list, tuple, np.ndarray)) for v in array)
+    ):
         # Variable-length sequences (token ids): pad at the end with 0, as Keras does.
-        return keras.utils.pad_sequences(list(array), padding="post", value=0, dtype=_sequence_dtype(array))
+        return keras.utils.pad_sequences(
+            list(array), padding="post", value=0, dtype=_sequence_dtype(array)
+        )
     if array.dtype == object and all(isinstance(v, str) for v in array.ravel()):
         return array.astype(str)
     try:
@@ -131,7 +156,9 @@ def normalize_inputs(x: Any, signature: InputSignature | None, argument: str = "
                     f"Argument `{argument}` has inputs {unknown} that the model does not take. The "
                     f"model's inputs are [{signature.describe()}]."
                 )
-            return {n: _conform(arrays[n], signature.shapes[i]) for i, n in enumerate(signature.names)}
+            return {
+                n: _conform(arrays[n], signature.shapes[i]) for i, n in enumerate(signature.names)
+            }
         if signature is not None and len(arrays) == 1:
             return next(iter(arrays.values()))
         return arrays
@@ -142,8 +169,13 @@ def normalize_inputs(x: Any, signature: InputSignature | None, argument: str = "
                 f"[{signature.describe()}], but the data has {len(x)}. HINT: pass a dict keyed "
                 "by input name."
             )
-        arrays = [_conform(as_array(v, argument, n), shape) for v, n, shape in zip(x, signature.names, signature.shapes)]
-        return dict(zip(signature.names, arrays)) if signature.structure == "dict" else tuple(arrays)
+        arrays = [
+            _conform(as_array(v, argument, n), shape)
+            for v, n, shape in zip(x, signature.names, signature.shapes)
+        ]
+        return (
+            dict(zip(signature.names, arrays)) if signature.structure == "dict" else tuple(arrays)
+        )
     return as_array(x, argument)
 
 
@@ -156,9 +188,11 @@ def _from_dataframe(frame: Any, signature: InputSignature | None, argument: str)
     columns = [str(c) for c in frame.columns]
     if signature is not None and signature.structure != "single":
         return {n: frame[n].to_numpy() for n in signature.names if n in columns} | {
-            c: frame[c].to_numpy() for c in columns if c not in signature.names}
-    if len(columns) == 1 and (_is_text_column(frame.iloc[:, 0]) or signature is not None
-                              and signature.names[0] in columns):
+            c: frame[c].to_numpy() for c in columns if c not in signature.names
+        }
+    if len(columns) == 1 and (
+        _is_text_column(frame.iloc[:, 0]) or signature is not None and signature.names[0] in columns
+    ):
         # One column of text (or the model's own input by name): that column is the input.
         return as_array(frame.iloc[:, 0], argument, columns[0])
     # pandas 3 stores text as its own string dtype, not object: ask pandas what is numeric.
@@ -181,7 +215,9 @@ def _is_numeric_column(series: Any) -> bool:
 def _is_text_column(series: Any) -> bool:
     import pandas as pd
 
-    if pd.api.types.is_string_dtype(series.dtype) and not pd.api.types.is_object_dtype(series.dtype):
+    if pd.api.types.is_string_dtype(series.dtype) and not pd.api.types.is_object_dtype(
+        series.dtype
+    ):
         return True
     return pd.api.types.is_object_dtype(series.dtype) and all(isinstance(v, str) for v in series)
 
@@ -233,14 +269,17 @@ def check_inputs(x: Any, signature: InputSignature | None, argument: str = "data
         for a in arrays:
             _check_numbers_or_text(a, None, None, argument, "")
         return
-    for array, name, shape, dtype in zip(arrays, signature.names, signature.shapes, signature.dtypes):
+    for array, name, shape, dtype in zip(
+        arrays, signature.names, signature.shapes, signature.dtypes
+    ):
         where = f" input {name!r}" if signature.structure != "single" else ""
         _check_numbers_or_text(array, name, dtype, argument, where)
         _check_shape(tuple(array.shape[1:]), shape, argument, where)
 
 
-def _check_numbers_or_text(array: np.ndarray, name: str | None, dtype: str | None, argument: str,
-                           where: str) -> None:
+def _check_numbers_or_text(
+    array: np.ndarray, name: str | None, dtype: str | None, argument: str, where: str
+) -> None:
     text = array.dtype.kind in "USO"
     if text and dtype is not None and dtype != "string":
         raise ValueError(
@@ -254,9 +293,13 @@ def _check_numbers_or_text(array: np.ndarray, name: str | None, dtype: str | Non
             "text (strings)."
         )
     if not text and array.dtype.kind not in "biuf":
-        raise ValueError(f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype {array.dtype}.")
+        raise ValueError(
+            f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype {array.dtype}."
+        )
     if dtype is None and text:
-        raise ValueError(f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype {array.dtype}.")
+        raise ValueError(
+            f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype {array.dtype}."
+        )
     if array.dtype.kind == "f" and len(array) and not np.all(np.isfinite(array)):
         bad = int(np.sum(~np.all(np.isfinite(array.reshape(len(array), -1)), axis=1)))
         raise ValueError(
@@ -266,10 +309,16 @@ def _check_numbers_or_text(array: np.ndarray, name: str | None, dtype: str | Non
 
 
 def _check_shape(shape: tuple, expected: tuple, argument: str, where: str) -> None:
-    ok = len(shape) == len(expected) and all(e is None or s is None or e == s for s, e in zip(shape, expected))
+    ok = len(shape) == len(expected) and all(
+        e is None or s is None or e == s for s, e in zip(shape, expected)
+    )
     if not ok:
         raise ValueError(
             f"Argument `{argument}`:{where} each input has shape {tuple(shape)}, but the model expects "
             f"{tuple(expected)} (None = any). HINT: resize or reshape the inputs to {tuple(expected)}"
-            + (", e.g. add a channel axis with x[..., None]." if len(shape) + 1 == len(expected) else ".")
+            + (
+                ", e.g. add a channel axis with x[..., None]."
+                if len(shape) + 1 == len(expected)
+                else "."
+            )
         )

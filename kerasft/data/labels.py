@@ -21,8 +21,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataSpec", "TASKS", "LABEL_MODES", "check_choices", "infer_spec", "cast_labels", "stratify_labels",
-           "class_weights"]
+__all__ = [
+    "DataSpec",
+    "TASKS",
+    "LABEL_MODES",
+    "check_choices",
+    "infer_spec",
+    "cast_labels",
+    "stratify_labels",
+    "class_weights",
+]
 
 TASKS = ("classification", "multilabel", "regression")
 LABEL_MODES = ("sparse", "one_hot", "binary", "multi_hot", "continuous")
@@ -59,11 +67,17 @@ class DataSpec:
 def check_choices(task: Any, label_mode: Any, num_classes: Any) -> None:
     """Check ``task``, ``label_mode`` and ``num_classes`` alone, before any labels are read."""
     if task not in (None, "auto", *TASKS):
-        raise ValueError(f"Argument `task` must be 'auto' or one of {list(TASKS)}. Received: task={task!r}")
+        raise ValueError(
+            f"Argument `task` must be 'auto' or one of {list(TASKS)}. Received: task={task!r}"
+        )
     if label_mode is not None and label_mode not in LABEL_MODES:
-        raise ValueError(f"Argument `label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
+        raise ValueError(
+            f"Argument `label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}"
+        )
     if num_classes is not None and (
-        not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1
+        not isinstance(num_classes, (int, np.integer))
+        or isinstance(num_classes, bool)
+        or num_classes < 1
     ):
         raise ValueError(
             f"Argument `num_classes` must be a positive integer (>= 2 for a classifier: a softmax over "
@@ -118,8 +132,13 @@ def infer_spec(
     return spec
 
 
-def _task_of(y: np.ndarray, task: str | None, label_mode: str | None, head_units: int | None,
-             head_activation: str | None) -> str:
+def _task_of(
+    y: np.ndarray,
+    task: str | None,
+    label_mode: str | None,
+    head_units: int | None,
+    head_activation: str | None,
+) -> str:
     if label_mode == "multi_hot":
         return "multilabel"
     if label_mode == "continuous":
@@ -158,7 +177,9 @@ def _multilabel_spec(y: np.ndarray, num_classes: int | None, argument: str) -> D
     return DataSpec(width, "multi_hot", {i: int(c) for i, c in enumerate(counts)}, "multilabel")
 
 
-def _one_hot_spec(y: np.ndarray, num_classes: int | None, label_mode: str | None, argument: str) -> DataSpec:
+def _one_hot_spec(
+    y: np.ndarray, num_classes: int | None, label_mode: str | None, argument: str
+) -> DataSpec:
     width = y.shape[1]
     if label_mode not in (None, "one_hot"):
         raise ValueError(
@@ -179,8 +200,13 @@ def _one_hot_spec(y: np.ndarray, num_classes: int | None, label_mode: str | None
     return DataSpec(width, "one_hot", {i: int(c) for i, c in enumerate(counts)})
 
 
-def _sparse_spec(y: np.ndarray, num_classes: int | None, label_mode: str | None, head_units: int | None,
-                 argument: str) -> DataSpec:
+def _sparse_spec(
+    y: np.ndarray,
+    num_classes: int | None,
+    label_mode: str | None,
+    head_units: int | None,
+    argument: str,
+) -> DataSpec:
     if y.ndim == 2:
         y = y[:, 0]
     if y.ndim != 1:
@@ -210,9 +236,13 @@ def _sparse_spec(y: np.ndarray, num_classes: int | None, label_mode: str | None,
         )
     n = num_classes if num_classes is not None else top + 1
     if n < 2:
-        raise ValueError(f"Argument `{argument}`: all labels are {top}; a classifier needs at least 2 classes.")
+        raise ValueError(
+            f"Argument `{argument}`: all labels are {top}; a classifier needs at least 2 classes."
+        )
     if label_mode == "binary" and n != 2:
-        raise ValueError(f"Argument `label_mode='binary'` needs labels in {{0, 1}}, but there are {n} classes.")
+        raise ValueError(
+            f"Argument `label_mode='binary'` needs labels in {{0, 1}}, but there are {n} classes."
+        )
     if label_mode == "one_hot":
         raise ValueError(
             "Argument `label_mode='one_hot'` needs labels of shape (n, num_classes); the labels "
@@ -244,7 +274,9 @@ def cast_labels(y: np.ndarray, spec: DataSpec) -> np.ndarray:
     if spec.label_mode == "continuous":
         y = np.asarray(y, dtype="float32").reshape(len(y), -1)
         if spec.target_mean is not None:
-            y = (y - np.asarray(spec.target_mean, "float32")) / np.asarray(spec.target_std, "float32")
+            y = (y - np.asarray(spec.target_mean, "float32")) / np.asarray(
+                spec.target_std, "float32"
+            )
         return y
     y = np.asarray(y).reshape(len(y), -1)[:, 0]
     if spec.label_mode == "binary":
@@ -281,12 +313,22 @@ def class_weights(spec: DataSpec, class_weight: Any) -> dict[int, float] | None:
             "Argument `class_weight` must be None, 'balanced' or a dict {class id: weight}. "
             f"Received: class_weight={class_weight!r}"
         )
-    unknown = [k for k in class_weight if not isinstance(k, (int, np.integer)) or not 0 <= k < spec.num_classes]
+    unknown = [
+        k
+        for k in class_weight
+        if not isinstance(k, (int, np.integer)) or not 0 <= k < spec.num_classes
+    ]
     if unknown:
         raise ValueError(
             f"Argument `class_weight` has keys {unknown} that are not class ids in [0, {spec.num_classes})."
         )
-    bad = {k: v for k, v in class_weight.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0}
+    bad = {
+        k: v
+        for k, v in class_weight.items()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+    }
     if bad:
-        raise ValueError(f"Argument `class_weight` must map class ids to weights >= 0. Received: {bad}")
+        raise ValueError(
+            f"Argument `class_weight` must map class ids to weights >= 0. Received: {bad}"
+        )
     return {i: float(class_weight.get(i, 1.0)) for i in range(spec.num_classes)}

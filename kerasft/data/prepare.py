@@ -34,8 +34,15 @@ from kerasft.data import inputs as inputs_lib
 from kerasft.data.inputs import InputSignature
 from kerasft.data.labels import DataSpec, cast_labels, infer_spec, stratify_labels
 
-__all__ = ["PreparedData", "prepare_data", "has_random_ops", "to_arrays", "make_pipeline", "check_batching",
-           "read_examples"]
+__all__ = [
+    "PreparedData",
+    "prepare_data",
+    "has_random_ops",
+    "to_arrays",
+    "make_pipeline",
+    "check_batching",
+    "read_examples",
+]
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _PREPROCESS_BATCH = 256
@@ -91,16 +98,32 @@ class PreparedData:
             y = np.concatenate([y, yv])
         transform = self.augmentation.inputs if self.augmentation is not None else None
         train = make_pipeline(x, y, self.batch_size, self.seed, shuffle=True, transform=transform)
-        return dataclasses.replace(self, train=train, validation=None, n_train=len(y), n_validation=0,
-                                   arrays=(x, y), validation_arrays=None)
+        return dataclasses.replace(
+            self,
+            train=train,
+            validation=None,
+            n_train=len(y),
+            n_validation=0,
+            arrays=(x, y),
+            validation_arrays=None,
+        )
 
 
 def check_batching(batch_size: Any, validation_split: Any) -> None:
     """Raise unless ``batch_size`` is a positive integer and ``validation_split`` in [0, 1)."""
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    if (isinstance(validation_split, bool) or not isinstance(validation_split, (int, float))
-            or not 0.0 <= validation_split < 1.0):
+    if (
+        not isinstance(batch_size, (int, np.integer))
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"Argument `batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+        )
+    if (
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, (int, float))
+        or not 0.0 <= validation_split < 1.0
+    ):
         raise ValueError(
             f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split!r}"
         )
@@ -126,7 +149,9 @@ def _supervised_keys(element_spec: dict, argument: str) -> tuple[str, str]:
     )
 
 
-def as_source(data: Any, argument: str = "data", label_columns: Any = None) -> tf.data.Dataset | tuple[Any, Any]:
+def as_source(
+    data: Any, argument: str = "data", label_columns: Any = None
+) -> tf.data.Dataset | tuple[Any, Any]:
     """``data`` as a ``tf.data.Dataset`` of ``(x, y)`` or an ``(x, y)`` pair.
 
     Raises:
@@ -213,10 +238,14 @@ def _padded(chunks: list[np.ndarray]) -> np.ndarray:
     if len({c.shape[1:] for c in chunks}) <= 1:
         return np.concatenate(chunks)
     dims = np.max([c.shape[1:] for c in chunks], axis=0)
-    return np.concatenate([np.pad(c, [(0, 0)] + [(0, d - s) for s, d in zip(c.shape[1:], dims)]) for c in chunks])
+    return np.concatenate(
+        [np.pad(c, [(0, 0)] + [(0, d - s) for s, d in zip(c.shape[1:], dims)]) for c in chunks]
+    )
 
 
-def to_arrays(ds: tf.data.Dataset, *, memory_budget: float = float("inf")) -> tuple[Any, np.ndarray] | None:
+def to_arrays(
+    ds: tf.data.Dataset, *, memory_budget: float = float("inf")
+) -> tuple[Any, np.ndarray] | None:
     """Read an unbatched ``(x, y)`` dataset into arrays; ``None`` if it exceeds the budget.
 
     Variable-length elements (token sequences) are padded with 0 at the end.
@@ -238,8 +267,13 @@ def to_arrays(ds: tf.data.Dataset, *, memory_budget: float = float("inf")) -> tu
     return keras.tree.pack_sequence_as(x_spec, flat), _padded(ys)
 
 
-def read_examples(data: Any, *, signature: InputSignature | None, argument: str = "data",
-                  label_columns: Any = None) -> tuple[Any, np.ndarray]:
+def read_examples(
+    data: Any,
+    *,
+    signature: InputSignature | None,
+    argument: str = "data",
+    label_columns: Any = None,
+) -> tuple[Any, np.ndarray]:
     """All of ``data`` as ``(x, y)`` arrays in the model's input structure (no checks)."""
     source = as_source(data, argument, label_columns)
     if isinstance(source, tf.data.Dataset):
@@ -258,19 +292,29 @@ def _preprocess(x: Any, preprocessor: Callable, n: int) -> Any:
         # string tensor or a list of str, never a numpy array of strings; all take a tensor.
         chunk = keras.tree.map_structure(_text_as_tensor, chunk)
         out = preprocessor(chunk)
-        parts.append(keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), out))
+        parts.append(
+            keras.tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), out)
+        )
     flat = [np.concatenate(p) for p in zip(*[keras.tree.flatten(p) for p in parts])]
     return keras.tree.pack_sequence_as(parts[0], flat)
 
 
 def _text_as_tensor(array: Any) -> Any:
     if isinstance(array, np.ndarray) and array.dtype.kind in "USO":
-        return tf.constant(array.astype(object) if array.dtype.kind == "U" else array, dtype=tf.string)
+        return tf.constant(
+            array.astype(object) if array.dtype.kind == "U" else array, dtype=tf.string
+        )
     return array
 
 
-def make_pipeline(x: Any, y: np.ndarray, batch_size: int, seed: int, shuffle: bool,
-                  transform: Callable | None = None) -> tf.data.Dataset:
+def make_pipeline(
+    x: Any,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    transform: Callable | None = None,
+) -> tf.data.Dataset:
     """A batched, prefetched pipeline over in-memory ``(x, y)`` (shuffled every epoch if asked).
 
     ``transform(x, y) -> (x, y)`` runs on each batch (augmentation).
@@ -284,7 +328,9 @@ def make_pipeline(x: Any, y: np.ndarray, batch_size: int, seed: int, shuffle: bo
     return ds.prefetch(_AUTOTUNE)
 
 
-def _split(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split(
+    labels: np.ndarray | None, n: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation indices, stratified by ``labels`` when given."""
     rng = np.random.default_rng(seed)
     if labels is None:
@@ -383,11 +429,22 @@ def prepare_data(
         if arrays is None:
             validation_split = decide(None) if decide else validation_split
             batch_size = batching(None) if batching else batch_size
-            return _prepare_streaming(ds, signature=signature, preprocessor=preprocessor,
-                                      validation_data=validation_data, validation_split=validation_split,
-                                      batch_size=batch_size, seed=seed, num_classes=num_classes,
-                                      label_mode=label_mode, task=task, head_units=head_units,
-                                      head_activation=head_activation, one_hot=one_hot, augment=augment)
+            return _prepare_streaming(
+                ds,
+                signature=signature,
+                preprocessor=preprocessor,
+                validation_data=validation_data,
+                validation_split=validation_split,
+                batch_size=batch_size,
+                seed=seed,
+                num_classes=num_classes,
+                label_mode=label_mode,
+                task=task,
+                head_units=head_units,
+                head_activation=head_activation,
+                one_hot=one_hot,
+                augment=augment,
+            )
         x, y = arrays
     else:
         x, y = source
@@ -397,12 +454,20 @@ def prepare_data(
     if n == 0 or y.size == 0:
         raise ValueError("Argument `data` is empty: it yields no examples.")
     if n != len(y):
-        raise ValueError(f"Argument `data`: x and y must have the same length. Received: len(x)={n}, len(y)={len(y)}.")
+        raise ValueError(
+            f"Argument `data`: x and y must have the same length. Received: len(x)={n}, len(y)={len(y)}."
+        )
     if preprocessor is not None:
         x = inputs_lib.normalize_inputs(_preprocess(x, preprocessor, n), signature, "data")
     inputs_lib.check_inputs(x, signature, "data")
-    spec = infer_spec(y, num_classes=num_classes, label_mode=label_mode, task=task, head_units=head_units,
-                      head_activation=head_activation)
+    spec = infer_spec(
+        y,
+        num_classes=num_classes,
+        label_mode=label_mode,
+        task=task,
+        head_units=head_units,
+        head_activation=head_activation,
+    )
     xv = yv = None
     if decide is not None:
         validation_split = decide(n) if validation_data is None else 0.0
@@ -418,19 +483,36 @@ def prepare_data(
         xv, yv = inputs_lib.take(x, val_idx), y[val_idx]
         x, y = inputs_lib.take(x, train_idx), y[train_idx]
     elif validation_data is not None:
-        xv, yv = read_examples(validation_data, signature=raw_signature, argument="validation_data",
-                               label_columns=label_columns)
+        xv, yv = read_examples(
+            validation_data,
+            signature=raw_signature,
+            argument="validation_data",
+            label_columns=label_columns,
+        )
         if len(yv) == 0:
             raise ValueError("Argument `validation_data` is empty: it yields no examples.")
         if preprocessor is not None:
-            xv = inputs_lib.normalize_inputs(_preprocess(xv, preprocessor, len(yv)), signature, "validation_data")
+            xv = inputs_lib.normalize_inputs(
+                _preprocess(xv, preprocessor, len(yv)), signature, "validation_data"
+            )
         inputs_lib.check_inputs(xv, signature, "validation_data")
-        infer_spec(yv, num_classes=spec.num_classes, label_mode=spec.label_mode, task=spec.task,
-                   head_units=head_units, head_activation=head_activation, argument="validation_data")
+        infer_spec(
+            yv,
+            num_classes=spec.num_classes,
+            label_mode=spec.label_mode,
+            task=spec.task,
+            head_units=head_units,
+            head_activation=head_activation,
+            argument="validation_data",
+        )
     _check_gaps(spec, num_classes, check_classes)
     if one_hot and spec.label_mode == "sparse":
         y = np.eye(spec.num_classes, dtype="float32")[np.asarray(y).reshape(-1).astype(int)]
-        yv = None if yv is None else np.eye(spec.num_classes, dtype="float32")[np.asarray(yv).reshape(-1).astype(int)]
+        yv = (
+            None
+            if yv is None
+            else np.eye(spec.num_classes, dtype="float32")[np.asarray(yv).reshape(-1).astype(int)]
+        )
         spec.label_mode = "one_hot"
     if standardize_targets and spec.task == "regression":
         flat = np.asarray(y, dtype="float64").reshape(len(y), -1)
@@ -441,28 +523,58 @@ def prepare_data(
         batch_size = batching(len(y))
         check_batching(batch_size, 0.0)
     augmentation = _augmentation(augment, signature, x, seed, spec)
-    train = make_pipeline(x, cast_labels(y, spec), batch_size, seed, shuffle=shuffle,
-                          transform=augmentation.inputs if augmentation is not None else None)
-    val = None if xv is None else make_pipeline(xv, cast_labels(yv, spec), batch_size, seed, shuffle=False)
+    train = make_pipeline(
+        x,
+        cast_labels(y, spec),
+        batch_size,
+        seed,
+        shuffle=shuffle,
+        transform=augmentation.inputs if augmentation is not None else None,
+    )
+    val = (
+        None
+        if xv is None
+        else make_pipeline(xv, cast_labels(yv, spec), batch_size, seed, shuffle=False)
+    )
     return PreparedData(
-        train=train, validation=val, spec=spec, n_train=len(y), n_validation=0 if yv is None else len(yv),
-        batch_size=batch_size, in_memory=True, arrays=(x, cast_labels(y, spec)), signature=signature,
-        augmentation=augmentation, seed=seed,
-        validation_arrays=None if xv is None else (
-            keras.tree.map_structure(lambda a: a.astype("float32") if a.dtype == np.float64 else a, xv),
-            cast_labels(yv, spec)),
+        train=train,
+        validation=val,
+        spec=spec,
+        n_train=len(y),
+        n_validation=0 if yv is None else len(yv),
+        batch_size=batch_size,
+        in_memory=True,
+        arrays=(x, cast_labels(y, spec)),
+        signature=signature,
+        augmentation=augmentation,
+        seed=seed,
+        validation_arrays=None
+        if xv is None
+        else (
+            keras.tree.map_structure(
+                lambda a: a.astype("float32") if a.dtype == np.float64 else a, xv
+            ),
+            cast_labels(yv, spec),
+        ),
     )
 
 
-def _augmentation(augment: Any, signature: InputSignature | None, x: Any, seed: int, spec: DataSpec) -> Any:
+def _augmentation(
+    augment: Any, signature: InputSignature | None, x: Any, seed: int, spec: DataSpec
+) -> Any:
     if augment is None:
         return None
     from kerasft.augment import build_augmentation
 
     flat = inputs_lib.flatten(x)
     top = max((float(np.max(a)) for a in flat if a.dtype.kind in "fiu" and a.size), default=1.0)
-    return build_augmentation(augment, signature=signature, value_range=(0.0, 255.0 if top > 1.0 else 1.0),
-                              seed=seed, task=spec.task)
+    return build_augmentation(
+        augment,
+        signature=signature,
+        value_range=(0.0, 255.0 if top > 1.0 else 1.0),
+        seed=seed,
+        task=spec.task,
+    )
 
 
 def _check_gaps(spec: DataSpec, num_classes: int | None, check_classes: bool) -> None:
@@ -474,17 +586,44 @@ def _check_gaps(spec: DataSpec, num_classes: int | None, check_classes: bool) ->
         )
 
 
-def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validation_data, validation_split,
-                       batch_size, seed, num_classes, label_mode, task, head_units,
-                       head_activation, one_hot=False, augment=None) -> PreparedData:
+def _prepare_streaming(
+    ds: tf.data.Dataset,
+    *,
+    signature,
+    preprocessor,
+    validation_data,
+    validation_split,
+    batch_size,
+    seed,
+    num_classes,
+    label_mode,
+    task,
+    head_units,
+    head_activation,
+    one_hot=False,
+    augment=None,
+) -> PreparedData:
     """Large or random pipelines: scan labels once, split by a seeded hash of position."""
     if preprocessor is not None:
         ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=_AUTOTUNE)
     labels, finite = [], True
-    for y, ok in ds.batch(1024).map(
-        lambda x, y: (y, tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32)))
-                                        for t in keras.tree.flatten(x) if t.dtype.is_floating] or [True]))
-    ).as_numpy_iterator():
+    for y, ok in (
+        ds.batch(1024)
+        .map(
+            lambda x, y: (
+                y,
+                tf.reduce_all(
+                    [
+                        tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32)))
+                        for t in keras.tree.flatten(x)
+                        if t.dtype.is_floating
+                    ]
+                    or [True]
+                ),
+            )
+        )
+        .as_numpy_iterator()
+    ):
         labels.append(y)
         finite &= bool(ok)
     if not labels:
@@ -492,17 +631,27 @@ def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validati
     if not finite:
         raise ValueError("Argument `data`: some inputs contain NaN or inf. HINT: filter them out.")
     y_all = np.concatenate(labels)
-    spec = infer_spec(y_all, num_classes=num_classes, label_mode=label_mode, task=task,
-                      head_units=head_units, head_activation=head_activation)
+    spec = infer_spec(
+        y_all,
+        num_classes=num_classes,
+        label_mode=label_mode,
+        task=task,
+        head_units=head_units,
+        head_activation=head_activation,
+    )
     sparse_to_one_hot = one_hot and spec.label_mode == "sparse"
     if sparse_to_one_hot:
         spec.label_mode = "one_hot"
 
     def cast(x, y):
         if sparse_to_one_hot:
-            return x, tf.one_hot(tf.cast(tf.reshape(y, [-1])[0] if y.shape.rank else y, tf.int32), spec.num_classes)
+            return x, tf.one_hot(
+                tf.cast(tf.reshape(y, [-1])[0] if y.shape.rank else y, tf.int32), spec.num_classes
+            )
         if spec.label_mode in ("one_hot", "multi_hot", "continuous"):
-            return x, tf.cast(tf.reshape(y, [-1]) if spec.label_mode == "continuous" else y, tf.float32)
+            return x, tf.cast(
+                tf.reshape(y, [-1]) if spec.label_mode == "continuous" else y, tf.float32
+            )
         y = tf.reshape(y, [-1])[0] if y.shape.rank else y
         if spec.label_mode == "binary":
             return x, tf.cast(tf.reshape(y, [1]), tf.float32)
@@ -510,6 +659,7 @@ def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validati
 
     n = len(y_all)
     if validation_data is None and validation_split > 0:
+
         def is_val(i, _):
             u = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), i]))
             return u < validation_split
@@ -528,13 +678,25 @@ def _prepare_streaming(ds: tf.data.Dataset, *, signature, preprocessor, validati
         train, n_val = ds, max(int(val.cardinality()), 0)
     else:
         train, val, n_val = ds, None, 0
-    train = train.map(cast, num_parallel_calls=_AUTOTUNE).shuffle(min(n, 10_000), seed=seed).batch(batch_size)
+    train = (
+        train.map(cast, num_parallel_calls=_AUTOTUNE)
+        .shuffle(min(n, 10_000), seed=seed)
+        .batch(batch_size)
+    )
     first = inputs_lib.flatten(next(iter(train.take(1)))[0])
     augmentation = _augmentation(augment, signature, [np.asarray(t) for t in first], seed, spec)
     if augmentation is not None:
         train = train.map(augmentation.inputs, num_parallel_calls=_AUTOTUNE)
     if val is not None:
         val = val.map(cast, num_parallel_calls=_AUTOTUNE).batch(batch_size).prefetch(_AUTOTUNE)
-    return PreparedData(train=train.prefetch(_AUTOTUNE), validation=val, spec=spec, n_train=n - n_val,
-                        n_validation=n_val, batch_size=batch_size, in_memory=False, signature=signature,
-                        augmentation=augmentation)
+    return PreparedData(
+        train=train.prefetch(_AUTOTUNE),
+        validation=val,
+        spec=spec,
+        n_train=n - n_val,
+        n_validation=n_val,
+        batch_size=batch_size,
+        in_memory=False,
+        signature=signature,
+        augmentation=augmentation,
+    )

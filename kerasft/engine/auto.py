@@ -45,8 +45,17 @@ import numpy as np
 from kerasft import _keras_compat as compat
 from kerasft import layerwise, surgery
 
-__all__ = ["ModelProfile", "AutoDecision", "profile_model", "decide", "auto_batch_size", "auto_validation_split",
-           "needed_sequence_length", "SMALL_DATA", "REFIT_LIMIT"]
+__all__ = [
+    "ModelProfile",
+    "AutoDecision",
+    "profile_model",
+    "decide",
+    "auto_batch_size",
+    "auto_validation_split",
+    "needed_sequence_length",
+    "SMALL_DATA",
+    "REFIT_LIMIT",
+]
 
 # Fewer examples than this: no holdout to choose on (a 20% split would hold < 40).
 SMALL_DATA = 200
@@ -89,17 +98,29 @@ class ModelProfile:
     attention_blocks: int = 0
 
     def describe(self) -> str:
-        kind = {"transformer": "a transformer", "cnn": "a convolutional network", "mlp": "a dense network"}
+        kind = {
+            "transformer": "a transformer",
+            "cnn": "a convolutional network",
+            "mlp": "a dense network",
+        }
         return f"{kind[self.family]} of {self.params:,} parameters in {self.blocks} blocks"
 
 
-_CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.SeparableConv1D,
-                 keras.layers.SeparableConv2D, keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+)
 
 
 def _is_attention(layer: Any) -> bool:
     return isinstance(layer, keras.layers.MultiHeadAttention) or (
-        type(layer).__module__.startswith("keras_hub") and "Attention" in type(layer).__name__)
+        type(layer).__module__.startswith("keras_hub") and "Attention" in type(layer).__name__
+    )
 
 
 def profile_model(model: keras.Model, head: keras.layers.Layer) -> ModelProfile:
@@ -117,16 +138,26 @@ def profile_model(model: keras.Model, head: keras.layers.Layer) -> ModelProfile:
     groups = [g for g in layerwise.layer_groups(model) if not any(lyr is head for lyr in g[1])]
     blocks = sum(1 for _, members in groups if any(lyr.weights for lyr in members))
     top, attention = _top_attention_blocks(model, groups) if family == "transformer" else (None, 0)
-    return ModelProfile(family, surgery.count_params(model).total, blocks, is_keras_hub_task(model),
-                        is_text_task(model), top, attention)
+    return ModelProfile(
+        family,
+        surgery.count_params(model).total,
+        blocks,
+        is_keras_hub_task(model),
+        is_text_task(model),
+        top,
+        attention,
+    )
 
 
 def _top_attention_blocks(model: keras.Model, groups: list) -> tuple[str | None, int]:
     """A regex for the top half of the attention blocks and every leaf layer after them."""
     import re
 
-    attention = [members for _, members in groups
-                 if any(_is_attention(part) for lyr in members for part in compat.flatten_layers(lyr))]
+    attention = [
+        members
+        for _, members in groups
+        if any(_is_attention(part) for lyr in members for part in compat.flatten_layers(lyr))
+    ]
     if len(attention) < 2:
         return None, len(attention)
     first = attention[len(attention) - math.ceil(len(attention) / 2)][0]
@@ -155,7 +186,9 @@ def auto_batch_size(n_train: int | None) -> int:
     return int(min(32, max(8, 2 ** math.floor(math.log2(max(n_train / 10, 1))))))
 
 
-def needed_sequence_length(preprocessor: Any, texts: Any, *, sample: int = 2000, seed: int = 0) -> int | None:
+def needed_sequence_length(
+    preprocessor: Any, texts: Any, *, sample: int = 2000, seed: int = 0
+) -> int | None:
     """The sequence length that holds the 98th percentile of ``texts``' token counts.
 
     Counted with ``preprocessor``'s own tokenizer on up to ``sample`` texts, plus the
@@ -175,8 +208,12 @@ def needed_sequence_length(preprocessor: Any, texts: Any, *, sample: int = 2000,
         array = array[np.random.default_rng(seed).choice(len(array), sample, replace=False)]
     try:
         ids = tokenizer([str(t) for t in array])
-        counts = np.asarray([len(row) for row in (ids.to_list() if hasattr(ids, "to_list") else ids)])
-    except Exception:  # a tokenizer that does not take a list of strings: keep the preprocessor's length
+        counts = np.asarray(
+            [len(row) for row in (ids.to_list() if hasattr(ids, "to_list") else ids)]
+        )
+    except (
+        Exception
+    ):  # a tokenizer that does not take a list of strings: keep the preprocessor's length
         return None
     needed = int(np.percentile(counts, _TEXT_LENGTH_QUANTILE)) + 2  # [CLS] and [SEP]
     return int(min(limit, max(16, 16 * math.ceil(needed / 16))))
@@ -228,8 +265,17 @@ def _cnn_rate(params: int) -> float:
     return _RATE["cnn"] * min(1.0, math.sqrt(_CNN_REFERENCE_PARAMS / max(params, 1)))
 
 
-def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: int, given_validation: bool,
-           user: dict[str, Any], sequence_length: int | None = None, user_length: int | None = None) -> AutoDecision:
+def decide(
+    profile: ModelProfile,
+    *,
+    n_examples: int,
+    n_train: int,
+    batch_size: int,
+    given_validation: bool,
+    user: dict[str, Any],
+    sequence_length: int | None = None,
+    user_length: int | None = None,
+) -> AutoDecision:
     """Decide the fine-tune of a model of ``profile`` on ``n_examples`` labelled examples.
 
     Args:
@@ -249,29 +295,41 @@ def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: 
     reasons = [f"model: {profile.describe()}"]
     if given_validation:
         selection = "validation data"
-        reasons.append("selection: the probe and the fine-tune (its last epoch) are scored on the validation data "
-                       "given")
+        reasons.append(
+            "selection: the probe and the fine-tune (its last epoch) are scored on the validation data "
+            "given"
+        )
     elif n_train == n_examples:
         selection = "none"
-        reasons.append(f"selection: none; {n_examples} examples are too few to hold some out and choose on "
-                       f"(< {SMALL_DATA}): the probe is cross-validated, the fine-tune trains on all labels")
+        reasons.append(
+            f"selection: none; {n_examples} examples are too few to hold some out and choose on "
+            f"(< {SMALL_DATA}): the probe is cross-validated, the fine-tune trains on all labels"
+        )
     elif n_examples < REFIT_LIMIT:
         selection = "holdout, then refit"
-        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and the "
-                       "fine-tune (its last epoch); the winner is then trained again on all labels")
+        reasons.append(
+            f"selection: {n_examples - n_train} held out to choose between the probe and the "
+            "fine-tune (its last epoch); the winner is then trained again on all labels"
+        )
     else:
         selection = "holdout"
-        reasons.append(f"selection: {n_examples - n_train} held out to choose between the probe and the "
-                       "fine-tune (its last epoch); kept out: with this much data the holdout costs little")
+        reasons.append(
+            f"selection: {n_examples - n_train} held out to choose between the probe and the "
+            "fine-tune (its last epoch); kept out: with this much data the holdout costs little"
+        )
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     target, low, high = _BUDGET[family]
     epochs = int(min(high, max(low, round(target / steps_per_epoch))))
     if user.get("epochs") is not None:
         epochs = int(user["epochs"])
-        reasons.append(f"budget: {epochs} epoch{'s' if epochs != 1 else ''} as given ({epochs * steps_per_epoch} steps)")
+        reasons.append(
+            f"budget: {epochs} epoch{'s' if epochs != 1 else ''} as given ({epochs * steps_per_epoch} steps)"
+        )
     else:
-        reasons.append(f"budget: about {target} optimizer steps for a {family}: {epochs} epoch{'s' if epochs != 1 else ''} of "
-                       f"{steps_per_epoch} steps at batch {batch_size}")
+        reasons.append(
+            f"budget: about {target} optimizer steps for a {family}: {epochs} epoch{'s' if epochs != 1 else ''} of "
+            f"{steps_per_epoch} steps at batch {batch_size}"
+        )
     rate = _cnn_rate(profile.params) if family == "cnn" else _RATE[family]
     optimizer = _OPTIMIZER[family]
     layer_decay = _LAYER_DECAY.get(family)
@@ -281,29 +339,56 @@ def decide(profile: ModelProfile, *, n_examples: int, n_train: int, batch_size: 
         optimizer = str(user["optimizer"])
     if user.get("layer_decay") is not None or user.get("lr_mult") is not None:
         layer_decay = user.get("layer_decay")
-    weight_decay = user.get("weight_decay") if user.get("weight_decay") is not None else _WEIGHT_DECAY.get(family)
+    weight_decay = (
+        user.get("weight_decay")
+        if user.get("weight_decay") is not None
+        else _WEIGHT_DECAY.get(family)
+    )
     spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
     unfreeze, what = "all", "everything"
     if user.get("unfreeze") is not None:
         unfreeze, what = user["unfreeze"], f"unfreeze={user['unfreeze']!r} (as given)"
     elif profile.top_blocks is not None:
         unfreeze = profile.top_blocks
-        what = (f"the top {math.ceil(profile.attention_blocks / 2)} of {profile.attention_blocks} attention "
-                "blocks and the layers above (the bottom runs once, its outputs cached)")
+        what = (
+            f"the top {math.ceil(profile.attention_blocks / 2)} of {profile.attention_blocks} attention "
+            "blocks and the layers above (the bottom runs once, its outputs cached)"
+        )
     # BatchNormalization trains: its statistics follow the new data. On the matrix's dev
     # cases this was as good or better on every case-seed tried (digits10 97.6/98.8 ->
     # 97.9/98.9, faces40 93.8/93.1 -> 96.3/94.4, mnist04_59 88.2/93.4 -> 89.0/93.1).
     train_bn = True if user.get("train_bn") is None else bool(user["train_bn"])
-    norm = ("BatchNormalization trains (its statistics follow the new data)" if train_bn
-            else "BatchNormalization in inference mode")
+    norm = (
+        "BatchNormalization trains (its statistics follow the new data)"
+        if train_bn
+        else "BatchNormalization in inference mode"
+    )
     if user.get("train_bn") is not None:
         norm += " (as given)"
     norm = "" if family == "transformer" else f"; {norm}"  # no BatchNormalization to speak of
-    reasons.append(f"fine-tune: {what} from the probe, {optimizer} at {rate:.2g} peak{spread}, warmup 10% "
-                   f"and cosine decay{norm}")
+    reasons.append(
+        f"fine-tune: {what} from the probe, {optimizer} at {rate:.2g} peak{spread}, warmup 10% "
+        f"and cosine decay{norm}"
+    )
     if sequence_length is not None and user_length is not None and sequence_length < user_length:
-        reasons.append(f"text: trained at sequence length {sequence_length} (98% of the texts fit), not the "
-                       f"preprocessor's {user_length}, which the returned task keeps")
-    return AutoDecision(profile, n_examples, selection, optimizer, rate, layer_decay, weight_decay,
-                        float(user.get("warmup") if user.get("warmup") is not None else 0.1), epochs,
-                        epochs * steps_per_epoch, batch_size, unfreeze, sequence_length, tuple(reasons), train_bn)
+        reasons.append(
+            f"text: trained at sequence length {sequence_length} (98% of the texts fit), not the "
+            f"preprocessor's {user_length}, which the returned task keeps"
+        )
+    return AutoDecision(
+        profile,
+        n_examples,
+        selection,
+        optimizer,
+        rate,
+        layer_decay,
+        weight_decay,
+        float(user.get("warmup") if user.get("warmup") is not None else 0.1),
+        epochs,
+        epochs * steps_per_epoch,
+        batch_size,
+        unfreeze,
+        sequence_length,
+        tuple(reasons),
+        train_bn,
+    )

@@ -45,8 +45,22 @@ _EPOCH_LOGS = "epoch_logs.json"
 # it runs, whether the model is copied first.
 # Callbacks are left out: a resumed run may watch itself differently (a progress bar, a
 # logger, TensorBoard) and is still the same run.
-_NOT_TRAINING = frozenset({"callbacks", "verbose", "checkpoint_dir", "tensorboard", "copy", "safe_mode", "feature_store",
-                           "cache_features", "cache_budget", "jit_compile", "steps_per_execution", "distribute"})
+_NOT_TRAINING = frozenset(
+    {
+        "callbacks",
+        "verbose",
+        "checkpoint_dir",
+        "tensorboard",
+        "copy",
+        "safe_mode",
+        "feature_store",
+        "cache_features",
+        "cache_budget",
+        "jit_compile",
+        "steps_per_execution",
+        "distribute",
+    }
+)
 _DIGEST_SAMPLE = 1 << 16
 
 
@@ -99,11 +113,16 @@ def run_fingerprint(run: Run) -> dict[str, Any]:
     """
     data = run.data
     fingerprint = {
-        "model": run.model.name, "params": int(run.model.count_params()),
+        "model": run.model.name,
+        "params": int(run.model.count_params()),
         "weights": _digest(keras.ops.convert_to_numpy(v) for v in run.model.weights),
-        "data": _data_digest(data), "n_train": int(data.n_train), "n_validation": int(data.n_validation),
+        "data": _data_digest(data),
+        "n_train": int(data.n_train),
+        "n_validation": int(data.n_validation),
         "phases": [[p.name, p.epochs] for p in run.plan.phases],
-        "lr": _rates(run)[0], "finetune_lr": _rates(run)[1], "num_classes": run.task.num_classes,
+        "lr": _rates(run)[0],
+        "finetune_lr": _rates(run)[1],
+        "num_classes": run.task.num_classes,
     }
     for key, value in sorted(run.options.keywords().items()):
         if key not in _NOT_TRAINING and key not in fingerprint:
@@ -140,8 +159,11 @@ def _data_digest(data: Any) -> str | None:
     for a in parts:
         a = np.asarray(a)
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update("\x00".join(map(str, a.ravel().tolist())).encode() if a.dtype.kind in "USO"
-                 else np.ascontiguousarray(a).tobytes())
+        h.update(
+            "\x00".join(map(str, a.ravel().tolist())).encode()
+            if a.dtype.kind in "USO"
+            else np.ascontiguousarray(a).tobytes()
+        )
     return h.hexdigest()
 
 
@@ -151,7 +173,11 @@ def _describe(value: Any) -> Any:
         return value
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, (np.ndarray, keras.Variable)) or hasattr(value, "shape") and hasattr(value, "dtype"):
+    if (
+        isinstance(value, (np.ndarray, keras.Variable))
+        or hasattr(value, "shape")
+        and hasattr(value, "dtype")
+    ):
         return {"array": _digest([keras.ops.convert_to_numpy(value)])}
     if isinstance(value, dict):
         return {str(k): _describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
@@ -162,7 +188,10 @@ def _describe(value: Any) -> Any:
     get_config = getattr(value, "get_config", None)
     if callable(get_config):  # losses, layers, schedules, callbacks
         try:
-            return {"class": type(value).__qualname__, "config": json.loads(json.dumps(get_config(), default=str))}
+            return {
+                "class": type(value).__qualname__,
+                "config": json.loads(json.dumps(get_config(), default=str)),
+            }
         except Exception:  # a config that cannot be read: the class says enough
             return {"class": type(value).__qualname__}
     if callable(value):
@@ -261,7 +290,11 @@ class RunCheckpoint:
         if not isinstance(saved, dict) or not isinstance(state.get("phases"), dict):
             raise _damaged(path, ValueError("no fingerprint or phases"), self.directory)
         if saved != self.fingerprint:
-            differ = sorted(k for k in set(self.fingerprint) | set(saved) if self.fingerprint.get(k) != saved.get(k))
+            differ = sorted(
+                k
+                for k in set(self.fingerprint) | set(saved)
+                if self.fingerprint.get(k) != saved.get(k)
+            )
             raise ValueError(
                 f"Argument `checkpoint_dir={self.directory!r}` holds the state of a different run "
                 f"(it differs in {differ}). Use a new directory, or delete this one to start over."
@@ -321,7 +354,11 @@ class RunCheckpoint:
 
     def save_best(self, best: Any) -> None:
         _save_arrays(os.path.join(self.directory, _BEST), best.best_weights)
-        self.state["best"] = {"score": best.best, "phase": best.best_phase, "logged": best.best_logged}
+        self.state["best"] = {
+            "score": best.best,
+            "phase": best.best_phase,
+            "logged": best.best_logged,
+        }
         self._write_state()
 
     def finish_phase(self, index: int, result: dict[str, Any], weights: list[np.ndarray]) -> None:
@@ -341,7 +378,9 @@ class _Backup(compat.BackupAndRestore):
     """Keras's backup of the phase in progress; a backup it cannot load names its directory."""
 
     def __init__(self, backup_dir: str, directory: str):
-        super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=False)
+        super().__init__(
+            backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
+        )
         self.checkpoint_dir = directory
         self.location = backup_dir
 
@@ -365,8 +404,11 @@ class _EpochLogs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         saved = self.checkpoint.epoch_logs(self.index)
-        saved[int(epoch)] = {k: float(v) for k, v in (logs or {}).items()
-                             if np.ndim(v) == 0 and not isinstance(v, str)}
+        saved[int(epoch)] = {
+            k: float(v)
+            for k, v in (logs or {}).items()
+            if np.ndim(v) == 0 and not isinstance(v, str)
+        }
         path = os.path.join(self.checkpoint.backup_dir(self.index), _EPOCH_LOGS)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -391,8 +433,12 @@ class _UnmergedAdapters(keras.callbacks.Callback):
         self.paths = [os.path.join(directory, n) for n in ("adapters.npz", "adapters-prev.npz")]
 
     def _variables(self) -> list[Any]:
-        return [v for layer in compat.flatten_layers(self.model)
-                if getattr(layer, "lora_enabled", False) for v in layer.weights]
+        return [
+            v
+            for layer in compat.flatten_layers(self.model)
+            if getattr(layer, "lora_enabled", False)
+            for v in layer.weights
+        ]
 
     def on_train_begin(self, logs=None):
         variables = self._variables()
@@ -409,9 +455,12 @@ class _UnmergedAdapters(keras.callbacks.Callback):
                 for v, value in zip(variables, arrays[1:]):
                     v.assign(value)
                 return
-        warnings.warn(f"No unmerged adapter backup for epoch {epoch} in {self.directory!r}: "
-                      "the resumed phase starts from the merged kernels with zero adapters.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"No unmerged adapter backup for epoch {epoch} in {self.directory!r}: "
+            "the resumed phase starts from the merged kernels with zero adapters.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         variables = self._variables()
@@ -419,8 +468,10 @@ class _UnmergedAdapters(keras.callbacks.Callback):
             return
         if os.path.exists(self.paths[0]):
             os.replace(self.paths[0], self.paths[1])
-        _save_arrays(self.paths[0], [np.array(epoch + 1)] + [keras.ops.convert_to_numpy(v)
-                                                             for v in variables])
+        _save_arrays(
+            self.paths[0],
+            [np.array(epoch + 1)] + [keras.ops.convert_to_numpy(v) for v in variables],
+        )
 
 
 class _PersistBest(keras.callbacks.Callback):
@@ -465,15 +516,19 @@ class Checkpoint(Hook):
             run.model.set_weights(weights)
         except ValueError as e:  # a foreign file of the right name
             raise _damaged(path, e, self.checkpoint.directory) from None
-        run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{run.phase.name}': finished "
-                f"in an earlier run (checkpoint {self.checkpoint.directory})")
+        run.log(
+            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{run.phase.name}': finished "
+            f"in an earlier run (checkpoint {self.checkpoint.directory})"
+        )
         return PhaseResult(**saved["result"])
 
     def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
         self._resumed_at = self.checkpoint.in_progress(run.phase_index)
         if self._resumed_at is not None:
-            run.log(f"kerasft: resuming phase '{run.phase.name}' after epoch {self._resumed_at} "
-                    f"from {self.checkpoint.backup_dir(run.phase_index)}")
+            run.log(
+                f"kerasft: resuming phase '{run.phase.name}' after epoch {self._resumed_at} "
+                f"from {self.checkpoint.backup_dir(run.phase_index)}"
+            )
         return self.checkpoint.callbacks(run.phase_index, run.best)
 
     def phase_end(self, run: Run, result: PhaseResult) -> None:
@@ -481,12 +536,15 @@ class Checkpoint(Hook):
             # Keras's history starts at the resumed epoch: count the phase's earlier epochs too.
             logs = self.checkpoint.epoch_logs(run.phase_index)
             if sorted(logs) == list(range(len(logs))) and len(logs) >= result.epochs:
-                result.history = {k: [logs[e].get(k) for e in range(len(logs))] for k in result.history}
+                result.history = {
+                    k: [logs[e].get(k) for e in range(len(logs))] for k in result.history
+                }
                 result.epochs = len(logs)
         self._resumed_at = None
         if run.stop_reason is None:
-            self.checkpoint.finish_phase(run.phase_index, {"result": dataclasses.asdict(result)},
-                                         run.model.get_weights())
+            self.checkpoint.finish_phase(
+                run.phase_index, {"result": dataclasses.asdict(result)}, run.model.get_weights()
+            )
 
     def run_end(self, run: Run) -> None:
         self.checkpoint.close()

@@ -93,7 +93,9 @@ class _Tracker(keras.callbacks.Callback):
     the lower ``tie_break`` (a loss), when given.
     """
 
-    def __init__(self, monitor: str, mode: str, *, final_only: bool = False, tie_break: str | None = None):
+    def __init__(
+        self, monitor: str, mode: str, *, final_only: bool = False, tie_break: str | None = None
+    ):
         super().__init__()
         self.monitor = monitor
         self.sign = -1.0 if mode == "min" else 1.0
@@ -166,8 +168,12 @@ class BestWeights(Hook):
     """
 
     def run_start(self, run: Run) -> None:
-        run.best = _Tracker(run.monitor, run.task.monitor_mode(run.monitor), final_only=run.compare_final,
-                            tie_break="val_loss" if run.compare_final and run.monitor != "val_loss" else None)
+        run.best = _Tracker(
+            run.monitor,
+            run.task.monitor_mode(run.monitor),
+            final_only=run.compare_final,
+            tie_break="val_loss" if run.compare_final and run.monitor != "val_loss" else None,
+        )
         self._model = run.model
 
     def phase_start(self, run: Run) -> None:
@@ -241,7 +247,9 @@ class NaNGuard(Hook):
         if event is None:
             return
         peak = run.phase_peak
-        run.nan = NaNEvent(run.phase.name, event["epoch"], event["step"], event["loss"], float(peak))
+        run.nan = NaNEvent(
+            run.phase.name, event["epoch"], event["step"], event["loss"], float(peak)
+        )
         warnings.warn(
             f"kerasft: the loss became {event['loss']} at step {event['step']} of "
             f"epoch {event['epoch']} in phase {run.phase.name!r} (peak learning rate {peak:g}). "
@@ -249,7 +257,8 @@ class NaNGuard(Hook):
             f"phases were skipped. HINT: try a lower learning rate (e.g. {peak / 10:g}), "
             "gradient clipping (optimizer=kerasft.OptimizerConfig(global_clipnorm=1.0)), or check the inputs "
             "for extreme values.",
-            RuntimeWarning, stacklevel=5,  # hook, runner, run, finetune, caller
+            RuntimeWarning,
+            stacklevel=5,  # hook, runner, run, finetune, caller
         )
 
 
@@ -266,8 +275,14 @@ class EarlyStopping(Hook):
         if run.keep_final or run.compare_final:  # a fixed budget: nothing to stop on
             return []
         start = max(run.count_from_epoch, run.phase_optimizer.settle_epoch)
-        return [keras.callbacks.EarlyStopping(monitor=run.monitor, patience=self.patience,
-                                              mode=run.task.monitor_mode(run.monitor), start_from_epoch=start)]
+        return [
+            keras.callbacks.EarlyStopping(
+                monitor=run.monitor,
+                patience=self.patience,
+                mode=run.task.monitor_mode(run.monitor),
+                start_from_epoch=start,
+            )
+        ]
 
 
 class ReduceOnPlateau(Hook):
@@ -317,8 +332,12 @@ class TensorBoard(Hook):
         self.logger = TensorBoardLogger(log_dir)
 
     def callbacks(self, run: Run) -> list[keras.callbacks.Callback]:
-        self.logger.begin_phase(run.phase.name, epochs=run.phase.epochs, learning_rate=f"{run.phase_peak:g}",
-                                trainable_params=run.phase_counts.trainable)
+        self.logger.begin_phase(
+            run.phase.name,
+            epochs=run.phase.epochs,
+            learning_rate=f"{run.phase_peak:g}",
+            trainable_params=run.phase_counts.trainable,
+        )
         return [self.logger]
 
     def run_end(self, run: Run) -> None:
@@ -340,7 +359,9 @@ class Regularization(Hook):
         model, task = run.model, run.task
         if self.l2sp:
             new = [re.escape(surgery.layer_path(model, task.head))] if task.head_rebuilt else None
-            run.regularization.l2sp = regularizers.apply_l2sp(model, alpha=float(self.l2sp), beta=0.0, new_layers=new)
+            run.regularization.l2sp = regularizers.apply_l2sp(
+                model, alpha=float(self.l2sp), beta=0.0, new_layers=new
+            )
         if self.clip is not None:
             run.regularization.clip_weights = regularizers.clip_weights(model, *self.clip)
 
@@ -357,20 +378,26 @@ class LRFinder(Hook):
 
         state = TrainableSnapshot.take(model)
         if first.staged:  # the head, alone in the first stage of a gradual recipe
-            select_trainable(model, run.task.head, dataclasses.replace(first, trains="head", stages=()))
+            select_trainable(
+                model, run.task.head, dataclasses.replace(first, trains="head", stages=())
+            )
         elif first.trains in ("head", "adapters"):
             select_trainable(model, run.task.head, first, run.task.adapters)
         else:  # "full": everything trains from the start
             surgery.freeze(model)
             surgery.unfreeze(model, train_bn=first.train_bn)
         try:
-            found = lr_find(model, run.data.train, loss=run.task.loss, optimizer=run.make_optimizer(1e-3))
+            found = lr_find(
+                model, run.data.train, loss=run.task.loss, optimizer=run.make_optimizer(1e-3)
+            )
         finally:
             state.restore(model)
         run.lr_find = found
         run.plan = run.plan.resolve_rates(found.suggestions["valley"])
         rates = [str(p.rate) for p in run.plan.phases]
-        run.log(f"kerasft: lr_find suggests lr {found.suggestions['valley']:.2e} (valley); phase rates {rates}")
+        run.log(
+            f"kerasft: lr_find suggests lr {found.suggestions['valley']:.2e} (valley); phase rates {rates}"
+        )
 
 
 # ------------------------------------------------------------------------ frozen backbone
@@ -437,8 +464,10 @@ class TargetScale(Hook):
         kernel, bias = (keras.ops.convert_to_numpy(w) for w in (head.kernel, head.bias))
         head.kernel.assign(kernel * std)
         head.bias.assign(bias * std + mean)
-        run.log(f"kerasft: regression head rescaled to the targets' units (mean {mean.round(4).tolist()}, "
-                f"std {std.round(4).tolist()})")
+        run.log(
+            f"kerasft: regression head rescaled to the targets' units (mean {mean.round(4).tolist()}, "
+            f"std {std.round(4).tolist()})"
+        )
 
 
 class Thresholds(Hook):
@@ -466,7 +495,9 @@ class Thresholds(Hook):
         labels = np.concatenate([np.asarray(y) for _, y in run.data.validation])
         scores = run.model.predict(run.data.validation.map(lambda x, y: x), verbose=0)
         task.thresholds = tune_thresholds(labels, scores, from_logits=task.from_logits)
-        run.log(f"kerasft: decision thresholds tuned on validation: {[round(t, 3) for t in task.thresholds]}")
+        run.log(
+            f"kerasft: decision thresholds tuned on validation: {[round(t, 3) for t in task.thresholds]}"
+        )
 
 
 # ---------------------------------------------------------------------------------- pruning
@@ -491,8 +522,9 @@ class Pruning(Hook):
         if run.phase_index != last:
             return None
         steps = run.plan.steps_per_epoch
-        self.plan, first_full = pruning_finetune.start(run.model, self.options, run.phase.epochs * steps, steps,
-                                                       head=run.task.head)
+        self.plan, first_full = pruning_finetune.start(
+            run.model, self.options, run.phase.epochs * steps, steps, head=run.task.head
+        )
         run.count_from_epoch = first_full
         return self.plan.model
 
@@ -507,12 +539,16 @@ class Pruning(Hook):
 
         model, record = pruning_finetune.finish(self.plan, run.model)
         task = run.task
-        metrics = list(run.options.task.metrics or loss_and_metrics(task.label_mode, task.from_logits)[1])
+        metrics = list(
+            run.options.task.metrics or loss_and_metrics(task.label_mode, task.from_logits)[1]
+        )
         model.compile(loss=task.loss, metrics=metrics)
         run.replace_model(model)
         run.pruning = record
-        run.log(f"kerasft: pruned {len(record.layers)} layers to {record.sparsity:.1%} sparsity; "
-                "returning the stripped model")
+        run.log(
+            f"kerasft: pruned {len(record.layers)} layers to {record.sparsity:.1%} sparsity; "
+            "returning the stripped model"
+        )
 
 
 def default_hooks(options: Any, monitor: str, spec: Any = None) -> list[Hook]:

@@ -74,7 +74,9 @@ def load_model(path: str, *, safe_mode: bool = True, verbose: int = 0) -> keras.
                 "kerasft will not run from a file by default. If you trust the file, pass "
                 f"safe_mode=False. Keras said: {e}"
             ) from None
-        raise ValueError(f"Argument `model`: {path!r} could not be read as a Keras model: {e}") from None
+        raise ValueError(
+            f"Argument `model`: {path!r} could not be read as a Keras model: {e}"
+        ) from None
     except Exception as e:  # corrupt zip / h5 files raise many types
         raise ValueError(
             f"Argument `model`: {path!r} could not be read as a Keras model "

@@ -45,7 +45,9 @@ class PhaseOptimizer:
     settle_epoch: int = 0
 
 
-def warmup_cosine(peak: float, total_steps: int, warmup_fraction: float) -> _schedules.WarmupCosineDecay:
+def warmup_cosine(
+    peak: float, total_steps: int, warmup_fraction: float
+) -> _schedules.WarmupCosineDecay:
     """Linear warmup over ``warmup_fraction`` of ``total_steps``, then cosine decay to 0.
 
     kerasft's schedule rather than Keras's ``CosineDecay``: ``ReduceLROnPlateauScaled``
@@ -74,7 +76,12 @@ def phase_optimizer(
     template = make(rate)
     if phase.spread and (lr_mult is not None or layer_decay is not None):
         optimizer = layerwise.discriminative_optimizer(
-            model, template, lr_mult=lr_mult, layer_decay=layer_decay, groups=layer_groups, name="finetune",
+            model,
+            template,
+            lr_mult=lr_mult,
+            layer_decay=layer_decay,
+            groups=layer_groups,
+            name="finetune",
         )
         return PhaseOptimizer(optimizer, peak, [])
     if template.weight_decay:
@@ -82,8 +89,9 @@ def phase_optimizer(
     return PhaseOptimizer(template, peak, [])
 
 
-def staged_optimizer(model: keras.Model, phase: Phase, make: MakeOptimizer, steps_per_epoch: int,
-                     *, verbose: int = 0) -> PhaseOptimizer:
+def staged_optimizer(
+    model: keras.Model, phase: Phase, make: MakeOptimizer, steps_per_epoch: int, *, verbose: int = 0
+) -> PhaseOptimizer:
     """Freeze all but the first stage; one sub-optimizer per stage with its own schedule.
 
     Stage ``i`` trains at ``phase.stages[i].rate`` with linear warmup and cosine decay
@@ -92,7 +100,8 @@ def staged_optimizer(model: keras.Model, phase: Phase, make: MakeOptimizer, step
     """
     callback = GradualUnfreezing(
         [{"layers": s.layers, "epoch": s.epoch} for s in phase.stages],
-        train_bn=phase.train_bn, verbose=int(verbose > 0),
+        train_bn=phase.train_bn,
+        verbose=int(verbose > 0),
     )
     groups = callback.phase_groups(model)
     first = callback.resolved_phases(model)[0][0]
@@ -110,6 +119,10 @@ def staged_optimizer(model: keras.Model, phase: Phase, make: MakeOptimizer, step
     weight_decay = template.weight_decay
     factory = layerwise.optimizer_factory(template, weight_decay)
     group_rates = [by_name.get(name, base) for name, _ in groups]
-    optimizer = layerwise.grouped_optimizer(groups, group_rates, factory, weight_decay, base, "gradual")
+    optimizer = layerwise.grouped_optimizer(
+        groups, group_rates, factory, weight_decay, base, "gradual"
+    )
     peak = max(float(s.rate) for s in phase.stages)
-    return PhaseOptimizer(optimizer, peak, [callback], settle_epoch=max(s.epoch for s in phase.stages))
+    return PhaseOptimizer(
+        optimizer, peak, [callback], settle_epoch=max(s.epoch for s in phase.stages)
+    )

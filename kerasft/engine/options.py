@@ -47,9 +47,17 @@ __all__ = [
 BUILTIN_RECIPES = ("auto", "lp-ft", "full", "head", "gradual", "lora", "dora", "lp-lora", "lp-dora")
 # Keywords whose `None` in `finetune` means "the recipe decides": recipe="auto" decides
 # them from the model and the data; the other recipes take these fixed defaults.
-FIXED_DEFAULTS: dict[str, Any] = {"batch_size": 32, "validation_split": 0.2, "head_epochs": 5, "epochs": 10,
-                                  "lr": 1e-2, "optimizer": "adam", "warmup": 0.1, "unfreeze": "all",
-                                  "train_bn": False}
+FIXED_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,
+    "validation_split": 0.2,
+    "head_epochs": 5,
+    "epochs": 10,
+    "lr": 1e-2,
+    "optimizer": "adam",
+    "warmup": 0.1,
+    "unfreeze": "all",
+    "train_bn": False,
+}
 # Recipes that train low-rank adapters beside frozen pretrained weights, and their method.
 ADAPTER_RECIPES = {"lora": "lora", "dora": "dora", "lp-lora": "lora", "lp-dora": "dora"}
 
@@ -84,7 +92,11 @@ class RecipeOptions:
     @property
     def kind(self) -> str:
         """The recipe's name (a built-in or registered one), or ``"phases"`` for a phase list."""
-        return self.recipe if isinstance(self.recipe, str) and self.recipe in recipe_names() else "phases"
+        return (
+            self.recipe
+            if isinstance(self.recipe, str) and self.recipe in recipe_names()
+            else "phases"
+        )
 
     @property
     def phase_list(self) -> list[dict[str, Any]] | None:
@@ -144,7 +156,12 @@ class MonitorOptions:
         value = self.reduce_on_plateau
         if value is None or value is False:
             return None
-        return {"monitor": monitor, "factor": 0.5, "patience": 2, **(value if isinstance(value, Mapping) else {})}
+        return {
+            "monitor": monitor,
+            "factor": 0.5,
+            "patience": 2,
+            **(value if isinstance(value, Mapping) else {}),
+        }
 
 
 # Public configs passed whole (`finetune(regularization=..., speed=...)`).
@@ -214,19 +231,31 @@ class Options:
         for config in configs.values():
             keywords.update(config.keywords())
         given = frozenset(k for k in FIXED_DEFAULTS if keywords.get(k) is not None)
-        filled = {**keywords, **{k: v for k, v in FIXED_DEFAULTS.items() if keywords.get(k) is None}}
+        filled = {
+            **keywords,
+            **{k: v for k, v in FIXED_DEFAULTS.items() if keywords.get(k) is None},
+        }
         if keywords.get("recipe") is None:
             filled["recipe"] = default_recipe(keywords)
         groups = {}
         for name, group in _GROUPS.items():
             config = configs.get(name)
             if isinstance(config, group):  # a public config that is a group travels whole
-                fills = {f.name: filled[config.flat_name(f.name)] for f in dataclasses.fields(config)
-                         if config.flat_name(f.name) in FIXED_DEFAULTS and config.flat_name(f.name) not in given}
+                fills = {
+                    f.name: filled[config.flat_name(f.name)]
+                    for f in dataclasses.fields(config)
+                    if config.flat_name(f.name) in FIXED_DEFAULTS
+                    and config.flat_name(f.name) not in given
+                }
                 groups[name] = dataclasses.replace(config, **fills) if fills else config
             else:
-                groups[name] = group(**{f.name: filled[_flat_name(group, f.name)] for f in dataclasses.fields(group)
-                                        if _flat_name(group, f.name) in filled})
+                groups[name] = group(
+                    **{
+                        f.name: filled[_flat_name(group, f.name)]
+                        for f in dataclasses.fields(group)
+                        if _flat_name(group, f.name) in filled
+                    }
+                )
         return cls(**groups, given=given)
 
     @classmethod
@@ -258,8 +287,11 @@ class Options:
 
     def keywords(self) -> dict[str, Any]:
         """Every option under its flat ``finetune`` keyword (``lora_rank``, ``optimizer``...)."""
-        return {_flat_name(type(group), f.name): getattr(group, f.name)
-                for group in (getattr(self, name) for name in _GROUPS) for f in dataclasses.fields(group)}
+        return {
+            _flat_name(type(group), f.name): getattr(group, f.name)
+            for group in (getattr(self, name) for name in _GROUPS)
+            for f in dataclasses.fields(group)
+        }
 
     def replace(self, **keywords: Any) -> Options:
         """A copy with some flat keywords changed (validated again); :attr:`given` grows by them."""
@@ -267,7 +299,10 @@ class Options:
 
     def user_keywords(self) -> dict[str, Any]:
         """The flat keywords, with those the recipe decides (not :attr:`given`) as ``None``."""
-        return {k: (None if k in FIXED_DEFAULTS and k not in self.given else v) for k, v in self.keywords().items()}
+        return {
+            k: (None if k in FIXED_DEFAULTS and k not in self.given else v)
+            for k, v in self.keywords().items()
+        }
 
     def validate(self) -> None:
         """Check every value, then the combinations (:func:`check_conflicts`)."""
@@ -289,7 +324,11 @@ def default_recipe(keywords: Mapping[str, Any]) -> str:
     the last phase of a fixed recipe: code written for the LP-FT recipe with those
     options keeps its meaning.
     """
-    if keywords.get("head_epochs") is not None or keywords.get("lr") == "find" or keywords.get("prune") is not None:
+    if (
+        keywords.get("head_epochs") is not None
+        or keywords.get("lr") == "find"
+        or keywords.get("prune") is not None
+    ):
         return "lp-ft"
     return "auto"
 
@@ -302,7 +341,10 @@ def recipe_names() -> list[str]:
     """The recipes a name can select: the built-in ones and any :func:`register_recipe` added."""
     from kerasft.engine.plan import RECIPES
 
-    return [*BUILTIN_RECIPES, *(name for name in RECIPES if name not in BUILTIN_RECIPES and name != "phases")]
+    return [
+        *BUILTIN_RECIPES,
+        *(name for name in RECIPES if name not in BUILTIN_RECIPES and name != "phases"),
+    ]
 
 
 def _check_recipe(o: Options) -> None:
@@ -338,14 +380,23 @@ def _check_numbers(o: Options) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"Argument `{arg}` must be an integer >= 0. Received: {arg}={value!r}")
     for arg, value in (("lr", None if r.finds_lr else r.lr), ("finetune_lr", r.finetune_lr)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 < value < 10):
-            raise ValueError(f"Argument `{arg}` must be a number in (0, 10). Received: {arg}={value!r}")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10
+        ):
+            raise ValueError(
+                f"Argument `{arg}` must be a number in (0, 10). Received: {arg}={value!r}"
+            )
     patience = o.monitor.patience
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
-        raise ValueError(f"Argument `patience` must be a non-negative int or None. Received: patience={patience!r}")
+    if patience is not None and (
+        isinstance(patience, bool) or not isinstance(patience, int) or patience < 0
+    ):
+        raise ValueError(
+            f"Argument `patience` must be a non-negative int or None. Received: patience={patience!r}"
+        )
     if o.run.verbose not in (0, 1, 2) or isinstance(o.run.verbose, bool):
-        raise ValueError(f"Argument `verbose` must be 0, 1 or 2. Received: verbose={o.run.verbose!r}")
+        raise ValueError(
+            f"Argument `verbose` must be 0, 1 or 2. Received: verbose={o.run.verbose!r}"
+        )
     data_lib.check_batching(o.data.batch_size, o.data.validation_split)
 
 
@@ -385,7 +436,11 @@ def _check_prune(o: Options) -> None:
 
 def _check_class_weight(o: Options) -> None:
     t = o.task
-    if t.class_weight is not None and t.class_weight != "balanced" and not isinstance(t.class_weight, Mapping):
+    if (
+        t.class_weight is not None
+        and t.class_weight != "balanced"
+        and not isinstance(t.class_weight, Mapping)
+    ):
         raise ValueError(
             "Argument `class_weight` must be None, 'balanced' or a dict {class id: weight}. "
             f"Received: class_weight={t.class_weight!r}"
@@ -393,7 +448,12 @@ def _check_class_weight(o: Options) -> None:
 
 
 _VALUE_CHECKS: list[Callable[[Options], None]] = [
-    _check_recipe, _check_numbers, _check_unfreeze, _check_plateau, _check_prune, _check_class_weight,
+    _check_recipe,
+    _check_numbers,
+    _check_unfreeze,
+    _check_plateau,
+    _check_prune,
+    _check_class_weight,
 ]
 
 
@@ -413,80 +473,112 @@ def _set(value: Any) -> bool:
 
 
 def _prune_clashes(o: Options) -> dict[str, Any]:
-    values = {"lr_mult": o.recipe.lr_mult, "layer_decay": o.recipe.layer_decay, "l2sp": o.regularization.l2sp,
-              "clip_weights": o.regularization.clip_weights, "checkpoint_dir": o.run.checkpoint_dir}
+    values = {
+        "lr_mult": o.recipe.lr_mult,
+        "layer_decay": o.recipe.layer_decay,
+        "l2sp": o.regularization.l2sp,
+        "clip_weights": o.regularization.clip_weights,
+        "checkpoint_dir": o.run.checkpoint_dir,
+    }
     return {k: v for k, v in values.items() if _set(v)}
 
 
 def _plain_plateau_callback(o: Options) -> bool:
-    return any(isinstance(cb, keras.callbacks.ReduceLROnPlateau) and not isinstance(cb, ReduceLROnPlateauScaled)
-               for cb in o.run.callbacks or [])
+    return any(
+        isinstance(cb, keras.callbacks.ReduceLROnPlateau)
+        and not isinstance(cb, ReduceLROnPlateauScaled)
+        for cb in o.run.callbacks or []
+    )
 
 
 CONFLICTS: list[Conflict] = [
     Conflict(
         lambda o: o.auto and "head_epochs" in o.given,
-        lambda o: (f"Argument `head_epochs={o.recipe.head_epochs!r}` sets the epochs of a head trained by "
-                   "gradient, but recipe='auto' fits the head in closed form (a converged linear probe) "
-                   "before it fine-tunes. HINT: leave head_epochs out, or pass recipe='lp-ft'."),
+        lambda o: (
+            f"Argument `head_epochs={o.recipe.head_epochs!r}` sets the epochs of a head trained by "
+            "gradient, but recipe='auto' fits the head in closed form (a converged linear probe) "
+            "before it fine-tunes. HINT: leave head_epochs out, or pass recipe='lp-ft'."
+        ),
     ),
     Conflict(
         lambda o: o.auto and o.recipe.finds_lr,
-        lambda o: ("Argument `lr='find'` sweeps the rate of a head trained by gradient, but recipe='auto' "
-                   "fits the head in closed form and picks the fine-tuning rate by model family. HINT: pass "
-                   "lr=<rate> to set the fine-tuning rate, or recipe='lp-ft' with lr='find'."),
+        lambda o: (
+            "Argument `lr='find'` sweeps the rate of a head trained by gradient, but recipe='auto' "
+            "fits the head in closed form and picks the fine-tuning rate by model family. HINT: pass "
+            "lr=<rate> to set the fine-tuning rate, or recipe='lp-ft' with lr='find'."
+        ),
     ),
     Conflict(
         lambda o: o.recipe.quantize is not None and o.recipe.adapters is None,
-        lambda o: (f"Argument `quantize={o.recipe.quantize!r}` quantizes the frozen base under low-rank "
-                   f"adapters, but recipe={o.recipe.recipe!r} trains no adapters. HINT: pass recipe='lora' "
-                   "or 'lp-lora' (or export with quantization instead)."),
+        lambda o: (
+            f"Argument `quantize={o.recipe.quantize!r}` quantizes the frozen base under low-rank "
+            f"adapters, but recipe={o.recipe.recipe!r} trains no adapters. HINT: pass recipe='lora' "
+            "or 'lp-lora' (or export with quantization instead)."
+        ),
     ),
     Conflict(
         lambda o: o.task.standardize_targets and o.task.task in ("classification", "multilabel"),
-        lambda o: (f"Argument `standardize_targets=True` applies to regression targets, but task={o.task.task!r}. "
-                   "HINT: pass task='regression' (or 'auto'), or standardize_targets=False."),
+        lambda o: (
+            f"Argument `standardize_targets=True` applies to regression targets, but task={o.task.task!r}. "
+            "HINT: pass task='regression' (or 'auto'), or standardize_targets=False."
+        ),
     ),
     Conflict(
         lambda o: o.task.label_smoothing > 0 and o.task.task == "regression",
-        lambda o: (f"Argument `label_smoothing={o.task.label_smoothing}` smooths class labels, but "
-                   "task='regression'. HINT: pass label_smoothing=0."),
+        lambda o: (
+            f"Argument `label_smoothing={o.task.label_smoothing}` smooths class labels, but "
+            "task='regression'. HINT: pass label_smoothing=0."
+        ),
     ),
     Conflict(
         lambda o: o.task.class_weight is not None and o.task.task == "regression",
-        lambda o: (f"Argument `class_weight={o.task.class_weight!r}` applies to classification, but "
-                   "task='regression'. HINT: pass class_weight=None."),
+        lambda o: (
+            f"Argument `class_weight={o.task.class_weight!r}` applies to classification, but "
+            "task='regression'. HINT: pass class_weight=None."
+        ),
     ),
     Conflict(
-        lambda o: o.recipe.kind == "head" and (_set(o.recipe.lr_mult) or _set(o.recipe.layer_decay)),
-        lambda o: ("Arguments `lr_mult` / `layer_decay` spread rates over layer groups, but "
-                   "recipe='head' trains only the head. Received: "
-                   f"lr_mult={o.recipe.lr_mult!r}, layer_decay={o.recipe.layer_decay!r}"),
+        lambda o: (
+            o.recipe.kind == "head" and (_set(o.recipe.lr_mult) or _set(o.recipe.layer_decay))
+        ),
+        lambda o: (
+            "Arguments `lr_mult` / `layer_decay` spread rates over layer groups, but "
+            "recipe='head' trains only the head. Received: "
+            f"lr_mult={o.recipe.lr_mult!r}, layer_decay={o.recipe.layer_decay!r}"
+        ),
     ),
     Conflict(
         lambda o: o.recipe.kind in ("gradual", "phases") and o.recipe.unfreeze != "all",
-        lambda o: (f"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes; recipe "
-                   f"{o.recipe.kind!r} unfreezes by phases. Received: unfreeze={o.recipe.unfreeze!r}"),
+        lambda o: (
+            f"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes; recipe "
+            f"{o.recipe.kind!r} unfreezes by phases. Received: unfreeze={o.recipe.unfreeze!r}"
+        ),
     ),
     Conflict(
         lambda o: o.recipe.finds_lr and o.speed.distribute is not None,
-        lambda o: (f"Argument `lr='find'` cannot run under `distribute` ({_strategy_name(o.speed.distribute)}): "
-                   "the LR finder trains on one device. HINT: run kerasft.lr_find without a strategy "
-                   "first and pass its suggestion as lr=."),
+        lambda o: (
+            f"Argument `lr='find'` cannot run under `distribute` ({_strategy_name(o.speed.distribute)}): "
+            "the LR finder trains on one device. HINT: run kerasft.lr_find without a strategy "
+            "first and pass its suggestion as lr=."
+        ),
     ),
     Conflict(
         lambda o: _set(o.regularization.prune) and bool(_prune_clashes(o)),
-        lambda o: (f"Argument `prune` cannot be combined with {sorted(_prune_clashes(o))} yet. Received: "
-                   f"prune={o.regularization.prune!r}, "
-                   + ", ".join(f"{k}={v!r}" for k, v in sorted(_prune_clashes(o).items()))
-                   + ". HINT: prune the fine-tuned model afterwards with `pruning_plan`."),
+        lambda o: (
+            f"Argument `prune` cannot be combined with {sorted(_prune_clashes(o))} yet. Received: "
+            f"prune={o.regularization.prune!r}, "
+            + ", ".join(f"{k}={v!r}" for k, v in sorted(_prune_clashes(o).items()))
+            + ". HINT: prune the fine-tuned model afterwards with `pruning_plan`."
+        ),
     ),
     Conflict(
         lambda o: o.recipe.kind != "head" and _plain_plateau_callback(o),
-        lambda o: ("Argument `callbacks` holds a keras.callbacks.ReduceLROnPlateau, which fails "
-                   "mid-fit on the scheduled learning rates of the fine-tuning phases (Keras "
-                   "cannot set the rate of a scheduled optimizer). HINT: pass "
-                   "reduce_on_plateau=True, or use kerasft.callbacks.ReduceLROnPlateauScaled."),
+        lambda o: (
+            "Argument `callbacks` holds a keras.callbacks.ReduceLROnPlateau, which fails "
+            "mid-fit on the scheduled learning rates of the fine-tuning phases (Keras "
+            "cannot set the rate of a scheduled optimizer). HINT: pass "
+            "reduce_on_plateau=True, or use kerasft.callbacks.ReduceLROnPlateauScaled."
+        ),
     ),
 ]
 

@@ -168,8 +168,11 @@ class Plan:
     def resolve_rates(self, found: float) -> Plan:
         """The plan once the LR finder suggested ``found`` for the first phase."""
         phases = [
-            dataclasses.replace(p, rate=p.rate.resolve(found),
-                                stages=tuple(dataclasses.replace(s, rate=s.rate.resolve(found)) for s in p.stages))
+            dataclasses.replace(
+                p,
+                rate=p.rate.resolve(found),
+                stages=tuple(dataclasses.replace(s, rate=s.rate.resolve(found)) for s in p.stages),
+            )
             for p in self.phases
         ]
         return dataclasses.replace(self, phases=phases)
@@ -189,8 +192,11 @@ class Plan:
                     surgery.freeze(model)
                     row = []
                     for k in range(len(layers)):
-                        apply_trainable(model, {id(lyr): True for group in layers[: k + 1] for lyr in group},
-                                        phase.train_bn)
+                        apply_trainable(
+                            model,
+                            {id(lyr): True for group in layers[: k + 1] for lyr in group},
+                            phase.train_bn,
+                        )
                         row.append(surgery.count_params(model).trainable)
                     counts.append(row)
                 else:
@@ -212,13 +218,25 @@ class Plan:
                 continue
             if not phase.staged:
                 schedule = " warmup+cosine" if phase.schedule == "warmup_cosine" else ""
-                spread = f" layer decay {phase.layer_decay:g}" if phase.layer_decay else " spread" if phase.spread else ""
+                spread = (
+                    f" layer decay {phase.layer_decay:g}"
+                    if phase.layer_decay
+                    else " spread"
+                    if phase.spread
+                    else ""
+                )
                 out.append((phase.name, phase.epochs, counts[0], f"{phase.rate}{schedule}{spread}"))
                 continue
             starts = [s.epoch for s in phase.stages] + [phase.epochs]
             for k, stage in enumerate(phase.stages):
-                out.append((f"{phase.name}[{k}] from epoch {stage.epoch}", starts[k + 1] - starts[k],
-                            counts[k] if k < len(counts) else None, f"{stage.rate} warmup+cosine"))
+                out.append(
+                    (
+                        f"{phase.name}[{k}] from epoch {stage.epoch}",
+                        starts[k + 1] - starts[k],
+                        counts[k] if k < len(counts) else None,
+                        f"{stage.rate} warmup+cosine",
+                    )
+                )
         return out
 
     def __str__(self) -> str:
@@ -228,7 +246,9 @@ class Plan:
             steps = "-" if rate.startswith("closed form") else epochs  # a probe takes no epochs
             lines.append(f"{name:<28}{steps:>7}{shown:>13}  {rate}")
         if self.total_params:
-            lines.append(f"{self.total_params:,} parameters in all; {self.steps_per_epoch} steps per epoch")
+            lines.append(
+                f"{self.total_params:,} parameters in all; {self.steps_per_epoch} steps per epoch"
+            )
         if self.decision is not None:
             lines.append("recipe='auto' decided:")
             lines += [f"  - {reason}" for reason in self.decision.reasons]
@@ -265,15 +285,33 @@ def _body_rate(o: RecipeOptions) -> Rate:
 def _lp_ft(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
     return [
         Phase("head", o.head_epochs, "head", _head_rate(o), train_bn=o.train_bn),
-        Phase("finetune", o.epochs, o.unfreeze, _body_rate(o), "warmup_cosine", o.warmup, spread=True,
-              train_bn=o.train_bn),
+        Phase(
+            "finetune",
+            o.epochs,
+            o.unfreeze,
+            _body_rate(o),
+            "warmup_cosine",
+            o.warmup,
+            spread=True,
+            train_bn=o.train_bn,
+        ),
     ]
 
 
 @register_recipe("full")
 def _full(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
-    return [Phase("full", o.epochs, o.unfreeze, _head_rate(o), "warmup_cosine", o.warmup, spread=True,
-                  train_bn=o.train_bn)]
+    return [
+        Phase(
+            "full",
+            o.epochs,
+            o.unfreeze,
+            _head_rate(o),
+            "warmup_cosine",
+            o.warmup,
+            spread=True,
+            train_bn=o.train_bn,
+        )
+    ]
 
 
 @register_recipe("head")
@@ -282,8 +320,16 @@ def _head(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> lis
 
 
 def _adapter_phase(o: RecipeOptions) -> Phase:
-    return Phase("adapters", o.epochs, "adapters", _body_rate(o), "warmup_cosine", o.warmup, spread=True,
-                 train_bn=o.train_bn)
+    return Phase(
+        "adapters",
+        o.epochs,
+        "adapters",
+        _body_rate(o),
+        "warmup_cosine",
+        o.warmup,
+        spread=True,
+        train_bn=o.train_bn,
+    )
 
 
 @register_recipe("lora")
@@ -291,13 +337,19 @@ def _adapter_phase(o: RecipeOptions) -> Phase:
 def _adapters(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
     # The head fitted in closed form first: adapters trained beside a random head spend
     # their steps repairing it (0.608 on the text job, against 0.703 after a head phase).
-    return [Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn), _adapter_phase(o)]
+    return [
+        Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn),
+        _adapter_phase(o),
+    ]
 
 
 @register_recipe("lp-lora")
 @register_recipe("lp-dora")
 def _lp_adapters(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
-    return [Phase("head", o.head_epochs, "head", _head_rate(o), train_bn=o.train_bn), _adapter_phase(o)]
+    return [
+        Phase("head", o.head_epochs, "head", _head_rate(o), train_bn=o.train_bn),
+        _adapter_phase(o),
+    ]
 
 
 def _staged(name: str, epochs: int, stages: list[Stage], o: RecipeOptions) -> Phase:
@@ -307,7 +359,9 @@ def _staged(name: str, epochs: int, stages: list[Stage], o: RecipeOptions) -> Ph
             f"Argument `recipe`: phases start at epochs {[s.epoch for s in stages]} but the "
             f"run lasts {epochs} epoch{'s' if epochs != 1 else ''}, so some would never train. HINT: raise `epochs`."
         )
-    mults = layerwise.group_multipliers(max(1, len(stages) - 1), lr_mult=o.lr_mult, layer_decay=o.layer_decay)
+    mults = layerwise.group_multipliers(
+        max(1, len(stages) - 1), lr_mult=o.lr_mult, layer_decay=o.layer_decay
+    )
     head, body = _head_rate(o), _body_rate(o)
     for k, stage in enumerate(stages):
         if stage.lr is not None:
@@ -318,8 +372,17 @@ def _staged(name: str, epochs: int, stages: list[Stage], o: RecipeOptions) -> Ph
             mult = mults[len(stages) - 1 - k]
             rate = Rate(float(body) * mult) if body.known else Rate(of_found=body.of_found * mult)
         stages[k] = dataclasses.replace(stage, rate=rate)
-    return Phase(name, epochs, "stages", body, "warmup_cosine", o.warmup, spread=True, stages=tuple(stages),
-                 train_bn=o.train_bn)
+    return Phase(
+        name,
+        epochs,
+        "stages",
+        body,
+        "warmup_cosine",
+        o.warmup,
+        spread=True,
+        stages=tuple(stages),
+        train_bn=o.train_bn,
+    )
 
 
 @register_recipe("gradual")
@@ -329,14 +392,24 @@ def _gradual(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> 
 
 
 @register_recipe("auto")
-def _auto(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer, decision: Any = None) -> list[Phase]:
+def _auto(
+    o: RecipeOptions, model: keras.Model, head: keras.layers.Layer, decision: Any = None
+) -> list[Phase]:
     if decision is None:
         raise ValueError("recipe='auto' is planned from the data: use kerasft.plan(model, data).")
     return [
         Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn),
-        Phase("finetune", decision.epochs, decision.unfreeze, Rate(decision.rate), "warmup_cosine", decision.warmup,
-              spread=decision.layer_decay is not None or o.lr_mult is not None, train_bn=o.train_bn,
-              layer_decay=decision.layer_decay),
+        Phase(
+            "finetune",
+            decision.epochs,
+            decision.unfreeze,
+            Rate(decision.rate),
+            "warmup_cosine",
+            decision.warmup,
+            spread=decision.layer_decay is not None or o.lr_mult is not None,
+            train_bn=o.train_bn,
+            layer_decay=decision.layer_decay,
+        ),
     ]
 
 
@@ -346,8 +419,13 @@ def _phases(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> l
     return [_staged("phases", o.epochs, stages, o)]
 
 
-def build_plan(model: keras.Model, head: keras.layers.Layer, options: RecipeOptions,
-               steps_per_epoch: int, decision: Any = None) -> Plan:
+def build_plan(
+    model: keras.Model,
+    head: keras.layers.Layer,
+    options: RecipeOptions,
+    steps_per_epoch: int,
+    decision: Any = None,
+) -> Plan:
     """The plan of ``options.recipe`` for ``model`` (whose output layer is ``head``).
 
     ``decision`` is what ``recipe="auto"`` decided from the data
@@ -357,7 +435,11 @@ def build_plan(model: keras.Model, head: keras.layers.Layer, options: RecipeOpti
         ValueError: when the recipe leaves nothing to train.
     """
     if options.kind == "auto":
-        return Plan(_auto(options, model, head, decision), steps_per_epoch=steps_per_epoch, decision=decision)
+        return Plan(
+            _auto(options, model, head, decision),
+            steps_per_epoch=steps_per_epoch,
+            decision=decision,
+        )
     phases = RECIPES[options.kind](options, model, head)
     if not any(p.epochs for p in phases):
         raise ValueError(
@@ -370,7 +452,9 @@ def build_plan(model: keras.Model, head: keras.layers.Layer, options: RecipeOpti
 # ---------------------------------------------------------------------- trainable sets
 
 
-def trainable_layers(model: keras.Model, head: keras.layers.Layer, phase: Phase) -> list[keras.layers.Layer]:
+def trainable_layers(
+    model: keras.Model, head: keras.layers.Layer, phase: Phase
+) -> list[keras.layers.Layer]:
     """The leaf layers a (non-staged) phase trains, the head included.
 
     Raises:
@@ -380,7 +464,11 @@ def trainable_layers(model: keras.Model, head: keras.layers.Layer, phase: Phase)
         return [head]
     body = [lyr for _, lyr in surgery.leaf_layers(model) if lyr is not head]
     chosen = body if phase.trains == "all" else _unfrozen_body(model, head, body, phase.trains)
-    return [lyr for lyr in chosen if phase.train_bn or not isinstance(lyr, keras.layers.BatchNormalization)] + [head]
+    return [
+        lyr
+        for lyr in chosen
+        if phase.train_bn or not isinstance(lyr, keras.layers.BatchNormalization)
+    ] + [head]
 
 
 def _unfrozen_body(model: keras.Model, head: keras.layers.Layer, body: list, unfreeze: Any) -> list:
@@ -389,15 +477,21 @@ def _unfrozen_body(model: keras.Model, head: keras.layers.Layer, body: list, unf
         try:
             keep = surgery.select_layers(model, unfreeze, argument="unfreeze", legacy="search")
         except ValueError as e:
-            raise ValueError(f"Argument `unfreeze={unfreeze!r}` selects nothing to train: {e}") from None
+            raise ValueError(
+                f"Argument `unfreeze={unfreeze!r}` selects nothing to train: {e}"
+            ) from None
         return [lyr for lyr in keep if lyr is not head]
-    weighted = [lyr for lyr in body if lyr.weights and not isinstance(lyr, keras.layers.BatchNormalization)]
+    weighted = [
+        lyr for lyr in body if lyr.weights and not isinstance(lyr, keras.layers.BatchNormalization)
+    ]
     count = unfreeze if isinstance(unfreeze, int) else max(1, int(round(unfreeze * len(weighted))))
     keep = weighted[-count:]
-    return body[body.index(keep[0]):] if keep else []
+    return body[body.index(keep[0]) :] if keep else []
 
 
-def select_trainable(model: keras.Model, head: keras.layers.Layer, phase: Phase, adapters: Any = None) -> None:
+def select_trainable(
+    model: keras.Model, head: keras.layers.Layer, phase: Phase, adapters: Any = None
+) -> None:
     """Freeze ``model`` except what the (non-staged) ``phase`` trains.
 
     An ``"adapters"`` phase restores ``adapters``, the snapshot of the trainable state
@@ -416,8 +510,11 @@ def stage_layers(model: keras.Model, phase: Phase) -> list[list[keras.layers.Lay
     """The layers each stage of a staged phase adds (a layer belongs to its first stage)."""
     out, taken = [], set()
     for i, stage in enumerate(phase.stages):
-        layers = [lyr for lyr in surgery.select_layers(model, stage.layers, argument=f"phases[{i}]['layers']")
-                  if id(lyr) not in taken]
+        layers = [
+            lyr
+            for lyr in surgery.select_layers(model, stage.layers, argument=f"phases[{i}]['layers']")
+            if id(lyr) not in taken
+        ]
         if not layers:
             raise ValueError(f"Phase {i} ({stage.layers}) has only layers of earlier phases.")
         taken.update(id(lyr) for lyr in layers)
@@ -425,8 +522,9 @@ def stage_layers(model: keras.Model, phase: Phase) -> list[list[keras.layers.Lay
     return out
 
 
-def gradual_stages(model: keras.Model, head: keras.layers.Layer, head_epochs: int, epochs: int,
-                   patterns: Any) -> list[Stage]:
+def gradual_stages(
+    model: keras.Model, head: keras.layers.Layer, head_epochs: int, epochs: int, patterns: Any
+) -> list[Stage]:
     """Stages of ``recipe="gradual"``: the head, then body groups top-down.
 
     The head trains alone for ``head_epochs``; then over ``epochs`` the body groups join

@@ -152,7 +152,8 @@ class FinetuneResult:
         warnings.warn(
             "FinetuneResult.extras is deprecated; use the typed fields result.speed, "
             "result.lr_find, result.pruning, result.nan, result.regularization and result.stages.",
-            DeprecationWarning, stacklevel=2,
+            DeprecationWarning,
+            stacklevel=2,
         )
         out: dict[str, Any] = {}
         if self.nan is not None:
@@ -164,15 +165,24 @@ class FinetuneResult:
         if self.lr_find is not None:
             out["lr_find"] = self.lr_find
         if self.stages is not None:
-            out["phases"] = [{"layers": s.layers, "epoch": s.epoch, "lr": s.lr} for s in self.stages]
+            out["phases"] = [
+                {"layers": s.layers, "epoch": s.epoch, "lr": s.lr} for s in self.stages
+            ]
         if self.pruning is not None:
             out["pruning"] = self.pruning.to_dict()
         if self.speed is not None:
             out["speed"] = self.speed.to_dict()
         return out
 
-    def evaluate(self, test_data: Any, *, batch_size: int | None = None, class_names: Any = None,
-                 label_columns: Any = None, tta: bool = False) -> Any:
+    def evaluate(
+        self,
+        test_data: Any,
+        *,
+        batch_size: int | None = None,
+        class_names: Any = None,
+        label_columns: Any = None,
+        tta: bool = False,
+    ) -> Any:
         """The evaluation report of :attr:`model` on ``test_data`` (any form ``finetune`` accepts).
 
         Precision, recall and F1 per class with macro and weighted averages, the confusion
@@ -190,8 +200,16 @@ class FinetuneResult:
 
         if label_columns is None and self.options is not None:
             label_columns = self.options.keywords().get("label_columns")
-        return evaluate(self.model, test_data, task=self.evaluation_task, batch_size=batch_size or self.batch_size,
-                        class_names=class_names, thresholds=self.thresholds, label_columns=label_columns, tta=tta)
+        return evaluate(
+            self.model,
+            test_data,
+            task=self.evaluation_task,
+            batch_size=batch_size or self.batch_size,
+            class_names=class_names,
+            thresholds=self.thresholds,
+            label_columns=label_columns,
+            tta=tta,
+        )
 
     @property
     def evaluation_task(self) -> str:
@@ -200,8 +218,15 @@ class FinetuneResult:
             return "binary" if self.num_classes == 2 else "multiclass"
         return self.task
 
-    def export(self, path: str, *, representative_data: Any = None, verify_data: Any = None,
-               evaluation: Any = None, **kwargs: Any) -> str:
+    def export(
+        self,
+        path: str,
+        *,
+        representative_data: Any = None,
+        verify_data: Any = None,
+        evaluation: Any = None,
+        **kwargs: Any,
+    ) -> str:
         """Export :attr:`model` with :func:`kerasft.export.export_model`; returns the path.
 
         Low-rank adapters are merged into the weights first (``kerasft.peft.merge``): the
@@ -233,8 +258,15 @@ class FinetuneResult:
             representative_data = sample
         if verify_data is None:
             verify_data = sample
-        return export_model(model, path, representative_data=representative_data,
-                            verify_data=verify_data, evaluation=evaluation, result=self, **kwargs)
+        return export_model(
+            model,
+            path,
+            representative_data=representative_data,
+            verify_data=verify_data,
+            evaluation=evaluation,
+            result=self,
+            **kwargs,
+        )
 
     def summary(self) -> str:
         """One line per phase: epochs, seconds, trainable parameters, best ``monitor``."""
@@ -243,5 +275,7 @@ class FinetuneResult:
         for p in self.phases:
             vals = p.history.get(self.monitor, [])
             value = best(vals) if vals else float("nan")
-            lines.append(f"{p.name:<10}{p.epochs:>7}{p.seconds:>9.1f}{p.trainable_params:>12,}  {value:.4f}")
+            lines.append(
+                f"{p.name:<10}{p.epochs:>7}{p.seconds:>9.1f}{p.trainable_params:>12,}  {value:.4f}"
+            )
         return "\n".join(lines)

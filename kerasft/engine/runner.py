@@ -128,16 +128,32 @@ class Run:
 
     def result(self) -> FinetuneResult:
         return FinetuneResult(
-            model=self.model, phases=self.phases, monitor=self.monitor,
+            model=self.model,
+            phases=self.phases,
+            monitor=self.monitor,
             best_score=self.best.best_value if self.best is not None else None,
             best_phase=self.best.best_phase if self.best is not None else None,
-            num_classes=self.task.num_classes, label_mode=self.task.label_mode,
-            head_rebuilt=self.task.head_rebuilt, task=self.task.kind, thresholds=self.task.thresholds,
-            target_mean=self.task.spec.target_mean, target_std=self.task.spec.target_std,
-            adapters=self.task.lora, options=self.options, spec=self.task.spec,
-            representative=export_sample(self.data), batch_size=self.options.data.batch_size, plan=self.plan,
-            speed=self.speed, lr_find=self.lr_find, pruning=self.pruning, nan=self.nan,
-            regularization=self.regularization, stages=self.stages, decision=self.decision, probe=self.probe,
+            num_classes=self.task.num_classes,
+            label_mode=self.task.label_mode,
+            head_rebuilt=self.task.head_rebuilt,
+            task=self.task.kind,
+            thresholds=self.task.thresholds,
+            target_mean=self.task.spec.target_mean,
+            target_std=self.task.spec.target_std,
+            adapters=self.task.lora,
+            options=self.options,
+            spec=self.task.spec,
+            representative=export_sample(self.data),
+            batch_size=self.options.data.batch_size,
+            plan=self.plan,
+            speed=self.speed,
+            lr_find=self.lr_find,
+            pruning=self.pruning,
+            nan=self.nan,
+            regularization=self.regularization,
+            stages=self.stages,
+            decision=self.decision,
+            probe=self.probe,
         )
 
 
@@ -180,7 +196,9 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         model = load_model(model, safe_mode=options.run.safe_mode, verbose=options.run.verbose)
         copy = False
     elif convert.is_tf_keras(model):  # a Keras 2 model: converted, so the copy is already new
-        model = convert.to_keras3(model, safe_mode=options.run.safe_mode, verbose=options.run.verbose).model
+        model = convert.to_keras3(
+            model, safe_mode=options.run.safe_mode, verbose=options.run.verbose
+        ).model
         copy = False
     surgery.check_operable(model)
     seed, o, t = options.data.seed, options.data, options.task
@@ -195,22 +213,41 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
     given = options.given
     try:
         prepared = data_lib.prepare_data(
-            data, model=model, validation_data=o.validation_data,
-            validation_split=(o.validation_split if not options.auto or "validation_split" in given
-                              else auto.auto_validation_split),
-            batch_size=o.batch_size if not options.auto or "batch_size" in given else auto.auto_batch_size,
-            seed=seed, num_classes=t.num_classes, label_mode=t.label_mode,
-            task=t.task, head_units=surgery.head_units(head), head_activation=surgery.head_activation(model),
-            label_columns=o.label_columns, preprocessor=preprocessor, standardize_targets=t.standardize_targets,
-            one_hot=_needs_one_hot(options), augment=options.regularization.augment,
+            data,
+            model=model,
+            validation_data=o.validation_data,
+            validation_split=(
+                o.validation_split
+                if not options.auto or "validation_split" in given
+                else auto.auto_validation_split
+            ),
+            batch_size=o.batch_size
+            if not options.auto or "batch_size" in given
+            else auto.auto_batch_size,
+            seed=seed,
+            num_classes=t.num_classes,
+            label_mode=t.label_mode,
+            task=t.task,
+            head_units=surgery.head_units(head),
+            head_activation=surgery.head_activation(model),
+            label_columns=o.label_columns,
+            preprocessor=preprocessor,
+            standardize_targets=t.standardize_targets,
+            one_hot=_needs_one_hot(options),
+            augment=options.regularization.augment,
         )
         _warn_unscaled_pixels(model, prepared)
         decision = None
         if options.auto:
             decision = _decide(profile, prepared, options, restore_length)
-            options = options.replace(batch_size=prepared.batch_size, epochs=decision.epochs,
-                                      optimizer=decision.optimizer, weight_decay=decision.weight_decay,
-                                      warmup=decision.warmup, train_bn=decision.train_bn)
+            options = options.replace(
+                batch_size=prepared.batch_size,
+                epochs=decision.epochs,
+                optimizer=decision.optimizer,
+                weight_decay=decision.weight_decay,
+                warmup=decision.warmup,
+                train_bn=decision.train_bn,
+            )
         task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
         if options.recipe.adapters is not None:
             add_adapters(task, options.recipe)
@@ -220,18 +257,31 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         raise
     has_val = prepared.validation is not None
     # "auto" compares whole candidates on what the user will measure: accuracy, for classes.
-    chosen = "val_accuracy" if decision is not None and has_val and task.kind == "classification" else None
+    chosen = (
+        "val_accuracy"
+        if decision is not None and has_val and task.kind == "classification"
+        else None
+    )
     monitor = options.monitor.monitor or chosen or ("val_loss" if has_val else "loss")
     if monitor.startswith("val_") and not has_val:
         raise ValueError(
             f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
             "no validation_data were given. Use monitor='loss' or give validation data."
         )
-    plan = build_plan(task.model, task.head, options.recipe, prepared.steps_per_epoch, decision).count(
-        task.model, task.head, task.adapters)
-    return Run(options=options, task=task, data=prepared, plan=plan, monitor=monitor, decision=decision,
-               keep_final=decision is not None and not has_val, compare_final=decision is not None and has_val,
-               restore_length=restore_length)
+    plan = build_plan(
+        task.model, task.head, options.recipe, prepared.steps_per_epoch, decision
+    ).count(task.model, task.head, task.adapters)
+    return Run(
+        options=options,
+        task=task,
+        data=prepared,
+        plan=plan,
+        monitor=monitor,
+        decision=decision,
+        keep_final=decision is not None and not has_val,
+        compare_final=decision is not None and has_val,
+        restore_length=restore_length,
+    )
 
 
 def _size_sequences(preprocessor: Any, data: Any, options: Options) -> tuple[Any, int] | None:
@@ -257,29 +307,49 @@ def _restore_length(saved: tuple[Any, int] | None) -> None:
         saved[0].sequence_length = saved[1]
 
 
-def _decide(profile: Any, prepared: data_lib.PreparedData, options: Options,
-            restore_length: tuple[Any, int] | None) -> Any:
+def _decide(
+    profile: Any,
+    prepared: data_lib.PreparedData,
+    options: Options,
+    restore_length: tuple[Any, int] | None,
+) -> Any:
     """``recipe="auto"``'s decision for the prepared data, with the user's own options winning."""
     r, given = options.recipe, options.given
     rate = r.finetune_lr if r.finetune_lr is not None else (r.lr if "lr" in given else None)
-    user = {"epochs": r.epochs if "epochs" in given else None, "lr": rate,
-            "optimizer": options.optimizer.name if "optimizer" in given else None,
-            "warmup": r.warmup if "warmup" in given else None, "layer_decay": r.layer_decay, "lr_mult": r.lr_mult,
-            "weight_decay": options.optimizer.weight_decay, "unfreeze": r.unfreeze if "unfreeze" in given else None,
-            "train_bn": r.train_bn if "train_bn" in given else None}
+    user = {
+        "epochs": r.epochs if "epochs" in given else None,
+        "lr": rate,
+        "optimizer": options.optimizer.name if "optimizer" in given else None,
+        "warmup": r.warmup if "warmup" in given else None,
+        "layer_decay": r.layer_decay,
+        "lr_mult": r.lr_mult,
+        "weight_decay": options.optimizer.weight_decay,
+        "unfreeze": r.unfreeze if "unfreeze" in given else None,
+        "train_bn": r.train_bn if "train_bn" in given else None,
+    }
     split = options.data.validation_data is None
     n_examples = prepared.n_train + (prepared.n_validation if split else 0)
     length = restore_length[0].sequence_length if restore_length else None
-    return auto.decide(profile, n_examples=n_examples, n_train=prepared.n_train, batch_size=prepared.batch_size,
-                       given_validation=not split, user=user, sequence_length=length,
-                       user_length=restore_length[1] if restore_length else None)
+    return auto.decide(
+        profile,
+        n_examples=n_examples,
+        n_train=prepared.n_train,
+        batch_size=prepared.batch_size,
+        given_validation=not split,
+        user=user,
+        sequence_length=length,
+        user_length=restore_length[1] if restore_length else None,
+    )
 
 
 def _needs_one_hot(options: Options) -> bool:
     """Whether single-label classes must be one-hot: smoothing, focal loss, mixing augmentation."""
     t, augment = options.task, options.regularization.augment
-    return (t.label_smoothing > 0 or (isinstance(t.loss, str) and t.loss == "focal")
-            or (isinstance(augment, str) and augment in ("mixup", "cutmix", "feature_mixup")))
+    return (
+        t.label_smoothing > 0
+        or (isinstance(t.loss, str) and t.loss == "focal")
+        or (isinstance(augment, str) and augment in ("mixup", "cutmix", "feature_mixup"))
+    )
 
 
 def _detach_preprocessor(model: keras.Model) -> Any:
@@ -314,21 +384,33 @@ class Runner:
         _onednn.check_model(run.model, trains_body=any(p.trains_body for p in run.plan.phases))
         if self.strategy is not None:
             distribute.check_model_variables(run.model, self.strategy)
-        speed = SpeedPlan(run.model, run.data, cache_features=s.cache_features, cache_budget=s.cache_budget,
-                          jit_compile=s.jit_compile, mixed_precision=s.mixed_precision,
-                          steps_per_execution=s.steps_per_execution, seed=run.options.data.seed,
-                          distributed=self.strategy is not None, verbose=run.options.run.verbose,
-                          feature_store=s.feature_store)
+        speed = SpeedPlan(
+            run.model,
+            run.data,
+            cache_features=s.cache_features,
+            cache_budget=s.cache_budget,
+            jit_compile=s.jit_compile,
+            mixed_precision=s.mixed_precision,
+            steps_per_execution=s.steps_per_execution,
+            seed=run.options.data.seed,
+            distributed=self.strategy is not None,
+            verbose=run.options.run.verbose,
+            feature_store=s.feature_store,
+        )
         task = run.task
-        run.log(f"kerasft: {run.data.n_train} training / {run.data.n_validation} validation examples, "
-                f"{task.describe()}")
+        run.log(
+            f"kerasft: {run.data.n_train} training / {run.data.n_validation} validation examples, "
+            f"{task.describe()}"
+        )
         try:
             self._each("run_start", run)
             for index, phase in enumerate(run.plan.phases):
                 if phase.epochs == 0 and not phase.probe:
                     continue
                 run.phase_index, run.phase, run.count_from_epoch = index, phase, 0
-                restored = next((r for r in (h.resume(run) for h in self.hooks) if r is not None), None)
+                restored = next(
+                    (r for r in (h.resume(run) for h in self.hooks) if r is not None), None
+                )
                 if restored is not None:
                     run.phases.append(restored)
                     continue
@@ -346,8 +428,10 @@ class Runner:
         if not getattr(run.model, "compiled", False):  # every phase was restored from a checkpoint
             run.model.compile(loss=task.loss, metrics=task.metrics)
         best = run.best.best_value if run.best else None
-        run.log(f"kerasft: done; best {run.monitor} {best if best is None else format(best, '.4g')} in phase "
-                f"{run.best.best_phase if run.best else None!r}")
+        run.log(
+            f"kerasft: done; best {run.monitor} {best if best is None else format(best, '.4g')} in phase "
+            f"{run.best.best_phase if run.best else None!r}"
+        )
         return run.result()
 
     def _probe(self, run: Run, speed: SpeedPlan) -> PhaseResult:
@@ -361,11 +445,14 @@ class Runner:
         start = time.perf_counter()
         select_trainable(run.model, run.task.head, run.phase)
         try:
-            run.probe = probe_lib.fit_probe(run.model, run.task, run.data, seed=run.options.data.seed,
-                                            given=run.given_probe)
+            run.probe = probe_lib.fit_probe(
+                run.model, run.task, run.data, seed=run.options.data.seed, given=run.given_probe
+            )
         except probe_lib.ProbeUnavailable as e:
             epochs = int(min(50, max(5, round(100 / run.plan.steps_per_epoch))))
-            run.log(f"kerasft: no closed-form probe ({e}); training the head by gradient for {epochs} epochs")
+            run.log(
+                f"kerasft: no closed-form probe ({e}); training the head by gradient for {epochs} epochs"
+            )
             run.phase = dataclasses.replace(run.phase, solver="fit", epochs=epochs, rate=Rate(1e-2))
             return self._phase(run, speed)
         if run.probe.model is not run.model:
@@ -374,7 +461,9 @@ class Runner:
                 run.task.adapters.restore(run.model)
                 run.task.head.trainable = True
                 run.task.adapters = TrainableSnapshot.take(run.model)
-        run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} 'probe': {run.probe.describe()}")
+        run.log(
+            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} 'probe': {run.probe.describe()}"
+        )
         if run.probe.no_signal:
             warnings.warn(
                 f"The frozen features of model {run.model.name!r} carry no signal about these labels: a linear "
@@ -410,38 +499,70 @@ class Runner:
                 run.replace_model(replacement)
         model = run.model
         if phase.staged:
-            run.phase_optimizer = staged_optimizer(model, phase, run.make_optimizer, steps,
-                                                   verbose=run.options.run.verbose)
+            run.phase_optimizer = staged_optimizer(
+                model, phase, run.make_optimizer, steps, verbose=run.options.run.verbose
+            )
             run.stages = [_stage_record(s) for s in phase.stages]
         else:
             r = run.options.recipe
-            run.phase_optimizer = phase_optimizer(model, phase, run.make_optimizer, steps, lr_mult=r.lr_mult,
-                                                  layer_decay=phase.layer_decay or r.layer_decay,
-                                                  layer_groups=r.layer_groups)
+            run.phase_optimizer = phase_optimizer(
+                model,
+                phase,
+                run.make_optimizer,
+                steps,
+                lr_mult=r.lr_mult,
+                layer_decay=phase.layer_decay or r.layer_decay,
+                layer_groups=r.layer_groups,
+            )
         if not model.trainable_weights:
             raise ValueError(
                 f"Nothing to train in phase {phase.name!r}: every weight of model {model.name!r} is "
                 "frozen. HINT: check `unfreeze=` and that the head has weights."
             )
-        setup = speed.setup_phase(model, run.phase_index, cacheable=phase.cacheable,
-                                  later_trainable=self._next_trainable(run))
-        setup.model.compile(optimizer=run.phase_optimizer.optimizer, loss=run.task.loss,
-                            metrics=list(run.task.metrics), **setup.compile_kwargs)
+        setup = speed.setup_phase(
+            model,
+            run.phase_index,
+            cacheable=phase.cacheable,
+            later_trainable=self._next_trainable(run),
+        )
+        setup.model.compile(
+            optimizer=run.phase_optimizer.optimizer,
+            loss=run.task.loss,
+            metrics=list(run.task.metrics),
+            **setup.compile_kwargs,
+        )
         run.phase_peak, run.phase_counts = run.phase_optimizer.peak, surgery.count_params(model)
-        run.log(f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': {phase.epochs} "
-                f"epoch{'s' if phase.epochs != 1 else ''}, lr {run.phase_peak:g}{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, "
-                f"{run.phase_counts}")
+        run.log(
+            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': {phase.epochs} "
+            f"epoch{'s' if phase.epochs != 1 else ''}, lr {run.phase_peak:g}{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, "
+            f"{run.phase_counts}"
+        )
         callbacks = [cb for hook in self.hooks for cb in hook.callbacks(run)]
         speed.before_fit(setup)
         start = time.perf_counter()
-        fitted = setup.model.fit(setup.train, validation_data=setup.validation, epochs=phase.epochs,
-                                 callbacks=callbacks, verbose=run.options.run.verbose, shuffle=False,
-                                 class_weight=run.task.class_weight)
+        fitted = setup.model.fit(
+            setup.train,
+            validation_data=setup.validation,
+            epochs=phase.epochs,
+            callbacks=callbacks,
+            verbose=run.options.run.verbose,
+            shuffle=False,
+            class_weight=run.task.class_weight,
+        )
         seconds = time.perf_counter() - start
         history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
-        trainable = surgery.count_params(model).trainable if phase.staged else run.phase_counts.trainable
-        return PhaseResult(phase.name, len(history.get("loss", [])), history, seconds, trainable,
-                           float(run.phase_peak), steps)
+        trainable = (
+            surgery.count_params(model).trainable if phase.staged else run.phase_counts.trainable
+        )
+        return PhaseResult(
+            phase.name,
+            len(history.get("loss", [])),
+            history,
+            seconds,
+            trainable,
+            float(run.phase_peak),
+            steps,
+        )
 
     @staticmethod
     def _next_trainable(run: Run) -> list | None:
@@ -471,7 +592,9 @@ def _unused_layers(run: Run) -> list:
         except Exception:  # a model the gradient check cannot run on: train it as configured
             unused = []
     if unused:
-        run.log(f"kerasft: not training {[lyr.name for lyr in unused]}: the output does not depend on them")
+        run.log(
+            f"kerasft: not training {[lyr.name for lyr in unused]}: the output does not depend on them"
+        )
     run.unused = (run.model, unused)
     return unused
 
@@ -479,4 +602,3 @@ def _unused_layers(run: Run) -> list:
 def _stage_record(stage: Any) -> Any:
     """A stage as the result records it: its layers, start epoch and resolved rate."""
     return dataclasses.replace(stage, lr=float(stage.rate))
-

@@ -26,8 +26,16 @@ from kerasft.callbacks import monitor_mode
 from kerasft.data import DataSpec, class_weights
 from kerasft.engine.options import TaskOptions
 
-__all__ = ["Task", "setup_task", "add_adapters", "loss_and_metrics", "copy_model", "select_output", "is_keras_hub_task",
-           "WeightedBinaryCrossentropy"]
+__all__ = [
+    "Task",
+    "setup_task",
+    "add_adapters",
+    "loss_and_metrics",
+    "copy_model",
+    "select_output",
+    "is_keras_hub_task",
+    "WeightedBinaryCrossentropy",
+]
 
 
 @dataclass
@@ -89,14 +97,21 @@ class Task:
         """One line for the run's log."""
         if self.kind == "regression":
             what = f"regression, {self.num_classes} output(s)" + (
-                ", targets standardised" if self.spec.target_std is not None else "")
+                ", targets standardised" if self.spec.target_std is not None else ""
+            )
         elif self.kind == "multilabel":
             what = f"{self.num_classes} labels (multi-label)"
         else:
             what = f"{self.num_classes} classes ({self.label_mode} labels)"
-        kind = "logits" if self.from_logits else ("probabilities" if self.kind != "regression" else "values")
-        return (f"{what}; head {'rebuilt' if self.head_rebuilt else 'kept'} ({self.head.name}, "
-                f"{self.units} units, {kind})")
+        kind = (
+            "logits"
+            if self.from_logits
+            else ("probabilities" if self.kind != "regression" else "values")
+        )
+        return (
+            f"{what}; head {'rebuilt' if self.head_rebuilt else 'kept'} ({self.head.name}, "
+            f"{self.units} units, {kind})"
+        )
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
@@ -109,24 +124,41 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         name: loss name. Defaults to `"weighted_binary_crossentropy"`.
     """
 
-    def __init__(self, pos_weight: list[float], from_logits: bool = False,
-                 name: str = "weighted_binary_crossentropy", **kwargs: Any):
+    def __init__(
+        self,
+        pos_weight: list[float],
+        from_logits: bool = False,
+        name: str = "weighted_binary_crossentropy",
+        **kwargs: Any,
+    ):
         super().__init__(name=name, **kwargs)
         self.pos_weight = [float(w) for w in pos_weight]
         self.from_logits = from_logits
 
     def call(self, y_true, y_pred):
         y_true = keras.ops.cast(y_true, y_pred.dtype)
-        per = keras.losses.binary_crossentropy(y_true[..., None], y_pred[..., None], from_logits=self.from_logits)
+        per = keras.losses.binary_crossentropy(
+            y_true[..., None], y_pred[..., None], from_logits=self.from_logits
+        )
         weights = 1.0 + (keras.ops.convert_to_tensor(self.pos_weight, y_pred.dtype) - 1.0) * y_true
         return keras.ops.mean(per * weights, axis=-1)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "pos_weight": self.pos_weight, "from_logits": self.from_logits}
+        return {
+            **super().get_config(),
+            "pos_weight": self.pos_weight,
+            "from_logits": self.from_logits,
+        }
 
 
-def loss_and_metrics(label_mode: str, from_logits: bool, *, label_smoothing: float = 0.0, focal: bool = False,
-                     alpha: Any = None) -> tuple[Any, list]:
+def loss_and_metrics(
+    label_mode: str,
+    from_logits: bool,
+    *,
+    label_smoothing: float = 0.0,
+    focal: bool = False,
+    alpha: Any = None,
+) -> tuple[Any, list]:
     """The loss and metrics that match the labels and the head.
 
     ``label_smoothing`` and ``focal`` (focal cross-entropy, with per-class ``alpha``
@@ -135,24 +167,43 @@ def loss_and_metrics(label_mode: str, from_logits: bool, *, label_smoothing: flo
     """
     ls = float(label_smoothing)
     if label_mode == "one_hot":
-        loss = (keras.losses.CategoricalFocalCrossentropy(alpha=0.25 if alpha is None else alpha, from_logits=from_logits,
-                                                          label_smoothing=ls)
-                if focal else keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=ls))
+        loss = (
+            keras.losses.CategoricalFocalCrossentropy(
+                alpha=0.25 if alpha is None else alpha, from_logits=from_logits, label_smoothing=ls
+            )
+            if focal
+            else keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=ls)
+        )
         return loss, [keras.metrics.CategoricalAccuracy(name="accuracy")]
     if label_mode in ("binary", "multi_hot"):
-        loss = (keras.losses.BinaryFocalCrossentropy(apply_class_balancing=alpha is not None,
-                                                     alpha=0.25 if alpha is None else float(alpha),
-                                                     from_logits=from_logits, label_smoothing=ls)
-                if focal else keras.losses.BinaryCrossentropy(from_logits=from_logits, label_smoothing=ls))
-        metrics = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5)]
+        loss = (
+            keras.losses.BinaryFocalCrossentropy(
+                apply_class_balancing=alpha is not None,
+                alpha=0.25 if alpha is None else float(alpha),
+                from_logits=from_logits,
+                label_smoothing=ls,
+            )
+            if focal
+            else keras.losses.BinaryCrossentropy(from_logits=from_logits, label_smoothing=ls)
+        )
+        metrics = [
+            keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5)
+        ]
         if label_mode == "multi_hot":
             metrics.append(keras.metrics.AUC(name="auc", multi_label=True, from_logits=from_logits))
         return loss, metrics
     if label_mode == "continuous":
-        return (keras.losses.MeanSquaredError(),
-                [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")])
-    return (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-            [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        return (
+            keras.losses.MeanSquaredError(),
+            [
+                keras.metrics.MeanAbsoluteError(name="mae"),
+                keras.metrics.RootMeanSquaredError(name="rmse"),
+            ],
+        )
+    return (
+        keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
 
 
 def is_keras_hub_task(model: Any) -> bool:
@@ -222,7 +273,11 @@ def _completed_config(model: keras.Model) -> dict:
     config = model.get_config()
     backbone = getattr(model, "backbone", None)
     inner = (config.get("backbone") or {}).get("config")
-    if type(backbone).__name__ == "EfficientNetBackbone" and isinstance(inner, dict) and "num_features" not in inner:
+    if (
+        type(backbone).__name__ == "EfficientNetBackbone"
+        and isinstance(inner, dict)
+        and "num_features" not in inner
+    ):
         filters = backbone.get_layer("top_conv").filters
         inner["num_features"] = int(round(filters / backbone.stackwise_width_coefficients[-1]))
     return config
@@ -244,7 +299,9 @@ def select_output(model: keras.Model, head: str | None) -> keras.Model:
             )
         return model
     if head not in names:
-        raise ValueError(f"Argument `head={head!r}` names no output of model {model.name!r}. Outputs are: {names}")
+        raise ValueError(
+            f"Argument `head={head!r}` names no output of model {model.name!r}. Outputs are: {names}"
+        )
     if len(names) == 1:
         return model
     return keras.Model(model.inputs, model.outputs[names.index(head)], name=model.name)
@@ -253,9 +310,14 @@ def select_output(model: keras.Model, head: str | None) -> keras.Model:
 def _rebuild_keras_hub_task(task: Any, units: int, activation: Any) -> Any:
     """A new task of the same class on the same backbone, with ``units`` outputs (KerasHub's way)."""
     config = task.get_config()
-    keep = {k: v for k, v in config.items()
-            if k not in ("backbone", "preprocessor", "num_classes", "activation", "trainable", "dtype")}
-    return type(task)(backbone=task.backbone, preprocessor=None, num_classes=units, activation=activation, **keep)
+    keep = {
+        k: v
+        for k, v in config.items()
+        if k not in ("backbone", "preprocessor", "num_classes", "activation", "trainable", "dtype")
+    }
+    return type(task)(
+        backbone=task.backbone, preprocessor=None, num_classes=units, activation=activation, **keep
+    )
 
 
 def _needs_new_head(model: keras.Model, spec: DataSpec) -> bool:
@@ -284,16 +346,24 @@ def add_adapters(task: Task, recipe: Any) -> None:
     from kerasft import peft
     from kerasft.engine.plan import TrainableSnapshot
 
-    result = peft.apply_lora(task.model, rank=recipe.lora_rank, alpha=recipe.lora_alpha,
-                             dropout=recipe.lora_dropout, targets=recipe.lora_targets, method=recipe.adapters,
-                             train=tuple(recipe.lora_train), quantize=recipe.quantize)
+    result = peft.apply_lora(
+        task.model,
+        rank=recipe.lora_rank,
+        alpha=recipe.lora_alpha,
+        dropout=recipe.lora_dropout,
+        targets=recipe.lora_targets,
+        method=recipe.adapters,
+        train=tuple(recipe.lora_train),
+        quantize=recipe.quantize,
+    )
     task.model, task.lora = result.model, result
     task.head = surgery.find_head(result.model)
     task.adapters = TrainableSnapshot.take(result.model)
 
 
-def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, seed: int,
-               preprocessor: Any = None) -> Task:
+def setup_task(
+    model: keras.Model, spec: DataSpec, options: TaskOptions, *, seed: int, preprocessor: Any = None
+) -> Task:
     """Rebuild ``model``'s head if it does not fit the task; pick loss, metrics, class weights.
 
     Raises:
@@ -313,10 +383,13 @@ def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, seed
     if rebuild:
         activation = _head_activation(options, surgery.head_activation(model), spec)
         if is_keras_hub_task(model):
-            model = _rebuild_keras_hub_task(model, spec.units, None if activation == "linear" else activation)
+            model = _rebuild_keras_hub_task(
+                model, spec.units, None if activation == "linear" else activation
+            )
         else:
-            model = surgery.replace_head(model, spec.units, activation=activation, dropout=options.head_dropout,
-                                         seed=seed)
+            model = surgery.replace_head(
+                model, spec.units, activation=activation, dropout=options.head_dropout, seed=seed
+            )
     head = surgery.find_head(model)
     from_logits = options.from_logits
     if from_logits is None:
@@ -334,15 +407,27 @@ def setup_task(model: keras.Model, spec: DataSpec, options: TaskOptions, *, seed
         alpha = [weights[i] / sum(weights.values()) for i in range(spec.num_classes)]
         alpha = alpha if spec.label_mode == "one_hot" else None
         weights = None if spec.label_mode == "one_hot" else weights
-    auto_loss, auto_metrics = loss_and_metrics(spec.label_mode, bool(from_logits),
-                                               label_smoothing=options.label_smoothing, focal=focal, alpha=alpha)
+    auto_loss, auto_metrics = loss_and_metrics(
+        spec.label_mode,
+        bool(from_logits),
+        label_smoothing=options.label_smoothing,
+        focal=focal,
+        alpha=alpha,
+    )
     if weights is not None and spec.task == "multilabel" and not focal:
-        auto_loss = WeightedBinaryCrossentropy([weights[i] for i in range(spec.num_classes)], bool(from_logits))
+        auto_loss = WeightedBinaryCrossentropy(
+            [weights[i] for i in range(spec.num_classes)], bool(from_logits)
+        )
         weights = None  # in the loss, not in fit
     explicit = options.loss is not None and not focal
     return Task(
-        model=model, head=head, spec=spec, from_logits=bool(from_logits), head_rebuilt=bool(rebuild),
+        model=model,
+        head=head,
+        spec=spec,
+        from_logits=bool(from_logits),
+        head_rebuilt=bool(rebuild),
         loss=options.loss if explicit else auto_loss,
         metrics=list(options.metrics) if options.metrics else auto_metrics,
-        class_weight=weights, preprocessor=preprocessor,
+        class_weight=weights,
+        preprocessor=preprocessor,
     )

@@ -141,7 +141,10 @@ class ModelCard:
         """
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        paths = (os.path.join(directory, prefix + CARD_FILE), os.path.join(directory, prefix + CARD_JSON))
+        paths = (
+            os.path.join(directory, prefix + CARD_FILE),
+            os.path.join(directory, prefix + CARD_JSON),
+        )
         for path, text in zip(paths, (self.to_markdown(), self.to_json() + "\n")):
             with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -208,7 +211,9 @@ def model_card(
     """
     if model is None:
         if result is None:
-            raise TypeError("model_card() needs `model` or `result`. Received: model=None, result=None")
+            raise TypeError(
+                "model_card() needs `model` or `result`. Received: model=None, result=None"
+            )
         model = result.model
     if evaluation is not None and not isinstance(evaluation, Mapping):
         if not hasattr(evaluation, "to_dict"):
@@ -261,8 +266,10 @@ def library_versions() -> dict[str, str | None]:
 def _model_facts(model: Any, names: list[str] | None) -> dict[str, Any]:
     facts: dict[str, Any] = {"name": model.name, "parameters": int(model.count_params())}
     facts["trainable_parameters"] = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    inputs = [{"name": t.name, "shape": list(t.shape), "dtype": str(getattr(t.dtype, "name", t.dtype))}
-              for t in getattr(model, "inputs", None) or []]
+    inputs = [
+        {"name": t.name, "shape": list(t.shape), "dtype": str(getattr(t.dtype, "name", t.dtype))}
+        for t in getattr(model, "inputs", None) or []
+    ]
     if len(inputs) == 1:
         facts["input"] = inputs[0]
     elif inputs:
@@ -277,13 +284,17 @@ def _model_facts(model: Any, names: list[str] | None) -> dict[str, Any]:
 
 def _data_facts(result: Any, names: list[str] | None) -> dict[str, Any]:
     spec = result.spec
-    facts: dict[str, Any] = {"task": result.task, "num_classes": result.num_classes,
-                             "label_mode": result.label_mode}
+    facts: dict[str, Any] = {
+        "task": result.task,
+        "num_classes": result.num_classes,
+        "label_mode": result.label_mode,
+    }
     if spec is None:
         return facts
     facts["num_examples"] = int(spec.num_examples)
     counts = dict(sorted(spec.class_counts.items()))
     if counts:
+
         def label(k: int) -> str:
             return names[k] if names is not None and 0 <= k < len(names) else str(k)
 
@@ -302,8 +313,12 @@ def _recipe_facts(result: Any) -> dict[str, Any] | None:
 
 
 def _run_facts(result: Any) -> dict[str, Any]:
-    return {"monitor": result.monitor, "best_score": result.best_score, "best_phase": result.best_phase,
-            "batch_size": result.batch_size}
+    return {
+        "monitor": result.monitor,
+        "best_score": result.best_score,
+        "best_phase": result.best_phase,
+        "batch_size": result.batch_size,
+    }
 
 
 def _phase_facts(result: Any) -> list[dict[str, Any]]:
@@ -312,12 +327,19 @@ def _phase_facts(result: Any) -> list[dict[str, Any]]:
     best = min if monitor_mode(result.monitor) == "min" else max
     rows = []
     for p in result.phases:
-        values = [v for v in p.history.get(result.monitor, []) if v is not None and math.isfinite(v)]
-        rows.append({
-            "name": p.name, "epochs": int(p.epochs), "trainable_params": int(p.trainable_params),
-            "seconds": round(float(p.seconds), 2), "learning_rate": float(p.learning_rate),
-            "best": float(best(values)) if values else None,
-        })
+        values = [
+            v for v in p.history.get(result.monitor, []) if v is not None and math.isfinite(v)
+        ]
+        rows.append(
+            {
+                "name": p.name,
+                "epochs": int(p.epochs),
+                "trainable_params": int(p.trainable_params),
+                "seconds": round(float(p.seconds), 2),
+                "learning_rate": float(p.learning_rate),
+                "best": float(best(values)) if values else None,
+            }
+        )
     return rows
 
 
@@ -394,7 +416,9 @@ def _code(value: Any) -> _Md:
     return _Md(f"{fence}{pad}{text.replace('|', chr(92) + '|')}{pad}{fence}")
 
 
-def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
+def _table(
+    header: Sequence[Any], rows: Sequence[Sequence[Any]], align: str | None = None
+) -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     rule = ["---:" if a == "r" else "---" for a in align]
     lines = ["| " + " | ".join(_cell(c) for c in header) + " |", "| " + " | ".join(rule) + " |"]
@@ -426,14 +450,23 @@ def _size(n: int | None) -> str:
 
 
 def _model_section(model: dict[str, Any]) -> list[str]:
-    rows = [("name", _code(model["name"])), ("parameters", model.get("parameters")),
-            ("trainable parameters", model.get("trainable_parameters"))]
+    rows = [
+        ("name", _code(model["name"])),
+        ("parameters", model.get("parameters")),
+        ("trainable parameters", model.get("trainable_parameters")),
+    ]
     for i in model.get("inputs") or ([model["input"]] if "input" in model else []):
         shape = "(" + ", ".join("batch" if d is None else str(d) for d in i["shape"]) + ")"
         rows.append(("input", _Md(f"{_code(i['name'])}: {_text(i['dtype'])} {shape}")))
     if "output_shape" in model:
-        rows.append(("output", "(" + ", ".join("batch" if d is None else str(d)
-                                               for d in model["output_shape"]) + ")"))
+        rows.append(
+            (
+                "output",
+                "("
+                + ", ".join("batch" if d is None else str(d) for d in model["output_shape"])
+                + ")",
+            )
+        )
     if model.get("class_names"):
         rows.append(("classes", _Md(", ".join(_text(n) for n in model["class_names"]))))
     return ["## Model", ""] + _table(["", ""], rows, "ll")
@@ -443,13 +476,18 @@ def _data_section(data: dict[str, Any]) -> list[str]:
     lines = ["## Data", ""]
     if data.get("description"):  # the caller's Markdown, as the card's description
         lines += [data["description"], ""]
-    rows = [(k.replace("_", " "), data[k]) for k in ("source", "task", "num_classes", "label_mode",
-                                                     "num_examples", "augmentation") if k in data]
+    rows = [
+        (k.replace("_", " "), data[k])
+        for k in ("source", "task", "num_classes", "label_mode", "num_examples", "augmentation")
+        if k in data
+    ]
     if rows:
         lines += _table(["", ""], rows, "ll")
     per_class = data.get("examples_per_class")
     if per_class:
-        lines += ["Examples per class:", ""] + _table([_text(n) for n in per_class], [list(per_class.values())])
+        lines += ["Examples per class:", ""] + _table(
+            [_text(n) for n in per_class], [list(per_class.values())]
+        )
     return lines
 
 
@@ -459,17 +497,33 @@ def _training_section(recipe, phases, training) -> list[str]:
         lines += [_Md(f"Recipe {_code(recipe['name'])}."), ""]
         if recipe.get("options"):
             lines += ["Options (the non-default keywords of `kerasft.finetune`):", ""]
-            lines += _table(["option", "value"], [(_code(k), _text(json.dumps(v)))
-                                                  for k, v in recipe["options"].items()], "ll")
+            lines += _table(
+                ["option", "value"],
+                [(_code(k), _text(json.dumps(v))) for k, v in recipe["options"].items()],
+                "ll",
+            )
         else:
             lines += ["All `kerasft.finetune` options at their defaults.", ""]
     if phases:
         monitor = (training or {}).get("monitor", "monitor")
-        lines += _table(["phase", "epochs", "trainable params", "seconds", "learning rate", f"best {monitor}"],
-                        [(p["name"], p["epochs"], p["trainable_params"], p["seconds"],
-                          p["learning_rate"], p["best"]) for p in phases])
+        lines += _table(
+            ["phase", "epochs", "trainable params", "seconds", "learning rate", f"best {monitor}"],
+            [
+                (
+                    p["name"],
+                    p["epochs"],
+                    p["trainable_params"],
+                    p["seconds"],
+                    p["learning_rate"],
+                    p["best"],
+                )
+                for p in phases
+            ],
+        )
     if training:
-        facts = [(k.replace("_", " "), v) for k, v in training.items() if k != "monitor" or not phases]
+        facts = [
+            (k.replace("_", " "), v) for k, v in training.items() if k != "monitor" or not phases
+        ]
         if facts:
             lines += _table(["", ""], facts, "ll")
     return lines
@@ -481,12 +535,25 @@ def _evaluation_section(report, source, metrics) -> list[str]:
         lines += _table(["", ""], list(metrics.items()), "lr")
     if not report:
         return lines
-    lines += [f"On {report['num_examples']:,} examples" + (f" ({source})" if source else "") + ".", ""]
+    lines += [
+        f"On {report['num_examples']:,} examples" + (f" ({source})" if source else "") + ".",
+        "",
+    ]
     if report["task"] == "regression":
         names = report["class_names"]
-        lines += _table(["output", "MSE", "RMSE", "MAE", "R2"],
-                        [(_text(n), report["mse"][i], report["rmse"][i], report["mae"][i], _f4(report["r2"][i]))
-                         for i, n in enumerate(names)])
+        lines += _table(
+            ["output", "MSE", "RMSE", "MAE", "R2"],
+            [
+                (
+                    _text(n),
+                    report["mse"][i],
+                    report["rmse"][i],
+                    report["mae"][i],
+                    _f4(report["r2"][i]),
+                )
+                for i, n in enumerate(names)
+            ],
+        )
         return lines
     figures = [("loss", _f4(report["loss"])), ("accuracy", _f4(report["accuracy"]))]
     if report.get("top_k") is not None:
@@ -494,19 +561,37 @@ def _evaluation_section(report, source, metrics) -> list[str]:
     if report.get("roc_auc") is not None:
         figures.append(("ROC-AUC", _f4(report["roc_auc"])))
     lines += _table(["figure", "value"], figures)
-    rows = [(_text(n), _f4(report["precision"][i]), _f4(report["recall"][i]), _f4(report["f1"][i]),
-             report["support"][i]) for i, n in enumerate(report["class_names"])]
+    rows = [
+        (
+            _text(n),
+            _f4(report["precision"][i]),
+            _f4(report["recall"][i]),
+            _f4(report["f1"][i]),
+            report["support"][i],
+        )
+        for i, n in enumerate(report["class_names"])
+    ]
     total = sum(report["support"])
     for average in ("micro", "macro", "weighted", "samples"):
         if average in report.get("averages", {}):
             a = report["averages"][average]
-            rows.append((_Md(f"*{average} avg*"), _f4(a["precision"]), _f4(a["recall"]), _f4(a["f1"]), total))
+            rows.append(
+                (
+                    _Md(f"*{average} avg*"),
+                    _f4(a["precision"]),
+                    _f4(a["recall"]),
+                    _f4(a["f1"]),
+                    total,
+                )
+            )
     lines += _table(["class", "precision", "recall", "f1", "support"], rows)
     matrix = report.get("confusion_matrix")
     if matrix and len(matrix) <= _MAX_MATRIX_CLASSES:
         names = [_text(n) for n in report["class_names"]]
         lines += ["Confusion matrix (rows: true class, columns: predicted):", ""]
-        lines += _table([_Md("true \\ predicted")] + names, [[n] + row for n, row in zip(names, matrix)])
+        lines += _table(
+            [_Md("true \\ predicted")] + names, [[n] + row for n, row in zip(names, matrix)]
+        )
     return lines
 
 
@@ -514,28 +599,47 @@ def _exports_section(exports: list[dict[str, Any]]) -> list[str]:
     rows, checks, served = [], [], []
     for e in exports:
         io = e.get("io_dtype")
-        rows.append((e.get("format"), _code(e.get("file")), _size(e.get("size_bytes")),
-                     e.get("quantize") or ("float32" if e.get("format") == "tflite" else ""),
-                     io or ""))
+        rows.append(
+            (
+                e.get("format"),
+                _code(e.get("file")),
+                _size(e.get("size_bytes")),
+                e.get("quantize") or ("float32" if e.get("format") == "tflite" else ""),
+                io or "",
+            )
+        )
         if e.get("check"):
             checks.append((_code(e.get("file")), e["check"]))
         if e.get("serving_check"):
             served.append((_code(e.get("file")), e["serving_check"]))
     lines = ["## Exports", ""] + _table(["format", "file", "size", "weights", "I/O"], rows, "lllll")
     for name, c in served:
-        lines += [f"{name} served by TensorFlow beside the Keras model on {c['examples']:,} inputs "
-                  f"({c.get('data')}): top-1 agreement {_f4(c['agreement'])}, max abs. "
-                  f"probability difference {c['max_abs_difference']:.3g}.", ""]
+        lines += [
+            f"{name} served by TensorFlow beside the Keras model on {c['examples']:,} inputs "
+            f"({c.get('data')}): top-1 agreement {_f4(c['agreement'])}, max abs. "
+            f"probability difference {c['max_abs_difference']:.3g}.",
+            "",
+        ]
     for name, c in checks:
         if not c.get("examples"):
-            lines += [f"{name}: loads and runs in LiteRT ({c.get('runtime')}); no data was given "
-                      "to compare it with the Keras model.", ""]
+            lines += [
+                f"{name}: loads and runs in LiteRT ({c.get('runtime')}); no data was given "
+                "to compare it with the Keras model.",
+                "",
+            ]
             continue
-        lines += [f"{name} run by LiteRT ({c.get('runtime')}) on {c['examples']:,} examples"
-                  + (f" ({c['data']})" if c.get("data") else "") + ":", ""]
+        lines += [
+            f"{name} run by LiteRT ({c.get('runtime')}) on {c['examples']:,} examples"
+            + (f" ({c['data']})" if c.get("data") else "")
+            + ":",
+            "",
+        ]
         rows = [("top-1 agreement with Keras", _f4(c["agreement"]))]
         if c.get("accuracy") is not None:
-            rows += [("accuracy (TFLite)", _f4(c["accuracy"])), ("accuracy (Keras)", _f4(c["keras_accuracy"]))]
+            rows += [
+                ("accuracy (TFLite)", _f4(c["accuracy"])),
+                ("accuracy (Keras)", _f4(c["keras_accuracy"])),
+            ]
         rows.append(("max abs. probability difference", c["max_abs_difference"]))
         lines += _table(["", ""], rows, "lr")
     return lines

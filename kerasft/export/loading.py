@@ -23,25 +23,65 @@ from kerasft.export.savedmodel import (
     read_export_metadata,
 )
 
-__all__ = ["load_for_finetuning", "load_saved_model", "check_saved_model_graph", "SavedModelLayer",
-           "SavedModelWarning", "UNSAFE_OPS"]
+__all__ = [
+    "load_for_finetuning",
+    "load_saved_model",
+    "check_saved_model_graph",
+    "SavedModelLayer",
+    "SavedModelWarning",
+    "UNSAFE_OPS",
+]
 
 # Ops that reach outside the model: files, Python, summaries, datasets written to disk.
 # A SavedModel's graph runs as saved when it is loaded and called; under safe_mode these
 # are refused. The list is of known dangers, not a proof of safety.
-UNSAFE_OPS = frozenset({
-    "WriteFile", "ReadFile", "MatchingFiles", "PyFunc", "PyFuncStateless", "EagerPyFunc", "PrintV2",
-    "Save", "SaveSlices", "SaveV2", "MergeV2Checkpoints", "Restore", "RestoreSlice", "RestoreV2",
-    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
-    "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
-    "WriteRawProtoSummary", "ImportEvent", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
-    "SaveDataset", "SaveDatasetV2", "ImmutableConst", "LoadDataset", "FixedLengthRecordDataset",
-    "FixedLengthRecordDatasetV2", "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset",
-    "ExperimentalLMDBDataset", "LMDBDataset", "ExperimentalSqlDataset", "SqlDataset",
-})
+UNSAFE_OPS = frozenset(
+    {
+        "WriteFile",
+        "ReadFile",
+        "MatchingFiles",
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        "PrintV2",
+        "Save",
+        "SaveSlices",
+        "SaveV2",
+        "MergeV2Checkpoints",
+        "Restore",
+        "RestoreSlice",
+        "RestoreV2",
+        "CreateSummaryFileWriter",
+        "CreateSummaryDbWriter",
+        "WriteSummary",
+        "WriteScalarSummary",
+        "WriteHistogramSummary",
+        "WriteImageSummary",
+        "WriteAudioSummary",
+        "WriteGraphSummary",
+        "WriteRawProtoSummary",
+        "ImportEvent",
+        "DatasetToTFRecord",
+        "ExperimentalDatasetToTFRecord",
+        "SaveDataset",
+        "SaveDatasetV2",
+        "ImmutableConst",
+        "LoadDataset",
+        "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2",
+        "TFRecordDataset",
+        "TFRecordDatasetV2",
+        "TextLineDataset",
+        "ExperimentalLMDBDataset",
+        "LMDBDataset",
+        "ExperimentalSqlDataset",
+        "SqlDataset",
+    }
+)
 # TensorFlow's own checkpoint functions save and restore the variables with these.
-_SAVER_OPS = frozenset({"SaveV2", "MergeV2Checkpoints", "RestoreV2", "Save", "Restore", "RestoreSlice",
-                        "SaveSlices"})
+_SAVER_OPS = frozenset(
+    {"SaveV2", "MergeV2Checkpoints", "RestoreV2", "Save", "Restore", "RestoreSlice", "SaveSlices"}
+)
 
 
 class SavedModelWarning(UserWarning):
@@ -70,7 +110,9 @@ def check_saved_model_graph(path: str | os.PathLike, *, safe_mode: bool = True) 
     path = os.fspath(path)
     found = _unsafe_ops(path)
     if found and safe_mode:
-        listing = ", ".join(f"{op} (in {', '.join(sorted(where)[:3])})" for op, where in sorted(found.items()))
+        listing = ", ".join(
+            f"{op} (in {', '.join(sorted(where)[:3])})" for op, where in sorted(found.items())
+        )
         raise ValueError(
             f"Argument `model`: the SavedModel at {path!r} holds ops that reach outside the model: "
             f"{listing}. Its graph would run them when loaded or called, and safe_mode=True refuses "
@@ -81,7 +123,8 @@ def check_saved_model_graph(path: str | os.PathLike, *, safe_mode: bool = True) 
         "does not cover graphs; kerasft refused known file and Python ops"
         + (" (safe_mode=False: not this time)" if not safe_mode else "")
         + ", but only load SavedModels from sources you trust.",
-        SavedModelWarning, stacklevel=3,
+        SavedModelWarning,
+        stacklevel=3,
     )
 
 
@@ -96,14 +139,19 @@ def _unsafe_ops(path: str) -> dict[str, set[str]]:
     for meta_graph in saved.meta_graphs:
         # The main graph holds TF1 savers only; TF2 saves through `_traced_save/restore`.
         graphs = [("graph", meta_graph.graph_def.node, True)]
-        graphs += [(f.signature.name, f.node_def, "_traced_save" in f.signature.name
-                    or "_traced_restore" in f.signature.name) for f in meta_graph.graph_def.library.function]
+        graphs += [
+            (
+                f.signature.name,
+                f.node_def,
+                "_traced_save" in f.signature.name or "_traced_restore" in f.signature.name,
+            )
+            for f in meta_graph.graph_def.library.function
+        ]
         for name, nodes, saver in graphs:
             for node in nodes:
                 if node.op in UNSAFE_OPS and not (saver and node.op in _SAVER_OPS):
                     found.setdefault(node.op, set()).add(name)
     return found
-
 
 
 def load_for_finetuning(
@@ -169,7 +217,8 @@ def load_for_finetuning(
     """
     path = os.path.abspath(os.fspath(path))
     if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
         or num_classes < 1
     ):
         raise ValueError(
@@ -220,16 +269,14 @@ def load_for_finetuning(
             f"Endpoint {endpoint!r} of the SavedModel at {path!r} takes {len(inputs_info)} "
             f"inputs ({sorted(inputs_info)}); load_for_finetuning supports one input tensor."
         )
-    (input_name, (shape, dtype)), = inputs_info.items()
+    ((input_name, (shape, dtype)),) = inputs_info.items()
     if shape is None or len(shape) < 1:
         raise ValueError(
             f"Endpoint {endpoint!r} of the SavedModel at {path!r} takes an input of unknown "
             "rank; a Keras model needs at least the rank of its input."
         )
 
-    layer = SavedModelLayer(
-        path, call_endpoint=endpoint, trainable=trainable, name="saved_model"
-    )
+    layer = SavedModelLayer(path, call_endpoint=endpoint, trainable=trainable, name="saved_model")
     # A body without variables (preprocessing only) is fine under a head that trains.
     if trainable and not layer.trainable_weights and num_classes is None and not restore_head:
         n_vars = len(layer.non_trainable_weights)
@@ -239,9 +286,7 @@ def load_for_finetuning(
                 "graph (a frozen or converted graph), so there is nothing to update"
             )
         else:
-            why = (
-                f"all {n_vars} of its variables are marked non-trainable in the SavedModel"
-            )
+            why = f"all {n_vars} of its variables are marked non-trainable in the SavedModel"
         raise ValueError(
             f"Cannot fine-tune the SavedModel at {path!r} through endpoint {endpoint!r}: "
             f"{why}. HINT: re-export it from the Keras model, or pass trainable=False to "
@@ -375,9 +420,7 @@ class SavedModelLayer(compat.TrainableTFSMLayer):
         return super().call(inputs, training=training, **kwargs)
 
 
-def _restored_head(
-    layer: SavedModelLayer, metadata: dict, path: str
-) -> keras.layers.Dense:
+def _restored_head(layer: SavedModelLayer, metadata: dict, path: str) -> keras.layers.Dense:
     """A `Dense` layer holding the exported classification layer's weights.
 
     The `serve` endpoint uses every variable the `features` endpoint uses plus those of
@@ -397,8 +440,10 @@ def _restored_head(
     kernels = [v for v in extra.values() if len(v.shape) == 2]
     biases = [v for v in extra.values() if len(v.shape) == 1]
     dim = metadata.get("features_dim")
-    units = 1 if metadata.get("output_kind") in ("sigmoid", "binary_logits") else metadata.get(
-        "num_classes"
+    units = (
+        1
+        if metadata.get("output_kind") in ("sigmoid", "binary_logits")
+        else metadata.get("num_classes")
     )
     if (
         len(kernels) != 1
@@ -445,8 +490,7 @@ def _read_signatures(path: str) -> dict[str, dict[str, tuple[list | None, str]]]
         elif path.endswith((".keras", ".h5")):
             hint = " HINT: load a Keras model file with keras.models.load_model."
         raise ValueError(
-            f"Argument `path`: {path!r} is not a SavedModel directory (no saved_model.pb)."
-            + hint
+            f"Argument `path`: {path!r} is not a SavedModel directory (no saved_model.pb)." + hint
         )
     saved = saved_model_pb2.SavedModel()
     with open(pb, "rb") as f:
@@ -459,9 +503,11 @@ def _read_signatures(path: str) -> dict[str, dict[str, tuple[list | None, str]]]
             inputs = {}
             for name, info in sig.inputs.items():
                 dims = info.tensor_shape
-                shape = None if dims.unknown_rank else [
-                    None if d.size < 0 else int(d.size) for d in dims.dim
-                ]
+                shape = (
+                    None
+                    if dims.unknown_rank
+                    else [None if d.size < 0 else int(d.size) for d in dims.dim]
+                )
                 inputs[name] = (shape, tf.dtypes.as_dtype(info.dtype).name)
             signatures[key] = inputs
     return signatures

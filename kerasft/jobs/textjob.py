@@ -42,25 +42,41 @@ def build_task(preset: str | None = None, *, num_classes: int = 2) -> Any:
     preset = preset or textdata.minilm_preset()
     backbone = keras_hub.models.BertBackbone.from_preset(preset)
     tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH)
-    return keras_hub.models.BertTextClassifier(backbone, num_classes=num_classes, preprocessor=preprocessor)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=SEQUENCE_LENGTH
+    )
+    return keras_hub.models.BertTextClassifier(
+        backbone, num_classes=num_classes, preprocessor=preprocessor
+    )
 
 
 def run_keras_hub_baseline(split: Any, seed: int = 0) -> dict[str, Any]:
     """KerasHub's recipe by hand: full fine-tune, ``Adam(5e-5)``, 3 epochs; accuracy and ``fit`` seconds."""
     keras.utils.set_random_seed(seed)
     task = build_task()
-    task.compile(optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]),
-                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    task.compile(
+        optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     start = time.perf_counter()
-    task.fit(split.x_train, split.y_train, batch_size=BATCH_SIZE, epochs=BASELINE["epochs"], verbose=0)
+    task.fit(
+        split.x_train, split.y_train, batch_size=BATCH_SIZE, epochs=BASELINE["epochs"], verbose=0
+    )
     seconds = time.perf_counter() - start
     _, accuracy = task.evaluate(split.x_test, split.y_test, batch_size=BATCH_SIZE, verbose=0)
     return {"accuracy": float(accuracy), "seconds": seconds}
 
 
-def run_text_job(*, n_train: int = 400, n_test: int = 600, seed: int = 0, baseline: bool = True,
-                 verbose: int = 1, **overrides: Any) -> dict[str, Any]:
+def run_text_job(
+    *,
+    n_train: int = 400,
+    n_test: int = 600,
+    seed: int = 0,
+    baseline: bool = True,
+    verbose: int = 1,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Fine-tune MiniLM on Rotten Tomatoes with kerasft; report before/after and the baseline.
 
     Args:
@@ -84,12 +100,20 @@ def run_text_job(*, n_train: int = 400, n_test: int = 600, seed: int = 0, baseli
     before = kerasft.evaluate(task, (split.x_test, split.y_test), class_names=["rotten", "fresh"])
     recipe = dict(overrides)
     start = time.perf_counter()
-    result = kerasft.finetune(task, (split.x_train, split.y_train), seed=seed, verbose=verbose, copy=False, **recipe)
+    result = kerasft.finetune(
+        task, (split.x_train, split.y_train), seed=seed, verbose=verbose, copy=False, **recipe
+    )
     seconds = time.perf_counter() - start
     after = result.evaluate((split.x_test, split.y_test), class_names=["rotten", "fresh"])
     hand = run_keras_hub_baseline(split, seed) if baseline else None
     return {
-        "before": before, "after": after, "accuracy": after["accuracy"], "seconds": seconds,
-        "baseline": hand, "recipe": recipe, "result": result,
-        "train_examples": n_train, "test_examples": n_test,
+        "before": before,
+        "after": after,
+        "accuracy": after["accuracy"],
+        "seconds": seconds,
+        "baseline": hand,
+        "recipe": recipe,
+        "result": result,
+        "train_examples": n_train,
+        "test_examples": n_test,
     }

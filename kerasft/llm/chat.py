@@ -16,7 +16,13 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["render_chat", "apply_chat_template", "assistant_spans", "chat_template_of", "check_messages"]
+__all__ = [
+    "render_chat",
+    "apply_chat_template",
+    "assistant_spans",
+    "chat_template_of",
+    "check_messages",
+]
 
 _ROLES = ("system", "user", "assistant", "tool")
 
@@ -90,20 +96,27 @@ def render_chat(
 
     messages = check_messages(messages)
     try:
-        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
+        return _compile(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **context
+        )
     except TemplateError as e:
         raise ValueError(f"The chat template refused these messages: {e}") from e
 
 
 def chat_template_of(model_or_tokenizer: Any) -> str | None:
     """The chat template carried by a causal LM's tokenizer (or a tokenizer), if any."""
-    tokenizer = getattr(getattr(model_or_tokenizer, "preprocessor", None), "tokenizer", None) or model_or_tokenizer
+    tokenizer = (
+        getattr(getattr(model_or_tokenizer, "preprocessor", None), "tokenizer", None)
+        or model_or_tokenizer
+    )
     return getattr(tokenizer, "chat_template", None) or None
 
 
 def _context(tokenizer: Any) -> dict[str, Any]:
-    return {"bos_token": getattr(tokenizer, "start_token", None) or "",
-            "eos_token": getattr(tokenizer, "end_token", None) or ""}
+    return {
+        "bos_token": getattr(tokenizer, "start_token", None) or "",
+        "eos_token": getattr(tokenizer, "end_token", None) or "",
+    }
 
 
 def apply_chat_template(
@@ -140,7 +153,9 @@ def apply_chat_template(
             "HINT: models read with kerasft.llm.load_gguf carry the file's template."
         )
     tokenizer = getattr(getattr(causal_lm, "preprocessor", None), "tokenizer", None) or causal_lm
-    return render_chat(template, messages, add_generation_prompt=add_generation_prompt, **_context(tokenizer))
+    return render_chat(
+        template, messages, add_generation_prompt=add_generation_prompt, **_context(tokenizer)
+    )
 
 
 def assistant_spans(
@@ -181,7 +196,9 @@ def assistant_spans(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render_chat(template, messages[:i], add_generation_prompt=True, **context) if i else ""
+        before = (
+            render_chat(template, messages[:i], add_generation_prompt=True, **context) if i else ""
+        )
         upto = render_chat(template, messages[: i + 1], **context)
         if not full.startswith(upto) or not upto.startswith(before) or len(before) < done:
             raise ValueError(
@@ -189,7 +206,7 @@ def assistant_spans(
                 f"assistant turn {i} cannot be located in the rendered conversation. HINT: pass the "
                 "conversation as (prompt, completion) pairs instead."
             )
-        reply = upto[len(before):]
+        reply = upto[len(before) :]
         if end_token and end_token in reply:
             cut = reply.rindex(end_token) + len(end_token)
             reply = reply[:cut]

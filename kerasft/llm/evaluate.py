@@ -21,7 +21,14 @@ import numpy as np
 
 from kerasft.llm import chat, sft
 
-__all__ = ["GenerationReport", "perplexity", "generate", "parse_answer", "answer_accuracy", "evaluate_causal_lm"]
+__all__ = [
+    "GenerationReport",
+    "perplexity",
+    "generate",
+    "parse_answer",
+    "answer_accuracy",
+    "evaluate_causal_lm",
+]
 
 
 @dataclasses.dataclass
@@ -52,7 +59,9 @@ class GenerationReport:
         return getattr(self, key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("predictions", "answers")}
+        return {
+            k: v for k, v in dataclasses.asdict(self).items() if k not in ("predictions", "answers")
+        }
 
     def __str__(self) -> str:
         text = f"loss {self.loss:.4f}, perplexity {self.perplexity:.2f} on {self.tokens} tokens"
@@ -95,8 +104,9 @@ def _loss_function(causal_lm: Any) -> Any:
         where = tf.where(flat > 0)[:, 0]
         states = tf.gather(tf.reshape(hidden, [-1, tf.shape(hidden)[-1]]), where)
         logits = tf.cast(backbone.token_embedding(states, reverse=True), "float32")
-        losses = keras.losses.sparse_categorical_crossentropy(tf.gather(tf.reshape(targets, [-1]), where), logits,
-                                                               from_logits=True)
+        losses = keras.losses.sparse_categorical_crossentropy(
+            tf.gather(tf.reshape(targets, [-1]), where), logits, from_logits=True
+        )
         picked = tf.gather(flat, where)
         return tf.reduce_sum(losses * picked), tf.reduce_sum(picked)
 
@@ -137,19 +147,28 @@ def perplexity(
         ``(loss, perplexity, tokens)``.
     """
     tokenizer = _tokenizer(causal_lm)
-    _, examples = sft.tokenize_examples(data, tokenizer, chat_template=_template(causal_lm, chat_template),
-                                        loss_on=loss_on, max_length=sequence_length + 1)
+    _, examples = sft.tokenize_examples(
+        data,
+        tokenizer,
+        chat_template=_template(causal_lm, chat_template),
+        loss_on=loss_on,
+        max_length=sequence_length + 1,
+    )
     packed = sft.pack(examples, sequence_length, pad_id=int(tokenizer.pad_token_id or 0))
     return packed_loss(causal_lm, packed, batch_size=batch_size)
 
 
-def packed_loss(causal_lm: Any, packed: sft.PackedData, *, batch_size: int = 8) -> tuple[float, float, int]:
+def packed_loss(
+    causal_lm: Any, packed: sft.PackedData, *, batch_size: int = 8
+) -> tuple[float, float, int]:
     """``(loss, perplexity, tokens)`` of ``causal_lm`` on already packed rows."""
     sums = _loss_function(causal_lm)
     total, count = 0.0, 0.0
     for start in range(0, len(packed.token_ids), batch_size):
         s = slice(start, start + batch_size)
-        loss, n = sums(packed.token_ids[s], packed.segment_ids[s], packed.target_ids[s], packed.loss_weights[s])
+        loss, n = sums(
+            packed.token_ids[s], packed.segment_ids[s], packed.target_ids[s], packed.loss_weights[s]
+        )
         total, count = total + float(loss), count + float(n)
     loss = total / max(count, 1.0)
     return loss, math.exp(min(loss, 80.0)), int(count)
@@ -194,10 +213,16 @@ def generate(
     import keras
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"Argument `max_new_tokens` must be a positive integer. Received: max_new_tokens={max_new_tokens!r}")
+        raise ValueError(
+            f"Argument `max_new_tokens` must be a positive integer. Received: max_new_tokens={max_new_tokens!r}"
+        )
     tokenizer = _tokenizer(causal_lm)
     backbone = causal_lm.backbone
-    encoded = [[int(t) for t in np.asarray(ids).reshape(-1)] for ids in tokenizer(list(prompts))] if prompts else []
+    encoded = (
+        [[int(t) for t in np.asarray(ids).reshape(-1)] for ids in tokenizer(list(prompts))]
+        if prompts
+        else []
+    )
     if any(len(ids) == 0 for ids in encoded):
         raise ValueError("Argument `prompts` holds a prompt of no tokens.")
     end = tokenizer.end_token_id
@@ -210,10 +235,19 @@ def generate(
     head_dim = backbone.hidden_dim // backbone.num_query_heads
     for length, members in sorted(by_length.items()):
         for start in range(0, len(members), batch_size):
-            rows = members[start:start + batch_size]
+            rows = members[start : start + batch_size]
             ids = np.asarray([encoded[i] for i in rows], np.int32)
-            cache = np.zeros((len(rows), backbone.num_layers, 2, length + max_new_tokens,
-                              backbone.num_key_value_heads, head_dim), keras.backend.standardize_dtype(causal_lm.compute_dtype))
+            cache = np.zeros(
+                (
+                    len(rows),
+                    backbone.num_layers,
+                    2,
+                    length + max_new_tokens,
+                    backbone.num_key_value_heads,
+                    head_dim,
+                ),
+                keras.backend.standardize_dtype(causal_lm.compute_dtype),
+            )
             token, cache = step(ids, cache, np.int32(0))
             done = np.zeros(len(rows), bool)
             for t in range(max_new_tokens):
@@ -246,7 +280,12 @@ def parse_answer(text: str, choices: Sequence[str] | None = None) -> str | None:
     """
     if not choices:
         return text.strip()
-    found = [(m.start(), c) for c in choices for m in [re.search(rf"\b{re.escape(c)}\b", text, re.IGNORECASE)] if m]
+    found = [
+        (m.start(), c)
+        for c in choices
+        for m in [re.search(rf"\b{re.escape(c)}\b", text, re.IGNORECASE)]
+        if m
+    ]
     return min(found)[1] if found else None
 
 
@@ -266,13 +305,23 @@ def answer_accuracy(
     """
     kind, items = sft.normalize_data(pairs, "data")
     if kind != "pairs":
-        raise ValueError(f"Argument `data` must hold (prompt, completion) pairs to measure answers; it holds {kind}.")
+        raise ValueError(
+            f"Argument `data` must hold (prompt, completion) pairs to measure answers; it holds {kind}."
+        )
     template = _template(causal_lm, chat_template)
     tokenizer = _tokenizer(causal_lm)
-    context = {"bos_token": getattr(tokenizer, "start_token", None) or "",
-               "eos_token": getattr(tokenizer, "end_token", None) or ""}
-    prompts = [chat.render_chat(template, [{"role": "user", "content": p}], add_generation_prompt=True, **context)
-               if template else p for p, _ in items]
+    context = {
+        "bos_token": getattr(tokenizer, "start_token", None) or "",
+        "eos_token": getattr(tokenizer, "end_token", None) or "",
+    }
+    prompts = [
+        chat.render_chat(
+            template, [{"role": "user", "content": p}], add_generation_prompt=True, **context
+        )
+        if template
+        else p
+        for p, _ in items
+    ]
     answers = generate(causal_lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     parsed = [parse_answer(a, choices) for a in answers]
     expected = [parse_answer(c, choices) or c.strip() for _, c in items]
@@ -314,12 +363,22 @@ def evaluate_causal_lm(
     Returns:
         A :class:`GenerationReport`.
     """
-    loss, ppl, tokens = perplexity(causal_lm, data, sequence_length=sequence_length, batch_size=batch_size,
-                                   chat_template=chat_template)
+    loss, ppl, tokens = perplexity(
+        causal_lm,
+        data,
+        sequence_length=sequence_length,
+        batch_size=batch_size,
+        chat_template=chat_template,
+    )
     report = GenerationReport(loss=loss, perplexity=ppl, tokens=tokens)
     kind, _ = sft.normalize_data(data)
     if kind == "pairs" and generate_answers:
         report.accuracy, report.unparsed, report.predictions, report.answers = answer_accuracy(
-            causal_lm, data, choices=choices, chat_template=chat_template, max_new_tokens=max_new_tokens,
-            batch_size=max(batch_size, 16))
+            causal_lm,
+            data,
+            choices=choices,
+            chat_template=chat_template,
+            max_new_tokens=max_new_tokens,
+            batch_size=max(batch_size, 16),
+        )
     return report

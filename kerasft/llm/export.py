@@ -38,7 +38,9 @@ class CausalLMExport(str):
 def _format_of(path: str, format: str) -> str:
     if format != "auto":
         if format not in FORMATS:
-            raise ValueError(f"Argument `format` must be 'auto' or one of {list(FORMATS)}. Received: format={format!r}")
+            raise ValueError(
+                f"Argument `format` must be 'auto' or one of {list(FORMATS)}. Received: format={format!r}"
+            )
         return format
     for suffix, name in ((".keras", "keras"), (".gguf", "gguf"), (".npz", "adapters")):
         if path.endswith(suffix):
@@ -52,8 +54,11 @@ def compare_logits(model: Any, other: Any, text: str = _PROBE) -> dict[str, floa
     ids = np.asarray(tokenizer(text), np.int32).reshape(1, -1)
     x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
     a, b = np.asarray(model(x)), np.asarray(other(x))
-    return {"max_abs_diff": float(np.abs(a - b).max()), "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()),
-            "tokens": int(ids.shape[1])}
+    return {
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()),
+        "tokens": int(ids.shape[1]),
+    }
 
 
 def export_causal_lm(
@@ -96,7 +101,9 @@ def export_causal_lm(
     path = os.fspath(path)
     fmt = _format_of(path, format)
     if os.path.exists(path) and not overwrite:
-        raise ValueError(f"Argument `path`: {path!r} exists. HINT: pass overwrite=True to replace it.")
+        raise ValueError(
+            f"Argument `path`: {path!r} exists. HINT: pass overwrite=True to replace it."
+        )
     probe = _PROBE if verify is None else verify
     adapted = peft.has_adapters(causal_lm)
     check = None
@@ -143,4 +150,3 @@ def _load_keras(path: str, fmt: str) -> Any:
     import keras_hub
 
     return keras_hub.models.CausalLM.from_preset(path)
-

@@ -33,12 +33,26 @@ from kerasft.llm.options import SFTConfig, from_facade
 from kerasft.llm.result import SFTResult
 from kerasft.llm.trainer import SFTModel
 
-__all__ = ["finetune_causal_lm", "plan_sft", "SFTPlan", "ALL_LINEAR", "is_causal_lm", "finetune_from_facade",
-           "plan_from_facade"]
+__all__ = [
+    "finetune_causal_lm",
+    "plan_sft",
+    "SFTPlan",
+    "ALL_LINEAR",
+    "is_causal_lm",
+    "finetune_from_facade",
+    "plan_from_facade",
+]
 
 # ``lora_targets="all-linear"`` (PEFT's name): every projection of the Llama-family blocks.
-ALL_LINEAR = ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
-              "feedforward_gate_dense", "feedforward_output_dense")
+ALL_LINEAR = (
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "feedforward_intermediate_dense",
+    "feedforward_gate_dense",
+    "feedforward_output_dense",
+)
 
 
 @dataclasses.dataclass
@@ -124,7 +138,11 @@ def copy_causal_lm(causal_lm: Any) -> Any:
 
 def _check_model(causal_lm: Any) -> Any:
     backbone = getattr(causal_lm, "backbone", None)
-    missing = [a for a in ("token_embedding", "transformer_layers", "layer_norm") if not hasattr(backbone, a)]
+    missing = [
+        a
+        for a in ("token_embedding", "transformer_layers", "layer_norm")
+        if not hasattr(backbone, a)
+    ]
     if missing:
         raise TypeError(
             f"Argument `causal_lm`: the backbone {type(backbone).__name__} has no {missing}; kerasft trains "
@@ -164,7 +182,9 @@ def _split(examples: list[sft.Example], fraction: float, seed: int) -> tuple[lis
     return [examples[i] for i in order[held:]], [examples[i] for i in order[:held]]
 
 
-def _rows(examples: list[sft.Example], length: int, config: SFTConfig, pad_id: int) -> sft.PackedData:
+def _rows(
+    examples: list[sft.Example], length: int, config: SFTConfig, pad_id: int
+) -> sft.PackedData:
     if config.packing:
         return sft.pack(examples, length, pad_id=pad_id, seed=config.seed)
     return sft.pad(examples, length, pad_id=pad_id)
@@ -183,12 +203,21 @@ def _adapt(causal_lm: Any, config: SFTConfig) -> Any:
     # Freezing the objects that exist already makes those collections cheap.
     gc.freeze()
     try:
-        result = peft.apply_lora(causal_lm, rank=config.lora_rank, alpha=config.lora_alpha,
-                                 dropout=config.lora_dropout, targets=targets, method=config.recipe, train=(),
-                                 quantize=config.quantize)
+        result = peft.apply_lora(
+            causal_lm,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            targets=targets,
+            method=config.recipe,
+            train=(),
+            quantize=config.quantize,
+        )
     finally:
         gc.unfreeze()
-    if result.model is not causal_lm:  # a rebuilt graph would train weights the causal LM does not use
+    if (
+        result.model is not causal_lm
+    ):  # a rebuilt graph would train weights the causal LM does not use
         raise ValueError(
             "Argument `lora_targets` selects layers that need adapter wrappers outside the transformer blocks; "
             "kerasft adapts causal LMs in place. HINT: target the blocks' projections (the default, or 'all-linear')."
@@ -207,13 +236,21 @@ def prepare_sft(model: Any, data: Any, config: SFTConfig) -> _Prepared:
     tokenizer = _check_model(causal_lm)
     template = _template(causal_lm, config)
     limit = config.sequence_length + 1 if config.sequence_length else None
-    kind, examples = sft.tokenize_examples(data, tokenizer, chat_template=template, loss_on=config.loss_on,
-                                           max_length=limit)
+    kind, examples = sft.tokenize_examples(
+        data, tokenizer, chat_template=template, loss_on=config.loss_on, max_length=limit
+    )
     train, held = _split(examples, config.validation_split, config.seed)
     if config.validation_data is not None:
-        _, held = sft.tokenize_examples(config.validation_data, tokenizer, chat_template=template,
-                                        loss_on=config.loss_on, max_length=limit)
-    length = config.sequence_length or sft.auto_sequence_length(train + held, packing=config.packing)
+        _, held = sft.tokenize_examples(
+            config.validation_data,
+            tokenizer,
+            chat_template=template,
+            loss_on=config.loss_on,
+            max_length=limit,
+        )
+    length = config.sequence_length or sft.auto_sequence_length(
+        train + held, packing=config.packing
+    )
     pad_id = int(tokenizer.pad_token_id or 0)
     rows = _rows(train, length, config, pad_id)
     validation = sft.pack(held, length, pad_id=pad_id) if held else None
@@ -222,10 +259,22 @@ def prepare_sft(model: Any, data: Any, config: SFTConfig) -> _Prepared:
     trainable, total = _count(causal_lm)
     steps = math.ceil(len(rows.token_ids) / config.batch_size)
     plan = SFTPlan(
-        examples=len(train), validation_examples=len(held), kind=kind, rows=len(rows.token_ids),
-        sequence_length=length, fill=rows.fill, tokens=rows.tokens, target_tokens=rows.target_tokens,
-        batch_size=config.batch_size, gradient_accumulation=config.gradient_accumulation, steps_per_epoch=steps,
-        epochs=config.epochs, recipe=config.recipe, trainable=trainable, total=total, options=config.non_defaults(),
+        examples=len(train),
+        validation_examples=len(held),
+        kind=kind,
+        rows=len(rows.token_ids),
+        sequence_length=length,
+        fill=rows.fill,
+        tokens=rows.tokens,
+        target_tokens=rows.target_tokens,
+        batch_size=config.batch_size,
+        gradient_accumulation=config.gradient_accumulation,
+        steps_per_epoch=steps,
+        epochs=config.epochs,
+        recipe=config.recipe,
+        trainable=trainable,
+        total=total,
+        options=config.non_defaults(),
     )
     return _Prepared(causal_lm, rows, validation, plan, adapters)
 
@@ -233,10 +282,18 @@ def prepare_sft(model: Any, data: Any, config: SFTConfig) -> _Prepared:
 def _optimizer(config: SFTConfig, total_steps: int) -> keras.optimizers.Optimizer:
     from kerasft.schedules import WarmupCosineDecay
 
-    schedule = WarmupCosineDecay(config.lr, total_steps=max(1, total_steps),
-                                 warmup_steps=int(round(config.warmup * total_steps)))
-    common = dict(learning_rate=schedule, global_clipnorm=config.global_clipnorm,
-                  gradient_accumulation_steps=config.gradient_accumulation if config.gradient_accumulation > 1 else None)
+    schedule = WarmupCosineDecay(
+        config.lr,
+        total_steps=max(1, total_steps),
+        warmup_steps=int(round(config.warmup * total_steps)),
+    )
+    common = dict(
+        learning_rate=schedule,
+        global_clipnorm=config.global_clipnorm,
+        gradient_accumulation_steps=config.gradient_accumulation
+        if config.gradient_accumulation > 1
+        else None,
+    )
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
     if config.optimizer == "adam":
@@ -281,8 +338,12 @@ class _Guard(keras.callbacks.Callback):
             return
         self._good = self._weights()
         value = (logs or {}).get("val_loss")
-        if self.watch_validation and value is not None and math.isfinite(value) and (
-                self.best is None or value < self.best):
+        if (
+            self.watch_validation
+            and value is not None
+            and math.isfinite(value)
+            and (self.best is None or value < self.best)
+        ):
             self.best, self._best_weights = float(value), self._good
 
     def on_train_end(self, logs=None):
@@ -328,8 +389,10 @@ class _Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for k, v in (logs or {}).items():
             self.history.setdefault(k, []).append(float(v))
-        arrays = [keras.ops.convert_to_numpy(v) for v in
-                  list(self.model.trainable_variables) + list(self.model.optimizer.variables)]
+        arrays = [
+            keras.ops.convert_to_numpy(v)
+            for v in list(self.model.trainable_variables) + list(self.model.optimizer.variables)
+        ]
         os.makedirs(self.directory, exist_ok=True)
         with atomic_file(os.path.join(self.directory, "sft_weights.npz")) as tmp:
             with open(tmp, "wb") as f:
@@ -341,13 +404,16 @@ class _Checkpoint(keras.callbacks.Callback):
 
 
 def _fingerprint(prepared: _Prepared, config: SFTConfig) -> dict[str, Any]:
-    digest = hashlib.blake2b(prepared.train.token_ids.tobytes() + prepared.train.loss_weights.tobytes(),
-                             digest_size=12).hexdigest()
+    digest = hashlib.blake2b(
+        prepared.train.token_ids.tobytes() + prepared.train.loss_weights.tobytes(), digest_size=12
+    ).hexdigest()
     options = {k: repr(v) for k, v in config.non_defaults().items() if k != "checkpoint_dir"}
     return {"data": digest, "options": options, "parameters": prepared.plan.total}
 
 
-def finetune_causal_lm(model: Any, data: Any, *, config: SFTConfig | None = None, **keywords: Any) -> SFTResult:
+def finetune_causal_lm(
+    model: Any, data: Any, *, config: SFTConfig | None = None, **keywords: Any
+) -> SFTResult:
     """Supervised fine-tuning of a causal LM: LoRA by default, loss on completions, packed rows.
 
     ``kerasft.finetune(causal_lm, data)`` calls this. The data are tokenized with the
@@ -419,8 +485,11 @@ def _log(config: SFTConfig, message: str) -> None:
 
 def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
     plan, rows, causal_lm = prepared.plan, prepared.train, prepared.causal_lm
-    _log(config, f"kerasft: {plan.examples} training / {plan.validation_examples} validation examples, "
-                 f"causal LM {causal_lm.name!r} ({plan.kind}, loss on {config.loss_on} tokens)")
+    _log(
+        config,
+        f"kerasft: {plan.examples} training / {plan.validation_examples} validation examples, "
+        f"causal LM {causal_lm.name!r} ({plan.kind}, loss on {config.loss_on} tokens)",
+    )
     _log(config, str(plan))
     trainer = SFTModel(causal_lm, remat=config.remat)
     trainer.compile(optimizer=_optimizer(config, plan.steps_per_epoch * plan.epochs))
@@ -437,16 +506,27 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
     if prepared.validation is not None:
         v = prepared.validation
         validation = (v.inputs(), v.target_ids, v.loss_weights)
-    _log(config, f"kerasft phase 1/1 '{config.recipe}': {config.epochs} epoch{'s' if config.epochs != 1 else ''}, lr {config.lr:g} (warmup+cosine), "
-                 f"{plan.trainable:,} trainable / {plan.total - plan.trainable:,} frozen / {plan.total:,} total")
+    _log(
+        config,
+        f"kerasft phase 1/1 '{config.recipe}': {config.epochs} epoch{'s' if config.epochs != 1 else ''}, lr {config.lr:g} (warmup+cosine), "
+        f"{plan.trainable:,} trainable / {plan.total - plan.trainable:,} frozen / {plan.total:,} total",
+    )
     start = time.perf_counter()
     history: dict[str, list[float]] = {}
     epochs_run = 0
     if done < config.epochs:
-        fitted = trainer.fit(rows.inputs(), rows.target_ids, sample_weight=rows.loss_weights,
-                             batch_size=config.batch_size, epochs=config.epochs, initial_epoch=done,
-                             validation_data=validation, callbacks=callbacks, verbose=config.verbose,
-                             shuffle=True)
+        fitted = trainer.fit(
+            rows.inputs(),
+            rows.target_ids,
+            sample_weight=rows.loss_weights,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            initial_epoch=done,
+            validation_data=validation,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=True,
+        )
         history = {k: [float(x) for x in values] for k, values in fitted.history.items()}
         epochs_run = len(history.get("loss", []))
     seconds = time.perf_counter() - start
@@ -454,15 +534,25 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
         history = checkpoint.history  # the epochs of earlier, interrupted calls too
     best = guard.best
     if guard.event is not None:
-        _log(config, f"kerasft: stopped at a non-finite loss (epoch {guard.event.epoch}, step {guard.event.step}); "
-                     "the last finite weights are kept")
+        _log(
+            config,
+            f"kerasft: stopped at a non-finite loss (epoch {guard.event.epoch}, step {guard.event.step}); "
+            "the last finite weights are kept",
+        )
     final = history.get("loss", [float("nan")])[-1] if history.get("loss") else float("nan")
     outcome = f"best val_loss {best:.4f}" if best is not None else f"final loss {final:.4f}"
     _log(config, f"kerasft: done; {outcome}")
     return SFTResult(
-        model=causal_lm, plan=plan, history=history, seconds=seconds, epochs_run=epochs_run,
+        model=causal_lm,
+        plan=plan,
+        history=history,
+        seconds=seconds,
+        epochs_run=epochs_run,
         tokens_per_second=rows.tokens * epochs_run / seconds if seconds and epochs_run else 0.0,
-        best_val_loss=best, nan=guard.event, adapters=prepared.adapters, config=config,
+        best_val_loss=best,
+        nan=guard.event,
+        adapters=prepared.adapters,
+        config=config,
     )
 
 

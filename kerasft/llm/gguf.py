@@ -37,11 +37,23 @@ __all__ = [
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 # Export types -> (GGML type of the matrices, llama.cpp's file type).
-EXPORT_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+EXPORT_TYPES = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
 # Metadata kept on the tokenizer so that an export writes back what Keras does not model.
-_CARRIED = ("general.name", "general.basename", "general.organization", "general.finetune",
-            "general.size_label", "general.license", "tokenizer.ggml.add_bos_token",
-            "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix")
+_CARRIED = (
+    "general.name",
+    "general.basename",
+    "general.organization",
+    "general.finetune",
+    "general.size_label",
+    "general.license",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_space_prefix",
+)
 
 
 @dataclasses.dataclass
@@ -78,9 +90,13 @@ class GGUFFile:
         for t in self.reader.tensors:
             if t.name == name:
                 shape = tuple(int(d) for d in reversed(t.shape))
-                return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(shape)
+                return np.asarray(
+                    gguf.quants.dequantize(t.data, t.tensor_type), np.float32
+                ).reshape(shape)
         names = list(self.tensor_types)
-        raise KeyError(f"No tensor named {name!r} in {self.path}. It has {len(names)}: {names[:8]}...")
+        raise KeyError(
+            f"No tensor named {name!r} in {self.path}. It has {len(names)}: {names[:8]}..."
+        )
 
     def has_tensor(self, name: str) -> bool:
         return name in self.tensor_types
@@ -103,7 +119,9 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Argument `path` must be an existing .gguf file. Received: path={path!r}")
+        raise FileNotFoundError(
+            f"Argument `path` must be an existing .gguf file. Received: path={path!r}"
+        )
     try:
         reader = gguf.GGUFReader(path)
     except ValueError as e:
@@ -130,7 +148,9 @@ def _check_architecture(f: GGUFFile) -> str:
             "tensor (Llama 3.1-style long context), which kerasft does not convert yet."
         )
     if f.has_tensor("blk.0.attn_q.bias"):
-        raise ValueError(f"Argument `path`: {f.path!r} has attention biases, which Llama models do not have.")
+        raise ValueError(
+            f"Argument `path`: {f.path!r} has attention biases, which Llama models do not have."
+        )
     return arch
 
 
@@ -153,7 +173,9 @@ def llama_config(f: GGUFFile) -> dict[str, Any]:
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
     vocab = m.get(f"{arch}.vocab_size") or len(m.get("tokenizer.ggml.tokens", ()))
     if not vocab:
-        vocab = int(f.reader.tensors[[t.name for t in f.reader.tensors].index("token_embd.weight")].shape[1])
+        vocab = int(
+            f.reader.tensors[[t.name for t in f.reader.tensors].index("token_embd.weight")].shape[1]
+        )
     rope_dim = int(m.get(f"{arch}.rope.dimension_count", hidden // heads))
     if rope_dim != hidden // heads:
         raise ValueError(
@@ -286,8 +308,11 @@ def gguf_tokenizer(f: GGUFFile) -> Any:
         )
     tokens = list(m["tokenizer.ggml.tokens"])
     types = list(m.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-    special = [t for t, k in zip(tokens, types)
-               if k in (gguf_lib.TokenType.CONTROL, gguf_lib.TokenType.USER_DEFINED)]
+    special = [
+        t
+        for t, k in zip(tokens, types)
+        if k in (gguf_lib.TokenType.CONTROL, gguf_lib.TokenType.USER_DEFINED)
+    ]
 
     def token(key: str) -> str | None:
         i = m.get(f"tokenizer.ggml.{key}_token_id")
@@ -308,12 +333,20 @@ def gguf_tokenizer(f: GGUFFile) -> Any:
     pad = token("padding") or token("eos")
     if pad is not None and pad == token("eos"):
         carried["padding_token"] = pad
-        pad = next(t for t in (token("unknown"), tokens[0], tokens[1]) if t is not None and t != token("eos"))
+        pad = next(
+            t
+            for t in (token("unknown"), tokens[0], tokens[1])
+            if t is not None and t != token("eos")
+        )
     return GGUFTokenizer(
-        {t: i for i, t in enumerate(tokens)}, list(m.get("tokenizer.ggml.merges", [])),
-        start_token=token("bos") if add_bos else None, end_token=token("eos"),
+        {t: i for i, t in enumerate(tokens)},
+        list(m.get("tokenizer.ggml.merges", [])),
+        start_token=token("bos") if add_bos else None,
+        end_token=token("eos"),
         pad_token=pad,
-        special_tokens=special, pre_tokenizer=pre, chat_template=m.get("tokenizer.chat_template"),
+        special_tokens=special,
+        pre_tokenizer=pre,
+        chat_template=m.get("tokenizer.chat_template"),
         gguf_metadata=carried,
     )
 
@@ -362,7 +395,9 @@ def load_gguf(
     config = llama_config(f)
     tokenizer = gguf_tokenizer(f) if preprocessor else None
     if not isinstance(sequence_length, int) or sequence_length < 2:
-        raise ValueError(f"Argument `sequence_length` must be an integer >= 2. Received: sequence_length={sequence_length!r}")
+        raise ValueError(
+            f"Argument `sequence_length` must be an integer >= 2. Received: sequence_length={sequence_length!r}"
+        )
     backbone = keras_hub.models.LlamaBackbone(**config, dtype=dtype)
     for name, layer, attr, kind in _tensors(backbone):
         variable = getattr(layer, attr)
@@ -378,7 +413,9 @@ def load_gguf(
     pre = None
     if tokenizer is not None:
         pre = keras_hub.models.LlamaCausalLMPreprocessor(
-            tokenizer, sequence_length=sequence_length, add_start_token=tokenizer.start_token is not None,
+            tokenizer,
+            sequence_length=sequence_length,
+            add_start_token=tokenizer.start_token is not None,
             add_end_token=tokenizer.end_token is not None,
         )
     name = os.path.splitext(os.path.basename(f.path))[0]
@@ -390,7 +427,9 @@ def _keras_name(text: str) -> str:
     return clean or "causal_lm"
 
 
-def export_gguf(causal_lm: Any, path: str | os.PathLike, *, dtype: str = "f16", overwrite: bool = False) -> str:
+def export_gguf(
+    causal_lm: Any, path: str | os.PathLike, *, dtype: str = "f16", overwrite: bool = False
+) -> str:
     """Write a KerasHub Llama causal LM as a GGUF file for llama.cpp-based tools.
 
     Matrices (and the token embedding) are written as ``dtype``; normalization scales
@@ -424,12 +463,22 @@ def export_gguf(causal_lm: Any, path: str | os.PathLike, *, dtype: str = "f16", 
     import keras
 
     if dtype not in EXPORT_TYPES:
-        raise ValueError(f"Argument `dtype` must be one of {list(EXPORT_TYPES)}. Received: dtype={dtype!r}")
+        raise ValueError(
+            f"Argument `dtype` must be one of {list(EXPORT_TYPES)}. Received: dtype={dtype!r}"
+        )
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
-        raise ValueError(f"Argument `path`: {path!r} exists. HINT: pass overwrite=True to replace it.")
+        raise ValueError(
+            f"Argument `path`: {path!r} exists. HINT: pass overwrite=True to replace it."
+        )
     backbone = _llama_backbone(causal_lm)
-    quantized = sorted({layer.name for _, layer, _, _ in _tensors(backbone) if getattr(layer, "quantization_mode", None)})
+    quantized = sorted(
+        {
+            layer.name
+            for _, layer, _, _ in _tensors(backbone)
+            if getattr(layer, "quantization_mode", None)
+        }
+    )
     if quantized:
         raise ValueError(
             f"Argument `causal_lm` has quantized layers ({quantized[:4]}...); export_gguf writes float weights. "
@@ -441,7 +490,9 @@ def export_gguf(causal_lm: Any, path: str | os.PathLike, *, dtype: str = "f16", 
     qtype = getattr(gguf.GGMLQuantizationType, EXPORT_TYPES[dtype][0])
     embedding = None
     for name, layer, attr, kind in _tensors(backbone):
-        array = _to_gguf(keras.ops.convert_to_numpy(getattr(layer, attr)), kind, backbone).astype(np.float32)
+        array = _to_gguf(keras.ops.convert_to_numpy(getattr(layer, attr)), kind, backbone).astype(
+            np.float32
+        )
         if name == "token_embd.weight":
             embedding = array
         if name == "output.weight" and np.array_equal(array, embedding):
@@ -472,7 +523,9 @@ def _llama_backbone(causal_lm: Any) -> Any:
             f"Received: {type(causal_lm).__name__} with backbone {type(backbone).__name__}"
         )
     if backbone.rope_low_freq_factor is not None:
-        raise ValueError("Argument `causal_lm`: Llama 3.1-style rope scaling cannot be written to GGUF yet.")
+        raise ValueError(
+            "Argument `causal_lm`: Llama 3.1-style rope scaling cannot be written to GGUF yet."
+        )
     return backbone
 
 
@@ -482,8 +535,13 @@ def _write_metadata(writer: Any, backbone: Any, tokenizer: Any, dtype: str) -> N
     carried = dict(getattr(tokenizer, "gguf_metadata", None) or {})
     heads = backbone.num_query_heads
     writer.add_name(str(carried.get("general.name", backbone.name)))
-    for key in ("general.basename", "general.organization", "general.finetune", "general.size_label",
-                "general.license"):
+    for key in (
+        "general.basename",
+        "general.organization",
+        "general.finetune",
+        "general.size_label",
+        "general.license",
+    ):
         if key in carried:
             writer.add_string(key, str(carried[key]))
     writer.add_context_length(int(carried.get("context_length", 4096)))
@@ -504,7 +562,9 @@ def _write_metadata(writer: Any, backbone: Any, tokenizer: Any, dtype: str) -> N
     _write_tokenizer(writer, tokenizer, backbone.vocabulary_size, carried)
 
 
-def _write_tokenizer(writer: Any, tokenizer: Any, vocabulary_size: int, carried: dict[str, Any]) -> None:
+def _write_tokenizer(
+    writer: Any, tokenizer: Any, vocabulary_size: int, carried: dict[str, Any]
+) -> None:
     import gguf
     from keras_hub.tokenizers import BytePairTokenizer
 
@@ -528,8 +588,11 @@ def _write_tokenizer(writer: Any, tokenizer: Any, vocabulary_size: int, carried:
     if bos is None and carried.get("bos_token") in vocabulary:
         bos = vocabulary[carried["bos_token"]]
     pad = vocabulary.get(carried.get("padding_token"), getattr(tokenizer, "pad_token_id", None))
-    for value, add in ((bos, writer.add_bos_token_id), (tokenizer.end_token_id, writer.add_eos_token_id),
-                       (pad, writer.add_pad_token_id)):
+    for value, add in (
+        (bos, writer.add_bos_token_id),
+        (tokenizer.end_token_id, writer.add_eos_token_id),
+        (pad, writer.add_pad_token_id),
+    ):
         if value is not None:
             add(int(value))
     writer.add_add_bos_token(bool(carried.get("tokenizer.ggml.add_bos_token", False)))
@@ -560,17 +623,32 @@ def convert_gguf(path: str | os.PathLike, *, verify: bool = True, verbose: int =
     model = load_gguf(path)
     diff, note = None, "verify=False"
     if verify:
-        ids = np.asarray(model.preprocessor.tokenizer("The quick brown fox jumps over the lazy dog."), np.int32)
+        ids = np.asarray(
+            model.preprocessor.tokenizer("The quick brown fox jumps over the lazy dog."), np.int32
+        )
         ids = ids.reshape(1, -1)
         ours = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
         diff, note = float(np.abs(ours - reference_logits(path, list(ids[0]))).max()), ""
         if diff > 1e-3:
-            raise ConversionError(path, [Unconvertible(
-                "llama_backbone", "LlamaBackbone", f"logits differ from the NumPy reference by {diff:.2e}",
-                "report this file's architecture; kerasft reads plain Llama GGUF files")])
-    result = ConversionResult(model=model, source=path, saved_by=None, max_abs_diff=diff,
-                              changes=("tensors dequantized to float32", "query/key rows reordered for KerasHub"),
-                              note=note)
+            raise ConversionError(
+                path,
+                [
+                    Unconvertible(
+                        "llama_backbone",
+                        "LlamaBackbone",
+                        f"logits differ from the NumPy reference by {diff:.2e}",
+                        "report this file's architecture; kerasft reads plain Llama GGUF files",
+                    )
+                ],
+            )
+    result = ConversionResult(
+        model=model,
+        source=path,
+        saved_by=None,
+        max_abs_diff=diff,
+        changes=("tensors dequantized to float32", "query/key rows reordered for KerasHub"),
+        note=note,
+    )
     if verbose:
         print(result.summary(), flush=True)
     return result

@@ -6,8 +6,11 @@ import warnings
 
 from kerasft.jobs import generate as _moved
 
-warnings.warn("kerasft.llm.job moved to kerasft.jobs.generate; import it from there.", DeprecationWarning,
-              stacklevel=2)
+warnings.warn(
+    "kerasft.llm.job moved to kerasft.jobs.generate; import it from there.",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 
 def __getattr__(name: str):

@@ -115,22 +115,36 @@ class SFTConfig:
     def non_defaults(self) -> dict[str, Any]:
         """The options that differ from their defaults (for the plan and the model card)."""
         skip = ("validation_data", "callbacks", "verbose", "copy")
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in skip and getattr(self, f.name) != f.default}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) != f.default
+        }
 
 
 def _choice(name: str, value: Any, valid: Sequence[Any]) -> None:
     if value not in valid:
-        raise ValueError(f"Argument `{name}` must be one of {list(valid)}. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be one of {list(valid)}. Received: {name}={value!r}"
+        )
 
 
 def _int(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Argument `{name}` must be an integer >= {low}. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be an integer >= {low}. Received: {name}={value!r}"
+        )
 
 
-def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False) -> None:
+def _number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
@@ -142,17 +156,34 @@ def _number(name: str, value: Any, *, low: float | None = None, high: float | No
             bounds.append(f"{'>' if low_open else '>='} {low:g}")
         if high is not None:
             bounds.append(f"{'<' if high_open else '<='} {high:g}")
-        raise ValueError(f"Argument `{name}` must be a number {' and '.join(bounds)}. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be a number {' and '.join(bounds)}. Received: {name}={value!r}"
+        )
 
 
 # kerasft.finetune keywords that carry over to a causal LM, and the name they take here.
 _CARRIED = {
-    "recipe": "recipe", "epochs": "epochs", "lr": "lr", "finetune_lr": "lr", "warmup": "warmup",
-    "batch_size": "batch_size", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
-    "lora_dropout": "lora_dropout", "lora_targets": "lora_targets", "quantize": "quantize",
-    "optimizer": "optimizer", "weight_decay": "weight_decay", "global_clipnorm": "global_clipnorm",
-    "validation_data": "validation_data", "validation_split": "validation_split", "callbacks": "callbacks",
-    "checkpoint_dir": "checkpoint_dir", "seed": "seed", "copy": "copy", "verbose": "verbose",
+    "recipe": "recipe",
+    "epochs": "epochs",
+    "lr": "lr",
+    "finetune_lr": "lr",
+    "warmup": "warmup",
+    "batch_size": "batch_size",
+    "lora_rank": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "lora_targets": "lora_targets",
+    "quantize": "quantize",
+    "optimizer": "optimizer",
+    "weight_decay": "weight_decay",
+    "global_clipnorm": "global_clipnorm",
+    "validation_data": "validation_data",
+    "validation_split": "validation_split",
+    "callbacks": "callbacks",
+    "checkpoint_dir": "checkpoint_dir",
+    "seed": "seed",
+    "copy": "copy",
+    "verbose": "verbose",
 }
 
 

@@ -49,7 +49,10 @@ def reference_logits(source: Any, token_ids: Sequence[int]) -> np.ndarray:
 
     f = source if isinstance(source, GGUFFile) else read_gguf(os.fspath(source))
     m, arch = f.metadata, f.architecture
-    heads, kv_heads = int(m[f"{arch}.attention.head_count"]), int(m[f"{arch}.attention.head_count_kv"])
+    heads, kv_heads = (
+        int(m[f"{arch}.attention.head_count"]),
+        int(m[f"{arch}.attention.head_count_kv"]),
+    )
     eps = float(m[f"{arch}.attention.layer_norm_rms_epsilon"])
     base = float(m.get(f"{arch}.rope.freq_base", 10000.0))
 
@@ -78,7 +81,11 @@ def reference_logits(source: Any, token_ids: Sequence[int]) -> np.ndarray:
         x = x + out.reshape(length, hidden) @ w(f"blk.{i}.attn_output.weight").T
         h = _rms_norm(x, w(f"blk.{i}.ffn_norm.weight"), eps)
         gate = h @ w(f"blk.{i}.ffn_gate.weight").T
-        x = x + (gate / (1.0 + np.exp(-gate)) * (h @ w(f"blk.{i}.ffn_up.weight").T)) @ w(f"blk.{i}.ffn_down.weight").T
+        x = (
+            x
+            + (gate / (1.0 + np.exp(-gate)) * (h @ w(f"blk.{i}.ffn_up.weight").T))
+            @ w(f"blk.{i}.ffn_down.weight").T
+        )
     x = _rms_norm(x, w("output_norm.weight"), eps)
     output = w("output.weight") if f.has_tensor("output.weight") else embedding
     return x @ output.T

@@ -66,12 +66,26 @@ class SFTResult:
         """
         from kerasft.llm.evaluate import evaluate_causal_lm
 
-        return evaluate_causal_lm(self.model, data, choices=choices, generate_answers=generate_answers,
-                                  chat_template=self.config.chat_template, sequence_length=self.plan.sequence_length,
-                                  batch_size=batch_size, max_new_tokens=max_new_tokens)
+        return evaluate_causal_lm(
+            self.model,
+            data,
+            choices=choices,
+            generate_answers=generate_answers,
+            chat_template=self.config.chat_template,
+            sequence_length=self.plan.sequence_length,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
 
-    def export(self, path: str | os.PathLike, *, format: str = "auto", dtype: str = "f16",
-               overwrite: bool = False, verify: Any = None) -> Any:
+    def export(
+        self,
+        path: str | os.PathLike,
+        *,
+        format: str = "auto",
+        dtype: str = "f16",
+        overwrite: bool = False,
+        verify: Any = None,
+    ) -> Any:
         """Write the fine-tuned model: merged ``.keras``, KerasHub preset, adapters or GGUF.
 
         See :func:`kerasft.llm.export_causal_lm`.
@@ -81,13 +95,17 @@ class SFTResult:
         """
         from kerasft.llm.export import export_causal_lm
 
-        return export_causal_lm(self.model, path, format=format, dtype=dtype, overwrite=overwrite, verify=verify)
+        return export_causal_lm(
+            self.model, path, format=format, dtype=dtype, overwrite=overwrite, verify=verify
+        )
 
     def summary(self) -> str:
         """One line: epochs, seconds, tokens per second, the final and best losses."""
         loss = self.history.get("loss", [float("nan")])
-        line = (f"{self.config.recipe}: {self.epochs_run} epochs in {self.seconds:.1f} s, "
-                f"{self.tokens_per_second:.0f} tokens/s, final loss {loss[-1]:.4f}")
+        line = (
+            f"{self.config.recipe}: {self.epochs_run} epochs in {self.seconds:.1f} s, "
+            f"{self.tokens_per_second:.0f} tokens/s, final loss {loss[-1]:.4f}"
+        )
         if self.best_val_loss is not None:
             line += f", best val_loss {self.best_val_loss:.4f}"
         return line

@@ -29,8 +29,16 @@ import numpy as np
 
 from kerasft.llm import chat
 
-__all__ = ["Example", "PackedData", "LOSS_ON", "normalize_data", "tokenize_examples", "pack", "pad",
-           "auto_sequence_length"]
+__all__ = [
+    "Example",
+    "PackedData",
+    "LOSS_ON",
+    "normalize_data",
+    "tokenize_examples",
+    "pack",
+    "pad",
+    "auto_sequence_length",
+]
 
 LOSS_ON = ("completion", "all")
 _KINDS = ("pairs", "messages", "text")
@@ -81,8 +89,11 @@ class PackedData:
 
 
 def _is_text_list(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and all(
-        isinstance(v, str) for v in value)
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, (str, bytes))
+        and all(isinstance(v, str) for v in value)
+    )
 
 
 def _columns(data: Any) -> dict[str, list] | None:
@@ -105,8 +116,13 @@ def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
         ValueError: anything else, or empty data, with what was received.
     """
     columns = _columns(data)
-    if columns is None and isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and data \
-            and all(isinstance(row, Mapping) and not {"role", "content"} <= set(row) for row in data):
+    if (
+        columns is None
+        and isinstance(data, Sequence)
+        and not isinstance(data, (str, bytes))
+        and data
+        and all(isinstance(row, Mapping) and not {"role", "content"} <= set(row) for row in data)
+    ):
         keys = set(data[0])
         columns = {k: [row.get(k) for row in data] for k in keys}
     if columns is not None:
@@ -120,7 +136,12 @@ def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
             f"Argument `{argument}` has columns {sorted(columns)}; it needs 'prompt' and 'completion', "
             "'messages', or 'text'."
         )
-    if isinstance(data, tuple) and len(data) == 2 and _is_text_list(data[0]) and _is_text_list(data[1]):
+    if (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and _is_text_list(data[0])
+        and _is_text_list(data[1])
+    ):
         if len(data[0]) != len(data[1]):
             raise ValueError(
                 f"Argument `{argument}` as (prompts, completions) needs lists of the same length. "
@@ -136,7 +157,11 @@ def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
     first = data[0]
     if isinstance(first, str):
         return _texts(data, argument)
-    if isinstance(first, (tuple, list)) and len(first) == 2 and all(isinstance(v, str) for v in first):
+    if (
+        isinstance(first, (tuple, list))
+        and len(first) == 2
+        and all(isinstance(v, str) for v in first)
+    ):
         return _pairs(data, argument)
     if isinstance(first, Sequence) and first and isinstance(first[0], Mapping):
         return "messages", [chat.check_messages(m, argument) for m in data]
@@ -148,7 +173,11 @@ def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
 
 def _pairs(rows: Sequence[Any], argument: str) -> tuple[str, list[tuple[str, str]]]:
     for i, row in enumerate(rows):
-        if not (isinstance(row, (tuple, list)) and len(row) == 2 and all(isinstance(v, str) for v in row)):
+        if not (
+            isinstance(row, (tuple, list))
+            and len(row) == 2
+            and all(isinstance(v, str) for v in row)
+        ):
             raise ValueError(
                 f"Argument `{argument}`: item {i} must be a (prompt, completion) pair of strings. Received: {row!r:.120}"
             )
@@ -158,7 +187,9 @@ def _pairs(rows: Sequence[Any], argument: str) -> tuple[str, list[tuple[str, str
 def _texts(rows: Sequence[Any], argument: str) -> tuple[str, list[str]]:
     for i, row in enumerate(rows):
         if not isinstance(row, str):
-            raise ValueError(f"Argument `{argument}`: item {i} must be a string. Received: {row!r:.120}")
+            raise ValueError(
+                f"Argument `{argument}`: item {i} must be a string. Received: {row!r:.120}"
+            )
     return "text", list(rows)
 
 
@@ -188,8 +219,11 @@ def _pieces(kind: str, item: Any, tokenizer: Any, template: str | None) -> list[
         prompt, completion = item
         return [(prompt, False), (completion + (end or ""), True)]
     context = {"bos_token": getattr(tokenizer, "start_token", None) or "", "eos_token": end or ""}
-    messages = item if kind == "messages" else [{"role": "user", "content": item[0]},
-                                                {"role": "assistant", "content": item[1]}]
+    messages = (
+        item
+        if kind == "messages"
+        else [{"role": "user", "content": item[0]}, {"role": "assistant", "content": item[1]}]
+    )
     return chat.assistant_spans(template, messages, end_token=end, **context)
 
 
@@ -222,7 +256,9 @@ def tokenize_examples(
             whose loss mask ends up empty.
     """
     if loss_on not in LOSS_ON:
-        raise ValueError(f"Argument `loss_on` must be one of {list(LOSS_ON)}. Received: loss_on={loss_on!r}")
+        raise ValueError(
+            f"Argument `loss_on` must be one of {list(LOSS_ON)}. Received: loss_on={loss_on!r}"
+        )
     kind, items = normalize_data(data)
     examples: list[Example] = []
     cut = 0
@@ -233,9 +269,11 @@ def tokenize_examples(
         if max_length is not None and len(ids) > max_length:
             if kind == "text":
                 for start in range(0, len(ids) - 1, max_length):
-                    chunk = ids[start:start + max_length]
+                    chunk = ids[start : start + max_length]
                     if len(chunk) > 1:
-                        examples.append(Example(np.asarray(chunk, np.int32), np.ones(len(chunk), bool)))
+                        examples.append(
+                            Example(np.asarray(chunk, np.int32), np.ones(len(chunk), bool))
+                        )
                 continue
             ids, mask, cut = ids[-max_length:], mask[-max_length:], cut + 1
         if len(ids) < 2 or not any(mask[1:]):
@@ -247,12 +285,15 @@ def tokenize_examples(
     if cut:
         warnings.warn(
             f"{cut} of {len(items)} examples were longer than {max_length} tokens and lost their beginning. "
-            "HINT: raise `sequence_length`.", stacklevel=3,
+            "HINT: raise `sequence_length`.",
+            stacklevel=3,
         )
     return kind, examples
 
 
-def auto_sequence_length(examples: Sequence[Example], *, packing: bool, limit: int | None = None) -> int:
+def auto_sequence_length(
+    examples: Sequence[Example], *, packing: bool, limit: int | None = None
+) -> int:
     """Row length: the longest example rounded up to a multiple of 64 (at least 256 when packing)."""
     longest = max(len(e) for e in examples) - 1
     length = -(-longest // 64) * 64
@@ -271,15 +312,17 @@ def _row_arrays(rows: list[list[Example]], length: int, pad_id: int) -> PackedDa
         at = 0
         for s, e in enumerate(row, start=1):
             k = len(e) - 1
-            token_ids[r, at:at + k] = e.token_ids[:-1]
-            target_ids[r, at:at + k] = e.token_ids[1:]
-            weights[r, at:at + k] = e.loss_mask[1:]
-            segment_ids[r, at:at + k] = s
+            token_ids[r, at : at + k] = e.token_ids[:-1]
+            target_ids[r, at : at + k] = e.token_ids[1:]
+            weights[r, at : at + k] = e.loss_mask[1:]
+            segment_ids[r, at : at + k] = s
             at += k
     return PackedData(token_ids, segment_ids, target_ids, weights, sum(len(r) for r in rows))
 
 
-def pack(examples: Sequence[Example], sequence_length: int, *, pad_id: int = 0, seed: int = 0) -> PackedData:
+def pack(
+    examples: Sequence[Example], sequence_length: int, *, pad_id: int = 0, seed: int = 0
+) -> PackedData:
     """Lay examples end to end in rows of ``sequence_length`` positions (first-fit decreasing).
 
     An example of ``n`` tokens takes ``n - 1`` positions (each token but the last
@@ -323,5 +366,7 @@ def pad(examples: Sequence[Example], sequence_length: int, *, pad_id: int = 0) -
     """
     for i, e in enumerate(examples):
         if len(e) - 1 > sequence_length:
-            raise ValueError(f"Example {i} has {len(e)} tokens, more than `sequence_length` + 1 = {sequence_length + 1}.")
+            raise ValueError(
+                f"Example {i} has {len(e)} tokens, more than `sequence_length` + 1 = {sequence_length + 1}."
+            )
     return _row_arrays([[e] for e in examples], sequence_length, pad_id)

@@ -45,10 +45,12 @@ def _hf_pre_tokenizer(kind: str) -> Any:
     from tokenizers import Regex, pre_tokenizers
 
     if kind == _LLAMA3:
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN_TOKENIZERS), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(SPLIT_PATTERN_TOKENIZERS), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if kind == _DIGITS_THEN_GPT2:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -144,8 +146,12 @@ class GGUFTokenizer(BytePairTokenizer):
             self._add_special_token(token, f"special_token_{i:03d}")
         kwargs.pop("unsplittable_tokens", None)  # follows from the special tokens
         self.pad_token_id = None
-        unsplittable = _unsplittable_order([start_token, end_token, *self.extra_special_tokens], chat_template)
-        super().__init__(vocabulary=vocabulary, merges=merges, unsplittable_tokens=unsplittable, **kwargs)
+        unsplittable = _unsplittable_order(
+            [start_token, end_token, *self.extra_special_tokens], chat_template
+        )
+        super().__init__(
+            vocabulary=vocabulary, merges=merges, unsplittable_tokens=unsplittable, **kwargs
+        )
 
     def _update_special_token_ids(self) -> None:
         compat.parent_hook(GGUFTokenizer, self, "_update_special_token_ids")()
@@ -153,19 +159,23 @@ class GGUFTokenizer(BytePairTokenizer):
             self.pad_token_id = self.token_to_id(self.pad_token)
 
     def _set_vocabulary_and_merges_tokenizers(self, vocabulary, merges) -> None:
-        compat.parent_hook(GGUFTokenizer, self, "_set_vocabulary_and_merges_tokenizers")(vocabulary, merges)
+        compat.parent_hook(GGUFTokenizer, self, "_set_vocabulary_and_merges_tokenizers")(
+            vocabulary, merges
+        )
         self._tokenizer.pre_tokenizer = _hf_pre_tokenizer(PRE_TOKENIZERS[self.pre_tokenizer])
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("unsplittable_tokens", None)
-        config.update({
-            "start_token": self.start_token,
-            "end_token": self.end_token,
-            "pad_token": self.pad_token,
-            "special_tokens": list(self.extra_special_tokens),
-            "pre_tokenizer": self.pre_tokenizer,
-            "chat_template": self.chat_template,
-            "gguf_metadata": dict(self.gguf_metadata),
-        })
+        config.update(
+            {
+                "start_token": self.start_token,
+                "end_token": self.end_token,
+                "pad_token": self.pad_token,
+                "special_tokens": list(self.extra_special_tokens),
+                "pre_tokenizer": self.pre_tokenizer,
+                "chat_template": self.chat_template,
+                "gguf_metadata": dict(self.gguf_metadata),
+            }
+        )
         return config

@@ -79,10 +79,13 @@ class SFTModel(keras.Model):
         backbone = self.causal_lm.backbone
         segments = inputs["segment_ids"]
         same = ops.equal(ops.expand_dims(segments, 2), ops.expand_dims(segments, 1))
-        mask = ops.cast(ops.logical_and(same, ops.expand_dims(ops.greater(segments, 0), 1)), "int32")
+        mask = ops.cast(
+            ops.logical_and(same, ops.expand_dims(ops.greater(segments, 0), 1)), "int32"
+        )
         x = backbone.token_embedding(inputs["token_ids"])
         trainable = self.causal_lm.trainable_variables if self.remat else ()
         for block in backbone.transformer_layers:
+
             def run(h, block=block):
                 return block(h, decoder_attention_mask=mask, training=training)
 
@@ -96,7 +99,9 @@ class SFTModel(keras.Model):
         states = ops.take(ops.reshape(y_pred, (-1, hidden)), where, axis=0)
         targets = ops.take(ops.reshape(y, (-1,)), where, axis=0)
         logits = self.causal_lm.backbone.token_embedding(states, reverse=True)
-        losses = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
+        losses = keras.losses.sparse_categorical_crossentropy(
+            targets, ops.cast(logits, "float32"), from_logits=True
+        )
         picked = ops.take(weights, where, axis=0)
         loss = ops.sum(losses * picked) / ops.maximum(ops.sum(picked), 1.0)
         if self.losses:

@@ -34,9 +34,14 @@ def _entries(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _select(model: keras.Model, nodes: list[_walk.Node], item: Any, argument: str) -> list[_walk.Node]:
+def _select(
+    model: keras.Model, nodes: list[_walk.Node], item: Any, argument: str
+) -> list[_walk.Node]:
     """The nodes ``item`` selects, by ``kerasft.select_layers``'s rule, in walk order."""
-    ids = {id(layer) for layer in surgery.select_layers(model, item, argument=argument, sublayers=_walk.descend)}
+    ids = {
+        id(layer)
+        for layer in surgery.select_layers(model, item, argument=argument, sublayers=_walk.descend)
+    }
     return [n for n in nodes if id(n.layer) in ids]
 
 
@@ -66,7 +71,9 @@ def _default_targets(model: keras.Model, nodes: list[_walk.Node], head: Any) -> 
     ]
 
 
-def _top_blocks(nodes: list[_walk.Node], attention: list[_walk.Node], head: Any) -> list[_walk.Node]:
+def _top_blocks(
+    nodes: list[_walk.Node], attention: list[_walk.Node], head: Any
+) -> list[_walk.Node]:
     """Every projection (attention and feed-forward) of the top half of the attention blocks.
 
     A block is what holds an attention layer (``.../transformer_layer_3`` holding
@@ -83,10 +90,15 @@ def _top_blocks(nodes: list[_walk.Node], attention: list[_walk.Node], head: Any)
             blocks.append(block)
     if len(blocks) < 2:
         return attention
-    top = blocks[len(blocks) - -(-len(blocks) // 2):]
+    top = blocks[len(blocks) - -(-len(blocks) // 2) :]
     dense = (keras.layers.Dense, keras.layers.EinsumDense)
-    return [n for n in nodes if n.layer is not head and isinstance(n.layer, dense)
-            and any(n.path.startswith(b + "/") for b in top)]
+    return [
+        n
+        for n in nodes
+        if n.layer is not head
+        and isinstance(n.layer, dense)
+        and any(n.path.startswith(b + "/") for b in top)
+    ]
 
 
 def resolve_targets(
@@ -129,7 +141,11 @@ def resolve_trained(
                 )
             ids.add(id(head))
         elif item == "norm":
-            ids |= {id(n.layer) for n in nodes if isinstance(n.layer, _walk.NORM_TYPES) and n.own_weights}
+            ids |= {
+                id(n.layer)
+                for n in nodes
+                if isinstance(n.layer, _walk.NORM_TYPES) and n.own_weights
+            }
         else:
             hits = _select(model, nodes, item, "train")
             weighted = [n for n in hits if n.layer.weights]

@@ -117,8 +117,11 @@ def last_weighted_layer(model: keras.Model) -> keras.layers.Layer | None:
     ``find_head`` asks for a classifier at the output (a Dense or 1x1 convolution, then
     weightless layers only) and raises otherwise.
     """
-    weighted = [n.layer for n in surgery.walk_layers(model)
-                if n.layer.weights and not surgery.is_container(n.layer)]
+    weighted = [
+        n.layer
+        for n in surgery.walk_layers(model)
+        if n.layer.weights and not surgery.is_container(n.layer)
+    ]
     return weighted[-1] if weighted else None
 
 

@@ -167,8 +167,11 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         # numpy suggests allow_pickle=True for object arrays: never load a file that way.
-        why = "it holds Python objects, which kerasft never loads" if "pickle" in str(e) else (
-            f"{type(e).__name__}: {str(e).strip()[:200]}")
+        why = (
+            "it holds Python objects, which kerasft never loads"
+            if "pickle" in str(e)
+            else (f"{type(e).__name__}: {str(e).strip()[:200]}")
+        )
         raise ValueError(
             f"Argument `path`: {path!r} is damaged or not a kerasft adapter file ({why}). "
             "HINT: save the adapters again with kerasft.peft.save_adapters."
@@ -182,7 +185,11 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         )
     except (UnicodeDecodeError, ValueError):
         meta = {}
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != _FORMAT
+        or meta.get("version") != _VERSION
+    ):
         meta = meta if isinstance(meta, dict) else {}
         raise ValueError(
             f"Argument `path`: {path!r} is not a kerasft adapter file of version {_VERSION} "
@@ -204,7 +211,9 @@ def _kernel_shape(layer: keras.layers.Layer) -> tuple[int, ...] | None:
     return None
 
 
-def _check_file(meta: dict[str, Any], arrays: dict[str, np.ndarray], nodes: list[_walk.Node], path: str) -> None:
+def _check_file(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], nodes: list[_walk.Node], path: str
+) -> None:
     """Check every entry and array of the file against ``model`` before anything changes.
 
     A failure half-way through loading would leave the model with adapters enabled and
@@ -218,7 +227,11 @@ def _check_file(meta: dict[str, Any], arrays: dict[str, np.ndarray], nodes: list
         )
 
     try:
-        adapters, trained, quantized = list(meta["adapters"]), list(meta["trained"]), list(meta["quantized"])
+        adapters, trained, quantized = (
+            list(meta["adapters"]),
+            list(meta["trained"]),
+            list(meta["quantized"]),
+        )
         entries = adapters + trained
         layers = [int(e["layer"]) for e in entries] + [int(i) for i in quantized]
         names = [n for e in entries for n in e["arrays"]]
@@ -231,34 +244,54 @@ def _check_file(meta: dict[str, Any], arrays: dict[str, np.ndarray], nodes: list
         raise bad(f"arrays {missing[:5]} are missing")
     for name in names:
         if arrays[name].dtype.kind not in "fiu" or not np.all(np.isfinite(arrays[name])):
-            raise bad(f"array {name!r} holds {arrays[name].dtype} values that are not finite numbers")
+            raise bad(
+                f"array {name!r} holds {arrays[name].dtype} values that are not finite numbers"
+            )
     for entry in trained:
         node = nodes[entry["layer"]]
         expected = [tuple(v.shape) for v in node.base_weights]
         found = [arrays[n].shape for n in entry["arrays"]]
         if found != expected:
-            raise bad(f"the trained layer {node.path!r} has weights of shapes {found}, the model {expected}")
+            raise bad(
+                f"the trained layer {node.path!r} has weights of shapes {found}, the model {expected}"
+            )
     for entry in adapters:
         node = nodes[entry["layer"]]
         kind, rank = entry.get("kind"), entry.get("rank")
-        if kind not in ("lora", "dora") or isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if (
+            kind not in ("lora", "dora")
+            or isinstance(rank, bool)
+            or not isinstance(rank, int)
+            or rank < 1
+        ):
             raise bad(f"the adapter on {node.path!r} has kind {kind!r} and rank {rank!r}")
         shapes = [arrays[n].shape for n in entry["arrays"]]
         kernel = _kernel_shape(node.layer)
         if kernel is None:
             continue  # the rank and kind checks are all that can be told before enabling it
         expected = [kernel[:-1] + (rank,), (rank, kernel[-1])]
-        if shapes[:2] != expected or len(shapes) != (3 if kind == "dora" else 2) or kind == "dora" and (
-                len(shapes[2]) != len(kernel) or any(m not in (1, k) for m, k in zip(shapes[2], kernel))):
-            raise bad(f"the {kind} adapter of rank {rank} on {node.path!r} (kernel {kernel}) has arrays of "
-                      f"shapes {shapes}")
+        if (
+            shapes[:2] != expected
+            or len(shapes) != (3 if kind == "dora" else 2)
+            or kind == "dora"
+            and (
+                len(shapes[2]) != len(kernel)
+                or any(m not in (1, k) for m, k in zip(shapes[2], kernel))
+            )
+        ):
+            raise bad(
+                f"the {kind} adapter of rank {rank} on {node.path!r} (kernel {kernel}) has arrays of "
+                f"shapes {shapes}"
+            )
 
 
 def _check_architecture(meta: dict[str, Any], nodes: list[_walk.Node], path: str) -> None:
     saved = meta.get("layers")
     if not isinstance(saved, list) or not all(isinstance(e, dict) and "class" in e for e in saved):
-        raise ValueError(f"Argument `path`: {path!r} is damaged (its description of the base model's "
-                         "layers is missing). HINT: save the adapters again with kerasft.peft.save_adapters.")
+        raise ValueError(
+            f"Argument `path`: {path!r} is damaged (its description of the base model's "
+            "layers is missing). HINT: save the adapters again with kerasft.peft.save_adapters."
+        )
     for i, (entry, node) in enumerate(zip(saved, nodes)):
         if entry["class"] != _walk.base_class(node.layer):
             raise ValueError(

@@ -342,11 +342,15 @@ _IN_PLACE_CLASSES: dict[type, type] = {}
 
 def _in_place_class(cls: type) -> type:
     if cls not in _IN_PLACE_CLASSES:
-        _IN_PLACE_CLASSES[cls] = type(cls.__name__, (_InPlaceDoRA, cls), {
-            "__module__": __name__,
-            "__qualname__": f"DoRA[{cls.__qualname__}]",
-            "__doc__": f"{cls.__name__} with DoRA enabled in place (see ``enable_dora``).",
-        })
+        _IN_PLACE_CLASSES[cls] = type(
+            cls.__name__,
+            (_InPlaceDoRA, cls),
+            {
+                "__module__": __name__,
+                "__qualname__": f"DoRA[{cls.__qualname__}]",
+                "__doc__": f"{cls.__name__} with DoRA enabled in place (see ``enable_dora``).",
+            },
+        )
     return _IN_PLACE_CLASSES[cls]
 
 

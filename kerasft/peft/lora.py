@@ -298,7 +298,11 @@ def _check_rank(n: _walk.Node, spec: AdapterSpec) -> None:
     nothing else (rank 1000 on a 3136x128 layer trained 99.8% of the model).
     """
     layer = n.layer.layer if isinstance(n.layer, LoRA) else n.layer
-    kernel = getattr(layer, "kernel", None) if not isinstance(layer, keras.layers.Embedding) else layer.embeddings
+    kernel = (
+        getattr(layer, "kernel", None)
+        if not isinstance(layer, keras.layers.Embedding)
+        else layer.embeddings
+    )
     if kernel is None or len(kernel.shape) < 2:
         return
     fan_in, fan_out = math.prod(int(d) for d in kernel.shape[:-1]), int(kernel.shape[-1])
@@ -337,11 +341,15 @@ def _check_plan(plan: list[tuple[_walk.Node, AdapterSpec]]) -> None:
             )
         if reason is not None:
             kind = {
-                ("dora", False): "DoRA", ("dora", True): "DoRA with dropout",
+                ("dora", False): "DoRA",
+                ("dora", True): "DoRA with dropout",
                 ("lora", True): "LoRA with dropout",
             }[spec.kind, spec.dropout > 0]
-            hint = ("dropout=0.0 there (DoRA then goes in place)" if spec.kind == "dora"
-                    else "method='lora' with dropout=0.0 there (Keras's in-place LoRA)")
+            hint = (
+                "dropout=0.0 there (DoRA then goes in place)"
+                if spec.kind == "dora"
+                else "method='lora' with dropout=0.0 there (Keras's in-place LoRA)"
+            )
             raise ValueError(
                 f"{kind} needs a wrapper layer around {n.path!r}, but {reason}. HINT: use "
                 f"{hint}, or target other layers."

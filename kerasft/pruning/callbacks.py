@@ -133,5 +133,3 @@ class PruningSummaries(keras.callbacks.Callback):
                     write_scalar(f"{mask.path}/sparsity", sparsity, step)
                     write_scalar(f"{threshold.path}/threshold", float(threshold.numpy()), step)
         self._writer.flush()
-
-

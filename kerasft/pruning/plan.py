@@ -228,5 +228,3 @@ def fit_schedule(
             initial_sparsity, target_sparsity, begin_step, end_step, power, frequency
         )
     return schedule, block_size, sparsity_m_by_n
-
-

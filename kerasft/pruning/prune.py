@@ -75,7 +75,9 @@ def leaf_layers(model, graph_only: bool = False) -> list:
     """
     if graph_only:
         return [layer for _, layer in surgery.leaf_layers(model)]
-    return [n.layer for n in surgery.walk_layers(model, sublayers=_is_model) if not _is_model(n.layer)]
+    return [
+        n.layer for n in surgery.walk_layers(model, sublayers=_is_model) if not _is_model(n.layer)
+    ]
 
 
 def _is_model(layer) -> bool:
@@ -103,7 +105,9 @@ def select_layers(model, layers: LayerSelection, candidates: list) -> list:
     ids = {id(layer) for layer in candidates}
 
     def select(spec) -> list:
-        found = surgery.select_layers(model, spec, argument="layers", sublayers=_looked_into, legacy="name")
+        found = surgery.select_layers(
+            model, spec, argument="layers", sublayers=_looked_into, legacy="name"
+        )
         return [layer for layer in found if id(layer) in ids]
 
     if isinstance(layers, (list, tuple, set)) and all(isinstance(n, str) for n in layers):
@@ -441,5 +445,3 @@ def strip_model(model):
 def _stripped_weights(wrapper: PruneLowMagnitude) -> list[np.ndarray]:
     masked = {id(w): masked_value(w, m) for w, m, _ in wrapper.pruning_vars}
     return [masked.get(id(v), np.asarray(v.numpy())) for v in wrapper.layer.weights]
-
-

@@ -187,5 +187,3 @@ def check_m_by_n(model, m: int = 2, n: int = 4, layers: LayerSelection = None) -
             if (np.count_nonzero(groups, axis=-1) > n - m).any():
                 return False
     return True
-
-

@@ -289,4 +289,3 @@ def check_schedule(schedule) -> None:
             f"Argument `pruning_schedule` must be {_SCHEDULE_HELP}; it {problem}. "
             f"Received: pruning_schedule={schedule!r}"
         )
-

@@ -50,8 +50,18 @@ from kerasft import data as data_lib
 from kerasft import surgery
 from kerasft._fileio import make_scratch_directory
 
-__all__ = ["FeatureCache", "FeatureSplit", "FeatureStore", "PhaseSetup", "split_frozen_prefix",
-           "CachedFeatureModel", "CACHE_CHOICES", "barrier_reason", "check_cache_features", "prefix_key"]
+__all__ = [
+    "FeatureCache",
+    "FeatureSplit",
+    "FeatureStore",
+    "PhaseSetup",
+    "split_frozen_prefix",
+    "CachedFeatureModel",
+    "CACHE_CHOICES",
+    "barrier_reason",
+    "check_cache_features",
+    "prefix_key",
+]
 
 CACHE_CHOICES = (True, False, "auto")
 _SHUFFLE_WINDOW = 10_000  # shuffle buffer of file-cached features, as data.py's streaming path
@@ -66,7 +76,9 @@ KEPT = "kept from the previous phase"
 DERIVED = "derived from the next phase's features (kept for it)"
 STORED = "reused from the feature store"
 STORED_BOTH = "reused from the feature store (the next phase's too, kept for it)"
-DERIVED_FROM_STORED = "derived from the next phase's features (reused from the feature store, kept for it)"
+DERIVED_FROM_STORED = (
+    "derived from the next phase's features (reused from the feature store, kept for it)"
+)
 
 
 @dataclass
@@ -109,7 +121,10 @@ def _unseeded_noise(layer: keras.layers.Layer) -> bool:
     """Whether ``layer`` has a positive noise rate and a ``call`` that takes ``training``."""
     if isinstance(layer, keras.layers.Dropout) or not compat.call_takes_training(layer):
         return False  # Dropout's SeedGenerator is seen; no `training`, no train-only noise
-    if any(isinstance(part, keras.layers.Dropout) for part in compat.flatten_layers(layer, include_self=False)):
+    if any(
+        isinstance(part, keras.layers.Dropout)
+        for part in compat.flatten_layers(layer, include_self=False)
+    ):
         return False  # its rate is applied by Dropout sublayers (a KerasHub TransformerEncoder's `dropout`)
     rates = (getattr(layer, name, None) for name in _NOISE_RATES)
     return any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates)
@@ -148,7 +163,9 @@ def barrier_reason(layer: keras.layers.Layer, trainable_ids: set[int]) -> str | 
     return None
 
 
-def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.layers.Layer] = ()) -> FeatureSplit | None:
+def split_frozen_prefix(
+    model: keras.Model, also_trainable: Collection[keras.layers.Layer] = ()
+) -> FeatureSplit | None:
     """Cut ``model`` above its frozen, deterministic bottom; ``None`` if that is empty.
 
     Nested Sequential/Functional models are looked into, so the cut can fall inside a
@@ -212,25 +229,39 @@ def split_frozen_prefix(model: keras.Model, also_trainable: Collection[keras.lay
 
         return compat.run_through_graph(container, inputs, call_fn)
 
-    flat_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"cache_in_{i}")
-                   for i, t in enumerate(model.inputs)]
+    flat_inputs = [
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"cache_in_{i}")
+        for i, t in enumerate(model.inputs)
+    ]
     for t in flat_inputs:
         constant[id(t)] = True
         tensors[id(t)] = t
-    outputs = keras.tree.flatten(run(model, flat_inputs if len(flat_inputs) > 1 else flat_inputs[0]))
+    outputs = keras.tree.flatten(
+        run(model, flat_inputs if len(flat_inputs) > 1 else flat_inputs[0])
+    )
     if any(constant.get(id(t), False) for t in outputs):
         return None  # everything frozen: nothing to train on features
-    frontier = [tensors[i] for i, users in consumers_of.items()
-                if constant.get(i, False) and "train" in users]
+    frontier = [
+        tensors[i]
+        for i, users in consumers_of.items()
+        if constant.get(i, False) and "train" in users
+    ]
     weighted = {p for p, lyr in surgery.iter_layers(model) if lyr.weights}
     if not frontier or not any(p in weighted for p in prefix_layers):
         return None
     if any(compat.has_mask(t) for t in frontier):
         return None  # a mask would be lost on the way through the cache
-    prefix = keras.Model(flat_inputs if len(flat_inputs) > 1 else flat_inputs[0], frontier, name=f"{model.name}_frozen_prefix")
-    suffix = keras.Model(frontier, outputs if len(outputs) > 1 else outputs[0],
-                         name=f"{model.name}_trainable_suffix")
-    return FeatureSplit(prefix, suffix, prefix_layers, stops[0] if stops else "trainable layers", open_shapes)
+    prefix = keras.Model(
+        flat_inputs if len(flat_inputs) > 1 else flat_inputs[0],
+        frontier,
+        name=f"{model.name}_frozen_prefix",
+    )
+    suffix = keras.Model(
+        frontier, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_trainable_suffix"
+    )
+    return FeatureSplit(
+        prefix, suffix, prefix_layers, stops[0] if stops else "trainable layers", open_shapes
+    )
 
 
 def _is_open(tensor: Any) -> bool:
@@ -347,7 +378,9 @@ class _Features:
     @property
     def in_memory(self) -> bool:
         parts = [self.train] + ([] if self.validation is None else [self.validation])
-        return all(isinstance(p, tuple) and all(isinstance(a, np.ndarray) for a in p) for p in parts)
+        return all(
+            isinstance(p, tuple) and all(isinstance(a, np.ndarray) for a in p) for p in parts
+        )
 
 
 class FeatureStore:
@@ -384,7 +417,9 @@ class FeatureStore:
 
     def __init__(self, budget: float = 1024**3):
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
-            raise ValueError(f"Argument `budget` must be a number of bytes >= 0. Received: budget={budget!r}")
+            raise ValueError(
+                f"Argument `budget` must be a number of bytes >= 0. Received: budget={budget!r}"
+            )
         self.budget = budget
         self.hits = 0
         self.misses = 0
@@ -403,8 +438,10 @@ class FeatureStore:
         return key in self._entries
 
     def __repr__(self) -> str:
-        return (f"FeatureStore({len(self)} entries, {self.nbytes / 2**20:.1f} of {self.budget / 2**20:.0f} MiB; "
-                f"{self.hits} hits, {self.misses} misses, {self.evictions} evicted)")
+        return (
+            f"FeatureStore({len(self)} entries, {self.nbytes / 2**20:.1f} of {self.budget / 2**20:.0f} MiB; "
+            f"{self.hits} hits, {self.misses} misses, {self.evictions} evicted)"
+        )
 
     def get(self, key: str) -> _Features | None:
         """The features stored under ``key`` (a new record of the same arrays), or ``None``."""
@@ -477,7 +514,11 @@ def _without_layer_names(config: Any) -> Any:
     def collect(node: Any) -> None:
         if isinstance(node, dict):
             inner = node.get("config")
-            if "class_name" in node and isinstance(inner, dict) and isinstance(inner.get("name"), str):
+            if (
+                "class_name" in node
+                and isinstance(inner, dict)
+                and isinstance(inner.get("name"), str)
+            ):
                 order.setdefault(inner["name"], f"#{len(order)}")
             for value in node.values():
                 collect(value)
@@ -586,9 +627,18 @@ class FeatureCache:
         TypeError: a ``store`` that is not a :class:`FeatureStore`.
     """
 
-    def __init__(self, prepared: data_lib.PreparedData, *, mode: Any = "auto", seed: int = 0,
-                 budget: float = 1024**3, directory: str | None = None, distributed: bool = False,
-                 verbose: int = 0, store: FeatureStore | None = None):
+    def __init__(
+        self,
+        prepared: data_lib.PreparedData,
+        *,
+        mode: Any = "auto",
+        seed: int = 0,
+        budget: float = 1024**3,
+        directory: str | None = None,
+        distributed: bool = False,
+        verbose: int = 0,
+        store: FeatureStore | None = None,
+    ):
         check_cache_features(mode)
         check_feature_store(store)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
@@ -625,13 +675,17 @@ class FeatureCache:
     def _global_problem(self) -> str | None:
         augmentation = self.prepared.augmentation
         if augmentation is not None and augmentation.on_inputs:
-            return (f"the training inputs are augmented (augment={augmentation.name!r}), so the frozen "
-                    "bottom sees new inputs every epoch; augment='feature_mixup' keeps the cache")
+            return (
+                f"the training inputs are augmented (augment={augmentation.name!r}), so the frozen "
+                "bottom sees new inputs every epoch; augment='feature_mixup' keeps the cache"
+            )
         if self.random_pipeline:
             return "the input pipeline draws random numbers (augmentation), so features change every epoch"
         if self.prepared.arrays is None:
-            return ("the training data is streamed (larger than memory or built from a "
-                    "pipeline), and kerasft caches features of in-memory data only")
+            return (
+                "the training data is streamed (larger than memory or built from a "
+                "pipeline), and kerasft caches features of in-memory data only"
+            )
         if self.distributed:
             return "training runs under a tf.distribute strategy, where kerasft does not cache features"
         return None
@@ -643,8 +697,13 @@ class FeatureCache:
         if self.verbose:
             print(msg, flush=True)
 
-    def setup_phase(self, model: keras.Model, index: int, *,
-                    later_trainable: Collection[keras.layers.Layer] | None = None) -> PhaseSetup:
+    def setup_phase(
+        self,
+        model: keras.Model,
+        index: int,
+        *,
+        later_trainable: Collection[keras.layers.Layer] | None = None,
+    ) -> PhaseSetup:
         """Model and pipelines for phase ``index`` (0-based) of ``model`` as frozen now.
 
         Args:
@@ -676,7 +735,9 @@ class FeatureCache:
         if split is None:
             reason = "no frozen layer with weights below the trainable ones"
             if self.mode is True and index == 0:
-                random = [p for p, lyr in surgery.leaf_layers(model) if compat.draws_random_numbers(lyr)]
+                random = [
+                    p for p, lyr in surgery.leaf_layers(model) if compat.draws_random_numbers(lyr)
+                ]
                 raise ValueError(
                     f"Argument `cache_features=True`, but model {model.name!r} has {reason} in "
                     f"the first phase (random layers: {random or 'none'}; augmentation at the "
@@ -703,8 +764,12 @@ class FeatureCache:
         raw.reason = f"caching abandoned: {step} failed ({type(error).__name__}: {message[:300]})"
         self._log(f"kerasft: not caching features: {raw.reason}; training on the inputs")
         if self.mode is True:
-            warnings.warn(f"Argument `cache_features=True`, but {raw.reason}. The phase trains on its "
-                          "inputs instead (same results, slower).", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"Argument `cache_features=True`, but {raw.reason}. The phase trains on its "
+                "inputs instead (same results, slower).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return raw
 
     def plain_setup(self, model: keras.Model, index: int) -> PhaseSetup:
@@ -714,8 +779,14 @@ class FeatureCache:
             return PhaseSetup(model, p.train, p.validation, False, "caching off")
         x, y = p.arrays
         augmentation = p.augmentation
-        train = data_lib.make_pipeline(x, y, p.batch_size, self._phase_seed(index), shuffle=True,
-                                       transform=augmentation.inputs if augmentation is not None else None)
+        train = data_lib.make_pipeline(
+            x,
+            y,
+            p.batch_size,
+            self._phase_seed(index),
+            shuffle=True,
+            transform=augmentation.inputs if augmentation is not None else None,
+        )
         return PhaseSetup(model, train, p.validation, False, "caching off")
 
     def _validation_arrays(self) -> tuple[Any, np.ndarray] | None:
@@ -731,8 +802,13 @@ class FeatureCache:
             self._validation = (x[0] if len(x) == 1 else x, np.concatenate(ys))
         return self._validation
 
-    def _features(self, prefix: keras.Model, train_inputs: Any, validation_inputs: Any,
-                  open_shapes: bool = False) -> _Features:
+    def _features(
+        self,
+        prefix: keras.Model,
+        train_inputs: Any,
+        validation_inputs: Any,
+        open_shapes: bool = False,
+    ) -> _Features:
         """``prefix``'s outputs on the training and validation inputs (arrays or file datasets).
 
         Raises:
@@ -743,8 +819,10 @@ class FeatureCache:
         # The data fixes sizes the model leaves open (an `Input((None, None, 3))` fed
         # 32x32 images), so the features' size is known before they are computed.
         shapes = _example_shapes(train_inputs)
-        in_specs = [tf.TensorSpec((None, *(s if len(s) == len(t.shape) - 1 else t.shape[1:])), t.dtype)
-                    for t, s in zip(prefix.inputs, shapes)]
+        in_specs = [
+            tf.TensorSpec((None, *(s if len(s) == len(t.shape) - 1 else t.shape[1:])), t.dtype)
+            for t, s in zip(prefix.inputs, shapes)
+        ]
         unknown = _open_tensors(prefix, in_specs) if open_shapes else []
         if unknown:
             raise ValueError(
@@ -755,17 +833,28 @@ class FeatureCache:
         single = len(in_specs) == 1
         # One trace for every batch size and both splits: tracing a deep prefix costs
         # about as much as running it over a few thousand small images.
-        fn = tf.function(lambda *xs: tuple(keras.tree.flatten(prefix(xs[0] if single else list(xs), training=False))),
-                         input_signature=in_specs)
-        out_specs = [tf.TensorSpec(t.shape, t.dtype) for t in fn.get_concrete_function().structured_outputs]
+        fn = tf.function(
+            lambda *xs: tuple(
+                keras.tree.flatten(prefix(xs[0] if single else list(xs), training=False))
+            ),
+            input_signature=in_specs,
+        )
+        out_specs = [
+            tf.TensorSpec(t.shape, t.dtype) for t in fn.get_concrete_function().structured_outputs
+        ]
         unknown = [tuple(s.shape) for s in out_specs if None in tuple(s.shape)[1:]]
         if unknown:
-            raise ValueError(f"the features at the cut have shapes {unknown}, whose size is set by each batch")
-        train, nbytes, path = self._compute(fn, in_specs, out_specs, train_inputs, self.prepared.n_train)
+            raise ValueError(
+                f"the features at the cut have shapes {unknown}, whose size is set by each batch"
+            )
+        train, nbytes, path = self._compute(
+            fn, in_specs, out_specs, train_inputs, self.prepared.n_train
+        )
         result = _Features(train, None, nbytes, [path] if path else [])
         if validation_inputs is not None:
-            result.validation, vbytes, vpath = self._compute(fn, in_specs, out_specs, validation_inputs,
-                                                             self.prepared.n_validation)
+            result.validation, vbytes, vpath = self._compute(
+                fn, in_specs, out_specs, validation_inputs, self.prepared.n_validation
+            )
             result.nbytes += vbytes
             result.paths += [vpath] if vpath else []
         return result
@@ -782,23 +871,34 @@ class FeatureCache:
             parts = tuple(keras.tree.flatten(inputs))  # model.inputs order (dicts by sorted key)
             dtypes = [s.dtype.as_numpy_dtype for s in in_specs]
             for i in range(0, n, _FEATURE_BATCH):
-                yield tuple(np.asarray(a[i:i + _FEATURE_BATCH], dtype=d) for a, d in zip(parts, dtypes))
+                yield tuple(
+                    np.asarray(a[i : i + _FEATURE_BATCH], dtype=d) for a, d in zip(parts, dtypes)
+                )
 
         if total <= self.budget:
             parts = [[] for _ in out_specs]
             for xb in batches():
                 for part, out in zip(parts, fn(*xb)):
                     part.append(out.numpy())
-            return tuple(np.concatenate(p) if p else np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
-                         for p, s in zip(parts, out_specs)), total, None
+            return (
+                tuple(
+                    np.concatenate(p) if p else np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
+                    for p, s in zip(parts, out_specs)
+                ),
+                total,
+                None,
+            )
 
         def generate():
             for xb in batches():
                 yield fn(*xb)
 
         # A known length lets Keras count steps as it does for in-memory features.
-        ds = (tf.data.Dataset.from_generator(generate, output_signature=tuple(out_specs)).unbatch()
-              .apply(tf.data.experimental.assert_cardinality(n)))
+        ds = (
+            tf.data.Dataset.from_generator(generate, output_signature=tuple(out_specs))
+            .unbatch()
+            .apply(tf.data.experimental.assert_cardinality(n))
+        )
         path = os.path.join(self._cache_dir(), f"features_{len(os.listdir(self._cache_dir()))}")
         ds = ds.cache(path)
         ds.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1)  # fill the cache file once
@@ -815,9 +915,14 @@ class FeatureCache:
 
     def _keep(self, model: keras.Model, split: FeatureSplit, features: _Features) -> None:
         """Keep ``features`` for a later phase whose cut is the same as ``split``'s."""
-        self._kept = _Kept(id(model), tuple(split.prefix_layers), [id(v) for v in split.prefix.weights],
-                           [v.numpy() for v in split.prefix.weights],
-                           [tuple(t.shape) for t in split.prefix.outputs], features)
+        self._kept = _Kept(
+            id(model),
+            tuple(split.prefix_layers),
+            [id(v) for v in split.prefix.weights],
+            [v.numpy() for v in split.prefix.weights],
+            [tuple(t.shape) for t in split.prefix.outputs],
+            features,
+        )
 
     def _kept_for(self, model: keras.Model, split: FeatureSplit) -> _Features | None:
         """Kept features that are exactly ``split.prefix``'s outputs now, or ``None``."""
@@ -825,14 +930,21 @@ class FeatureCache:
         if kept is None or kept.model_id != id(model) or kept.layers != tuple(split.prefix_layers):
             return None
         weights = split.prefix.weights
-        if (kept.variable_ids != [id(v) for v in weights]
-                or kept.shapes != [tuple(t.shape) for t in split.prefix.outputs]
-                or not all(np.array_equal(a, v.numpy()) for a, v in zip(kept.values, weights))):
+        if (
+            kept.variable_ids != [id(v) for v in weights]
+            or kept.shapes != [tuple(t.shape) for t in split.prefix.outputs]
+            or not all(np.array_equal(a, v.numpy()) for a, v in zip(kept.values, weights))
+        ):
             return None
         return kept.features
 
-    def _cached_setup(self, model: keras.Model, index: int, split: FeatureSplit,
-                      later_trainable: Collection[keras.layers.Layer] | None = None) -> PhaseSetup:
+    def _cached_setup(
+        self,
+        model: keras.Model,
+        index: int,
+        split: FeatureSplit,
+        later_trainable: Collection[keras.layers.Layer] | None = None,
+    ) -> PhaseSetup:
         p = self.prepared
         x, y = p.arrays
         val = self._validation_arrays()
@@ -841,7 +953,11 @@ class FeatureCache:
         feats = self._kept_for(model, split)
         source = KEPT
         if feats is None:
-            lower = split_frozen_prefix(model, also_trainable=later_trainable) if later_trainable else None
+            lower = (
+                split_frozen_prefix(model, also_trainable=later_trainable)
+                if later_trainable
+                else None
+            )
             if lower is not None and set(lower.prefix_layers) == set(split.prefix_layers):
                 lower = split  # the next phase's cut is this one: compute once, keep
             elif lower is not None and not set(lower.prefix_layers) < set(split.prefix_layers):
@@ -861,22 +977,30 @@ class FeatureCache:
                     suffix = lower.suffix
                 else:
                     base = feats
-                    feats, _, derived_stored = self._looked_up(middle, base.train, base.validation, key)
+                    feats, _, derived_stored = self._looked_up(
+                        middle, base.train, base.validation, key
+                    )
                     feats = dataclasses.replace(feats, nbytes=feats.nbytes + base.nbytes)
                     suffix = middle.suffix
                     source = STORED_BOTH if stored and derived_stored else source
         seed = self._phase_seed(index)
         train = self._pipeline(feats.train, y, seed, shuffle=True)
-        validation = None if val is None else self._pipeline(feats.validation, val[1], seed, shuffle=False)
+        validation = (
+            None if val is None else self._pipeline(feats.validation, val[1], seed, shuffle=False)
+        )
         seconds = time.perf_counter() - start
         fit_model = CachedFeatureModel(suffix, model)
         fit_model.dtype_policy = model.dtype_policy
         where = f"files {feats.paths}" if feats.paths else "memory"
         reason = f"{len(split.prefix_layers)} frozen layers below the cut; cut stopped by {split.stopped_by}"
-        self._log(f"kerasft: features of {len(split.prefix_layers)} frozen layers {source} "
-                  f"({feats.nbytes / 2**20:.1f} MiB in {where}, {seconds:.1f}s); training "
-                  f"{len(suffix.layers) - len(suffix.inputs)} layers on them")
-        return PhaseSetup(fit_model, train, validation, True, reason, seconds, feats.nbytes, feature_source=source)
+        self._log(
+            f"kerasft: features of {len(split.prefix_layers)} frozen layers {source} "
+            f"({feats.nbytes / 2**20:.1f} MiB in {where}, {seconds:.1f}s); training "
+            f"{len(suffix.layers) - len(suffix.inputs)} layers on them"
+        )
+        return PhaseSetup(
+            fit_model, train, validation, True, reason, seconds, feats.nbytes, feature_source=source
+        )
 
     def _store_inputs_key(self, x: Any, val: tuple[Any, np.ndarray] | None) -> str | None:
         """The store key of this run's training and validation inputs (computed once per run)."""
@@ -886,8 +1010,9 @@ class FeatureCache:
             self._inputs_key = inputs_key(x, None if val is None else val[0])
         return self._inputs_key
 
-    def _looked_up(self, split: FeatureSplit, train_inputs: Any, validation_inputs: Any,
-                   inputs: str | None) -> tuple[_Features, str | None, bool]:
+    def _looked_up(
+        self, split: FeatureSplit, train_inputs: Any, validation_inputs: Any, inputs: str | None
+    ) -> tuple[_Features, str | None, bool]:
         """``split.prefix``'s features from the store, or computed (and stored).
 
         ``inputs`` is the store key of the inputs (of the run's data, or of the features
@@ -907,16 +1032,24 @@ class FeatureCache:
             self.store.put(key, feats)
         return feats, key, False
 
-    def _pipeline(self, feats: Any, labels: np.ndarray, seed: int, shuffle: bool) -> tf.data.Dataset:
+    def _pipeline(
+        self, feats: Any, labels: np.ndarray, seed: int, shuffle: bool
+    ) -> tf.data.Dataset:
         batch_size = self.prepared.batch_size
         augmentation = self.prepared.augmentation
         # Only training batches (shuffled) are augmented; on features, only feature MixUp applies.
         transform = augmentation.features if shuffle and augmentation is not None else None
         if not isinstance(feats, tf.data.Dataset):
-            return data_lib.make_pipeline(_unwrap(feats), labels, batch_size, seed, shuffle=shuffle, transform=transform)
-        ds = tf.data.Dataset.zip((feats.map(_unwrap_tf), tf.data.Dataset.from_tensor_slices(labels)))
+            return data_lib.make_pipeline(
+                _unwrap(feats), labels, batch_size, seed, shuffle=shuffle, transform=transform
+            )
+        ds = tf.data.Dataset.zip(
+            (feats.map(_unwrap_tf), tf.data.Dataset.from_tensor_slices(labels))
+        )
         if shuffle:
-            ds = ds.shuffle(min(len(labels), _SHUFFLE_WINDOW), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(
+                min(len(labels), _SHUFFLE_WINDOW), seed=seed, reshuffle_each_iteration=True
+            )
         ds = ds.batch(batch_size)
         if transform is not None:
             ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)

@@ -78,10 +78,16 @@ def choose_jit_compile(requested: Any, devices: Sequence[str]) -> tuple[bool, st
 
 def xla_blockers(model: keras.Model) -> list[str]:
     """Paths of layers that declare they cannot be XLA-compiled (``supports_jit=False``)."""
-    return [path for path, layer in surgery.iter_layers(model) if getattr(layer, "supports_jit", True) is False]
+    return [
+        path
+        for path, layer in surgery.iter_layers(model)
+        if getattr(layer, "supports_jit", True) is False
+    ]
 
 
-def resolve_jit_compile(requested: Any, model: keras.Model, devices: Sequence[str] | None = None) -> bool:
+def resolve_jit_compile(
+    requested: Any, model: keras.Model, devices: Sequence[str] | None = None
+) -> bool:
     """:func:`choose_jit_compile` for ``model``, falling back when a layer cannot be compiled."""
     use, _ = choose_jit_compile(requested, device_types() if devices is None else devices)
     if not use:
@@ -112,7 +118,9 @@ def cpu_supports_bfloat16(flags: Sequence[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
-def choose_mixed_precision(requested: Any, devices: Sequence[str], *, cpu_bf16: bool = False) -> tuple[str, str]:
+def choose_mixed_precision(
+    requested: Any, devices: Sequence[str], *, cpu_bf16: bool = False
+) -> tuple[str, str]:
     """The Keras dtype policy to train with, and why.
 
     Example:
@@ -150,7 +158,9 @@ def choose_mixed_precision(requested: Any, devices: Sequence[str], *, cpu_bf16: 
     return "float32", "this CPU has no bfloat16 arithmetic; mixed precision would be slower"
 
 
-def apply_mixed_precision(model: keras.Model, policy: str, *, keep_float32: Sequence[keras.layers.Layer] = ()) -> None:
+def apply_mixed_precision(
+    model: keras.Model, policy: str, *, keep_float32: Sequence[keras.layers.Layer] = ()
+) -> None:
     """Set ``policy`` on every layer of ``model`` except ``keep_float32`` and the output tail.
 
     Variables stay float32 (mixed policies keep them so); computations run in the
@@ -161,7 +171,9 @@ def apply_mixed_precision(model: keras.Model, policy: str, *, keep_float32: Sequ
         ValueError: an unknown policy.
     """
     if policy not in PRECISIONS:
-        raise ValueError(f"Argument `policy` must be one of {list(PRECISIONS)}. Received: policy={policy!r}")
+        raise ValueError(
+            f"Argument `policy` must be one of {list(PRECISIONS)}. Received: policy={policy!r}"
+        )
     head, tail = surgery.output_chain(model)
     keep = {id(layer) for layer in (*keep_float32, head, *tail)}
     for _, layer in surgery.iter_layers(model):

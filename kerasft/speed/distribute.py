@@ -33,8 +33,16 @@ import tensorflow as tf
 from kerasft import _keras_compat as compat
 from kerasft.speed.caching import CachedFeatureModel
 
-__all__ = ["resolve_strategy", "in_scope", "check_model_variables", "num_replicas", "MultiWorkerModel",
-           "prepare_fit", "choose_strategy_kind", "wrap_for_fit"]
+__all__ = [
+    "resolve_strategy",
+    "in_scope",
+    "check_model_variables",
+    "num_replicas",
+    "MultiWorkerModel",
+    "prepare_fit",
+    "choose_strategy_kind",
+    "wrap_for_fit",
+]
 
 
 _AUTO: dict[str, tf.distribute.Strategy] = {}
@@ -46,7 +54,9 @@ def _tf_config_workers(tf_config: str | None) -> int:
     try:
         cluster = json.loads(tf_config).get("cluster", {})
     except (ValueError, AttributeError):
-        raise ValueError(f"Environment variable TF_CONFIG is not valid JSON: {tf_config!r}") from None
+        raise ValueError(
+            f"Environment variable TF_CONFIG is not valid JSON: {tf_config!r}"
+        ) from None
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -125,8 +135,11 @@ def check_model_variables(model: Any, strategy: tf.distribute.Strategy) -> None:
     Raises:
         ValueError: with the fix (``copy=True``, or build the model in the scope).
     """
-    outside = [v.path for v in model.weights
-               if not strategy.extended.variable_created_in_scope(getattr(v, "value", v))]
+    outside = [
+        v.path
+        for v in model.weights
+        if not strategy.extended.variable_created_in_scope(getattr(v, "value", v))
+    ]
     if outside:
         raise ValueError(
             f"Argument `model`: {len(outside)} variables of model {model.name!r} (e.g. "

@@ -20,11 +20,21 @@ from kerasft.speed import caching, devices, distribute
 __all__ = ["SpeedPlan", "SpeedRecord", "PhaseSpeed", "check_options"]
 
 
-def check_options(*, cache_features: Any, cache_budget: Any, jit_compile: Any, mixed_precision: Any,
-                  steps_per_execution: Any) -> None:
+def check_options(
+    *,
+    cache_features: Any,
+    cache_budget: Any,
+    jit_compile: Any,
+    mixed_precision: Any,
+    steps_per_execution: Any,
+) -> None:
     """Validate the speed keywords of ``finetune`` before any work is done."""
     caching.check_cache_features(cache_features)
-    if isinstance(cache_budget, bool) or not isinstance(cache_budget, (int, float)) or cache_budget < 0:
+    if (
+        isinstance(cache_budget, bool)
+        or not isinstance(cache_budget, (int, float))
+        or cache_budget < 0
+    ):
         raise ValueError(
             f"Argument `cache_budget` must be a number of bytes >= 0. Received: cache_budget={cache_budget!r}"
         )
@@ -55,9 +65,14 @@ class PhaseSpeed:
     steps_per_execution: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cached": self.cached, "reason": self.reason, "feature_seconds": self.feature_seconds,
-                "feature_bytes": self.feature_bytes, "feature_source": self.feature_source,
-                "steps_per_execution": self.steps_per_execution}
+        return {
+            "cached": self.cached,
+            "reason": self.reason,
+            "feature_seconds": self.feature_seconds,
+            "feature_bytes": self.feature_bytes,
+            "feature_source": self.feature_source,
+            "steps_per_execution": self.steps_per_execution,
+        }
 
 
 @dataclass
@@ -79,9 +94,13 @@ class SpeedRecord:
     phases: list[PhaseSpeed] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"devices": list(self.devices), "precision": self.precision,
-                "precision_reason": self.precision_reason, "jit_compile": self.jit_compile,
-                "phases": [phase.to_dict() for phase in self.phases]}
+        return {
+            "devices": list(self.devices),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "jit_compile": self.jit_compile,
+            "phases": [phase.to_dict() for phase in self.phases],
+        }
 
 
 class SpeedPlan:
@@ -92,30 +111,64 @@ class SpeedPlan:
     features with other runs.
     """
 
-    def __init__(self, model: keras.Model, prepared: data_lib.PreparedData, *, cache_features: Any = "auto",
-                 cache_budget: float = 1024**3, jit_compile: Any = "auto", mixed_precision: Any = None,
-                 steps_per_execution: Any = "auto", seed: int = 0, distributed: bool = False,
-                 verbose: int = 0, feature_store: caching.FeatureStore | None = None):
+    def __init__(
+        self,
+        model: keras.Model,
+        prepared: data_lib.PreparedData,
+        *,
+        cache_features: Any = "auto",
+        cache_budget: float = 1024**3,
+        jit_compile: Any = "auto",
+        mixed_precision: Any = None,
+        steps_per_execution: Any = "auto",
+        seed: int = 0,
+        distributed: bool = False,
+        verbose: int = 0,
+        feature_store: caching.FeatureStore | None = None,
+    ):
         caching.check_feature_store(feature_store)
-        check_options(cache_features=cache_features, cache_budget=cache_budget, jit_compile=jit_compile,
-                      mixed_precision=mixed_precision, steps_per_execution=steps_per_execution)
+        check_options(
+            cache_features=cache_features,
+            cache_budget=cache_budget,
+            jit_compile=jit_compile,
+            mixed_precision=mixed_precision,
+            steps_per_execution=steps_per_execution,
+        )
         kinds = devices.device_types()
         self.precision, precision_reason = devices.choose_mixed_precision(
-            mixed_precision, kinds, cpu_bf16=devices.cpu_supports_bfloat16())
+            mixed_precision, kinds, cpu_bf16=devices.cpu_supports_bfloat16()
+        )
         if self.precision != "float32":
             devices.apply_mixed_precision(model, self.precision)
         self.jit_compile = devices.resolve_jit_compile(jit_compile, model, kinds)
         self.steps_per_execution = steps_per_execution
         self.prepared = prepared
-        self.cache = caching.FeatureCache(prepared, mode=cache_features, seed=seed, budget=cache_budget,
-                                          distributed=distributed, verbose=verbose, store=feature_store)
+        self.cache = caching.FeatureCache(
+            prepared,
+            mode=cache_features,
+            seed=seed,
+            budget=cache_budget,
+            distributed=distributed,
+            verbose=verbose,
+            store=feature_store,
+        )
         self.verbose = verbose
         self.distributed = distributed
-        self.record = SpeedRecord(devices=kinds, precision=self.precision, precision_reason=precision_reason,
-                                  jit_compile=self.jit_compile)
+        self.record = SpeedRecord(
+            devices=kinds,
+            precision=self.precision,
+            precision_reason=precision_reason,
+            jit_compile=self.jit_compile,
+        )
 
-    def setup_phase(self, model: keras.Model, index: int, *, cacheable: bool = True,
-                    later_trainable: Sequence[keras.layers.Layer] | None = None) -> caching.PhaseSetup:
+    def setup_phase(
+        self,
+        model: keras.Model,
+        index: int,
+        *,
+        cacheable: bool = True,
+        later_trainable: Sequence[keras.layers.Layer] | None = None,
+    ) -> caching.PhaseSetup:
         """Model, pipelines and ``compile_kwargs`` for phase ``index`` (0-based).
 
         ``cacheable=False`` for phases whose trainable layers change during ``fit``
@@ -131,11 +184,21 @@ class SpeedPlan:
         if self.distributed:
             setup.model = distribute.wrap_for_fit(setup.model)
         spe = devices.choose_steps_per_execution(
-            self.steps_per_execution, steps_per_epoch=self.prepared.steps_per_epoch, cached=setup.cached)
+            self.steps_per_execution,
+            steps_per_epoch=self.prepared.steps_per_epoch,
+            cached=setup.cached,
+        )
         setup.compile_kwargs = {"jit_compile": self.jit_compile, "steps_per_execution": spe}
-        self.record.phases.append(PhaseSpeed(
-            cached=setup.cached, reason=setup.reason, feature_seconds=setup.feature_seconds,
-            feature_bytes=setup.feature_bytes, feature_source=setup.feature_source, steps_per_execution=spe))
+        self.record.phases.append(
+            PhaseSpeed(
+                cached=setup.cached,
+                reason=setup.reason,
+                feature_seconds=setup.feature_seconds,
+                feature_bytes=setup.feature_bytes,
+                feature_source=setup.feature_source,
+                steps_per_execution=spe,
+            )
+        )
         return setup
 
     def before_fit(self, setup: caching.PhaseSetup) -> None:
@@ -145,9 +208,13 @@ class SpeedPlan:
 
     def report(self) -> SpeedRecord:
         """What was decided so far: the run's settings and one :class:`PhaseSpeed` per phase."""
-        return SpeedRecord(devices=list(self.record.devices), precision=self.record.precision,
-                           precision_reason=self.record.precision_reason, jit_compile=self.record.jit_compile,
-                           phases=list(self.record.phases))
+        return SpeedRecord(
+            devices=list(self.record.devices),
+            precision=self.record.precision,
+            precision_reason=self.record.precision_reason,
+            jit_compile=self.record.jit_compile,
+            phases=list(self.record.phases),
+        )
 
     def close(self) -> None:
         self.cache.close()
