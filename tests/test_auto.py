@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -110,6 +112,51 @@ def test_holdout_choice_then_refit_on_all_labels(shipped_model, digits):
         and "as chosen before" in result.probe.describe()
     )
     assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.95
+    # successive halving chose the rate on the holdout; the refit trains at that rate
+    tried = chosen.halving
+    assert [t["lr"] for t in tried] == pytest.approx([3e-4, 9e-4])
+    if chosen.best_phase == "finetune":
+        won = max(tried, key=lambda t: t["score"])["lr"]
+        assert chosen.phases[1].learning_rate == pytest.approx(won)
+        assert result.phases[1].learning_rate == pytest.approx(won)
+        assert float(result.plan.phases[1].rate) == pytest.approx(won)
+
+
+def test_rate_candidates_only_where_the_data_can_choose(shipped_model):
+    profile = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
+    common = dict(n_train=240, batch_size=32, given_validation=False)
+    held = auto.decide(profile, n_examples=300, user={}, **common)
+    assert held.candidates == pytest.approx((3 * held.rate,)) and "successive halving" in " ".join(
+        held.reasons
+    )
+    # a rate given, or no holdout to choose on: one rate
+    assert auto.decide(profile, n_examples=300, user={"lr": 1e-3}, **common).candidates == ()
+    small = auto.decide(
+        profile, n_examples=100, n_train=100, batch_size=8, given_validation=False, user={}
+    )
+    assert small.selection == "none" and small.candidates == ()
+    bert = dataclasses.replace(profile, family="transformer")
+    assert auto.decide(bert, n_examples=300, user={}, **common).candidates == ()
+
+
+def test_halving_continues_the_rate_that_scores_best(shipped_model, digits):
+    x, y = digits
+    split = datasets.few_shot_split(x, y, shots=5, seed=3)
+    val = (split.x_test[:200], split.y_test[:200])
+    data = (split.x_train, split.y_train)
+    plan = kerasft.plan(shipped_model, data, validation_data=val, epochs=4)
+    assert plan.phases[1].candidates and " or " in str(plan)
+    result = kerasft.finetune(shipped_model, data, validation_data=val, epochs=4, verbose=0)
+    tried = result.halving
+    assert len(tried) == 2 and all(t["score"] is not None for t in tried)
+    won = max(tried, key=lambda t: t["score"])["lr"]
+    finetune = result.phases[1]
+    assert finetune.learning_rate == pytest.approx(won)
+    # the winner's first half is kept, not trained again: four epochs of history in all
+    assert finetune.epochs == 4 and len(finetune.history["val_accuracy"]) == 4
+    assert finetune.history["val_accuracy"][1] == pytest.approx(
+        max(t["score"] for t in tried), abs=1e-3
+    )
 
 
 def test_never_worse_on_validation_than_the_probe(shipped_model, digits):

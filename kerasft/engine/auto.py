@@ -15,7 +15,10 @@ task), and writes down each decision and its reason in the plan:
    (AdamW with layer-wise decay for transformers; Adam, scaled down with size, for
    convolutional networks; Adam for the rest), linear warmup and cosine decay, for a
    budget counted in optimizer steps (converted to epochs of the batch size that fits
-   the data: at least about ten steps an epoch).
+   the data: at least about ten steps an epoch). Where there is a holdout, a
+   convolutional or dense network tries two rates, the family's and three times it, by
+   successive halving: both train the first half of the budget, the better on the
+   holdout trains the second half (1.5 times one fine-tune's steps).
 3. **Selection that the data can support.** From :data:`SMALL_DATA` examples up, 20% is
    held out (stratified); the probe and every fine-tuning epoch are scored on it, and
    the best wins (so the result is never worse on validation than the probe). Below
@@ -70,6 +73,10 @@ _WEIGHT_DECAY = {"transformer": 0.01}
 _OPTIMIZER = {"transformer": "adamw", "cnn": "adam", "mlp": "adam"}
 # CNN rates fall with size: 3e-4 up to 2M parameters, then as 1/sqrt(parameters).
 _CNN_REFERENCE_PARAMS = 2_000_000
+# With a holdout to choose on, convolutional and dense networks also try this multiple of
+# their rate (successive halving): a target far from the pretraining data wants the
+# body to move further than a near one does, and the data say which case this is.
+_HOT = 3.0
 _TEXT_LENGTH_QUANTILE = 98
 
 
@@ -234,6 +241,8 @@ class AutoDecision:
         optimizer, rate, layer_decay, weight_decay, warmup: the fine-tune's optimizer.
         epochs: fine-tuning epochs; ``steps`` the optimizer steps they make.
         batch_size: the batch size.
+        candidates: other peak rates tried beside ``rate`` by successive halving on the
+            holdout (each trains the first half of the budget; the better continues).
         unfreeze: what the fine-tune trains (``"all"``, or a regex over layer paths).
         train_bn: whether BatchNormalization layers train in the fine-tune.
         sequence_length: the length text is trained at (``None``: the preprocessor's).
@@ -255,6 +264,7 @@ class AutoDecision:
     sequence_length: int | None = None
     reasons: tuple[str, ...] = field(default=())
     train_bn: bool = True
+    candidates: tuple[float, ...] = ()
 
     @property
     def refit(self) -> bool:
@@ -366,10 +376,18 @@ def decide(
     if user.get("train_bn") is not None:
         norm += " (as given)"
     norm = "" if family == "transformer" else f"; {norm}"  # no BatchNormalization to speak of
+    candidates = _candidates(family, rate, selection, epochs, user)
+    peak = f"{rate:.2g}" if not candidates else " or ".join(f"{r:.2g}" for r in (rate, *candidates))
     reasons.append(
-        f"fine-tune: {what} from the probe, {optimizer} at {rate:.2g} peak{spread}, warmup 10% "
+        f"fine-tune: {what} from the probe, {optimizer} at {peak} peak{spread}, warmup 10% "
         f"and cosine decay{norm}"
     )
+    if candidates:
+        reasons.append(
+            f"rate: chosen on the {'validation data' if selection == 'validation data' else 'holdout'} "
+            f"by successive halving: each rate trains the first {epochs // 2} of the {epochs} epochs, "
+            "the better one continues (1.5 times the steps of one fine-tune)"
+        )
     if sequence_length is not None and user_length is not None and sequence_length < user_length:
         reasons.append(
             f"text: trained at sequence length {sequence_length} (98% of the texts fit), not the "
@@ -391,4 +409,18 @@ def decide(
         sequence_length,
         tuple(reasons),
         train_bn,
+        candidates,
     )
+
+
+def _candidates(
+    family: str, rate: float, selection: str, epochs: int, user: dict[str, Any]
+) -> tuple[float, ...]:
+    """The other rates tried beside ``rate``: none without data to choose on or a rate given.
+
+    Transformers try none: their rate carries across the text cases (docs/matrix.md), and
+    each extra trial of a transformer body costs minutes on a CPU.
+    """
+    if family == "transformer" or selection == "none" or epochs < 2 or user.get("lr") is not None:
+        return ()
+    return (rate * _HOT,)

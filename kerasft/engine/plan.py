@@ -112,6 +112,9 @@ class Phase:
         solver: ``"fit"`` (gradient steps) or ``"probe"`` (the head fitted in closed form
             on the frozen body's features: :mod:`kerasft.probe`).
         layer_decay: the phase's own layer-wise rate decay (``None``: the options').
+        candidates: other peak rates tried beside ``rate`` by successive halving: each
+            rate trains the first half of the epochs from the same weights, and the one
+            that scores best on the validation data trains the second half.
     """
 
     name: str
@@ -125,6 +128,12 @@ class Phase:
     train_bn: bool = False
     solver: str = "fit"
     layer_decay: float | None = None
+    candidates: tuple[float, ...] = ()
+
+    @property
+    def halving(self) -> bool:
+        """Whether the phase chooses its rate by successive halving."""
+        return bool(self.candidates) and self.epochs >= 2 and not self.staged
 
     @property
     def probe(self) -> bool:
@@ -225,7 +234,10 @@ class Plan:
                     if phase.spread
                     else ""
                 )
-                out.append((phase.name, phase.epochs, counts[0], f"{phase.rate}{schedule}{spread}"))
+                rate = str(phase.rate)
+                if phase.halving:
+                    rate = " or ".join(f"{r:g}" for r in (float(phase.rate), *phase.candidates))
+                out.append((phase.name, phase.epochs, counts[0], f"{rate}{schedule}{spread}"))
                 continue
             starts = [s.epoch for s in phase.stages] + [phase.epochs]
             for k, stage in enumerate(phase.stages):
@@ -409,6 +421,7 @@ def _auto(
             spread=decision.layer_decay is not None or o.lr_mult is not None,
             train_bn=o.train_bn,
             layer_decay=decision.layer_decay,
+            candidates=tuple(getattr(decision, "candidates", ())),
         ),
     ]
 

@@ -100,6 +100,9 @@ class FinetuneResult:
         probe: the linear probe's choices (:class:`kerasft.probe.ProbeChoice`), if one ran.
         selection: for a run that chose on held-out data and then trained the winner
             again on all labels, the result of the choosing run (its phases and scores).
+        halving: the rates a phase tried by successive halving, each with its score on
+            the validation data after half the phase (``{"lr", "score"}``; higher score is
+            better), or ``None``.
     """
 
     model: keras.Model
@@ -129,6 +132,7 @@ class FinetuneResult:
     decision: Any = None
     probe: Any = None
     selection: Any = None
+    halving: list[dict[str, Any]] | None = None
 
     @property
     def history(self) -> dict[str, dict[str, list[float]]]:

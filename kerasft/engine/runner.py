@@ -75,6 +75,7 @@ class Run:
         probe: the :class:`kerasft.probe.ProbeChoice` of a probe phase.
         given_probe: a probe chosen before (on a holdout) to fit again, its features and
             strength kept (a refit on all labels).
+        halving: the rates a phase tried by successive halving and their scores.
         keep_final: return the last weights (a fixed budget without validation), not
             the best seen.
         compare_final: each phase is one candidate, scored by its last epoch (the probe
@@ -105,6 +106,7 @@ class Run:
     decision: Any = None
     probe: Any = None
     given_probe: Any = None
+    halving: list[dict[str, Any]] | None = None
     keep_final: bool = False
     restore_length: tuple[Any, int] | None = None
     unused: tuple[Any, list] | None = field(default=None, repr=False)
@@ -154,6 +156,7 @@ class Run:
             stages=self.stages,
             decision=self.decision,
             probe=self.probe,
+            halving=self.halving,
         )
 
 
@@ -498,22 +501,7 @@ class Runner:
             if replacement is not None:
                 run.replace_model(replacement)
         model = run.model
-        if phase.staged:
-            run.phase_optimizer = staged_optimizer(
-                model, phase, run.make_optimizer, steps, verbose=run.options.run.verbose
-            )
-            run.stages = [_stage_record(s) for s in phase.stages]
-        else:
-            r = run.options.recipe
-            run.phase_optimizer = phase_optimizer(
-                model,
-                phase,
-                run.make_optimizer,
-                steps,
-                lr_mult=r.lr_mult,
-                layer_decay=phase.layer_decay or r.layer_decay,
-                layer_groups=r.layer_groups,
-            )
+        run.phase_optimizer = self._optimizer(run, phase)
         if not model.trainable_weights:
             raise ValueError(
                 f"Nothing to train in phase {phase.name!r}: every weight of model {model.name!r} is "
@@ -525,24 +513,24 @@ class Runner:
             cacheable=phase.cacheable,
             later_trainable=self._next_trainable(run),
         )
-        setup.model.compile(
-            optimizer=run.phase_optimizer.optimizer,
-            loss=run.task.loss,
-            metrics=list(run.task.metrics),
-            **setup.compile_kwargs,
-        )
         run.phase_peak, run.phase_counts = run.phase_optimizer.peak, surgery.count_params(model)
         run.log(
             f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': {phase.epochs} "
-            f"epoch{'s' if phase.epochs != 1 else ''}, lr {run.phase_peak:g}{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, "
-            f"{run.phase_counts}"
+            f"epoch{'s' if phase.epochs != 1 else ''}, lr {self._rates_text(run, phase)}"
+            f"{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, {run.phase_counts}"
         )
-        callbacks = [cb for hook in self.hooks for cb in hook.callbacks(run)]
         speed.before_fit(setup)
         start = time.perf_counter()
+        earlier: dict[str, list[float]] = {}
+        first_epoch = 0
+        if phase.halving and run.data.validation is not None and run.best is not None:
+            earlier, first_epoch = self._halve(run, phase, setup)
+        self._compile(run, setup)
+        callbacks = [cb for hook in self.hooks for cb in hook.callbacks(run)]
         fitted = setup.model.fit(
             setup.train,
             validation_data=setup.validation,
+            initial_epoch=first_epoch,
             epochs=phase.epochs,
             callbacks=callbacks,
             verbose=run.options.run.verbose,
@@ -550,7 +538,10 @@ class Runner:
             class_weight=run.task.class_weight,
         )
         seconds = time.perf_counter() - start
-        history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+        history = {
+            k: earlier.get(k, []) + [float(v) for v in values]
+            for k, values in fitted.history.items()
+        }
         trainable = (
             surgery.count_params(model).trainable if phase.staged else run.phase_counts.trainable
         )
@@ -563,6 +554,87 @@ class Runner:
             float(run.phase_peak),
             steps,
         )
+
+    @staticmethod
+    def _rates_text(run: Run, phase: Phase) -> str:
+        if phase.halving and run.data.validation is not None:
+            rates = " or ".join(f"{r:g}" for r in (float(phase.rate), *phase.candidates))
+            return f"{rates} (chosen on the validation data after {phase.epochs // 2} epochs)"
+        return f"{run.phase_peak:g}"
+
+    @staticmethod
+    def _optimizer(run: Run, phase: Phase) -> Any:
+        """The phase's optimizer (one per stage for a staged phase)."""
+        steps = run.plan.steps_per_epoch
+        if phase.staged:
+            run.stages = [_stage_record(s) for s in phase.stages]
+            return staged_optimizer(
+                run.model, phase, run.make_optimizer, steps, verbose=run.options.run.verbose
+            )
+        r = run.options.recipe
+        return phase_optimizer(
+            run.model,
+            phase,
+            run.make_optimizer,
+            steps,
+            lr_mult=r.lr_mult,
+            layer_decay=phase.layer_decay or r.layer_decay,
+            layer_groups=r.layer_groups,
+        )
+
+    @staticmethod
+    def _compile(run: Run, setup: Any) -> None:
+        setup.model.compile(
+            optimizer=run.phase_optimizer.optimizer,
+            loss=run.task.loss,
+            metrics=list(run.task.metrics),
+            **setup.compile_kwargs,
+        )
+
+    def _halve(self, run: Run, phase: Phase, setup: Any) -> tuple[dict[str, list[float]], int]:
+        """Successive halving over the phase's rates; leave the winner set up to continue.
+
+        Every rate trains the first half of the phase's epochs from the same weights, on
+        a schedule laid out for the whole phase; each is scored on the validation data as
+        the run's selection scores (its monitor, last epoch). The winner's weights and
+        optimizer (its step count, so its schedule, included) are put back, and
+        ``run.phase`` / ``run.phase_optimizer`` / ``run.phase_peak`` become its. Returns
+        the winner's history of those epochs and the epoch to continue from.
+        """
+        half = phase.epochs // 2
+        start = setup.model.get_weights()
+        trials = []
+        for rate in (float(phase.rate), *phase.candidates):
+            setup.model.set_weights(start)
+            trial = dataclasses.replace(phase, rate=Rate(rate), candidates=())
+            run.phase_optimizer = self._optimizer(run, trial)
+            self._compile(run, setup)
+            fitted = setup.model.fit(
+                setup.train,
+                validation_data=setup.validation,
+                epochs=half,
+                verbose=0,
+                shuffle=False,
+                class_weight=run.task.class_weight,
+            )
+            history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+            last = {k: v[-1] for k, v in history.items() if v}
+            finite = np.isfinite(last.get("loss", np.nan))
+            score = run.best.score(last) if finite else None
+            trials.append((score, trial, run.phase_optimizer, setup.model.get_weights(), history))
+            shown = "no finite score" if score is None else f"{run.monitor} {last[run.monitor]:.4g}"
+            run.log(f"kerasft:   lr {rate:g} after {half} epochs: {shown}")
+        ranked = [t for t in trials if t[0] is not None]
+        score, trial, optimizer, weights, history = (
+            max(ranked, key=lambda t: t[0]) if ranked else trials[0]
+        )
+        setup.model.set_weights(weights)
+        run.phase, run.phase_optimizer, run.phase_peak = trial, optimizer, optimizer.peak
+        run.halving = [
+            {"lr": float(t[1].rate), "score": None if t[0] is None else float(t[0])} for t in trials
+        ]
+        run.log(f"kerasft:   lr {float(trial.rate):g} continues")
+        return history, half
 
     @staticmethod
     def _next_trainable(run: Run) -> list | None:
