@@ -446,7 +446,7 @@ class RegularizationConfig(_Config):
             from kerasft.pruning import finetune as pruning_finetune
 
             # The value alone; whether the recipe can prune is checked with the other options.
-            pruning_finetune.parse_prune_option(self.prune, pruning_finetune.PRUNE_RECIPES[0])
+            pruning_finetune.parse_prune_option(self.prune, None)
 
     @property
     def clip(self) -> tuple[float, Any] | None:

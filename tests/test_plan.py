@@ -65,6 +65,23 @@ def test_builtin_recipes(shipped_model, recipe, names, epochs):
     assert [p.name for p in plan.phases] == names and [p.epochs for p in plan.phases] == epochs
 
 
+def test_the_plan_knows_what_can_prune_and_how_long_it_trains(shipped_model, digits_small):
+    from kerasft.engine.plan import prunable_recipes
+
+    assert prunable_recipes() == ("lp-ft", "full", "head")
+    lp_ft = _plan(shipped_model, head_epochs=3, epochs=7)
+    assert [p.prunable for p in lp_ft.phases] == [True, True]
+    assert lp_ft.total_epochs == 10 and lp_ft.total_steps == 40
+    gradual = _plan(shipped_model, recipe="gradual", head_epochs=2, epochs=6)
+    assert not gradual.phases[-1].prunable and gradual.total_epochs == 8
+    auto = kerasft.plan(shipped_model, digits_small)
+    probe, finetune = auto.phases
+    assert not probe.prunable and finetune.prunable
+    assert auto.total_epochs == finetune.epochs  # the closed-form probe takes no epochs
+    with pytest.raises(ValueError, match=r"`prune` works with recipe 'lp-ft', 'full' or 'head'"):
+        kerasft.plan(shipped_model, digits_small, recipe="lora", prune=0.5)
+
+
 def test_gradual_plan_stages_and_rates(shipped_model):
     plan = _plan(shipped_model, recipe="gradual", head_epochs=2, epochs=6, lr=1e-2, lr_mult=100)
     (phase,) = plan.phases

@@ -521,6 +521,11 @@ class Pruning(Hook):
         last = max(i for i, p in enumerate(run.plan.phases) if p.epochs > 0)
         if run.phase_index != last:
             return None
+        if not run.phase.prunable:
+            raise ValueError(
+                f"Argument `prune` cannot prune the last phase of this plan ({run.phase.name!r} "
+                f"trains {run.phase.trains!r}): pruning needs gradient steps on a fixed set of layers."
+            )
         steps = run.plan.steps_per_epoch
         self.plan, first_full = pruning_finetune.start(
             run.model, self.options, run.phase.epochs * steps, steps, head=run.task.head

@@ -34,6 +34,7 @@ __all__ = [
     "Stage",
     "RECIPES",
     "build_plan",
+    "prunable_recipes",
     "register_recipe",
     "select_trainable",
     "trainable_layers",
@@ -140,6 +141,11 @@ class Phase:
         return self.solver == "probe"
 
     @property
+    def prunable(self) -> bool:
+        """Whether pruning can run in this phase: gradient steps on a fixed set of layers."""
+        return not self.probe and not self.staged and self.trains != "adapters"
+
+    @property
     def staged(self) -> bool:
         return bool(self.stages)
 
@@ -173,6 +179,20 @@ class Plan:
     total_params: int = 0
     rates: list[list[float]] | None = field(default=None, repr=False)
     decision: Any = None
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of gradient steps over all phases (a closed-form probe takes none)."""
+        return sum(p.epochs for p in self.phases if not p.probe)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps over all phases, successive halving's extra half included."""
+        return self.steps_per_epoch * sum(
+            p.epochs + (p.epochs // 2) * len(p.candidates) * p.halving
+            for p in self.phases
+            if not p.probe
+        )
 
     def resolve_rates(self, found: float) -> Plan:
         """The plan once the LR finder suggested ``found`` for the first phase."""
@@ -271,16 +291,28 @@ class Plan:
 
 RecipeFn = Callable[[RecipeOptions, keras.Model, keras.layers.Layer], list[Phase]]
 RECIPES: dict[str, RecipeFn] = {}
+_PRUNABLE: set[str] = set()
 
 
-def register_recipe(name: str) -> Callable[[RecipeFn], RecipeFn]:
-    """Register ``fn(options, model, head) -> [Phase, ...]`` as recipe ``name``."""
+def register_recipe(name: str, *, prunable: bool = False) -> Callable[[RecipeFn], RecipeFn]:
+    """Register ``fn(options, model, head) -> [Phase, ...]`` as recipe ``name``.
+
+    ``prunable``: the recipe's last phase always trains a fixed set of layers by gradient
+    (:attr:`Phase.prunable`), so ``prune=`` can prune during it; this is known before a
+    model is at hand, so that the option is refused before anything runs.
+    """
 
     def register(fn: RecipeFn) -> RecipeFn:
         RECIPES[name] = fn
+        (_PRUNABLE.add if prunable else _PRUNABLE.discard)(name)
         return fn
 
     return register
+
+
+def prunable_recipes() -> tuple[str, ...]:
+    """The recipes whose last phase can prune, in the order they were registered."""
+    return tuple(name for name in RECIPES if name in _PRUNABLE)
 
 
 def _head_rate(o: RecipeOptions) -> Rate:
@@ -293,7 +325,7 @@ def _body_rate(o: RecipeOptions) -> Rate:
     return Rate(of_found=0.1) if o.finds_lr else Rate(float(o.lr) / 10)
 
 
-@register_recipe("lp-ft")
+@register_recipe("lp-ft", prunable=True)
 def _lp_ft(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
     return [
         Phase("head", o.head_epochs, "head", _head_rate(o), train_bn=o.train_bn),
@@ -310,7 +342,7 @@ def _lp_ft(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> li
     ]
 
 
-@register_recipe("full")
+@register_recipe("full", prunable=True)
 def _full(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
     return [
         Phase(
@@ -326,7 +358,7 @@ def _full(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> lis
     ]
 
 
-@register_recipe("head")
+@register_recipe("head", prunable=True)
 def _head(o: RecipeOptions, model: keras.Model, head: keras.layers.Layer) -> list[Phase]:
     return [Phase("head", o.epochs, "head", _head_rate(o), train_bn=o.train_bn)]
 

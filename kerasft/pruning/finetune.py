@@ -27,7 +27,6 @@ from kerasft.pruning.wrapper import (
 
 __all__ = [
     "FINETUNE_PRUNE_OPTIONS",
-    "PRUNE_RECIPES",
     "PruningRecord",
     "parse_prune_option",
     "start",
@@ -36,8 +35,6 @@ __all__ = [
 
 # The options `finetune(prune=...)` passes on to `pruning_plan` (the run sets total_steps).
 FINETUNE_PRUNE_OPTIONS = (*SCHEDULE_DEFAULTS, "layers", "log_dir")
-# Recipes whose last phase can prune.
-PRUNE_RECIPES = ("lp-ft", "full", "head")
 # Without `layers=`, the largest trained layers holding this share of their weights are pruned.
 _FINETUNE_WEIGHT_SHARE = 0.95
 
@@ -83,7 +80,8 @@ def parse_prune_option(prune, recipe: str) -> dict | None:
     Args:
         prune: `None` or `False` (no pruning), a target sparsity in ``[0, 1)``, or a dict
             of `pruning_plan` options other than `total_steps`.
-        recipe: the `finetune` recipe, which must be one of `PRUNE_RECIPES`.
+        recipe: the `finetune` recipe, which must be one whose last phase can prune
+            (`kerasft.engine.plan.prunable_recipes()`); `None` checks the value alone.
 
     Returns:
         The `pruning_plan` keyword arguments, or `None` for no pruning.
@@ -93,11 +91,15 @@ def parse_prune_option(prune, recipe: str) -> dict | None:
     """
     if prune is None or prune is False:
         return None
-    if recipe not in PRUNE_RECIPES:
-        raise ValueError(
-            "Argument `prune` works with recipe 'lp-ft', 'full' or 'head' (it prunes "
-            f"during the last phase). Received: recipe={recipe!r} with prune={prune!r}"
-        )
+    if recipe is not None:
+        from kerasft.engine.plan import prunable_recipes
+
+        names = [repr(name) for name in prunable_recipes()]
+        if recipe not in prunable_recipes():
+            raise ValueError(
+                f"Argument `prune` works with recipe {', '.join(names[:-1])} or {names[-1]} (it "
+                f"prunes during the last phase). Received: recipe={recipe!r} with prune={prune!r}"
+            )
     if isinstance(prune, numbers.Real) and not isinstance(prune, bool):
         options = {"target_sparsity": prune}
     elif isinstance(prune, dict):
