@@ -12,6 +12,8 @@ trainable body from the head, and `kerasft.finetune("path/to/export", data)` can
 replace it. A TFLite file may be float16, dynamic-range or full-integer (int8) quantized
 and is checked in the LiteRT interpreter against the Keras model
 (`kerasft.export.tflite`); every export carries a model card (`kerasft.export.card`).
+What an export takes and serves (inputs, output kind, the probabilities it must match)
+is read off the Keras model in `kerasft.export.serving`.
 Every export is run beside its Keras model on sample inputs before it is renamed into
 place (an export that serves other predictions is refused), written beside its
 destination and renamed into place, so an interrupted export never leaves a
@@ -33,11 +35,10 @@ from kerasft.export.savedmodel import (
     check_destination,
     export_files,
     export_model,
-    input_names,
     is_export,
     read_export_metadata,
-    served_probabilities,
 )
+from kerasft.export.serving import input_names, served_probabilities
 from kerasft.export.tflite import ExportSample, TFLiteCheck, export_sample, verify_tflite
 
 __all__ = [

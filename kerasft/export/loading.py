@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
@@ -216,96 +217,22 @@ def load_for_finetuning(
             message says why.
     """
     path = os.path.abspath(os.fspath(path))
-    if num_classes is not None and (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, (int, np.integer))
-        or num_classes < 1
-    ):
-        raise ValueError(
-            f"Argument `num_classes` must be a positive integer or None. "
-            f"Received: num_classes={num_classes!r}"
-        )
+    _check_num_classes(num_classes)
     signatures = _read_signatures(path)
     check_saved_model_graph(path, safe_mode=safe_mode)
-    restore_head = False
     metadata = None
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
         metadata = read_export_metadata(path)
-    if endpoint is None:
-        if num_classes is not None:
-            if FEATURES_ENDPOINT not in signatures:
-                why = (
-                    "its classification layer could not be located when it was exported"
-                    if metadata is not None
-                    else "it was not written by kerasft.export_model"
-                )
-                raise ValueError(
-                    f"The SavedModel at {path!r} has no {FEATURES_ENDPOINT!r} endpoint "
-                    f"({why}), so there is no feature layer to attach a new head to. "
-                    f"Its endpoints are: {sorted(signatures)}. HINT: pass "
-                    "endpoint='serve' to stack the new head on its outputs instead."
-                )
-            endpoint = FEATURES_ENDPOINT
-        elif FEATURES_ENDPOINT in signatures and metadata is not None:
-            endpoint = FEATURES_ENDPOINT
-            restore_head = True
-        elif SERVE_ENDPOINT in signatures:
-            endpoint = SERVE_ENDPOINT
-        elif "serving_default" in signatures:
-            endpoint = "serving_default"
-        else:
-            raise ValueError(
-                f"The SavedModel at {path!r} has neither a 'serve' nor a 'serving_default' "
-                f"endpoint. Its endpoints are: {sorted(signatures)}. Pass one as `endpoint`."
-            )
-    elif endpoint not in signatures:
-        raise ValueError(
-            f"No endpoint named {endpoint!r} in the SavedModel at {path!r}. "
-            f"Existing endpoints are: {sorted(signatures)}"
-        )
-    inputs_info = signatures[endpoint]
-    if len(inputs_info) != 1:
-        raise ValueError(
-            f"Endpoint {endpoint!r} of the SavedModel at {path!r} takes {len(inputs_info)} "
-            f"inputs ({sorted(inputs_info)}); load_for_finetuning supports one input tensor."
-        )
-    ((input_name, (shape, dtype)),) = inputs_info.items()
-    if shape is None or len(shape) < 1:
-        raise ValueError(
-            f"Endpoint {endpoint!r} of the SavedModel at {path!r} takes an input of unknown "
-            "rank; a Keras model needs at least the rank of its input."
-        )
+    endpoint, restore_head = _choose_endpoint(path, signatures, endpoint, num_classes, metadata)
+    input_name, shape, dtype = _endpoint_input(path, endpoint, signatures[endpoint])
 
     layer = SavedModelLayer(path, call_endpoint=endpoint, trainable=trainable, name="saved_model")
     # A body without variables (preprocessing only) is fine under a head that trains.
-    if trainable and not layer.trainable_weights and num_classes is None and not restore_head:
-        n_vars = len(layer.non_trainable_weights)
-        if n_vars == 0:
-            why = (
-                "it uses no variables at all: its weights are constants folded into the "
-                "graph (a frozen or converted graph), so there is nothing to update"
-            )
-        else:
-            why = f"all {n_vars} of its variables are marked non-trainable in the SavedModel"
-        raise ValueError(
-            f"Cannot fine-tune the SavedModel at {path!r} through endpoint {endpoint!r}: "
-            f"{why}. HINT: re-export it from the Keras model, or pass trainable=False to "
-            "use it as a fixed feature extractor."
-        )
+    if trainable and num_classes is None and not restore_head:
+        _check_trainable(layer, path, endpoint)
 
     inputs = keras.Input(shape=tuple(shape[1:]), dtype=dtype, name=input_name)
-    outputs = layer(inputs)
-    if isinstance(outputs, dict):
-        if "probabilities" in outputs:
-            outputs = outputs["probabilities"]
-        elif len(outputs) == 1:
-            (outputs,) = outputs.values()
-        else:
-            raise ValueError(
-                f"Endpoint {endpoint!r} of the SavedModel at {path!r} returns several "
-                f"outputs {sorted(outputs)} and none is named 'probabilities'; a Keras "
-                "model needs one. Pass an `endpoint` that returns a single tensor."
-            )
+    outputs = _one_output(layer(inputs), path, endpoint)
     if num_classes is not None:
         if len(outputs.shape) != 2:
             raise ValueError(
@@ -320,6 +247,112 @@ def load_for_finetuning(
         outputs = _restored_head(layer, metadata, path)(outputs)
     name = metadata["model_name"] if metadata else "saved_model"
     return keras.Model(inputs, outputs, name=f"{name}_from_saved_model")
+
+
+def _check_num_classes(num_classes: Any) -> None:
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or num_classes < 1
+    ):
+        raise ValueError(
+            f"Argument `num_classes` must be a positive integer or None. "
+            f"Received: num_classes={num_classes!r}"
+        )
+
+
+def _choose_endpoint(
+    path: str,
+    signatures: dict[str, Any],
+    endpoint: str | None,
+    num_classes: int | None,
+    metadata: dict | None,
+) -> tuple[str, bool]:
+    """The endpoint to wrap, and whether the exported head is restored on top of it."""
+    if endpoint is not None:
+        if endpoint not in signatures:
+            raise ValueError(
+                f"No endpoint named {endpoint!r} in the SavedModel at {path!r}. "
+                f"Existing endpoints are: {sorted(signatures)}"
+            )
+        return endpoint, False
+    if num_classes is not None:
+        if FEATURES_ENDPOINT not in signatures:
+            why = (
+                "its classification layer could not be located when it was exported"
+                if metadata is not None
+                else "it was not written by kerasft.export_model"
+            )
+            raise ValueError(
+                f"The SavedModel at {path!r} has no {FEATURES_ENDPOINT!r} endpoint "
+                f"({why}), so there is no feature layer to attach a new head to. "
+                f"Its endpoints are: {sorted(signatures)}. HINT: pass "
+                "endpoint='serve' to stack the new head on its outputs instead."
+            )
+        return FEATURES_ENDPOINT, False
+    if FEATURES_ENDPOINT in signatures and metadata is not None:
+        return FEATURES_ENDPOINT, True
+    if SERVE_ENDPOINT in signatures:
+        return SERVE_ENDPOINT, False
+    if "serving_default" in signatures:
+        return "serving_default", False
+    raise ValueError(
+        f"The SavedModel at {path!r} has neither a 'serve' nor a 'serving_default' "
+        f"endpoint. Its endpoints are: {sorted(signatures)}. Pass one as `endpoint`."
+    )
+
+
+def _endpoint_input(
+    path: str, endpoint: str, inputs_info: dict[str, tuple[list | None, str]]
+) -> tuple[str, list, str]:
+    """The name, shape and dtype of the endpoint's one input."""
+    if len(inputs_info) != 1:
+        raise ValueError(
+            f"Endpoint {endpoint!r} of the SavedModel at {path!r} takes {len(inputs_info)} "
+            f"inputs ({sorted(inputs_info)}); load_for_finetuning supports one input tensor."
+        )
+    ((input_name, (shape, dtype)),) = inputs_info.items()
+    if shape is None or len(shape) < 1:
+        raise ValueError(
+            f"Endpoint {endpoint!r} of the SavedModel at {path!r} takes an input of unknown "
+            "rank; a Keras model needs at least the rank of its input."
+        )
+    return input_name, shape, dtype
+
+
+def _check_trainable(layer: SavedModelLayer, path: str, endpoint: str) -> None:
+    """Refuse to fine-tune through an endpoint without trainable variables."""
+    if layer.trainable_weights:
+        return
+    n_vars = len(layer.non_trainable_weights)
+    if n_vars == 0:
+        why = (
+            "it uses no variables at all: its weights are constants folded into the "
+            "graph (a frozen or converted graph), so there is nothing to update"
+        )
+    else:
+        why = f"all {n_vars} of its variables are marked non-trainable in the SavedModel"
+    raise ValueError(
+        f"Cannot fine-tune the SavedModel at {path!r} through endpoint {endpoint!r}: "
+        f"{why}. HINT: re-export it from the Keras model, or pass trainable=False to "
+        "use it as a fixed feature extractor."
+    )
+
+
+def _one_output(outputs: Any, path: str, endpoint: str) -> Any:
+    """The endpoint's output: its `probabilities` or only tensor when it returns a dict."""
+    if not isinstance(outputs, dict):
+        return outputs
+    if "probabilities" in outputs:
+        return outputs["probabilities"]
+    if len(outputs) == 1:
+        (output,) = outputs.values()
+        return output
+    raise ValueError(
+        f"Endpoint {endpoint!r} of the SavedModel at {path!r} returns several "
+        f"outputs {sorted(outputs)} and none is named 'probabilities'; a Keras "
+        "model needs one. Pass an `endpoint` that returns a single tensor."
+    )
 
 
 def load_saved_model(path: str | os.PathLike, *, safe_mode: bool = True) -> keras.Model:

@@ -7,6 +7,8 @@ metadata and a model card (`kerasft.export.card`); a SavedModel also gets a `fea
 endpoint that `kerasft.export.loading` reads back, and a TFLite file is checked in the
 LiteRT interpreter (`kerasft.export.tflite`). This module also defines that on-disk
 layout: the file and endpoint names below, `export_files` and `read_export_metadata`.
+What an export takes and serves is read off the model by `kerasft.export.serving`
+(`served_probabilities` and `input_names` still import from here).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import importlib.metadata
 import json
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -24,11 +25,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerasft import _keras_compat as compat
 from kerasft import surgery
 from kerasft._fileio import atomic_directory, atomic_file, scratch_directory
 from kerasft.export import card as card_lib
 from kerasft.export import tflite
+from kerasft.export.serving import (
+    input_names,
+    input_specs,
+    output_kind,
+    served_probabilities,
+    takes_text,
+    task_preprocessor,
+    to_probabilities,
+)
 from kerasft.export.tflite import IO_DTYPES, QUANTIZE
 
 __all__ = [
@@ -38,6 +47,7 @@ __all__ = [
     "check_destination",
     "is_export",
     "served_probabilities",
+    "input_names",
     "ExportedPath",
     "FORMATS",
     "QUANTIZE",
@@ -68,11 +78,6 @@ _PROBE_SENTENCES = [
     "moving and funny",
 ]
 _EXPORT_WORDS = "kerasft export (a SavedModel directory with kerasft.json, or a .tflite file)"
-
-# How the model's output becomes probabilities. "softmax": already probabilities;
-# "logits": softmax them; "sigmoid": one probability p of class 1, served as [1 - p, p];
-# "binary_logits": one logit, sigmoid then [1 - p, p].
-_OUTPUT_KINDS = ("softmax", "logits", "sigmoid", "binary_logits")
 
 
 class ExportedPath(str):
@@ -206,8 +211,8 @@ def export_model(
         raise TypeError(
             f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}"
         )
-    specs = _input_specs(model)
-    kind, head = _output_kind(model)
+    specs = input_specs(model)
+    kind, head = output_kind(model)
     num_classes = _num_classes(model, kind)
     names = _check_class_names(class_names, num_classes)
     representative = _model_inputs(
@@ -337,22 +342,6 @@ def read_export_metadata(path: str | os.PathLike) -> dict:
         )
     with open(file, encoding="utf-8") as f:
         return json.load(f)
-
-
-def served_probabilities(model: keras.Model, x: Any, *, batch_size: int = 256) -> np.ndarray:
-    """The `probabilities` an export of `model` serves for `x`, computed by Keras.
-
-    The model's output made into class probabilities as `export_model` does it: passed
-    through, softmaxed (logits) or made two columns `[1 - p, p]` (a binary head).
-    """
-    kind, _ = _output_kind(model)
-    outputs = model.predict(x, batch_size=batch_size, verbose=0)
-    return _to_probabilities(tf.constant(outputs), kind).numpy()
-
-
-def input_names(model: keras.Model) -> list[str]:
-    """The names of the inputs an export of `model` takes, in the model's order."""
-    return [s.name for s in _input_specs(model)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -520,8 +509,8 @@ def _tolerance(model: keras.Model) -> float:
 def _export_saved_model(
     model, path, specs, kind, head, names, metadata, card_facts, *, sample, overwrite: bool
 ) -> ExportedPath:
-    preprocessor = _preprocessor(model)
-    features = None if _is_text(model) else _features_model(model, head)
+    preprocessor = task_preprocessor(model)
+    features = None if takes_text(model) else _features_model(model, head)
     metadata["endpoints"] = [SERVE_ENDPOINT, "serving_default"]
     metadata["features_endpoint"] = FEATURES_ENDPOINT if features is not None else None
     if features is not None:
@@ -639,7 +628,9 @@ def _verify(tmp: str, model: keras.Model, verify: Any, representative: Any, samp
         x, y, about = representative[0], None, "the representative (calibration) inputs"
     else:
         (x, about), y = sample, None
-    return tflite.verify_tflite(tmp, model, x, y, data=about)
+    # Every export is checked against one Keras reference, the one `_check_served` uses.
+    expected = served_probabilities(model, x)
+    return tflite.verify_tflite(tmp, model, x, y, data=about, keras_probabilities=expected)
 
 
 def _tree_size(directory: str) -> int:
@@ -750,140 +741,6 @@ def check_destination(
     return path
 
 
-def _preprocessor(model: keras.Model) -> Any:
-    """A KerasHub task's preprocessor: its export takes what the task's `predict` takes."""
-    import sys
-
-    hub = sys.modules.get("keras_hub")
-    if hub is None or not isinstance(model, hub.models.Task):
-        return None
-    return getattr(model, "preprocessor", None)
-
-
-def _is_text(model: keras.Model) -> bool:
-    """A KerasHub text task with its tokenizer: the export takes raw strings."""
-    import sys
-
-    hub = sys.modules.get("keras_hub")
-    return (
-        hub is not None
-        and isinstance(model, hub.models.TextClassifier)
-        and _preprocessor(model) is not None
-    )
-
-
-def _input_specs(model: keras.Model) -> list[tf.TensorSpec]:
-    if _is_text(model):
-        return [tf.TensorSpec((None,), dtype=tf.string, name="text")]
-    inputs = getattr(model, "inputs", None)
-    if not model.built or not inputs:
-        raise ValueError(
-            f"Argument `model` ({model.name!r}) must be a built Functional or Sequential "
-            "model with known inputs. HINT: build subclassed models into a Functional "
-            "model: keras.Model(inp, model(inp)) with inp = keras.Input(shape)."
-        )
-    specs, seen = [], set()
-    for i, tensor in enumerate(inputs):
-        # Signature input names become the keys serving code sends (saved_model_cli
-        # --inputs name=...), so keep the model's input names, made valid op names.
-        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", tensor.name or f"input_{i}")
-        if not re.match(r"[A-Za-z0-9.]", name):
-            name = f"input{name}"
-        while name in seen:
-            name = f"{name}_{i}"
-        seen.add(name)
-        specs.append(
-            tf.TensorSpec((None,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, name=name)
-        )
-    return specs
-
-
-def _output_layer(model: keras.Model) -> keras.layers.Layer:
-    outputs = model.outputs
-    if len(outputs) != 1:
-        raise ValueError(
-            f"export_model supports models with one output; model {model.name!r} has "
-            f"{len(outputs)}."
-        )
-    if len(outputs[0].shape) != 2:
-        raise ValueError(
-            f"export_model needs a classifier output of shape (batch, num_classes); model "
-            f"{model.name!r} outputs shape {tuple(outputs[0].shape)}."
-        )
-    return compat.producer(outputs[0])
-
-
-def _output_kind(model: keras.Model) -> tuple[str, keras.layers.Layer | None]:
-    """Tell whether the model outputs probabilities or logits, from its classifier.
-
-    The classifier is found as :func:`kerasft.surgery.output_chain` finds it: a Dense
-    layer or a 1x1 convolution (MobileNet, MobileNetV3), followed only by weightless
-    layers (Activation, Softmax, Dropout, Flatten, Reshape, pooling), whose last
-    activation decides. Returns the kind and the `Dense` layer whose input is the
-    feature vector, for the `features` endpoint (`None` when there is no such layer
-    in `model` itself: a convolution head, a nested model's head, or an activation
-    after a non-linear Dense).
-    """
-    layer = _output_layer(model)
-    if isinstance(layer, keras.Model):
-        kind, _ = _output_kind(layer)
-        return kind, None
-    try:
-        head, tail = surgery.output_chain(model)
-    except ValueError:
-        head, tail = None, []
-    if head is None:
-        if isinstance(layer, keras.layers.Softmax) or (
-            isinstance(layer, keras.layers.Activation)
-            and layer.activation is keras.activations.softmax
-        ):
-            return "softmax", None
-        raise ValueError(
-            f"Cannot tell whether model {model.name!r} outputs probabilities or logits: its "
-            f"last layer is {layer.name!r} ({type(layer).__name__}). export_model recognizes a "
-            "final Dense or 1x1 convolution classifier (softmax, sigmoid with 1 unit, or "
-            "linear logits), possibly followed by Activation, Softmax, Dropout, Flatten or "
-            "Reshape layers, or a final Softmax/Activation('softmax') layer. HINT: end the "
-            "model with one of these."
-        )
-    units = surgery.head_units(head)
-    activation = surgery.head_activation(model)
-    described = f"{type(head).__name__}({units})"
-    if activation == "softmax":
-        kind = "softmax"
-    elif activation == "linear":
-        kind = "binary_logits" if units == 1 else "logits"
-    elif activation == "sigmoid" and units == 1:
-        kind = "sigmoid"
-    elif activation == "sigmoid":
-        raise ValueError(
-            f"The last layer of model {model.name!r}, {head.name!r}, is {described} "
-            "with a sigmoid: a multi-label head. export_model serves single-label "
-            "classifiers (one class per input). HINT: use softmax for mutually "
-            "exclusive classes."
-        )
-    else:
-        raise ValueError(
-            f"The last layer of model {model.name!r}, {head.name!r}, is "
-            f"{type(head).__name__} with activation {activation!r}, which makes neither "
-            "probabilities nor logits. HINT: end the model with Dense(num_classes, "
-            "activation='softmax') or a linear Dense (logits)."
-        )
-    # `load_for_finetuning` rebuilds the head from the features endpoint as a Dense
-    # carrying the output activation: that is exact only for such a Dense.
-    activated_later = any(
-        isinstance(t, (keras.layers.Activation, keras.layers.Softmax)) for t in tail
-    )
-    exact = isinstance(head, keras.layers.Dense) and (
-        not activated_later or head.activation is keras.activations.linear
-    )
-    reshaped = any(
-        not isinstance(t, (keras.layers.Activation, keras.layers.Softmax, keras.layers.Dropout))
-        for t in tail
-    )
-    return kind, head if exact and not reshaped else None
-
-
 def _num_classes(model: keras.Model, kind: str) -> int:
     width = model.outputs[0].shape[-1]
     if width is None:
@@ -931,16 +788,6 @@ def _features_model(model: keras.Model, head: keras.layers.Layer | None) -> kera
     return keras.Model(model.inputs, features, name=f"{model.name}_features")
 
 
-def _to_probabilities(outputs: tf.Tensor, kind: str) -> tf.Tensor:
-    outputs = tf.cast(outputs, tf.float32)  # mixed-precision models emit float16
-    if kind == "softmax":
-        return outputs
-    if kind == "logits":
-        return tf.nn.softmax(outputs, axis=-1)
-    p = outputs if kind == "sigmoid" else tf.sigmoid(outputs)
-    return tf.concat([1.0 - p, p], axis=-1)
-
-
 def _write_saved_model(
     model: keras.Model,
     directory: str,
@@ -958,7 +805,7 @@ def _write_saved_model(
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
-    preprocessor = _preprocessor(model)
+    preprocessor = task_preprocessor(model)
     if preprocessor is not None:
         archive.track(preprocessor)
 
@@ -995,7 +842,7 @@ def _write_saved_model(
             lookup = lambda ids: tf.gather(constant, ids)  # noqa: E731
 
         def serve(*inputs):
-            probabilities = _to_probabilities(forward(*inputs), kind)
+            probabilities = to_probabilities(forward(*inputs), kind)
             class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             result = {"probabilities": probabilities, "class_id": class_id}
             if lookup is not None:

@@ -30,6 +30,7 @@ from kerasft.data.sample import (
     export_sample,
     spread_indices,
 )
+from kerasft.export.serving import input_names, served_probabilities
 
 __all__ = [
     "QUANTIZE",
@@ -238,6 +239,7 @@ def verify_tflite(
     *,
     batch_size: int = 256,
     data: str | None = None,
+    keras_probabilities: np.ndarray | None = None,
 ) -> TFLiteCheck:
     """Run a TFLite export in the LiteRT interpreter and compare it with its Keras model.
 
@@ -263,13 +265,14 @@ def verify_tflite(
         y: class ids (or one-hot rows) of `x`. Defaults to `None`.
         batch_size: inputs per interpreter call. Defaults to `256`.
         data: a few words on what `x` is, for the record. Defaults to `None`.
+        keras_probabilities: the probabilities the Keras model serves for `x`, when the
+            caller has them (`export_model` passes the reference it checks every export
+            against). Defaults to `None` (computed here by `served_probabilities`).
 
     Returns:
         A `TFLiteCheck`.
     """
     from ai_edge_litert.interpreter import Interpreter
-
-    from kerasft.export.savedmodel import input_names, served_probabilities
 
     if isinstance(path, bytes):
         interpreter, size = Interpreter(model_content=path), len(path)
@@ -330,7 +333,11 @@ def verify_tflite(
         ]
     )
     seconds = time.perf_counter() - start
-    expected = served_probabilities(model, x, batch_size=batch_size)
+    expected = (
+        served_probabilities(model, x, batch_size=batch_size)
+        if keras_probabilities is None
+        else np.asarray(keras_probabilities)
+    )
     ours, theirs = served.argmax(-1), expected.argmax(-1)
     labels = None if y is None else class_ids(y)
     return TFLiteCheck(

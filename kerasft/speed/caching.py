@@ -24,14 +24,16 @@ A :class:`FeatureStore` keeps features across ``finetune`` calls (the trials of
 what determines them exactly (the prefix's graph and layer configurations, its weights'
 values, and the inputs' values), so a fresh copy of the same pretrained model on the same
 data finds the features of an earlier call.
+
+The pieces live in their own modules: :mod:`kerasft.speed.prefix` (the cut, and the
+model that trains the suffix), :mod:`kerasft.speed.store` (the store) and
+:mod:`kerasft.speed.keys` (its keys); this module runs them phase by phase, and their
+names still import from here.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -49,6 +51,15 @@ from kerasft import _keras_compat as compat
 from kerasft import data as data_lib
 from kerasft import surgery
 from kerasft._fileio import make_scratch_directory
+from kerasft.speed.keys import inputs_key, prefix_key
+from kerasft.speed.prefix import (
+    CachedFeatureModel,
+    FeatureSplit,
+    barrier_reason,
+    open_tensors,
+    split_frozen_prefix,
+)
+from kerasft.speed.store import Features, FeatureStore, check_feature_store
 
 __all__ = [
     "FeatureCache",
@@ -80,259 +91,7 @@ DERIVED_FROM_STORED = (
     "derived from the next phase's features (reused from the feature store, kept for it)"
 )
 
-
-@dataclass
-class FeatureSplit:
-    """A model cut in two at the top of its frozen, deterministic bottom.
-
-    Attributes:
-        prefix: model from the inputs to the cut (the features).
-        suffix: model from the cut to the outputs; its layers are the full model's.
-        prefix_layers: paths of the leaf layers below the cut.
-        stopped_by: why the cut is not higher: the first layer above it and the reason.
-        open_shapes: whether a tensor below the cut has a size the model leaves open
-            (``None`` beyond the batch); the data must fix it, or the features would
-            depend on how examples are batched.
-    """
-
-    prefix: keras.Model
-    suffix: keras.Model
-    prefix_layers: list[str]
-    stopped_by: str
-    open_shapes: bool = False
-
-
-def _layer_paths(model: keras.Model) -> dict[int, str]:
-    return {id(lyr): p for p, lyr in surgery.iter_layers(model)}
-
-
-# Packages whose layers use `training` for dropout-like noise and BatchNormalization
-# only (checked for KerasHub 0.32: its transformer, ViT and ResNet blocks pass it to
-# Dropout sublayers). Noise drawn without a SeedGenerator is caught by its rate below.
-_KNOWN_MODULES = ("keras.", "keras_hub.")
-
-# Rates of random behaviour in training that some layers apply without a SeedGenerator
-# (Keras's ConvNeXt StochasticDepth, KerasHub's DINOv2 DropPath and Mixtral router
-# jitter call `keras.random.uniform` unseeded), which `draws_random_numbers` cannot see.
-_NOISE_RATES = ("rate", "drop_path_rate", "dropout", "dropout_rate", "router_jitter_noise")
-
-
-def _unseeded_noise(layer: keras.layers.Layer) -> bool:
-    """Whether ``layer`` has a positive noise rate and a ``call`` that takes ``training``."""
-    if isinstance(layer, keras.layers.Dropout) or not compat.call_takes_training(layer):
-        return False  # Dropout's SeedGenerator is seen; no `training`, no train-only noise
-    if any(
-        isinstance(part, keras.layers.Dropout)
-        for part in compat.flatten_layers(layer, include_self=False)
-    ):
-        return False  # its rate is applied by Dropout sublayers (a KerasHub TransformerEncoder's `dropout`)
-    rates = (getattr(layer, name, None) for name in _NOISE_RATES)
-    return any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates)
-
-
-def barrier_reason(layer: keras.layers.Layer, trainable_ids: set[int]) -> str | None:
-    """Why ``layer`` cannot sit below a feature cache (``None`` when it can).
-
-    A layer can when it has no trainable weights and computes the same outputs in
-    training as in inference: no random numbers (dropout, noise, augmentation), a
-    frozen BatchNormalization, no activity regularizer, and no unknown ``training``
-    behaviour (a custom layer whose ``call`` takes ``training`` is assumed to use it).
-    Layers of Keras and KerasHub are known: their ``training`` reaches only dropout-like
-    noise (seen as random numbers, or as a positive ``rate``/``drop_path_rate`` when drawn
-    without a SeedGenerator; ``keras.layers.Dropout`` with ``rate=0`` draws none) and
-    BatchNormalization. A raw operation of the graph (``x + y``, ``x[:, 0]``: a
-    ``keras.Operation`` that is not a layer) has no weights, no ``training`` argument
-    and draws no random numbers (Keras's random functions are not graph operations), so
-    it never stops the cut: its output is constant when its inputs are.
-    """
-    if not isinstance(layer, keras.layers.Layer):
-        return None
-    if any(id(v) in trainable_ids for v in layer.weights):
-        return "trainable"
-    parts = compat.flatten_layers(layer)
-    if compat.draws_random_numbers(layer) or any(_unseeded_noise(part) for part in parts):
-        return "draws random numbers in training (dropout/noise/augmentation)"
-    if any(getattr(part, "activity_regularizer", None) is not None for part in parts):
-        return "adds an activity regularization loss in training"
-    if any(isinstance(part, keras.layers.BatchNormalization) and part.trainable for part in parts):
-        return "BatchNormalization in training mode"
-    # Keras's and KerasHub's layers differ between training and inference only through
-    # random numbers or BatchNormalization; a custom layer that takes `training` may use it.
-    if compat.call_takes_training(layer) and not type(layer).__module__.startswith(_KNOWN_MODULES):
-        return "custom layer whose call() takes `training`"
-    return None
-
-
-def split_frozen_prefix(
-    model: keras.Model, also_trainable: Collection[keras.layers.Layer] = ()
-) -> FeatureSplit | None:
-    """Cut ``model`` above its frozen, deterministic bottom; ``None`` if that is empty.
-
-    Nested Sequential/Functional models are looked into, so the cut can fall inside a
-    backbone. The cut may be several tensors (e.g. a residual branch and its shortcut).
-
-    Example:
-
-    >>> import keras, kerasft
-    >>> from kerasft.speed.caching import split_frozen_prefix
-    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="body"),
-    ...                       keras.layers.Dropout(0.5, name="drop"),
-    ...                       keras.layers.Dense(2, name="head")])
-    >>> m.get_layer("body").trainable = False
-    >>> split = split_frozen_prefix(m)
-    >>> split.prefix_layers, [layer.name for layer in split.suffix.layers[1:]]
-    (['body'], ['drop', 'head'])
-
-    Args:
-        model: the model, with the layers to train set trainable.
-        also_trainable: layers to treat as trainable too (where the cut will be once
-            they are unfrozen). Defaults to `()`.
-
-    Returns:
-        A :class:`FeatureSplit`, or ``None`` when no layer with weights is below the cut.
-    """
-    surgery.check_operable(model)
-    trainable_ids = {id(v) for v in model.trainable_weights}
-    trainable_ids |= {id(v) for layer in also_trainable for v in layer.weights}
-    paths = _layer_paths(model)
-    constant: dict[int, bool] = {}
-    consumers_of: dict[int, list[str]] = {}
-    prefix_layers: list[str] = []
-    stops: list[str] = []
-    tensors: dict[int, Any] = {}
-    open_shapes = False
-
-    def visit_leaf(op, *args, **kwargs):
-        nonlocal open_shapes
-        inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
-        reason = barrier_reason(op, trainable_ids)
-        outputs = op(*args, **kwargs)
-        is_const = reason is None and all(constant.get(id(t), False) for t in inputs)
-        for t in inputs:
-            consumers_of.setdefault(id(t), []).append("const" if is_const else "train")
-        for t in keras.tree.flatten(outputs):
-            constant[id(t)] = is_const
-            tensors[id(t)] = t
-            open_shapes |= is_const and _is_open(t)
-        path = paths.get(id(op), op.name)
-        if is_const and isinstance(op, keras.layers.Layer):  # raw operations are not layers
-            prefix_layers.append(path)
-        elif reason is not None and all(constant.get(id(t), False) for t in inputs):
-            stops.append(f"{path!r} ({reason})")
-        return outputs
-
-    def run(container, inputs):
-        def call_fn(op, *args, **kwargs):
-            if surgery.is_container(op):
-                return run(op, args[0])
-            return visit_leaf(op, *args, **kwargs)
-
-        return compat.run_through_graph(container, inputs, call_fn)
-
-    flat_inputs = [
-        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"cache_in_{i}")
-        for i, t in enumerate(model.inputs)
-    ]
-    for t in flat_inputs:
-        constant[id(t)] = True
-        tensors[id(t)] = t
-    outputs = keras.tree.flatten(
-        run(model, flat_inputs if len(flat_inputs) > 1 else flat_inputs[0])
-    )
-    if any(constant.get(id(t), False) for t in outputs):
-        return None  # everything frozen: nothing to train on features
-    frontier = [
-        tensors[i]
-        for i, users in consumers_of.items()
-        if constant.get(i, False) and "train" in users
-    ]
-    weighted = {p for p, lyr in surgery.iter_layers(model) if lyr.weights}
-    if not frontier or not any(p in weighted for p in prefix_layers):
-        return None
-    if any(compat.has_mask(t) for t in frontier):
-        return None  # a mask would be lost on the way through the cache
-    prefix = keras.Model(
-        flat_inputs if len(flat_inputs) > 1 else flat_inputs[0],
-        frontier,
-        name=f"{model.name}_frozen_prefix",
-    )
-    suffix = keras.Model(
-        frontier, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_trainable_suffix"
-    )
-    return FeatureSplit(
-        prefix, suffix, prefix_layers, stops[0] if stops else "trainable layers", open_shapes
-    )
-
-
-def _is_open(tensor: Any) -> bool:
-    return isinstance(tensor, keras.KerasTensor) and None in tuple(tensor.shape)[1:]
-
-
-def _open_tensors(prefix: keras.Model, specs: list) -> list[tuple]:
-    """Shapes of ``prefix``'s tensors still open beyond the batch when its inputs are ``specs``."""
-    inputs = [keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name) for spec in specs]
-    found: list[tuple] = []
-
-    def call_fn(op, *args, **kwargs):
-        outputs = op(*args, **kwargs)
-        found.extend(tuple(t.shape) for t in keras.tree.flatten(outputs) if _is_open(t))
-        return outputs
-
-    compat.run_through_graph(prefix, inputs[0] if len(inputs) == 1 else inputs, call_fn)
-    return found
-
-
-class _Ref:
-    """Holds an object out of Keras's attribute tracking."""
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-
-class CachedFeatureModel(keras.Model):
-    """Trains the suffix of a model on cached features, speaking for the full model.
-
-    ``call`` runs the suffix; ``get_weights``, ``set_weights``, ``save``,
-    ``save_weights`` and ``load_weights`` act on the full model, so callbacks that keep
-    best weights or write checkpoints see the model being fine-tuned; ``compile``
-    compiles both.
-
-    Args:
-        suffix: the trainable part (layers shared with ``full_model``).
-        full_model: the model whose weights are trained.
-    """
-
-    def __init__(self, suffix: keras.Model, full_model: keras.Model, **kwargs: Any):
-        super().__init__(name=f"{full_model.name}_on_features", **kwargs)
-        self.suffix = suffix
-        self._full = _Ref(full_model)
-
-    @property
-    def full_model(self) -> keras.Model:
-        return self._full.obj
-
-    def call(self, inputs, training=None):
-        return self.suffix(inputs, training=training)
-
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        # the returned model is evaluated and saved as if it had been fitted itself
-        self.full_model.compile(*args, **kwargs)
-
-    def get_weights(self):
-        return self.full_model.get_weights()
-
-    def set_weights(self, weights):
-        self.full_model.set_weights(weights)
-
-    def save(self, *args, **kwargs):
-        return self.full_model.save(*args, **kwargs)
-
-    def save_weights(self, *args, **kwargs):
-        return self.full_model.save_weights(*args, **kwargs)
-
-    def load_weights(self, *args, **kwargs):
-        return self.full_model.load_weights(*args, **kwargs)
+_Features = Features  # its name before it moved to kerasft.speed.store
 
 
 @dataclass
@@ -367,214 +126,6 @@ class PhaseSetup:
 
 
 @dataclass
-class _Features:
-    """Cached outputs of a prefix: tuples of arrays, or file datasets of tuples."""
-
-    train: Any
-    validation: Any
-    nbytes: int
-    paths: list[str]
-
-    @property
-    def in_memory(self) -> bool:
-        parts = [self.train] + ([] if self.validation is None else [self.validation])
-        return all(
-            isinstance(p, tuple) and all(isinstance(a, np.ndarray) for a in p) for p in parts
-        )
-
-
-class FeatureStore:
-    """Features of frozen prefixes kept in memory across ``finetune`` calls.
-
-    Pass one store to several calls (``finetune(..., feature_store=store)``; every trial
-    of ``kerasft.search`` shares one): each call's feature cache looks its features up
-    here before computing them. An entry is keyed by what determines the features
-    exactly: the prefix's graph (layer classes, configurations and connections, the
-    cut tensors), the values of its weights (not the variables: every call fine-tunes a
-    fresh copy of the pretrained model), and the values of the training and validation
-    inputs (their order as prepared; a phase's shuffle draws from the features
-    afterwards). A prefix whose configuration cannot be serialized is never stored.
-    Features that went to a cache file (beyond ``cache_budget``) are not kept.
-
-    The store holds at most ``budget`` bytes; the least recently used entries are
-    dropped to make room. It lives in memory only.
-
-    Example:
-
-    ```python
-    store = kerasft.speed.FeatureStore(budget=2 * 1024**3)
-    a = kerasft.finetune(model, (x, y), feature_store=store)
-    b = kerasft.finetune(model, (x, y), feature_store=store, lr=3e-3)  # features reused
-    print(store)
-    ```
-
-    Args:
-        budget: bytes of features kept at most. Defaults to 1 GiB.
-
-    Raises:
-        ValueError: a ``budget`` that is not a number of bytes >= 0.
-    """
-
-    def __init__(self, budget: float = 1024**3):
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
-            raise ValueError(
-                f"Argument `budget` must be a number of bytes >= 0. Received: budget={budget!r}"
-            )
-        self.budget = budget
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
-        self._entries: collections.OrderedDict[str, _Features] = collections.OrderedDict()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of features held."""
-        return sum(entry.nbytes for entry in self._entries.values())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries
-
-    def __repr__(self) -> str:
-        return (
-            f"FeatureStore({len(self)} entries, {self.nbytes / 2**20:.1f} of {self.budget / 2**20:.0f} MiB; "
-            f"{self.hits} hits, {self.misses} misses, {self.evictions} evicted)"
-        )
-
-    def get(self, key: str) -> _Features | None:
-        """The features stored under ``key`` (a new record of the same arrays), or ``None``."""
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return dataclasses.replace(entry, paths=[])
-
-    def put(self, key: str, features: _Features) -> bool:
-        """Keep in-memory ``features`` under ``key``, dropping the oldest entries to fit.
-
-        Returns:
-            Whether they were stored (not when they are on file or exceed the budget).
-        """
-        if not features.in_memory or features.nbytes > self.budget:
-            return False
-        for part in (features.train, features.validation or ()):
-            for array in part:
-                array.setflags(write=False)  # shared by later calls: nobody may change them
-        self._entries.pop(key, None)
-        while self._entries and self.nbytes + features.nbytes > self.budget:
-            self._entries.popitem(last=False)
-            self.evictions += 1
-        self._entries[key] = dataclasses.replace(features, paths=[])
-        return True
-
-    def clear(self) -> None:
-        """Drop every entry (the counters are kept)."""
-        self._entries.clear()
-
-
-def check_feature_store(value: Any) -> None:
-    if value is not None and not isinstance(value, FeatureStore):
-        raise TypeError(
-            "Argument `feature_store` must be a kerasft.speed.FeatureStore or None. "
-            f"Received: feature_store={value!r} (of type {type(value).__name__})"
-        )
-
-
-def _update_with_arrays(digest: Any, arrays: Any) -> None:
-    for array in keras.tree.flatten(arrays):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(memoryview(array).cast("B"))
-
-
-def inputs_key(train_inputs: Any, validation_inputs: Any) -> str:
-    """A digest of the values of the training and validation inputs (arrays)."""
-    digest = hashlib.blake2b(digest_size=20)
-    _update_with_arrays(digest, train_inputs)
-    digest.update(b"|validation|" if validation_inputs is not None else b"|none|")
-    if validation_inputs is not None:
-        _update_with_arrays(digest, validation_inputs)
-    return digest.hexdigest()
-
-
-def _without_layer_names(config: Any) -> Any:
-    """``config`` with every layer name replaced by its order of appearance.
-
-    Names do not change what a graph computes, but Keras numbers unnamed layers and raw
-    operations globally (``get_item_1``, ``get_item_2``...), so two copies of one model
-    differ in them. Only where a name stands is rewritten: a layer's ``name`` and the
-    references to it (``keras_history``, ``input_layers``, ``output_layers``).
-    """
-    order: dict[str, str] = {}
-
-    def collect(node: Any) -> None:
-        if isinstance(node, dict):
-            inner = node.get("config")
-            if (
-                "class_name" in node
-                and isinstance(inner, dict)
-                and isinstance(inner.get("name"), str)
-            ):
-                order.setdefault(inner["name"], f"#{len(order)}")
-            for value in node.values():
-                collect(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                collect(value)
-
-    def reference(value: Any) -> Any:  # [name, node_index, tensor_index], or lists of them
-        if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
-            return [order.get(value[0], value[0]), *value[1:]]
-        return [reference(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-    def rename(node: Any) -> Any:
-        if isinstance(node, (list, tuple)):
-            return [rename(value) for value in node]
-        if not isinstance(node, dict):
-            return node
-        out = {}
-        for key, value in node.items():
-            if key == "name" and isinstance(value, str):
-                out[key] = order.get(value, value)
-            elif key in ("keras_history", "input_layers", "output_layers"):
-                out[key] = reference(value)
-            else:
-                out[key] = rename(value)
-        return out
-
-    collect(config)
-    return rename(config)
-
-
-def prefix_key(prefix: keras.Model, inputs: str) -> str | None:
-    """The store key of ``prefix``'s outputs on the inputs whose key is ``inputs``.
-
-    It digests the prefix's configuration (its layers, their settings and connections,
-    and which tensors are its outputs, i.e. the cut), the values of its weights, and
-    ``inputs``. ``None`` when the configuration cannot be serialized (a custom layer
-    without ``get_config``): such features are never stored.
-    """
-    try:
-        config = dict(prefix.get_config())
-        config.pop("name", None)  # the model's name does not change what it computes
-        # No `default=`: an object JSON cannot write (a function, a custom object) has no
-        # reliable text, and a key it would make could not be trusted.
-        text = json.dumps(_without_layer_names(config), sort_keys=True)
-    except Exception:
-        return None
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(inputs.encode())
-    digest.update(text.encode())
-    for variable in prefix.weights:
-        _update_with_arrays(digest, keras.ops.convert_to_numpy(variable))
-    return digest.hexdigest()
-
-
-@dataclass
 class _Kept:
     """Features kept for the next phase, with what they were computed from."""
 
@@ -583,7 +134,7 @@ class _Kept:
     variable_ids: list[int]
     values: list[np.ndarray]
     shapes: list[tuple]
-    features: _Features
+    features: Features
 
 
 def check_cache_features(value: Any) -> None:
@@ -808,7 +359,7 @@ class FeatureCache:
         train_inputs: Any,
         validation_inputs: Any,
         open_shapes: bool = False,
-    ) -> _Features:
+    ) -> Features:
         """``prefix``'s outputs on the training and validation inputs (arrays or file datasets).
 
         Raises:
@@ -823,7 +374,7 @@ class FeatureCache:
             tf.TensorSpec((None, *(s if len(s) == len(t.shape) - 1 else t.shape[1:])), t.dtype)
             for t, s in zip(prefix.inputs, shapes)
         ]
-        unknown = _open_tensors(prefix, in_specs) if open_shapes else []
+        unknown = open_tensors(prefix, in_specs) if open_shapes else []
         if unknown:
             raise ValueError(
                 f"tensors below the cut have shapes {unknown[:3]}, whose size is set by each "
@@ -850,7 +401,7 @@ class FeatureCache:
         train, nbytes, path = self._compute(
             fn, in_specs, out_specs, train_inputs, self.prepared.n_train
         )
-        result = _Features(train, None, nbytes, [path] if path else [])
+        result = Features(train, None, nbytes, [path] if path else [])
         if validation_inputs is not None:
             result.validation, vbytes, vpath = self._compute(
                 fn, in_specs, out_specs, validation_inputs, self.prepared.n_validation
@@ -913,7 +464,7 @@ class FeatureCache:
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
         return self._tmpdir
 
-    def _keep(self, model: keras.Model, split: FeatureSplit, features: _Features) -> None:
+    def _keep(self, model: keras.Model, split: FeatureSplit, features: Features) -> None:
         """Keep ``features`` for a later phase whose cut is the same as ``split``'s."""
         self._kept = _Kept(
             id(model),
@@ -924,7 +475,7 @@ class FeatureCache:
             features,
         )
 
-    def _kept_for(self, model: keras.Model, split: FeatureSplit) -> _Features | None:
+    def _kept_for(self, model: keras.Model, split: FeatureSplit) -> Features | None:
         """Kept features that are exactly ``split.prefix``'s outputs now, or ``None``."""
         kept = self._kept
         if kept is None or kept.model_id != id(model) or kept.layers != tuple(split.prefix_layers):
@@ -1012,7 +563,7 @@ class FeatureCache:
 
     def _looked_up(
         self, split: FeatureSplit, train_inputs: Any, validation_inputs: Any, inputs: str | None
-    ) -> tuple[_Features, str | None, bool]:
+    ) -> tuple[Features, str | None, bool]:
         """``split.prefix``'s features from the store, or computed (and stored).
 
         ``inputs`` is the store key of the inputs (of the run's data, or of the features

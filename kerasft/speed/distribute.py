@@ -31,7 +31,7 @@ from typing import Any
 import tensorflow as tf
 
 from kerasft import _keras_compat as compat
-from kerasft.speed.caching import CachedFeatureModel
+from kerasft.speed.prefix import CachedFeatureModel
 
 __all__ = [
     "resolve_strategy",

@@ -15,7 +15,7 @@ from typing import Any
 import keras
 
 from kerasft import data as data_lib
-from kerasft.speed import caching, devices, distribute
+from kerasft.speed import caching, devices, distribute, store
 
 __all__ = ["SpeedPlan", "SpeedRecord", "PhaseSpeed", "check_options"]
 
@@ -124,9 +124,9 @@ class SpeedPlan:
         seed: int = 0,
         distributed: bool = False,
         verbose: int = 0,
-        feature_store: caching.FeatureStore | None = None,
+        feature_store: store.FeatureStore | None = None,
     ):
-        caching.check_feature_store(feature_store)
+        store.check_feature_store(feature_store)
         check_options(
             cache_features=cache_features,
             cache_budget=cache_budget,
