@@ -519,13 +519,12 @@ class Runner:
             f"epoch{'s' if phase.epochs != 1 else ''}, lr {self._rates_text(run, phase)}"
             f"{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, {run.phase_counts}"
         )
-        speed.before_fit(setup)
         start = time.perf_counter()
         earlier: dict[str, list[float]] = {}
         first_epoch = 0
         if phase.halving and run.data.validation is not None and run.best is not None:
-            earlier, first_epoch = self._halve(run, phase, setup)
-        self._compile(run, setup)
+            earlier, first_epoch = self._halve(run, phase, setup, speed)
+        self._compile(run, setup, speed)
         callbacks = [cb for hook in self.hooks for cb in hook.callbacks(run)]
         fitted = setup.model.fit(
             setup.train,
@@ -583,15 +582,19 @@ class Runner:
         )
 
     @staticmethod
-    def _compile(run: Run, setup: Any) -> None:
+    def _compile(run: Run, setup: Any, speed: SpeedPlan) -> None:
+        """Compile the phase's model with ``run.phase_optimizer``; ready it for ``fit``."""
         setup.model.compile(
             optimizer=run.phase_optimizer.optimizer,
             loss=run.task.loss,
             metrics=list(run.task.metrics),
             **setup.compile_kwargs,
         )
+        speed.before_fit(setup)
 
-    def _halve(self, run: Run, phase: Phase, setup: Any) -> tuple[dict[str, list[float]], int]:
+    def _halve(
+        self, run: Run, phase: Phase, setup: Any, speed: SpeedPlan
+    ) -> tuple[dict[str, list[float]], int]:
         """Successive halving over the phase's rates; leave the winner set up to continue.
 
         Every rate trains the first half of the phase's epochs from the same weights, on
@@ -608,7 +611,7 @@ class Runner:
             setup.model.set_weights(start)
             trial = dataclasses.replace(phase, rate=Rate(rate), candidates=())
             run.phase_optimizer = self._optimizer(run, trial)
-            self._compile(run, setup)
+            self._compile(run, setup, speed)
             fitted = setup.model.fit(
                 setup.train,
                 validation_data=setup.validation,
