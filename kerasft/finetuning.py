@@ -39,7 +39,7 @@ from kerasft.configs import (
     given_keywords,
     sort_keywords,
 )
-from kerasft.engine.hooks import default_hooks
+from kerasft.engine.defaults import default_hooks
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
 from kerasft.engine.plan import Plan, Rate

@@ -14,7 +14,7 @@ The runner calls every hook at five moments, in the order of the hook list:
 and ``run_end(run)`` after the last phase, in reverse order, so that what started first
 finishes last (best weights are restored before pruning wrappers are stripped).
 Adding a concern to the engine is adding a :class:`Hook` subclass, not a branch in the
-runner. :func:`default_hooks` lists the hooks a ``finetune`` call uses.
+runner. :func:`kerasft.engine.defaults.default_hooks` lists the hooks a ``finetune`` call uses.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ __all__ = [
     "TargetScale",
     "FrozenBackboneDropout",
     "Thresholds",
-    "default_hooks",
 ]
 
 
@@ -554,44 +553,3 @@ class Pruning(Hook):
             f"kerasft: pruned {len(record.layers)} layers to {record.sparsity:.1%} sparsity; "
             "returning the stripped model"
         )
-
-
-def default_hooks(options: Any, monitor: str, spec: Any = None) -> list[Hook]:
-    """The hooks of a ``finetune`` call with ``options``, in the order their callbacks run.
-
-    ``spec`` is the data's :class:`kerasft.data.DataSpec`: multi-label tasks get their
-    decision thresholds, standardised regression targets are folded back into the head.
-    These come first, so that their ``run_end`` runs last, on the final weights.
-    """
-    from kerasft.engine.checkpoint import Checkpoint
-
-    run, reg, recipe = options.run, options.regularization, options.recipe
-    hooks: list[Hook] = []
-    if spec is not None and spec.task == "multilabel":
-        hooks.append(Thresholds(options.task.thresholds))
-    if spec is not None and spec.target_std is not None:
-        hooks.append(TargetScale())
-    if reg.l2sp or reg.clip is not None:
-        hooks.append(Regularization(reg.l2sp, reg.clip))
-    if recipe.finds_lr:
-        hooks.append(LRFinder())
-    if options.optimizer.use_ema:  # first: validation and the best weights see the average
-        hooks.append(EMA())
-    if reg.prune is not None:
-        from kerasft.pruning import finetune as pruning_finetune
-
-        hooks.append(Pruning(pruning_finetune.parse_prune_option(reg.prune, recipe.kind)))
-    hooks += [FrozenBackboneDropout(), BestWeights(), NaNGuard()]
-    if run.checkpoint_dir is not None:
-        hooks.append(Checkpoint(run.checkpoint_dir))
-    hooks.append(Stages())
-    if options.monitor.patience is not None:
-        hooks.append(EarlyStopping(options.monitor.patience))
-    plateau = options.monitor.plateau_kwargs(monitor)
-    if plateau is not None:
-        hooks.append(ReduceOnPlateau(plateau))
-    if run.callbacks:
-        hooks.append(UserCallbacks(list(run.callbacks)))
-    if run.tensorboard is not None:
-        hooks.append(TensorBoard(run.tensorboard))
-    return hooks

@@ -28,6 +28,7 @@ from kerasft import configs as configs_lib
 from kerasft import data as data_lib
 from kerasft.callbacks import ReduceLROnPlateauScaled
 from kerasft.configs import OptimizerConfig, RegularizationConfig, SpeedConfig
+from kerasft.engine.registry import RECIPES
 from kerasft.unfreezing import load_phases
 
 __all__ = [
@@ -339,8 +340,6 @@ def default_recipe(keywords: Mapping[str, Any]) -> str:
 
 def recipe_names() -> list[str]:
     """The recipes a name can select: the built-in ones and any :func:`register_recipe` added."""
-    from kerasft.engine.plan import RECIPES
-
     return [
         *BUILTIN_RECIPES,
         *(name for name in RECIPES if name not in BUILTIN_RECIPES and name != "phases"),

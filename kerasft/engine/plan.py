@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ import keras
 
 from kerasft import layerwise, surgery
 from kerasft.engine.options import RecipeOptions
+from kerasft.engine.registry import RECIPES, prunable_recipes, register_recipe
 from kerasft.surgery import TrainableSnapshot
 from kerasft.unfreezing import apply_trainable
 
@@ -288,31 +288,6 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------- recipes
-
-RecipeFn = Callable[[RecipeOptions, keras.Model, keras.layers.Layer], list[Phase]]
-RECIPES: dict[str, RecipeFn] = {}
-_PRUNABLE: set[str] = set()
-
-
-def register_recipe(name: str, *, prunable: bool = False) -> Callable[[RecipeFn], RecipeFn]:
-    """Register ``fn(options, model, head) -> [Phase, ...]`` as recipe ``name``.
-
-    ``prunable``: the recipe's last phase always trains a fixed set of layers by gradient
-    (:attr:`Phase.prunable`), so ``prune=`` can prune during it; this is known before a
-    model is at hand, so that the option is refused before anything runs.
-    """
-
-    def register(fn: RecipeFn) -> RecipeFn:
-        RECIPES[name] = fn
-        (_PRUNABLE.add if prunable else _PRUNABLE.discard)(name)
-        return fn
-
-    return register
-
-
-def prunable_recipes() -> tuple[str, ...]:
-    """The recipes whose last phase can prune, in the order they were registered."""
-    return tuple(name for name in RECIPES if name in _PRUNABLE)
 
 
 def _head_rate(o: RecipeOptions) -> Rate:
