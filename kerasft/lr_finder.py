@@ -144,6 +144,75 @@ def _sweep_optimizer(model: keras.Model, optimizer: Any, start_lr: float):
     return type(template).from_config(config)
 
 
+def _check_arguments(
+    model: Any,
+    loss: Any,
+    start_lr: Any,
+    end_lr: Any,
+    num_steps: Any,
+    smoothing: Any,
+    diverge_threshold: Any,
+    plot: Any,
+) -> None:
+    """Refuse out-of-range sweep settings and a model the sweep cannot train."""
+    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"Argument `{name}` must be a finite number > 0. Received: {name}={value!r}"
+            )
+    if end_lr <= start_lr:
+        raise ValueError(
+            f"Argument `end_lr` must be > `start_lr`. Received: start_lr={start_lr}, end_lr={end_lr}"
+        )
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 10:
+        raise ValueError(
+            f"Argument `num_steps` must be an integer >= 10. Received: num_steps={num_steps!r}"
+        )
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(
+            f"Argument `smoothing` must be in [0, 1). Received: smoothing={smoothing!r}"
+        )
+    if diverge_threshold <= 1.0:
+        raise ValueError(
+            f"Argument `diverge_threshold` must be > 1. Received: diverge_threshold={diverge_threshold!r}"
+        )
+    if plot is not None and not os.fspath(plot).lower().endswith(".png"):
+        raise ValueError(
+            f"Argument `plot` must be a path ending in '.png'. Received: plot={plot!r}"
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
+    if loss is None and not (getattr(model, "compiled", False) and getattr(model, "loss", None)):
+        raise ValueError(
+            f"Model {model.name!r} is not compiled with a loss, so lr_find cannot train it. "
+            "HINT: pass loss=, e.g. lr_find(model, data, loss='sparse_categorical_crossentropy')."
+        )
+
+
+def _loss_function(model: keras.Model, loss: Any) -> Any:
+    """``compute_loss(x, y, y_pred, sample_weight)``: ``loss`` plus the model's own, else the compiled loss."""
+    if loss is not None:
+        loss_fn = keras.losses.get(loss)
+        is_loss_object = isinstance(loss_fn, keras.losses.Loss)
+
+        def compute_loss(x, y, y_pred, sw):
+            if is_loss_object:
+                value = loss_fn(y, y_pred, sample_weight=sw)
+            else:
+                # A function such as keras.losses.mean_squared_error takes no weights.
+                per_example = loss_fn(y, y_pred)
+                if sw is not None:
+                    per_example = per_example * keras.ops.cast(sw, per_example.dtype)
+                value = keras.ops.mean(per_example)
+            return value + sum(model.losses) if model.losses else value
+    else:
+
+        def compute_loss(x, y, y_pred, sw):
+            return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
+
+    return compute_loss
+
+
 def lr_find(
     model: keras.Model,
     data: Any,
@@ -205,61 +274,12 @@ def lr_find(
     """
     import tensorflow as tf
 
-    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(
-                f"Argument `{name}` must be a finite number > 0. Received: {name}={value!r}"
-            )
-    if end_lr <= start_lr:
-        raise ValueError(
-            f"Argument `end_lr` must be > `start_lr`. Received: start_lr={start_lr}, end_lr={end_lr}"
-        )
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 10:
-        raise ValueError(
-            f"Argument `num_steps` must be an integer >= 10. Received: num_steps={num_steps!r}"
-        )
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(
-            f"Argument `smoothing` must be in [0, 1). Received: smoothing={smoothing!r}"
-        )
-    if diverge_threshold <= 1.0:
-        raise ValueError(
-            f"Argument `diverge_threshold` must be > 1. Received: diverge_threshold={diverge_threshold!r}"
-        )
-    if plot is not None and not os.fspath(plot).lower().endswith(".png"):
-        raise ValueError(
-            f"Argument `plot` must be a path ending in '.png'. Received: plot={plot!r}"
-        )
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
-    if loss is None and not (getattr(model, "compiled", False) and getattr(model, "loss", None)):
-        raise ValueError(
-            f"Model {model.name!r} is not compiled with a loss, so lr_find cannot train it. "
-            "HINT: pass loss=, e.g. lr_find(model, data, loss='sparse_categorical_crossentropy')."
-        )
+    _check_arguments(model, loss, start_lr, end_lr, num_steps, smoothing, diverge_threshold, plot)
     trainable = list(model.trainable_variables)
     if not trainable:
         raise ValueError(f"Model {model.name!r} has no trainable weights; nothing to sweep.")
 
-    if loss is not None:
-        loss_fn = keras.losses.get(loss)
-        is_loss_object = isinstance(loss_fn, keras.losses.Loss)
-
-        def compute_loss(x, y, y_pred, sw):
-            if is_loss_object:
-                value = loss_fn(y, y_pred, sample_weight=sw)
-            else:
-                # A function such as keras.losses.mean_squared_error takes no weights.
-                per_example = loss_fn(y, y_pred)
-                if sw is not None:
-                    per_example = per_example * keras.ops.cast(sw, per_example.dtype)
-                value = keras.ops.mean(per_example)
-            return value + sum(model.losses) if model.losses else value
-    else:
-
-        def compute_loss(x, y, y_pred, sw):
-            return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw, training=True)
-
+    compute_loss = _loss_function(model, loss)
     sweep_opt = _sweep_optimizer(model, optimizer, float(start_lr))
     batches = _batches(data, batch_size, seed)
 

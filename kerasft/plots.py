@@ -35,6 +35,47 @@ _SUGGESTION_MEANINGS = {
 }
 
 
+def _parse_phases(phases: Any) -> list[tuple[str, dict, int]]:
+    """``(name, history, epochs)`` per phase, from a result, its history or pairs."""
+    if hasattr(phases, "phases") and not isinstance(phases, Sequence):  # a FinetuneResult
+        phases = [(p.name, p.history) for p in phases.phases]
+    elif (
+        isinstance(phases, Mapping)
+        and phases
+        and all(isinstance(h, Mapping) or hasattr(h, "history") for h in phases.values())
+    ):  # FinetuneResult.history: {phase name: history}
+        phases = list(phases.items())
+    if isinstance(phases, (str, bytes, Mapping)) or not isinstance(phases, Sequence):
+        raise ValueError(
+            "Argument `phases` must be a FinetuneResult or a list of (name, history) pairs. "
+            f"Received: phases of type {type(phases).__name__}"
+        )
+    if not phases:
+        raise ValueError("Argument `phases` must hold at least one (name, history) pair.")
+    return [_parse_phase(i, phase) for i, phase in enumerate(phases)]
+
+
+def _parse_phase(i: int, phase: Any) -> tuple[str, dict, int]:
+    if not isinstance(phase, (tuple, list)) or len(phase) != 2:
+        raise ValueError(
+            f"Argument `phases[{i}]` must be a (name, history) pair. Received: {phase!r}"
+        )
+    name, history = phase
+    history = getattr(history, "history", history)  # a keras.callbacks.History
+    if not isinstance(history, Mapping):
+        raise ValueError(
+            f"Argument `phases[{i}]` ({name!r}): history must be a dict of per-epoch "
+            f"lists. Received: {type(history).__name__}"
+        )
+    lengths = {key: len(values) for key, values in history.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"Argument `phases[{i}]` ({name!r}): every series must have one value per "
+            f"epoch, but the lengths differ: {lengths}"
+        )
+    return str(name), dict(history), next(iter(lengths.values()), 0)
+
+
 def plot_history(
     phases: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
     path: str | os.PathLike,
@@ -75,42 +116,7 @@ def plot_history(
             end in `.png`.
     """
     path = _check_png_path(path)
-    if hasattr(phases, "phases") and not isinstance(phases, Sequence):  # a FinetuneResult
-        phases = [(p.name, p.history) for p in phases.phases]
-    elif (
-        isinstance(phases, Mapping)
-        and phases
-        and all(isinstance(h, Mapping) or hasattr(h, "history") for h in phases.values())
-    ):  # FinetuneResult.history: {phase name: history}
-        phases = list(phases.items())
-    if isinstance(phases, (str, bytes, Mapping)) or not isinstance(phases, Sequence):
-        raise ValueError(
-            "Argument `phases` must be a FinetuneResult or a list of (name, history) pairs. "
-            f"Received: phases of type {type(phases).__name__}"
-        )
-    if not phases:
-        raise ValueError("Argument `phases` must hold at least one (name, history) pair.")
-    parsed = []
-    for i, phase in enumerate(phases):
-        if not isinstance(phase, (tuple, list)) or len(phase) != 2:
-            raise ValueError(
-                f"Argument `phases[{i}]` must be a (name, history) pair. Received: {phase!r}"
-            )
-        name, history = phase
-        history = getattr(history, "history", history)  # a keras.callbacks.History
-        if not isinstance(history, Mapping):
-            raise ValueError(
-                f"Argument `phases[{i}]` ({name!r}): history must be a dict of per-epoch "
-                f"lists. Received: {type(history).__name__}"
-            )
-        lengths = {key: len(values) for key, values in history.items()}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(
-                f"Argument `phases[{i}]` ({name!r}): every series must have one value per "
-                f"epoch, but the lengths differ: {lengths}"
-            )
-        epochs = next(iter(lengths.values()), 0)
-        parsed.append((str(name), dict(history), epochs))
+    parsed = _parse_phases(phases)
     total = sum(epochs for _, _, epochs in parsed)
     if total == 0:
         raise ValueError("Argument `phases` holds no epochs: every history is empty.")

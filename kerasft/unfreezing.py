@@ -126,22 +126,34 @@ def load_phases(source: str | os.PathLike | Sequence[Mapping] | Mapping) -> list
         ValueError: for unknown keys, missing layers, or epochs that do not increase.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise ValueError(f"Argument `phases`: no file at {path!r}.")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        if path.endswith((".yaml", ".yml")):
-            try:
-                import yaml
-            except ImportError:
-                raise ImportError(
-                    f"Reading phases from {path!r} needs PyYAML. HINT: pip install pyyaml, "
-                    "or write the phases as JSON."
-                ) from None
-            source = yaml.safe_load(text)
-        else:
-            source = json.loads(text)
+        source = _read_phase_file(os.fspath(source))
+    phases = [_one_phase(i, phase) for i, phase in enumerate(_phase_list(source))]
+    epochs = [p["epoch"] for p in phases if p["epoch"] is not None]
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError(f"Phase epochs must increase. Received: {[p['epoch'] for p in phases]}")
+    return phases
+
+
+def _read_phase_file(path: str) -> Any:
+    """The structure a YAML (``.yaml``/``.yml``) or JSON phase file holds."""
+    if not os.path.isfile(path):
+        raise ValueError(f"Argument `phases`: no file at {path!r}.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not path.endswith((".yaml", ".yml")):
+        return json.loads(text)
+    try:
+        import yaml
+    except ImportError:
+        raise ImportError(
+            f"Reading phases from {path!r} needs PyYAML. HINT: pip install pyyaml, "
+            "or write the phases as JSON."
+        ) from None
+    return yaml.safe_load(text)
+
+
+def _phase_list(source: Any) -> Sequence[Any]:
+    """The phases in order: under a ``phases`` key, keyed by index, or a list."""
     if isinstance(source, Mapping) and "phases" in source:
         source = source["phases"]
     if isinstance(source, Mapping):
@@ -156,38 +168,29 @@ def load_phases(source: str | os.PathLike | Sequence[Mapping] | Mapping) -> list
         raise ValueError(
             f"Argument `phases` must be a non-empty list of phases. Received: {source!r}"
         )
-    phases = []
-    for i, phase in enumerate(source):
-        if not isinstance(phase, Mapping):
-            raise ValueError(
-                f"Phase {i} must be a dict with keys {_PHASE_KEYS}. Received: {phase!r}"
-            )
-        unknown = sorted(set(phase) - set(_PHASE_KEYS))
-        if unknown:
-            raise ValueError(
-                f"Phase {i} has unknown keys {unknown}. Valid keys are: {list(_PHASE_KEYS)}"
-            )
-        layers = phase.get("layers")
-        if isinstance(layers, str):
-            layers = [layers]
-        if not layers or not all(isinstance(p, str) for p in layers):
-            raise ValueError(
-                f"Phase {i} needs `layers`: a regex or a list of regexes. Received: {layers!r}"
-            )
-        epoch = phase.get("epoch", 0 if i == 0 else None)
-        if epoch is not None and (
-            isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0
-        ):
-            raise ValueError(
-                f"Phase {i}: `epoch` must be an integer >= 0. Received: epoch={epoch!r}"
-            )
-        lr = phase.get("lr")
-        if lr is not None and (not isinstance(lr, (int, float)) or lr < 0):
-            raise ValueError(f"Phase {i}: `lr` must be a number >= 0. Received: lr={lr!r}")
-        phases.append(
-            {"layers": list(layers), "epoch": epoch, "lr": None if lr is None else float(lr)}
+    return source
+
+
+def _one_phase(i: int, phase: Any) -> dict[str, Any]:
+    """Phase ``i`` checked and normalized to ``{"layers", "epoch", "lr"}``."""
+    if not isinstance(phase, Mapping):
+        raise ValueError(f"Phase {i} must be a dict with keys {_PHASE_KEYS}. Received: {phase!r}")
+    unknown = sorted(set(phase) - set(_PHASE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Phase {i} has unknown keys {unknown}. Valid keys are: {list(_PHASE_KEYS)}"
         )
-    epochs = [p["epoch"] for p in phases if p["epoch"] is not None]
-    if any(b <= a for a, b in zip(epochs, epochs[1:])):
-        raise ValueError(f"Phase epochs must increase. Received: {[p['epoch'] for p in phases]}")
-    return phases
+    layers = phase.get("layers")
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers or not all(isinstance(p, str) for p in layers):
+        raise ValueError(
+            f"Phase {i} needs `layers`: a regex or a list of regexes. Received: {layers!r}"
+        )
+    epoch = phase.get("epoch", 0 if i == 0 else None)
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+        raise ValueError(f"Phase {i}: `epoch` must be an integer >= 0. Received: epoch={epoch!r}")
+    lr = phase.get("lr")
+    if lr is not None and (not isinstance(lr, (int, float)) or lr < 0):
+        raise ValueError(f"Phase {i}: `lr` must be a number >= 0. Received: lr={lr!r}")
+    return {"layers": list(layers), "epoch": epoch, "lr": None if lr is None else float(lr)}

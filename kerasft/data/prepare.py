@@ -586,26 +586,8 @@ def _check_gaps(spec: DataSpec, num_classes: int | None, check_classes: bool) ->
         )
 
 
-def _prepare_streaming(
-    ds: tf.data.Dataset,
-    *,
-    signature,
-    preprocessor,
-    validation_data,
-    validation_split,
-    batch_size,
-    seed,
-    num_classes,
-    label_mode,
-    task,
-    head_units,
-    head_activation,
-    one_hot=False,
-    augment=None,
-) -> PreparedData:
-    """Large or random pipelines: scan labels once, split by a seeded hash of position."""
-    if preprocessor is not None:
-        ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=_AUTOTUNE)
+def _scan_labels(ds: tf.data.Dataset) -> np.ndarray:
+    """Every label of ``ds``, read in one pass that also checks the inputs are finite."""
     labels, finite = [], True
     for y, ok in (
         ds.batch(1024)
@@ -630,7 +612,57 @@ def _prepare_streaming(
         raise ValueError("Argument `data` is empty: it yields no examples.")
     if not finite:
         raise ValueError("Argument `data`: some inputs contain NaN or inf. HINT: filter them out.")
-    y_all = np.concatenate(labels)
+    return np.concatenate(labels)
+
+
+def _split_streaming(
+    ds: tf.data.Dataset, n: int, validation_data, validation_split, seed, preprocessor, signature
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
+    """``(train, validation, n_validation)``: a seeded hash of position, or the data given."""
+    if validation_data is None and validation_split > 0:
+
+        def is_val(i, _):
+            u = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), i]))
+            return u < validation_split
+
+        indexed = ds.enumerate()
+        train = indexed.filter(lambda i, e: tf.logical_not(is_val(i, e))).map(lambda _, e: e)
+        val = indexed.filter(is_val).map(lambda _, e: e)
+        n_val = int(round(n * validation_split))
+    elif validation_data is not None:
+        vsource = as_source(validation_data, "validation_data")
+        if not isinstance(vsource, tf.data.Dataset):
+            vsource = tf.data.Dataset.from_tensor_slices(vsource)
+        val = _unbatch_if_needed(vsource, None if preprocessor is not None else signature)
+        if preprocessor is not None:
+            val = val.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=_AUTOTUNE)
+        train, n_val = ds, max(int(val.cardinality()), 0)
+    else:
+        train, val, n_val = ds, None, 0
+    return train, val, n_val
+
+
+def _prepare_streaming(
+    ds: tf.data.Dataset,
+    *,
+    signature,
+    preprocessor,
+    validation_data,
+    validation_split,
+    batch_size,
+    seed,
+    num_classes,
+    label_mode,
+    task,
+    head_units,
+    head_activation,
+    one_hot=False,
+    augment=None,
+) -> PreparedData:
+    """Large or random pipelines: scan labels once, split by a seeded hash of position."""
+    if preprocessor is not None:
+        ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=_AUTOTUNE)
+    y_all = _scan_labels(ds)
     spec = infer_spec(
         y_all,
         num_classes=num_classes,
@@ -658,26 +690,9 @@ def _prepare_streaming(
         return x, tf.cast(y, tf.int64)
 
     n = len(y_all)
-    if validation_data is None and validation_split > 0:
-
-        def is_val(i, _):
-            u = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), i]))
-            return u < validation_split
-
-        indexed = ds.enumerate()
-        train = indexed.filter(lambda i, e: tf.logical_not(is_val(i, e))).map(lambda _, e: e)
-        val = indexed.filter(is_val).map(lambda _, e: e)
-        n_val = int(round(n * validation_split))
-    elif validation_data is not None:
-        vsource = as_source(validation_data, "validation_data")
-        if not isinstance(vsource, tf.data.Dataset):
-            vsource = tf.data.Dataset.from_tensor_slices(vsource)
-        val = _unbatch_if_needed(vsource, None if preprocessor is not None else signature)
-        if preprocessor is not None:
-            val = val.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=_AUTOTUNE)
-        train, n_val = ds, max(int(val.cardinality()), 0)
-    else:
-        train, val, n_val = ds, None, 0
+    train, val, n_val = _split_streaming(
+        ds, n, validation_data, validation_split, seed, preprocessor, signature
+    )
     train = (
         train.map(cast, num_parallel_calls=_AUTOTUNE)
         .shuffle(min(n, 10_000), seed=seed)
