@@ -13,8 +13,9 @@ import pytest
 
 import kerasft
 from kerasft import datasets
+from kerasft._keras_compat import learning_rate_object
 from kerasft.search import SearchResult, baseline_values, parse_space, search, searchable_keywords
-from kerasft.speed import FeatureStore, caching
+from kerasft.speed import FeatureStore, caching, compiled
 
 QUICK = dict(verbose=0, patience=None)
 TINY = dict(head_epochs=1, epochs=2, patience=None)
@@ -137,6 +138,208 @@ def test_store_bad_arguments(pretrained, few):
         TypeError, match=r"`feature_store` must be a kerasft.speed.FeatureStore.*'yes'"
     ):
         kerasft.finetune(pretrained, few, feature_store="yes", recipe="head", epochs=1, **QUICK)
+
+
+# ------------------------------------------------------------------------ compiled models
+
+
+def _same_run(a, b, atol=1e-5):
+    assert [p.name for p in a.phases] == [p.name for p in b.phases]
+    for i, (pa, pb) in enumerate(zip(a.phases, b.phases)):
+        assert sorted(pa.history) == sorted(pb.history)
+        for key in pa.history:
+            first = 1 if i and key == "accuracy" else 0
+            # A phase that compiles its own model reuses the run's metric objects, which
+            # Keras does not reset before their first update: the first epoch's training
+            # accuracy of a later phase counts the previous phase's last validation too
+            # (0.84 = (65 + 19) / 100 against 65 / 80). The kept copy has its own metrics.
+            np.testing.assert_allclose(
+                pa.history[key][first:], pb.history[key][first:], rtol=1e-4, atol=atol
+            )
+    assert _same_weights(a.model, b.model, atol=atol)
+
+
+def test_kept_compiled_copy_trains_as_the_phase_own_model(pretrained, few):
+    # The head phase trains on cached features (a copy of the suffix), the fine-tune
+    # phase the whole network (its dropout draws random numbers: their state is copied
+    # in too); both with validation, warmup + cosine in the second.
+    kwargs = dict(head_epochs=2, epochs=3, **QUICK)
+    store = FeatureStore(compiled_models=4)
+    first = kerasft.finetune(
+        pretrained, few, speed=kerasft.SpeedConfig(feature_store=store), **kwargs
+    )
+    again = kerasft.finetune(
+        pretrained, few, speed=kerasft.SpeedConfig(feature_store=store), **kwargs
+    )
+    other = kerasft.finetune(
+        pretrained,
+        few,
+        speed=kerasft.SpeedConfig(feature_store=store),
+        lr=3e-3,
+        finetune_lr=3e-4,
+        **kwargs,
+    )
+
+    assert [p.compiled for p in first.speed.phases] == [compiled.TRACED] * 2
+    assert [p.compiled for p in again.speed.phases] == [compiled.REUSED] * 2
+    assert [p.compiled for p in other.speed.phases] == [compiled.REUSED] * 2
+    assert (len(store.compiled), store.compiled.traced, store.compiled.reused) == (2, 2, 4)
+    # the same training as a call that compiles its own models, at either rate
+    _same_run(kerasft.finetune(pretrained, few, **kwargs), again)
+    _same_run(kerasft.finetune(pretrained, few, lr=3e-3, finetune_lr=3e-4, **kwargs), other)
+    # each call's model is its own: a later call does not change an earlier one's weights
+    assert not _same_weights(first.model, other.model)
+    _same_run(first, again)
+    # the optimizer state came back into the call's own optimizer
+    assert (
+        int(other.model.optimizer.iterations.numpy())
+        == other.phases[-1].epochs * other.phases[-1].steps_per_epoch
+    )
+    assert "compiled" in first.speed.to_dict()["phases"][0]
+    assert "2 of 4 kept; 4 fits reused one, 2 traced" in repr(store)
+
+
+@pytest.mark.slow
+def test_kept_copy_continues_the_rate_chosen_by_successive_halving(pretrained, few):
+    # recipe="auto" with validation data tries two rates for half the epochs in one
+    # phase, then the winner continues with its optimizer state: three compiles and fits.
+    x, y = few
+    kwargs = dict(validation_data=(x[80:], y[80:]), epochs=4, verbose=0)
+    store = FeatureStore(compiled_models=2)
+    shared = kerasft.finetune(
+        pretrained, (x[:80], y[:80]), speed=kerasft.SpeedConfig(feature_store=store), **kwargs
+    )
+    plain = kerasft.finetune(pretrained, (x[:80], y[:80]), **kwargs)
+    assert len(shared.halving) == 2 and shared.halving == plain.halving
+    assert (store.compiled.traced, store.compiled.reused) == (1, 2)
+    _same_run(plain, shared)
+
+
+@pytest.mark.slow
+def test_search_traces_each_network_once_and_its_trials_mean_the_same(pretrained, few):
+    space = {"lr": [3e-3, 1e-2], "finetune_lr": [1e-4, 1e-3]}
+    fixed = dict(TINY, unfreeze=1)  # both phases train on cached features
+    result = search(pretrained, few, space, max_trials=3, verbose=0, **fixed)
+    kept = result.store.compiled
+    assert (len(kept), kept.traced, kept.reused) == (2, 2, 4), kept
+    assert [p.compiled for p in result.best.speed.phases] == (
+        [compiled.TRACED] * 2 if result.best_trial == "0" else [compiled.REUSED] * 2
+    )
+    plain = kerasft.finetune(
+        pretrained, few, monitor="val_loss", verbose=0, **fixed, **result.best_params
+    )
+    assert result.best.best_score == pytest.approx(plain.best_score, rel=1e-5)
+    assert _same_weights(result.best.model, plain.model)
+
+
+def test_phases_that_could_train_differently_keep_their_own_model(pretrained, few):
+    store = FeatureStore(compiled_models=2)
+    kwargs = dict(recipe="head", epochs=1, speed=kerasft.SpeedConfig(feature_store=store), **QUICK)
+    l2sp = kerasft.finetune(
+        pretrained,
+        few,
+        recipe="full",
+        epochs=1,
+        regularization=kerasft.RegularizationConfig(l2sp=1e-3),
+        speed=kerasft.SpeedConfig(feature_store=store),
+        **QUICK,
+    )
+    assert l2sp.speed.phases[0].compiled.startswith(f"{compiled.OWN}: weight ")
+    assert "has a regularizer" in l2sp.speed.phases[0].compiled
+    scheduled = kerasft.finetune(
+        pretrained,
+        few,
+        callbacks=[keras.callbacks.LearningRateScheduler(lambda e, lr: lr)],
+        **kwargs,
+    )
+    assert scheduled.speed.phases[0].compiled == (
+        f"{compiled.OWN}: callback LearningRateScheduler changes the model or its optimizer during fit"
+    )
+    weight_decay = kerasft.finetune(
+        pretrained,
+        few,
+        optimizer=kerasft.OptimizerConfig(name="adamw", weight_decay=1e-4),
+        **kwargs,
+    )
+    assert weight_decay.speed.phases[0].compiled == (
+        f"{compiled.OWN}: its optimizer, loss or metrics cannot be shared"
+    )
+    gradual = kerasft.finetune(
+        pretrained,
+        few,
+        recipe="gradual",
+        head_epochs=1,
+        epochs=2,
+        speed=kerasft.SpeedConfig(feature_store=store),
+        **QUICK,
+    )
+    assert (
+        gradual.speed.phases[-1].compiled == f"{compiled.OWN}: layers are unfrozen during the phase"
+    )
+    assert store.compiled.traced + store.compiled.reused == sum(
+        p.compiled in (compiled.TRACED, compiled.REUSED) for p in gradual.speed.phases
+    )
+
+
+def test_callbacks_of_a_shared_phase_see_the_phase_model(pretrained, few, tmp_path):
+    class Keep(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.weights = self.model.get_weights()
+            self.model.save(tmp_path / "saved.keras")
+
+    store = FeatureStore(compiled_models=1)
+    kwargs = dict(recipe="head", epochs=1, speed=kerasft.SpeedConfig(feature_store=store), **QUICK)
+    kerasft.finetune(pretrained, few, **kwargs)
+    keep = Keep()
+    result = kerasft.finetune(pretrained, few, callbacks=[keep], **kwargs)
+    assert result.speed.phases[0].compiled == compiled.REUSED
+    assert len(keep.weights) == len(result.model.get_weights())  # the full model's, not the head's
+    assert not _same_weights(result.model, pretrained)
+    saved = keras.models.load_model(tmp_path / "saved.keras")
+    for a, b, c in zip(keep.weights, result.model.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_reduce_on_plateau_lowers_the_shared_rate_as_its_own(pretrained, few):
+    # min_delta=10: no epoch improves enough, so the rate is halved after every other one.
+    kwargs = dict(
+        recipe="full", epochs=4, reduce_on_plateau=dict(patience=1, factor=0.5, min_delta=10.0)
+    )
+    store = FeatureStore(compiled_models=1)
+    shared = [
+        kerasft.finetune(
+            pretrained, few, speed=kerasft.SpeedConfig(feature_store=store), **kwargs, **QUICK
+        )
+        for _ in range(2)
+    ]
+    plain = kerasft.finetune(pretrained, few, **kwargs, **QUICK)
+    assert [r.speed.phases[0].compiled for r in shared] == [compiled.TRACED, compiled.REUSED]
+    schedules = [learning_rate_object(r.model.optimizer) for r in (plain, shared[1])]
+    assert [s.multiplier for s in schedules] == [0.25, 0.25]
+    _same_run(plain, shared[1])
+
+
+def test_compiled_models_argument():
+    assert FeatureStore().compiled is None
+    with pytest.raises(
+        ValueError, match=r"`compiled_models` must be an integer >= 0. Received: compiled_models=-1"
+    ):
+        FeatureStore(compiled_models=-1)
+    with pytest.raises(ValueError, match=r"compiled_models=True"):
+        FeatureStore(compiled_models=True)
+
+
+def test_rate_table_gives_the_schedule_rates_exactly():
+    schedule = kerasft.schedules.WarmupCosineDecay(1e-3, total_steps=37, warmup_steps=4)
+    table = compiled.RateTable()
+    table.fill(compiled.rates_of(schedule, 40))
+    optimizer = keras.optimizers.Adam(schedule)
+    for step in (0, 3, 4, 20, 36, 39, 60):  # past the table: its last rate
+        optimizer.iterations.assign(min(step, 39))
+        expected = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        assert float(keras.ops.convert_to_numpy(table(step))) == expected
+    assert np.all(compiled.rates_of(keras.Variable(0.25), 3) == np.float32(0.25))
 
 
 # --------------------------------------------------------------------------------- search

@@ -6,7 +6,9 @@ Each trial is one ``finetune`` call with some keywords drawn from a search space
 directory, so a search that stops can be started again and continues after the trials
 it finished. Every trial fine-tunes a fresh copy of the pretrained model, and all of
 them share one :class:`kerasft.speed.FeatureStore`: the outputs of a frozen bottom are
-computed once for the whole search, not once per trial.
+computed once for the whole search, not once per trial, and a phase that trains the
+same network as an earlier trial's runs that trial's compiled training steps instead of
+tracing its own (:mod:`kerasft.speed.compiled`).
 
 Modules: :mod:`~kerasft.search.space` (the keywords searched and their values),
 :mod:`~kerasft.search.oracles` (KerasTuner's oracles, ``finetune``'s defaults first),

@@ -21,6 +21,7 @@ from kerasft import configs
 from kerasft.engine.options import Options
 from kerasft.engine.result import FinetuneResult
 from kerasft.search.result import SearchResult, TrialRow, format_params
+from kerasft.speed.compiled import REUSED
 
 __all__ = ["Trials"]
 
@@ -95,12 +96,13 @@ class Trials:
             self.best = (trial.trial_id, score, result)
         features = sum(p.feature_seconds for p in result.speed.phases) if result.speed else 0.0
         fit = sum(p.seconds for p in result.phases)
-        sources = sorted(
-            {p.feature_source for p in (result.speed.phases if result.speed else []) if p.cached}
-        )
+        speeds = result.speed.phases if result.speed else []
+        sources = sorted({p.feature_source for p in speeds if p.cached})
+        reused = sum(p.compiled == REUSED for p in speeds)
         self.log(
             f"kerasft search: trial {trial.trial_id} {format_params(params)}: {self.objective} {score:.4g} in {seconds:.1f} s "
-            f"(features {features:.2f} s: {'; '.join(sources) or 'none cached'}; fit {fit:.1f} s)"
+            f"(features {features:.2f} s: {'; '.join(sources) or 'none cached'}; fit {fit:.1f} s; "
+            f"{reused} of {len(speeds)} phases reused compiled steps)"
         )
         return dict(zip((self.objective, *_METRICS), (score, seconds, features, fit)))
 

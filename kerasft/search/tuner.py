@@ -36,6 +36,10 @@ from kerasft.speed.store import FeatureStore
 __all__ = ["search"]
 
 _FINGERPRINT = "kerasft_search.json"
+# Compiled networks the search's own store keeps: one per phase of each distinct network
+# (an `unfreeze` value, a recipe), so that trials differing in rates, epochs or data
+# order trace their training steps once in all.
+COMPILED_MODELS = 8
 
 
 def search(
@@ -60,7 +64,12 @@ def search(
     are its best on the objective, and that value is its score) and ``seed=seed`` (the
     same split, shuffles and new head in every trial, so that trials differ only by
     what was drawn). All trials share one :class:`kerasft.speed.FeatureStore`: features
-    of a frozen bottom are computed once for the whole search.
+    of a frozen bottom are computed once for the whole search, and a phase that trains
+    the same network as an earlier trial's (same layers trainable, loss, metrics and
+    optimizer settings; rates and epochs may differ) trains in that trial's compiled
+    copy instead of tracing its steps again (``compiled_models=8``; see
+    :mod:`kerasft.speed.compiled`). A ``feature_store`` given as a fixed keyword is used
+    as it is.
 
     With the random and Bayesian oracles, the first trial runs ``finetune``'s defaults
     when the space holds them (``finetune_lr=None`` standing for ``lr / 10``), so the
@@ -129,7 +138,7 @@ def search(
     warn_incomparable(params, objective)
     direction = monitor_mode(objective, fixed.get("metrics") or ())
     store = fixed.pop("feature_store", None)
-    store = FeatureStore() if store is None else store
+    store = FeatureStore(compiled_models=COMPILED_MODELS) if store is None else store
     model = _load_once(model, fixed)
     temporary = directory is None
     root = make_scratch_directory("search") if temporary else os.fspath(directory)

@@ -7,7 +7,9 @@ runs); :mod:`~kerasft.speed.devices` picks XLA, mixed precision and
 steps per execution from the devices present; :mod:`~kerasft.speed.distribute` runs
 under a ``tf.distribute`` strategy; :mod:`~kerasft.speed.plan` combines them into one
 :class:`SpeedPlan` per ``finetune`` run and records its decisions as a
-:class:`SpeedRecord`. A :class:`FeatureStore` shares cached features across runs.
+:class:`SpeedRecord`. A :class:`FeatureStore` shares cached features across runs, and
+with ``compiled_models=`` the compiled training steps of the networks they train
+(:mod:`~kerasft.speed.compiled`).
 """
 
 from kerasft.speed.caching import FeatureCache

@@ -1,10 +1,12 @@
-"""Keys of stored features: digests of what determines a prefix's outputs exactly.
+"""Keys of what ``finetune`` calls share: digests of what determines it exactly.
 
 :func:`inputs_key` digests the values of the training and validation inputs;
 :func:`prefix_key` digests a prefix's graph (layer classes, configurations and
 connections, the cut; not the names Keras numbers globally), the values of its weights,
 and the inputs' key. A fresh copy of the same pretrained model on the same data gets
-the same key.
+the same key. :func:`network_key` digests what a training step of a network depends on
+besides its weights' values (its graph, every layer's settings, what is trainable), the
+key of a compiled model kept for reuse (:mod:`kerasft.speed.compiled`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["inputs_key", "prefix_key"]
+from kerasft import _keras_compat as compat
+
+__all__ = ["inputs_key", "network_key", "prefix_key"]
 
 
 def _update_with_arrays(digest: Any, arrays: Any) -> None:
@@ -107,3 +111,36 @@ def prefix_key(prefix: keras.Model, inputs: str) -> str | None:
     for variable in prefix.weights:
         _update_with_arrays(digest, keras.ops.convert_to_numpy(variable))
     return digest.hexdigest()
+
+
+def network_key(model: keras.Model) -> str | None:
+    """The key of ``model``'s training step, its weights' values aside.
+
+    It digests the model's configuration (layers and connections, as for
+    :func:`prefix_key`), the class, settings and trainable flag of every layer inside it
+    (a nested backbone's configuration need not list a setting changed since it was
+    built, such as a frozen layer's dropout set to 0), and the shape, dtype and
+    trainable flag of every variable. Two models with the same key compute the same
+    training step, so one compiled model can train either. ``None`` when a
+    configuration cannot be serialized.
+
+    Example:
+
+    >>> make = lambda: keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> network_key(make()) == network_key(make())
+    True
+    """
+    try:
+        config = dict(model.get_config())
+        config.pop("name", None)
+        layers = []
+        for layer in compat.flatten_layers(model, include_self=False):
+            settings = dict(layer.get_config())
+            settings.pop("name", None)
+            name = f"{type(layer).__module__}.{type(layer).__qualname__}"
+            layers.append([name, _without_layer_names(settings), bool(layer.trainable)])
+        variables = [[list(v.shape), str(v.dtype), bool(v.trainable)] for v in model.variables]
+        text = json.dumps([_without_layer_names(config), layers, variables], sort_keys=True)
+    except Exception:
+        return None
+    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()

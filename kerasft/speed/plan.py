@@ -15,7 +15,7 @@ from typing import Any
 import keras
 
 from kerasft import data as data_lib
-from kerasft.speed import caching, devices, distribute, store
+from kerasft.speed import caching, compiled, devices, distribute, store
 
 __all__ = ["SpeedPlan", "SpeedRecord", "PhaseSpeed", "check_options"]
 
@@ -55,6 +55,10 @@ class PhaseSpeed:
         feature_source: where the features came from (computed, kept, derived, or
             reused from a :class:`kerasft.speed.FeatureStore`).
         steps_per_execution: training steps per call into TensorFlow.
+        compiled: with a store that keeps compiled models
+            (:mod:`kerasft.speed.compiled`): whether the phase traced a compiled copy
+            kept for reuse, reused one traced before, or trained its own model (and
+            why); empty without such a store.
     """
 
     cached: bool
@@ -63,6 +67,7 @@ class PhaseSpeed:
     feature_bytes: int
     feature_source: str
     steps_per_execution: int
+    compiled: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +77,7 @@ class PhaseSpeed:
             "feature_bytes": self.feature_bytes,
             "feature_source": self.feature_source,
             "steps_per_execution": self.steps_per_execution,
+            "compiled": self.compiled,
         }
 
 
@@ -108,7 +114,8 @@ class SpeedPlan:
 
     Creating it applies the mixed-precision policy to ``model`` (the output layer stays
     float32). ``feature_store``, a :class:`kerasft.speed.FeatureStore`, shares cached
-    features with other runs.
+    features with other runs, and compiled models when it keeps them: a phase then
+    compiles and fits a :class:`kerasft.speed.compiled.SharedFitModel`.
     """
 
     def __init__(
@@ -154,6 +161,7 @@ class SpeedPlan:
         )
         self.verbose = verbose
         self.distributed = distributed
+        self.compiled_models = None if feature_store is None else feature_store.compiled
         self.record = SpeedRecord(
             devices=kinds,
             precision=self.precision,
@@ -172,9 +180,10 @@ class SpeedPlan:
         """Model, pipelines and ``compile_kwargs`` for phase ``index`` (0-based).
 
         ``cacheable=False`` for phases whose trainable layers change during ``fit``
-        (gradual unfreezing), where stored features would go stale. ``later_trainable``:
-        the layers the next phase will train, if known; their features are then
-        computed once for both phases (see :class:`kerasft.speed.caching.FeatureCache`).
+        (gradual unfreezing), where stored features would go stale, and where a kept
+        compiled model would train a fixed set. ``later_trainable``: the layers the
+        next phase will train, if known; their features are then computed once for
+        both phases (see :class:`kerasft.speed.caching.FeatureCache`).
         """
         if cacheable:
             setup = self.cache.setup_phase(model, index, later_trainable=later_trainable)
@@ -189,16 +198,24 @@ class SpeedPlan:
             cached=setup.cached,
         )
         setup.compile_kwargs = {"jit_compile": self.jit_compile, "steps_per_execution": spe}
-        self.record.phases.append(
-            PhaseSpeed(
-                cached=setup.cached,
-                reason=setup.reason,
-                feature_seconds=setup.feature_seconds,
-                feature_bytes=setup.feature_bytes,
-                feature_source=setup.feature_source,
-                steps_per_execution=spe,
-            )
+        record = PhaseSpeed(
+            cached=setup.cached,
+            reason=setup.reason,
+            feature_seconds=setup.feature_seconds,
+            feature_bytes=setup.feature_bytes,
+            feature_source=setup.feature_source,
+            steps_per_execution=spe,
         )
+        self.record.phases.append(record)
+        if self.compiled_models is not None:
+            if cacheable and not self.distributed:
+                setup.model = self.compiled_models.for_phase(setup.model, record)
+            else:
+                record.compiled = f"{compiled.OWN}: " + (
+                    "training runs under a tf.distribute strategy"
+                    if self.distributed
+                    else "layers are unfrozen during the phase"
+                )
         return setup
 
     def before_fit(self, setup: caching.PhaseSetup) -> None:

@@ -1,9 +1,12 @@
-"""Features of frozen prefixes kept in memory across ``finetune`` calls.
+"""Features of frozen prefixes, and compiled models, kept in memory across ``finetune`` calls.
 
 A :class:`FeatureStore` holds :class:`Features` (a prefix's outputs on the training and
 validation inputs) under the keys of :mod:`kerasft.speed.keys`, least recently used
 dropped first; the feature cache of each call looks features up there before computing
-them, so the trials of ``kerasft.search`` compute them once.
+them, so the trials of ``kerasft.search`` compute them once. Made with
+``compiled_models=``, it also keeps compiled copies of the networks trained
+(:mod:`kerasft.speed.compiled`), so that phases that train the same network again are
+not traced again.
 """
 
 from __future__ import annotations
@@ -55,8 +58,18 @@ class FeatureStore:
     afterwards). A prefix whose configuration cannot be serialized is never stored.
     Features that went to a cache file (beyond ``cache_budget``) are not kept.
 
-    The store holds at most ``budget`` bytes; the least recently used entries are
-    dropped to make room. It lives in memory only.
+    The store holds at most ``budget`` bytes of features; the least recently used
+    entries are dropped to make room. It lives in memory only.
+
+    With ``compiled_models=n``, it also keeps up to ``n`` compiled copies of the networks
+    the calls trained (:class:`kerasft.speed.compiled.CompiledModels`, in
+    ``store.compiled``): a phase that trains the same network with the same loss,
+    metrics and optimizer settings as an earlier one trains in that copy, with its own
+    weights, optimizer state and learning rates copied in and the results copied back,
+    instead of tracing its training steps again; rates and epochs may differ. Callbacks
+    then see the copy, which speaks for the phase's model (``get_weights``,
+    ``set_weights``, ``save``). ``result.speed.phases[i].compiled`` says what each phase
+    did.
 
     Example:
 
@@ -69,17 +82,32 @@ class FeatureStore:
 
     Args:
         budget: bytes of features kept at most. Defaults to 1 GiB.
+        compiled_models: compiled copies of networks kept at most, each about three
+            times its network's weights in memory; `0` keeps none. Defaults to `0`.
 
     Raises:
-        ValueError: a ``budget`` that is not a number of bytes >= 0.
+        ValueError: a ``budget`` that is not a number of bytes >= 0, or
+            ``compiled_models`` that is not an integer >= 0.
     """
 
-    def __init__(self, budget: float = 1024**3):
+    def __init__(self, budget: float = 1024**3, *, compiled_models: int = 0):
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
             raise ValueError(
                 f"Argument `budget` must be a number of bytes >= 0. Received: budget={budget!r}"
             )
+        if (
+            isinstance(compiled_models, bool)
+            or not isinstance(compiled_models, int)
+            or compiled_models < 0
+        ):
+            raise ValueError(
+                "Argument `compiled_models` must be an integer >= 0. "
+                f"Received: compiled_models={compiled_models!r}"
+            )
+        from kerasft.speed.compiled import CompiledModels
+
         self.budget = budget
+        self.compiled = CompiledModels(compiled_models) if compiled_models else None
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -97,9 +125,10 @@ class FeatureStore:
         return key in self._entries
 
     def __repr__(self) -> str:
+        compiled = "" if self.compiled is None else f"; {self.compiled!r}"
         return (
             f"FeatureStore({len(self)} entries, {self.nbytes / 2**20:.1f} of {self.budget / 2**20:.0f} MiB; "
-            f"{self.hits} hits, {self.misses} misses, {self.evictions} evicted)"
+            f"{self.hits} hits, {self.misses} misses, {self.evictions} evicted{compiled})"
         )
 
     def get(self, key: str) -> Features | None:
@@ -131,8 +160,10 @@ class FeatureStore:
         return True
 
     def clear(self) -> None:
-        """Drop every entry (the counters are kept)."""
+        """Drop every entry and compiled model (the counters are kept)."""
         self._entries.clear()
+        if self.compiled is not None:
+            self.compiled.clear()
 
 
 def check_feature_store(value: Any) -> None:
