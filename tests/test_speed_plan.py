@@ -1,0 +1,164 @@
+"""Tests for kerasft.speed.plan: what SpeedPlan decides per run and phase, and its report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerasft import surgery
+from kerasft.data import prepare_data
+from kerasft.speed import caching
+from kerasft.speed.plan import PhaseSpeed, SpeedPlan, SpeedRecord, check_options
+
+# 300 digits, 20% held out: 240 to train in batches of 32
+STEPS_PER_EPOCH = 8
+
+
+@pytest.fixture()
+def prepared(shipped_model, digits_small):
+    return prepare_data(digits_small, model=shipped_model, validation_split=0.2, batch_size=32)
+
+
+def _head_only(model):
+    surgery.freeze(model)
+    model.get_layer("predictions").trainable = True
+    return model
+
+
+def test_defaults_on_cpu(shipped_model, prepared):
+    plan = SpeedPlan(shipped_model, prepared)
+    try:
+        record = plan.report()
+        assert record.devices == ["CPU"]
+        assert (record.precision, record.precision_reason) == ("float32", "full precision")
+        assert record.jit_compile is False  # "auto": XLA only on accelerators
+        assert record.phases == []
+        assert all(layer.dtype_policy.name == "float32" for layer in shipped_model.layers)
+    finally:
+        plan.close()
+
+
+def test_head_phase_on_cached_features_groups_steps(shipped_model, prepared):
+    plan = SpeedPlan(_head_only(shipped_model), prepared)
+    try:
+        setup = plan.setup_phase(shipped_model, 0)
+        assert setup.cached and isinstance(setup.model, caching.CachedFeatureModel)
+        # "auto" groups up to 32 steps on cached features: here the whole epoch
+        assert setup.compile_kwargs == {"jit_compile": False, "steps_per_execution": 8}
+        [phase] = plan.report().phases
+        assert phase.cached and phase.steps_per_execution == STEPS_PER_EPOCH
+        assert phase.feature_bytes > 0 and phase.feature_seconds > 0
+        assert phase.reason == setup.reason and phase.feature_source == setup.feature_source
+        # the setup is what the phase fits: it trains the shipped model's head
+        before = shipped_model.get_layer("predictions").get_weights()[0].copy()
+        setup.model.compile("adam", "sparse_categorical_crossentropy", **setup.compile_kwargs)
+        setup.model.fit(setup.train, validation_data=setup.validation, epochs=1, verbose=0)
+        after = shipped_model.get_layer("predictions").get_weights()[0]
+        assert not np.array_equal(before, after)
+    finally:
+        plan.close()
+
+
+def test_phases_that_unfreeze_during_fit_are_not_cached(shipped_model, prepared):
+    plan = SpeedPlan(_head_only(shipped_model), prepared)
+    try:
+        setup = plan.setup_phase(shipped_model, 0, cacheable=False)
+        assert not setup.cached and setup.model is shipped_model
+        assert setup.reason == "layers are unfrozen during the phase"
+        assert setup.compile_kwargs["steps_per_execution"] == 1  # a full model's step: one per call
+        assert plan.report().phases[0].compiled == ""  # no store that keeps compiled models
+    finally:
+        plan.close()
+
+
+def test_options_reach_every_phase(shipped_model, prepared):
+    plan = SpeedPlan(
+        _head_only(shipped_model),
+        prepared,
+        cache_features=False,
+        jit_compile=True,
+        steps_per_execution=3,
+    )
+    try:
+        first = plan.setup_phase(shipped_model, 0)
+        shipped_model.get_layer("fc").trainable = True
+        second = plan.setup_phase(shipped_model, 1)
+        for setup in (first, second):
+            assert not setup.cached and setup.model is shipped_model
+            assert setup.compile_kwargs == {"jit_compile": True, "steps_per_execution": 3}
+        record = plan.report()
+        assert record.jit_compile is True
+        assert [p.steps_per_execution for p in record.phases] == [3, 3]
+    finally:
+        plan.close()
+
+
+def test_requested_mixed_precision_is_applied_output_kept_float32(shipped_model, prepared):
+    plan = SpeedPlan(shipped_model, prepared, mixed_precision="mixed_bfloat16")
+    try:
+        record = plan.report()
+        assert (record.precision, record.precision_reason) == ("mixed_bfloat16", "requested")
+        assert shipped_model.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
+        assert shipped_model.get_layer("fc").compute_dtype == "bfloat16"
+        assert shipped_model.get_layer("predictions").dtype_policy.name == "float32"
+        assert shipped_model(np.zeros((1, 28, 28, 1), "float32")).dtype == "float32"
+    finally:
+        plan.close()
+
+
+def test_report_is_a_snapshot_and_serializes(shipped_model, prepared):
+    plan = SpeedPlan(_head_only(shipped_model), prepared)
+    try:
+        plan.setup_phase(shipped_model, 0)
+        early = plan.report()
+        shipped_model.get_layer("fc").trainable = True
+        plan.setup_phase(shipped_model, 1)
+        late = plan.report()
+        assert len(early.phases) == 1 and len(late.phases) == 2
+        assert isinstance(late, SpeedRecord) and all(isinstance(p, PhaseSpeed) for p in late.phases)
+        late.phases.clear()
+        assert len(plan.report().phases) == 2  # the report is a copy
+        as_dict = plan.report().to_dict()
+        assert set(as_dict) == {"devices", "precision", "precision_reason", "jit_compile", "phases"}
+        assert as_dict["phases"][0] == {
+            "cached": True,
+            "reason": early.phases[0].reason,
+            "feature_seconds": early.phases[0].feature_seconds,
+            "feature_bytes": early.phases[0].feature_bytes,
+            "feature_source": early.phases[0].feature_source,
+            "steps_per_execution": STEPS_PER_EPOCH,
+            "compiled": "",
+        }
+    finally:
+        plan.close()
+
+
+@pytest.mark.parametrize(
+    "keyword, value, message",
+    [
+        ("cache_features", "maybe", r"`cache_features` must be True, False or 'auto'"),
+        ("cache_budget", -1, r"`cache_budget` must be a number of bytes >= 0.*-1"),
+        ("cache_budget", True, r"`cache_budget` must be a number of bytes >= 0.*True"),
+        ("jit_compile", "yes", r"`jit_compile` must be True, False or 'auto'.*'yes'"),
+        ("mixed_precision", "fp8", r"`mixed_precision` must be None, True, 'auto'.*'fp8'"),
+        ("steps_per_execution", 0, r"`steps_per_execution` must be 'auto' or a positive.*0"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(shipped_model, prepared, keyword, value, message):
+    good = dict(
+        cache_features="auto",
+        cache_budget=1024,
+        jit_compile="auto",
+        mixed_precision=None,
+        steps_per_execution="auto",
+    )
+    with pytest.raises(ValueError, match=message):
+        check_options(**{**good, keyword: value})
+    with pytest.raises(ValueError, match=message):
+        SpeedPlan(shipped_model, prepared, **{keyword: value})
+    assert all(layer.dtype_policy.name == "float32" for layer in shipped_model.layers)
+
+
+def test_feature_store_must_be_a_feature_store(shipped_model, prepared):
+    with pytest.raises(TypeError, match=r"`feature_store` must be a kerasft.speed.FeatureStore"):
+        SpeedPlan(shipped_model, prepared, feature_store={})
