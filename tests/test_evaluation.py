@@ -97,6 +97,21 @@ def _png(path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def _blues(value: float) -> tuple:
+    """The colour of ``value`` in the confusion matrix's colour map."""
+    from matplotlib import colormaps
+
+    return colormaps["Blues"](value)[:3]
+
+
+def _pixels_of(pixels: np.ndarray, colour) -> int:
+    """How many pixels are drawn in ``colour`` (a matplotlib colour), give or take 2 levels."""
+    from matplotlib.colors import to_rgb
+
+    target = np.round(np.array(to_rgb(colour)) * 255)
+    return int(np.all(np.abs(pixels.astype(int) - target) <= 2, axis=-1).sum())
+
+
 # --- figures against scikit-learn --------------------------------------------------------
 
 
@@ -442,11 +457,24 @@ def test_plot_report_for_each_task(multiclass, binary, multilabel, regression, t
         "multilabel": report_from_predictions(*multilabel[:2], class_names=["even", ">4", "prime"]),
         "regression": report_from_predictions(*regression),
     }
+    drawn = {}
     for task, report in reports.items():
         path = plot_report(report, tmp_path / f"{task}.png")
         assert path == str(tmp_path / f"{task}.png")
-        pixels = _png(path)
-        assert pixels.shape[0] > 250 and pixels.shape[1] > 500 and pixels.std() > 10
+        drawn[task] = _png(path)
+    # Classification: the confusion matrix (the "Blues" map) beside green F1 bars only.
+    for task in ("multiclass", "binary"):
+        assert _pixels_of(drawn[task], "tab:green") > 500, task
+        assert _pixels_of(drawn[task], "tab:orange") == 0, task
+        assert _pixels_of(drawn[task], _blues(1.0)) > 0, task  # the colour bar
+    assert drawn["multiclass"].shape[1] > drawn["binary"].shape[1]  # 10 classes vs 2
+    # Multilabel: precision, recall and F1 bars per label, no confusion matrix.
+    for colour in ("tab:blue", "tab:orange", "tab:green"):
+        assert _pixels_of(drawn["multilabel"], colour) > 300, colour
+    assert _pixels_of(drawn["multilabel"], _blues(1.0)) == 0
+    # Regression: two panels (residuals, predicted vs true) per output, 4.2 inches a row.
+    assert drawn["regression"].shape[:2] == (2 * 420, 1100)
+    assert _pixels_of(drawn["regression"], "tab:green") == 0
     assert sorted(os.listdir(tmp_path)) == sorted(f"{t}.png" for t in reports)  # no leftovers
     # Classification plots need only the figures, so a report read from JSON plots too.
     again = EvaluationReport.from_json(reports["multiclass"].to_json())
