@@ -284,6 +284,10 @@ def _refit(
     epochs, score = _winning_epochs(chosen)
     checkpoint = options.run.checkpoint_dir
     refit = options.replace(
+        # nothing is held out: a fixed budget, whose last weights are returned
+        monitor=None
+        if str(options.monitor.monitor or "").startswith("val_")
+        else options.monitor.monitor,
         validation_split=0.0,
         epochs=epochs,
         batch_size=chosen.options.data.batch_size,

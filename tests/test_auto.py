@@ -215,3 +215,33 @@ def test_text_task_probes_both_poolings_and_keeps_the_users_preprocessor(tmp_pat
         model.predict(reviews.x_test[:8], verbose=0),
         atol=1e-5,
     )
+
+
+def test_a_validation_monitor_is_kept_for_the_choice_not_the_refit(shipped_model, digits):
+    """The holdout is scored on the monitor given; the refit on all labels holds nothing out."""
+    x, y = digits
+    split = datasets.few_shot_split(x, y, shots=21, seed=4)  # 210 examples: holdout, then refit
+    data = (split.x_train, split.y_train)
+    result = kerasft.finetune(shipped_model, data, monitor="val_loss", epochs=2, verbose=0)
+    assert result.selection.monitor == "val_loss" and result.monitor == "loss"
+    small = (split.x_train[:100], split.y_train[:100])  # too few to hold out: said so
+    with pytest.raises(ValueError, match=r"recipe='auto' holds nothing out of 100 examples"):
+        kerasft.plan(shipped_model, small, monitor="val_loss")
+
+
+def test_each_phase_counts_its_own_training_metrics(shipped_model, digits_split):
+    """A phase's first epoch does not count the evaluation that ended the phase before."""
+    data = (digits_split.x_train, digits_split.y_train)
+    result = kerasft.finetune(
+        shipped_model,
+        data,
+        recipe="lp-ft",
+        head_epochs=1,
+        epochs=1,
+        validation_split=0.2,
+        verbose=0,
+    )
+    n = 80  # 100 labels, 20 held out
+    for phase in result.phases:
+        correct = phase.history["accuracy"][0] * n
+        assert correct == pytest.approx(round(correct), abs=1e-3), (phase.name, correct)

@@ -53,8 +53,6 @@ def test_store_reuses_features_and_trains_the_same_weights(pretrained, few):
     assert [p.feature_source for p in first.speed.phases] == [caching.DERIVED, caching.KEPT]
     assert [p.feature_source for p in second.speed.phases] == [caching.STORED_BOTH, caching.KEPT]
     assert (len(store), store.hits, store.misses) == (2, 2, 2)
-    computed, reused = first.speed.phases[0].feature_seconds, second.speed.phases[0].feature_seconds
-    assert reused < min(0.15, computed), (computed, reused)
     # same features, same batches: the same training as without the store
     assert _same_weights(plain.model, second.model)
     assert _same_weights(first.model, second.model)

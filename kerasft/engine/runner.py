@@ -267,9 +267,16 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
     )
     monitor = options.monitor.monitor or chosen or ("val_loss" if has_val else "loss")
     if monitor.startswith("val_") and not has_val:
+        why = (
+            f"recipe='auto' holds nothing out of {prepared.n_train} examples (fewer than "
+            f"{auto.SMALL_DATA})"
+            if decision is not None and "validation_split" not in options.given
+            else "validation_split=0"
+        )
         raise ValueError(
-            f"Argument `monitor={monitor!r}` needs validation data, but validation_split=0 and "
-            "no validation_data were given. Use monitor='loss' or give validation data."
+            f"Argument `monitor={monitor!r}` needs validation data, but {why} and "
+            "no validation_data were given. Use monitor='loss' or give validation data "
+            "(validation_data= or validation_split=)."
         )
     plan = build_plan(
         task.model, task.head, options.recipe, prepared.steps_per_epoch, decision
@@ -583,7 +590,15 @@ class Runner:
 
     @staticmethod
     def _compile(run: Run, setup: Any, speed: SpeedPlan) -> None:
-        """Compile the phase's model with ``run.phase_optimizer``; ready it for ``fit``."""
+        """Compile the phase's model with ``run.phase_optimizer``; ready it for ``fit``.
+
+        The task's metric objects serve every phase; Keras resets them at each epoch only
+        once its compiled metrics are built, so a phase's first epoch would otherwise
+        count on top of the last evaluation of the phase before.
+        """
+        for metric in run.task.metrics:
+            if isinstance(metric, keras.metrics.Metric):
+                metric.reset_state()
         setup.model.compile(
             optimizer=run.phase_optimizer.optimizer,
             loss=run.task.loss,

@@ -107,8 +107,11 @@ class Trials:
         return dict(zip((self.objective, *_METRICS), (score, seconds, features, fit)))
 
     def _score(self, result: FinetuneResult) -> float:
-        if result.best_score is not None:
-            return float(result.best_score)
+        # A run that chose on held-out data and then trained again on all labels: the
+        # choice's score is the trial's (the refit holds nothing out to score on).
+        chosen = result.selection if result.selection is not None else result
+        if chosen.best_score is not None:
+            return float(chosen.best_score)
         logged = sorted({k for p in result.phases for k in p.history})
         if self.objective in logged:  # never finite: the loss diverged
             return float("nan")
