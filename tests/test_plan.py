@@ -10,7 +10,7 @@ import pytest
 import kerasft
 from kerasft.engine import Options, build_plan, default_hooks, hooks
 from kerasft.engine.options import CONFLICTS, RecipeOptions
-from kerasft.engine.plan import Rate, trainable_layers
+from kerasft.engine.plan import Rate, prunable_recipes, trainable_layers
 
 DIGITS_SHAPE = (28, 28, 1)
 
@@ -182,6 +182,10 @@ RECIPE_CHOICES = [
     "full",
     "head",
     "gradual",
+    "lora",
+    "dora",
+    "lp-lora",
+    "lp-dora",
     [{"layers": "predictions"}, {"layers": "fc", "epoch": 1}],
 ]
 EXTRAS = {
@@ -210,7 +214,7 @@ def _expected_error(recipe, extras):
     keys = set(extras)
     if {"lr_mult", "layer_decay"} <= keys:
         return "pass one"
-    if "prune" in keys and kind in ("gradual", "phases"):
+    if "prune" in keys and kind not in prunable_recipes():
         return "Argument `prune` works with recipe"
     if kind == "head" and keys & {"lr_mult", "layer_decay"}:
         return "spread rates over layer groups"
@@ -238,15 +242,20 @@ def test_option_matrix_builds_plans_or_refuses(model_for_plans, recipe, pair):
         keywords.update(EXTRAS[key])
     expected = _expected_error(recipe, pair)
     if expected is not None:
-        with pytest.raises(ValueError, match=expected):
+        with pytest.raises(ValueError, match=expected) as refused:
             Options.from_keywords(**keywords)
+        # the message names an argument of the pair that clashed
+        named = [f"`{name}" for key in pair for name in EXTRAS[key]]
+        assert any(arg in str(refused.value) for arg in named), (str(refused.value), named)
         return
     options = Options.from_keywords(**keywords)
     plan = build_plan(
         shipped_model, kerasft.find_head(shipped_model), options.recipe, steps_per_epoch=2
     )
+    # one-phase recipes (lora and dora fit their head in closed form first: 0 epochs)
+    single = ("full", "head", "lora", "dora")
     assert sum(p.epochs for p in plan.phases) == (
-        2 if recipe in ("full", "head") or not isinstance(recipe, str) else 3
+        2 if recipe in single or not isinstance(recipe, str) else 3
     )
     kinds = [type(h) for h in default_hooks(options, "val_loss")]
     assert kinds.index(hooks.BestWeights) < kinds.index(hooks.NaNGuard) < kinds.index(hooks.Stages)
