@@ -643,9 +643,14 @@ class Runner:
             shown = "no finite score" if score is None else f"{run.monitor} {last[run.monitor]:.4g}"
             run.log(f"kerasft:   lr {rate:g} after {half} epochs: {shown}")
         ranked = [t for t in trials if t[0] is not None]
-        score, trial, optimizer, weights, history = (
-            max(ranked, key=lambda t: t[0]) if ranked else trials[0]
-        )
+        if not ranked:  # every rate diverged: the first trains the whole phase, NaN guard on
+            setup.model.set_weights(start)
+            run.phase = dataclasses.replace(phase, candidates=())
+            run.phase_optimizer = self._optimizer(run, run.phase)
+            run.halving = [{"lr": float(t[1].rate), "score": None} for t in trials]
+            run.log("kerasft:   no rate gave a finite score; the first trains the whole phase")
+            return {}, 0
+        score, trial, optimizer, weights, history = max(ranked, key=lambda t: t[0])
         setup.model.set_weights(weights)
         run.phase, run.phase_optimizer, run.phase_peak = trial, optimizer, optimizer.peak
         run.halving = [
