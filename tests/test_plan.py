@@ -220,6 +220,8 @@ def _expected_error(recipe, extras):
         return "spread rates over layer groups"
     if kind in ("gradual", "phases") and "unfreeze" in keys:
         return "unfreezes by phases"
+    if RecipeOptions(recipe=kind).adapters and "unfreeze" in keys:
+        return "trains low-rank adapters"
     if "prune" in keys and keys & {"lr_mult", "layer_decay", "l2sp", "clip", "checkpoint"}:
         return "Argument `prune` cannot be combined with"
     return None
@@ -297,6 +299,10 @@ def test_every_conflict_row_is_hit_by_its_case_alone():
         ),
         (dict(recipe="head", lr_mult=10), "spread rates over layer groups"),
         (dict(recipe="gradual", unfreeze=3), "unfreezes by phases"),
+        (
+            dict(recipe="lp-lora", unfreeze=3),
+            r"recipe 'lp-lora' trains low-rank adapters.*lora_train",
+        ),
         (dict(lr="find", distribute="auto"), r"`lr='find'` cannot run under `distribute` \(auto\)"),
         (dict(prune=0.5, l2sp=0.1), r"cannot be combined with \['l2sp'\] yet.*prune=0.5, l2sp=0.1"),
         (

@@ -554,6 +554,15 @@ CONFLICTS: list[Conflict] = [
         ),
     ),
     Conflict(
+        lambda o: o.recipe.adapters is not None and o.recipe.unfreeze != "all",
+        lambda o: (
+            f"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes; recipe "
+            f"{o.recipe.kind!r} trains low-rank adapters beside the layers of `lora_train`, "
+            f"and would ignore it. Received: unfreeze={o.recipe.unfreeze!r}. HINT: name the "
+            "layers to train in full with lora_train=[...]."
+        ),
+    ),
+    Conflict(
         lambda o: o.recipe.finds_lr and o.speed.distribute is not None,
         lambda o: (
             f"Argument `lr='find'` cannot run under `distribute` ({_strategy_name(o.speed.distribute)}): "
