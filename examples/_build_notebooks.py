@@ -56,8 +56,10 @@ def _cells(source: str) -> list[tuple[str, str]]:
         if kind == "markdown":
             lines = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines]
         else:
-            lines = [line[len(_NOTEBOOK_PREFIX):] if line.startswith(_NOTEBOOK_PREFIX) else line
-                     for line in lines]
+            lines = [
+                line[len(_NOTEBOOK_PREFIX) :] if line.startswith(_NOTEBOOK_PREFIX) else line
+                for line in lines
+            ]
         text = "\n".join(lines).strip("\n")
         if text:
             result.append((kind, text))

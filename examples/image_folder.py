@@ -49,14 +49,19 @@ x_train, y_train, class_names = kerasft.load_image_folder(
     os.path.join(ROOT, "train"), image_size=(28, 28), color_mode="grayscale"
 )
 x_test, y_test, _ = kerasft.load_image_folder(
-    os.path.join(ROOT, "test"), image_size=(28, 28), color_mode="grayscale",
+    os.path.join(ROOT, "test"),
+    image_size=(28, 28),
+    color_mode="grayscale",
     class_names=class_names,
 )
 print(class_names, x_train.shape, x_test.shape)
-result = kerasft.finetune(model, (x_train, y_train), head_epochs=5, epochs=5, lr=3e-3,
-                          batch_size=16, verbose=0)
-print(f"test accuracy {result.evaluate((x_test, y_test))['accuracy']:.3f} "
-      f"(new {len(class_names)}-way head: {result.head_rebuilt})")
+result = kerasft.finetune(
+    model, (x_train, y_train), head_epochs=5, epochs=5, lr=3e-3, batch_size=16, verbose=0
+)
+print(
+    f"test accuracy {result.evaluate((x_test, y_test))['accuracy']:.3f} "
+    f"(new {len(class_names)}-way head: {result.head_rebuilt})"
+)
 
 # %% [markdown]
 # ## Through tensorflow-datasets
@@ -69,8 +74,9 @@ print(f"test accuracy {result.evaluate((x_test, y_test))['accuracy']:.3f} "
 # %%
 builder = kerasft.image_folder_to_tfds(ROOT, "tfds_data", name="my_images", overwrite=True)
 print(builder.info.splits, builder.info.features["label"].names)
-result = kerasft.finetune(model, builder, head_epochs=5, epochs=5, lr=3e-3, batch_size=16,
-                          verbose=0)
+result = kerasft.finetune(
+    model, builder, head_epochs=5, epochs=5, lr=3e-3, batch_size=16, verbose=0
+)
 test = tfds.load("my_images", data_dir="tfds_data", split="test", as_supervised=True)
 print(f"test accuracy {result.evaluate(test)['accuracy']:.3f}")
 

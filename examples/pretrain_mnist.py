@@ -46,8 +46,13 @@ MNIST_FACTS = dict(
         "num_examples": 60000,
         "augmentation": "random translation (±10%) and zoom (±10%)",
     },
-    training={"optimizer": "Adam 1e-3", "batch size": 128, "epochs": 2, "seed": 0,
-              "wall time": "~2.5 minutes on 2 CPU cores"},
+    training={
+        "optimizer": "Adam 1e-3",
+        "batch size": 128,
+        "epochs": 2,
+        "seed": 0,
+        "wall time": "~2.5 minutes on 2 CPU cores",
+    },
     metrics={"accuracy on the 10,000 MNIST test images": 0.9869},
     intended_use=(
         "A small, real pretrained network to fine-tune on digit-like 28x28 grayscale tasks; "
@@ -70,11 +75,18 @@ def shipped_model_card(model_path: str) -> ModelCard:
     names = [str(i) for i in range(10)]
     evaluation = evaluate_model(model, digits_x, digits_y, batch_size=256, class_names=names)
     return model_card(
-        model, class_names=names, evaluation=evaluation,
+        model,
+        class_names=names,
+        evaluation=evaluation,
         evaluation_data="scikit-learn's digits in MNIST's frame, `kerasft.datasets.load_digits`, "
-                        "zero-shot: never trained on",
-        exports=[{"format": "keras", "file": os.path.basename(model_path),
-                  "size_bytes": os.path.getsize(model_path)}],
+        "zero-shot: never trained on",
+        exports=[
+            {
+                "format": "keras",
+                "file": os.path.basename(model_path),
+                "size_bytes": os.path.getsize(model_path),
+            }
+        ],
         **MNIST_FACTS,
     )
 
@@ -92,8 +104,9 @@ def build_mnist_cnn(num_classes: int = 10) -> keras.Model:
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for block, filters in ((1, 32), (2, 64)):
         for i in (1, 2):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                                    name=f"block{block}_conv{i}")(x)
+            x = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{i}"
+            )(x)
             x = keras.layers.BatchNormalization(name=f"block{block}_bn{i}")(x)
             x = keras.layers.ReLU(name=f"block{block}_relu{i}")(x)
         x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
@@ -109,8 +122,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--source", default="auto", choices=["auto", "full", "5k"])
     parser.add_argument("--out", default=os.path.join("saved_models", "mnist_cnn.keras"))
-    parser.add_argument("--card", action="store_true",
-                        help="only write the model card of --out to saved_models/README.md")
+    parser.add_argument(
+        "--card",
+        action="store_true",
+        help="only write the model card of --out to saved_models/README.md",
+    )
     args = parser.parse_args()
     if args.card:
         write_card(args.out, os.path.join(os.path.dirname(args.out), "README.md"))
@@ -119,19 +135,32 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_test, y_test) = datasets.load_mnist(args.source)
     model = build_mnist_cnn()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    augment = keras.Sequential([keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant"),
-                                keras.layers.RandomZoom(0.1, fill_mode="constant")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    augment = keras.Sequential(
+        [
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant"),
+            keras.layers.RandomZoom(0.1, fill_mode="constant"),
+        ]
+    )
     import tensorflow as tf
 
-    ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(10_000, seed=0)
-          .batch(128).map(lambda x, y: (augment(x, training=True), y),
-                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(10_000, seed=0)
+        .batch(128)
+        .map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     model.fit(ds, epochs=args.epochs, verbose=2)
     _, acc = model.evaluate(x_test, y_test, verbose=0)
-    print(f"MNIST test accuracy: {acc:.4f} on {len(x_test)} images "
-          f"(trained on {len(x_train)}, {args.epochs} epochs)")
+    print(
+        f"MNIST test accuracy: {acc:.4f} on {len(x_test)} images "
+        f"(trained on {len(x_train)}, {args.epochs} epochs)"
+    )
     digits_x, digits_y = datasets.load_digits()
     pred = np.argmax(model.predict(digits_x, verbose=0), axis=1)
     print(f"zero-shot accuracy on sklearn digits: {np.mean(pred == digits_y):.4f}")

@@ -33,7 +33,11 @@ model = kerasft.load_model(default_model_path())
 
 # %%
 result = kerasft.finetune(
-    model, (split.x_train, split.y_train), head_epochs=3, epochs=10, verbose=0,
+    model,
+    (split.x_train, split.y_train),
+    head_epochs=3,
+    epochs=10,
+    verbose=0,
     prune=dict(target_sparsity=0.8, layers=["block2_conv1", "block2_conv2", "fc"]),
 )
 print(sparsity_report(result.model))
@@ -47,16 +51,19 @@ print(f"pruned and fine-tuned: test accuracy {accuracy:.3f}")
 names = [str(i) for i in range(10)]
 saved = result.export("pruned_export", class_names=names, overwrite=True)
 files = {
-    "tflite float": result.export("pruned.tflite", format="tflite", class_names=names,
-                                  overwrite=True),
-    "tflite dynamic-range int8": result.export("pruned_int8.tflite", format="tflite",
-                                               class_names=names, quantize="dynamic",
-                                               overwrite=True),
+    "tflite float": result.export(
+        "pruned.tflite", format="tflite", class_names=names, overwrite=True
+    ),
+    "tflite dynamic-range int8": result.export(
+        "pruned_int8.tflite", format="tflite", class_names=names, quantize="dynamic", overwrite=True
+    ),
 }
 for label, file in files.items():
     with open(file, "rb") as f:
         raw = f.read()
-    print(f"{label:>26}: {len(raw) / 1024:7.0f} KiB, gzipped {len(gzip.compress(raw)) / 1024:6.0f} KiB")
+    print(
+        f"{label:>26}: {len(raw) / 1024:7.0f} KiB, gzipped {len(gzip.compress(raw)) / 1024:6.0f} KiB"
+    )
 
 # %% [markdown]
 # ## The quantized file, run by the TFLite interpreter

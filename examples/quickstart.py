@@ -33,8 +33,9 @@ print(f"pretrained on MNIST, not fine-tuned: test accuracy {np.mean(before == sp
 # A fifth of the 100 images is held out for validation (stratified, seeded).
 
 # %%
-result = kerasft.finetune(model, (split.x_train, split.y_train), head_epochs=5, epochs=10,
-                          verbose=0)
+result = kerasft.finetune(
+    model, (split.x_train, split.y_train), head_epochs=5, epochs=10, verbose=0
+)
 print(result.summary())
 test = result.evaluate((split.x_test, split.y_test))
 print(f"fine-tuned: test accuracy {test['accuracy']:.3f}")
@@ -64,8 +65,7 @@ print("wrote", history_png, "and", confusion_png)
 # signatures.
 
 # %%
-path = result.export("quickstart_export", class_names=[str(i) for i in range(10)],
-                     overwrite=True)
+path = result.export("quickstart_export", class_names=[str(i) for i in range(10)], overwrite=True)
 reloaded = tf.saved_model.load(path)  # keep a reference while calling its functions
 served = reloaded.serve(split.x_test[:8])
 print("served:", [name.decode() for name in served["class_name"].numpy()])

@@ -28,13 +28,16 @@ for recipe in ("lp-ft", "full", "head"):
         kwargs = dict(head_epochs=4, epochs=budget - 4)
     else:
         kwargs = dict(epochs=budget)
-    result = kerasft.finetune(model, (split.x_train, split.y_train), recipe=recipe,
-                              verbose=0, **kwargs)
+    result = kerasft.finetune(
+        model, (split.x_train, split.y_train), recipe=recipe, verbose=0, **kwargs
+    )
     results[recipe] = result
     accuracy = result.evaluate((split.x_test, split.y_test))["accuracy"]
     trained = max(p.trainable_params for p in result.phases)
-    print(f"{recipe:>6}: test accuracy {accuracy:.3f}, up to {trained:,} weights trained, "
-          f"{sum(result.seconds.values()):.1f} s")
+    print(
+        f"{recipe:>6}: test accuracy {accuracy:.3f}, up to {trained:,} weights trained, "
+        f"{sum(result.seconds.values()):.1f} s"
+    )
 
 # %% [markdown]
 # ## Partial unfreezing
@@ -45,11 +48,14 @@ for recipe in ("lp-ft", "full", "head"):
 # ground.
 
 # %%
-top = kerasft.finetune(model, (split.x_train, split.y_train), head_epochs=4,
-                       epochs=budget - 4, unfreeze=2, verbose=0)
+top = kerasft.finetune(
+    model, (split.x_train, split.y_train), head_epochs=4, epochs=budget - 4, unfreeze=2, verbose=0
+)
 accuracy = top.evaluate((split.x_test, split.y_test))["accuracy"]
-print(f"lp-ft, top 2 weighted layers unfrozen: test accuracy {accuracy:.3f}, "
-      f"{top.phases[-1].trainable_params:,} weights trained")
+print(
+    f"lp-ft, top 2 weighted layers unfrozen: test accuracy {accuracy:.3f}, "
+    f"{top.phases[-1].trainable_params:,} weights trained"
+)
 
 # %% [markdown]
 # ## Curves of each recipe

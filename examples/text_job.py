@@ -23,7 +23,9 @@ import kerasft
 from kerasft.jobs import textdata, textjob
 
 split = textdata.rotten_tomatoes_few_shot(n_train=400, n_test=600, seed=0)
-print(f"{len(split.x_train)} labelled reviews, {len(split.x_test)} to test on; e.g. {str(split.x_train[0])!r}")
+print(
+    f"{len(split.x_train)} labelled reviews, {len(split.x_test)} to test on; e.g. {str(split.x_train[0])!r}"
+)
 task = textjob.build_task()  # BertTextClassifier: MiniLM backbone, new 2-class head, preprocessor
 before = kerasft.evaluate(task, (split.x_test, split.y_test))
 print(f"before fine-tuning (untrained head): test accuracy {before['accuracy']:.3f}")
@@ -47,7 +49,9 @@ print(kerasft.plan(task, (split.x_train, split.y_train)))
 result = kerasft.finetune(task, (split.x_train, split.y_train), verbose=0)
 print(result.summary())
 print(result.probe.describe())  # which pooling, which L2 strength
-print([(p.cached, round(p.feature_seconds, 1)) for p in result.speed.phases])  # the bottom half runs once
+print(
+    [(p.cached, round(p.feature_seconds, 1)) for p in result.speed.phases]
+)  # the bottom half runs once
 report = result.evaluate((split.x_test, split.y_test), class_names=["rotten", "fresh"])
 print(report)
 print(f"after fine-tuning: test accuracy {report['accuracy']:.3f}")
