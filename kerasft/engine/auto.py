@@ -271,6 +271,52 @@ class AutoDecision:
         return self.selection == "holdout, then refit"
 
 
+def _selection(n_examples: int, n_train: int, given_validation: bool) -> tuple[str, str]:
+    """How the probe and the fine-tune are chosen between, and the plan's line for it."""
+    if given_validation:
+        selection = "validation data"
+        why = (
+            "selection: the probe and the fine-tune (its last epoch) are scored on the validation data "
+            "given"
+        )
+    elif n_train == n_examples:
+        selection = "none"
+        why = (
+            f"selection: none; {n_examples} examples are too few to hold some out and choose on "
+            f"(< {SMALL_DATA}): the probe is cross-validated, the fine-tune trains on all labels"
+        )
+    elif n_examples < REFIT_LIMIT:
+        selection = "holdout, then refit"
+        why = (
+            f"selection: {n_examples - n_train} held out to choose between the probe and the "
+            "fine-tune (its last epoch); the winner is then trained again on all labels"
+        )
+    else:
+        selection = "holdout"
+        why = (
+            f"selection: {n_examples - n_train} held out to choose between the probe and the "
+            "fine-tune (its last epoch); kept out: with this much data the holdout costs little"
+        )
+    return selection, why
+
+
+def _budget(
+    family: str, steps_per_epoch: int, batch_size: int, given: int | None
+) -> tuple[int, str]:
+    """Fine-tuning epochs (the family's step budget, or as given), and the plan's line."""
+    target, low, high = _BUDGET[family]
+    epochs = int(min(high, max(low, round(target / steps_per_epoch))))
+    if given is not None:
+        epochs = int(given)
+        why = f"budget: {epochs} epoch{'s' if epochs != 1 else ''} as given ({epochs * steps_per_epoch} steps)"
+    else:
+        why = (
+            f"budget: about {target} optimizer steps for a {family}: {epochs} epoch{'s' if epochs != 1 else ''} of "
+            f"{steps_per_epoch} steps at batch {batch_size}"
+        )
+    return epochs, why
+
+
 def _cnn_rate(params: int) -> float:
     return _RATE["cnn"] * min(1.0, math.sqrt(_CNN_REFERENCE_PARAMS / max(params, 1)))
 
@@ -303,43 +349,11 @@ def decide(
     """
     family = profile.family
     reasons = [f"model: {profile.describe()}"]
-    if given_validation:
-        selection = "validation data"
-        reasons.append(
-            "selection: the probe and the fine-tune (its last epoch) are scored on the validation data "
-            "given"
-        )
-    elif n_train == n_examples:
-        selection = "none"
-        reasons.append(
-            f"selection: none; {n_examples} examples are too few to hold some out and choose on "
-            f"(< {SMALL_DATA}): the probe is cross-validated, the fine-tune trains on all labels"
-        )
-    elif n_examples < REFIT_LIMIT:
-        selection = "holdout, then refit"
-        reasons.append(
-            f"selection: {n_examples - n_train} held out to choose between the probe and the "
-            "fine-tune (its last epoch); the winner is then trained again on all labels"
-        )
-    else:
-        selection = "holdout"
-        reasons.append(
-            f"selection: {n_examples - n_train} held out to choose between the probe and the "
-            "fine-tune (its last epoch); kept out: with this much data the holdout costs little"
-        )
+    selection, why = _selection(n_examples, n_train, given_validation)
+    reasons.append(why)
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    target, low, high = _BUDGET[family]
-    epochs = int(min(high, max(low, round(target / steps_per_epoch))))
-    if user.get("epochs") is not None:
-        epochs = int(user["epochs"])
-        reasons.append(
-            f"budget: {epochs} epoch{'s' if epochs != 1 else ''} as given ({epochs * steps_per_epoch} steps)"
-        )
-    else:
-        reasons.append(
-            f"budget: about {target} optimizer steps for a {family}: {epochs} epoch{'s' if epochs != 1 else ''} of "
-            f"{steps_per_epoch} steps at batch {batch_size}"
-        )
+    epochs, why = _budget(family, steps_per_epoch, batch_size, user.get("epochs"))
+    reasons.append(why)
     rate = _cnn_rate(profile.params) if family == "cnn" else _RATE[family]
     optimizer = _OPTIMIZER[family]
     layer_decay = _LAYER_DECAY.get(family)
