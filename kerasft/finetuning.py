@@ -321,6 +321,7 @@ def _refit(
     run.log(f"kerasft: {reason}")
     result = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
     result.selection = chosen
+    result.halving = chosen.halving  # the rates the choice tried, on the held-out data
     return result
 
 

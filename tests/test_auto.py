@@ -114,7 +114,7 @@ def test_holdout_choice_then_refit_on_all_labels(shipped_model, digits):
     assert result.evaluate((split.x_test, split.y_test))["accuracy"] > 0.95
     # successive halving chose the rate on the holdout; the refit trains at that rate
     tried = chosen.halving
-    assert [t["lr"] for t in tried] == pytest.approx([3e-4, 9e-4])
+    assert [t["lr"] for t in tried] == pytest.approx([3e-4, 9e-4]) and result.halving == tried
     if chosen.best_phase == "finetune":
         won = max(tried, key=lambda t: t["score"])["lr"]
         assert chosen.phases[1].learning_rate == pytest.approx(won)
