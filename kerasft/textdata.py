@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-
+from kerasft._moved import forward
 from kerasft.jobs import textdata as _moved
 
-warnings.warn(
-    "kerasft.textdata moved to kerasft.jobs.textdata; import it from there.",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-
-def __getattr__(name: str):
-    return getattr(_moved, name)
-
-
-def __dir__() -> list[str]:
-    return dir(_moved)
+__getattr__, __dir__ = forward(__name__, _moved)

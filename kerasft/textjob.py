@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-
+from kerasft._moved import forward
 from kerasft.jobs import textjob as _moved
 
-warnings.warn(
-    "kerasft.textjob moved to kerasft.jobs.textjob; import it from there.",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-
-def __getattr__(name: str):
-    return getattr(_moved, name)
-
-
-def __dir__() -> list[str]:
-    return dir(_moved)
+__getattr__, __dir__ = forward(__name__, _moved)
