@@ -642,20 +642,19 @@ class Runner:
             trials.append((score, trial, run.phase_optimizer, setup.model.get_weights(), history))
             shown = "no finite score" if score is None else f"{run.monitor} {last[run.monitor]:.4g}"
             run.log(f"kerasft:   lr {rate:g} after {half} epochs: {shown}")
+        run.halving = [
+            {"lr": float(t[1].rate), "score": None if t[0] is None else float(t[0])} for t in trials
+        ]
         ranked = [t for t in trials if t[0] is not None]
         if not ranked:  # every rate diverged: the first trains the whole phase, NaN guard on
             setup.model.set_weights(start)
             run.phase = dataclasses.replace(phase, candidates=())
             run.phase_optimizer = self._optimizer(run, run.phase)
-            run.halving = [{"lr": float(t[1].rate), "score": None} for t in trials]
             run.log("kerasft:   no rate gave a finite score; the first trains the whole phase")
             return {}, 0
         score, trial, optimizer, weights, history = max(ranked, key=lambda t: t[0])
         setup.model.set_weights(weights)
         run.phase, run.phase_optimizer, run.phase_peak = trial, optimizer, optimizer.peak
-        run.halving = [
-            {"lr": float(t[1].rate), "score": None if t[0] is None else float(t[0])} for t in trials
-        ]
         run.log(f"kerasft:   lr {float(trial.rate):g} continues")
         return history, half
 
