@@ -128,54 +128,71 @@ def plot_history(
     fig = Figure(figsize=(6.0 * cols, 3.6 * rows), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colours = {"train": "tab:blue", "val": "tab:orange"}
     for ax, (title, keys) in zip(axes, panels):
-        drawn = []
-        for key in keys:
-            # One continuous line across phases; NaN where a phase lacks the key.
-            ys = []
-            for _, history, epochs in parsed:
-                values = history.get(key)
-                ys.extend([float(v) for v in values] if values is not None else [np.nan] * epochs)
-            drawn.extend(ys)
-            xs = np.arange(1, total + 1)
-            is_val = key.startswith("val_")
-            ax.plot(
-                xs,
-                ys,
-                marker="o" if total <= 30 else None,
-                markersize=3,
-                linestyle="--" if is_val else "-",
-                color=colours["val" if is_val else "train"] if len(keys) <= 2 else None,
-                label=key,
-            )
-        if title in ("learning_rate", "lr") or (title.endswith("loss") and _spans_decades(drawn)):
-            ax.set_yscale("log")
-        start = 0
-        for i, (name, _, epochs) in enumerate(parsed):
-            if i > 0:
-                ax.axvline(start + 0.5, color="0.4", linestyle=":", linewidth=1)
-            if i % 2:
-                ax.axvspan(start + 0.5, start + epochs + 0.5, color="0.94", zorder=0)
-            ax.text(
-                start + 0.5 + 0.02 * total,
-                1.0,
-                name,
-                transform=ax.get_xaxis_transform(),
-                va="top",
-                fontsize=8,
-                color="0.3",
-            )
-            start += epochs
-        ax.set_xlim(0.5, total + 0.5)
-        ax.set_title(title)
-        ax.set_xlabel("epoch (all phases)")
-        ax.legend(fontsize=8, loc="best")
-        ax.grid(alpha=0.3)
+        _draw_history_panel(ax, title, keys, parsed, total)
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.suptitle(" → ".join(name for name, _, _ in parsed))
     return _save(fig, path)
+
+
+def _draw_history_panel(
+    ax, title: str, keys: list[str], parsed: list[tuple[str, dict, int]], total: int
+) -> None:
+    """One panel of :func:`plot_history`: the series of ``keys``, the phases marked."""
+    colours = {"train": "tab:blue", "val": "tab:orange"}
+    drawn = []
+    for key in keys:
+        ys = _series_across_phases(key, parsed)
+        drawn.extend(ys)
+        xs = np.arange(1, total + 1)
+        is_val = key.startswith("val_")
+        ax.plot(
+            xs,
+            ys,
+            marker="o" if total <= 30 else None,
+            markersize=3,
+            linestyle="--" if is_val else "-",
+            color=colours["val" if is_val else "train"] if len(keys) <= 2 else None,
+            label=key,
+        )
+    if title in ("learning_rate", "lr") or (title.endswith("loss") and _spans_decades(drawn)):
+        ax.set_yscale("log")
+    _mark_phases(ax, parsed, total)
+    ax.set_xlim(0.5, total + 0.5)
+    ax.set_title(title)
+    ax.set_xlabel("epoch (all phases)")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def _series_across_phases(key: str, parsed: list[tuple[str, dict, int]]) -> list[float]:
+    """One continuous series across phases; NaN where a phase lacks the key."""
+    ys = []
+    for _, history, epochs in parsed:
+        values = history.get(key)
+        ys.extend([float(v) for v in values] if values is not None else [np.nan] * epochs)
+    return ys
+
+
+def _mark_phases(ax, parsed: list[tuple[str, dict, int]], total: int) -> None:
+    """A dotted line where each phase starts, every other phase shaded, each named."""
+    start = 0
+    for i, (name, _, epochs) in enumerate(parsed):
+        if i > 0:
+            ax.axvline(start + 0.5, color="0.4", linestyle=":", linewidth=1)
+        if i % 2:
+            ax.axvspan(start + 0.5, start + epochs + 0.5, color="0.94", zorder=0)
+        ax.text(
+            start + 0.5 + 0.02 * total,
+            1.0,
+            name,
+            transform=ax.get_xaxis_transform(),
+            va="top",
+            fontsize=8,
+            color="0.3",
+        )
+        start += epochs
 
 
 def plot_lr_find(
@@ -217,6 +234,31 @@ def plot_lr_find(
             does not end in `.png`.
     """
     path = _check_png_path(path)
+    lrs, loss, suggestions = _check_lr_sweep(learning_rates, losses, suggestions)
+    finite = np.isfinite(loss)
+
+    fig = Figure(figsize=(7.0, 4.5), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(lrs[finite], loss[finite], color="tab:blue", label="loss")
+    ax.set_xscale("log")
+    _clip_lr_find_losses(ax, loss[finite])
+    _mark_suggestions(ax, lrs[finite], loss[finite], suggestions)
+    _mark_lowest_loss(ax, lrs[finite], loss[finite])
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("loss")
+    ax.set_title("Learning-rate finder")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def _check_lr_sweep(
+    learning_rates: Sequence[float],
+    losses: Sequence[float],
+    suggestions: Mapping[str, float] | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float | None]]:
+    """The arguments of :func:`plot_lr_find` as float64 arrays and a dict, validated."""
     lrs = np.asarray(learning_rates, dtype="float64").ravel()
     loss = np.asarray(losses, dtype="float64").ravel()
     if len(lrs) != len(loss):
@@ -233,8 +275,7 @@ def plot_lr_find(
             "Argument `learning_rates` must be positive and finite (log scale). "
             f"Received: min={lrs.min()!r}"
         )
-    finite = np.isfinite(loss)
-    if not finite.any():
+    if not np.isfinite(loss).any():
         raise ValueError("Argument `losses` holds no finite value: nothing to plot.")
     suggestions = dict(suggestions or {})
     for name, lr in suggestions.items():
@@ -243,26 +284,31 @@ def plot_lr_find(
                 f"Argument `suggestions[{name!r}]` must be a positive learning rate or None. "
                 f"Received: {lr!r}"
             )
+    return lrs, loss, suggestions
 
-    fig = Figure(figsize=(7.0, 4.5), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.plot(lrs[finite], loss[finite], color="tab:blue", label="loss")
-    ax.set_xscale("log")
-    low = loss[finite].min()
-    first = loss[finite][0]
-    high = loss[finite].max()
+
+def _clip_lr_find_losses(ax, loss: np.ndarray) -> None:
+    """Show the losses from the lowest to a bit above the first, padded by 5%."""
+    low = loss.min()
+    first = loss[0]
+    high = loss.max()
     # Divergence at high LRs dwarfs the curve; show up to a bit above the start.
     top = min(high, first + 0.5 * max(first - low, 1e-12)) if first > low else high
     pad = 0.05 * max(top - low, 1e-12)
     ax.set_ylim(low - pad, top + pad)
-    order = np.argsort(lrs[finite])
+
+
+def _mark_suggestions(
+    ax, lrs: np.ndarray, loss: np.ndarray, suggestions: dict[str, float | None]
+) -> None:
+    """A marker on the curve at each suggested rate, its legend saying how it was chosen."""
+    order = np.argsort(lrs)
     markers = iter(["o", "s", "^", "D", "v", "P", "X"])
     colours = iter(["tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
     for name, lr in suggestions.items():
         if lr is None:
             continue
-        y = np.interp(np.log(lr), np.log(lrs[finite][order]), loss[finite][order])
+        y = np.interp(np.log(lr), np.log(lrs[order]), loss[order])
         meaning = _SUGGESTION_MEANINGS.get(name)
         ax.plot(
             [lr],
@@ -273,22 +319,21 @@ def plot_lr_find(
             color=next(colours, "black"),
             label=f"{name} ({meaning}): {lr:.2e}" if meaning else f"{name}: {lr:.2e}",
         )
-    lowest = int(np.argmin(loss[finite]))
+
+
+def _mark_lowest_loss(ax, lrs: np.ndarray, loss: np.ndarray) -> None:
+    """A star at the lowest point of the curve."""
+    low = loss.min()
+    lowest = int(np.argmin(loss))
     ax.plot(
-        [lrs[finite][lowest]],
+        [lrs[lowest]],
         [low],
         marker="*",
         markersize=12,
         linestyle="none",
         color="black",
-        label=f"lowest loss {low:.4g} at {lrs[finite][lowest]:.2e}",
+        label=f"lowest loss {low:.4g} at {lrs[lowest]:.2e}",
     )
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("loss")
-    ax.set_title("Learning-rate finder")
-    ax.legend(fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
 
 
 def plot_confusion_matrix(
@@ -330,6 +375,37 @@ def plot_confusion_matrix(
     k = len(names)
     if k == 0:
         raise ValueError("Argument `class_names` must hold at least one name.")
+    y_true, y_pred = _check_class_ids(y_true, y_pred, k)
+    matrix = np.zeros((k, k), dtype=int)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+
+    size = min(max(4.0, 0.55 * k + 2.0), 20.0)
+    fig = Figure(figsize=(size + 1.0, size), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    if k <= 30:  # beyond that the numbers are unreadable
+        _write_counts(ax, matrix, share)
+    long_names = max(map(len, names)) > 3
+    ax.set_xticks(
+        range(k), names, rotation=45 if long_names else 0, ha="right" if long_names else "center"
+    )
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = np.trace(matrix) / matrix.sum()
+    ax.set_title(f"Confusion matrix: accuracy {accuracy:.1%} on {matrix.sum()} examples")
+    return _save(fig, path)
+
+
+def _check_class_ids(y_true: Any, y_pred: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` and ``y_pred`` as flat integer arrays of class ids in ``[0, k)``.
+
+    Probabilities ``(n, k)`` in ``y_pred`` become their arg-max.
+    """
     y_true = np.asarray(y_true).reshape(-1)
     y_pred = np.asarray(y_pred)
     if y_pred.ndim == 2:
@@ -357,42 +433,24 @@ def plot_confusion_matrix(
                 f"Argument `{arg}` holds class ids outside [0, {k}) for {k} class names: "
                 f"{sorted(set(bad.astype(int).tolist()))[:10]}"
             )
-    y_true = y_true.astype(int)
-    y_pred = y_pred.astype(int)
-    matrix = np.zeros((k, k), dtype=int)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    rows = matrix.sum(axis=1, keepdims=True)
-    share = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    return y_true.astype(int), y_pred.astype(int)
 
-    size = min(max(4.0, 0.55 * k + 2.0), 20.0)
-    fig = Figure(figsize=(size + 1.0, size), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    if k <= 30:  # beyond that the numbers are unreadable
-        for i in range(k):
-            for j in range(k):
-                if matrix[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        str(matrix[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if share[i, j] > 0.5 else "black",
-                    )
-    long_names = max(map(len, names)) > 3
-    ax.set_xticks(
-        range(k), names, rotation=45 if long_names else 0, ha="right" if long_names else "center"
-    )
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    accuracy = np.trace(matrix) / matrix.sum()
-    ax.set_title(f"Confusion matrix: accuracy {accuracy:.1%} on {matrix.sum()} examples")
-    return _save(fig, path)
+
+def _write_counts(ax, matrix: np.ndarray, share: np.ndarray) -> None:
+    """The count in every non-empty cell, white on the darker ones."""
+    k = len(matrix)
+    for i in range(k):
+        for j in range(k):
+            if matrix[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
 
 
 def _spans_decades(values: Sequence[float]) -> bool:
