@@ -198,6 +198,11 @@ def test_text_task_probes_both_poolings_and_keeps_the_users_preprocessor(tmp_pat
         tokenizer, sequence_length=128
     )  # > needed
     task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor)
+    with pytest.raises(ValueError, match=r"holds nothing out of 120 examples"):  # refused late:
+        kerasft.finetune(
+            task, (reviews.x_train, reviews.y_train), monitor="val_loss", copy=False, verbose=0
+        )
+    assert task.preprocessor is preprocessor and preprocessor.sequence_length == 128  # as it came
     result = kerasft.finetune(task, (reviews.x_train, reviews.y_train), epochs=1, verbose=0)
     assert set(result.probe.candidates) == {"cls", "mean"}
     assert (

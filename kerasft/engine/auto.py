@@ -1,4 +1,4 @@
-"""``recipe="auto"``: what trains, for how many steps, at which rate, decided from the model and the data.
+"""``recipe="auto"``: what trains, how long, at which rate, decided from the model and the data.
 
 A recipe of constants ("5 head epochs, then 10 more at 1e-3, batch 32, 20% held out")
 is tuned to the data it was tried on. With 40 examples that is 2 optimizer steps an
@@ -276,8 +276,8 @@ def _selection(n_examples: int, n_train: int, given_validation: bool) -> tuple[s
     if given_validation:
         selection = "validation data"
         why = (
-            "selection: the probe and the fine-tune (its last epoch) are scored on the validation data "
-            "given"
+            "selection: the probe and the fine-tune (its last epoch) are scored on the "
+            "validation data given"
         )
     elif n_train == n_examples:
         selection = "none"
@@ -308,13 +308,17 @@ def _budget(
     epochs = int(min(high, max(low, round(target / steps_per_epoch))))
     if given is not None:
         epochs = int(given)
-        why = f"budget: {epochs} epoch{'s' if epochs != 1 else ''} as given ({epochs * steps_per_epoch} steps)"
+        why = f"budget: {_epochs(epochs)} as given ({epochs * steps_per_epoch} steps)"
     else:
         why = (
-            f"budget: about {target} optimizer steps for a {family}: {epochs} epoch{'s' if epochs != 1 else ''} of "
+            f"budget: about {target} optimizer steps for a {family}: {_epochs(epochs)} of "
             f"{steps_per_epoch} steps at batch {batch_size}"
         )
     return epochs, why
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _cnn_rate(params: int) -> float:
@@ -354,58 +358,27 @@ def decide(
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     epochs, why = _budget(family, steps_per_epoch, batch_size, user.get("epochs"))
     reasons.append(why)
-    rate = _cnn_rate(profile.params) if family == "cnn" else _RATE[family]
-    optimizer = _OPTIMIZER[family]
-    layer_decay = _LAYER_DECAY.get(family)
-    if user.get("lr") is not None:
-        rate = float(user["lr"])
-    if user.get("optimizer") is not None:
-        optimizer = str(user["optimizer"])
-    if user.get("layer_decay") is not None or user.get("lr_mult") is not None:
-        layer_decay = user.get("layer_decay")
-    weight_decay = (
-        user.get("weight_decay")
-        if user.get("weight_decay") is not None
-        else _WEIGHT_DECAY.get(family)
-    )
-    spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
-    unfreeze, what = "all", "everything"
-    if user.get("unfreeze") is not None:
-        unfreeze, what = user["unfreeze"], f"unfreeze={user['unfreeze']!r} (as given)"
-    elif profile.top_blocks is not None:
-        unfreeze = profile.top_blocks
-        what = (
-            f"the top {math.ceil(profile.attention_blocks / 2)} of {profile.attention_blocks} attention "
-            "blocks and the layers above (the bottom runs once, its outputs cached)"
-        )
-    # BatchNormalization trains: its statistics follow the new data. On the matrix's dev
-    # cases this was as good or better on every case-seed tried (digits10 97.6/98.8 ->
-    # 97.9/98.9, faces40 93.8/93.1 -> 96.3/94.4, mnist04_59 88.2/93.4 -> 89.0/93.1).
-    train_bn = True if user.get("train_bn") is None else bool(user["train_bn"])
-    norm = (
-        "BatchNormalization trains (its statistics follow the new data)"
-        if train_bn
-        else "BatchNormalization in inference mode"
-    )
-    if user.get("train_bn") is not None:
-        norm += " (as given)"
-    norm = "" if family == "transformer" else f"; {norm}"  # no BatchNormalization to speak of
+    optimizer, rate, layer_decay, weight_decay = _optimizer(profile, user)
+    unfreeze, what = _what_trains(profile, user)
+    train_bn, norm = _batch_norm(family, user)
     candidates = _candidates(family, rate, selection, epochs, user)
-    peak = f"{rate:.2g}" if not candidates else " or ".join(f"{r:.2g}" for r in (rate, *candidates))
+    peak = " or ".join(f"{r:.2g}" for r in (rate, *candidates))
+    spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
     reasons.append(
         f"fine-tune: {what} from the probe, {optimizer} at {peak} peak{spread}, warmup 10% "
         f"and cosine decay{norm}"
     )
     if candidates:
+        on = "validation data" if selection == "validation data" else "holdout"
         reasons.append(
-            f"rate: chosen on the {'validation data' if selection == 'validation data' else 'holdout'} "
-            f"by successive halving: each rate trains the first {epochs // 2} of the {epochs} epochs, "
-            "the better one continues (1.5 times the steps of one fine-tune)"
+            f"rate: chosen on the {on} by successive halving: each rate trains the first "
+            f"{epochs // 2} of the {epochs} epochs, the better one continues (1.5 times the "
+            "steps of one fine-tune)"
         )
     if sequence_length is not None and user_length is not None and sequence_length < user_length:
         reasons.append(
-            f"text: trained at sequence length {sequence_length} (98% of the texts fit), not the "
-            f"preprocessor's {user_length}, which the returned task keeps"
+            f"text: trained at sequence length {sequence_length} (98% of the texts fit), not "
+            f"the preprocessor's {user_length}, which the returned task keeps"
         )
     return AutoDecision(
         profile,
@@ -425,6 +398,59 @@ def decide(
         train_bn,
         candidates,
     )
+
+
+def _optimizer(
+    profile: ModelProfile, user: dict[str, Any]
+) -> tuple[str, float, float | None, float | None]:
+    """The family's optimizer, peak rate, layer-wise decay and weight decay; the user's win."""
+    family = profile.family
+    rate = _cnn_rate(profile.params) if family == "cnn" else _RATE[family]
+    optimizer = _OPTIMIZER[family]
+    layer_decay = _LAYER_DECAY.get(family)
+    if user.get("lr") is not None:
+        rate = float(user["lr"])
+    if user.get("optimizer") is not None:
+        optimizer = str(user["optimizer"])
+    if user.get("layer_decay") is not None or user.get("lr_mult") is not None:
+        layer_decay = user.get("layer_decay")
+    weight_decay = user.get("weight_decay")
+    if weight_decay is None:
+        weight_decay = _WEIGHT_DECAY.get(family)
+    return optimizer, rate, layer_decay, weight_decay
+
+
+def _what_trains(profile: ModelProfile, user: dict[str, Any]) -> tuple[Any, str]:
+    """What the fine-tune unfreezes (``"all"`` or a regex over layer paths), and in words."""
+    if user.get("unfreeze") is not None:
+        return user["unfreeze"], f"unfreeze={user['unfreeze']!r} (as given)"
+    if profile.top_blocks is not None:
+        blocks = profile.attention_blocks
+        return profile.top_blocks, (
+            f"the top {math.ceil(blocks / 2)} of {blocks} attention blocks and the layers "
+            "above (the bottom runs once, its outputs cached)"
+        )
+    return "all", "everything"
+
+
+def _batch_norm(family: str, user: dict[str, Any]) -> tuple[bool, str]:
+    """Whether BatchNormalization trains in the fine-tune, and the plan's words for it.
+
+    It trains: its statistics follow the new data. On the matrix's dev cases this was as
+    good or better on every case-seed tried (digits10 97.6/98.8 -> 97.9/98.9, faces40
+    93.8/93.1 -> 96.3/94.4, mnist04_59 88.2/93.4 -> 89.0/93.1).
+    """
+    given = user.get("train_bn") is not None
+    train_bn = bool(user["train_bn"]) if given else True
+    norm = (
+        "BatchNormalization trains (its statistics follow the new data)"
+        if train_bn
+        else "BatchNormalization in inference mode"
+    )
+    if given:
+        norm += " (as given)"
+    # A transformer has no BatchNormalization to speak of.
+    return train_bn, "" if family == "transformer" else f"; {norm}"
 
 
 def _candidates(

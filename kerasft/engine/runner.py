@@ -174,9 +174,10 @@ def _warn_unscaled_pixels(model: keras.Model, prepared: Any) -> None:
         x = np.asarray(inputs[0])
         if x.dtype.kind == "f" and x.size and float(np.max(x)) <= 1.0 and float(np.min(x)) >= -1.0:
             warnings.warn(
-                f"The inputs lie in [{float(np.min(x)):.3g}, {float(np.max(x)):.3g}], but model {model.name!r} "
-                f"rescales them itself (layer {layer.name!r}: x * {scale:.4g}), as for 0..255 pixels: they reach "
-                "it nearly all zero. HINT: pass the pixels unscaled (0..255).",
+                f"The inputs lie in [{float(np.min(x)):.3g}, {float(np.max(x)):.3g}], but model "
+                f"{model.name!r} rescales them itself (layer {layer.name!r}: x * {scale:.4g}), as "
+                "for 0..255 pixels: they reach it nearly all zero. HINT: pass the pixels unscaled "
+                "(0..255).",
                 stacklevel=3,
             )
         return
@@ -191,54 +192,13 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
     Raises:
         ValueError / TypeError: a model or data kerasft cannot fine-tune, with the reason.
     """
-    copy = options.run.copy
-    # Seeded before any layer is built: Keras layers draw their random seeds (dropout) from
-    # Python's generator when constructed, and a model loaded from a path is built here.
-    keras.utils.set_random_seed(options.data.seed)
-    if isinstance(model, (str, os.PathLike)):
-        model = load_model(model, safe_mode=options.run.safe_mode, verbose=options.run.verbose)
-        copy = False
-    elif convert.is_tf_keras(model):  # a Keras 2 model: converted, so the copy is already new
-        model = convert.to_keras3(
-            model, safe_mode=options.run.safe_mode, verbose=options.run.verbose
-        ).model
-        copy = False
-    surgery.check_operable(model)
-    seed, o, t = options.data.seed, options.data, options.task
-    keras.utils.set_random_seed(seed)
-    model = select_output(model, t.head)
-    if copy:
-        model = copy_model(model)
+    model = _own_model(model, options)
     preprocessor = _detach_preprocessor(model)
     head = surgery.find_head(model)
     profile = auto.profile_model(model, head) if options.auto else None
     restore_length = _size_sequences(preprocessor, data, options) if options.auto else None
-    given = options.given
     try:
-        prepared = data_lib.prepare_data(
-            data,
-            model=model,
-            validation_data=o.validation_data,
-            validation_split=(
-                o.validation_split
-                if not options.auto or "validation_split" in given
-                else auto.auto_validation_split
-            ),
-            batch_size=o.batch_size
-            if not options.auto or "batch_size" in given
-            else auto.auto_batch_size,
-            seed=seed,
-            num_classes=t.num_classes,
-            label_mode=t.label_mode,
-            task=t.task,
-            head_units=surgery.head_units(head),
-            head_activation=surgery.head_activation(model),
-            label_columns=o.label_columns,
-            preprocessor=preprocessor,
-            standardize_targets=t.standardize_targets,
-            one_hot=_needs_one_hot(options),
-            augment=options.regularization.augment,
-        )
+        prepared = _prepare_data(data, model, head, preprocessor, options)
         _warn_unscaled_pixels(model, prepared)
         decision = None
         if options.auto:
@@ -251,15 +211,89 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
                 warmup=decision.warmup,
                 train_bn=decision.train_bn,
             )
-        task = setup_task(model, prepared.spec, t, seed=seed, preprocessor=preprocessor)
+        task = setup_task(
+            model, prepared.spec, options.task, seed=options.data.seed, preprocessor=preprocessor
+        )
         if options.recipe.adapters is not None:
             add_adapters(task, options.recipe)
-    except Exception:
+        monitor = _monitor(options, decision, prepared, task)
+        plan = build_plan(
+            task.model, task.head, options.recipe, prepared.steps_per_epoch, decision
+        ).count(task.model, task.head, task.adapters)
+    except Exception:  # the user's model leaves as it came: its preprocessor and length back
         _attach_preprocessor(model, preprocessor)
         _restore_length(restore_length)
         raise
     has_val = prepared.validation is not None
-    # "auto" compares whole candidates on what the user will measure: accuracy, for classes.
+    return Run(
+        options=options,
+        task=task,
+        data=prepared,
+        plan=plan,
+        monitor=monitor,
+        decision=decision,
+        keep_final=decision is not None and not has_val,
+        compare_final=decision is not None and has_val,
+        restore_length=restore_length,
+    )
+
+
+def _own_model(model: keras.Model | str | os.PathLike, options: Options) -> keras.Model:
+    """The model the run trains: loaded from a path, converted from Keras 2, or copied.
+
+    Seeded before any layer is built: Keras layers draw their random seeds (dropout)
+    from Python's generator when constructed, and a model loaded from a path is built
+    here.
+    """
+    copy, run = options.run.copy, options.run
+    keras.utils.set_random_seed(options.data.seed)
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, safe_mode=run.safe_mode, verbose=run.verbose)
+        copy = False
+    elif convert.is_tf_keras(model):  # a Keras 2 model: converted, so the copy is already new
+        model = convert.to_keras3(model, safe_mode=run.safe_mode, verbose=run.verbose).model
+        copy = False
+    surgery.check_operable(model)
+    keras.utils.set_random_seed(options.data.seed)
+    model = select_output(model, options.task.head)
+    return copy_model(model) if copy else model
+
+
+def _prepare_data(
+    data: Any, model: keras.Model, head: Any, preprocessor: Any, options: Options
+) -> data_lib.PreparedData:
+    """Check and batch ``data`` for ``model``; "auto" sizes the holdout and the batch."""
+    o, t, given = options.data, options.task, options.given
+    own = not options.auto
+    return data_lib.prepare_data(
+        data,
+        model=model,
+        validation_data=o.validation_data,
+        validation_split=(
+            o.validation_split if own or "validation_split" in given else auto.auto_validation_split
+        ),
+        batch_size=o.batch_size if own or "batch_size" in given else auto.auto_batch_size,
+        seed=o.seed,
+        num_classes=t.num_classes,
+        label_mode=t.label_mode,
+        task=t.task,
+        head_units=surgery.head_units(head),
+        head_activation=surgery.head_activation(model),
+        label_columns=o.label_columns,
+        preprocessor=preprocessor,
+        standardize_targets=t.standardize_targets,
+        one_hot=_needs_one_hot(options),
+        augment=options.regularization.augment,
+    )
+
+
+def _monitor(options: Options, decision: Any, prepared: data_lib.PreparedData, task: Task) -> str:
+    """What picks the best weights: as given, else "auto"'s choice, else the loss.
+
+    "auto" compares whole candidates on what the user will measure: accuracy, for
+    classes.
+    """
+    has_val = prepared.validation is not None
     chosen = (
         "val_accuracy"
         if decision is not None and has_val and task.kind == "classification"
@@ -278,24 +312,11 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
             "no validation_data were given. Use monitor='loss' or give validation data "
             "(validation_data= or validation_split=)."
         )
-    plan = build_plan(
-        task.model, task.head, options.recipe, prepared.steps_per_epoch, decision
-    ).count(task.model, task.head, task.adapters)
-    return Run(
-        options=options,
-        task=task,
-        data=prepared,
-        plan=plan,
-        monitor=monitor,
-        decision=decision,
-        keep_final=decision is not None and not has_val,
-        compare_final=decision is not None and has_val,
-        restore_length=restore_length,
-    )
+    return monitor
 
 
 def _size_sequences(preprocessor: Any, data: Any, options: Options) -> tuple[Any, int] | None:
-    """Shorten a text preprocessor's sequence length to what the data needs; return what to put back."""
+    """Shorten a text preprocessor's length to what the data needs; return what to put back."""
     length = getattr(preprocessor, "sequence_length", None)
     if preprocessor is None or not isinstance(length, int):
         return None
@@ -438,8 +459,9 @@ class Runner:
         if not getattr(run.model, "compiled", False):  # every phase was restored from a checkpoint
             run.model.compile(loss=task.loss, metrics=task.metrics)
         best = run.best.best_value if run.best else None
+        shown = best if best is None else format(best, ".4g")
         run.log(
-            f"kerasft: done; best {run.monitor} {best if best is None else format(best, '.4g')} in phase "
+            f"kerasft: done; best {run.monitor} {shown} in phase "
             f"{run.best.best_phase if run.best else None!r}"
         )
         return run.result()
@@ -461,7 +483,8 @@ class Runner:
         except probe_lib.ProbeUnavailable as e:
             epochs = int(min(50, max(5, round(100 / run.plan.steps_per_epoch))))
             run.log(
-                f"kerasft: no closed-form probe ({e}); training the head by gradient for {epochs} epochs"
+                f"kerasft: no closed-form probe ({e}); training the head by gradient for "
+                f"{epochs} epochs"
             )
             run.phase = dataclasses.replace(run.phase, solver="fit", epochs=epochs, rate=Rate(1e-2))
             return self._phase(run, speed)
@@ -472,15 +495,18 @@ class Runner:
                 run.task.head.trainable = True
                 run.task.adapters = TrainableSnapshot.take(run.model)
         run.log(
-            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} 'probe': {run.probe.describe()}"
+            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} 'probe': "
+            f"{run.probe.describe()}"
         )
         if run.probe.no_signal:
             warnings.warn(
-                f"The frozen features of model {run.model.name!r} carry no signal about these labels: a linear "
-                f"head on them scores no better on held-out examples than guessing from the label frequencies "
+                f"The frozen features of model {run.model.name!r} carry no signal about these "
+                "labels: a linear head on them scores no better on held-out examples than "
+                "guessing from the label frequencies "
                 f"(loss {run.probe.head.score:.4g} against {run.probe.chance:.4g}). Fine-tuning "
-                "may still learn, but check that the inputs are scaled as the model expects (0..255 pixels, "
-                "not 0..1, for a model that rescales inside) and that the backbone has its pretrained weights.",
+                "may still learn, but check that the inputs are scaled as the model expects "
+                "(0..255 pixels, not 0..1, for a model that rescales inside) and that the "
+                "backbone has its pretrained weights.",
                 stacklevel=2,
             )
         model, task = run.model, run.task
@@ -511,8 +537,8 @@ class Runner:
         run.phase_optimizer = self._optimizer(run, phase)
         if not model.trainable_weights:
             raise ValueError(
-                f"Nothing to train in phase {phase.name!r}: every weight of model {model.name!r} is "
-                "frozen. HINT: check `unfreeze=` and that the head has weights."
+                f"Nothing to train in phase {phase.name!r}: every weight of model "
+                f"{model.name!r} is frozen. HINT: check `unfreeze=` and that the head has weights."
             )
         setup = speed.setup_phase(
             model,
@@ -522,8 +548,9 @@ class Runner:
         )
         run.phase_peak, run.phase_counts = run.phase_optimizer.peak, surgery.count_params(model)
         run.log(
-            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': {phase.epochs} "
-            f"epoch{'s' if phase.epochs != 1 else ''}, lr {self._rates_text(run, phase)}"
+            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': "
+            f"{phase.epochs} epoch{'s' if phase.epochs != 1 else ''}, "
+            f"lr {self._rates_text(run, phase)}"
             f"{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, {run.phase_counts}"
         )
         start = time.perf_counter()
@@ -532,22 +559,16 @@ class Runner:
         if phase.halving and run.data.validation is not None and run.best is not None:
             earlier, first_epoch = self._halve(run, phase, setup, speed)
         self._compile(run, setup, speed)
-        callbacks = [cb for hook in self.hooks for cb in hook.callbacks(run)]
-        fitted = setup.model.fit(
-            setup.train,
-            validation_data=setup.validation,
+        fitted = self._fit(
+            run,
+            setup,
+            phase.epochs,
             initial_epoch=first_epoch,
-            epochs=phase.epochs,
-            callbacks=callbacks,
+            callbacks=[cb for hook in self.hooks for cb in hook.callbacks(run)],
             verbose=run.options.run.verbose,
-            shuffle=False,
-            class_weight=run.task.class_weight,
         )
         seconds = time.perf_counter() - start
-        history = {
-            k: earlier.get(k, []) + [float(v) for v in values]
-            for k, values in fitted.history.items()
-        }
+        history = {k: earlier.get(k, []) + values for k, values in fitted.items()}
         trainable = (
             surgery.count_params(model).trainable if phase.staged else run.phase_counts.trainable
         )
@@ -560,6 +581,29 @@ class Runner:
             float(run.phase_peak),
             steps,
         )
+
+    @staticmethod
+    def _fit(
+        run: Run,
+        setup: Any,
+        epochs: int,
+        *,
+        initial_epoch: int = 0,
+        callbacks: list | None = None,
+        verbose: Any = 0,
+    ) -> dict[str, list[float]]:
+        """Fit the compiled phase model up to ``epochs``; its history as floats."""
+        fitted = setup.model.fit(
+            setup.train,
+            validation_data=setup.validation,
+            initial_epoch=initial_epoch,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+            class_weight=run.task.class_weight,
+        )
+        return {k: [float(v) for v in values] for k, values in fitted.history.items()}
 
     @staticmethod
     def _rates_text(run: Run, phase: Phase) -> str:
@@ -627,15 +671,7 @@ class Runner:
             trial = dataclasses.replace(phase, rate=Rate(rate), candidates=())
             run.phase_optimizer = self._optimizer(run, trial)
             self._compile(run, setup, speed)
-            fitted = setup.model.fit(
-                setup.train,
-                validation_data=setup.validation,
-                epochs=half,
-                verbose=0,
-                shuffle=False,
-                class_weight=run.task.class_weight,
-            )
-            history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+            history = self._fit(run, setup, half)
             last = {k: v[-1] for k, v in history.items() if v}
             finite = np.isfinite(last.get("loss", np.nan))
             score = run.best.score(last) if finite else None
@@ -678,7 +714,8 @@ def _unused_layers(run: Run) -> list:
     if run.unused is not None and run.unused[0] is run.model:
         return run.unused[1]
     unused: list = []
-    # KerasHub backbones compute outputs their task may not read; other models' graphs end at their output.
+    # KerasHub backbones compute outputs their task may not read; other models' graphs end
+    # at their output.
     if run.data.arrays is not None and is_keras_hub_task(run.model):
         sample = data_lib.inputs.take(run.data.arrays[0], np.arange(min(2, run.data.n_train)))
         try:
@@ -687,7 +724,8 @@ def _unused_layers(run: Run) -> list:
             unused = []
     if unused:
         run.log(
-            f"kerasft: not training {[lyr.name for lyr in unused]}: the output does not depend on them"
+            f"kerasft: not training {[lyr.name for lyr in unused]}: the output does not depend "
+            "on them"
         )
     run.unused = (run.model, unused)
     return unused
