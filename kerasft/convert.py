@@ -8,7 +8,8 @@ files (a tf_keras model object is first written to one), after translating what 
 reads differently, then checks that both models predict the same. Layers with no Keras 3
 counterpart are refused before anything is loaded, with a :class:`ConversionError` that
 names each of them and says how to convert it by hand: usually rebuild that part in
-Keras 3 and :func:`copy_weights`.
+Keras 3 and :func:`copy_weights`. A llama.cpp ``.gguf`` file is read by
+:func:`kerasft.llm.load_gguf` and checked against a NumPy forward pass of the file.
 """
 
 from __future__ import annotations
@@ -230,9 +231,7 @@ def to_keras3(
         ValueError: if the path does not exist or holds no model saved by Keras 2.
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".gguf"):
-        from kerasft.llm.gguf import convert_gguf  # imports KerasHub: only for GGUF files
-
-        return convert_gguf(model, verify=verify, verbose=verbose)
+        return _convert_gguf(model, verify=verify, verbose=verbose)
     if isinstance(model, (str, os.PathLike)):
         result = _convert_path(os.fspath(model), custom_objects, safe_mode, verify)
     elif is_tf_keras(model):
@@ -295,6 +294,59 @@ def copy_weights(source: Any, target: keras.Model) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ sources
+
+
+def _convert_gguf(path: str | os.PathLike, *, verify: bool, verbose: int) -> ConversionResult:
+    """:func:`to_keras3` for a ``.gguf`` file: :func:`kerasft.llm.load_gguf`, then the check.
+
+    The check runs the converted model and :func:`kerasft.llm.reference.reference_logits`
+    (NumPy, in llama.cpp's own layout) on a probe sentence and records the largest
+    logit difference.
+
+    Returns:
+        A :class:`ConversionResult` whose ``model`` is the causal LM.
+
+    Raises:
+        ValueError: as :func:`kerasft.llm.load_gguf`, or when the check finds the logits
+            apart (> 1e-3).
+    """
+    # kerasft.llm imports KerasHub: only for GGUF files
+    from kerasft.llm.gguf import load_gguf
+    from kerasft.llm.reference import reference_logits
+
+    path = os.fspath(path)
+    model = load_gguf(path)
+    diff, note = None, "verify=False"
+    if verify:
+        ids = np.asarray(
+            model.preprocessor.tokenizer("The quick brown fox jumps over the lazy dog."), np.int32
+        )
+        ids = ids.reshape(1, -1)
+        ours = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
+        diff, note = float(np.abs(ours - reference_logits(path, list(ids[0]))).max()), ""
+        if diff > 1e-3:
+            raise ConversionError(
+                path,
+                [
+                    Unconvertible(
+                        "llama_backbone",
+                        "LlamaBackbone",
+                        f"logits differ from the NumPy reference by {diff:.2e}",
+                        "report this file's architecture; kerasft reads plain Llama GGUF files",
+                    )
+                ],
+            )
+    result = ConversionResult(
+        model=model,
+        source=path,
+        saved_by=None,
+        max_abs_diff=diff,
+        changes=("tensors dequantized to float32", "query/key rows reordered for KerasHub"),
+        note=note,
+    )
+    if verbose:
+        print(result.summary(), flush=True)
+    return result
 
 
 def _convert_object(model: Any, custom_objects, safe_mode: bool, verify: bool) -> ConversionResult:
@@ -846,7 +898,7 @@ def _rebind_lambdas(original: Any, converted: keras.Model) -> list[str]:
 
 
 def _lambda_shapes(model: Any) -> dict[str, list]:
-    """Output shapes (batch axis left out) of the single-output Lambda layers of a tf_keras model."""
+    """Output shapes (no batch axis) of the single-output Lambda layers of a tf_keras model."""
     shapes = {}
     for path, layer in _leaf_layers(model):
         try:

@@ -42,11 +42,11 @@ def _compile(template: str) -> Any:
 
 
 def check_messages(messages: Any, argument: str = "messages") -> list[dict[str, str]]:
-    """``messages`` as a list of ``{"role", "content"}`` dicts, or a ``ValueError`` saying what is wrong."""
+    """``messages`` as a list of ``{"role", "content"}`` dicts, or a ``ValueError`` saying why."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise ValueError(
-            f"Argument `{argument}` must be a non-empty list of {{'role': ..., 'content': ...}} dicts. "
-            f"Received: {argument}={messages!r:.200}"
+            f"Argument `{argument}` must be a non-empty list of {{'role': ..., 'content': ...}} "
+            f"dicts. Received: {argument}={messages!r:.200}"
         )
     out = []
     for i, message in enumerate(messages):
@@ -58,7 +58,8 @@ def check_messages(messages: Any, argument: str = "messages") -> list[dict[str, 
         if message["role"] not in _ROLES or not isinstance(message["content"], str):
             raise ValueError(
                 f"Argument `{argument}`: message {i} must have a role in {list(_ROLES)} and string "
-                f"content. Received: role={message['role']!r}, content of type {type(message['content']).__name__}"
+                f"content. Received: role={message['role']!r}, content of type "
+                f"{type(message['content']).__name__}"
             )
         out.append(dict(message))
     return out
@@ -149,8 +150,8 @@ def apply_chat_template(
     template = chat_template_of(causal_lm)
     if template is None:
         raise ValueError(
-            f"Argument `causal_lm` ({type(causal_lm).__name__}) has no chat template on its tokenizer. "
-            "HINT: models read with kerasft.llm.load_gguf carry the file's template."
+            f"Argument `causal_lm` ({type(causal_lm).__name__}) has no chat template on its "
+            "tokenizer. HINT: models read with kerasft.llm.load_gguf carry the file's template."
         )
     tokenizer = getattr(getattr(causal_lm, "preprocessor", None), "tokenizer", None) or causal_lm
     return render_chat(
@@ -202,9 +203,9 @@ def assistant_spans(
         upto = render_chat(template, messages[: i + 1], **context)
         if not full.startswith(upto) or not upto.startswith(before) or len(before) < done:
             raise ValueError(
-                "The chat template renders earlier turns differently once later turns follow, so the "
-                f"assistant turn {i} cannot be located in the rendered conversation. HINT: pass the "
-                "conversation as (prompt, completion) pairs instead."
+                "The chat template renders earlier turns differently once later turns follow, so "
+                f"the assistant turn {i} cannot be located in the rendered conversation. HINT: "
+                "pass the conversation as (prompt, completion) pairs instead."
             )
         reply = upto[len(before) :]
         if end_token and end_token in reply:

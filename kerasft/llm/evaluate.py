@@ -80,8 +80,8 @@ def _tokenizer(causal_lm: Any) -> Any:
     tokenizer = getattr(getattr(causal_lm, "preprocessor", None), "tokenizer", None)
     if tokenizer is None:
         raise ValueError(
-            f"Argument `causal_lm` ({type(causal_lm).__name__}) has no preprocessor with a tokenizer; "
-            "evaluation needs one to read text."
+            f"Argument `causal_lm` ({type(causal_lm).__name__}) has no preprocessor with a "
+            "tokenizer; evaluation needs one to read text."
         )
     return tokenizer
 
@@ -192,7 +192,7 @@ def generate(
     max_new_tokens: int = 16,
     batch_size: int = 16,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (already rendered: see :func:`kerasft.llm.apply_chat_template`).
+    """Greedy continuations of ``prompts``, rendered (:func:`kerasft.llm.apply_chat_template`).
 
     Prompts are grouped by token length (no padding, which KerasHub's cached decoding
     could not mask); decoding stops at the tokenizer's end token or after
@@ -214,7 +214,8 @@ def generate(
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(
-            f"Argument `max_new_tokens` must be a positive integer. Received: max_new_tokens={max_new_tokens!r}"
+            "Argument `max_new_tokens` must be a positive integer. Received: "
+            f"max_new_tokens={max_new_tokens!r}"
         )
     tokenizer = _tokenizer(causal_lm)
     backbone = causal_lm.backbone
@@ -269,7 +270,9 @@ def generate(
 
 
 def parse_answer(text: str, choices: Sequence[str] | None = None) -> str | None:
-    """The answer in a generated text: the first of ``choices`` it names (whole word, any case), else the stripped text.
+    """The answer in a generated text: the first of ``choices`` it names, else the stripped text.
+
+    A choice is named as a whole word, in any case.
 
     Example:
 
@@ -306,7 +309,8 @@ def answer_accuracy(
     kind, items = sft.normalize_data(pairs, "data")
     if kind != "pairs":
         raise ValueError(
-            f"Argument `data` must hold (prompt, completion) pairs to measure answers; it holds {kind}."
+            "Argument `data` must hold (prompt, completion) pairs to measure answers; it holds "
+            f"{kind}."
         )
     template = _template(causal_lm, chat_template)
     tokenizer = _tokenizer(causal_lm)

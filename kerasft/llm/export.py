@@ -39,7 +39,8 @@ def _format_of(path: str, format: str) -> str:
     if format != "auto":
         if format not in FORMATS:
             raise ValueError(
-                f"Argument `format` must be 'auto' or one of {list(FORMATS)}. Received: format={format!r}"
+                f"Argument `format` must be 'auto' or one of {list(FORMATS)}. Received: "
+                f"format={format!r}"
             )
         return format
     for suffix, name in ((".keras", "keras"), (".gguf", "gguf"), (".npz", "adapters")):
@@ -70,7 +71,7 @@ def export_causal_lm(
     overwrite: bool = False,
     verify: Any = None,
 ) -> CausalLMExport:
-    """Write a (fine-tuned) causal LM as a merged ``.keras`` file, a KerasHub preset, adapters or GGUF.
+    """Write a fine-tuned causal LM as a merged ``.keras`` file, KerasHub preset, adapters or GGUF.
 
     Example:
 
@@ -110,8 +111,8 @@ def export_causal_lm(
     if fmt == "adapters":
         if not adapted:
             raise ValueError(
-                f"Argument `causal_lm` ({causal_lm.name!r}) has no adapters to save. HINT: export the whole "
-                "model ('.keras', a preset directory or '.gguf') instead."
+                f"Argument `causal_lm` ({causal_lm.name!r}) has no adapters to save. HINT: export "
+                "the whole model ('.keras', a preset directory or '.gguf') instead."
             )
         written = peft.save_adapters(causal_lm, path)
     elif fmt == "gguf":

@@ -91,9 +91,12 @@ class SFTPlan:
     def __str__(self) -> str:
         packed = f"{self.rows} rows of {self.sequence_length} ({self.fill:.0%} filled)"
         lines = [
-            f"kerasft SFT plan: {self.examples} examples ({self.kind}; {self.validation_examples} held out) -> {packed}",
-            f"  tokens/epoch {self.tokens:,}, loss on {self.target_tokens:,}; batch {self.batch_size} rows"
-            f" x {self.gradient_accumulation} accumulated, {self.steps_per_epoch} steps/epoch, {self.epochs} epoch{'s' if self.epochs != 1 else ''}",
+            f"kerasft SFT plan: {self.examples} examples ({self.kind}; {self.validation_examples} "
+            f"held out) -> {packed}",
+            f"  tokens/epoch {self.tokens:,}, loss on {self.target_tokens:,}; batch "
+            f"{self.batch_size} rows x {self.gradient_accumulation} accumulated, "
+            f"{self.steps_per_epoch} steps/epoch, {self.epochs} "
+            f"epoch{'s' if self.epochs != 1 else ''}",
             f"  recipe {self.recipe!r}: {self.trainable:,} trainable of {self.total:,} parameters "
             f"({100 * self.trainable / max(1, self.total):.2f}%)",
         ]
@@ -111,7 +114,7 @@ def is_causal_lm(model: Any) -> bool:
 
 
 def _load(model: Any, config: SFTConfig) -> Any:
-    """The causal LM to train: read from a ``.gguf``/``.keras`` path, or ``model`` (copied if asked)."""
+    """The causal LM to train: ``model`` (copied if asked), or one read from a .gguf/.keras path."""
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         if path.endswith(".gguf"):
@@ -121,8 +124,8 @@ def _load(model: Any, config: SFTConfig) -> Any:
         return keras.models.load_model(path)
     if not is_causal_lm(model):
         raise TypeError(
-            "Argument `causal_lm` must be a KerasHub CausalLM (a Llama-family model such as the one "
-            f"kerasft.llm.load_gguf returns) or a .gguf path. Received: {type(model).__name__}"
+            "Argument `causal_lm` must be a KerasHub CausalLM (a Llama-family model such as the "
+            f"one kerasft.llm.load_gguf returns) or a .gguf path. Received: {type(model).__name__}"
         )
     return copy_causal_lm(model) if config.copy else model
 
@@ -145,14 +148,15 @@ def _check_model(causal_lm: Any) -> Any:
     ]
     if missing:
         raise TypeError(
-            f"Argument `causal_lm`: the backbone {type(backbone).__name__} has no {missing}; kerasft trains "
-            "Llama-family causal LMs (Llama, Mistral, Qwen, SmolLM...)."
+            f"Argument `causal_lm`: the backbone {type(backbone).__name__} has no {missing}; "
+            "kerasft trains Llama-family causal LMs (Llama, Mistral, Qwen, SmolLM...)."
         )
     tokenizer = getattr(getattr(causal_lm, "preprocessor", None), "tokenizer", None)
     if tokenizer is None:
         raise ValueError(
-            f"Argument `causal_lm` ({type(causal_lm).__name__}) has no preprocessor with a tokenizer; supervised "
-            "fine-tuning reads text. HINT: load the model with its preprocessor."
+            f"Argument `causal_lm` ({type(causal_lm).__name__}) has no preprocessor with a "
+            "tokenizer; supervised fine-tuning reads text. HINT: load the model with its "
+            "preprocessor."
         )
     return tokenizer
 
@@ -191,7 +195,7 @@ def _rows(
 
 
 def _adapt(causal_lm: Any, config: SFTConfig) -> Any:
-    """Add the recipe's adapters (or unfreeze everything for ``"full"``); return the LoraResult or None."""
+    """Add the recipe's adapters (or unfreeze all for ``"full"``); return the LoraResult or None."""
     if not config.adapters:
         causal_lm.trainable = True
         return None
@@ -219,8 +223,9 @@ def _adapt(causal_lm: Any, config: SFTConfig) -> Any:
         result.model is not causal_lm
     ):  # a rebuilt graph would train weights the causal LM does not use
         raise ValueError(
-            "Argument `lora_targets` selects layers that need adapter wrappers outside the transformer blocks; "
-            "kerasft adapts causal LMs in place. HINT: target the blocks' projections (the default, or 'all-linear')."
+            "Argument `lora_targets` selects layers that need adapter wrappers outside the "
+            "transformer blocks; kerasft adapts causal LMs in place. HINT: target the blocks' "
+            "projections (the default, or 'all-linear')."
         )
     return result
 
@@ -374,8 +379,9 @@ class _Checkpoint(keras.callbacks.Callback):
             state = json.load(f)
         if state["fingerprint"] != self.fingerprint:
             raise ValueError(
-                f"Argument `checkpoint_dir={self.directory!r}` holds the checkpoint of a different call "
-                "(other data, model or options). HINT: use a new directory, or delete this one."
+                f"Argument `checkpoint_dir={self.directory!r}` holds the checkpoint of a different "
+                "call (other data, model or options). HINT: use a new directory, or delete this "
+                "one."
             )
         with np.load(os.path.join(self.directory, "sft_weights.npz")) as f:
             arrays = [f[f"arr_{i}"] for i in range(len(f.files))]
@@ -495,53 +501,17 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
     trainer.compile(optimizer=_optimizer(config, plan.steps_per_epoch * plan.epochs))
     guard = _Guard(watch_validation=prepared.validation is not None, peak_rate=config.lr)
     callbacks = [guard, *(config.callbacks or [])]
-    done, checkpoint = 0, None
-    if config.checkpoint_dir is not None:
-        checkpoint = _Checkpoint(os.fspath(config.checkpoint_dir), _fingerprint(prepared, config))
-        done = checkpoint.restore(trainer)
+    checkpoint, done = _resume(trainer, prepared, config)
+    if checkpoint is not None:
         callbacks.append(checkpoint)
-        if done:
-            _log(config, f"kerasft: resuming after epoch {done} from {config.checkpoint_dir}")
-    validation = None
-    if prepared.validation is not None:
-        v = prepared.validation
-        validation = (v.inputs(), v.target_ids, v.loss_weights)
-    _log(
-        config,
-        f"kerasft phase 1/1 '{config.recipe}': {config.epochs} epoch{'s' if config.epochs != 1 else ''}, lr {config.lr:g} (warmup+cosine), "
-        f"{plan.trainable:,} trainable / {plan.total - plan.trainable:,} frozen / {plan.total:,} total",
-    )
+    validation = _validation_data(prepared)
+    _log(config, _phase_line(plan, config))
     start = time.perf_counter()
-    history: dict[str, list[float]] = {}
-    epochs_run = 0
-    if done < config.epochs:
-        fitted = trainer.fit(
-            rows.inputs(),
-            rows.target_ids,
-            sample_weight=rows.loss_weights,
-            batch_size=config.batch_size,
-            epochs=config.epochs,
-            initial_epoch=done,
-            validation_data=validation,
-            callbacks=callbacks,
-            verbose=config.verbose,
-            shuffle=True,
-        )
-        history = {k: [float(x) for x in values] for k, values in fitted.history.items()}
-        epochs_run = len(history.get("loss", []))
+    history, epochs_run = _fit(trainer, rows, validation, config, callbacks, done)
     seconds = time.perf_counter() - start
     if checkpoint is not None:
         history = checkpoint.history  # the epochs of earlier, interrupted calls too
-    best = guard.best
-    if guard.event is not None:
-        _log(
-            config,
-            f"kerasft: stopped at a non-finite loss (epoch {guard.event.epoch}, step {guard.event.step}); "
-            "the last finite weights are kept",
-        )
-    final = history.get("loss", [float("nan")])[-1] if history.get("loss") else float("nan")
-    outcome = f"best val_loss {best:.4f}" if best is not None else f"final loss {final:.4f}"
-    _log(config, f"kerasft: done; {outcome}")
+    _log_outcome(config, guard, history)
     return SFTResult(
         model=causal_lm,
         plan=plan,
@@ -549,11 +519,82 @@ def _train(prepared: _Prepared, config: SFTConfig) -> SFTResult:
         seconds=seconds,
         epochs_run=epochs_run,
         tokens_per_second=rows.tokens * epochs_run / seconds if seconds and epochs_run else 0.0,
-        best_val_loss=best,
+        best_val_loss=guard.best,
         nan=guard.event,
         adapters=prepared.adapters,
         config=config,
     )
+
+
+def _resume(
+    trainer: SFTModel, prepared: _Prepared, config: SFTConfig
+) -> tuple[_Checkpoint | None, int]:
+    """The checkpoint callback (``None`` without ``checkpoint_dir``) and the epochs done."""
+    if config.checkpoint_dir is None:
+        return None, 0
+    checkpoint = _Checkpoint(os.fspath(config.checkpoint_dir), _fingerprint(prepared, config))
+    done = checkpoint.restore(trainer)
+    if done:
+        _log(config, f"kerasft: resuming after epoch {done} from {config.checkpoint_dir}")
+    return checkpoint, done
+
+
+def _phase_line(plan: SFTPlan, config: SFTConfig) -> str:
+    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+    return (
+        f"kerasft phase 1/1 '{config.recipe}': {epochs}, lr {config.lr:g} (warmup+cosine), "
+        f"{plan.trainable:,} trainable / {plan.total - plan.trainable:,} frozen / "
+        f"{plan.total:,} total"
+    )
+
+
+def _validation_data(prepared: _Prepared) -> tuple | None:
+    """``fit``'s ``validation_data``: inputs, targets and loss weights, or ``None``."""
+    if prepared.validation is None:
+        return None
+    v = prepared.validation
+    return (v.inputs(), v.target_ids, v.loss_weights)
+
+
+def _fit(
+    trainer: SFTModel,
+    rows: sft.PackedData,
+    validation: tuple | None,
+    config: SFTConfig,
+    callbacks: list,
+    done: int,
+) -> tuple[dict[str, list[float]], int]:
+    """Train the epochs after ``done``: the history of this call and its epochs run."""
+    if done >= config.epochs:
+        return {}, 0
+    fitted = trainer.fit(
+        rows.inputs(),
+        rows.target_ids,
+        sample_weight=rows.loss_weights,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        initial_epoch=done,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=config.verbose,
+        shuffle=True,
+    )
+    history = {k: [float(x) for x in values] for k, values in fitted.history.items()}
+    return history, len(history.get("loss", []))
+
+
+def _log_outcome(config: SFTConfig, guard: _Guard, history: dict[str, list[float]]) -> None:
+    """Say how training ended: a non-finite loss if one stopped it, then the loss reached."""
+    if guard.event is not None:
+        _log(
+            config,
+            f"kerasft: stopped at a non-finite loss (epoch {guard.event.epoch}, "
+            f"step {guard.event.step}); the last finite weights are kept",
+        )
+    final = history.get("loss", [float("nan")])[-1] if history.get("loss") else float("nan")
+    best = guard.best
+    outcome = f"best val_loss {best:.4f}" if best is not None else f"final loss {final:.4f}"
+    _log(config, f"kerasft: done; {outcome}")
 
 
 def finetune_from_facade(model: Any, data: Any, keywords: dict[str, Any]) -> SFTResult:

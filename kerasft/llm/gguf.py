@@ -179,8 +179,8 @@ def llama_config(f: GGUFFile) -> dict[str, Any]:
     rope_dim = int(m.get(f"{arch}.rope.dimension_count", hidden // heads))
     if rope_dim != hidden // heads:
         raise ValueError(
-            f"Argument `path`: {f.path!r} rotates {rope_dim} of the {hidden // heads} features of each "
-            "head; KerasHub's Llama rotates all of them."
+            f"Argument `path`: {f.path!r} rotates {rope_dim} of the {hidden // heads} features of "
+            "each head; KerasHub's Llama rotates all of them."
         )
     scaling = 1.0
     if m.get(f"{arch}.rope.scaling.type") == "linear":
@@ -288,67 +288,101 @@ def gguf_tokenizer(f: GGUFFile) -> Any:
         ValueError: a vocabulary other than byte-level BPE (``tokenizer.ggml.model``
             ``"gpt2"``), or an unknown pre-tokenizer.
     """
-    import gguf as gguf_lib
+    from kerasft.llm.tokenizer import GGUFTokenizer
 
-    from kerasft.llm.tokenizer import PRE_TOKENIZERS, GGUFTokenizer
+    m = f.metadata
+    pre = _check_tokenizer(f)
+    tokens = list(m["tokenizer.ggml.tokens"])
+    carried = _carried_metadata(f)
+    # KerasHub's packers add the start token whenever the tokenizer has one (generation
+    # included), so a file that adds none keeps its beginning-of-sequence token aside.
+    add_bos = bool(m.get("tokenizer.ggml.add_bos_token", False))
+    bos = _named_token(m, tokens, "bos")
+    if bos is not None:
+        carried["bos_token"] = bos
+    pad, file_pad = _pad_token(m, tokens)
+    if file_pad is not None:
+        carried["padding_token"] = file_pad
+    return GGUFTokenizer(
+        {t: i for i, t in enumerate(tokens)},
+        list(m.get("tokenizer.ggml.merges", [])),
+        start_token=bos if add_bos else None,
+        end_token=_named_token(m, tokens, "eos"),
+        pad_token=pad,
+        special_tokens=_special_tokens(m, tokens),
+        pre_tokenizer=pre,
+        chat_template=m.get("tokenizer.chat_template"),
+        gguf_metadata=carried,
+    )
+
+
+def _check_tokenizer(f: GGUFFile) -> str:
+    """The pre-tokenizer of a byte-level BPE vocabulary; other vocabularies are refused."""
+    from kerasft.llm.tokenizer import PRE_TOKENIZERS
 
     m = f.metadata
     model = m.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(
             f"Argument `path`: {f.path!r} has a {model!r} tokenizer; kerasft reads byte-level BPE "
-            "vocabularies (tokenizer.ggml.model 'gpt2'). HINT: pass `preprocessor=False` to load the "
-            "model without its tokenizer."
+            "vocabularies (tokenizer.ggml.model 'gpt2'). HINT: pass `preprocessor=False` to load "
+            "the model without its tokenizer."
         )
     pre = m.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise ValueError(
             f"Argument `path`: {f.path!r} names the pre-tokenizer {pre!r}; kerasft knows "
-            f"{sorted(PRE_TOKENIZERS)}. HINT: pass `preprocessor=False` to load the model without it."
+            f"{sorted(PRE_TOKENIZERS)}. HINT: pass `preprocessor=False` to load the model "
+            "without it."
         )
-    tokens = list(m["tokenizer.ggml.tokens"])
+    return pre
+
+
+def _named_token(m: dict[str, Any], tokens: list[str], key: str) -> str | None:
+    """The token whose id is ``tokenizer.ggml.{key}_token_id``, if the file names one."""
+    i = m.get(f"tokenizer.ggml.{key}_token_id")
+    return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+
+def _special_tokens(m: dict[str, Any], tokens: list[str]) -> list[str]:
+    """The control and user-defined tokens, which the tokenizer must not split."""
+    import gguf as gguf_lib
+
     types = list(m.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-    special = [
+    return [
         t
         for t, k in zip(tokens, types)
         if k in (gguf_lib.TokenType.CONTROL, gguf_lib.TokenType.USER_DEFINED)
     ]
 
-    def token(key: str) -> str | None:
-        i = m.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
 
+def _carried_metadata(f: GGUFFile) -> dict[str, Any]:
+    """What an export writes back and Keras does not model (see ``_CARRIED``)."""
+    m = f.metadata
     carried = {k: m[k] for k in _CARRIED if k in m}
     arch = f.architecture
     if f"{arch}.context_length" in m:
         carried["context_length"] = int(m[f"{arch}.context_length"])
-    # KerasHub's packers add the start token whenever the tokenizer has one (generation
-    # included), so a file that adds none keeps its beginning-of-sequence token aside.
-    add_bos = bool(m.get("tokenizer.ggml.add_bos_token", False))
-    if token("bos") is not None:
-        carried["bos_token"] = token("bos")
-    # KerasHub's generation stops once every row holds a stop token past its prompt, and
-    # the padding there counts: padding with the end token (SmolLM does) would stop it
-    # before the first step. Padding is masked everywhere, so any other token will do.
-    pad = token("padding") or token("eos")
-    if pad is not None and pad == token("eos"):
-        carried["padding_token"] = pad
-        pad = next(
-            t
-            for t in (token("unknown"), tokens[0], tokens[1])
-            if t is not None and t != token("eos")
-        )
-    return GGUFTokenizer(
-        {t: i for i, t in enumerate(tokens)},
-        list(m.get("tokenizer.ggml.merges", [])),
-        start_token=token("bos") if add_bos else None,
-        end_token=token("eos"),
-        pad_token=pad,
-        special_tokens=special,
-        pre_tokenizer=pre,
-        chat_template=m.get("tokenizer.chat_template"),
-        gguf_metadata=carried,
+    return carried
+
+
+def _pad_token(m: dict[str, Any], tokens: list[str]) -> tuple[str | None, str | None]:
+    """The padding token to give KerasHub, and the file's own when it cannot be that one.
+
+    KerasHub's generation stops once every row holds a stop token past its prompt, and
+    the padding there counts: padding with the end token (SmolLM does) would stop it
+    before the first step. Padding is masked everywhere, so any other token will do.
+    """
+    eos = _named_token(m, tokens, "eos")
+    pad = _named_token(m, tokens, "padding") or eos
+    if pad is None or pad != eos:
+        return pad, None
+    other = next(
+        t
+        for t in (_named_token(m, tokens, "unknown"), tokens[0], tokens[1])
+        if t is not None and t != eos
     )
+    return other, pad
 
 
 def load_gguf(
@@ -396,7 +430,8 @@ def load_gguf(
     tokenizer = gguf_tokenizer(f) if preprocessor else None
     if not isinstance(sequence_length, int) or sequence_length < 2:
         raise ValueError(
-            f"Argument `sequence_length` must be an integer >= 2. Received: sequence_length={sequence_length!r}"
+            "Argument `sequence_length` must be an integer >= 2. Received: "
+            f"sequence_length={sequence_length!r}"
         )
     backbone = keras_hub.models.LlamaBackbone(**config, dtype=dtype)
     for name, layer, attr, kind in _tensors(backbone):
@@ -481,8 +516,9 @@ def export_gguf(
     )
     if quantized:
         raise ValueError(
-            f"Argument `causal_lm` has quantized layers ({quantized[:4]}...); export_gguf writes float weights. "
-            "HINT: load the adapters onto the float model (`kerasft.peft.load_adapters`) and export that."
+            f"Argument `causal_lm` has quantized layers ({quantized[:4]}...); export_gguf writes "
+            "float weights. HINT: load the adapters onto the float model "
+            "(`kerasft.peft.load_adapters`) and export that."
         )
     tokenizer = getattr(getattr(causal_lm, "preprocessor", None), "tokenizer", None)
     writer = gguf.GGUFWriter(path + ".partial", "llama")
@@ -519,8 +555,9 @@ def _llama_backbone(causal_lm: Any) -> Any:
     backbone = getattr(causal_lm, "backbone", None)
     if not isinstance(backbone, keras_hub.models.LlamaBackbone):
         raise ValueError(
-            "Argument `causal_lm` must be a KerasHub Llama causal LM (LlamaCausalLM, Llama3CausalLM). "
-            f"Received: {type(causal_lm).__name__} with backbone {type(backbone).__name__}"
+            "Argument `causal_lm` must be a KerasHub Llama causal LM (LlamaCausalLM, "
+            f"Llama3CausalLM). Received: {type(causal_lm).__name__} with backbone "
+            f"{type(backbone).__name__}"
         )
     if backbone.rope_low_freq_factor is not None:
         raise ValueError(
@@ -570,8 +607,8 @@ def _write_tokenizer(
 
     if not isinstance(tokenizer, BytePairTokenizer):
         raise ValueError(
-            "Argument `causal_lm` must have a byte-level BPE tokenizer on its preprocessor (GGUF files "
-            f"carry their tokenizer). Received: tokenizer of type {type(tokenizer).__name__}"
+            "Argument `causal_lm` must have a byte-level BPE tokenizer on its preprocessor (GGUF "
+            f"files carry their tokenizer). Received: tokenizer of type {type(tokenizer).__name__}"
         )
     vocabulary = tokenizer.vocabulary
     tokens = [""] * max(vocabulary_size, max(vocabulary.values()) + 1)
@@ -601,54 +638,3 @@ def _write_tokenizer(
     template = getattr(tokenizer, "chat_template", None)
     if template:
         writer.add_chat_template(template)
-
-
-def convert_gguf(path: str | os.PathLike, *, verify: bool = True, verbose: int = 0) -> Any:
-    """:func:`kerasft.convert.to_keras3` for a ``.gguf`` file: :func:`load_gguf`, then the check.
-
-    The check runs the converted model and :func:`kerasft.llm.reference.reference_logits`
-    (NumPy, in llama.cpp's own layout) on a probe sentence and records the largest
-    logit difference.
-
-    Returns:
-        A :class:`kerasft.convert.ConversionResult` whose ``model`` is the causal LM.
-
-    Raises:
-        ValueError: as :func:`load_gguf`, or when the check finds the logits apart (> 1e-3).
-    """
-    from kerasft.convert import ConversionError, ConversionResult, Unconvertible
-    from kerasft.llm.reference import reference_logits
-
-    path = os.fspath(path)
-    model = load_gguf(path)
-    diff, note = None, "verify=False"
-    if verify:
-        ids = np.asarray(
-            model.preprocessor.tokenizer("The quick brown fox jumps over the lazy dog."), np.int32
-        )
-        ids = ids.reshape(1, -1)
-        ours = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
-        diff, note = float(np.abs(ours - reference_logits(path, list(ids[0]))).max()), ""
-        if diff > 1e-3:
-            raise ConversionError(
-                path,
-                [
-                    Unconvertible(
-                        "llama_backbone",
-                        "LlamaBackbone",
-                        f"logits differ from the NumPy reference by {diff:.2e}",
-                        "report this file's architecture; kerasft reads plain Llama GGUF files",
-                    )
-                ],
-            )
-    result = ConversionResult(
-        model=model,
-        source=path,
-        saved_by=None,
-        max_abs_diff=diff,
-        changes=("tensors dequantized to float32", "query/key rows reordered for KerasHub"),
-        note=note,
-    )
-    if verbose:
-        print(result.summary(), flush=True)
-    return result

@@ -94,8 +94,8 @@ class SFTConfig:
             _number("global_clipnorm", self.global_clipnorm, low=0.0, low_open=True)
         if self.quantize is not None and self.recipe != "lora":
             raise ValueError(
-                f"Argument `quantize={self.quantize!r}` quantizes the frozen base under LoRA adapters and needs "
-                f"recipe='lora'. Received: recipe={self.recipe!r}"
+                f"Argument `quantize={self.quantize!r}` quantizes the frozen base under LoRA "
+                f"adapters and needs recipe='lora'. Received: recipe={self.recipe!r}"
             )
         if self.validation_data is not None and self.validation_split:
             raise ValueError(
@@ -104,8 +104,9 @@ class SFTConfig:
             )
         if not (self.chat_template is None or isinstance(self.chat_template, str)):
             raise ValueError(
-                "Argument `chat_template` must be 'auto' (the model's), a Jinja template string or None "
-                f"(plain prompt + completion). Received: chat_template={self.chat_template!r:.80}"
+                "Argument `chat_template` must be 'auto' (the model's), a Jinja template string or "
+                "None (plain prompt + completion). Received: "
+                f"chat_template={self.chat_template!r:.80}"
             )
 
     @property
@@ -213,8 +214,8 @@ def from_facade(keywords: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
     if refused:
         raise ValueError(
             f"Arguments {sorted(refused)} do not apply to a causal LM (supervised fine-tuning). "
-            "HINT: see kerasft.llm.finetune_causal_lm for its options (sequence_length, packing, loss_on, "
-            "gradient_accumulation, remat...)."
+            "HINT: see kerasft.llm.finetune_causal_lm for its options (sequence_length, packing, "
+            "loss_on, gradient_accumulation, remat...)."
         )
     return out
 

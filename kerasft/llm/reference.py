@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from kerasft.llm.gguf import GGUFFile, read_gguf
+
 __all__ = ["reference_logits"]
 
 
@@ -45,8 +47,6 @@ def reference_logits(source: Any, token_ids: Sequence[int]) -> np.ndarray:
     Returns:
         A ``(len(token_ids), vocabulary_size)`` float64 array.
     """
-    from kerasft.llm.gguf import GGUFFile, read_gguf
-
     f = source if isinstance(source, GGUFFile) else read_gguf(os.fspath(source))
     m, arch = f.metadata, f.architecture
     heads, kv_heads = (

@@ -57,7 +57,7 @@ class Example:
 
 @dataclasses.dataclass(frozen=True)
 class PackedData:
-    """Training rows: inputs, next-token targets, loss weights and segment ids, ``(rows, length)`` each.
+    """Training rows: inputs, next-token targets, loss weights and segment ids, ``(rows, length)``.
 
     ``segment_ids`` numbers the examples of a row from 1 (0 is padding); a position's
     target is the next token of the same example.
@@ -106,7 +106,7 @@ def _columns(data: Any) -> dict[str, list] | None:
 
 
 def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
-    """Sort ``data`` into ``("pairs", [(prompt, completion)])``, ``("messages", [[...]])`` or ``("text", [str])``.
+    """Sort ``data`` into ``("pairs", [(p, c)])``, ``("messages", [[...]])`` or ``("text", [str])``.
 
     Accepted: a list of ``(prompt, completion)`` tuples; a tuple ``(prompts, completions)``
     of two lists; a dict or DataFrame with ``prompt``/``completion``, ``messages`` or
@@ -133,8 +133,8 @@ def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
         if "text" in columns:
             return _texts(columns["text"], argument)
         raise ValueError(
-            f"Argument `{argument}` has columns {sorted(columns)}; it needs 'prompt' and 'completion', "
-            "'messages', or 'text'."
+            f"Argument `{argument}` has columns {sorted(columns)}; it needs 'prompt' and "
+            "'completion', 'messages', or 'text'."
         )
     if (
         isinstance(data, tuple)
@@ -150,9 +150,9 @@ def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
         return _pairs(list(zip(data[0], data[1])), argument)
     if isinstance(data, (str, bytes)) or not isinstance(data, Sequence) or len(data) == 0:
         raise ValueError(
-            f"Argument `{argument}` must be a non-empty list of (prompt, completion) pairs, of conversations "
-            f"(lists of {{'role', 'content'}} messages) or of strings, or a dict/DataFrame of such columns. "
-            f"Received: {type(data).__name__} {data!r:.120}"
+            f"Argument `{argument}` must be a non-empty list of (prompt, completion) pairs, of "
+            "conversations (lists of {'role', 'content'} messages) or of strings, or a "
+            f"dict/DataFrame of such columns. Received: {type(data).__name__} {data!r:.120}"
         )
     first = data[0]
     if isinstance(first, str):
@@ -166,8 +166,9 @@ def normalize_data(data: Any, argument: str = "data") -> tuple[str, list[Any]]:
     if isinstance(first, Sequence) and first and isinstance(first[0], Mapping):
         return "messages", [chat.check_messages(m, argument) for m in data]
     raise ValueError(
-        f"Argument `{argument}`: cannot tell what its items are. Each must be a (prompt, completion) "
-        f"pair of strings, a list of {{'role', 'content'}} messages or a string. Received first item: {first!r:.120}"
+        f"Argument `{argument}`: cannot tell what its items are. Each must be a (prompt, "
+        "completion) pair of strings, a list of {'role', 'content'} messages or a string. "
+        f"Received first item: {first!r:.120}"
     )
 
 
@@ -179,7 +180,8 @@ def _pairs(rows: Sequence[Any], argument: str) -> tuple[str, list[tuple[str, str
             and all(isinstance(v, str) for v in row)
         ):
             raise ValueError(
-                f"Argument `{argument}`: item {i} must be a (prompt, completion) pair of strings. Received: {row!r:.120}"
+                f"Argument `{argument}`: item {i} must be a (prompt, completion) pair of strings. "
+                f"Received: {row!r:.120}"
             )
     return "pairs", [(str(p), str(c)) for p, c in rows]
 
@@ -213,8 +215,8 @@ def _pieces(kind: str, item: Any, tokenizer: Any, template: str | None) -> list[
     if template is None:
         if kind == "messages":
             raise ValueError(
-                "Conversations need a chat template, and the model's tokenizer has none. HINT: pass "
-                "(prompt, completion) pairs, or a model read with kerasft.llm.load_gguf."
+                "Conversations need a chat template, and the model's tokenizer has none. HINT: "
+                "pass (prompt, completion) pairs, or a model read with kerasft.llm.load_gguf."
             )
         prompt, completion = item
         return [(prompt, False), (completion + (end or ""), True)]
@@ -279,13 +281,14 @@ def tokenize_examples(
         if len(ids) < 2 or not any(mask[1:]):
             raise ValueError(
                 f"Example {len(examples)} of `data` has no token to learn from after tokenization "
-                f"({len(ids)} tokens). HINT: check for empty completions, or raise `sequence_length`."
+                f"({len(ids)} tokens). HINT: check for empty completions, or raise "
+                "`sequence_length`."
             )
         examples.append(Example(np.asarray(ids, np.int32), np.asarray(mask, bool)))
     if cut:
         warnings.warn(
-            f"{cut} of {len(items)} examples were longer than {max_length} tokens and lost their beginning. "
-            "HINT: raise `sequence_length`.",
+            f"{cut} of {len(items)} examples were longer than {max_length} tokens and lost their "
+            "beginning. HINT: raise `sequence_length`.",
             stacklevel=3,
         )
     return kind, examples
@@ -294,7 +297,7 @@ def tokenize_examples(
 def auto_sequence_length(
     examples: Sequence[Example], *, packing: bool, limit: int | None = None
 ) -> int:
-    """Row length: the longest example rounded up to a multiple of 64 (at least 256 when packing)."""
+    """Row length: the longest example, rounded up to a multiple of 64 (>= 256 when packing)."""
     longest = max(len(e) for e in examples) - 1
     length = -(-longest // 64) * 64
     if packing:
@@ -345,7 +348,8 @@ def pack(
         need = len(examples[i]) - 1
         if need > sequence_length:
             raise ValueError(
-                f"Example {i} has {need + 1} tokens, more than `sequence_length` + 1 = {sequence_length + 1}."
+                f"Example {i} has {need + 1} tokens, more than `sequence_length` + 1 = "
+                f"{sequence_length + 1}."
             )
         slot = next((r for r, space in enumerate(free) if space >= need), None)
         if slot is None:
@@ -367,6 +371,7 @@ def pad(examples: Sequence[Example], sequence_length: int, *, pad_id: int = 0) -
     for i, e in enumerate(examples):
         if len(e) - 1 > sequence_length:
             raise ValueError(
-                f"Example {i} has {len(e)} tokens, more than `sequence_length` + 1 = {sequence_length + 1}."
+                f"Example {i} has {len(e)} tokens, more than `sequence_length` + 1 = "
+                f"{sequence_length + 1}."
             )
     return _row_arrays([[e] for e in examples], sequence_length, pad_id)
