@@ -125,7 +125,8 @@ def check_batching(batch_size: Any, validation_split: Any) -> None:
         or not 0.0 <= validation_split < 1.0
     ):
         raise ValueError(
-            f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split!r}"
+            "Argument `validation_split` must be in [0, 1). "
+            f"Received: validation_split={validation_split!r}"
         )
 
 
@@ -199,15 +200,15 @@ def as_source(
 def _split_frame(frame: Any, label_columns: Any, argument: str) -> tuple[Any, np.ndarray]:
     if label_columns is None:
         raise ValueError(
-            f"Argument `{argument}` is a DataFrame; kerasft needs to know which columns are labels. "
-            f"HINT: pass label_columns='...' (one of {[str(c) for c in frame.columns]})."
+            f"Argument `{argument}` is a DataFrame; kerasft needs to know which columns are "
+            f"labels. HINT: pass label_columns='...' (one of {[str(c) for c in frame.columns]})."
         )
     names = [label_columns] if isinstance(label_columns, str) else list(label_columns)
     missing = [n for n in names if n not in frame.columns]
     if missing:
         raise ValueError(
-            f"Argument `label_columns={label_columns!r}`: no column {missing[0]!r} in the DataFrame. "
-            f"Columns are: {[str(c) for c in frame.columns]}"
+            f"Argument `label_columns={label_columns!r}`: no column {missing[0]!r} in the "
+            f"DataFrame. Columns are: {[str(c) for c in frame.columns]}"
         )
     y = frame[names[0]].to_numpy() if isinstance(label_columns, str) else frame[names].to_numpy()
     return frame.drop(columns=names), y
@@ -425,17 +426,15 @@ def prepare_data(
     source = as_source(data, "data", label_columns)
     if isinstance(source, tf.data.Dataset):
         ds = _unbatch_if_needed(source, raw_signature)
-        arrays = None if has_random_ops(ds) else to_arrays(ds, memory_budget=memory_budget)
-        if arrays is None:
-            validation_split = decide(None) if decide else validation_split
-            batch_size = batching(None) if batching else batch_size
+        source = None if has_random_ops(ds) else to_arrays(ds, memory_budget=memory_budget)
+        if source is None:
             return _prepare_streaming(
                 ds,
                 signature=signature,
                 preprocessor=preprocessor,
                 validation_data=validation_data,
-                validation_split=validation_split,
-                batch_size=batch_size,
+                validation_split=decide(None) if decide else validation_split,
+                batch_size=batching(None) if batching else batch_size,
                 seed=seed,
                 num_classes=num_classes,
                 label_mode=label_mode,
@@ -445,9 +444,46 @@ def prepare_data(
                 one_hot=one_hot,
                 augment=augment,
             )
-        x, y = arrays
-    else:
-        x, y = source
+    x, y = _model_examples(source, raw_signature, signature, preprocessor)
+    head = {"head_units": head_units, "head_activation": head_activation}
+    spec = infer_spec(y, num_classes=num_classes, label_mode=label_mode, task=task, **head)
+    if decide is not None:
+        validation_split = decide(len(y)) if validation_data is None else 0.0
+        check_batching(32, validation_split)
+    xv = yv = None
+    if validation_data is None and validation_split > 0:
+        (x, y), (xv, yv) = _hold_out(x, y, spec, validation_split, seed)
+    elif validation_data is not None:
+        xv, yv = _validation_examples(
+            validation_data, raw_signature, signature, label_columns, preprocessor, spec, head
+        )
+    _check_gaps(spec, num_classes, check_classes)
+    y, yv = _encode_labels(y, yv, spec, one_hot=one_hot, standardize_targets=standardize_targets)
+    x = _as_float32(x)
+    if batching is not None:
+        batch_size = batching(len(y))
+        check_batching(batch_size, 0.0)
+    augmentation = _augmentation(augment, signature, x, seed, spec)
+    return _in_memory_data(
+        (x, y),
+        None if xv is None else (xv, yv),
+        spec,
+        signature,
+        augmentation,
+        batch_size,
+        seed,
+        shuffle,
+    )
+
+
+def _model_examples(
+    source: tuple[Any, Any],
+    raw_signature: InputSignature | None,
+    signature: InputSignature | None,
+    preprocessor: Callable | None,
+) -> tuple[Any, np.ndarray]:
+    """``(x, y)`` of the training data in the model's input structure, checked against it."""
+    x, y = source
     x = inputs_lib.normalize_inputs(x, raw_signature, "data")
     y = np.asarray(y)
     n = inputs_lib.num_examples(x)
@@ -455,107 +491,131 @@ def prepare_data(
         raise ValueError("Argument `data` is empty: it yields no examples.")
     if n != len(y):
         raise ValueError(
-            f"Argument `data`: x and y must have the same length. Received: len(x)={n}, len(y)={len(y)}."
+            "Argument `data`: x and y must have the same length. "
+            f"Received: len(x)={n}, len(y)={len(y)}."
         )
     if preprocessor is not None:
         x = inputs_lib.normalize_inputs(_preprocess(x, preprocessor, n), signature, "data")
     inputs_lib.check_inputs(x, signature, "data")
-    spec = infer_spec(
-        y,
-        num_classes=num_classes,
-        label_mode=label_mode,
-        task=task,
-        head_units=head_units,
-        head_activation=head_activation,
+    return x, y
+
+
+def _hold_out(
+    x: Any, y: np.ndarray, spec: DataSpec, validation_split: float, seed: int
+) -> tuple[tuple[Any, np.ndarray], tuple[Any, np.ndarray]]:
+    """``((x, y), (x_val, y_val))``: a seeded validation split, stratified by class."""
+    train_idx, val_idx = _split(stratify_labels(y, spec), len(y), validation_split, seed)
+    if len(val_idx) == 0:
+        raise ValueError(
+            f"Argument `validation_split={validation_split}` holds out nothing from "
+            f"{len(train_idx)} examples (every class has a single example). Pass "
+            "validation_data=, or validation_split=0 to train without validation."
+        )
+    validation = inputs_lib.take(x, val_idx), y[val_idx]
+    return (inputs_lib.take(x, train_idx), y[train_idx]), validation
+
+
+def _validation_examples(
+    validation_data: Any,
+    raw_signature: InputSignature | None,
+    signature: InputSignature | None,
+    label_columns: Any,
+    preprocessor: Callable | None,
+    spec: DataSpec,
+    head: dict[str, Any],
+) -> tuple[Any, np.ndarray]:
+    """``(x, y)`` of ``validation_data``, checked against the model and the training labels."""
+    xv, yv = read_examples(
+        validation_data,
+        signature=raw_signature,
+        argument="validation_data",
+        label_columns=label_columns,
     )
-    xv = yv = None
-    if decide is not None:
-        validation_split = decide(n) if validation_data is None else 0.0
-        check_batching(32, validation_split)
-    if validation_data is None and validation_split > 0:
-        train_idx, val_idx = _split(stratify_labels(y, spec), n, validation_split, seed)
-        if len(val_idx) == 0:
-            raise ValueError(
-                f"Argument `validation_split={validation_split}` holds out nothing from "
-                f"{len(train_idx)} examples (every class has a single example). Pass "
-                "validation_data=, or validation_split=0 to train without validation."
-            )
-        xv, yv = inputs_lib.take(x, val_idx), y[val_idx]
-        x, y = inputs_lib.take(x, train_idx), y[train_idx]
-    elif validation_data is not None:
-        xv, yv = read_examples(
-            validation_data,
-            signature=raw_signature,
-            argument="validation_data",
-            label_columns=label_columns,
+    if len(yv) == 0:
+        raise ValueError("Argument `validation_data` is empty: it yields no examples.")
+    if preprocessor is not None:
+        xv = inputs_lib.normalize_inputs(
+            _preprocess(xv, preprocessor, len(yv)), signature, "validation_data"
         )
-        if len(yv) == 0:
-            raise ValueError("Argument `validation_data` is empty: it yields no examples.")
-        if preprocessor is not None:
-            xv = inputs_lib.normalize_inputs(
-                _preprocess(xv, preprocessor, len(yv)), signature, "validation_data"
-            )
-        inputs_lib.check_inputs(xv, signature, "validation_data")
-        infer_spec(
-            yv,
-            num_classes=spec.num_classes,
-            label_mode=spec.label_mode,
-            task=spec.task,
-            head_units=head_units,
-            head_activation=head_activation,
-            argument="validation_data",
-        )
-    _check_gaps(spec, num_classes, check_classes)
+    inputs_lib.check_inputs(xv, signature, "validation_data")
+    infer_spec(
+        yv,
+        num_classes=spec.num_classes,
+        label_mode=spec.label_mode,
+        task=spec.task,
+        argument="validation_data",
+        **head,
+    )
+    return xv, yv
+
+
+def _encode_labels(
+    y: np.ndarray,
+    yv: np.ndarray | None,
+    spec: DataSpec,
+    *,
+    one_hot: bool,
+    standardize_targets: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels as asked: one-hot rows, and the target scale recorded in ``spec`` (updated)."""
     if one_hot and spec.label_mode == "sparse":
-        y = np.eye(spec.num_classes, dtype="float32")[np.asarray(y).reshape(-1).astype(int)]
-        yv = (
-            None
-            if yv is None
-            else np.eye(spec.num_classes, dtype="float32")[np.asarray(yv).reshape(-1).astype(int)]
-        )
+        rows = np.eye(spec.num_classes, dtype="float32")
+        y = rows[np.asarray(y).reshape(-1).astype(int)]
+        yv = None if yv is None else rows[np.asarray(yv).reshape(-1).astype(int)]
         spec.label_mode = "one_hot"
     if standardize_targets and spec.task == "regression":
         flat = np.asarray(y, dtype="float64").reshape(len(y), -1)
         spec.target_mean = flat.mean(axis=0).tolist()
         spec.target_std = np.where(flat.std(axis=0) > 0, flat.std(axis=0), 1.0).tolist()
-    x = keras.tree.map_structure(lambda a: a.astype("float32") if a.dtype == np.float64 else a, x)
-    if batching is not None:
-        batch_size = batching(len(y))
-        check_batching(batch_size, 0.0)
-    augmentation = _augmentation(augment, signature, x, seed, spec)
-    train = make_pipeline(
+    return y, yv
+
+
+def _as_float32(x: Any) -> Any:
+    return keras.tree.map_structure(
+        lambda a: a.astype("float32") if a.dtype == np.float64 else a, x
+    )
+
+
+def _in_memory_data(
+    train: tuple[Any, np.ndarray],
+    validation: tuple[Any, np.ndarray] | None,
+    spec: DataSpec,
+    signature: InputSignature | None,
+    augmentation: Any,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+) -> PreparedData:
+    """The pipelines over in-memory ``(x, y)`` training and validation examples."""
+    x, y = train
+    y = cast_labels(y, spec)
+    pipeline = make_pipeline(
         x,
-        cast_labels(y, spec),
+        y,
         batch_size,
         seed,
         shuffle=shuffle,
         transform=augmentation.inputs if augmentation is not None else None,
     )
-    val = (
-        None
-        if xv is None
-        else make_pipeline(xv, cast_labels(yv, spec), batch_size, seed, shuffle=False)
-    )
+    val = validation_arrays = None
+    if validation is not None:
+        xv, yv = validation[0], cast_labels(validation[1], spec)
+        # The pipeline takes the inputs as given; the arrays (for a refit) as training's.
+        val = make_pipeline(xv, yv, batch_size, seed, shuffle=False)
+        validation_arrays = (_as_float32(xv), yv)
     return PreparedData(
-        train=train,
+        train=pipeline,
         validation=val,
         spec=spec,
         n_train=len(y),
-        n_validation=0 if yv is None else len(yv),
+        n_validation=0 if validation is None else len(validation[1]),
         batch_size=batch_size,
         in_memory=True,
-        arrays=(x, cast_labels(y, spec)),
+        arrays=(x, y),
         signature=signature,
         augmentation=augmentation,
         seed=seed,
-        validation_arrays=None
-        if xv is None
-        else (
-            keras.tree.map_structure(
-                lambda a: a.astype("float32") if a.dtype == np.float64 else a, xv
-            ),
-            cast_labels(yv, spec),
-        ),
+        validation_arrays=validation_arrays,
     )
 
 
@@ -581,8 +641,9 @@ def _check_gaps(spec: DataSpec, num_classes: int | None, check_classes: bool) ->
     empty = [c for c, k in spec.class_counts.items() if k == 0]
     if empty and num_classes is None and check_classes and spec.task == "classification":
         raise ValueError(
-            f"Argument `data`: classes {empty} have no examples (labels run 0..{spec.num_classes - 1}). "
-            "HINT: relabel classes to 0..n-1, or pass num_classes= if the gap is intended."
+            f"Argument `data`: classes {empty} have no examples (labels run "
+            f"0..{spec.num_classes - 1}). HINT: relabel classes to 0..n-1, or pass num_classes= "
+            "if the gap is intended."
         )
 
 
