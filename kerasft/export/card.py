@@ -540,27 +540,39 @@ def _evaluation_section(report, source, metrics) -> list[str]:
         "",
     ]
     if report["task"] == "regression":
-        names = report["class_names"]
-        lines += _table(
-            ["output", "MSE", "RMSE", "MAE", "R2"],
-            [
-                (
-                    _text(n),
-                    report["mse"][i],
-                    report["rmse"][i],
-                    report["mae"][i],
-                    _f4(report["r2"][i]),
-                )
-                for i, n in enumerate(names)
-            ],
-        )
-        return lines
+        return lines + _regression_table(report)
+    return lines + _figures_table(report) + _per_class_table(report) + _confusion_table(report)
+
+
+def _regression_table(report: dict[str, Any]) -> list[str]:
+    """Per output: MSE, RMSE, MAE and R2."""
+    return _table(
+        ["output", "MSE", "RMSE", "MAE", "R2"],
+        [
+            (
+                _text(n),
+                report["mse"][i],
+                report["rmse"][i],
+                report["mae"][i],
+                _f4(report["r2"][i]),
+            )
+            for i, n in enumerate(report["class_names"])
+        ],
+    )
+
+
+def _figures_table(report: dict[str, Any]) -> list[str]:
+    """The classifier's overall figures: loss, accuracy, top-k accuracy, ROC-AUC."""
     figures = [("loss", _f4(report["loss"])), ("accuracy", _f4(report["accuracy"]))]
     if report.get("top_k") is not None:
         figures.append((f"top-{report['top_k']} accuracy", _f4(report["top_k_accuracy"])))
     if report.get("roc_auc") is not None:
         figures.append(("ROC-AUC", _f4(report["roc_auc"])))
-    lines += _table(["figure", "value"], figures)
+    return _table(["figure", "value"], figures)
+
+
+def _per_class_table(report: dict[str, Any]) -> list[str]:
+    """Precision, recall, f1 and support per class, then their averages."""
     rows = [
         (
             _text(n),
@@ -584,15 +596,19 @@ def _evaluation_section(report, source, metrics) -> list[str]:
                     total,
                 )
             )
-    lines += _table(["class", "precision", "recall", "f1", "support"], rows)
+    return _table(["class", "precision", "recall", "f1", "support"], rows)
+
+
+def _confusion_table(report: dict[str, Any]) -> list[str]:
+    """The confusion matrix, when it has few enough classes to read."""
     matrix = report.get("confusion_matrix")
-    if matrix and len(matrix) <= _MAX_MATRIX_CLASSES:
-        names = [_text(n) for n in report["class_names"]]
-        lines += ["Confusion matrix (rows: true class, columns: predicted):", ""]
-        lines += _table(
-            [_Md("true \\ predicted")] + names, [[n] + row for n, row in zip(names, matrix)]
-        )
-    return lines
+    if not matrix or len(matrix) > _MAX_MATRIX_CLASSES:
+        return []
+    names = [_text(n) for n in report["class_names"]]
+    lines = ["Confusion matrix (rows: true class, columns: predicted):", ""]
+    return lines + _table(
+        [_Md("true \\ predicted")] + names, [[n] + row for n, row in zip(names, matrix)]
+    )
 
 
 def _exports_section(exports: list[dict[str, Any]]) -> list[str]:

@@ -115,9 +115,10 @@ def check_saved_model_graph(path: str | os.PathLike, *, safe_mode: bool = True) 
             f"{op} (in {', '.join(sorted(where)[:3])})" for op, where in sorted(found.items())
         )
         raise ValueError(
-            f"Argument `model`: the SavedModel at {path!r} holds ops that reach outside the model: "
-            f"{listing}. Its graph would run them when loaded or called, and safe_mode=True refuses "
-            "that. If you trust the file, pass safe_mode=False (CLI: --unsafe)."
+            f"Argument `model`: the SavedModel at {path!r} holds ops that reach outside the "
+            f"model: {listing}. Its graph would run them when loaded or called, and "
+            "safe_mode=True refuses that. If you trust the file, pass safe_mode=False "
+            "(CLI: --unsafe)."
         )
     warnings.warn(
         f"Loading the SavedModel at {path!r} runs its TensorFlow graph as saved. Keras's safe_mode "

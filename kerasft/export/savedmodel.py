@@ -196,20 +196,11 @@ def export_model(
         FileExistsError: if `path` exists and `overwrite` is `False`.
     """
     _check_options(format, quantize, io_dtype, representative_data)
-    path = os.path.abspath(os.fspath(path))
-    if format == "tflite" and not path.endswith(".tflite"):
-        raise ValueError(
-            f"Argument `path` must end with '.tflite' for format='tflite'. Received: path={path!r}"
-        )
-    if format == "saved_model" and path.endswith((".tflite", ".keras", ".h5")):
-        raise ValueError(
-            "Argument `path` names a directory for format='saved_model', but ends with "
-            f"{os.path.splitext(path)[1]!r}. Received: path={path!r}. HINT: use a plain "
-            "directory name, or format='tflite' for a .tflite file."
-        )
+    path = _check_path(path, format)
     if not isinstance(model, keras.Model):
         raise TypeError(
-            f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}"
+            "Argument `model` must be a keras.Model. "
+            f"Received: model of type {type(model).__name__}"
         )
     specs = input_specs(model)
     kind, head = output_kind(model)
@@ -219,54 +210,13 @@ def export_model(
         representative_data, "representative_data", specs, limit=tflite.MAX_REPRESENTATIVE
     )
     verify = _model_inputs(verify_data, "verify_data", specs)
-    if io_dtype != "float32" and not all(s.dtype.is_floating for s in specs):
-        raise ValueError(
-            f"Argument `io_dtype={io_dtype!r}` quantizes a float input, but model "
-            f"{model.name!r} takes {[s.dtype.name for s in specs]}. Use io_dtype='float32'."
-        )
-    if evaluation_data is not None and not isinstance(evaluation_data, str):
-        raise TypeError(
-            "Argument `evaluation_data` must be a few words on what `evaluation` ran on. "
-            f"Received: evaluation_data of type {type(evaluation_data).__name__}"
-        )
+    _check_io_dtype(io_dtype, model, specs)
+    _check_evaluation_data(evaluation_data)
     # Fail before any work when the destination is unusable (the atomic writers check
     # again, but only after the slow tracing and conversion).
     check_destination(path, format=format, overwrite=overwrite)
-
-    metadata = {
-        "format": format,
-        "kerasft_version": _version("kerasft"),
-        "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
-        "model_name": model.name,
-        "output_kind": kind,
-        "num_classes": num_classes,
-        "class_names": names,
-        "outputs": ["probabilities", "class_id"] + (["class_name"] if names else []),
-    }
-    metadata["inputs"] = [
-        {"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in specs
-    ]
-    if len(specs) == 1:
-        metadata["input"] = metadata["inputs"][0]
-    if evaluation is not None:
-        # A report computed elsewhere (the user's test set, say): the card must not
-        # describe it as the export's own verification data.
-        evaluation_data = (
-            evaluation_data or "the data of the `evaluation` report given to the export"
-        )
-    elif verify is not None and verify[1] is not None:
-        from kerasft.evaluation import evaluate_model
-
-        evaluation = evaluate_model(model, verify[0], verify[1], batch_size=256, class_names=names)
-        evaluation_data = verify[2]
-    card_facts = dict(
-        model=model,
-        result=result,
-        class_names=names,
-        evaluation=evaluation,
-        evaluation_data=evaluation_data,
-    )
+    metadata = _base_metadata(model, format, kind, num_classes, names, specs)
+    card_facts = _card_facts(model, result, names, evaluation, evaluation_data, verify)
     sample = _serving_sample(specs, verify, representative)
     if format == "saved_model":
         return _export_saved_model(
@@ -392,6 +342,95 @@ def _check_options(format: Any, quantize: Any, io_dtype: Any, representative_dat
         )
 
 
+def _check_path(path: str | os.PathLike, format: str) -> str:
+    """`path` made absolute, checked to name what `format` writes (a file or a directory)."""
+    path = os.path.abspath(os.fspath(path))
+    if format == "tflite" and not path.endswith(".tflite"):
+        raise ValueError(
+            f"Argument `path` must end with '.tflite' for format='tflite'. Received: path={path!r}"
+        )
+    if format == "saved_model" and path.endswith((".tflite", ".keras", ".h5")):
+        raise ValueError(
+            "Argument `path` names a directory for format='saved_model', but ends with "
+            f"{os.path.splitext(path)[1]!r}. Received: path={path!r}. HINT: use a plain "
+            "directory name, or format='tflite' for a .tflite file."
+        )
+    return path
+
+
+def _check_io_dtype(io_dtype: str, model: keras.Model, specs: list[tf.TensorSpec]) -> None:
+    if io_dtype != "float32" and not all(s.dtype.is_floating for s in specs):
+        raise ValueError(
+            f"Argument `io_dtype={io_dtype!r}` quantizes a float input, but model "
+            f"{model.name!r} takes {[s.dtype.name for s in specs]}. Use io_dtype='float32'."
+        )
+
+
+def _check_evaluation_data(evaluation_data: Any) -> None:
+    if evaluation_data is not None and not isinstance(evaluation_data, str):
+        raise TypeError(
+            "Argument `evaluation_data` must be a few words on what `evaluation` ran on. "
+            f"Received: evaluation_data of type {type(evaluation_data).__name__}"
+        )
+
+
+def _base_metadata(
+    model: keras.Model,
+    format: str,
+    kind: str,
+    num_classes: int,
+    names: list[str] | None,
+    specs: list[tf.TensorSpec],
+) -> dict[str, Any]:
+    """The `kerasft.json` facts every export records, before the format's own."""
+    metadata = {
+        "format": format,
+        "kerasft_version": _version("kerasft"),
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "model_name": model.name,
+        "output_kind": kind,
+        "num_classes": num_classes,
+        "class_names": names,
+        "outputs": ["probabilities", "class_id"] + (["class_name"] if names else []),
+    }
+    metadata["inputs"] = [
+        {"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in specs
+    ]
+    if len(specs) == 1:
+        metadata["input"] = metadata["inputs"][0]
+    return metadata
+
+
+def _card_facts(
+    model: keras.Model,
+    result: Any,
+    names: list[str] | None,
+    evaluation: Any,
+    evaluation_data: str | None,
+    verify: Any,
+) -> dict[str, Any]:
+    """What the model card is written from; without `evaluation`, one on labelled `verify`."""
+    if evaluation is not None:
+        # A report computed elsewhere (the user's test set, say): the card must not
+        # describe it as the export's own verification data.
+        evaluation_data = (
+            evaluation_data or "the data of the `evaluation` report given to the export"
+        )
+    elif verify is not None and verify[1] is not None:
+        from kerasft.evaluation import evaluate_model
+
+        evaluation = evaluate_model(model, verify[0], verify[1], batch_size=256, class_names=names)
+        evaluation_data = verify[2]
+    return dict(
+        model=model,
+        result=result,
+        class_names=names,
+        evaluation=evaluation,
+        evaluation_data=evaluation_data,
+    )
+
+
 def _model_inputs(
     data: Any, argument: str, specs: list[tf.TensorSpec], *, limit: int | None = None
 ):
@@ -490,9 +529,9 @@ def _check_served(
     }
     if not difference <= tolerance:  # NaN fails too
         raise ValueError(
-            f"The {what} serves different predictions from model {model.name!r}: on {len(expected)} "
-            f"inputs ({about}) its probabilities differ from the Keras model's by up to "
-            f"{difference:.3g} (tolerance {tolerance:g}) and its top-1 class agrees on "
+            f"The {what} serves different predictions from model {model.name!r}: on "
+            f"{len(expected)} inputs ({about}) its probabilities differ from the Keras model's "
+            f"by up to {difference:.3g} (tolerance {tolerance:g}) and its top-1 class agrees on "
             f"{agreement:.1%}. The export was not written. HINT: this is a kerasft bug or a "
             "layer whose serving graph differs from its Keras call; please report it with "
             "the model's summary."

@@ -158,8 +158,9 @@ def read_inputs(
         return x, y
     if isinstance(data, dict):
         raise TypeError(
-            f"Argument `{argument}` must be an array, a pair (x, y) of arrays or a tf.data.Dataset; "
-            f"a TFLite export takes one input tensor. Received: a dict with keys {sorted(data)}"
+            f"Argument `{argument}` must be an array, a pair (x, y) of arrays or a "
+            "tf.data.Dataset; a TFLite export takes one input tensor. "
+            f"Received: a dict with keys {sorted(data)}"
         )
     if isinstance(data, tuple) and 1 <= len(data) <= 2:
         x = _array(data[0], argument)
@@ -172,7 +173,8 @@ def read_inputs(
         )
     if y is not None and len(y) != len(x):
         raise ValueError(
-            f"Argument `{argument}`: {len(x)} inputs but {len(y)} labels; they must be equally long."
+            f"Argument `{argument}`: {len(x)} inputs but {len(y)} labels; "
+            "they must be equally long."
         )
     if limit is not None and len(x) > limit:
         keep = spread_indices(len(x), limit)
@@ -272,33 +274,7 @@ def verify_tflite(
     Returns:
         A `TFLiteCheck`.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(path, bytes):
-        interpreter, size = Interpreter(model_content=path), len(path)
-    else:
-        interpreter, size = Interpreter(model_path=os.fspath(path)), os.path.getsize(path)
-    runner = interpreter.get_signature_runner(_SIGNATURE)
-    details = runner.get_input_details()
-    names = input_names(model) if len(details) > 1 else list(details)
-    if sorted(names) != sorted(details):
-        raise ValueError(
-            f"The TFLite file takes inputs {sorted(details)}, but model {model.name!r} has {names}: "
-            "it was not exported from this model."
-        )
-    input_detail = details[names[0]]
-    output_detail = runner.get_output_details()["probabilities"]
-    quantize = _quantization_of(interpreter, runner)
-    record = dict(
-        size_bytes=size,
-        quantize=quantize,
-        input_dtype=np.dtype(input_detail["dtype"]).name,
-        output_dtype=np.dtype(output_detail["dtype"]).name,
-        input_quantization=_scale_zero(input_detail),
-        output_quantization=_scale_zero(output_detail),
-        data=data,
-        runtime=f"ai-edge-litert {_version('ai-edge-litert')}",
-    )
+    runner, details, names, record = _open_serve_signature(path, model, data)
     start = time.perf_counter()
     if x is None:
         runner(
@@ -316,9 +292,70 @@ def verify_tflite(
             seconds=round(time.perf_counter() - start, 3),
             **record,
         )
+    served = _run_batches(runner, details, names, x, batch_size)
+    seconds = time.perf_counter() - start
+    expected = (
+        served_probabilities(model, x, batch_size=batch_size)
+        if keras_probabilities is None
+        else np.asarray(keras_probabilities)
+    )
+    ours, theirs = served.argmax(-1), expected.argmax(-1)
+    labels = None if y is None else class_ids(y)
+    return TFLiteCheck(
+        examples=len(served),
+        agreement=float(np.mean(ours == theirs)),
+        accuracy=None if labels is None else float(np.mean(ours == labels)),
+        keras_accuracy=None if labels is None else float(np.mean(theirs == labels)),
+        max_abs_difference=float(np.abs(served - expected).max()),
+        seconds=round(seconds, 3),
+        **record,
+    )
+
+
+def _open_serve_signature(
+    path: str | os.PathLike | bytes, model: Any, data: str | None
+) -> tuple[Any, dict[str, dict], list[str], dict[str, Any]]:
+    """The `serve` signature of a TFLite file: `(runner, input details, input names, record)`.
+
+    The input names are in the order of the model's inputs; the record holds what
+    `TFLiteCheck` says of the file itself (size, quantization, dtypes, runtime).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(path, bytes):
+        interpreter, size = Interpreter(model_content=path), len(path)
+    else:
+        interpreter, size = Interpreter(model_path=os.fspath(path)), os.path.getsize(path)
+    runner = interpreter.get_signature_runner(_SIGNATURE)
+    details = runner.get_input_details()
+    names = input_names(model) if len(details) > 1 else list(details)
+    if sorted(names) != sorted(details):
+        raise ValueError(
+            f"The TFLite file takes inputs {sorted(details)}, but model {model.name!r} has "
+            f"{names}: it was not exported from this model."
+        )
+    input_detail = details[names[0]]
+    output_detail = runner.get_output_details()["probabilities"]
+    record = dict(
+        size_bytes=size,
+        quantize=_quantization_of(interpreter, runner),
+        input_dtype=np.dtype(input_detail["dtype"]).name,
+        output_dtype=np.dtype(output_detail["dtype"]).name,
+        input_quantization=_scale_zero(input_detail),
+        output_quantization=_scale_zero(output_detail),
+        data=data,
+        runtime=f"ai-edge-litert {_version('ai-edge-litert')}",
+    )
+    return runner, details, names, record
+
+
+def _run_batches(
+    runner: Any, details: dict[str, dict], names: list[str], x: Any, batch_size: int
+) -> np.ndarray:
+    """The dequantized `probabilities` the signature serves for `x`, `batch_size` at a time."""
+    output_detail = runner.get_output_details()["probabilities"]
     arrays = [np.asarray(x)] if len(names) == 1 else [np.asarray(a) for a in x]
-    n = len(arrays[0])
-    served = np.concatenate(
+    return np.concatenate(
         [
             _dequantize(
                 runner(
@@ -329,25 +366,8 @@ def verify_tflite(
                 )["probabilities"],
                 output_detail,
             )
-            for i in range(0, n, batch_size)
+            for i in range(0, len(arrays[0]), batch_size)
         ]
-    )
-    seconds = time.perf_counter() - start
-    expected = (
-        served_probabilities(model, x, batch_size=batch_size)
-        if keras_probabilities is None
-        else np.asarray(keras_probabilities)
-    )
-    ours, theirs = served.argmax(-1), expected.argmax(-1)
-    labels = None if y is None else class_ids(y)
-    return TFLiteCheck(
-        examples=n,
-        agreement=float(np.mean(ours == theirs)),
-        accuracy=None if labels is None else float(np.mean(ours == labels)),
-        keras_accuracy=None if labels is None else float(np.mean(theirs == labels)),
-        max_abs_difference=float(np.abs(served - expected).max()),
-        seconds=round(seconds, 3),
-        **record,
     )
 
 
