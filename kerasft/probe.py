@@ -85,7 +85,7 @@ class LinearHead:
 
 
 class ProbeUnavailable(ValueError):
-    """The probe cannot read this model's features; the caller trains the head by gradient instead."""
+    """The probe cannot read this model's features: the caller trains the head by gradient."""
 
 
 @dataclass
@@ -119,22 +119,22 @@ class ProbeChoice:
 
     @property
     def no_signal(self) -> bool:
-        """Whether the chosen head's held-out loss is no better than guessing from label frequencies."""
+        """Whether the chosen head's held-out loss is no better than guessing label frequencies."""
         return self.chance is not None and self.chance > 0 and self.head.score >= 0.97 * self.chance
 
     def describe(self) -> str:
         timing = f"features {self.feature_seconds:.1f} s, fit {self.fit_seconds:.1f} s"
         if self.head.selection == "given":
             return (
-                f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} as chosen "
-                f"before, fitted again on these examples; {timing}"
+                f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} as "
+                f"chosen before, fitted again on these examples; {timing}"
             )
         tried = ", ".join(f"{k} {v:.4g}" for k, v in self.candidates.items())
         if self.accuracies:
             tried += "; accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in self.accuracies.items())
         return (
-            f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} chosen by "
-            f"{self.head.selection} (held-out loss: {tried}); {timing}"
+            f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} chosen "
+            f"by {self.head.selection} (held-out loss: {tried}); {timing}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,7 +273,7 @@ class _Problem:
         return None if self.kind == "ridge" else _sample_weights(y, self.class_weight)
 
     def example_losses(self, fitted: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Each example's loss (squared error for ridge, averaged over outputs; log-loss otherwise)."""
+        """Each example's loss: squared error for ridge (averaged over outputs), else log-loss."""
         if self.kind == "ridge":
             squared = (fitted.predict(x).reshape(y.shape) - y) ** 2
             return squared.reshape(len(y), -1).mean(axis=1)
@@ -337,7 +337,8 @@ def _select(
                 (problem.predict(fitted, xb) != yb) if problem.single_label else losses
             )
         scores[strength] = total / sum(len(s[3]) for s in splits)
-        # The held-out loss is unimodal in the strength in practice: stop two steps past the minimum.
+        # The held-out loss is unimodal in the strength in practice: stop two steps past
+        # the minimum.
         worse = worse + 1 if scores[strength] > min(scores.values()) else 0
         if worse == 2:
             break
@@ -346,6 +347,8 @@ def _select(
     return best, scores[best], selection, scores, accuracy, errors[best]
 
 
+# BLAS threads fighting TensorFlow's made these small fits 10x slower.
+@threadpool_limits.wrap(limits=1)
 def fit_linear_head(
     features: np.ndarray,
     y: np.ndarray,
@@ -402,44 +405,48 @@ def fit_linear_head(
         ValueError: features and targets of different lengths, non-finite features, or
             ``strengths`` of the wrong length.
     """
-    with threadpool_limits(
-        1
-    ):  # BLAS threads fighting TensorFlow's made these small fits 10x slower
-        return _fit_linear_head(
-            features,
-            y,
-            label_mode,
-            num_classes,
-            validation,
-            class_weight,
-            folds,
-            refit_on_all,
-            seed,
-            strengths,
-        )
+    x, t, xv, tv = _probe_arrays(features, y, validation, label_mode)
+    problems, columns = _problems(label_mode, t, num_classes, class_weight, seed)
+    mean, std = _standardise(x)
+    z, zv = (x - mean) / std, None if xv is None else (xv - mean) / std
+    choices = _strength_choices(problems, columns, z, t, zv, tv, folds, seed, strengths)
+    refit = refit_on_all and xv is not None
+    if refit:
+        x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
+        mean, std = _standardise(x)
+        z = (x - mean) / std
+    kernel, bias = _solve(problems, columns, choices, z, t, label_mode)
+    # Fold the standardisation in: w' = w / std, b' = b - mean @ w'.
+    kernel = kernel / std[:, None]
+    bias = bias - mean @ kernel
+    return _linear_head(kernel, bias, choices, refit, given=strengths is not None)
 
 
-def _fit_linear_head(
-    features,
-    y,
-    label_mode,
-    num_classes,
-    validation,
-    class_weight,
-    folds,
-    refit_on_all,
-    seed,
-    strengths=None,
-) -> LinearHead:
+def _probe_arrays(
+    features: Any, y: Any, validation: Any, label_mode: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(x, targets, x_val, targets_val)`` as the solver takes them, checked."""
     x = _as_matrix(features, "features")
     t = probe_targets(y, label_mode)
     if len(x) != len(t):
         raise ValueError(
-            f"Arguments `features` and `y` must have the same length. Received: {len(x)} and {len(t)}."
+            "Arguments `features` and `y` must have the same length. "
+            f"Received: {len(x)} and {len(t)}."
         )
     xv = tv = None
     if validation is not None:
         xv, tv = _as_matrix(validation[0], "validation"), probe_targets(validation[1], label_mode)
+    return x, t, xv, tv
+
+
+def _problems(
+    label_mode: str,
+    t: np.ndarray,
+    num_classes: int,
+    class_weight: dict[int, float] | None,
+    seed: int,
+) -> tuple[list[_Problem], Any]:
+    """The problems to solve and the target column of each (``None``: all of them)."""
     kind = "ridge" if label_mode == "continuous" else "multinomial"
     units = (
         t.shape[1]
@@ -461,32 +468,51 @@ def _fit_linear_head(
         ]
     else:
         problems = [_Problem(kind, units, class_weight, seed, single_label=kind == "multinomial")]
-    mean, std = _standardise(x)
-    z, zv = (x - mean) / std, None if xv is None else (xv - mean) / std
+    return problems, columns
+
+
+def _strength_choices(
+    problems: list[_Problem],
+    columns: Any,
+    z: np.ndarray,
+    t: np.ndarray,
+    zv: np.ndarray | None,
+    tv: np.ndarray | None,
+    folds: int,
+    seed: int,
+    strengths: tuple[float, ...] | None,
+) -> list[tuple]:
+    """Each problem's strength, as :func:`_select` returns it: the one given, or chosen."""
     if strengths is not None:
         if len(strengths) != len(problems):
             raise ValueError(
-                f"Argument `strengths` must hold {len(problems)} value(s), one per problem solved. "
-                f"Received: strengths={tuple(strengths)!r}"
+                f"Argument `strengths` must hold {len(problems)} value(s), one per problem "
+                f"solved. Received: strengths={tuple(strengths)!r}"
             )
-        choices = [(float(c), float("nan"), "given", {}, None, None) for c in strengths]
-    else:
-        choices = [
-            _select(
-                problem,
-                z,
-                t if j is None else t[:, j],
-                zv,
-                None if tv is None else (tv if j is None else tv[:, j]),
-                folds,
-                seed,
-            )
-            for problem, j in zip(problems, columns)
-        ]
-    if refit_on_all and xv is not None:
-        x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
-        mean, std = _standardise(x)
-        z = (x - mean) / std
+        return [(float(c), float("nan"), "given", {}, None, None) for c in strengths]
+    return [
+        _select(
+            problem,
+            z,
+            t if j is None else t[:, j],
+            zv,
+            None if tv is None else (tv if j is None else tv[:, j]),
+            folds,
+            seed,
+        )
+        for problem, j in zip(problems, columns)
+    ]
+
+
+def _solve(
+    problems: list[_Problem],
+    columns: Any,
+    choices: list[tuple],
+    z: np.ndarray,
+    t: np.ndarray,
+    label_mode: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(kernel, bias)`` on standardised features: each problem fitted at its strength."""
     parts = [
         problem.coefficients(
             problem.fit(z, t if j is None else t[:, j], choice[0], tol=1e-8), z.shape[1]
@@ -496,27 +522,25 @@ def _fit_linear_head(
     if label_mode in ("binary", "multi_hot"):  # one sigmoid unit per label: logit of 1 against 0
         kernel = np.stack([k[:, 1] - k[:, 0] for k, _ in parts], axis=1)
         bias = np.asarray([b[1] - b[0] for _, b in parts])
-    else:
-        kernel, bias = parts[0]
-    # Fold the standardisation in: w' = w / std, b' = b - mean @ w'.
-    kernel = kernel / std[:, None]
-    bias = bias - mean @ kernel
-    strength = float(np.median([c[0] for c in choices]))
-    score = float(np.mean([c[1] for c in choices]))
-    selection = choices[0][2] + (
-        ", then refit on training and validation data" if refit_on_all and xv is not None else ""
-    )
-    errors = None if strengths is not None else np.mean([c[5] for c in choices], axis=0)
+        return kernel, bias
+    return parts[0]
+
+
+def _linear_head(
+    kernel: np.ndarray, bias: np.ndarray, choices: list[tuple], refit: bool, *, given: bool
+) -> LinearHead:
+    """The :class:`LinearHead` of a fitted kernel and bias, with how the strengths were chosen."""
+    selection = choices[0][2] + (", then refit on training and validation data" if refit else "")
     return LinearHead(
         kernel,
         bias,
-        strength,
-        score,
+        float(np.median([c[0] for c in choices])),
+        float(np.mean([c[1] for c in choices])),
         selection,
         choices[0][3] if len(choices) == 1 else {},
         choices[0][4] if len(choices) == 1 else None,
         tuple(c[0] for c in choices),
-        errors,
+        None if given else np.mean([c[5] for c in choices], axis=0),
     )
 
 
@@ -525,7 +549,8 @@ def _as_matrix(values: Any, argument: str) -> np.ndarray:
     x = x.reshape(len(x), -1)
     if not np.all(np.isfinite(x)):
         raise ValueError(
-            f"Argument `{argument}` holds NaN or infinite values: the frozen body's output is broken."
+            f"Argument `{argument}` holds NaN or infinite values: the frozen body's output is "
+            "broken."
         )
     return x
 
@@ -575,7 +600,7 @@ def set_head_weights(head: keras.layers.Layer, linear: LinearHead) -> None:
 
 
 def _training_examples(data: Any) -> tuple[Any, np.ndarray]:
-    """``(x, y)`` of the training split: the arrays when in memory, else one pass of the pipeline."""
+    """``(x, y)`` of the training split: the arrays in memory, else one pass of the pipeline."""
     if data.arrays is not None:
         return data.arrays
     xs, ys = [], []
