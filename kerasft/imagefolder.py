@@ -250,6 +250,46 @@ def image_folder_to_tfds(
     """
     size = _check_image_size(image_size)
     _check_color_mode(color_mode)
+    _check_dataset_id(name, version)
+    _require_importlib_resources()
+    import tensorflow_datasets as tfds
+
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root):
+        what = "does not exist" if not os.path.exists(root) else "is not a directory"
+        raise ValueError(f"Argument `root`: {root!r} {what}.")
+    examples, class_names = _split_examples(root)
+    all_files = [f for items in examples.values() for f, _ in items]
+    mode = _resolve_color_mode(all_files, color_mode)
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(*(size or (None, None)), 1 if mode == "L" else 3)),
+            "label": tfds.features.ClassLabel(names=class_names),
+            "image/filename": tfds.features.Text(),
+        }
+    )
+    final = os.path.join(os.path.abspath(os.fspath(data_dir)), name, version)
+    with atomic_directory(
+        final,
+        overwrite=overwrite,
+        what="prepared TFDS dataset (with dataset_info.json)",
+        replaceable=lambda p: os.path.isfile(os.path.join(p, "dataset_info.json")),
+    ) as tmp:
+        _prepare_into(
+            tmp,
+            final,
+            name=name,
+            version=version,
+            features=features,
+            split_datasets={
+                split: _tfds_examples(items, root, mode, size) for split, items in examples.items()
+            },
+            description=f"Images from the folder {root} (kerasft.image_folder_to_tfds).",
+        )
+    return tfds.builder_from_directory(final)
+
+
+def _check_dataset_id(name: str, version: str) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(
             "Argument `name` must be a snake_case dataset name (lowercase letters, digits, "
@@ -259,6 +299,9 @@ def image_folder_to_tfds(
         raise ValueError(
             f"Argument `version` must look like '1.0.0'. Received: version={version!r}"
         )
+
+
+def _require_importlib_resources() -> None:
     try:
         import importlib_resources  # noqa: F401  (TFDS imports it lazily, deep inside)
     except ModuleNotFoundError as e:
@@ -266,12 +309,13 @@ def image_folder_to_tfds(
             "image_folder_to_tfds needs `importlib_resources`, which tensorflow-datasets "
             "uses without declaring it. HINT: pip install importlib_resources"
         ) from e
-    import tensorflow_datasets as tfds
 
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
-        what = "does not exist" if not os.path.exists(root) else "is not a directory"
-        raise ValueError(f"Argument `root`: {root!r} {what}.")
+
+def _split_examples(root: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
+    """`({split: [(image file, class id), ...]}, class names)` of a split folder.
+
+    The class names are those of all splits, sorted, so that ids agree across splits.
+    """
     splits = _split_folders(root)
     scanned = {split: _scan_class_folder(os.path.join(root, split)) for split in splits}
     class_names = sorted({c for names, _ in scanned.values() for c in names})
@@ -280,54 +324,36 @@ def image_folder_to_tfds(
         examples[split] = [
             (f, class_names.index(c)) for c, files in zip(names, per_class) for f in files
         ]
-    all_files = [f for items in examples.values() for f, _ in items]
-    mode = _resolve_color_mode(all_files, color_mode)
-    channels = 1 if mode == "L" else 3
+    return examples, class_names
 
-    def generate(items: list[tuple[str, int]]) -> Iterator[tuple[int, dict]]:
-        for key, (file, label) in enumerate(items):
-            image = _read_image(file, mode, size).astype("uint8")
-            yield (
-                key,
-                {
-                    "image": image,
-                    "label": label,
-                    "image/filename": os.path.relpath(file, root),
-                },
-            )
 
-    features = tfds.features.FeaturesDict(
-        {
-            "image": tfds.features.Image(shape=(*(size or (None, None)), channels)),
-            "label": tfds.features.ClassLabel(names=class_names),
-            "image/filename": tfds.features.Text(),
-        }
-    )
-    data_dir = os.path.abspath(os.fspath(data_dir))
-    final = os.path.join(data_dir, name, version)
-    with atomic_directory(
-        final,
-        overwrite=overwrite,
-        what="prepared TFDS dataset (with dataset_info.json)",
-        replaceable=lambda p: os.path.isfile(os.path.join(p, "dataset_info.json")),
-    ) as tmp:
-        staging = make_partial_directory(final)  # same filesystem: its result is renamed into place
-        try:
-            builder = _supervised_builder(
-                name=name,
-                version=version,
-                features=features,
-                split_datasets={split: generate(items) for split, items in examples.items()},
-                data_dir=staging,
-                description=f"Images from the folder {root} (kerasft.image_folder_to_tfds).",
-            )
-            builder.download_and_prepare()
-            # Swap the prepared version directory into the (empty) atomic target.
-            os.rmdir(tmp)
-            os.replace(os.fspath(builder.data_dir), tmp)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return tfds.builder_from_directory(final)
+def _tfds_examples(
+    items: list[tuple[str, int]], root: str, mode: str, size: tuple[int, int] | None
+) -> Iterator[tuple[int, dict]]:
+    """`(key, features)` of each image, decoded as `load_image_folder` decodes it."""
+    for key, (file, label) in enumerate(items):
+        image = _read_image(file, mode, size).astype("uint8")
+        yield (
+            key,
+            {
+                "image": image,
+                "label": label,
+                "image/filename": os.path.relpath(file, root),
+            },
+        )
+
+
+def _prepare_into(tmp: str, final: str, **builder_kwargs) -> None:
+    """Prepare the dataset beside `final` and move its version directory to `tmp`."""
+    staging = make_partial_directory(final)  # same filesystem: its result is renamed into place
+    try:
+        builder = _supervised_builder(data_dir=staging, **builder_kwargs)
+        builder.download_and_prepare()
+        # Swap the prepared version directory into the (empty) atomic target.
+        os.rmdir(tmp)
+        os.replace(os.fspath(builder.data_dir), tmp)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _supervised_builder(**kwargs):
