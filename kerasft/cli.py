@@ -7,10 +7,11 @@ scratch on the same budget. Errors in the input are printed as one line, without
 traceback, and the exit status is 2; they name the command's options (``--overwrite``),
 not the Python keywords behind them.
 
-This module imports only the standard library at the top, and ``import kerasft`` in
-the ``kerasft`` console script defers the library (see ``kerasft/__init__.py``), so the
-command answers ``--help`` and ``--version`` and refuses a bad option without importing
-TensorFlow. ``python -m kerasft.cli`` imports the whole package, TensorFlow with it, first.
+This module imports only the standard library at the top (and ``kerasft._commandline``,
+which does the same), and ``import kerasft`` in the ``kerasft`` console script defers the
+library (see ``kerasft/__init__.py``), so the command answers ``--help`` and ``--version``
+and refuses a bad option without importing TensorFlow. ``python -m kerasft.cli`` imports
+the whole package, TensorFlow with it, first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from kerasft._commandline import flag_names, progress_verbosity
 
 __all__ = ["main", "run", "parse_args", "build_parser", "default_model_path", "progress_verbosity"]
 
@@ -87,7 +90,10 @@ def _learning_rate(text: str) -> str | float:
 
 
 def _version() -> str:
-    """``kerasft.__version__``, read from ``kerasft/__init__.py`` without running it (it imports TensorFlow)."""
+    """``kerasft.__version__``, read from ``kerasft/__init__.py`` without running it.
+
+    Running it would import TensorFlow.
+    """
     with open(
         os.path.join(os.path.dirname(os.path.abspath(__file__)), "__init__.py"), encoding="utf-8"
     ) as f:
@@ -109,16 +115,50 @@ def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="print kerasft's version and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    ft = sub.add_parser(
-        "finetune", help="fine-tune a model (no arguments: the bundled digits demo)"
+    _add_finetune_options(
+        sub.add_parser("finetune", help="fine-tune a model (no arguments: the bundled digits demo)")
     )
-    ft.add_argument(
+    _add_export_options(
+        sub.add_parser("export", help="export a .keras model as a SavedModel or TFLite file")
+    )
+    _add_lr_find_options(sub.add_parser("lr-find", help="sweep learning rates and suggest one"))
+    return parser, dict(sub.choices)
+
+
+def _add_model_argument(command: argparse.ArgumentParser) -> None:
+    """The optional MODEL of ``finetune`` and ``lr-find``: the shipped MNIST CNN by default."""
+    command.add_argument(
         "model",
         nargs="?",
         default=None,
         help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)",
     )
+
+
+def _add_json_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
+
+
+def _add_unsafe_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="allow Python code (Lambda layers) in the model file: trusted files only",
+    )
+
+
+def _add_finetune_options(ft: argparse.ArgumentParser) -> None:
+    """``kerasft finetune``'s arguments, in the order ``--help`` lists them."""
+    _add_finetune_inputs(ft)
+    _add_finetune_training(ft)
+    _add_finetune_outputs(ft)
+
+
+def _add_finetune_inputs(ft: argparse.ArgumentParser) -> None:
+    """What ``kerasft finetune`` fine-tunes on: MODEL, ``--task``, ``--data``, ``--shots``."""
+    _add_model_argument(ft)
     ft.add_argument(
         "--task",
         default="image",
@@ -144,6 +184,10 @@ def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default=None,
         help="digits only: labelled examples per class for training+validation (default 10)",
     )
+
+
+def _add_finetune_training(ft: argparse.ArgumentParser) -> None:
+    """How ``kerasft finetune`` trains: the recipe, its epochs and rates, batch and seed."""
     ft.add_argument(
         "--recipe",
         default=None,
@@ -189,6 +233,10 @@ def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default=0,
         help="seed of the data split, the shuffling and the new weights (default 0)",
     )
+
+
+def _add_finetune_outputs(ft: argparse.ArgumentParser) -> None:
+    """What ``kerasft finetune`` writes and prints, and what it may load."""
     ft.add_argument(
         "--export",
         default=None,
@@ -209,15 +257,13 @@ def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ft.add_argument(
         "--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files"
     )
-    ft.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    ft.add_argument(
-        "--unsafe",
-        action="store_true",
-        help="allow Python code (Lambda layers) in the model file: trusted files only",
-    )
+    _add_json_option(ft)
+    _add_unsafe_option(ft)
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    ex = sub.add_parser("export", help="export a .keras model as a SavedModel or TFLite file")
+
+def _add_export_options(ex: argparse.ArgumentParser) -> None:
+    """``kerasft export``'s arguments."""
     ex.add_argument("model", help="the model to export: a .keras/.h5 file or SavedModel directory")
     ex.add_argument(
         "path", help="where to export: a SavedModel directory, or a file ending in .tflite"
@@ -252,19 +298,12 @@ def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="replace an existing export at PATH (only an earlier kerasft export)",
     )
-    ex.add_argument(
-        "--unsafe",
-        action="store_true",
-        help="allow Python code (Lambda layers) in the model file: trusted files only",
-    )
+    _add_unsafe_option(ex)
 
-    lf = sub.add_parser("lr-find", help="sweep learning rates and suggest one")
-    lf.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        help="a .keras/.h5 file or SavedModel dir (default: the shipped MNIST CNN)",
-    )
+
+def _add_lr_find_options(lf: argparse.ArgumentParser) -> None:
+    """``kerasft lr-find``'s arguments."""
+    _add_model_argument(lf)
     lf.add_argument(
         "--data",
         default="digits",
@@ -283,17 +322,12 @@ def _subcommands() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         metavar="PNG",
         help="save the loss-against-rate curve, suggestions marked, to this PNG",
     )
-    lf.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    lf.add_argument(
-        "--unsafe",
-        action="store_true",
-        help="allow Python code (Lambda layers) in the model file: trusted files only",
-    )
-    return parser, dict(sub.choices)
+    _add_json_option(lf)
+    _add_unsafe_option(lf)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``kerasft`` command line (it knows no "Did you mean"; `parse_args` does)."""
+    """The parser of the ``kerasft`` command line (no "Did you mean": `parse_args` adds it)."""
     return _subcommands()[0]
 
 
@@ -315,7 +349,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that keeps the arguments added to it (argparse lists them publicly nowhere).
+    """An ``ArgumentParser`` that keeps the arguments added to it (argparse has no public list).
 
     Its sub-command parsers are of this class too (``add_subparsers`` uses the parent's).
     """
@@ -382,10 +416,9 @@ _IMAGE_DEFAULTS = {
 def _check_text_options(args: argparse.Namespace) -> None:
     given = [name for name in _IMAGE_DEFAULTS if getattr(args, name) not in (None, False)]
     if given:
-        flags = ["MODEL" if n == "model" else "--" + n.replace("_", "-") for n in given]
         raise ValueError(
-            f"Arguments {flags} do not apply to --task text, which fine-tunes MiniLM on the bundled "
-            "Rotten Tomatoes reviews with kerasft.finetune's defaults; only --seed, "
+            f"Arguments {flag_names(given)} do not apply to --task text, which fine-tunes MiniLM "
+            "on the bundled Rotten Tomatoes reviews with kerasft.finetune's defaults; only --seed, "
             "--no-baseline, --json and -q apply. HINT: for your own text data call "
             "kerasft.finetune(model, data) from Python."
         )
@@ -416,7 +449,8 @@ def _load_task(data: str, shots: int, seed: int, model) -> dict[str, Any]:
         )
     if not os.path.isdir(data):
         raise ValueError(
-            f"Argument `--data` must be 'digits' or an existing image folder. Received: --data={data!r}"
+            "Argument `--data` must be 'digits' or an existing image folder. "
+            f"Received: --data={data!r}"
         )
     from kerasft.imagefolder import load_image_folder
 
@@ -433,7 +467,8 @@ def _load_task(data: str, shots: int, seed: int, model) -> dict[str, Any]:
         x_test, y_test, test_names = load_image_folder(os.path.join(data, "test"), **kwargs)
         if test_names != names:
             raise ValueError(
-                f"Argument `--data`: {data!r} has train classes {names} but test classes {test_names}."
+                f"Argument `--data`: {data!r} has train classes {names} "
+                f"but test classes {test_names}."
             )
     else:
         x, y, names = load_image_folder(data, **kwargs)
@@ -480,87 +515,23 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         from kerasft.jobs.generate import run_cli
 
         return run_cli(args)
+    return _cmd_finetune_image(args)
+
+
+def _cmd_finetune_image(args: argparse.Namespace) -> dict[str, Any]:
+    """``kerasft finetune`` on images: load, fine-tune, compare, export, report."""
     _image_defaults(args)
-    import keras
-
-    from kerasft import finetuning as ft
-    from kerasft.configs import HeadConfig, RunConfig
-    from kerasft.export import SavedModelLayer, check_destination
-
-    model_path = args.model or default_model_path()
     verbose = progress_verbosity(args)
     start = time.perf_counter()
-    export_path, overwrite = _export_destination(args)
-    if export_path is not None:  # before training: a run is not thrown away for its destination
-        check_destination(export_path, format="saved_model", overwrite=overwrite)
-    model = ft.load_model(model_path, safe_mode=not args.unsafe)
-    task = _load_task(args.data, args.shots, args.seed, model)
-    n_classes = len(task["class_names"])
-    print(f"kerasft: fine-tuning {model_path} on {task['description']}", flush=True)
+    export_path, overwrite = _checked_export_destination(args)
+    model, task = _load_model_and_task(args)
     # A SavedModel's body is one opaque layer: it has no architecture to train from scratch.
-    opaque = any(isinstance(layer, SavedModelLayer) for layer in model.layers)
-
-    from kerasft import surgery
-
-    head = surgery.find_head(model)
-    pretrained = (
-        _accuracy(model, task["x_test"], task["y_test"])
-        if surgery.head_units(head) == n_classes
-        else None
-    )
-    result = ft.finetune(
-        model,
-        (task["x_train"], task["y_train"]),
-        recipe=args.recipe,
-        head_epochs=args.head_epochs,
-        epochs=args.epochs,
-        lr=args.lr,
-        finetune_lr=args.finetune_lr,
-        unfreeze=args.unfreeze,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        head=HeadConfig(num_classes=n_classes),
-        verbose=verbose,
-        run=RunConfig(tensorboard=args.tensorboard),
-        copy=False,  # loaded here for this run alone (and a SavedModel's layer cannot be copied)
-    )
+    opaque = _is_saved_model(model)
+    pretrained = _pretrained_accuracy(model, task)
+    result = _finetune_images(args, model, task, verbose)
     evaluation = result.evaluate((task["x_test"], task["y_test"]), class_names=task["class_names"])
-    test_acc = evaluation["accuracy"]
-    finetune_seconds = sum(result.seconds.values())
-
-    scratch = None
-    if opaque and not args.no_scratch:
-        print(
-            "kerasft: no from-scratch baseline for a SavedModel (its body is one opaque layer)",
-            flush=True,
-        )
-    if not args.no_scratch and not opaque:
-        keras.utils.set_random_seed(args.seed)
-        fresh = keras.models.clone_model(model)  # same architecture, new initial weights
-        print("kerasft: training the same architecture from scratch, same budget", flush=True)
-        # The same number of optimizer steps as the fine-tune, as one plain run would take them:
-        # Adam at 1e-3, batch 32. BatchNormalization stays in inference mode: learning its
-        # statistics from 100 images in batches of 32 scored 0.11-0.48 here, against 0.925.
-        steps = max(
-            1, sum(p.epochs * p.steps_per_epoch for p in result.phases if p.name != "probe")
-        )
-        per_epoch = -(-len(task["x_train"]) // 32)
-        base = ft.finetune(
-            fresh,
-            (task["x_train"], task["y_train"]),
-            recipe="full",
-            epochs=-(-steps // per_epoch),
-            lr=1e-3,
-            batch_size=32,
-            seed=args.seed,
-            head=HeadConfig(num_classes=n_classes),
-            verbose=verbose,
-            copy=False,
-            validation_split=0.0,
-            patience=None,
-        )
-        scratch = _accuracy(base.model, task["x_test"], task["y_test"])
-
+    test_acc, finetune_seconds = evaluation["accuracy"], sum(result.seconds.values())
+    scratch = _scratch_accuracy(args, model, task, result, opaque, verbose)
     if export_path is not None:
         export_path = result.export(
             export_path,
@@ -569,16 +540,8 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
             evaluation=evaluation,
             evaluation_data=f"the test split of {task['description']}",
         )
-
     if args.plots:
-        from kerasft import plots
-
-        plots.plot_history(result, os.path.join(args.plots, "history.png"))
-        pred = _predicted_classes(result.model, task["x_test"])
-        plots.plot_confusion_matrix(
-            task["y_test"], pred, task["class_names"], os.path.join(args.plots, "confusion.png")
-        )
-
+        _save_plots(args.plots, result, task)
     report = {
         "test_accuracy": round(test_acc, 4),
         "pretrained_accuracy": None if pretrained is None else round(pretrained, 4),
@@ -596,6 +559,122 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
         print(evaluation, flush=True)
     print(_result_line(report), flush=True)
     return report
+
+
+def _checked_export_destination(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """`_export_destination`, checked before training: a run is not thrown away for it."""
+    from kerasft.export import check_destination
+
+    export_path, overwrite = _export_destination(args)
+    if export_path is not None:
+        check_destination(export_path, format="saved_model", overwrite=overwrite)
+    return export_path, overwrite
+
+
+def _load_model_and_task(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The model of ``kerasft finetune`` (MODEL, or the shipped CNN) and its `_load_task`."""
+    from kerasft import finetuning as ft
+
+    model_path = args.model or default_model_path()
+    model = ft.load_model(model_path, safe_mode=not args.unsafe)
+    task = _load_task(args.data, args.shots, args.seed, model)
+    print(f"kerasft: fine-tuning {model_path} on {task['description']}", flush=True)
+    return model, task
+
+
+def _is_saved_model(model) -> bool:
+    from kerasft.export import SavedModelLayer
+
+    return any(isinstance(layer, SavedModelLayer) for layer in model.layers)
+
+
+def _pretrained_accuracy(model, task: dict[str, Any]) -> float | None:
+    """Test accuracy before fine-tuning, when the head already has one output per class."""
+    from kerasft import surgery
+
+    head = surgery.find_head(model)
+    if surgery.head_units(head) != len(task["class_names"]):
+        return None
+    return _accuracy(model, task["x_test"], task["y_test"])
+
+
+def _finetune_images(args: argparse.Namespace, model, task: dict[str, Any], verbose: int):
+    """`kerasft.finetune` with ``kerasft finetune``'s options; the `FinetuneResult`."""
+    from kerasft import finetuning as ft
+    from kerasft.configs import HeadConfig, RunConfig
+
+    return ft.finetune(
+        model,
+        (task["x_train"], task["y_train"]),
+        recipe=args.recipe,
+        head_epochs=args.head_epochs,
+        epochs=args.epochs,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        unfreeze=args.unfreeze,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        head=HeadConfig(num_classes=len(task["class_names"])),
+        verbose=verbose,
+        run=RunConfig(tensorboard=args.tensorboard),
+        copy=False,  # loaded here for this run alone (and a SavedModel's layer cannot be copied)
+    )
+
+
+def _scratch_accuracy(
+    args: argparse.Namespace, model, task: dict[str, Any], result, opaque: bool, verbose: int
+) -> float | None:
+    """Test accuracy of ``model``'s architecture trained from new weights on the same budget.
+
+    ``None`` with ``--no-scratch``, or for a SavedModel (``opaque``), which says so.
+    """
+    if args.no_scratch:
+        return None
+    if opaque:
+        print(
+            "kerasft: no from-scratch baseline for a SavedModel (its body is one opaque layer)",
+            flush=True,
+        )
+        return None
+    import keras
+
+    from kerasft import finetuning as ft
+    from kerasft.configs import HeadConfig
+
+    keras.utils.set_random_seed(args.seed)
+    fresh = keras.models.clone_model(model)  # same architecture, new initial weights
+    print("kerasft: training the same architecture from scratch, same budget", flush=True)
+    # The same number of optimizer steps as the fine-tune, as one plain run would take them:
+    # Adam at 1e-3, batch 32. BatchNormalization stays in inference mode: learning its
+    # statistics from 100 images in batches of 32 scored 0.11-0.48 here, against 0.925.
+    steps = max(1, sum(p.epochs * p.steps_per_epoch for p in result.phases if p.name != "probe"))
+    per_epoch = -(-len(task["x_train"]) // 32)
+    base = ft.finetune(
+        fresh,
+        (task["x_train"], task["y_train"]),
+        recipe="full",
+        epochs=-(-steps // per_epoch),
+        lr=1e-3,
+        batch_size=32,
+        seed=args.seed,
+        head=HeadConfig(num_classes=len(task["class_names"])),
+        verbose=verbose,
+        copy=False,
+        validation_split=0.0,
+        patience=None,
+    )
+    return _accuracy(base.model, task["x_test"], task["y_test"])
+
+
+def _save_plots(directory: str, result, task: dict[str, Any]) -> None:
+    """``--plots DIR``: the training curves and the test confusion matrix, as PNGs."""
+    from kerasft import plots
+
+    plots.plot_history(result, os.path.join(directory, "history.png"))
+    pred = _predicted_classes(result.model, task["x_test"])
+    plots.plot_confusion_matrix(
+        task["y_test"], pred, task["class_names"], os.path.join(directory, "confusion.png")
+    )
 
 
 def _result_line(report: dict[str, Any]) -> str:
@@ -629,8 +708,8 @@ def _cmd_finetune_text(args: argparse.Namespace) -> dict[str, Any]:
 
     verbose = progress_verbosity(args)
     print(
-        "kerasft: fine-tuning all-MiniLM-L6-v2 (KerasHub BertTextClassifier) on 400 Rotten Tomatoes "
-        "reviews, testing on 600",
+        "kerasft: fine-tuning all-MiniLM-L6-v2 (KerasHub BertTextClassifier) "
+        "on 400 Rotten Tomatoes reviews, testing on 600",
         flush=True,
     )
     start = time.perf_counter()
@@ -723,8 +802,9 @@ def _export_data(args: argparse.Namespace, model) -> dict[str, Any] | None:
             return None
         raise ValueError(
             f"Argument `--data digits`: the digits are 28x28x1 images of 10 classes, but model "
-            f"{model.name!r} takes inputs of shape {shape} and has {width} outputs. Pass --data DIR "
-            "(an image folder with one sub-folder per class) for representative data."
+            f"{model.name!r} takes inputs of shape {shape} and has {width} outputs. "
+            "Pass --data DIR (an image folder with one sub-folder per class) "
+            "for representative data."
         )
     return _load_task(args.data or "digits", 10, 0, model)
 
@@ -830,18 +910,6 @@ def _in_flags(message: str, command: str) -> str:
     for name, flag in renamed.items():
         message = message.replace(f"Argument `{name}`", f"Argument `{flag}`")
     return message
-
-
-def progress_verbosity(args: argparse.Namespace) -> int:
-    """Keras's ``verbose`` for a command: progress bars on a terminal only.
-
-    0 with ``-q`` or ``--json``; 1 (a progress bar redrawn in place) when standard output
-    is a terminal; 2 (one plain line per epoch) when it goes to a file or a pipe, where the
-    bar's carriage returns and colour codes would be noise.
-    """
-    if getattr(args, "quiet", False) or getattr(args, "json", False):
-        return 0
-    return 1 if sys.stdout.isatty() else 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

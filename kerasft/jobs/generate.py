@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from kerasft._commandline import flag_names, progress_verbosity
 from kerasft.jobs import textdata
 
 __all__ = [
@@ -113,18 +114,16 @@ def run_cli(args: Any) -> dict[str, Any]:
     given = {k: v for k, v in vars(args).items() if k not in _CLI_FREE and v not in (None, False)}
     refused = sorted(k for k in given if k not in _CLI_OPTIONS)
     if refused:
-        flags = ["MODEL" if n == "model" else "--" + n.replace("_", "-") for n in refused]
         raise ValueError(
-            f"Arguments {flags} do not apply to --task generate, which fine-tunes SmolLM2-135M-Instruct on the "
-            "bundled Rotten Tomatoes reviews; --epochs, --lr, --batch-size, --export, --overwrite, --seed, --json "
-            "and -q apply. HINT: for your own model and data call kerasft.finetune(causal_lm, pairs) from Python."
+            f"Arguments {flag_names(refused)} do not apply to --task generate, which fine-tunes "
+            "SmolLM2-135M-Instruct on the bundled Rotten Tomatoes reviews; --epochs, --lr, "
+            "--batch-size, --export, --overwrite, --seed, --json and -q apply. HINT: for your "
+            "own model and data call kerasft.finetune(causal_lm, pairs) from Python."
         )
-    from kerasft.cli import progress_verbosity
-
     verbose = progress_verbosity(args)
     print(
-        "kerasft: teaching SmolLM2-135M-Instruct (GGUF, KerasHub LlamaCausalLM) to answer fresh/rotten for 400 "
-        "Rotten Tomatoes reviews, testing on 600",
+        "kerasft: teaching SmolLM2-135M-Instruct (GGUF, KerasHub LlamaCausalLM) to answer "
+        "fresh/rotten for 400 Rotten Tomatoes reviews, testing on 600",
         flush=True,
     )
     start = time.perf_counter()
@@ -148,8 +147,9 @@ def run_cli(args: Any) -> dict[str, Any]:
         exported = result.export(args.export, overwrite=bool(getattr(args, "overwrite", False)))
         report["export"], report["export_check"] = str(exported), exported.check
     print(
-        f"kerasft: answer accuracy {report['test_accuracy']:.4f} after fine-tuning ({report['finetune_seconds']} s, "
-        f"{report['tokens_per_second']} tokens/s) | zero-shot {report['zero_shot_accuracy']:.4f}",
+        f"kerasft: answer accuracy {report['test_accuracy']:.4f} after fine-tuning "
+        f"({report['finetune_seconds']} s, {report['tokens_per_second']} tokens/s) "
+        f"| zero-shot {report['zero_shot_accuracy']:.4f}",
         flush=True,
     )
     return report
