@@ -219,13 +219,6 @@ def _check_file(
     A failure half-way through loading would leave the model with adapters enabled and
     layers frozen: everything that can fail is checked here first.
     """
-
-    def bad(what: str) -> ValueError:
-        return ValueError(
-            f"Argument `path`: {path!r} is damaged ({what}). HINT: save the adapters again with "
-            "kerasft.peft.save_adapters."
-        )
-
     try:
         adapters, trained, quantized = (
             list(meta["adapters"]),
@@ -236,53 +229,71 @@ def _check_file(
         layers = [int(e["layer"]) for e in entries] + [int(i) for i in quantized]
         names = [n for e in entries for n in e["arrays"]]
     except (KeyError, TypeError, ValueError) as e:
-        raise bad(f"its description lacks {e}") from None
+        raise _damaged(path, f"its description lacks {e}") from None
     if any(i < 0 or i >= len(nodes) for i in layers):
-        raise bad(f"a layer index is outside the model's {len(nodes)} layers with weights")
+        raise _damaged(
+            path, f"a layer index is outside the model's {len(nodes)} layers with weights"
+        )
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise bad(f"arrays {missing[:5]} are missing")
+        raise _damaged(path, f"arrays {missing[:5]} are missing")
     for name in names:
         if arrays[name].dtype.kind not in "fiu" or not np.all(np.isfinite(arrays[name])):
-            raise bad(
-                f"array {name!r} holds {arrays[name].dtype} values that are not finite numbers"
+            raise _damaged(
+                path,
+                f"array {name!r} holds {arrays[name].dtype} values that are not finite numbers",
             )
     for entry in trained:
         node = nodes[entry["layer"]]
         expected = [tuple(v.shape) for v in node.base_weights]
         found = [arrays[n].shape for n in entry["arrays"]]
         if found != expected:
-            raise bad(
-                f"the trained layer {node.path!r} has weights of shapes {found}, the model {expected}"
+            raise _damaged(
+                path,
+                f"the trained layer {node.path!r} has weights of shapes {found}, "
+                f"the model {expected}",
             )
     for entry in adapters:
-        node = nodes[entry["layer"]]
-        kind, rank = entry.get("kind"), entry.get("rank")
-        if (
-            kind not in ("lora", "dora")
-            or isinstance(rank, bool)
-            or not isinstance(rank, int)
-            or rank < 1
-        ):
-            raise bad(f"the adapter on {node.path!r} has kind {kind!r} and rank {rank!r}")
-        shapes = [arrays[n].shape for n in entry["arrays"]]
-        kernel = _kernel_shape(node.layer)
-        if kernel is None:
-            continue  # the rank and kind checks are all that can be told before enabling it
-        expected = [kernel[:-1] + (rank,), (rank, kernel[-1])]
-        if (
-            shapes[:2] != expected
-            or len(shapes) != (3 if kind == "dora" else 2)
-            or kind == "dora"
-            and (
-                len(shapes[2]) != len(kernel)
-                or any(m not in (1, k) for m, k in zip(shapes[2], kernel))
-            )
-        ):
-            raise bad(
-                f"the {kind} adapter of rank {rank} on {node.path!r} (kernel {kernel}) has arrays of "
-                f"shapes {shapes}"
-            )
+        _check_adapter_entry(entry, arrays, nodes[entry["layer"]], path)
+
+
+def _damaged(path: str, what: str) -> ValueError:
+    return ValueError(
+        f"Argument `path`: {path!r} is damaged ({what}). HINT: save the adapters again with "
+        "kerasft.peft.save_adapters."
+    )
+
+
+def _check_adapter_entry(
+    entry: dict[str, Any], arrays: dict[str, np.ndarray], node: _walk.Node, path: str
+) -> None:
+    """Check one adapter's kind, rank and array shapes against the layer it adapts."""
+    kind, rank = entry.get("kind"), entry.get("rank")
+    if (
+        kind not in ("lora", "dora")
+        or isinstance(rank, bool)
+        or not isinstance(rank, int)
+        or rank < 1
+    ):
+        raise _damaged(path, f"the adapter on {node.path!r} has kind {kind!r} and rank {rank!r}")
+    shapes = [arrays[n].shape for n in entry["arrays"]]
+    kernel = _kernel_shape(node.layer)
+    if kernel is None:
+        return  # the rank and kind checks are all that can be told before enabling it
+    expected = [kernel[:-1] + (rank,), (rank, kernel[-1])]
+    if (
+        shapes[:2] != expected
+        or len(shapes) != (3 if kind == "dora" else 2)
+        or kind == "dora"
+        and (
+            len(shapes[2]) != len(kernel) or any(m not in (1, k) for m, k in zip(shapes[2], kernel))
+        )
+    ):
+        raise _damaged(
+            path,
+            f"the {kind} adapter of rank {rank} on {node.path!r} (kernel {kernel}) has arrays "
+            f"of shapes {shapes}",
+        )
 
 
 def _check_architecture(meta: dict[str, Any], nodes: list[_walk.Node], path: str) -> None:

@@ -40,7 +40,10 @@ def supports_wrapping(layer: keras.layers.Layer) -> str | None:
     if getattr(layer, "lora_enabled", False):
         return "it already has Keras LoRA enabled"
     if layer.quantization_mode is not None:
-        return f"it is quantized ({layer.quantization_mode}); only method='lora' runs on quantized layers"
+        return (
+            f"it is quantized ({layer.quantization_mode}); only method='lora' runs on quantized "
+            "layers"
+        )
     if layer.kernel_constraint is not None:
         return "it has a kernel_constraint, which a low-rank update would bypass"
     if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal":

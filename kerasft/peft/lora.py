@@ -309,11 +309,11 @@ def _check_rank(n: _walk.Node, spec: AdapterSpec) -> None:
     limit = min(fan_in, fan_out)
     if spec.rank > limit:
         raise ValueError(
-            f"Argument `rank={spec.rank}` is larger than layer {n.path!r} allows: its update has rank "
-            f"at most min(fan_in={fan_in}, fan_out={fan_out}) = {limit}, and the adapter would have "
-            f"{spec.rank * (fan_in + fan_out):,} parameters for the {fan_in * fan_out:,} weights it "
-            f"adapts. HINT: pass rank <= {limit}, well below for a low-rank update (finetune: "
-            f"lora_rank=), or leave {n.path!r} out of the targets."
+            f"Argument `rank={spec.rank}` is larger than layer {n.path!r} allows: its update has "
+            f"rank at most min(fan_in={fan_in}, fan_out={fan_out}) = {limit}, and the adapter "
+            f"would have {spec.rank * (fan_in + fan_out):,} parameters for the "
+            f"{fan_in * fan_out:,} weights it adapts. HINT: pass rank <= {limit}, well below for a "
+            f"low-rank update (finetune: lora_rank=), or leave {n.path!r} out of the targets."
         )
 
 
