@@ -166,6 +166,25 @@ def fit_schedule(
     Raises:
         ValueError: for an invalid argument; the message names it.
     """
+    _check_run(total_steps, begin_fraction, end_fraction, frequency)
+    block_size, sparsity_m_by_n = check_pruning_args(
+        block_size, block_pooling_type, sparsity_m_by_n
+    )
+    target_sparsity = _check_target(target_sparsity, power, sparsity_m_by_n)
+    begin_step, end_step, frequency = _fit_steps(
+        total_steps, begin_fraction, end_fraction, frequency
+    )
+    if sparsity_m_by_n is not None:
+        schedule = ConstantSparsity(target_sparsity, begin_step, end_step, frequency)
+    else:
+        schedule = PolynomialDecay(
+            initial_sparsity, target_sparsity, begin_step, end_step, power, frequency
+        )
+    return schedule, block_size, sparsity_m_by_n
+
+
+def _check_run(total_steps, begin_fraction, end_fraction, frequency) -> None:
+    """Check the length of the run, the part of it that prunes, and the update frequency."""
     if (
         not isinstance(total_steps, numbers.Integral)
         or isinstance(total_steps, bool)
@@ -188,11 +207,13 @@ def fit_schedule(
         not isinstance(frequency, numbers.Integral) or isinstance(frequency, bool) or frequency < 1
     ):
         raise ValueError(
-            f"Argument `frequency` must be None or a positive int. Received: frequency={frequency!r}"
+            "Argument `frequency` must be None or a positive int. "
+            f"Received: frequency={frequency!r}"
         )
-    block_size, sparsity_m_by_n = check_pruning_args(
-        block_size, block_pooling_type, sparsity_m_by_n
-    )
+
+
+def _check_target(target_sparsity, power, sparsity_m_by_n) -> float:
+    """The sparsity to reach: ``target_sparsity``, m / n for m-by-n sparsity, else 0.8."""
     if target_sparsity is not None and (
         not isinstance(target_sparsity, numbers.Real)
         or isinstance(target_sparsity, bool)
@@ -204,27 +225,25 @@ def fit_schedule(
         )
     if not isinstance(power, numbers.Real) or isinstance(power, bool) or power <= 0:
         raise ValueError(f"Argument `power` must be a number > 0. Received: power={power!r}")
-    if sparsity_m_by_n is not None:
-        implied = sparsity_m_by_n[0] / sparsity_m_by_n[1]
-        if target_sparsity is not None and abs(target_sparsity - implied) > 1e-9:
-            raise ValueError(
-                f"Argument `target_sparsity` must be None or m / n = {implied} with "
-                f"sparsity_m_by_n={sparsity_m_by_n}. Received: target_sparsity={target_sparsity!r}"
-            )
-        target_sparsity = implied
-    elif target_sparsity is None:
-        target_sparsity = 0.8
+    if sparsity_m_by_n is None:
+        return 0.8 if target_sparsity is None else target_sparsity
+    implied = sparsity_m_by_n[0] / sparsity_m_by_n[1]
+    if target_sparsity is not None and abs(target_sparsity - implied) > 1e-9:
+        raise ValueError(
+            f"Argument `target_sparsity` must be None or m / n = {implied} with "
+            f"sparsity_m_by_n={sparsity_m_by_n}. Received: target_sparsity={target_sparsity!r}"
+        )
+    return implied
 
+
+def _fit_steps(
+    total_steps: int, begin_fraction: float, end_fraction: float, frequency: int | None
+) -> tuple[int, int, int]:
+    """``(begin_step, end_step, frequency)``: the end rounded down to whole updates."""
     begin_step = int(begin_fraction * total_steps + 0.5)
     span = max(1, int(end_fraction * total_steps + 0.5) - begin_step)
     if frequency is None:
         frequency = min(100, max(1, round(span / 20)))
     frequency = min(frequency, span)
     end_step = begin_step + (span // frequency) * frequency
-    if sparsity_m_by_n is not None:
-        schedule = ConstantSparsity(target_sparsity, begin_step, end_step, frequency)
-    else:
-        schedule = PolynomialDecay(
-            initial_sparsity, target_sparsity, begin_step, end_step, power, frequency
-        )
-    return schedule, block_size, sparsity_m_by_n
+    return begin_step, end_step, frequency

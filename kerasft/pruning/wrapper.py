@@ -356,8 +356,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     ):
         if not isinstance(layer, keras.layers.Layer) or not is_prunable(layer):
             raise ValueError(
-                f"Argument `layer` must be a prunable Keras 3 layer ({list(PRUNABLE_LAYER_TYPES)}). "
-                f"Received: layer={layer!r}"
+                "Argument `layer` must be a prunable Keras 3 layer "
+                f"({list(PRUNABLE_LAYER_TYPES)}). Received: layer={layer!r}"
             )
         if pruning_schedule is None:
             pruning_schedule = ConstantSparsity(0.5, 0)
