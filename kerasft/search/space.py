@@ -205,8 +205,9 @@ def warn_incomparable(params: list[Param], objective: str) -> None:
     name = objective.removeprefix("val_")
     if changed and (name == "loss" or name.endswith("_loss")):
         warnings.warn(
-            f"kerasft.search: the space changes {changed}, so the trials compute {objective!r} with different "
-            f"losses and their values are not fully comparable. HINT: objective='val_accuracy'.",
+            f"kerasft.search: the space changes {changed}, so the trials compute {objective!r} "
+            "with different losses and their values are not fully comparable. "
+            "HINT: objective='val_accuracy'.",
             UserWarning,
             stacklevel=3,
         )

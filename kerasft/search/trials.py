@@ -100,7 +100,8 @@ class Trials:
         sources = sorted({p.feature_source for p in speeds if p.cached})
         reused = sum(p.compiled == REUSED for p in speeds)
         self.log(
-            f"kerasft search: trial {trial.trial_id} {format_params(params)}: {self.objective} {score:.4g} in {seconds:.1f} s "
+            f"kerasft search: trial {trial.trial_id} {format_params(params)}: "
+            f"{self.objective} {score:.4g} in {seconds:.1f} s "
             f"(features {features:.2f} s: {'; '.join(sources) or 'none cached'}; fit {fit:.1f} s; "
             f"{reused} of {len(speeds)} phases reused compiled steps)"
         )
@@ -143,7 +144,7 @@ class Trials:
         )
 
     def result(self, oracle: Any, directory: str | None) -> SearchResult:
-        """The search's result; the best configuration is run again if it ran in an earlier search."""
+        """The search's result; the best configuration runs again if it ran in an earlier search."""
         ordered = sorted(oracle.trials.values(), key=lambda t: int(t.trial_id))
         rows = [self.row(t) for t in ordered]
         done = [
@@ -160,8 +161,8 @@ class Trials:
             best = self.best[2]
         else:
             self.log(
-                f"kerasft search: running the best trial {best_trial.trial_id} again {format_params(params)} "
-                "(it finished in an earlier search)"
+                f"kerasft search: running the best trial {best_trial.trial_id} again "
+                f"{format_params(params)} (it finished in an earlier search)"
             )
             best = _finetune(self.model, self.data, self.keywords(params))
         return SearchResult(

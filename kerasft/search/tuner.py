@@ -29,7 +29,7 @@ from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
 from kerasft.search.oracles import ORACLES, make_oracle
 from kerasft.search.result import SearchResult, format_params
-from kerasft.search.space import NOT_SEARCHED, parse_space, warn_incomparable
+from kerasft.search.space import NOT_SEARCHED, Param, parse_space, warn_incomparable
 from kerasft.search.trials import Trials
 from kerasft.speed.store import FeatureStore
 
@@ -129,13 +129,7 @@ def search(
     start = time.perf_counter()
     _check_arguments(max_trials, objective, oracle, project_name, overwrite, seed, verbose)
     fixed = _check_fixed(configs.flatten(finetune_keywords), objective)
-    params = parse_space(space, fixed)
-    if oracle == "hyperband" and "epochs" in space:
-        raise ValueError(
-            "Argument `space` has 'epochs', but oracle='hyperband' sets each trial's epochs "
-            "from its budget (up to the `epochs` keyword). Remove 'epochs' from `space`."
-        )
-    warn_incomparable(params, objective)
+    params = _parse_search_space(space, fixed, objective, oracle)
     direction = monitor_mode(objective, fixed.get("metrics") or ())
     store = fixed.pop("feature_store", None)
     store = FeatureStore(compiled_models=COMPILED_MODELS) if store is None else store
@@ -144,10 +138,7 @@ def search(
     root = make_scratch_directory("search") if temporary else os.fspath(directory)
     try:
         fingerprint = _fingerprint(model, params, objective, oracle, seed, fixed)
-        if overwrite:
-            _check_replaceable(os.path.join(root, project_name))
-        else:
-            _check_fingerprint(os.path.join(root, project_name), fingerprint)
+        _check_project(os.path.join(root, project_name), fingerprint, overwrite)
         trials = Trials(
             model,
             data,
@@ -172,19 +163,7 @@ def search(
         )
         tuner = _make_tuner(trials, made, root, project_name, overwrite)
         _write_fingerprint(tuner.project_dir, fingerprint)
-        trials.earlier = {t.trial_id for t in tuner.oracle.trials.values() if t.status != "RUNNING"}
-        trials.log(
-            f"kerasft search: {len(trials.earlier)} trials finished earlier in {tuner.project_dir}"
-            if trials.earlier
-            else None
-        )
-        try:
-            with _quiet_retracing():
-                tuner.search(verbose=0)
-        except keras_tuner.errors.FatalError as e:
-            if e.__cause__ is not None:
-                raise e.__cause__ from None
-            raise
+        _run_trials(tuner, trials)
         result = trials.result(
             tuner.oracle, None if temporary else os.path.join(root, project_name)
         )
@@ -193,10 +172,50 @@ def search(
             shutil.rmtree(root, ignore_errors=True)
     result.seconds = time.perf_counter() - start
     trials.log(
-        f"kerasft search: best {objective} {result.best.best_score:.4g} in trial {result.best_trial} "
-        f"{format_params(result.best_params)}; {len(result.trials)} trials, {result.seconds:.1f} s; {store}"
+        f"kerasft search: best {objective} {result.best.best_score:.4g} in trial "
+        f"{result.best_trial} {format_params(result.best_params)}; {len(result.trials)} "
+        f"trials, {result.seconds:.1f} s; {store}"
     )
     return result
+
+
+def _parse_search_space(
+    space: Mapping[str, Any], fixed: dict[str, Any], objective: str, oracle: str
+) -> list[Param]:
+    """The parameters of ``space``, checked against the fixed keywords and the oracle."""
+    params = parse_space(space, fixed)
+    if oracle == "hyperband" and "epochs" in space:
+        raise ValueError(
+            "Argument `space` has 'epochs', but oracle='hyperband' sets each trial's epochs "
+            "from its budget (up to the `epochs` keyword). Remove 'epochs' from `space`."
+        )
+    warn_incomparable(params, objective)
+    return params
+
+
+def _check_project(project_dir: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Refuse a project directory this search may neither replace nor continue."""
+    if overwrite:
+        _check_replaceable(project_dir)
+    else:
+        _check_fingerprint(project_dir, fingerprint)
+
+
+def _run_trials(tuner: BaseTuner, trials: Trials) -> None:
+    """Run the trials still to run; a trial's error is raised as itself."""
+    trials.earlier = {t.trial_id for t in tuner.oracle.trials.values() if t.status != "RUNNING"}
+    trials.log(
+        f"kerasft search: {len(trials.earlier)} trials finished earlier in {tuner.project_dir}"
+        if trials.earlier
+        else None
+    )
+    try:
+        with _quiet_retracing():
+            tuner.search(verbose=0)
+    except keras_tuner.errors.FatalError as e:
+        if e.__cause__ is not None:
+            raise e.__cause__ from None
+        raise
 
 
 @contextlib.contextmanager
@@ -236,8 +255,8 @@ def _check_arguments(max_trials, objective, oracle, project_name, overwrite, see
         # "." or ".." would make the project the directory itself or its parent, which
         # KerasTuner deletes with overwrite=True.
         raise ValueError(
-            "Argument `project_name` must be the name of a directory inside `directory`: not '.', '..', "
-            f"nor a path. Received: project_name={project_name!r}"
+            "Argument `project_name` must be the name of a directory inside `directory`: "
+            f"not '.', '..', nor a path. Received: project_name={project_name!r}"
         )
     if not isinstance(overwrite, bool):
         raise ValueError(
@@ -325,9 +344,9 @@ def _check_fingerprint(project_dir: str, fingerprint: dict[str, Any]) -> None:
             k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
         )
         raise ValueError(
-            f"The project directory {project_dir!r} holds another search (it differs in {differ}), so its "
-            "trials cannot be continued. HINT: pass overwrite=True to start afresh, or another "
-            "`project_name` / `directory`."
+            f"The project directory {project_dir!r} holds another search (it differs in "
+            f"{differ}), so its trials cannot be continued. HINT: pass overwrite=True to start "
+            "afresh, or another `project_name` / `directory`."
         )
 
 
