@@ -140,7 +140,8 @@ class _Kept:
 def check_cache_features(value: Any) -> None:
     if not (value is True or value is False or value == "auto"):
         raise ValueError(
-            f"Argument `cache_features` must be True, False or 'auto'. Received: cache_features={value!r}"
+            "Argument `cache_features` must be True, False or 'auto'. Received: "
+            f"cache_features={value!r}"
         )
 
 
@@ -194,7 +195,8 @@ class FeatureCache:
         check_feature_store(store)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
             raise ValueError(
-                f"Argument `cache_budget` must be a number of bytes >= 0. Received: cache_budget={budget!r}"
+                "Argument `cache_budget` must be a number of bytes >= 0. Received: "
+                f"cache_budget={budget!r}"
             )
         self.prepared = prepared
         self.mode = mode
@@ -231,14 +233,20 @@ class FeatureCache:
                 "bottom sees new inputs every epoch; augment='feature_mixup' keeps the cache"
             )
         if self.random_pipeline:
-            return "the input pipeline draws random numbers (augmentation), so features change every epoch"
+            return (
+                "the input pipeline draws random numbers (augmentation), so features change "
+                "every epoch"
+            )
         if self.prepared.arrays is None:
             return (
                 "the training data is streamed (larger than memory or built from a "
                 "pipeline), and kerasft caches features of in-memory data only"
             )
         if self.distributed:
-            return "training runs under a tf.distribute strategy, where kerasft does not cache features"
+            return (
+                "training runs under a tf.distribute strategy, where kerasft does not cache "
+                "features"
+            )
         return None
 
     def _phase_seed(self, index: int) -> int:
@@ -543,7 +551,10 @@ class FeatureCache:
         fit_model = CachedFeatureModel(suffix, model)
         fit_model.dtype_policy = model.dtype_policy
         where = f"files {feats.paths}" if feats.paths else "memory"
-        reason = f"{len(split.prefix_layers)} frozen layers below the cut; cut stopped by {split.stopped_by}"
+        reason = (
+            f"{len(split.prefix_layers)} frozen layers below the cut; "
+            f"cut stopped by {split.stopped_by}"
+        )
         self._log(
             f"kerasft: features of {len(split.prefix_layers)} frozen layers {source} "
             f"({feats.nbytes / 2**20:.1f} MiB in {where}, {seconds:.1f}s); training "

@@ -68,7 +68,8 @@ def choose_jit_compile(requested: Any, devices: Sequence[str]) -> tuple[bool, st
         return False, "requested"
     if requested != "auto":
         raise ValueError(
-            f"Argument `jit_compile` must be True, False or 'auto'. Received: jit_compile={requested!r}"
+            "Argument `jit_compile` must be True, False or 'auto'. Received: "
+            f"jit_compile={requested!r}"
         )
     accelerators = [d for d in devices if d in _ACCELERATORS]
     if accelerators:

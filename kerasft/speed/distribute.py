@@ -1,7 +1,8 @@
 """``tf.distribute`` support: pick a strategy, and fine-tune under its scope.
 
-``finetune(..., speed=SpeedConfig(distribute=strategy))`` loads or copies the model, rebuilds the head,
-compiles and trains inside ``strategy.scope()``, so every variable is a distributed one.
+``finetune(..., speed=SpeedConfig(distribute=strategy))`` loads or copies the model,
+rebuilds the head, compiles and trains inside ``strategy.scope()``, so every variable is
+a distributed one.
 Supported: ``MirroredStrategy`` (several GPUs, or logical CPU devices),
 ``MultiWorkerMirroredStrategy`` (several machines or processes, configured by
 ``TF_CONFIG``) and ``TPUStrategy``. TPUs could not be run where kerasft is developed: the

@@ -36,7 +36,8 @@ def check_options(
         or cache_budget < 0
     ):
         raise ValueError(
-            f"Argument `cache_budget` must be a number of bytes >= 0. Received: cache_budget={cache_budget!r}"
+            "Argument `cache_budget` must be a number of bytes >= 0. Received: "
+            f"cache_budget={cache_budget!r}"
         )
     devices.choose_jit_compile(jit_compile, ["CPU"])
     devices.choose_mixed_precision(mixed_precision, ["CPU"])

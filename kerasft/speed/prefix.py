@@ -72,7 +72,8 @@ def _unseeded_noise(layer: keras.layers.Layer) -> bool:
         isinstance(part, keras.layers.Dropout)
         for part in compat.flatten_layers(layer, include_self=False)
     ):
-        return False  # its rate is applied by Dropout sublayers (a KerasHub TransformerEncoder's `dropout`)
+        # its rate is applied by Dropout sublayers (a KerasHub TransformerEncoder's `dropout`)
+        return False
     rates = (getattr(layer, name, None) for name in _NOISE_RATES)
     return any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates)
 
@@ -141,60 +142,17 @@ def split_frozen_prefix(
     surgery.check_operable(model)
     trainable_ids = {id(v) for v in model.trainable_weights}
     trainable_ids |= {id(v) for layer in also_trainable for v in layer.weights}
-    paths = _layer_paths(model)
-    constant: dict[int, bool] = {}
-    consumers_of: dict[int, list[str]] = {}
-    prefix_layers: list[str] = []
-    stops: list[str] = []
-    tensors: dict[int, Any] = {}
-    open_shapes = False
-
-    def visit_leaf(op, *args, **kwargs):
-        nonlocal open_shapes
-        inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
-        reason = barrier_reason(op, trainable_ids)
-        outputs = op(*args, **kwargs)
-        is_const = reason is None and all(constant.get(id(t), False) for t in inputs)
-        for t in inputs:
-            consumers_of.setdefault(id(t), []).append("const" if is_const else "train")
-        for t in keras.tree.flatten(outputs):
-            constant[id(t)] = is_const
-            tensors[id(t)] = t
-            open_shapes |= is_const and _is_open(t)
-        path = paths.get(id(op), op.name)
-        if is_const and isinstance(op, keras.layers.Layer):  # raw operations are not layers
-            prefix_layers.append(path)
-        elif reason is not None and all(constant.get(id(t), False) for t in inputs):
-            stops.append(f"{path!r} ({reason})")
-        return outputs
-
-    def run(container, inputs):
-        def call_fn(op, *args, **kwargs):
-            if surgery.is_container(op):
-                return run(op, args[0])
-            return visit_leaf(op, *args, **kwargs)
-
-        return compat.run_through_graph(container, inputs, call_fn)
-
+    walk = _ConstantWalk(trainable_ids, _layer_paths(model))
     flat_inputs = [
         keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"cache_in_{i}")
         for i, t in enumerate(model.inputs)
     ]
-    for t in flat_inputs:
-        constant[id(t)] = True
-        tensors[id(t)] = t
-    outputs = keras.tree.flatten(
-        run(model, flat_inputs if len(flat_inputs) > 1 else flat_inputs[0])
-    )
-    if any(constant.get(id(t), False) for t in outputs):
+    outputs = walk.trace(model, flat_inputs)
+    if any(walk.constant.get(id(t), False) for t in outputs):
         return None  # everything frozen: nothing to train on features
-    frontier = [
-        tensors[i]
-        for i, users in consumers_of.items()
-        if constant.get(i, False) and "train" in users
-    ]
+    frontier = walk.frontier()
     weighted = {p for p, lyr in surgery.iter_layers(model) if lyr.weights}
-    if not frontier or not any(p in weighted for p in prefix_layers):
+    if not frontier or not any(p in weighted for p in walk.prefix_layers):
         return None
     if any(compat.has_mask(t) for t in frontier):
         return None  # a mask would be lost on the way through the cache
@@ -206,9 +164,77 @@ def split_frozen_prefix(
     suffix = keras.Model(
         frontier, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_trainable_suffix"
     )
-    return FeatureSplit(
-        prefix, suffix, prefix_layers, stops[0] if stops else "trainable layers", open_shapes
-    )
+    stopped_by = walk.stops[0] if walk.stops else "trainable layers"
+    return FeatureSplit(prefix, suffix, walk.prefix_layers, stopped_by, walk.open_shapes)
+
+
+class _ConstantWalk:
+    """One walk over a model's graph, nested models included, marking constant tensors.
+
+    A tensor is constant when every layer between the inputs and it has no reason to
+    stop the cut (:func:`barrier_reason`). The walk records who consumes each tensor, so
+    that the cut is where a constant tensor meets a trained consumer.
+
+    Attributes:
+        constant: ``{id(tensor): whether it is constant}``.
+        consumers_of: ``{id(tensor): "const" or "train" per consumer}``.
+        tensors: ``{id(tensor): tensor}``.
+        prefix_layers: paths of the constant layers, in graph order.
+        stops: the layers on constant inputs that are not constant, with why.
+        open_shapes: whether a constant tensor has a size open beyond the batch.
+    """
+
+    def __init__(self, trainable_ids: set[int], paths: dict[int, str]):
+        self.trainable_ids = trainable_ids
+        self.paths = paths
+        self.constant: dict[int, bool] = {}
+        self.consumers_of: dict[int, list[str]] = {}
+        self.tensors: dict[int, Any] = {}
+        self.prefix_layers: list[str] = []
+        self.stops: list[str] = []
+        self.open_shapes = False
+
+    def trace(self, model: keras.Model, flat_inputs: list) -> list:
+        """Run ``model`` on ``flat_inputs`` (all constant); its flat outputs."""
+        for t in flat_inputs:
+            self.constant[id(t)] = True
+            self.tensors[id(t)] = t
+        outputs = self._run(model, flat_inputs if len(flat_inputs) > 1 else flat_inputs[0])
+        return keras.tree.flatten(outputs)
+
+    def frontier(self) -> list:
+        """The constant tensors that a trained operation consumes: where to cut."""
+        return [
+            self.tensors[i]
+            for i, users in self.consumers_of.items()
+            if self.constant.get(i, False) and "train" in users
+        ]
+
+    def _run(self, container, inputs):
+        def call_fn(op, *args, **kwargs):
+            if surgery.is_container(op):
+                return self._run(op, args[0])
+            return self._visit_leaf(op, *args, **kwargs)
+
+        return compat.run_through_graph(container, inputs, call_fn)
+
+    def _visit_leaf(self, op, *args, **kwargs):
+        inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        reason = barrier_reason(op, self.trainable_ids)
+        outputs = op(*args, **kwargs)
+        is_const = reason is None and all(self.constant.get(id(t), False) for t in inputs)
+        for t in inputs:
+            self.consumers_of.setdefault(id(t), []).append("const" if is_const else "train")
+        for t in keras.tree.flatten(outputs):
+            self.constant[id(t)] = is_const
+            self.tensors[id(t)] = t
+            self.open_shapes |= is_const and _is_open(t)
+        path = self.paths.get(id(op), op.name)
+        if is_const and isinstance(op, keras.layers.Layer):  # raw operations are not layers
+            self.prefix_layers.append(path)
+        elif reason is not None and all(self.constant.get(id(t), False) for t in inputs):
+            self.stops.append(f"{path!r} ({reason})")
+        return outputs
 
 
 def _is_open(tensor: Any) -> bool:

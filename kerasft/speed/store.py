@@ -127,8 +127,9 @@ class FeatureStore:
     def __repr__(self) -> str:
         compiled = "" if self.compiled is None else f"; {self.compiled!r}"
         return (
-            f"FeatureStore({len(self)} entries, {self.nbytes / 2**20:.1f} of {self.budget / 2**20:.0f} MiB; "
-            f"{self.hits} hits, {self.misses} misses, {self.evictions} evicted{compiled})"
+            f"FeatureStore({len(self)} entries, {self.nbytes / 2**20:.1f} of "
+            f"{self.budget / 2**20:.0f} MiB; {self.hits} hits, {self.misses} misses, "
+            f"{self.evictions} evicted{compiled})"
         )
 
     def get(self, key: str) -> Features | None:
