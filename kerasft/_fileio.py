@@ -59,7 +59,7 @@ def _modes() -> tuple[int, int]:
 
 
 def tidy_permissions(path: str) -> None:
-    """Give ``path`` (recursively) the modes a plain ``mkdir``/``open`` would, without group/world write.
+    """Give ``path`` (recursively) a plain ``mkdir``/``open``'s modes, without group/world write.
 
     Temporary files and directories are created private (``0o600``/``0o700``); once
     complete they get ``0o777``/``0o666`` minus the umask and minus ``0o022``: ``0o755``

@@ -13,7 +13,7 @@ __all__ = ["forward"]
 def forward(
     old: str, new: types.ModuleType
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """Warn that module ``old`` moved to ``new``; return the old module's ``__getattr__`` and ``__dir__``.
+    """Warn that ``old`` moved to ``new``; return the old module's ``__getattr__`` and ``__dir__``.
 
     Used as ``__getattr__, __dir__ = forward(__name__, moved_module)`` in the old module.
     """

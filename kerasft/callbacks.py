@@ -337,7 +337,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
         if self.verbose:
             n = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
             print(
-                f"\nEpoch {epoch + 1}: GradualUnfreezing entered phase {target}, {n} trainable parameters."
+                f"\nEpoch {epoch + 1}: GradualUnfreezing entered phase {target}, "
+                f"{n} trainable parameters."
             )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -514,7 +515,8 @@ class ReduceLROnPlateauScaled(keras.callbacks.Callback):
             )
         if self.verbose > 0:
             print(
-                f"\nEpoch {epoch + 1}: ReduceLROnPlateauScaled{' ' + name if name else ''} {message}."
+                f"\nEpoch {epoch + 1}: ReduceLROnPlateauScaled"
+                f"{' ' + name if name else ''} {message}."
             )
         return True
 

@@ -163,7 +163,8 @@ class HeadConfig(_Config):
         labels.check_choices(self.task, self.label_mode, self.num_classes)
         if self.output is not None and not isinstance(self.output, str):
             raise ValueError(
-                f"Argument `output` must be the name of a model output, or None. Received: output={self.output!r}"
+                "Argument `output` must be the name of a model output, or None. "
+                f"Received: output={self.output!r}"
             )
         for name in ("new", "from_logits"):
             _optional_bool(name, getattr(self, name))
@@ -188,8 +189,8 @@ class HeadConfig(_Config):
             )
         ):
             raise ValueError(
-                "Argument `thresholds` must be 'tune' (per-label thresholds that maximise F1 on the "
-                "validation data), None (0.5) or a list of per-label thresholds in (0, 1). "
+                "Argument `thresholds` must be 'tune' (per-label thresholds that maximise F1 on "
+                "the validation data), None (0.5) or a list of per-label thresholds in (0, 1). "
                 f"Received: thresholds={th!r}"
             )
         if isinstance(self.loss, str) and self.loss == "focal" and self.task == "regression":
@@ -249,7 +250,7 @@ class LayerwiseConfig(_Config):
 
 @dataclass(frozen=True, repr=False)
 class LoraConfig(_Config):
-    """Low-rank adapters: what the ``"lora"``, ``"dora"``, ``"lp-lora"`` and ``"lp-dora"`` recipes train.
+    """Low-rank adapters: what recipes ``"lora"``, ``"dora"``, ``"lp-lora"``, ``"lp-dora"`` train.
 
     Example:
 
@@ -301,7 +302,8 @@ class LoraConfig(_Config):
             or not self.alpha > 0
         ):
             raise ValueError(
-                f"Argument `alpha` must be a positive number or None. Received: alpha={self.alpha!r}"
+                "Argument `alpha` must be a positive number or None. "
+                f"Received: alpha={self.alpha!r}"
             )
         _fraction("dropout", self.dropout)
         if self.quantize not in (None, "int8"):
@@ -312,7 +314,7 @@ class LoraConfig(_Config):
 
 @dataclass(frozen=True, repr=False)
 class OptimizerConfig(_Config):
-    """The optimizer every phase gets; ``finetune(optimizer="adamw")`` is ``OptimizerConfig("adamw")``.
+    """Every phase's optimizer; ``finetune(optimizer="adamw")`` is ``OptimizerConfig("adamw")``.
 
     Example:
 
@@ -348,8 +350,9 @@ class OptimizerConfig(_Config):
             not isinstance(self.name, str) or self.name.lower() not in OPTIMIZERS
         ):
             raise ValueError(
-                f"Argument `optimizer` must be one of {list(OPTIMIZERS)}, None (the recipe decides) or a "
-                f"kerasft.OptimizerConfig named one of them. Received: optimizer={self.name!r}"
+                f"Argument `optimizer` must be one of {list(OPTIMIZERS)}, None (the recipe "
+                "decides) or a kerasft.OptimizerConfig named one of them. "
+                f"Received: optimizer={self.name!r}"
             )
         if not isinstance(self.use_ema, bool):
             raise ValueError(
@@ -385,7 +388,7 @@ class OptimizerConfig(_Config):
 
 @dataclass(frozen=True, repr=False)
 class RegularizationConfig(_Config):
-    """What keeps the fine-tuned model close to the pretrained one, or sparse: penalties, augmentation, pruning.
+    """Penalties, augmentation, pruning: keep the model near its pretrained weights, or sparse.
 
     Example:
 
@@ -555,11 +558,13 @@ class RunConfig(_Config):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise ValueError(
-                    f"Argument `{name}` must be a directory path or None. Received: {name}={value!r}"
+                    f"Argument `{name}` must be a directory path or None. "
+                    f"Received: {name}={value!r}"
                 )
         if not isinstance(self.safe_mode, bool):
             raise ValueError(
-                f"Argument `safe_mode` must be True or False. Received: safe_mode={self.safe_mode!r}"
+                "Argument `safe_mode` must be True or False. "
+                f"Received: safe_mode={self.safe_mode!r}"
             )
 
 
@@ -651,7 +656,8 @@ def sort_keywords(
             )
         elif cls is not None:
             raise TypeError(
-                f"Argument `{key}` must be a kerasft.{cls.__name__} or None. Received: {key}={value!r}"
+                f"Argument `{key}` must be a kerasft.{cls.__name__} or None. "
+                f"Received: {key}={value!r}"
             )
         else:
             raise TypeError(_unknown(key, caller, deprecated))
@@ -661,8 +667,9 @@ def sort_keywords(
         if keyword in configs:
             there = ", ".join(f"{f}={_short_repr(getattr(configs[keyword], f))}" for f in fields)
             raise ValueError(
-                f"{_spell(given)} and `{keyword}={configs[keyword]!r}` ({there} there) both set {keyword} "
-                f"options: pass each setting once. HINT: {keyword}={_merged(configs[keyword], fields)}"
+                f"{_spell(given)} and `{keyword}={configs[keyword]!r}` ({there} there) both set "
+                f"{keyword} options: pass each setting once. HINT: "
+                f"{keyword}={_merged(configs[keyword], fields)}"
             )
         configs[keyword] = cls(**fields)
         old_names = {k: v for k, v in given.items() if k not in SHORTHANDS}
@@ -677,7 +684,7 @@ def sort_keywords(
 
 
 def flatten(keywords: Mapping[str, Any]) -> dict[str, Any]:
-    """``keywords`` with each config object replaced by its non-default fields, under their flat names."""
+    """``keywords``, each config object replaced by its non-default fields under flat names."""
     out: dict[str, Any] = {}
     for key, value in keywords.items():
         if isinstance(value, _Config) and isinstance(value, CONFIGS.get(key, ())):
@@ -688,7 +695,7 @@ def flatten(keywords: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def given_keywords(flat: Mapping[str, Any], configs: Mapping[str, _Config]) -> dict[str, Any]:
-    """The options a call set, under their flat names: flat keywords off their defaults, then config fields."""
+    """The options a call set, by flat name: keywords off their defaults, then config fields."""
     given = {k: v for k, v in flat.items() if not _same(v, FLAT.get(k, dataclasses.MISSING))}
     return flatten({**given, **configs})
 
@@ -702,7 +709,10 @@ def _unknown(key: str, caller: str, facade: bool) -> str:
         hint = f" Did you mean {name!r}?"
         if facade and name in LEGACY and name not in CONFIGS and name not in SHORTHANDS:
             keyword, field = LEGACY[name]
-            hint = f" Did you mean {keyword}=kerasft.{CONFIGS[keyword].__name__}({field}=...) (formerly {name!r})?"
+            hint = (
+                f" Did you mean {keyword}=kerasft.{CONFIGS[keyword].__name__}({field}=...) "
+                f"(formerly {name!r})?"
+            )
     return (
         f"{caller}() got an unexpected keyword argument {key!r}.{hint} Valid keywords are: "
         f"{sorted(set(names))}"

@@ -382,7 +382,8 @@ def discriminative_optimizer(
         not isinstance(weight_decay, (int, float)) or weight_decay < 0
     ):
         raise ValueError(
-            f"Argument `weight_decay` must be a number >= 0. Received: weight_decay={weight_decay!r}"
+            "Argument `weight_decay` must be a number >= 0. "
+            f"Received: weight_decay={weight_decay!r}"
         )
     if groups is None or not (
         isinstance(groups, list) and groups and all(isinstance(g, tuple) for g in groups)

@@ -162,7 +162,8 @@ def _check_arguments(
             )
     if end_lr <= start_lr:
         raise ValueError(
-            f"Argument `end_lr` must be > `start_lr`. Received: start_lr={start_lr}, end_lr={end_lr}"
+            "Argument `end_lr` must be > `start_lr`. "
+            f"Received: start_lr={start_lr}, end_lr={end_lr}"
         )
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 10:
         raise ValueError(
@@ -174,7 +175,8 @@ def _check_arguments(
         )
     if diverge_threshold <= 1.0:
         raise ValueError(
-            f"Argument `diverge_threshold` must be > 1. Received: diverge_threshold={diverge_threshold!r}"
+            "Argument `diverge_threshold` must be > 1. "
+            f"Received: diverge_threshold={diverge_threshold!r}"
         )
     if plot is not None and not os.fspath(plot).lower().endswith(".png"):
         raise ValueError(
@@ -190,7 +192,10 @@ def _check_arguments(
 
 
 def _loss_function(model: keras.Model, loss: Any) -> Any:
-    """``compute_loss(x, y, y_pred, sample_weight)``: ``loss`` plus the model's own, else the compiled loss."""
+    """``compute_loss(x, y, y_pred, sample_weight)`` for the sweep.
+
+    ``loss`` plus the model's own losses when ``loss`` is given, else the compiled loss.
+    """
     if loss is not None:
         loss_fn = keras.losses.get(loss)
         is_loss_object = isinstance(loss_fn, keras.losses.Loss)

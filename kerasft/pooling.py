@@ -66,7 +66,7 @@ def is_text_task(model: Any) -> bool:
 
 
 def task_pooling(model: Any) -> str:
-    """Which of :func:`text_features`' poolings ``model``'s head reads, or ``"own"`` for none of them.
+    """The :func:`text_features` pooling ``model``'s head reads, or ``"own"`` for none of them.
 
     A :class:`PooledTextClassifier` reads its ``pooling``; KerasHub's ``BertTextClassifier``
     reads ``pooled_output`` through dropout (``"cls"``); other classifiers (RoBERTa's, with

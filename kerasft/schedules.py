@@ -194,7 +194,7 @@ class WarmupCosineDecay(KerasftSchedule):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class OneCycle(KerasftSchedule):
-    """fastai's one-cycle shape: cosine up from ``max/div`` to ``max``, then down to ``max/div_final``.
+    """fastai's one-cycle: cosine up from ``max/div`` to ``max``, then down to ``max/div_final``.
 
     With ``pos = s / total_steps`` (clipped to 1): for ``pos < pct_start`` the rate is
     ``cos_anneal(max/div, max, pos/pct_start)``, afterwards
@@ -352,7 +352,8 @@ class WarmupStepDecay(_WarmupDecay):
         name: name of the schedule. Defaults to `None`.
 
     Raises:
-        ValueError: for a non-positive rate or ``decay_steps``, or ``decay_rate`` outside ``(0, 1]``.
+        ValueError: for a non-positive rate or ``decay_steps``, or ``decay_rate``
+            outside ``(0, 1]``.
     """
 
     staircase = True
@@ -376,7 +377,9 @@ class WarmupStepDecay(_WarmupDecay):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class WarmupExponentialDecay(_WarmupDecay):
-    """Linear warmup, then smooth exponential decay: ``peak * decay_rate ** ((s - W) / decay_steps)``.
+    """Linear warmup, then smooth exponential decay by ``decay_rate`` every ``decay_steps`` steps.
+
+    After warmup ``W``: ``max(peak * decay_rate ** ((s - W) / decay_steps), min)``.
 
     Example:
 
@@ -395,7 +398,8 @@ class WarmupExponentialDecay(_WarmupDecay):
         name: name of the schedule. Defaults to `None`.
 
     Raises:
-        ValueError: for a non-positive rate or ``decay_steps``, or ``decay_rate`` outside ``(0, 1]``.
+        ValueError: for a non-positive rate or ``decay_steps``, or ``decay_rate``
+            outside ``(0, 1]``.
     """
 
 

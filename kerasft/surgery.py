@@ -133,7 +133,9 @@ def walk_layers(
     Example:
 
     >>> import keras, kerasft
-    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")], name="inner")
+    >>> inner = keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(3, name="fc")], name="inner"
+    ... )
     >>> outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2, name="head")])
     >>> [node.path for node in kerasft.surgery.walk_layers(outer)]
     ['inner', 'inner/fc', 'head']
@@ -286,10 +288,14 @@ def select_layers(
     ['block1_fc', 'block2_fc']
     >>> [layer.name for layer in kerasft.select_layers(m, ["head", lambda layer: layer.units == 3])]
     ['block1_fc', 'block2_fc', 'head']
-    >>> kerasft.select_layers(m, "blok1_fc", argument="unfreeze")  # doctest: +ELLIPSIS
+    >>> kerasft.select_layers(
+    ...     m, "blok1_fc", argument="unfreeze"
+    ... )  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    ValueError: No layer of model 'mlp' matches 'blok1_fc' in argument `unfreeze`. Existing layers are: ['block1_fc', 'block2_fc', 'head']. HINT: did you mean 'block1_fc'...?
+    ValueError: No layer of model 'mlp' matches 'blok1_fc' in argument `unfreeze`.
+    Existing layers are: ['block1_fc', 'block2_fc', 'head']. HINT: did you mean
+    'block1_fc'...?
 
     Args:
         model: a Sequential or Functional model.
@@ -326,7 +332,8 @@ def select_layers(
     _check_selectable(model)
     if legacy is not None and legacy not in _LEGACY_RULES:
         raise ValueError(
-            f"Argument `legacy` must be None or one of {list(_LEGACY_RULES)}. Received: legacy={legacy!r}"
+            f"Argument `legacy` must be None or one of {list(_LEGACY_RULES)}. "
+            f"Received: legacy={legacy!r}"
         )
     nodes = walk_layers(model, sublayers=sublayers)
     candidates = (
@@ -379,7 +386,7 @@ def _check_selectable(model: Any) -> None:
 
 
 def _entries(spec: LayerSpec) -> list:
-    """The entries of ``spec``: a list's items, else ``spec`` itself (a tuple of classes is one entry)."""
+    """The entries of ``spec``: a list's items, else ``spec`` (a tuple of classes is one entry)."""
     if isinstance(spec, tuple) and spec and all(isinstance(t, type) for t in spec):
         return [spec]
     if isinstance(spec, (list, tuple)):
@@ -498,7 +505,9 @@ def _warn_legacy(
     advice = (
         f"To keep today's selection, write {suggestion!r}"
         if same
-        else f"Write a pattern that matches in full (for example {suggestion!r}), or pass the layers"
+        else (
+            f"Write a pattern that matches in full (for example {suggestion!r}), or pass the layers"
+        )
     )
     warnings.warn(
         f"Argument `{argument}={entry!r}` selects layers by {_LEGACY_RULES[rule]}: "
@@ -990,7 +999,8 @@ def replace_head(
     check_operable(model)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(
-            f"Argument `num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
+            "Argument `num_classes` must be a positive integer. "
+            f"Received: num_classes={num_classes!r}"
         )
     if num_classes == 1 and activation == "softmax":
         raise ValueError(

@@ -3,8 +3,8 @@
 `keras.callbacks.TensorBoard` numbers epochs from 0 in every `fit` call, so the phases
 of a fine-tuning run would be drawn on top of each other. `TensorBoardLogger` counts
 epochs and optimizer steps across phases instead, and marks where each phase begins.
-`kerasft.finetune(..., run=kerasft.RunConfig(tensorboard=DIR))` uses it; it also works on its own around
-several `fit` calls.
+`kerasft.finetune(..., run=kerasft.RunConfig(tensorboard=DIR))` uses it; it also works
+on its own around several `fit` calls.
 """
 
 from __future__ import annotations

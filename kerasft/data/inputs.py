@@ -147,8 +147,8 @@ def normalize_inputs(x: Any, signature: InputSignature | None, argument: str = "
             missing = [n for n in signature.names if n not in arrays]
             if missing:
                 raise ValueError(
-                    f"Argument `{argument}`: input {missing[0]!r} is missing. The model's inputs are "
-                    f"[{signature.describe()}]; the data has {sorted(arrays)}."
+                    f"Argument `{argument}`: input {missing[0]!r} is missing. The model's inputs "
+                    f"are [{signature.describe()}]; the data has {sorted(arrays)}."
                 )
             unknown = [k for k in arrays if k not in signature.names]
             if unknown:
@@ -199,8 +199,8 @@ def _from_dataframe(frame: Any, signature: InputSignature | None, argument: str)
     bad = [c for c, name in zip(columns, frame.columns) if not _is_numeric_column(frame[name])]
     if bad:
         raise ValueError(
-            f"Argument `{argument}`: DataFrame columns {bad} are not numeric, and the model takes one "
-            f"input. Received columns {columns}. HINT: pass one text column for a text model, "
+            f"Argument `{argument}`: DataFrame columns {bad} are not numeric, and the model takes "
+            f"one input. Received columns {columns}. HINT: pass one text column for a text model, "
             "encode the others, or build a model with one named input per column."
         )
     return frame.to_numpy().astype("float32")
@@ -283,22 +283,25 @@ def _check_numbers_or_text(
     text = array.dtype.kind in "USO"
     if text and dtype is not None and dtype != "string":
         raise ValueError(
-            f"Argument `{argument}`:{where} inputs must be numeric arrays (the model takes {dtype}), but "
-            f"have dtype {array.dtype}: text. HINT: tokenize the text first, or start the model with "
-            "a keras.layers.TextVectorization layer (or use a KerasHub task with its preprocessor)."
+            f"Argument `{argument}`:{where} inputs must be numeric arrays (the model takes "
+            f"{dtype}), but have dtype {array.dtype}: text. HINT: tokenize the text first, or "
+            "start the model with a keras.layers.TextVectorization layer (or use a KerasHub "
+            "task with its preprocessor)."
         )
     if not text and dtype == "string":
         raise ValueError(
-            f"Argument `{argument}`:{where} holds numbers (dtype {array.dtype}), but the model takes "
-            "text (strings)."
+            f"Argument `{argument}`:{where} holds numbers (dtype {array.dtype}), but the model "
+            "takes text (strings)."
         )
     if not text and array.dtype.kind not in "biuf":
         raise ValueError(
-            f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype {array.dtype}."
+            f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype "
+            f"{array.dtype}."
         )
     if dtype is None and text:
         raise ValueError(
-            f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype {array.dtype}."
+            f"Argument `{argument}`:{where} inputs must be numeric arrays, but have dtype "
+            f"{array.dtype}."
         )
     if array.dtype.kind == "f" and len(array) and not np.all(np.isfinite(array)):
         bad = int(np.sum(~np.all(np.isfinite(array.reshape(len(array), -1)), axis=1)))
@@ -314,8 +317,9 @@ def _check_shape(shape: tuple, expected: tuple, argument: str, where: str) -> No
     )
     if not ok:
         raise ValueError(
-            f"Argument `{argument}`:{where} each input has shape {tuple(shape)}, but the model expects "
-            f"{tuple(expected)} (None = any). HINT: resize or reshape the inputs to {tuple(expected)}"
+            f"Argument `{argument}`:{where} each input has shape {tuple(shape)}, but the model "
+            f"expects {tuple(expected)} (None = any). HINT: resize or reshape the inputs to "
+            f"{tuple(expected)}"
             + (
                 ", e.g. add a channel axis with x[..., None]."
                 if len(shape) + 1 == len(expected)

@@ -72,7 +72,8 @@ def check_choices(task: Any, label_mode: Any, num_classes: Any) -> None:
         )
     if label_mode is not None and label_mode not in LABEL_MODES:
         raise ValueError(
-            f"Argument `label_mode` must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}"
+            f"Argument `label_mode` must be one of {LABEL_MODES}. "
+            f"Received: label_mode={label_mode!r}"
         )
     if num_classes is not None and (
         not isinstance(num_classes, (int, np.integer))
@@ -80,8 +81,8 @@ def check_choices(task: Any, label_mode: Any, num_classes: Any) -> None:
         or num_classes < 1
     ):
         raise ValueError(
-            f"Argument `num_classes` must be a positive integer (>= 2 for a classifier: a softmax over "
-            f"one class is always 1.0). Received: num_classes={num_classes!r}"
+            "Argument `num_classes` must be a positive integer (>= 2 for a classifier: a softmax "
+            f"over one class is always 1.0). Received: num_classes={num_classes!r}"
         )
 
 
@@ -118,8 +119,8 @@ def infer_spec(
         width = 1 if y.ndim == 1 else int(np.prod(y.shape[1:]))
         if num_classes is not None and num_classes != width:
             raise ValueError(
-                f"Argument `num_classes={num_classes}` does not match the {width} regression target(s). "
-                f"Pass num_classes={width} or None."
+                f"Argument `num_classes={num_classes}` does not match the {width} regression "
+                f"target(s). Pass num_classes={width} or None."
             )
         spec = DataSpec(width, "continuous", {}, "regression")
     elif kind == "multilabel":
@@ -164,8 +165,9 @@ def _task_of(
 def _multilabel_spec(y: np.ndarray, num_classes: int | None, argument: str) -> DataSpec:
     if y.ndim != 2 or not np.all((y == 0) | (y == 1)):
         raise ValueError(
-            f"Argument `{argument}`: multi-label targets must be a 0/1 matrix of shape (n, num_labels). "
-            f"Received labels of shape {y.shape} with values {np.unique(y)[:5].tolist()}."
+            f"Argument `{argument}`: multi-label targets must be a 0/1 matrix of shape "
+            f"(n, num_labels). Received labels of shape {y.shape} with values "
+            f"{np.unique(y)[:5].tolist()}."
         )
     width = y.shape[1]
     if num_classes is not None and num_classes != width:
@@ -225,7 +227,8 @@ def _sparse_spec(
     yi = y.astype("int64")
     if yi.min() < 0:
         raise ValueError(
-            f"Argument `{argument}`: labels must be in [0, num_classes), but the smallest is {yi.min()}."
+            f"Argument `{argument}`: labels must be in [0, num_classes), but the smallest is "
+            f"{yi.min()}."
         )
     top = int(yi.max())
     if num_classes is not None and top >= num_classes:
@@ -298,8 +301,8 @@ def class_weights(spec: DataSpec, class_weight: Any) -> dict[int, float] | None:
         return None
     if spec.task == "regression":
         raise ValueError(
-            f"Argument `class_weight={class_weight!r}` applies to classification, but the targets are "
-            "regression targets. HINT: pass class_weight=None, or sample weights in the data."
+            f"Argument `class_weight={class_weight!r}` applies to classification, but the targets "
+            "are regression targets. HINT: pass class_weight=None, or sample weights in the data."
         )
     counts = np.asarray([spec.class_counts.get(i, 0) for i in range(spec.num_classes)], dtype=float)
     safe = np.where(counts > 0, counts, 1.0)
@@ -320,7 +323,8 @@ def class_weights(spec: DataSpec, class_weight: Any) -> dict[int, float] | None:
     ]
     if unknown:
         raise ValueError(
-            f"Argument `class_weight` has keys {unknown} that are not class ids in [0, {spec.num_classes})."
+            f"Argument `class_weight` has keys {unknown} that are not class ids in "
+            f"[0, {spec.num_classes})."
         )
     bad = {
         k: v

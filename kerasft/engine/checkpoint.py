@@ -195,7 +195,10 @@ def _describe(value: Any) -> Any:
         except Exception:  # a config that cannot be read: the class says enough
             return {"class": type(value).__qualname__}
     if callable(value):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+        return (
+            f"{getattr(value, '__module__', '')}."
+            f"{getattr(value, '__qualname__', type(value).__qualname__)}"
+        )
     return type(value).__qualname__
 
 
@@ -234,9 +237,9 @@ class _DirectoryLock:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
             raise CheckpointInUseError(
-                f"Argument `checkpoint_dir={os.path.dirname(self.path)!r}` is in use by another run "
-                f"(process {holder}). Two runs on one directory would overwrite each other's state. "
-                "HINT: wait for that run to finish, or give this one its own directory."
+                f"Argument `checkpoint_dir={os.path.dirname(self.path)!r}` is in use by another "
+                f"run (process {holder}). Two runs on one directory would overwrite each other's "
+                "state. HINT: wait for that run to finish, or give this one its own directory."
             ) from None
         return fd
 
@@ -309,7 +312,7 @@ class RunCheckpoint:
         return os.path.join(self.directory, f"phase-{index}")
 
     def completed(self, index: int) -> tuple[dict[str, Any], list[np.ndarray], str] | None:
-        """The saved result, end-of-phase weights and their file for phase ``index``, if it finished."""
+        """Phase ``index``'s saved result, end-of-phase weights and their file, if it finished."""
         entry = self.state["phases"].get(str(index))
         if entry is None:
             return None
@@ -517,8 +520,8 @@ class Checkpoint(Hook):
         except ValueError as e:  # a foreign file of the right name
             raise _damaged(path, e, self.checkpoint.directory) from None
         run.log(
-            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{run.phase.name}': finished "
-            f"in an earlier run (checkpoint {self.checkpoint.directory})"
+            f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{run.phase.name}': "
+            f"finished in an earlier run (checkpoint {self.checkpoint.directory})"
         )
         return PhaseResult(**saved["result"])
 

@@ -254,8 +254,8 @@ class NaNGuard(Hook):
             f"epoch {event['epoch']} in phase {run.phase.name!r} (peak learning rate {peak:g}). "
             "Training stopped and the last weights with a finite loss were restored; later "
             f"phases were skipped. HINT: try a lower learning rate (e.g. {peak / 10:g}), "
-            "gradient clipping (optimizer=kerasft.OptimizerConfig(global_clipnorm=1.0)), or check the inputs "
-            "for extreme values.",
+            "gradient clipping (optimizer=kerasft.OptimizerConfig(global_clipnorm=1.0)), "
+            "or check the inputs for extreme values.",
             RuntimeWarning,
             stacklevel=5,  # hook, runner, run, finetune, caller
         )
@@ -395,7 +395,8 @@ class LRFinder(Hook):
         run.plan = run.plan.resolve_rates(found.suggestions["valley"])
         rates = [str(p.rate) for p in run.plan.phases]
         run.log(
-            f"kerasft: lr_find suggests lr {found.suggestions['valley']:.2e} (valley); phase rates {rates}"
+            f"kerasft: lr_find suggests lr {found.suggestions['valley']:.2e} (valley); "
+            f"phase rates {rates}"
         )
 
 
@@ -452,8 +453,9 @@ class TargetScale(Hook):
         head = run.task.head
         if not isinstance(head, keras.layers.Dense) or not head.use_bias:
             raise ValueError(
-                "Argument `standardize_targets=True` needs a Dense head with a bias to fold the scale "
-                f"into, but the head {head.name!r} ({type(head).__name__}) has none. HINT: pass new_head=True."
+                "Argument `standardize_targets=True` needs a Dense head with a bias to fold the "
+                f"scale into, but the head {head.name!r} ({type(head).__name__}) has none. HINT: "
+                "pass new_head=True."
             )
 
     def run_end(self, run: Run) -> None:
@@ -464,8 +466,8 @@ class TargetScale(Hook):
         head.kernel.assign(kernel * std)
         head.bias.assign(bias * std + mean)
         run.log(
-            f"kerasft: regression head rescaled to the targets' units (mean {mean.round(4).tolist()}, "
-            f"std {std.round(4).tolist()})"
+            "kerasft: regression head rescaled to the targets' units "
+            f"(mean {mean.round(4).tolist()}, std {std.round(4).tolist()})"
         )
 
 
@@ -495,7 +497,8 @@ class Thresholds(Hook):
         scores = run.model.predict(run.data.validation.map(lambda x, y: x), verbose=0)
         task.thresholds = tune_thresholds(labels, scores, from_logits=task.from_logits)
         run.log(
-            f"kerasft: decision thresholds tuned on validation: {[round(t, 3) for t in task.thresholds]}"
+            "kerasft: decision thresholds tuned on validation: "
+            f"{[round(t, 3) for t in task.thresholds]}"
         )
 
 
@@ -523,7 +526,8 @@ class Pruning(Hook):
         if not run.phase.prunable:
             raise ValueError(
                 f"Argument `prune` cannot prune the last phase of this plan ({run.phase.name!r} "
-                f"trains {run.phase.trains!r}): pruning needs gradient steps on a fixed set of layers."
+                f"trains {run.phase.trains!r}): pruning needs gradient steps on a fixed set of "
+                "layers."
             )
         steps = run.plan.steps_per_epoch
         self.plan, first_full = pruning_finetune.start(

@@ -109,7 +109,8 @@ class RecipeOptions:
         return isinstance(self.lr, str) and self.lr == "find"
 
 
-# The optimizer's options are a public config, passed whole (`finetune(optimizer=OptimizerConfig(...))`).
+# The optimizer's options are a public config, passed whole
+# (`finetune(optimizer=OptimizerConfig(...))`).
 OptimizerOptions = OptimizerConfig
 
 
@@ -227,7 +228,7 @@ class Options:
 
     @classmethod
     def assemble(cls, flat: Mapping[str, Any], configs: Mapping[str, Any]) -> Options:
-        """The groups of a call's flat keywords and configs, without validating them (see :meth:`build`)."""
+        """A call's flat keywords and configs in their groups, unvalidated (see :meth:`build`)."""
         keywords = dict(flat)
         for config in configs.values():
             keywords.update(config.keywords())
@@ -261,7 +262,7 @@ class Options:
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> Options:
-        """:meth:`build` from flat keywords only: every option under its flat name (``lora_rank=4``).
+        """:meth:`build` from flat keywords: every option under its flat name (``lora_rank=4``).
 
         Config objects are accepted too. No deprecation warning: this is the engine's spelling.
 
@@ -318,7 +319,7 @@ def _flat_name(group: type, field: str) -> str:
 
 
 def default_recipe(keywords: Mapping[str, Any]) -> str:
-    """The recipe when none is given: ``"auto"``, or ``"lp-ft"`` for options only its head phase has.
+    """The default recipe: ``"auto"``, or ``"lp-ft"`` for options only its head phase has.
 
     ``head_epochs=`` and ``lr="find"`` describe a head trained by gradient, which
     ``"auto"`` does not have (it fits the head in closed form), and ``prune=`` prunes
@@ -390,7 +391,8 @@ def _check_numbers(o: Options) -> None:
         isinstance(patience, bool) or not isinstance(patience, int) or patience < 0
     ):
         raise ValueError(
-            f"Argument `patience` must be a non-negative int or None. Received: patience={patience!r}"
+            "Argument `patience` must be a non-negative int or None. "
+            f"Received: patience={patience!r}"
         )
     if o.run.verbose not in (0, 1, 2) or isinstance(o.run.verbose, bool):
         raise ValueError(
@@ -503,23 +505,24 @@ CONFLICTS: list[Conflict] = [
         lambda o: o.auto and o.recipe.finds_lr,
         lambda o: (
             "Argument `lr='find'` sweeps the rate of a head trained by gradient, but recipe='auto' "
-            "fits the head in closed form and picks the fine-tuning rate by model family. HINT: pass "
-            "lr=<rate> to set the fine-tuning rate, or recipe='lp-ft' with lr='find'."
+            "fits the head in closed form and picks the fine-tuning rate by model family. HINT: "
+            "pass lr=<rate> to set the fine-tuning rate, or recipe='lp-ft' with lr='find'."
         ),
     ),
     Conflict(
         lambda o: o.recipe.quantize is not None and o.recipe.adapters is None,
         lambda o: (
             f"Argument `quantize={o.recipe.quantize!r}` quantizes the frozen base under low-rank "
-            f"adapters, but recipe={o.recipe.recipe!r} trains no adapters. HINT: pass recipe='lora' "
-            "or 'lp-lora' (or export with quantization instead)."
+            f"adapters, but recipe={o.recipe.recipe!r} trains no adapters. HINT: pass "
+            "recipe='lora' or 'lp-lora' (or export with quantization instead)."
         ),
     ),
     Conflict(
         lambda o: o.task.standardize_targets and o.task.task in ("classification", "multilabel"),
         lambda o: (
-            f"Argument `standardize_targets=True` applies to regression targets, but task={o.task.task!r}. "
-            "HINT: pass task='regression' (or 'auto'), or standardize_targets=False."
+            "Argument `standardize_targets=True` applies to regression targets, but "
+            f"task={o.task.task!r}. HINT: pass task='regression' (or 'auto'), or "
+            "standardize_targets=False."
         ),
     ),
     Conflict(
@@ -565,9 +568,9 @@ CONFLICTS: list[Conflict] = [
     Conflict(
         lambda o: o.recipe.finds_lr and o.speed.distribute is not None,
         lambda o: (
-            f"Argument `lr='find'` cannot run under `distribute` ({_strategy_name(o.speed.distribute)}): "
-            "the LR finder trains on one device. HINT: run kerasft.lr_find without a strategy "
-            "first and pass its suggestion as lr=."
+            "Argument `lr='find'` cannot run under `distribute` "
+            f"({_strategy_name(o.speed.distribute)}): the LR finder trains on one device. "
+            "HINT: run kerasft.lr_find without a strategy first and pass its suggestion as lr=."
         ),
     ),
     Conflict(

@@ -376,7 +376,8 @@ def _staged(name: str, epochs: int, stages: list[Stage], o: RecipeOptions) -> Ph
     if late:
         raise ValueError(
             f"Argument `recipe`: phases start at epochs {[s.epoch for s in stages]} but the "
-            f"run lasts {epochs} epoch{'s' if epochs != 1 else ''}, so some would never train. HINT: raise `epochs`."
+            f"run lasts {epochs} epoch{'s' if epochs != 1 else ''}, so some would never train. "
+            "HINT: raise `epochs`."
         )
     mults = layerwise.group_multipliers(
         max(1, len(stages) - 1), lr_mult=o.lr_mult, layer_decay=o.layer_decay
@@ -463,8 +464,8 @@ def build_plan(
     phases = RECIPES[options.kind](options, model, head)
     if not any(p.epochs for p in phases):
         raise ValueError(
-            f"Arguments `head_epochs={options.head_epochs}` and `epochs={options.epochs}` leave nothing "
-            f"to train for recipe={options.recipe!r}."
+            f"Arguments `head_epochs={options.head_epochs}` and `epochs={options.epochs}` leave "
+            f"nothing to train for recipe={options.recipe!r}."
         )
     return Plan(phases, steps_per_epoch=steps_per_epoch)
 

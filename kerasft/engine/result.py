@@ -41,7 +41,7 @@ class PhaseResult:
 
 @dataclass
 class NaNEvent:
-    """Where the loss stopped being finite: phase, epoch and step (1-based), the loss, the peak rate."""
+    """Where the loss went non-finite: phase, epoch, step (1-based), the loss and the peak rate."""
 
     phase: str
     epoch: int

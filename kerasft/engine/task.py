@@ -300,7 +300,8 @@ def select_output(model: keras.Model, head: str | None) -> keras.Model:
         return model
     if head not in names:
         raise ValueError(
-            f"Argument `head={head!r}` names no output of model {model.name!r}. Outputs are: {names}"
+            f"Argument `head={head!r}` names no output of model {model.name!r}. "
+            f"Outputs are: {names}"
         )
     if len(names) == 1:
         return model
@@ -308,7 +309,7 @@ def select_output(model: keras.Model, head: str | None) -> keras.Model:
 
 
 def _rebuild_keras_hub_task(task: Any, units: int, activation: Any) -> Any:
-    """A new task of the same class on the same backbone, with ``units`` outputs (KerasHub's way)."""
+    """A new task of the same class and backbone with ``units`` outputs (KerasHub's way)."""
     config = task.get_config()
     keep = {
         k: v
@@ -375,10 +376,10 @@ def setup_task(
     rebuild = options.new_head if options.new_head is not None else _needs_new_head(model, spec)
     if options.new_head is False and _needs_new_head(model, spec):
         raise ValueError(
-            f"Argument `new_head=False`, but the head {head.name!r} has {surgery.head_units(head)} units "
-            f"({surgery.head_activation(model)}) and the data has {spec.num_classes} "
-            f"{'outputs' if spec.task == 'regression' else 'classes'} ({spec.label_mode} labels). Pass "
-            "new_head=None to rebuild it."
+            f"Argument `new_head=False`, but the head {head.name!r} has "
+            f"{surgery.head_units(head)} units ({surgery.head_activation(model)}) and the data "
+            f"has {spec.num_classes} {'outputs' if spec.task == 'regression' else 'classes'} "
+            f"({spec.label_mode} labels). Pass new_head=None to rebuild it."
         )
     if rebuild:
         activation = _head_activation(options, surgery.head_activation(model), spec)

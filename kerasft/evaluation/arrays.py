@@ -117,9 +117,9 @@ def class_ids(
     fractional = y != np.round(y)
     if fractional.any():
         raise ValueError(
-            f"Argument `y_true`: float targets such as {y[fractional][0].item()!r} with task={task!r}; "
-            f"class labels must be whole numbers in [0, {num_classes}) or one-hot rows. For "
-            "float targets use task='regression'."
+            f"Argument `y_true`: float targets such as {y[fractional][0].item()!r} with "
+            f"task={task!r}; class labels must be whole numbers in [0, {num_classes}) or one-hot "
+            "rows. For float targets use task='regression'."
         )
     bad = y[(y < 0) | (y >= num_classes)]
     if len(bad):
@@ -143,7 +143,8 @@ def label_matrix(y_true: np.ndarray, y_pred: np.ndarray, name: str) -> np.ndarra
     if y_true.shape[1] != num_columns(y_pred) or y_pred.ndim != 2:
         raise ValueError(
             f"Argument `{name}`: a label matrix of width {y_true.shape[1]} does not match "
-            f"the {num_columns(y_pred)} output(s) of `y_pred`; expected shape (n, {num_columns(y_pred)})."
+            f"the {num_columns(y_pred)} output(s) of `y_pred`; expected shape "
+            f"(n, {num_columns(y_pred)})."
         )
     if not is_binary(y_true):
         row, col = np.argwhere(~np.isin(y_true, (0, 1)))[0]

@@ -142,7 +142,8 @@ class EvaluationReport:
         figures = self.scalars()
         if key not in figures:
             raise KeyError(
-                f"{key!r} is not a figure of this {self.task} report. Figures are: {sorted(figures)}"
+                f"{key!r} is not a figure of this {self.task} report. "
+                f"Figures are: {sorted(figures)}"
             )
         return figures[key]
 

@@ -20,8 +20,9 @@ def flip_averaged(model: keras.Model) -> keras.Model:
         or getattr(model, "preprocessor", None) is not None
     ):
         raise ValueError(
-            f"Argument `tta=True` averages over horizontal flips of images, but model {model.name!r} "
-            "does not take one image tensor (batch, height, width, channels). HINT: pass tta=False."
+            "Argument `tta=True` averages over horizontal flips of images, but model "
+            f"{model.name!r} does not take one image tensor (batch, height, width, channels). "
+            "HINT: pass tta=False."
         )
     image = keras.Input(batch_shape=inputs[0].shape, dtype=inputs[0].dtype, name="image")
     flipped = keras.ops.flip(image, axis=2)  # width, channels last
