@@ -33,6 +33,7 @@ from kerasft import augment as augment_lib
 from kerasft import layerwise, regularizers
 from kerasft.data import labels
 from kerasft.speed import plan as speed_plan
+from kerasft.speed import store as speed_store
 
 __all__ = [
     "CONFIGS",
@@ -513,6 +514,7 @@ class SpeedConfig(_Config):
     feature_store: Any = None
 
     def __post_init__(self) -> None:
+        speed_store.check_feature_store(self.feature_store)
         speed_plan.check_options(
             cache_features=self.cache_features,
             cache_budget=self.cache_budget,

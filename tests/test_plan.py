@@ -88,7 +88,8 @@ def test_gradual_plan_stages_and_rates(shipped_model):
     assert phase.staged and not phase.cacheable and phase.epochs == 8
     assert [s.epoch for s in phase.stages] == [0, 2, 4, 6]
     assert phase.stages[0].layers == ["predictions"] and phase.stages[1].layers == ["fc"]
-    # Stage 0 trains at the head rate, the others at the body rate spread by lr_mult, deepest lowest.
+    # Stage 0 trains at the head rate, the others at the body rate spread by lr_mult,
+    # deepest lowest.
     assert [float(s.rate) for s in phase.stages] == pytest.approx([1e-2, 1e-3, 1e-4, 1e-5])
     counts = plan.trainable_params[0]
     assert counts == sorted(counts) and len(set(counts)) == 4
@@ -218,6 +219,8 @@ def _expected_error(recipe, extras):
         return "Argument `prune` works with recipe"
     if kind == "head" and keys & {"lr_mult", "layer_decay"}:
         return "spread rates over layer groups"
+    if kind == "head" and "unfreeze" in keys:
+        return "recipe='head' trains only the head"
     if kind in ("gradual", "phases") and "unfreeze" in keys:
         return "unfreezes by phases"
     if RecipeOptions(recipe=kind).adapters and "unfreeze" in keys:
@@ -283,7 +286,8 @@ def test_every_conflict_row_is_hit_by_its_case_alone():
         ),
         (
             dict(quantize="int8"),
-            r"`quantize='int8'` quantizes the frozen base under low-rank adapters, but recipe='auto'",
+            r"`quantize='int8'` quantizes the frozen base under low-rank adapters, but "
+            r"recipe='auto'",
         ),
         (
             dict(task="classification", standardize_targets=True),
@@ -298,6 +302,7 @@ def test_every_conflict_row_is_hit_by_its_case_alone():
             r"`class_weight='balanced'` applies to classification",
         ),
         (dict(recipe="head", lr_mult=10), "spread rates over layer groups"),
+        (dict(recipe="head", unfreeze=3), r"recipe='head' trains only the head.*unfreeze=3"),
         (dict(recipe="gradual", unfreeze=3), "unfreezes by phases"),
         (
             dict(recipe="lp-lora", unfreeze=3),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerasft import surgery
+from kerasft import SpeedConfig, surgery
 from kerasft.data import prepare_data
 from kerasft.speed import caching
 from kerasft.speed.plan import PhaseSpeed, SpeedPlan, SpeedRecord, check_options
@@ -75,9 +75,7 @@ def test_options_reach_every_phase(shipped_model, prepared):
     plan = SpeedPlan(
         _head_only(shipped_model),
         prepared,
-        cache_features=False,
-        jit_compile=True,
-        steps_per_execution=3,
+        SpeedConfig(cache_features=False, jit_compile=True, steps_per_execution=3),
     )
     try:
         first = plan.setup_phase(shipped_model, 0)
@@ -94,7 +92,7 @@ def test_options_reach_every_phase(shipped_model, prepared):
 
 
 def test_requested_mixed_precision_is_applied_output_kept_float32(shipped_model, prepared):
-    plan = SpeedPlan(shipped_model, prepared, mixed_precision="mixed_bfloat16")
+    plan = SpeedPlan(shipped_model, prepared, SpeedConfig(mixed_precision="mixed_bfloat16"))
     try:
         record = plan.report()
         assert (record.precision, record.precision_reason) == ("mixed_bfloat16", "requested")
@@ -154,11 +152,11 @@ def test_bad_options_are_refused_before_any_work(shipped_model, prepared, keywor
     )
     with pytest.raises(ValueError, match=message):
         check_options(**{**good, keyword: value})
-    with pytest.raises(ValueError, match=message):
-        SpeedPlan(shipped_model, prepared, **{keyword: value})
+    with pytest.raises(ValueError, match=message):  # the group is validated when built
+        SpeedPlan(shipped_model, prepared, SpeedConfig(**{keyword: value}))
     assert all(layer.dtype_policy.name == "float32" for layer in shipped_model.layers)
 
 
 def test_feature_store_must_be_a_feature_store(shipped_model, prepared):
     with pytest.raises(TypeError, match=r"`feature_store` must be a kerasft.speed.FeatureStore"):
-        SpeedPlan(shipped_model, prepared, feature_store={})
+        SpeedPlan(shipped_model, prepared, SpeedConfig(feature_store={}))

@@ -94,6 +94,7 @@ class ModelProfile:
         top_blocks: for a transformer, a regex over layer paths selecting its top half of
             attention blocks and every layer above them; else ``None``.
         attention_blocks: the number of attention blocks.
+        batch_norm: whether it has BatchNormalization layers.
     """
 
     family: str
@@ -103,16 +104,18 @@ class ModelProfile:
     text: bool = False
     top_blocks: str | None = None
     attention_blocks: int = 0
+    batch_norm: bool = True
 
     def describe(self) -> str:
-        kind = {
-            "transformer": "a transformer",
-            "cnn": "a convolutional network",
-            "mlp": "a dense network",
-        }
-        return f"{kind[self.family]} of {self.params:,} parameters in {self.blocks} blocks"
+        blocks = f"{self.blocks} block{'s' if self.blocks != 1 else ''}"
+        return f"{_KINDS[self.family]} of {self.params:,} parameters in {blocks}"
 
 
+_KINDS = {
+    "transformer": "a transformer",
+    "cnn": "a convolutional network",
+    "mlp": "a dense network",
+}
 _CONVOLUTIONS = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
@@ -153,6 +156,7 @@ def profile_model(model: keras.Model, head: keras.layers.Layer) -> ModelProfile:
         is_text_task(model),
         top,
         attention,
+        any(isinstance(lyr, keras.layers.BatchNormalization) for lyr in layers),
     )
 
 
@@ -311,7 +315,7 @@ def _budget(
         why = f"budget: {_epochs(epochs)} as given ({epochs * steps_per_epoch} steps)"
     else:
         why = (
-            f"budget: about {target} optimizer steps for a {family}: {_epochs(epochs)} of "
+            f"budget: about {target} optimizer steps for {_KINDS[family]}: {_epochs(epochs)} of "
             f"{steps_per_epoch} steps at batch {batch_size}"
         )
     return epochs, why
@@ -360,7 +364,7 @@ def decide(
     reasons.append(why)
     optimizer, rate, layer_decay, weight_decay = _optimizer(profile, user)
     unfreeze, what = _what_trains(profile, user)
-    train_bn, norm = _batch_norm(family, user)
+    train_bn, norm = _batch_norm(profile, user)
     candidates = _candidates(family, rate, selection, epochs, user)
     peak = " or ".join(f"{r:.2g}" for r in (rate, *candidates))
     spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
@@ -433,7 +437,7 @@ def _what_trains(profile: ModelProfile, user: dict[str, Any]) -> tuple[Any, str]
     return "all", "everything"
 
 
-def _batch_norm(family: str, user: dict[str, Any]) -> tuple[bool, str]:
+def _batch_norm(profile: ModelProfile, user: dict[str, Any]) -> tuple[bool, str]:
     """Whether BatchNormalization trains in the fine-tune, and the plan's words for it.
 
     It trains: its statistics follow the new data. On the matrix's dev cases this was as
@@ -449,8 +453,9 @@ def _batch_norm(family: str, user: dict[str, Any]) -> tuple[bool, str]:
     )
     if given:
         norm += " (as given)"
-    # A transformer has no BatchNormalization to speak of.
-    return train_bn, "" if family == "transformer" else f"; {norm}"
+    # Said only of a model that has BatchNormalization (a transformer has none to speak of).
+    speak = profile.batch_norm and profile.family != "transformer"
+    return train_bn, f"; {norm}" if speak else ""
 
 
 def _candidates(

@@ -550,6 +550,14 @@ CONFLICTS: list[Conflict] = [
         ),
     ),
     Conflict(
+        lambda o: o.recipe.kind == "head" and o.recipe.unfreeze != "all",
+        lambda o: (
+            "Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes; recipe='head' "
+            f"trains only the head and would ignore it. Received: unfreeze={o.recipe.unfreeze!r}. "
+            "HINT: pass recipe='lp-ft' to train the head, then the layers of `unfreeze`."
+        ),
+    ),
+    Conflict(
         lambda o: o.recipe.kind in ("gradual", "phases") and o.recipe.unfreeze != "all",
         lambda o: (
             f"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes; recipe "

@@ -411,22 +411,17 @@ class Runner:
 
     def run(self) -> FinetuneResult:
         """Train every phase of the plan; return the result with the best weights."""
-        run, s = self.run_state, self.run_state.options.speed
+        run = self.run_state
         _onednn.check_model(run.model, trains_body=any(p.trains_body for p in run.plan.phases))
         if self.strategy is not None:
             distribute.check_model_variables(run.model, self.strategy)
         speed = SpeedPlan(
             run.model,
             run.data,
-            cache_features=s.cache_features,
-            cache_budget=s.cache_budget,
-            jit_compile=s.jit_compile,
-            mixed_precision=s.mixed_precision,
-            steps_per_execution=s.steps_per_execution,
+            run.options.speed,
             seed=run.options.data.seed,
             distributed=self.strategy is not None,
             verbose=run.options.run.verbose,
-            feature_store=s.feature_store,
         )
         task = run.task
         run.log(

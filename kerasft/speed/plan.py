@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
 from kerasft import data as data_lib
-from kerasft.speed import caching, compiled, devices, distribute, store
+from kerasft.speed import caching, compiled, devices, distribute
+
+if TYPE_CHECKING:  # kerasft.configs validates with this module's check_options
+    from kerasft.configs import SpeedConfig
 
 __all__ = ["SpeedPlan", "SpeedRecord", "PhaseSpeed", "check_options"]
 
@@ -123,25 +126,31 @@ class SpeedPlan:
         self,
         model: keras.Model,
         prepared: data_lib.PreparedData,
+        speed: SpeedConfig | None = None,
         *,
-        cache_features: Any = "auto",
-        cache_budget: float = 1024**3,
-        jit_compile: Any = "auto",
-        mixed_precision: Any = None,
-        steps_per_execution: Any = "auto",
         seed: int = 0,
         distributed: bool = False,
         verbose: int = 0,
-        feature_store: store.FeatureStore | None = None,
     ):
-        store.check_feature_store(feature_store)
-        check_options(
-            cache_features=cache_features,
-            cache_budget=cache_budget,
-            jit_compile=jit_compile,
-            mixed_precision=mixed_precision,
-            steps_per_execution=steps_per_execution,
-        )
+        """Decide the run's precision and XLA, and open its feature cache.
+
+        Args:
+            model: the model the run trains (mixed precision is applied to it here).
+            prepared: the run's :class:`kerasft.data.PreparedData`.
+            speed: the run's :class:`kerasft.SpeedConfig`, validated when it was built
+                (``distribute`` is the runner's). Defaults to `None` (the defaults).
+            seed: seed of the feature cache's shuffles. Defaults to `0`.
+            distributed: whether the run trains under a ``tf.distribute`` strategy.
+                Defaults to `False`.
+            verbose: print what the cache does. Defaults to `0`.
+        """
+        if speed is None:
+            from kerasft.configs import SpeedConfig
+
+            speed = SpeedConfig()
+        cache_features, mixed_precision = speed.cache_features, speed.mixed_precision
+        jit_compile, steps_per_execution = speed.jit_compile, speed.steps_per_execution
+        feature_store, cache_budget = speed.feature_store, speed.cache_budget
         kinds = devices.device_types()
         self.precision, precision_reason = devices.choose_mixed_precision(
             mixed_precision, kinds, cpu_bf16=devices.cpu_supports_bfloat16()
