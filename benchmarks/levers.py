@@ -83,7 +83,8 @@ def main(argv=None) -> None:
                 secs.append(sec)
             rows.append((task, lever, np.mean(accs), np.std(accs), np.mean(secs), len(accs)))
             print(
-                f"{task:<18} {lever:<20} acc {np.mean(accs):.3f} ± {np.std(accs):.3f}  {np.mean(secs):5.1f} s   "
+                f"{task:<18} {lever:<20} acc {np.mean(accs):.3f} ± {np.std(accs):.3f}  "
+                f"{np.mean(secs):5.1f} s   "
                 f"({', '.join(f'{a:.3f}' for a in accs)})",
                 flush=True,
             )

@@ -781,8 +781,9 @@ def run(
                     row = make_row(case, method, seed, quick, split, out)
                     acc = "" if row["accuracy"] is None else f"  acc {row['accuracy']:5.1f}"
                     print(
-                        f"{name:<17} seed {seed}  {method:<8} {case.metric} {row['score']:6.2f}{acc}"
-                        f"  train {row['train_seconds']:7.1f} s  (n={row['n_train']}/{row['n_test']})",
+                        f"{name:<17} seed {seed}  {method:<8} {case.metric} {row['score']:6.2f}"
+                        f"{acc}  train {row['train_seconds']:7.1f} s  "
+                        f"(n={row['n_train']}/{row['n_test']})",
                         flush=True,
                     )
                 except Exception as e:  # noqa: BLE001  a failed row is recorded, the run goes on

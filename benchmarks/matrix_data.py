@@ -233,7 +233,7 @@ def load_glove() -> tuple[dict[str, int], np.ndarray]:
 
 
 def balanced_text_split(texts, labels, n_train: int, n_test: int, seed: int) -> FewShotSplit:
-    """A fixed, class-balanced test set of ``n_test``; ``n_train`` balanced from the rest by ``seed``."""
+    """A fixed, balanced test set of ``n_test``; ``n_train`` balanced from the rest by ``seed``."""
     classes = np.unique(labels)
     test = per_class(labels, n_test // len(classes), FIXED_SEED)
     pool = np.setdiff1d(np.arange(len(labels)), test)

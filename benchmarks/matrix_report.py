@@ -20,7 +20,7 @@ SHARE = 0.9
 
 
 def latest(rows: Sequence[dict]) -> dict[tuple, dict]:
-    """The last row of each (case, seed, method); an error row counts only if nothing later succeeded."""
+    """Each (case, seed, method)'s last row; an error row counts only if nothing later succeeded."""
     out: dict[tuple, dict] = {}
     for r in rows:
         key = (r["case"], r["seed"], r["method"])
@@ -136,7 +136,8 @@ def targets(summary: list[dict]) -> list[dict]:
     slow = sorted({n for n, _, r in ratios if r > 1.0})
     out.append(
         {
-            "name": "median wall time at most the reference recipe's (median of kerasft/ref per case-seed <= 1)",
+            "name": "median wall time at most the reference recipe's "
+            "(median of kerasft/ref per case-seed <= 1)",
             "passed": bool(ratios) and median <= 1.0,
             "value": f"median ratio {median:.2f} over {len(ratios)} case-seeds"
             if ratios
@@ -199,9 +200,15 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         "Scores are points (x100), mean ± standard deviation over seeds.",
         "",
         "```bash",
-        "python benchmarks/matrix.py --quick        # every case, 1 seed, small test sets, no fit30",
+        (
+            "python benchmarks/matrix.py --quick        # every case, 1 seed, small test sets, "
+            "no fit30"
+        ),
         "python benchmarks/matrix.py                # every case x seeds 0 1 2, resumable",
-        "python benchmarks/matrix.py --only kerasft # re-run kerasft's rows against stored baselines",
+        (
+            "python benchmarks/matrix.py --only kerasft # re-run kerasft's rows against "
+            "stored baselines"
+        ),
         "python benchmarks/matrix.py --report       # this page and matrix.png",
         "```",
         "",
@@ -225,11 +232,13 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         d = dict(v)
         lines.append(
             f"- Python {d['python']}, TensorFlow {d['tensorflow']} (oneDNN off: "
-            f"`TF_ENABLE_ONEDNN_OPTS={d['onednn']}`), Keras {d['keras']}, KerasHub {d['keras_hub']}."
+            f"`TF_ENABLE_ONEDNN_OPTS={d['onednn']}`), Keras {d['keras']}, KerasHub "
+            f"{d['keras_hub']}."
         )
     lines += [
-        f"- kerasft at commit {', '.join(f'`{c}`' for c in commits) or 'n/a'} (the `kerasft` rows); "
-        f"rows from {times[0] if times else 'n/a'} to {times[-1] if times else 'n/a'}; "
+        f"- kerasft at commit {', '.join(f'`{c}`' for c in commits) or 'n/a'} "
+        f"(the `kerasft` rows); rows from {times[0] if times else 'n/a'} to "
+        f"{times[-1] if times else 'n/a'}; "
         f"seeds {', '.join(map(str, seeds))}; {len(rows)} rows in `{results_path}`.",
         "- Batch 32 everywhere; MiniLM at sequence length 128 (`BertTextClassifierPreprocessor"
         "(tokenizer, sequence_length=128)`); seconds are training only (for `lp`: the frozen"
@@ -251,7 +260,10 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         "",
         "- **kerasft**: `kerasft.finetune(model, (x_train, y_train), seed=seed, verbose=0)`, all",
         "  defaults, scored with `result.evaluate((x_test, y_test))`.",
-        "- **fit3**, **fit30**: plain Keras `fit` of the pretrained model, everything trainable, all",
+        (
+            "- **fit3**, **fit30**: plain Keras `fit` of the pretrained model, "
+            "everything trainable, all"
+        ),
         "  labels, no validation, 3 and 30 epochs; `Adam(1e-3)` for the CNNs and the GloVe model,",
         "  `AdamW(5e-5)` for MiniLM. For MiniLM, **fit30 means 10 epochs**: 30 epochs of a",
         "  22M-parameter BERT at sequence length 128 take hours on 2 CPU cores. A new `Dense` head",
@@ -261,10 +273,19 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         "  the other new layers trained 20 epochs with `Adam(1e-3)`, then everything but",
         "  BatchNormalization 10 epochs with `Adam(1e-5)`. MiniLM: KerasHub's full fine-tune,",
         "  `Adam(5e-5)`, 3 epochs (fit3 with Adam instead of AdamW).",
-        "- **lp**: linear probe on frozen features with scikit-learn: `LogisticRegression(max_iter=2000)`",
+        (
+            "- **lp**: linear probe on frozen features with scikit-learn: "
+            "`LogisticRegression(max_iter=2000)`"
+        ),
         "  (one per label for multi-label), `Ridge()` for regression. Features: the head's input;",
-        "  for MiniLM the masked mean of `sequence_output`. **lp_cls**: MiniLM's [CLS] `pooled_output`.",
-        "- Baselines score with `kerasft.report_from_predictions` (0.5 thresholds for multi-label),",
+        (
+            "  for MiniLM the masked mean of `sequence_output`. **lp_cls**: MiniLM's [CLS] "
+            "`pooled_output`."
+        ),
+        (
+            "- Baselines score with `kerasft.report_from_predictions` (0.5 thresholds for "
+            "multi-label),"
+        ),
         "  the same figures as `result.evaluate`.",
         "",
         "## Results",
@@ -273,7 +294,10 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         "kerasft's score minus that baseline's on the same seed. `time`: mean kerasft seconds /",
         "mean ref seconds.",
         "",
-        "| case | set | seeds | kerasft | fit3 | fit30 | ref | lp | lp_cls | best | kerasft - best | time kerasft/ref |",
+        (
+            "| case | set | seeds | kerasft | fit3 | fit30 | ref | lp | lp_cls "
+            "| best | kerasft - best | time kerasft/ref |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary:
@@ -281,7 +305,9 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         gap = f"{statistics.fmean(c['gaps'].values()):+.1f}" if c["gaps"] else ""
         ratio = ""
         if "kerasft" in st and "ref" in st:
-            ratio = f"{statistics.fmean(st['kerasft']['seconds'].values()) / statistics.fmean(st['ref']['seconds'].values()):.2f}"
+            ours = statistics.fmean(st["kerasft"]["seconds"].values())
+            ref = statistics.fmean(st["ref"]["seconds"].values())
+            ratio = f"{ours / ref:.2f}"
         n = max(len(s["scores"]) for s in st.values())
         lines.append(
             f"| {c['case'].name} | {c['case'].group} | {n} | "

@@ -162,7 +162,8 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
     full = next((r for r in rows if r["name"] == "full" and not r.get("error")), None)
     print(
-        "\n| row | test acc | train s | trainable % | TF peak MiB (x full) | RSS MiB (x full) | file MiB (x full) |"
+        "\n| row | test acc | train s | trainable % | TF peak MiB (x full) | RSS MiB (x full) | "
+        "file MiB (x full) |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -174,7 +175,8 @@ def main(argv=None) -> None:
             return f" ({r[key] / full[key]:.2f})" if full else ""
 
         print(
-            f"| {r['name']} | {r['accuracy']:.3f} | {r['seconds']:.1f} | {100 * r['trainable']:.2f} | "
+            f"| {r['name']} | {r['accuracy']:.3f} | {r['seconds']:.1f} | "
+            f"{100 * r['trainable']:.2f} | "
             f"{r['tf_peak_mb']:.0f}{ratio('tf_peak_mb')} | {r['rss_mb']:.0f}{ratio('rss_mb')} | "
             f"{r['file_mb']:.2f}{ratio('file_mb')} |"
         )

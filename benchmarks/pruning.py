@@ -17,7 +17,7 @@ Run: ``python benchmarks/pruning.py`` (about 2.5 minutes on 2 cores). It measure
    size of the SavedModel that ``kerasft.export.export_model`` writes from each.
 
 Output on the development machine (2-core CPU shared with other jobs, TF 2.21,
-Keras 3.15, tfmot 0.8.1, oneDNN off):
+Keras 3.15, tfmot 0.8.1, oneDNN off; lines over 100 characters wrapped here):
 
 Per-step training time, batch 32, 8 rounds of 35 timed steps: wall (best round), CPU (median round)
   keras3 dense       wall   27.0 ms   CPU   52.8 ms
@@ -25,9 +25,13 @@ Per-step training time, batch 32, 8 rounds of 35 timed steps: wall (best round),
   tf_keras dense     wall   29.2 ms   CPU   54.5 ms
   tf_keras tfmot     wall   32.5 ms   CPU   57.4 ms
   tf_keras tfmot-all wall   34.6 ms   CPU   61.2 ms
-  overhead of pruning (wall): kerasft x1.04 (target <= x1.3), tfmot x1.11 (same layers), x1.18 (whole model wrapped)
-  overhead of pruning (CPU): kerasft x1.07 (target <= x1.3), tfmot x1.05 (same layers), x1.12 (whole model wrapped)
-kerasft.finetune on digits (1000 train, 797 held out): held-out accuracy dense 0.9962, pruned 0.9950 (-0.13 points); pruned layers ['block2_conv1', 'block2_conv2', 'fc'] at 80.0%, 78.2% of all prunable weights
+  overhead of pruning (wall): kerasft x1.04 (target <= x1.3), tfmot x1.11 (same layers),
+    x1.18 (whole model wrapped)
+  overhead of pruning (CPU): kerasft x1.07 (target <= x1.3), tfmot x1.05 (same layers),
+    x1.12 (whole model wrapped)
+kerasft.finetune on digits (1000 train, 797 held out): held-out accuracy dense 0.9962,
+  pruned 0.9950 (-0.13 points); pruned layers ['block2_conv1', 'block2_conv2', 'fc'] at
+  80.0%, 78.2% of all prunable weights
 SavedModel .tar.gz: dense 3492 kB, stripped pruned 1100 kB: x0.32 (target <= x0.35)
 Total time 137 s
 

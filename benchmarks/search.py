@@ -141,15 +141,16 @@ def main(argv=None):
     features = sum(r.feature_seconds for r in rows)
     total = sum(r.seconds for r in rows)
     print(
-        f"where the last search's trial time went ({total:.1f} s in {len(rows)} trials): fit calls (tracing "
-        f"included) {fit:.1f} s, features {features:.2f} s, the rest (copy, data, plan, compile) "
-        f"{total - fit - features:.1f} s; {found.store}"
+        f"where the last search's trial time went ({total:.1f} s in {len(rows)} trials): "
+        f"fit calls (tracing included) {fit:.1f} s, features {features:.2f} s, the rest "
+        f"(copy, data, plan, compile) {total - fit - features:.1f} s; {found.store}"
     )
     print()
     print("| run | seconds (median of rounds) | x single | test accuracy |")
     print("|---|---|---|---|")
     print(
-        f"| single finetune ({fixed.get('recipe', 'default')} recipe) | {median['single']:.1f} | 1.0 | {accuracy['single']:.4f} |"
+        f"| single finetune ({fixed.get('recipe', 'default')} recipe) | {median['single']:.1f} | "
+        f"1.0 | {accuracy['single']:.4f} |"
     )
     print(
         f"| kerasft.search, {args.trials} trials | {median['search']:.1f} | "

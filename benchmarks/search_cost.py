@@ -67,7 +67,7 @@ TRIALS = 8
 
 
 class FirstSteps(keras.callbacks.Callback):
-    """Seconds of the first training and validation batch of each ``fit``, and of the ``fit`` calls."""
+    """Seconds of each ``fit``'s first training and validation batch, and of the ``fit`` calls."""
 
     def __init__(self):
         super().__init__()
@@ -189,7 +189,8 @@ def main(argv=None):
             print(describe("search", *case["search"]), flush=True)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}\n")
     print(
-        "| data | seed | one call s | features only: 8 trials s | ratio | search: 8 trials s | ratio |"
+        "| data | seed | one call s | features only: 8 trials s | ratio | search: 8 trials s | "
+        "ratio |"
     )
     print("|---|---|---|---|---|---|---|")
     ratios = {"plain": [], "search": []}

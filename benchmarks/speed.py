@@ -298,7 +298,8 @@ def overhead(weights, x, y, epochs=OVERHEAD_EPOCHS):
 def report(hand, kft, n_train):
     for name, r in (("hand-written", hand), ("kerasft", kft)):
         print(
-            f"{name:<13}: {r['seconds']:6.1f} s  val acc head {r['head_acc']:.3f} -> final {r['val_acc']:.3f}  "
+            f"{name:<13}: {r['seconds']:6.1f} s  val acc head {r['head_acc']:.3f} -> final "
+            f"{r['val_acc']:.3f}  "
             f"head {HEAD_EPOCHS * n_train / r['head_s']:6.0f} img/s  "
             f"finetune {EPOCHS * n_train / r['ft_s']:5.0f} img/s"
         )
@@ -321,8 +322,9 @@ def main(argv=None):
     started = time.perf_counter()
     (xs, ys), (x, y) = load_tasks()
     print(
-        f"data: pretraining on {len(xs)} MNIST digits 0-4, fine-tuning on {len(x)} MNIST digits 5-9 "
-        f"(upscaled to {SIZE}px RGB; {int(0.8 * len(x))} train / {len(x) // 5} validation)"
+        f"data: pretraining on {len(xs)} MNIST digits 0-4, fine-tuning on {len(x)} MNIST "
+        f"digits 5-9 (upscaled to {SIZE}px RGB; {int(0.8 * len(x))} train / "
+        f"{len(x) // 5} validation)"
     )
     peak = matmul_peak()
     print(f"measured fp32 matmul peak: {peak:.0f} GFLOP/s")
@@ -350,7 +352,8 @@ def main(argv=None):
     for label, _, _ in configs:
         ratios = [k["seconds"] / h["seconds"] for lab, h, k in rows if lab == label]
         print(
-            f"{label:<17}: {' '.join(f'{q:.2f}' for q in ratios)}  median {float(np.median(ratios)):.2f}"
+            f"{label:<17}: {' '.join(f'{q:.2f}' for q in ratios)}  median "
+            f"{float(np.median(ratios)):.2f}"
         )
     bare, kft_steps, ratios, model = overhead(weights, x, y, args.overhead_epochs)
     flops = train_flops_per_image(model)
@@ -366,8 +369,9 @@ def main(argv=None):
     step = float(np.median(bare))
     gflops = BATCH * flops / step / 1e9
     print(
-        f"training compute: {flops / 1e6:.0f} MFLOP/image (forward x3); achieved {gflops:.1f} GFLOP/s "
-        f"= {100 * gflops / peak:.1f}% of the measured matmul peak (best of two, {peak:.0f} GFLOP/s)"
+        f"training compute: {flops / 1e6:.0f} MFLOP/image (forward x3); "
+        f"achieved {gflops:.1f} GFLOP/s = {100 * gflops / peak:.1f}% of the measured matmul "
+        f"peak (best of two, {peak:.0f} GFLOP/s)"
     )
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
     return rows, ratios, flops, peak

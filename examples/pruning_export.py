@@ -62,7 +62,8 @@ for label, file in files.items():
     with open(file, "rb") as f:
         raw = f.read()
     print(
-        f"{label:>26}: {len(raw) / 1024:7.0f} KiB, gzipped {len(gzip.compress(raw)) / 1024:6.0f} KiB"
+        f"{label:>26}: {len(raw) / 1024:7.0f} KiB, "
+        f"gzipped {len(gzip.compress(raw)) / 1024:6.0f} KiB"
     )
 
 # %% [markdown]

@@ -24,7 +24,8 @@ from kerasft.jobs import textdata, textjob
 
 split = textdata.rotten_tomatoes_few_shot(n_train=400, n_test=600, seed=0)
 print(
-    f"{len(split.x_train)} labelled reviews, {len(split.x_test)} to test on; e.g. {str(split.x_train[0])!r}"
+    f"{len(split.x_train)} labelled reviews, {len(split.x_test)} to test on; e.g. "
+    f"{str(split.x_train[0])!r}"
 )
 task = textjob.build_task()  # BertTextClassifier: MiniLM backbone, new 2-class head, preprocessor
 before = kerasft.evaluate(task, (split.x_test, split.y_test))

@@ -94,7 +94,8 @@ CASES = [
         "float targets with task='classification'",
         lambda m, d, t: _ft(m, (d[0], d[1] + 0.5), task="classification"),
         ValueError,
-        r"Argument `data`.*floats that are not class indices.*\[0.5.*HINT: for float targets pass task='regression'",
+        r"Argument `data`.*floats that are not class indices.*\[0.5.*HINT: for float targets pass "
+        r"task='regression'",
     ),
     (
         "one-hot width != num_classes",
@@ -274,7 +275,8 @@ CASES = [
         "plateau reduction + schedule",
         lambda m, d, t: _ft(m, d, callbacks=[keras.callbacks.ReduceLROnPlateau()]),
         ValueError,
-        r"Argument `callbacks` holds a keras.callbacks.ReduceLROnPlateau.*HINT: pass reduce_on_plateau=True",
+        r"Argument `callbacks` holds a keras.callbacks.ReduceLROnPlateau.*HINT: pass "
+        r"reduce_on_plateau=True",
     ),
     (
         "caching forced + augmentation",
@@ -318,7 +320,8 @@ CASES = [
         "unknown distribute",
         lambda m, d, t: _ft(m, d, distribute="tpu"),
         ValueError,
-        r"Argument `distribute` must be None, 'auto' or a tf.distribute.Strategy.*Received: distribute='tpu'",
+        r"Argument `distribute` must be None, 'auto' or a tf.distribute.Strategy.*Received: "
+        r"distribute='tpu'",
     ),
     (
         "lr='find' under a strategy",

@@ -219,7 +219,8 @@ def test_model_trained_on_features_saves_and_loads(shipped_model_path, digits_sm
 def test_cache_argument_errors(shipped_model, digits_small):
     with pytest.raises(
         ValueError,
-        match=r"Argument `cache_features` must be True, False or 'auto'\. Received: cache_features='yes'",
+        match=r"Argument `cache_features` must be True, False or 'auto'\. Received: "
+        r"cache_features='yes'",
     ):
         kerasft.finetune(shipped_model, digits_small, cache_features="yes", verbose=0)
     with pytest.raises(

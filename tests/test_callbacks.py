@@ -1,4 +1,4 @@
-"""Gradual unfreezing, optimizer sync, plateau reduction on schedules, and their finetune recipes."""
+"""Gradual unfreezing, optimizer sync, plateau reduction on schedules, and their recipes."""
 
 from __future__ import annotations
 
@@ -295,7 +295,8 @@ def test_finetune_phase_file_with_ema_and_plateau(shipped_model, digits_small, t
 def test_errors(shipped_model, digits_small):
     with pytest.raises(
         ValueError,
-        match=r"Argument `unfreeze_every` must be an integer >= 1 or None. Received: unfreeze_every=0",
+        match=r"Argument `unfreeze_every` must be an integer >= 1 or None. Received: "
+        r"unfreeze_every=0",
     ):
         GradualUnfreezing(unfreeze_every=0)
     with pytest.raises(ValueError, match=r"Phase 1 has unknown keys \['lrate'\]. Valid keys are"):
@@ -329,7 +330,8 @@ def test_errors(shipped_model, digits_small):
         )
     with pytest.raises(
         ValueError,
-        match=r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\]",
+        match=r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', "
+        r"'lora', 'dora', 'lp-lora', 'lp-dora'\]",
     ):
         kerasft.finetune(shipped_model, digits_small, recipe="slow", verbose=0)
     with pytest.raises(ValueError, match=r"Argument `recipe`: phases \[1\] have no `epoch`.*HINT"):
@@ -357,6 +359,7 @@ def test_errors(shipped_model, digits_small):
         kerasft.finetune(shipped_model, digits_small, use_ema="yes", verbose=0)
     with pytest.raises(
         ValueError,
-        match=r"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes.*Received: unfreeze=2",
+        match=r"Argument `unfreeze` applies to the 'lp-ft' and 'full' recipes.*"
+        r"Received: unfreeze=2",
     ):
         kerasft.finetune(shipped_model, digits_small, recipe="gradual", unfreeze=2, verbose=0)

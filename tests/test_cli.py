@@ -360,9 +360,11 @@ def test_every_option_of_every_command_has_help():
     "message, command, expected",
     [
         (
-            "Argument `path`: 'out' already exists. Pass overwrite=True to replace it, or choose a new path.",
+            "Argument `path`: 'out' already exists. Pass overwrite=True to replace it, or "
+            "choose a new path.",
             "finetune",
-            "Argument `--export`: 'out' already exists. Pass --overwrite to replace it, or choose a new path.",
+            "Argument `--export`: 'out' already exists. Pass --overwrite to replace it, or "
+            "choose a new path.",
         ),
         (
             "Argument `path`: 'out' already exists. Pass overwrite=True to replace it.",
@@ -370,28 +372,36 @@ def test_every_option_of_every_command_has_help():
             "Argument `path`: 'out' already exists. Pass --overwrite to replace it.",
         ),
         (
-            "Argument `lr='find'` sweeps the rate of a head trained by gradient, but recipe='auto' fits the head in "
-            "closed form. HINT: pass lr=<rate>, or recipe='lp-ft' with lr='find'.",
+            "Argument `lr='find'` sweeps the rate of a head trained by gradient, but "
+            "recipe='auto' fits the head in closed form. HINT: pass lr=<rate>, or "
+            "recipe='lp-ft' with lr='find'.",
             "finetune",
-            "Argument `--lr 'find'` sweeps the rate of a head trained by gradient, but --recipe 'auto' fits the head in "
-            "closed form. HINT: pass --lr <rate>, or --recipe 'lp-ft' with --lr 'find'.",
+            "Argument `--lr 'find'` sweeps the rate of a head trained by gradient, but "
+            "--recipe 'auto' fits the head in closed form. HINT: pass --lr <rate>, or "
+            "--recipe 'lp-ft' with --lr 'find'.",
         ),
         (
-            "Argument `quantize='float16'` applies to format='tflite' only. Received: format='saved_model'. "
+            "Argument `quantize='float16'` applies to format='tflite' only. "
+            "Received: format='saved_model'. "
             "HINT: a SavedModel keeps float weights; pass quantize=None.",
             "export",
-            "Argument `--quantize 'float16'` applies to --format 'tflite' only. Received: --format 'saved_model'. "
+            "Argument `--quantize 'float16'` applies to --format 'tflite' only. "
+            "Received: --format 'saved_model'. "
             "HINT: a SavedModel keeps float weights; leave out --quantize.",
         ),
         (
-            "Arguments `head_epochs=0` and `epochs=0` leave nothing to train. Received: finetune_lr=-1.0.",
+            "Arguments `head_epochs=0` and `epochs=0` leave nothing to train. "
+            "Received: finetune_lr=-1.0.",
             "finetune",
-            "Arguments `--head-epochs 0` and `--epochs 0` leave nothing to train. Received: --finetune-lr -1.0.",
+            "Arguments `--head-epochs 0` and `--epochs 0` leave nothing to train. "
+            "Received: --finetune-lr -1.0.",
         ),
         (
-            "and safe_mode=True refuses that. If you trust the file, pass safe_mode=False (CLI: --unsafe).",
+            "and safe_mode=True refuses that. If you trust the file, pass safe_mode=False "
+            "(CLI: --unsafe).",
             "lr-find",
-            "and safe mode (on unless --unsafe) refuses that. If you trust the file, pass --unsafe.",
+            "and safe mode (on unless --unsafe) refuses that. If you trust the file, "
+            "pass --unsafe.",
         ),
         # Not options of the command: left as the library wrote them.
         (
@@ -456,7 +466,7 @@ def test_export_to_a_tflite_path_writes_tflite(tmp_path, shipped_model_path, cap
 
 
 def test_piped_output_has_per_epoch_lines_and_no_escape_codes(tmp_path, three_digits):
-    """Output to a pipe or file: Keras's per-epoch lines, not a progress bar redrawn with ANSI codes."""
+    """Piped or file output: Keras's per-epoch lines, not a progress bar redrawn with ANSI codes."""
     proc, loaded = _run_console_script(
         "finetune",
         "--data",

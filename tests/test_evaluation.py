@@ -1,4 +1,4 @@
-"""Evaluation reports on real predictions: every figure against scikit-learn's, plus I/O and plots."""
+"""Evaluation reports of real predictions: each figure vs scikit-learn's, plus I/O and plots."""
 
 from __future__ import annotations
 
@@ -506,7 +506,8 @@ _P3 = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
             [0, 1],
             _P3,
             {},
-            "Arguments `y_true` and `y_pred` must hold the same number of examples. Received: 2 labels and 3 predictions.",
+            "Arguments `y_true` and `y_pred` must hold the same number of examples. "
+            "Received: 2 labels and 3 predictions.",
         ),
         (
             [0, 1, 3],
@@ -525,38 +526,45 @@ _P3 = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
             [0, 1, 2],
             [[0.7, 0.2, 0.1], [np.nan, 0.8, 0.1], [0.2, 0.2, 0.6]],
             {},
-            "Argument `y_pred`: 1 of 9 values are NaN or infinite (first in row 1); values must be finite.",
+            "Argument `y_pred`: 1 of 9 values are NaN or infinite (first in row 1); "
+            "values must be finite.",
         ),
         ([0, np.nan, 2], _P3, {}, "Argument `y_true`: 1 of 3 values are NaN or infinite"),
         (
             [0.5, 1.2, 2.0],
             _P3,
             {"task": "multiclass"},
-            "Argument `y_true`: float targets such as 0.5 with task='multiclass'; class labels must be whole numbers in [0, 3) or one-hot rows. For float targets use task='regression'.",
+            "Argument `y_true`: float targets such as 0.5 with task='multiclass'; class labels "
+            "must be whole numbers in [0, 3) or one-hot rows. For float targets use "
+            "task='regression'.",
         ),
         (
             [[1, 0], [0, 1], [1, 0]],
             _P3,
             {"task": "multiclass"},
-            "Argument `y_true`: a label matrix of width 2 does not match the 3 output(s) of `y_pred`",
+            "Argument `y_true`: a label matrix of width 2 does not match the 3 output(s) of "
+            "`y_pred`",
         ),
         (
             [[1, 1, 0], [0, 1, 0], [1, 0, 0]],
             _P3,
             {"task": "multiclass"},
-            "rows of a label matrix must be one-hot for task='multiclass'; row 0 is [1, 1, 0]. For several labels per example use task='multilabel'.",
+            "rows of a label matrix must be one-hot for task='multiclass'; row 0 is [1, 1, 0]. "
+            "For several labels per example use task='multilabel'.",
         ),
         (
             [[1, 1], [0, 1], [1, 0]],
             _P3,
             {"task": "multilabel"},
-            "Argument `y_true`: a label matrix of width 2 does not match the 3 output(s) of `y_pred`; expected shape (n, 3).",
+            "Argument `y_true`: a label matrix of width 2 does not match the 3 output(s) of "
+            "`y_pred`; expected shape (n, 3).",
         ),
         (
             [0, 1, 2],
             _P3,
             {"task": "multilabel"},
-            "Argument `y_true`: task='multilabel' needs a 0/1 label matrix of shape (n, 3). Received: shape (3,).",
+            "Argument `y_true`: task='multilabel' needs a 0/1 label matrix of shape (n, 3). "
+            "Received: shape (3,).",
         ),
         (
             [[1, 2, 0], [0, 1, 0], [1, 0, 0]],
@@ -568,13 +576,16 @@ _P3 = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
             [0, 1, 2],
             [0.1, 0.9, 0.3],
             {"task": "multiclass"},
-            "task='multiclass' needs one output per class (at least 2), but the outputs have shape (3,). One sigmoid unit is task='binary'.",
+            "task='multiclass' needs one output per class (at least 2), but the outputs have "
+            "shape (3,). One sigmoid unit is task='binary'.",
         ),
         (
             [0, 1, 1],
             _P3,
             {"task": "binary"},
-            "task='binary' takes one sigmoid unit or a 2-way softmax, but the outputs have 3 columns. For 3 classes use task='multiclass'; for 3 independent labels, task='multilabel'.",
+            "task='binary' takes one sigmoid unit or a 2-way softmax, but the outputs have 3 "
+            "columns. For 3 classes use task='multiclass'; for 3 independent labels, "
+            "task='multilabel'.",
         ),
         (
             [0, 1, 2],
@@ -586,19 +597,23 @@ _P3 = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
             [0, 1, 2],
             [[2.0, -1.0, 0.5], [0.1, 3.0, 0.1], [0.0, 0.0, 1.0]],
             {},
-            "Argument `y_pred`: value -1 is outside [0, 1], so these outputs are not probabilities. Pass from_logits=True",
+            "Argument `y_pred`: value -1 is outside [0, 1], so these outputs are not "
+            "probabilities. Pass from_logits=True",
         ),
         (
             [0, 1, 2],
             [[1.0, 2.0], [0.5, 0.5], [3.0, 1.0]],
             {"task": "regression"},
-            "Argument `y_true`: targets of width 1 do not match the 2 output(s) of `y_pred`; regression needs one target per output. HINT: if these are class ids and class scores, use task='multiclass'.",
+            "Argument `y_true`: targets of width 1 do not match the 2 output(s) of `y_pred`; "
+            "regression needs one target per output. HINT: if these are class ids and class "
+            "scores, use task='multiclass'.",
         ),
         (
             [0, 1, 2],
             _P3,
             {"task": "clustering"},
-            "Argument `task` must be 'auto' or one of ['multiclass', 'binary', 'multilabel', 'regression']. Received: task='clustering'",
+            "Argument `task` must be 'auto' or one of ['multiclass', 'binary', 'multilabel', "
+            "'regression']. Received: task='clustering'",
         ),
         (
             [0, 1, 2],
@@ -616,25 +631,29 @@ _P3 = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
             [0, 1, 2],
             _P3,
             {"thresholds": 0.3},
-            "Argument `thresholds` applies to task 'binary' or 'multilabel' only, but the task is 'multiclass'. Received: thresholds=0.3",
+            "Argument `thresholds` applies to task 'binary' or 'multilabel' only, but the task "
+            "is 'multiclass'. Received: thresholds=0.3",
         ),
         (
             [0, 1, 1],
             [0.2, 0.8, 0.6],
             {"thresholds": [0.5, 0.6]},
-            "Argument `thresholds`: a binary task takes one threshold. Received: thresholds=[0.5, 0.6]",
+            "Argument `thresholds`: a binary task takes one threshold. "
+            "Received: thresholds=[0.5, 0.6]",
         ),
         (
             [[1, 0], [0, 1]],
             [[0.9, 0.2], [0.3, 0.8]],
             {"task": "multilabel", "thresholds": [0.5, 1.5]},
-            "Argument `thresholds` must be a probability in [0, 1] or one per label (2). Received: thresholds=[0.5, 1.5]",
+            "Argument `thresholds` must be a probability in [0, 1] or one per label (2). "
+            "Received: thresholds=[0.5, 1.5]",
         ),
         (
             [1.5, 2.5, 3.5],
             [1.0, 2.0, 3.0],
             {"target_scale": 0.0},
-            "Argument `target_scale` must be a finite non-zero number or one per output (1). Received: target_scale=0.0",
+            "Argument `target_scale` must be a finite non-zero number or one per output (1). "
+            "Received: target_scale=0.0",
         ),
         (
             [1.5, 2.5, 3.5],
@@ -647,7 +666,8 @@ _P3 = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]
             [0, 1, 2],
             np.zeros((3, 2, 2)),
             {},
-            "Argument `y_pred` must be 1-D (examples,) or 2-D (examples, columns). Received: shape (3, 2, 2)",
+            "Argument `y_pred` must be 1-D (examples,) or 2-D (examples, columns). "
+            "Received: shape (3, 2, 2)",
         ),
     ],
 )
@@ -660,7 +680,8 @@ def test_bad_inputs_name_the_argument_value_and_what_is_valid(y_true, y_pred, kw
 def test_non_numeric_labels_are_a_type_error():
     with pytest.raises(
         TypeError,
-        match=r"Argument `y_true` must hold numbers. Received dtype <U3 \(first value \['cat'\]\). Map class names to ids first.",
+        match=r"Argument `y_true` must hold numbers. Received dtype <U3 \(first value \['cat'\]\). "
+        r"Map class names to ids first.",
     ):
         report_from_predictions(["cat", "dog"], [[0.9, 0.1], [0.2, 0.8]])
     with pytest.raises(

@@ -244,7 +244,8 @@ def test_a_setting_given_both_ways_is_refused_naming_both(shipped_model_path, di
         )
     with pytest.raises(
         ValueError,
-        match=r"`weight_decay=0.1` and `optimizer=OptimizerConfig\(name='adamw'\)` \(weight_decay=None there\)",
+        match=r"`weight_decay=0.1` and `optimizer=OptimizerConfig\(name='adamw'\)` "
+        r"\(weight_decay=None there\)",
     ):
         kerasft.plan(
             shipped_model_path,

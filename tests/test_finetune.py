@@ -166,7 +166,8 @@ def test_progress_names_each_phase(shipped_model, digits_small, capsys):
         (
             dict(recipe="warp"),
             ValueError,
-            r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', 'lora', 'dora', 'lp-lora', 'lp-dora'\].*Received: recipe='warp'",
+            r"Argument `recipe` must be one of \['auto', 'lp-ft', 'full', 'head', 'gradual', "
+            r"'lora', 'dora', 'lp-lora', 'lp-dora'\].*Received: recipe='warp'",
         ),
         (
             dict(unfreeze="^nope"),

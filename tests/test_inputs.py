@@ -142,7 +142,8 @@ def test_bad_inputs_name_the_input(digits8):
     model = two_input_model(dict_inputs=True)
     with pytest.raises(
         ValueError,
-        match=r"input 'rows' is missing. The model's inputs are \['image' \(8, 8, 1\) float32, 'rows' \(8,\) float32\]",
+        match=r"input 'rows' is missing. The model's inputs are \['image' \(8, 8, 1\) float32, "
+        r"'rows' \(8,\) float32\]",
     ):
         kerasft.finetune(model, ({"image": image}, y), verbose=0)
     with pytest.raises(ValueError, match=r"has inputs \['extra'\] that the model does not take"):

@@ -1,4 +1,7 @@
-"""The generative job's command line and pieces that need no model (the job itself runs in benchmarks/generate.py)."""
+"""The generative job's command line and the pieces that need no model.
+
+The job itself runs in benchmarks/generate.py.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Supervised fine-tuning on a tiny random Llama (KerasHub classes, real BPE vocabulary, SmolLM2 template)."""
+"""Supervised fine-tuning on a tiny random Llama.
+
+KerasHub classes, a real BPE vocabulary and the SmolLM2 chat template.
+"""
 
 from __future__ import annotations
 

@@ -418,7 +418,9 @@ from kerasft import datasets, pruning as kp
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     inputs = keras.Input((20,), name="x")
-    model = keras.Model(inputs, keras.layers.Dense(10, name="d2")(keras.layers.Dense(32, name="d1")(inputs)))
+    model = keras.Model(
+        inputs, keras.layers.Dense(10, name="d2")(keras.layers.Dense(32, name="d1")(inputs))
+    )
     pruned = kp.prune_low_magnitude(model, kp.PolynomialDecay(0.0, 0.5, 0, 4, frequency=2))
     pruned.compile("adam", "mse")
 rng = np.random.default_rng(0)
@@ -526,7 +528,8 @@ def test_errors_name_the_argument_and_value():
         kp.prune_low_magnitude(model, sparsity_m_by_n=(4, 4))
     with pytest.raises(
         ValueError,
-        match=r"No layer of model .* matches 'dense_9' in argument `layers`\. Existing layers are: \['d1', 'd2'\]",
+        match=r"No layer of model .* matches 'dense_9' in argument `layers`\. Existing layers are: "
+        r"\['d1', 'd2'\]",
     ):
         kp.prune_low_magnitude(model, layers=["dense_9"])
     with pytest.raises(TypeError, match="`model_or_layers`"):
@@ -556,7 +559,8 @@ def test_structure_errors_on_wrong_ranks():
     vector = keras.Model(inputs, Vector(name="vec")(inputs))
     with pytest.raises(
         ValueError,
-        match=r"`sparsity_m_by_n`.*rank 2 to 5.*layer 'vec'.*shape \(5,\).*Received: sparsity_m_by_n=\(2, 4\)",
+        match=r"`sparsity_m_by_n`.*rank 2 to 5.*layer 'vec'.*shape \(5,\).*Received: "
+        r"sparsity_m_by_n=\(2, 4\)",
     ):
         kp.prune_low_magnitude(vector, sparsity_m_by_n=(2, 4))
 
@@ -568,7 +572,8 @@ def test_no_prunable_layer():
     )
     with pytest.raises(
         ValueError,
-        match=r"`model_or_layers`: model '.*' has no prunable layer\. Prunable types are: \['Dense'",
+        match=r"`model_or_layers`: model '.*' has no prunable layer\. "
+        r"Prunable types are: \['Dense'",
     ):
         kp.prune_low_magnitude(model)
     with pytest.raises(ValueError, match="has no prunable weights"):
@@ -636,7 +641,7 @@ def test_finetune_prune_errors(shipped_model, digits_small):
 
 @pytest.mark.slow
 def test_pruned_digits_model_keeps_its_accuracy(shipped_model_path):
-    """Fine-tuning the shipped MNIST CNN on digits, pruned to 80% or not (1000 train, 797 held out)."""
+    """The shipped MNIST CNN fine-tuned on digits, dense and 80% pruned (1000 train, 797 test)."""
     split = datasets.few_shot_split(*datasets.load_digits(), shots=100, seed=0)
     accuracy = {}
     for name, prune in (("dense", None), ("pruned", 0.8)):

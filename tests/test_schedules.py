@@ -180,7 +180,8 @@ def test_model_saved_mid_run_loads_and_resumes_exactly(tmp_path, digits):
     [
         (
             lambda: WarmupCosineDecay(1e-3, total_steps=10, warmup_steps=10),
-            r"Argument `warmup_steps` must be < `total_steps`. Received: warmup_steps=10, total_steps=10",
+            r"Argument `warmup_steps` must be < `total_steps`. Received: warmup_steps=10, "
+            r"total_steps=10",
         ),
         (
             lambda: WarmupCosineDecay(-1.0, total_steps=10),

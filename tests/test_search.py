@@ -251,7 +251,8 @@ def test_phases_that_could_train_differently_keep_their_own_model(pretrained, fe
         **kwargs,
     )
     assert scheduled.speed.phases[0].compiled == (
-        f"{compiled.OWN}: callback LearningRateScheduler changes the model or its optimizer during fit"
+        f"{compiled.OWN}: callback LearningRateScheduler changes the model or its optimizer "
+        "during fit"
     )
     weight_decay = kerasft.finetune(
         pretrained,
@@ -477,7 +478,8 @@ def test_objective_that_is_not_logged(pretrained, few):
         (
             dict(space={"lr": [1e-3], "not_a_keyword": [1]}),
             ValueError,
-            r"'not_a_keyword', which is not a finetune keyword. Keywords that can be searched: \[.*'unfreeze'",
+            r"'not_a_keyword', which is not a finetune keyword. Keywords that can be searched: "
+            r"\[.*'unfreeze'",
         ),
         (
             dict(space={"validation_split": [0.1, 0.2]}),
@@ -526,7 +528,8 @@ def test_objective_that_is_not_logged(pretrained, few):
         (
             dict(space={"lr": [1e-3]}, learning_rate=1e-3),
             TypeError,
-            r"unexpected keyword argument 'learning_rate'. It takes the finetune keywords: \[.*'finetune_lr'",
+            r"unexpected keyword argument 'learning_rate'. It takes the finetune keywords: "
+            r"\[.*'finetune_lr'",
         ),
         (
             dict(space={"lr": [1e-3]}, monitor="val_accuracy"),
