@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import matrix_data as md  # noqa: E402
 import matrix_report  # noqa: E402
+import matrix_tabular  # noqa: E402
 
 from kerasft.datasets import FewShotSplit  # noqa: E402
 from kerasft.jobs import textdata  # noqa: E402
@@ -88,7 +89,7 @@ class Case:
 
     name: str
     group: str  # "dev" (used to tune defaults) or "held-out"
-    family: str  # "cnn", "minilm" or "glove"
+    family: str  # "cnn", "minilm", "glove" or "mlp"
     task: str  # "classification", "multilabel" or "regression"
     metric: str  # the EvaluationReport figure: accuracy, macro_f1, micro_f1, r2
     outputs: int  # classes, labels or regression outputs
@@ -445,6 +446,19 @@ CASES = {
             rotation_model,
             "shipped MNIST CNN with a 1-unit linear head -> angle of digits rotated by "
             "U(-40, 40) degrees, 200 labelled; test: the other 1,597",
+        ),
+        Case(
+            "diamonds_hj",
+            "held-out",
+            "mlp",
+            "classification",
+            "accuracy",
+            8,
+            matrix_tabular.diamonds_split(30),
+            matrix_tabular.diamond_mlp,
+            "tabular: MLP pretrained here on ggplot2's diamonds of colours D-G (clarity, 8 grades, "
+            "from carat, cut, proportions and price) -> colours H-J, 30 labels/grade (240); "
+            "test: 2,000 of the other H-J diamonds",
         ),
     ]
 }
