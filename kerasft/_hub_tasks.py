@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import keras_hub
 
-from kerasft.pooling import POOLINGS, MaskedMeanPooling
+from kerasft._token_pooling import POOLINGS, MaskedMeanPooling
 
 __all__ = ["PooledTextClassifier"]
 

@@ -23,6 +23,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasft._token_pooling import POOLINGS, MaskedMeanPooling
+
 __all__ = [
     "MaskedMeanPooling",
     "POOLINGS",
@@ -31,29 +33,6 @@ __all__ = [
     "is_text_task",
     "task_pooling",
 ]
-
-POOLINGS = ("cls", "mean")
-
-
-@keras.saving.register_keras_serializable(package="kerasft")
-class MaskedMeanPooling(keras.layers.Layer):
-    """The mean of a sequence's vectors over its unpadded positions.
-
-    Example:
-
-    >>> import numpy as np
-    >>> x = np.array([[[1.0], [3.0], [100.0]]]); mask = np.array([[1, 1, 0]])
-    >>> float(MaskedMeanPooling()(x, mask)[0, 0])
-    2.0
-    """
-
-    def call(self, sequence, padding_mask):
-        mask = keras.ops.expand_dims(keras.ops.cast(padding_mask, sequence.dtype), -1)
-        total = keras.ops.sum(sequence * mask, axis=1)
-        return total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)
-
-    def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
-        return (sequence_shape[0], sequence_shape[-1])
 
 
 def is_text_task(model: Any) -> bool:
