@@ -26,7 +26,7 @@ def _head_only(model):
 
 
 def test_defaults_on_cpu(shipped_model, prepared):
-    plan = SpeedPlan(shipped_model, prepared)
+    plan = SpeedPlan(shipped_model, prepared, SpeedConfig())
     try:
         record = plan.report()
         assert record.devices == ["CPU"]
@@ -39,7 +39,7 @@ def test_defaults_on_cpu(shipped_model, prepared):
 
 
 def test_head_phase_on_cached_features_groups_steps(shipped_model, prepared):
-    plan = SpeedPlan(_head_only(shipped_model), prepared)
+    plan = SpeedPlan(_head_only(shipped_model), prepared, SpeedConfig())
     try:
         setup = plan.setup_phase(shipped_model, 0)
         assert setup.cached and isinstance(setup.model, caching.CachedFeatureModel)
@@ -60,7 +60,7 @@ def test_head_phase_on_cached_features_groups_steps(shipped_model, prepared):
 
 
 def test_phases_that_unfreeze_during_fit_are_not_cached(shipped_model, prepared):
-    plan = SpeedPlan(_head_only(shipped_model), prepared)
+    plan = SpeedPlan(_head_only(shipped_model), prepared, SpeedConfig())
     try:
         setup = plan.setup_phase(shipped_model, 0, cacheable=False)
         assert not setup.cached and setup.model is shipped_model
@@ -105,7 +105,7 @@ def test_requested_mixed_precision_is_applied_output_kept_float32(shipped_model,
 
 
 def test_report_is_a_snapshot_and_serializes(shipped_model, prepared):
-    plan = SpeedPlan(_head_only(shipped_model), prepared)
+    plan = SpeedPlan(_head_only(shipped_model), prepared, SpeedConfig())
     try:
         plan.setup_phase(shipped_model, 0)
         early = plan.report()

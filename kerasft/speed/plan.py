@@ -126,7 +126,7 @@ class SpeedPlan:
         self,
         model: keras.Model,
         prepared: data_lib.PreparedData,
-        speed: SpeedConfig | None = None,
+        speed: SpeedConfig,
         *,
         seed: int = 0,
         distributed: bool = False,
@@ -138,16 +138,12 @@ class SpeedPlan:
             model: the model the run trains (mixed precision is applied to it here).
             prepared: the run's :class:`kerasft.data.PreparedData`.
             speed: the run's :class:`kerasft.SpeedConfig`, validated when it was built
-                (``distribute`` is the runner's). Defaults to `None` (the defaults).
+                (``distribute`` is the runner's).
             seed: seed of the feature cache's shuffles. Defaults to `0`.
             distributed: whether the run trains under a ``tf.distribute`` strategy.
                 Defaults to `False`.
             verbose: print what the cache does. Defaults to `0`.
         """
-        if speed is None:
-            from kerasft.configs import SpeedConfig
-
-            speed = SpeedConfig()
         cache_features, mixed_precision = speed.cache_features, speed.mixed_precision
         jit_compile, steps_per_execution = speed.jit_compile, speed.steps_per_execution
         feature_store, cache_budget = speed.feature_store, speed.cache_budget
