@@ -86,3 +86,23 @@ def test_ink_profile_and_rotation(digits):
     np.testing.assert_allclose(md.rotate(x, np.zeros(5)), x, atol=1e-3)
     turned = md.rotate(x, np.full(5, 90.0))
     assert turned.shape == x.shape and not np.allclose(turned, x)
+
+
+def test_diamonds_split_labels_colours_h_to_j_only():
+    """The tabular case: 30 labels per clarity grade of H-J diamonds, a disjoint test set."""
+    import matrix_tabular as mt
+
+    x, y, colour = mt.load_diamonds()
+    assert x.shape == (53_940, len(mt.FEATURES)) and x.dtype == np.float32
+    assert set(np.unique(y)) == set(range(len(mt.CLARITIES))) and set(colour) == set("DEFGHIJ")
+    split = mt.diamonds_split(30)(0, True)
+    assert np.bincount(split.y_train).tolist() == [30] * len(mt.CLARITIES)
+    assert len(split.y_test) == 500
+    rows = {tuple(r) for r in x[np.isin(colour, mt.TARGET_COLOURS)].tolist()}
+    assert all(tuple(r) in rows for r in split.x_train.tolist())  # only H-J diamonds
+    assert (
+        not {tuple(r) for r in split.x_train.tolist()} & {tuple(r) for r in split.x_test.tolist()}
+        or len(rows) < 16_534
+    )  # disjoint (up to identical rows in the data set)
+    again = mt.diamonds_split(30)(0, True)
+    np.testing.assert_array_equal(again.x_train, split.x_train)  # seeded
