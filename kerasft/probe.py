@@ -15,6 +15,11 @@ The probe reads what the head reads (:func:`head_features`); for a transformer w
 classifier pools one way (a ``[CLS]`` token through a pooler that was never trained, as
 in sentence-embedding BERTs), other poolings of the same backbone output are features
 too (:mod:`kerasft.pooling`), and the probe picks among them.
+
+A head kept from pretraining (the task's classes have the pretrained head's width) may
+itself carry what transfers: :func:`fit_linear_head` can pull the penalty towards it
+instead of towards zero (``centre=``: L2-SP for the head, Li et al., 2018), trying both
+centres and keeping the lower held-out loss. :func:`fit_probe` does not use it yet.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class LinearHead:
         strengths: the strength of each problem solved (one per label for multi-label).
         errors: per held-out example at the chosen strength, whether it was misclassified
             (single-label classification) or its loss; for paired comparisons.
+        centre: what the L2 penalty pulls the kernel towards: ``"zero"`` or
+            ``"pretrained head"``.
     """
 
     kernel: np.ndarray
@@ -79,6 +86,7 @@ class LinearHead:
     accuracy: float | None = None
     strengths: tuple[float, ...] = ()
     errors: np.ndarray | None = field(default=None, repr=False)
+    centre: str = "zero"
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, "float64") @ self.kernel + self.bias
@@ -132,9 +140,10 @@ class ProbeChoice:
         tried = ", ".join(f"{k} {v:.4g}" for k, v in self.candidates.items())
         if self.accuracies:
             tried += "; accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in self.accuracies.items())
+        towards = "" if self.head.centre == "zero" else f" towards the {self.head.centre}"
         return (
-            f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g} chosen "
-            f"by {self.head.selection} (held-out loss: {tried}); {timing}"
+            f"linear probe on {self.pooling} features, L2 strength {self.head.strength:g}"
+            f"{towards} chosen by {self.head.selection} (held-out loss: {tried}); {timing}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +151,7 @@ class ProbeChoice:
             "pooling": self.pooling,
             "strength": self.head.strength,
             "selection": self.head.selection,
+            "centre": self.head.centre,
             "candidates": dict(self.candidates),
             "accuracies": dict(self.accuracies),
             "feature_seconds": self.feature_seconds,
@@ -208,8 +218,11 @@ class _Problem:
         class_weight: dict[int, float] | None,
         seed: int,
         single_label: bool = False,
+        centre: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.kind = kind  # "multinomial" or "ridge"
+        # (kernel, bias) the penalty pulls towards, on standardised features; None: zero
+        self.centre = centre
         self.num_classes = num_classes
         self.class_weight = class_weight
         self.seed = seed
@@ -225,6 +238,8 @@ class _Problem:
 
         if self.kind == "ridge":
             return Ridge(alpha=strength).fit(x, y)
+        if self.centre is not None:
+            return _fit_towards(x, y, self.centre, strength, _sample_weights(y, self.class_weight))
         present = np.unique(y)
         if len(present) < 2:  # one class only in this fold: a constant predictor
             return ("constant", int(present[0]))
@@ -246,6 +261,8 @@ class _Problem:
         if self.kind == "ridge":
             coef = np.atleast_2d(fitted.coef_)
             return coef.T.astype("float64"), np.atleast_1d(fitted.intercept_).astype("float64")
+        if isinstance(fitted, _Towards):
+            return fitted.kernel, fitted.bias
         k = self.num_classes
         kernel, bias = np.zeros((dim, k)), np.zeros(k)
         if isinstance(fitted, tuple):  # a constant class: a large logit for it
@@ -283,6 +300,56 @@ class _Problem:
 
     def loss(self, fitted: Any, x: np.ndarray, y: np.ndarray) -> float:
         return float(np.average(self.example_losses(fitted, x, y), weights=self.weights(y)))
+
+
+@dataclass
+class _Towards:
+    """A multinomial head fitted with its penalty centred on another head."""
+
+    kernel: np.ndarray
+    bias: np.ndarray
+
+
+def _fit_towards(
+    x: np.ndarray,
+    y: np.ndarray,
+    centre: tuple[np.ndarray, np.ndarray],
+    strength: float,
+    sample_weight: np.ndarray | None,
+) -> _Towards:
+    """Multinomial logistic regression, L2 on the distance from ``centre``'s kernel.
+
+    Minimises ``sum_i w_i loss_i + ||W - W0||^2 / (2 C)`` over the kernel ``W`` and the
+    (unpenalised) bias with L-BFGS, from the centre: scikit-learn's objective with the
+    penalty moved from zero to ``W0``.
+    """
+    from scipy.optimize import minimize
+
+    kernel0, bias0 = centre
+    n, (d, k) = len(x), kernel0.shape
+    onehot = np.eye(k)[y]
+    w = np.ones(n) if sample_weight is None else sample_weight
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        step, shift = theta[: d * k].reshape(d, k), theta[d * k :]
+        logits = x @ (kernel0 + step) + bias0 + shift
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        loss = -np.sum(w * np.log(np.clip(p[np.arange(n), y], 1e-300, 1.0)))
+        residual = (p - onehot) * w[:, None]
+        gradient = np.concatenate([(x.T @ residual + step / strength).ravel(), residual.sum(0)])
+        return float(loss + np.sum(step**2) / (2 * strength)), gradient
+
+    solved = minimize(
+        objective,
+        np.zeros(d * k + k),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": _MAX_ITER},
+    )
+    step, shift = solved.x[: d * k].reshape(d, k), solved.x[d * k :]
+    return _Towards(kernel0 + step, bias0 + shift)
 
 
 def _folds(y: np.ndarray | None, n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -361,6 +428,7 @@ def fit_linear_head(
     refit_on_all: bool = False,
     seed: int = 0,
     strengths: tuple[float, ...] | None = None,
+    centre: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LinearHead:
     """Fit a linear head on ``features`` to convergence, its L2 strength chosen on held-out data.
 
@@ -397,6 +465,10 @@ def fit_linear_head(
         seed: seed of the folds. Defaults to `0`.
         strengths: the strength to use, nothing chosen (one per label for
             ``"multi_hot"``, as in :attr:`LinearHead.strengths`). Defaults to `None`.
+        centre: ``(kernel, bias)`` of a pretrained head of this width, in the features'
+            units. For single-label classification, the penalty centred on it is tried
+            beside the one centred on zero and the lower held-out loss kept (with
+            ``strengths`` given, it is used). Defaults to `None` (zero only).
 
     Returns:
         A :class:`LinearHead`.
@@ -409,17 +481,69 @@ def fit_linear_head(
     problems, columns = _problems(label_mode, t, num_classes, class_weight, seed)
     mean, std = _standardise(x)
     z, zv = (x - mean) / std, None if xv is None else (xv - mean) / std
-    choices = _strength_choices(problems, columns, z, t, zv, tv, folds, seed, strengths)
+    centres = ["zero"]
+    if centre is not None and _centrable(problems, label_mode, centre, x.shape[1]):
+        centres = ["pretrained head"] if strengths is not None else ["zero", "pretrained head"]
+    tried = {
+        name: _strength_choices(
+            _centred(problems, centre, mean, std, name),
+            columns,
+            z,
+            t,
+            zv,
+            tv,
+            folds,
+            seed,
+            strengths,
+        )
+        for name in centres
+    }
+    chosen = min(tried, key=lambda name: np.mean([c[1] for c in tried[name]]))
+    choices = tried[chosen]
     refit = refit_on_all and xv is not None
     if refit:
         x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
         mean, std = _standardise(x)
         z = (x - mean) / std
+    problems = _centred(problems, centre, mean, std, chosen)
     kernel, bias = _solve(problems, columns, choices, z, t, label_mode)
     # Fold the standardisation in: w' = w / std, b' = b - mean @ w'.
     kernel = kernel / std[:, None]
     bias = bias - mean @ kernel
-    return _linear_head(kernel, bias, choices, refit, given=strengths is not None)
+    head = _linear_head(kernel, bias, choices, refit, given=strengths is not None)
+    head.centre = chosen
+    return head
+
+
+def _centrable(
+    problems: list[_Problem], label_mode: str, centre: tuple[np.ndarray, np.ndarray], dim: int
+) -> bool:
+    """Whether a penalty centred on ``centre`` applies: one multinomial problem of its shape."""
+    kernel = np.asarray(centre[0])
+    return (
+        label_mode in ("sparse", "one_hot")
+        and len(problems) == 1
+        and problems[0].kind == "multinomial"
+        and kernel.shape == (dim, problems[0].num_classes)
+    )
+
+
+def _centred(
+    problems: list[_Problem],
+    centre: tuple[np.ndarray, np.ndarray] | None,
+    mean: np.ndarray,
+    std: np.ndarray,
+    name: str,
+) -> list[_Problem]:
+    """``problems`` with the penalty centred on ``centre`` (standardised), or as they are."""
+    if name == "zero":
+        return problems
+    kernel = np.asarray(centre[0], "float64")
+    bias = np.asarray(centre[1], "float64")
+    # On standardised features z = (x - mean) / std the same head is W * std, b + mean @ W.
+    moved = (kernel * std[:, None], bias + mean @ kernel)
+    p = problems[0]
+    return [_Problem(p.kind, p.num_classes, p.class_weight, p.seed, p.single_label, moved)]
 
 
 def _probe_arrays(
@@ -685,6 +809,7 @@ def fit_probe(
                 f"{sorted(feature_sets)}."
             )
         feature_sets = {given.pooling: feature_sets[given.pooling]}
+    current = pooling.task_pooling(model) if pooling.is_text_task(model) else "head input"
     fitted = {
         name: fit_linear_head(
             f,
@@ -698,7 +823,6 @@ def fit_probe(
         )
         for name, f in feature_sets.items()
     }
-    current = pooling.task_pooling(model) if pooling.is_text_task(model) else "head input"
     chosen = _choose_features(fitted, "mean" if "mean" in fitted else current)
     if chosen != current:
         model = pooling.pooled_text_classifier(model, chosen)
