@@ -131,7 +131,7 @@ SAMPLES = {
     "checkpoint_dir": "runs/ckpt",
     "cache_features": False,
     "cache_budget": 1024,
-    "feature_store": object(),
+    "feature_store": kerasft.speed.FeatureStore(),
     "jit_compile": False,
     "mixed_precision": "mixed_bfloat16",
     "steps_per_execution": 4,
