@@ -332,10 +332,7 @@ def _fit_towards(
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         step, shift = theta[: d * k].reshape(d, k), theta[d * k :]
-        logits = x @ (kernel0 + step) + bias0 + shift
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
+        p = _softmax(x @ (kernel0 + step) + bias0 + shift)
         loss = -np.sum(w * np.log(np.clip(p[np.arange(n), y], 1e-300, 1.0)))
         residual = (p - onehot) * w[:, None]
         gradient = np.concatenate([(x.T @ residual + step / strength).ravel(), residual.sum(0)])
@@ -484,9 +481,10 @@ def fit_linear_head(
     centres = ["zero"]
     if centre is not None and _centrable(problems, label_mode, centre, x.shape[1]):
         centres = ["pretrained head"] if strengths is not None else ["zero", "pretrained head"]
+    centred = {name: _centred(problems, centre, mean, std, name) for name in centres}
     tried = {
         name: _strength_choices(
-            _centred(problems, centre, mean, std, name),
+            centred[name],
             columns,
             z,
             t,
@@ -505,14 +503,12 @@ def fit_linear_head(
         x, t = np.concatenate([x, xv]), np.concatenate([t, tv])
         mean, std = _standardise(x)
         z = (x - mean) / std
-    problems = _centred(problems, centre, mean, std, chosen)
-    kernel, bias = _solve(problems, columns, choices, z, t, label_mode)
+        centred[chosen] = _centred(problems, centre, mean, std, chosen)  # the new scale
+    kernel, bias = _solve(centred[chosen], columns, choices, z, t, label_mode)
     # Fold the standardisation in: w' = w / std, b' = b - mean @ w'.
     kernel = kernel / std[:, None]
     bias = bias - mean @ kernel
-    head = _linear_head(kernel, bias, choices, refit, given=strengths is not None)
-    head.centre = chosen
-    return head
+    return _linear_head(kernel, bias, choices, refit, given=strengths is not None, centre=chosen)
 
 
 def _centrable(
@@ -651,7 +647,13 @@ def _solve(
 
 
 def _linear_head(
-    kernel: np.ndarray, bias: np.ndarray, choices: list[tuple], refit: bool, *, given: bool
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    choices: list[tuple],
+    refit: bool,
+    *,
+    given: bool,
+    centre: str = "zero",
 ) -> LinearHead:
     """The :class:`LinearHead` of a fitted kernel and bias, with how the strengths were chosen."""
     selection = choices[0][2] + (", then refit on training and validation data" if refit else "")
@@ -665,6 +667,7 @@ def _linear_head(
         choices[0][4] if len(choices) == 1 else None,
         tuple(c[0] for c in choices),
         None if given else np.mean([c[5] for c in choices], axis=0),
+        centre,
     )
 
 

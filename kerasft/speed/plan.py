@@ -144,30 +144,27 @@ class SpeedPlan:
                 Defaults to `False`.
             verbose: print what the cache does. Defaults to `0`.
         """
-        cache_features, mixed_precision = speed.cache_features, speed.mixed_precision
-        jit_compile, steps_per_execution = speed.jit_compile, speed.steps_per_execution
-        feature_store, cache_budget = speed.feature_store, speed.cache_budget
         kinds = devices.device_types()
         self.precision, precision_reason = devices.choose_mixed_precision(
-            mixed_precision, kinds, cpu_bf16=devices.cpu_supports_bfloat16()
+            speed.mixed_precision, kinds, cpu_bf16=devices.cpu_supports_bfloat16()
         )
         if self.precision != "float32":
             devices.apply_mixed_precision(model, self.precision)
-        self.jit_compile = devices.resolve_jit_compile(jit_compile, model, kinds)
-        self.steps_per_execution = steps_per_execution
+        self.jit_compile = devices.resolve_jit_compile(speed.jit_compile, model, kinds)
+        self.steps_per_execution = speed.steps_per_execution
         self.prepared = prepared
         self.cache = caching.FeatureCache(
             prepared,
-            mode=cache_features,
+            mode=speed.cache_features,
             seed=seed,
-            budget=cache_budget,
+            budget=speed.cache_budget,
             distributed=distributed,
             verbose=verbose,
-            store=feature_store,
+            store=speed.feature_store,
         )
         self.verbose = verbose
         self.distributed = distributed
-        self.compiled_models = None if feature_store is None else feature_store.compiled
+        self.compiled_models = None if speed.feature_store is None else speed.feature_store.compiled
         self.record = SpeedRecord(
             devices=kinds,
             precision=self.precision,
