@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -273,12 +274,24 @@ def pretrained_cnn(name: str, data: Callable, num_classes: int, epochs: int = 2)
         "epochs": epochs,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    return save_pretrained(model, name, facts)
+
+
+def save_pretrained(model: Any, name: str, facts: dict) -> str:
+    """Keep a model pretrained here under :func:`cache_dir`, ``facts`` beside it; its path.
+
+    Saved without the optimizer state, written beside the target and renamed, so a
+    concurrent or later run finds the whole file or none.
+    """
+    import keras
+
+    path = os.path.join(cache_dir(), f"{name}.keras")
     os.makedirs(cache_dir(), exist_ok=True)
     shipped = keras.Model.from_config(model.get_config())  # without the optimizer state
     shipped.set_weights(model.get_weights())
     tmp = os.path.join(cache_dir(), f".{name}.{os.getpid()}.keras")
     shipped.save(tmp)
-    os.replace(tmp, path)  # whole or not at all, for a concurrent or later run
+    os.replace(tmp, path)
     with open(os.path.join(cache_dir(), f"{name}.json"), "w", encoding="utf-8") as f:
         json.dump(facts, f)
     print(f"pretrained {name}: {facts}", file=sys.stderr, flush=True)

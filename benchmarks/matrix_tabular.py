@@ -13,9 +13,7 @@ This module is the benchmark's, not the library's.
 from __future__ import annotations
 
 import csv
-import json
 import os
-import sys
 import time
 
 import matrix_data as md
@@ -111,16 +109,7 @@ def pretrained_mlp(name: str = "diamonds_dg_mlp", epochs: int = 30) -> str:
         "epochs": epochs,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    os.makedirs(md.cache_dir(), exist_ok=True)
-    shipped = keras.Model.from_config(model.get_config())  # without the optimizer state
-    shipped.set_weights(model.get_weights())
-    tmp = os.path.join(md.cache_dir(), f".{name}.{os.getpid()}.keras")
-    shipped.save(tmp)
-    os.replace(tmp, path)  # whole or not at all, for a concurrent or later run
-    with open(os.path.join(md.cache_dir(), f"{name}.json"), "w", encoding="utf-8") as f:
-        json.dump(facts, f)
-    print(f"pretrained {name}: {facts}", file=sys.stderr, flush=True)
-    return path
+    return md.save_pretrained(model, name, facts)
 
 
 def diamond_mlp(split=None):
