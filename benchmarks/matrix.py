@@ -460,6 +460,19 @@ CASES = {
             "from carat, cut, proportions and price) -> colours H-J, 30 labels/grade (240); "
             "test: 2,000 of the other H-J diamonds",
         ),
+        Case(
+            "diamonds_hj_drawn",
+            "held-out",
+            "mlp",
+            "classification",
+            "accuracy",
+            8,
+            matrix_tabular.diamonds_split(labelled=240),
+            matrix_tabular.diamond_mlp,
+            "the same MLP -> colours H-J, 240 labels drawn in H-J's clarity proportions "
+            "(stratified; diamonds_hj balances them, 30 per grade, while its test set keeps "
+            "H-J's proportions); test: 2,000 of the other H-J diamonds",
+        ),
     ]
 }
 

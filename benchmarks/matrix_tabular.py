@@ -54,13 +54,23 @@ def load_diamonds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, y, np.asarray([r["color"] for r in rows])
 
 
-def diamonds_split(shots: int):
-    """``shots`` labelled diamonds per clarity among colours H-J; a fixed 2,000 of the rest."""
+def diamonds_split(shots: int | None = None, labelled: int | None = None):
+    """Labelled diamonds among colours H-J; a fixed 2,000 of the rest, in their proportions.
+
+    Either ``shots`` per clarity grade (the labelled grades balanced, while the test set
+    keeps H-J's proportions: 1.6% I1 to 27% SI1), or ``labelled`` diamonds drawn in H-J's
+    proportions (stratified by clarity), like the test set.
+    """
+    if (shots is None) == (labelled is None):
+        raise ValueError("Give one of `shots` or `labelled`.")
 
     def load(seed: int, quick: bool) -> FewShotSplit:
         x, y, colour = load_diamonds()
         pool = np.flatnonzero(np.isin(colour, TARGET_COLOURS))
-        train = md.per_class(y, shots, seed, pool=pool)
+        if shots is not None:
+            train = md.per_class(y, shots, seed, pool=pool)
+        else:
+            train = pool[md.stratified_sample(y[pool], labelled, seed=seed)]
         rest = np.setdiff1d(pool, train)
         test = rest[md.stratified_sample(y[rest], 500 if quick else 2000)]
         return FewShotSplit(x[train], y[train], x[test], y[test])
