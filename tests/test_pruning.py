@@ -659,3 +659,21 @@ def test_pruned_digits_model_keeps_its_accuracy(shipped_model_path):
     )
     assert result.pruning.sparsity == pytest.approx(0.8, abs=1e-3)
     assert accuracy["pruned"] >= accuracy["dense"] - 0.01
+
+
+def test_an_adapted_normalization_survives_pruning_and_stripping():
+    # Both rebuild the model layer by layer and set each layer's weights; Normalization
+    # derives what it divides by from its weights only when adapted or loaded.
+    from sklearn.datasets import load_diabetes
+
+    x = load_diabetes().data.astype("float32")
+    norm = keras.layers.Normalization(name="standardize")
+    norm.adapt(x)
+    inputs = keras.Input((x.shape[1],))
+    h = keras.layers.Dense(16, activation="relu", name="d1")(norm(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="d2")(h))
+    expected = model.predict(x, verbose=0)
+    pruned = kp.prune_low_magnitude(model)
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    stripped = kp.strip_pruning(pruned)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)

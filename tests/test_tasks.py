@@ -281,3 +281,42 @@ def test_keras_hub_efficientnet_with_its_own_num_features_is_copied():
     assert copied is not task and type(copied) is type(task)
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(copied.predict(x, verbose=0), task.predict(x, verbose=0), atol=1e-6)
+
+
+def normalized_regressor(x: np.ndarray) -> keras.Model:
+    """An MLP whose inputs go through a Normalization adapted on ``x`` (tabular models' usual)."""
+    norm = keras.layers.Normalization(name="standardize")
+    norm.adapt(x)
+    inputs = keras.Input((x.shape[1],), name="features")
+    h = keras.layers.Dense(16, activation="relu", name="body")(norm(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1, name="head")(h), name="normalized_mlp")
+
+
+def test_adapted_normalization_is_kept_by_the_copy_and_the_fine_tune(diabetes):
+    # A copy made by clone_model + set_weights used to pass its inputs through
+    # unnormalised: Normalization derives the tensors it divides by when adapted or
+    # loaded, not when its weights are set.
+    from kerasft.engine.task import copy_model
+
+    x, y, xt, yt = diabetes
+    model = normalized_regressor(x)
+    expected = model.predict(xt, verbose=0)
+    np.testing.assert_allclose(copy_model(model).predict(xt, verbose=0), expected, rtol=1e-5)
+
+    result = kerasft.finetune(model, (x, y), recipe="head", epochs=1, seed=0, verbose=0)
+    body = keras.Model(model.input, model.get_layer("body").output)
+    trained = keras.Model(result.model.input, result.model.get_layer("body").output)
+    # The body was frozen: the fine-tuned model sees the inputs as the pretrained one did.
+    np.testing.assert_allclose(
+        trained.predict(xt, verbose=0), body.predict(xt, verbose=0), rtol=1e-5
+    )
+
+
+def test_adapted_statistics_are_part_of_the_network_key(diabetes):
+    # A compiled copy traces the statistics in as constants: a network adapted on other
+    # data must not train in it.
+    from kerasft.speed.keys import network_key
+
+    x = diabetes[0]
+    assert network_key(normalized_regressor(x)) == network_key(normalized_regressor(x))
+    assert network_key(normalized_regressor(x)) != network_key(normalized_regressor(x * 2))

@@ -228,7 +228,7 @@ def copy_model(model: keras.Model) -> keras.Model:
     else:
         try:
             clone = keras.models.clone_model(model)
-            clone.set_weights(model.get_weights())
+            surgery.copy_weights(model, clone)
         except Exception as e:
             raise ValueError(
                 f"kerasft could not copy model {model.name!r} ({type(e).__name__}: {e}). "
@@ -253,7 +253,7 @@ def _copy_keras_hub_task(model: keras.Model) -> keras.Model:
         if config.get("preprocessor") is not None:
             config["preprocessor"] = model.preprocessor
         clone = type(model).from_config(config)
-        clone.set_weights(model.get_weights())  # raises when the config left weights out
+        surgery.copy_weights(model, clone)  # raises when the config left weights out
         return clone
     except Exception:  # anything the config does not rebuild: the slower, complete copy
         pass

@@ -312,6 +312,7 @@ def _prune_model(model, params, layers):
     pruned = keras.models.clone_model(model, clone_function=clone, recursive=True)
     for original, new in copies:
         new.set_weights(original.get_weights())
+    surgery.settle_adapted_layers(pruned)
     _compile_like(model, pruned)
     return pruned
 
@@ -439,6 +440,7 @@ def strip_model(model):
     stripped = keras.models.clone_model(model, clone_function=clone, recursive=True)
     for new, weights in copies:
         new.set_weights(weights)
+    surgery.settle_adapted_layers(stripped)
     return stripped
 
 

@@ -138,6 +138,10 @@ def network_key(model: keras.Model) -> str | None:
             settings = dict(layer.get_config())
             settings.pop("name", None)
             name = f"{type(layer).__module__}.{type(layer).__qualname__}"
+            if isinstance(layer, keras.layers.Normalization) and layer.input_mean is None:
+                # Adapted statistics enter a traced step as constants, not as weights.
+                values = b"".join(np.asarray(w).tobytes() for w in layer.get_weights())
+                settings["adapted"] = hashlib.blake2b(values, digest_size=20).hexdigest()
             layers.append([name, _without_layer_names(settings), bool(layer.trainable)])
         variables = [[list(v.shape), str(v.dtype), bool(v.trainable)] for v in model.variables]
         text = json.dumps([_without_layer_names(config), layers, variables], sort_keys=True)
