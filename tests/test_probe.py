@@ -202,3 +202,15 @@ def test_a_penalty_centred_on_the_pretrained_head(shipped_model, digits):
     )
     binary = probe.fit_linear_head(features, split.y_train % 2, "binary", 1, centre=centre)
     assert binary.centre == "zero"
+
+
+def test_finetune_centres_the_probe_on_a_kept_head_only_where_it_helps(shipped_model, digits):
+    """The MNIST head is a good centre for digits; with the labels renamed it is not."""
+    x, y = digits
+    split = kerasft.datasets.few_shot_split(x, y, shots=3, seed=0)
+    same = kerasft.finetune(shipped_model, (split.x_train, split.y_train), epochs=0, verbose=0)
+    assert same.probe.head.centre == "pretrained head"
+    assert "towards the pretrained head" in same.probe.describe()
+    renamed = (split.y_train + 1) % 10  # class c is now called c + 1: the head means otherwise
+    other = kerasft.finetune(shipped_model, (split.x_train, renamed), epochs=0, verbose=0)
+    assert other.probe.head.centre == "zero"

@@ -8,9 +8,10 @@ task), and writes down each decision and its reason in the plan:
 
 1. **A converged linear probe first** (:mod:`kerasft.probe`): the head is fitted in
    closed form on the frozen body's features, its L2 strength chosen by 5-fold
-   cross-validation; for a KerasHub text classifier the pooling of the token outputs
-   (the ``[CLS]`` pooler or the masked mean) is chosen the same way. That is the LP of
-   LP-FT, and the yardstick the fine-tune must beat.
+   cross-validation (and, for a head kept from pretraining, whether the penalty pulls
+   towards zero or towards that head); for a KerasHub text classifier the pooling of
+   the token outputs (the ``[CLS]`` pooler or the masked mean) is chosen the same way.
+   That is the LP of LP-FT, and the yardstick the fine-tune must beat.
 2. **Then a fine-tune of the whole network from the probe**, at the family's rate
    (AdamW with layer-wise decay for transformers; Adam, scaled down with size, for
    convolutional networks; Adam for the rest), linear warmup and cosine decay, for a
