@@ -340,6 +340,31 @@ CASES = {
             "shipped MNIST CNN -> lfw_subset face / non-face photos (25x25 resized to 28x28), "
             "40 labelled; test: the other 160",
         ),
+        Case(
+            "diamonds_dg_from_hj",
+            "dev",
+            "mlp",
+            "classification",
+            "accuracy",
+            8,
+            matrix_tabular.diamonds_split(labelled=240, part="D-G"),
+            matrix_tabular.pretrained_loader("diamonds_hj_mlp"),
+            "tabular: MLP pretrained here on ggplot2's diamonds of colours H-J (clarity from "
+            "carat, cut, proportions and price) -> colours D-G, 240 labels drawn in their "
+            "clarity proportions; test: 2,000 other D-G diamonds",
+        ),
+        Case(
+            "diamonds_cut",
+            "dev",
+            "mlp",
+            "classification",
+            "accuracy",
+            8,
+            matrix_tabular.diamonds_split(labelled=240, part="Fair/Good/Very Good cut"),
+            matrix_tabular.pretrained_loader("diamonds_fine_cut_mlp"),
+            "tabular: the same MLP pretrained on Premium and Ideal cuts -> Fair, Good and Very "
+            "Good cuts, 240 labels drawn in their clarity proportions; test: 2,000 others",
+        ),
         # held-out cases: never used for tuning
         Case(
             "digits3",

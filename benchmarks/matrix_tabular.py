@@ -28,6 +28,19 @@ CLARITIES = ("I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF")
 FEATURES = ("log carat", "cut", "depth", "table", "x", "y", "z", "log price")
 SOURCE_COLOURS = tuple("DEFG")
 TARGET_COLOURS = tuple("HIJ")
+# Parts of the data a model is pretrained on or fine-tuned on: (column, values).
+PARTS = {
+    "D-G": ("colour", SOURCE_COLOURS),
+    "H-J": ("colour", TARGET_COLOURS),
+    "Premium/Ideal cut": ("cut", ("Premium", "Ideal")),
+    "Fair/Good/Very Good cut": ("cut", ("Fair", "Good", "Very Good")),
+}
+# The pretrained MLPs: name -> the part it learns from.
+PRETRAINED = {
+    "diamonds_dg_mlp": "D-G",
+    "diamonds_hj_mlp": "H-J",
+    "diamonds_fine_cut_mlp": "Premium/Ideal cut",
+}
 
 
 def load_diamonds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,19 +67,28 @@ def load_diamonds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, y, np.asarray([r["color"] for r in rows])
 
 
-def diamonds_split(shots: int | None = None, labelled: int | None = None):
-    """Labelled diamonds among colours H-J; a fixed 2,000 of the rest, in their proportions.
+def in_part(part: str) -> np.ndarray:
+    """Indices of the diamonds in ``part`` (a key of :data:`PARTS`)."""
+    x, _, colour = load_diamonds()
+    column, values = PARTS[part]
+    if column == "colour":
+        return np.flatnonzero(np.isin(colour, values))
+    return np.flatnonzero(np.isin(x[:, FEATURES.index("cut")], [CUTS.index(v) for v in values]))
+
+
+def diamonds_split(shots: int | None = None, labelled: int | None = None, part: str = "H-J"):
+    """Labelled diamonds of ``part``; a fixed 2,000 of the rest of it, in their proportions.
 
     Either ``shots`` per clarity grade (the labelled grades balanced, while the test set
-    keeps H-J's proportions: 1.6% I1 to 27% SI1), or ``labelled`` diamonds drawn in H-J's
-    proportions (stratified by clarity), like the test set.
+    keeps the part's proportions: for H-J 1.6% I1 to 27% SI1), or ``labelled`` diamonds
+    drawn in the part's proportions (stratified by clarity), like the test set.
     """
     if (shots is None) == (labelled is None):
         raise ValueError("Give one of `shots` or `labelled`.")
 
     def load(seed: int, quick: bool) -> FewShotSplit:
-        x, y, colour = load_diamonds()
-        pool = np.flatnonzero(np.isin(colour, TARGET_COLOURS))
+        x, y, _ = load_diamonds()
+        pool = in_part(part)
         if shots is not None:
             train = md.per_class(y, shots, seed, pool=pool)
         else:
@@ -79,19 +101,20 @@ def diamonds_split(shots: int | None = None, labelled: int | None = None):
 
 
 def pretrained_mlp(name: str = "diamonds_dg_mlp", epochs: int = 30) -> str:
-    """Path of the MLP pretrained once on colours D-G (cached under ``md.cache_dir()``).
+    """Path of an MLP pretrained once on its part of the data (cached under ``md.cache_dir()``).
 
+    ``name`` is a key of :data:`PRETRAINED` (``diamonds_dg_mlp``: colours D-G).
     Normalization (adapted on those diamonds) -> Dense(64) -> Dense(64) -> Dense(8);
-    Adam 1e-3, batch 256, seed 0. Its accuracy on 20% of D-G held out is written beside
-    it in ``<name>.json``.
+    Adam 1e-3, batch 256, seed 0. Its accuracy on 20% of its part held out, and on the
+    rest of the data as it is, are written beside it in ``<name>.json``.
     """
     path = os.path.join(md.cache_dir(), f"{name}.keras")
     if os.path.isfile(path):
         return path
     import keras
 
-    x, y, colour = load_diamonds()
-    source = np.flatnonzero(np.isin(colour, SOURCE_COLOURS))
+    x, y, _ = load_diamonds()
+    source = in_part(PRETRAINED[name])
     order = np.random.default_rng(md.FIXED_SEED).permutation(source)
     held, train = order[: len(order) // 5], order[len(order) // 5 :]
     start = time.perf_counter()
@@ -110,7 +133,7 @@ def pretrained_mlp(name: str = "diamonds_dg_mlp", epochs: int = 30) -> str:
     )
     model.fit(x[train], y[train], batch_size=256, epochs=epochs, verbose=0)
     _, acc = model.evaluate(x[held], y[held], batch_size=1024, verbose=0)
-    target = np.flatnonzero(np.isin(colour, TARGET_COLOURS))
+    target = np.setdiff1d(np.arange(len(y)), source)
     _, zero_shot = model.evaluate(x[target], y[target], batch_size=1024, verbose=0)
     facts = {
         "held_out_accuracy": float(acc),
@@ -126,3 +149,14 @@ def diamond_mlp(split=None):
     import keras
 
     return keras.models.load_model(pretrained_mlp())
+
+
+def pretrained_loader(name: str):
+    """A model factory for the matrix: the MLP :data:`PRETRAINED` ``name``, loaded fresh."""
+
+    def load(split=None):
+        import keras
+
+        return keras.models.load_model(pretrained_mlp(name))
+
+    return load

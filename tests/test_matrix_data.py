@@ -103,3 +103,19 @@ def test_diamonds_split_labels_colours_h_to_j_only():
     assert {tuple(r) for r in split.x_test.tolist()} <= rows  # the test set too
     again = mt.diamonds_split(30)(0, True)
     np.testing.assert_array_equal(again.x_train, split.x_train)  # seeded
+
+
+def test_diamonds_split_drawn_in_the_parts_proportions():
+    """Labels drawn like the test set (stratified by clarity), from one part of the data."""
+    import matrix_tabular as mt
+
+    _, y, _ = mt.load_diamonds()
+    for part in ("H-J", "Fair/Good/Very Good cut"):
+        pool = mt.in_part(part)
+        split = mt.diamonds_split(labelled=240, part=part)(0, True)
+        assert len(split.y_train) == 240
+        share = np.bincount(y[pool], minlength=8) / len(pool)
+        np.testing.assert_allclose(np.bincount(split.y_train, minlength=8) / 240, share, atol=0.01)
+    assert len(mt.in_part("D-G")) + len(mt.in_part("H-J")) == len(y)
+    with pytest.raises(ValueError, match="one of"):
+        mt.diamonds_split(30, labelled=240)
