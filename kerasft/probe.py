@@ -820,9 +820,10 @@ def fit_probe(
     current = pooling.task_pooling(model) if pooling.is_text_task(model) else "head input"
     # The head the model came with, a centre for the penalty on the features it reads.
     centre = None if given is not None and given.head.centre == "zero" else _kept_head(task)
-    fitted = {
-        name: fit_linear_head(
-            f,
+
+    def fit(features: np.ndarray, centre: Any) -> LinearHead:
+        return fit_linear_head(
+            features,
             y,
             spec.label_mode,
             spec.num_classes,
@@ -830,11 +831,19 @@ def fit_probe(
             folds=min(folds, max(2, len(y) // 2)),
             seed=seed,
             strengths=None if given is None else given.head.strengths,
-            centre=centre if name == current else None,
+            centre=centre,
         )
+
+    several = len(feature_sets) > 1
+    fitted = {
+        name: fit(f, None if several or name != current else centre)
         for name, f in feature_sets.items()
     }
     chosen = _choose_features(fitted, "mean" if "mean" in fitted else current)
+    if several and chosen == current and centre is not None:
+        # Poolings are compared on one footing (L2 towards zero); the kept head is then
+        # tried as the centre for the pooling it reads.
+        fitted[chosen] = fit(feature_sets[chosen], centre)
     if chosen != current:
         model = pooling.pooled_text_classifier(model, chosen)
     head = surgery.find_head(model)
