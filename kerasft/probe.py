@@ -821,7 +821,7 @@ def fit_probe(
     # The head the model came with, a centre for the penalty on the features it reads.
     centre = None if given is not None and given.head.centre == "zero" else _kept_head(task)
 
-    def fit(features: np.ndarray, centre: Any) -> LinearHead:
+    def fit(features: np.ndarray, towards: Any) -> LinearHead:
         return fit_linear_head(
             features,
             y,
@@ -831,7 +831,7 @@ def fit_probe(
             folds=min(folds, max(2, len(y) // 2)),
             seed=seed,
             strengths=None if given is None else given.head.strengths,
-            centre=centre,
+            centre=towards,
         )
 
     several = len(feature_sets) > 1
