@@ -30,6 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasft import surgery
 from kerasft._fileio import scratch_directory
 
 __all__ = [
@@ -290,6 +291,7 @@ def copy_weights(source: Any, target: keras.Model) -> list[str]:
             )
         layer.set_weights(values)
         copied.append(path)
+    surgery.settle_adapted_layers(target)
     return copied
 
 

@@ -55,7 +55,6 @@ __all__ = [
     "leaf_layers",
     "output_chain",
     "classifier_input",
-    "copy_weights",
     "settle_adapted_layers",
 ]
 
@@ -590,24 +589,15 @@ def _leaf_ids(layer: keras.layers.Layer) -> set[int]:
     return {id(layer)}
 
 
-def copy_weights(source: Any, target: Any) -> None:
-    """``target.set_weights(source.get_weights())``, with adapted preprocessing state rebuilt.
-
-    An adapted ``Normalization`` keeps its statistics in weights but normalises with
-    tensors derived from them when it is adapted or loaded (``finalize_state``);
-    ``set_weights`` alone leaves a copy's derived tensors at their initial values, so
-    the copy passes its inputs through unnormalised (what ``keras.models.clone_model``
-    followed by ``set_weights`` does).
-    """
-    target.set_weights(source.get_weights())
-    settle_adapted_layers(target)
-
-
 def settle_adapted_layers(model: Any) -> None:
     """Rebuild what adapted ``Normalization`` layers derive from their weights.
 
-    Call after weights were set on layers whose statistics came from ``adapt``
-    (``set_weights``, ``assign``); loading from a file already does this.
+    An adapted ``Normalization`` keeps its statistics in weights but normalises with
+    tensors derived from them when it is adapted or loaded (``finalize_state``):
+    ``set_weights`` alone (as after ``keras.models.clone_model``) leaves those tensors at
+    their initial values, and the layer passes its inputs through unnormalised. Call
+    after setting weights on a model that may hold such layers; loading from a file
+    already does this.
     """
     for layer in compat.flatten_layers(model):
         if isinstance(layer, keras.layers.Normalization):

@@ -381,3 +381,23 @@ def test_tf_keras_keras_file_and_savedmodel_through_load_model(tf_keras_cnn, spl
         model = kerasft.load_model(path)
         np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=0, atol=1e-5)
         assert _flags(model) == _flags(tf_keras_cnn)
+
+
+def test_copy_weights_rebuilds_an_adapted_normalization():
+    """Statistics copied into a rebuilt Normalization are the ones it normalises with."""
+    from sklearn.datasets import load_diabetes
+
+    x = load_diabetes().data.astype("float32")
+
+    def build(adapt: bool) -> keras.Model:
+        norm = keras.layers.Normalization(name="standardize")
+        if adapt:
+            norm.adapt(x)
+        inputs = keras.Input((x.shape[1],))
+        return keras.Model(inputs, keras.layers.Dense(1, name="out")(norm(inputs)))
+
+    source, target = build(True), build(False)
+    assert convert.copy_weights(source, target) == ["standardize", "out"]
+    np.testing.assert_allclose(
+        target.predict(x, verbose=0), source.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )

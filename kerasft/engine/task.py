@@ -228,7 +228,8 @@ def copy_model(model: keras.Model) -> keras.Model:
     else:
         try:
             clone = keras.models.clone_model(model)
-            surgery.copy_weights(model, clone)
+            clone.set_weights(model.get_weights())
+            surgery.settle_adapted_layers(clone)
         except Exception as e:
             raise ValueError(
                 f"kerasft could not copy model {model.name!r} ({type(e).__name__}: {e}). "
@@ -253,7 +254,8 @@ def _copy_keras_hub_task(model: keras.Model) -> keras.Model:
         if config.get("preprocessor") is not None:
             config["preprocessor"] = model.preprocessor
         clone = type(model).from_config(config)
-        surgery.copy_weights(model, clone)  # raises when the config left weights out
+        clone.set_weights(model.get_weights())  # raises when the config left weights out
+        surgery.settle_adapted_layers(clone)
         return clone
     except Exception:  # anything the config does not rebuild: the slower, complete copy
         pass
