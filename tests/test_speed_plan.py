@@ -160,3 +160,26 @@ def test_bad_options_are_refused_before_any_work(shipped_model, prepared, keywor
 def test_feature_store_must_be_a_feature_store(shipped_model, prepared):
     with pytest.raises(TypeError, match=r"`feature_store` must be a kerasft.speed.FeatureStore"):
         SpeedPlan(shipped_model, prepared, SpeedConfig(feature_store={}))
+
+
+def test_each_phase_traces_its_training_step_once(shipped_model, digits_small, monkeypatch):
+    # Left to Keras, the optimizer's slots are created in the first trace of the training
+    # step and tf.function traces it again; finetune builds the optimizer before `fit`.
+    import keras
+
+    import kerasft
+
+    traced = []
+    step = keras.Model.train_step
+
+    def counted(self, data):
+        traced.append(self.name)
+        return step(self, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", counted)
+    speed = SpeedConfig(cache_features=False)
+    result = kerasft.finetune(
+        shipped_model, digits_small, recipe="lp-ft", head_epochs=1, epochs=2, speed=speed, verbose=0
+    )
+    assert [p.name for p in result.phases] == ["head", "finetune"]
+    assert len(traced) == 2, traced  # one per phase
