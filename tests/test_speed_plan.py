@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
+import kerasft
 from kerasft import SpeedConfig, surgery
 from kerasft.data import prepare_data
 from kerasft.speed import caching
@@ -165,10 +167,6 @@ def test_feature_store_must_be_a_feature_store(shipped_model, prepared):
 def test_each_phase_traces_its_training_step_once(shipped_model, digits_small, monkeypatch):
     # Left to Keras, the optimizer's slots are created in the first trace of the training
     # step and tf.function traces it again; finetune builds the optimizer before `fit`.
-    import keras
-
-    import kerasft
-
     traced = []
     step = keras.Model.train_step
 
