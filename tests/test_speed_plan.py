@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import pytest
 import kerasft
 from kerasft import SpeedConfig, surgery
 from kerasft.data import prepare_data
+from kerasft.engine import hooks
 from kerasft.speed import caching
 from kerasft.speed.plan import PhaseSpeed, SpeedPlan, SpeedRecord, check_options
 
@@ -181,3 +184,36 @@ def test_each_phase_traces_its_training_step_once(shipped_model, digits_small, m
     )
     assert [p.name for p in result.phases] == ["head", "finetune"]
     assert len(traced) == 2, traced  # one per phase
+
+
+@pytest.mark.parametrize("later_wins", [True, False])
+def test_successive_halving_compiles_again_only_for_an_earlier_rate(
+    shipped_model, digits_small, monkeypatch, later_wins
+):
+    # auto on 300 examples: a holdout, two rates by successive halving, then a refit. The
+    # model is compiled once per rate tried; continuing with the last rate tried needs no
+    # new compile (nor a new trace), continuing with an earlier one does. Which wins is
+    # forced: every score offered is higher (or lower) than the one before.
+    traced = []
+    step = keras.Model.train_step
+
+    def counted(self, data):
+        traced.append(self.name)
+        return step(self, data)
+
+    calls = itertools.count(1)
+    monkeypatch.setattr(keras.Model, "train_step", counted)
+    monkeypatch.setattr(
+        hooks._Tracker, "score", lambda self, logs: next(calls) * (1 if later_wins else -1)
+    )
+    result = kerasft.finetune(shipped_model, digits_small, epochs=2, seed=0, verbose=0)
+    chosen = result.selection
+    assert len(chosen.halving) == 2
+    # later wins: the second rate continues as compiled, then the fine-tune is refitted
+    # (one trace); earlier wins: the first rate is compiled again, then the probe is refitted.
+    assert len(traced) == 3, (traced, chosen.halving, chosen.best_phase)
+    assert chosen.best_phase == ("finetune" if later_wins else "probe")
+    # the refit trains the winner again: the probe, or the fine-tune for the epochs that won
+    refitted = [(p.name, p.epochs) for p in result.phases]
+    assert refitted == ([("probe", 1), ("finetune", 2)] if later_wins else [("probe", 1)])
+    assert "choosing run (on the holdout):" in result.summary()

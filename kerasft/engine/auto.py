@@ -21,9 +21,9 @@ task), and writes down each decision and its reason in the plan:
    successive halving: both train the first half of the budget, the better on the
    holdout trains the second half (1.5 times one fine-tune's steps).
 3. **Selection that the data can support.** From :data:`SMALL_DATA` examples up, 20% is
-   held out (stratified); the probe and every fine-tuning epoch are scored on it, and
-   the best wins (so the result is never worse on validation than the probe). Below
-   :data:`REFIT_LIMIT` examples the winner is then trained again on all labels (the
+   held out (stratified); the probe and the fine-tune (its last epoch) are scored on it,
+   and the better wins (so the result is never worse on validation than the probe).
+   Below :data:`REFIT_LIMIT` examples the winner is then trained again on all labels (the
    probe refitted, or the fine-tune for the number of epochs that won), since a fifth
    of a small data set is too much to leave out. Below :data:`SMALL_DATA` examples a
    validation set would hold a few dozen examples at most, too few to choose on

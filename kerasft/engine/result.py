@@ -273,7 +273,26 @@ class FinetuneResult:
         )
 
     def summary(self) -> str:
-        """One line per phase: epochs, seconds, trainable parameters, best ``monitor``."""
+        """What ``recipe="auto"`` decided and why, then one line per phase.
+
+        Each phase line gives its epochs, seconds, trainable parameters and best
+        ``monitor``. After a choice on held-out data and a refit on all labels, the
+        phases of the choosing run come first, so every second spent is shown.
+        """
+        lines = []
+        if self.decision is not None:
+            lines.append("recipe='auto' decided:")
+            lines.extend(f"  - {reason}" for reason in self.decision.reasons)
+        if self.selection is not None:
+            lines.append("choosing run (on the holdout):")
+            lines.extend(f"  {line}" for line in self.selection._phase_lines())
+            lines.append("on all labels:")
+            lines.extend(f"  {line}" for line in self._phase_lines())
+        else:
+            lines.extend(self._phase_lines())
+        return "\n".join(lines)
+
+    def _phase_lines(self) -> list[str]:
         best = min if monitor_mode(self.monitor) == "min" else max
         lines = [f"{'phase':<10}{'epochs':>7}{'seconds':>9}{'trainable':>12}  best {self.monitor}"]
         for p in self.phases:
@@ -282,4 +301,4 @@ class FinetuneResult:
             lines.append(
                 f"{p.name:<10}{p.epochs:>7}{p.seconds:>9.1f}{p.trainable_params:>12,}  {value:.4f}"
             )
-        return "\n".join(lines)
+        return lines

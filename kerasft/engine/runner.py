@@ -551,10 +551,11 @@ class Runner:
         )
         start = time.perf_counter()
         earlier: dict[str, list[float]] = {}
-        first_epoch = 0
+        first_epoch, compiled = 0, False
         if phase.halving and run.data.validation is not None and run.best is not None:
-            earlier, first_epoch = self._halve(run, phase, setup, speed)
-        self._compile(run, setup, speed)
+            earlier, first_epoch, compiled = self._halve(run, phase, setup, speed)
+        if not compiled:
+            self._compile(run, setup, speed)
         fitted = self._fit(
             run,
             setup,
@@ -655,7 +656,7 @@ class Runner:
 
     def _halve(
         self, run: Run, phase: Phase, setup: Any, speed: SpeedPlan
-    ) -> tuple[dict[str, list[float]], int]:
+    ) -> tuple[dict[str, list[float]], int, bool]:
         """Successive halving over the phase's rates; leave the winner set up to continue.
 
         Every rate trains the first half of the phase's epochs from the same weights, on
@@ -663,7 +664,9 @@ class Runner:
         the run's selection scores (its monitor, last epoch). The winner's weights and
         optimizer (its step count, so its schedule, included) are put back, and
         ``run.phase`` / ``run.phase_optimizer`` / ``run.phase_peak`` become its. Returns
-        the winner's history of those epochs and the epoch to continue from.
+        the winner's history of those epochs, the epoch to continue from, and whether the
+        model is still compiled with the winner's optimizer (the last rate tried won), so
+        that compiling again, and tracing the training step again, can be skipped.
         """
         half = phase.epochs // 2
         start = setup.model.get_weights()
@@ -689,12 +692,12 @@ class Runner:
             run.phase = dataclasses.replace(phase, candidates=())
             run.phase_optimizer = self._optimizer(run, run.phase)
             run.log("kerasft:   no rate gave a finite score; the first trains the whole phase")
-            return {}, 0
+            return {}, 0, False
         score, trial, optimizer, weights, history = max(ranked, key=lambda t: t[0])
         setup.model.set_weights(weights)
         run.phase, run.phase_optimizer, run.phase_peak = trial, optimizer, optimizer.peak
         run.log(f"kerasft:   lr {float(trial.rate):g} continues")
-        return history, half
+        return history, half, optimizer is trials[-1][2]
 
     @staticmethod
     def _next_trainable(run: Run) -> list | None:
