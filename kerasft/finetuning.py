@@ -277,9 +277,10 @@ def _refit(
 ) -> FinetuneResult:
     """Train the winner of a holdout choice again on all labels (``recipe="auto"`` on small data).
 
-    The probe is fitted again on every example with the features and strength it chose
-    (choosing them again could pick otherwise); the fine-tune, if it won, runs for the
-    epochs that won, at the same batch size, with no holdout.
+    A probe that won is fitted again as with no holdout: its features (the pooling) and
+    L2 strength chosen by cross-validation on every label. A fine-tune that won runs for
+    the epochs that won, at the same batch size, with no holdout, from the probe it
+    started from, fitted again with the features and strength chosen before.
     """
     epochs, score = _winning_epochs(chosen)
     checkpoint = options.run.checkpoint_dir
@@ -317,7 +318,10 @@ def _refit(
         reasons=(*chosen.decision.reasons, reason),
     )
     run.plan.decision = run.decision
-    run.given_probe = chosen.probe
+    # A fine-tune that won grows from the probe it started from: that probe is fitted
+    # again. A probe that won is chosen again, by cross-validation on every label: its
+    # pooling and strength on a fifth more examples.
+    run.given_probe = chosen.probe if epochs else None
     run.log(f"kerasft: {reason}")
     result = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
     result.selection = chosen

@@ -216,4 +216,7 @@ def test_successive_halving_compiles_again_only_for_an_earlier_rate(
     # the refit trains the winner again: the probe, or the fine-tune for the epochs that won
     refitted = [(p.name, p.epochs) for p in result.phases]
     assert refitted == ([("probe", 1), ("finetune", 2)] if later_wins else [("probe", 1)])
+    # a probe that won is chosen again by cross-validation on all 300 labels; the probe a
+    # fine-tune grows from is fitted again as it was chosen
+    assert result.probe.head.selection == ("given" if later_wins else "5-fold cross-validation")
     assert "choosing run (on the holdout):" in result.summary()

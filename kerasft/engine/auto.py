@@ -24,7 +24,8 @@ task), and writes down each decision and its reason in the plan:
    held out (stratified); the probe and the fine-tune (its last epoch) are scored on it,
    and the better wins (so the result is never worse on validation than the probe).
    Below :data:`REFIT_LIMIT` examples the winner is then trained again on all labels (the
-   probe refitted, or the fine-tune for the number of epochs that won), since a fifth
+   probe chosen again by cross-validation on all of them, or the fine-tune for the
+   number of epochs that won), since a fifth
    of a small data set is too much to leave out. Below :data:`SMALL_DATA` examples a
    validation set would hold a few dozen examples at most, too few to choose on
    (Perez et al., 2021): the probe is cross-validated, and the fine-tune trains on
