@@ -304,6 +304,8 @@ def _refit(
         f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
         f"{run.data.n_train} labels"
     )
+    if epochs == 0:
+        reason += " (its pooling and L2 strength chosen again by cross-validation)"
     rate = _winning_rate(chosen)
     if rate is not None:  # the rate successive halving chose, not the first candidate
         reason += f" at lr {rate:g}"

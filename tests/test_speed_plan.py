@@ -219,4 +219,6 @@ def test_successive_halving_compiles_again_only_for_an_earlier_rate(
     # a probe that won is chosen again by cross-validation on all 300 labels; the probe a
     # fine-tune grows from is fitted again as it was chosen
     assert result.probe.head.selection == ("given" if later_wins else "5-fold cross-validation")
+    said = "pooling and L2 strength chosen again by cross-validation" in result.summary()
+    assert said != later_wins
     assert "choosing run (on the holdout):" in result.summary()

@@ -25,11 +25,11 @@ task), and writes down each decision and its reason in the plan:
    and the better wins (so the result is never worse on validation than the probe).
    Below :data:`REFIT_LIMIT` examples the winner is then trained again on all labels (the
    probe chosen again by cross-validation on all of them, or the fine-tune for the
-   number of epochs that won), since a fifth
-   of a small data set is too much to leave out. Below :data:`SMALL_DATA` examples a
-   validation set would hold a few dozen examples at most, too few to choose on
-   (Perez et al., 2021): the probe is cross-validated, and the fine-tune trains on
-   every label for the budget, with no selection.
+   number of epochs that won), since a fifth of a small data set is too much to leave
+   out. Below :data:`SMALL_DATA` examples a validation set would hold a few dozen
+   examples at most, too few to choose on (Perez et al., 2021): the probe is
+   cross-validated, and the fine-tune trains on every label for the budget, with no
+   selection.
 4. **Work sized to the data**: a KerasHub text task trains at the sequence length its
    texts need (the 98th percentile of their token counts), not the preprocessor's
    padding length, which is put back on the returned task.
