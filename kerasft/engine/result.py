@@ -285,20 +285,22 @@ class FinetuneResult:
             lines.extend(f"  - {reason}" for reason in self.decision.reasons)
         if self.selection is not None:
             lines.append("choosing run (on the holdout):")
-            lines.extend(f"  {line}" for line in self.selection._phase_lines())
+            lines.extend(f"  {line}" for line in _phase_lines(self.selection))
             lines.append("on all labels:")
-            lines.extend(f"  {line}" for line in self._phase_lines())
+            lines.extend(f"  {line}" for line in _phase_lines(self))
         else:
-            lines.extend(self._phase_lines())
+            lines.extend(_phase_lines(self))
         return "\n".join(lines)
 
-    def _phase_lines(self) -> list[str]:
-        best = min if monitor_mode(self.monitor) == "min" else max
-        lines = [f"{'phase':<10}{'epochs':>7}{'seconds':>9}{'trainable':>12}  best {self.monitor}"]
-        for p in self.phases:
-            vals = p.history.get(self.monitor, [])
-            value = best(vals) if vals else float("nan")
-            lines.append(
-                f"{p.name:<10}{p.epochs:>7}{p.seconds:>9.1f}{p.trainable_params:>12,}  {value:.4f}"
-            )
-        return lines
+
+def _phase_lines(result: FinetuneResult) -> list[str]:
+    """A header, then one line per phase: epochs, seconds, trainable parameters, best monitor."""
+    best = min if monitor_mode(result.monitor) == "min" else max
+    lines = [f"{'phase':<10}{'epochs':>7}{'seconds':>9}{'trainable':>12}  best {result.monitor}"]
+    for p in result.phases:
+        vals = p.history.get(result.monitor, [])
+        value = best(vals) if vals else float("nan")
+        lines.append(
+            f"{p.name:<10}{p.epochs:>7}{p.seconds:>9.1f}{p.trainable_params:>12,}  {value:.4f}"
+        )
+    return lines
