@@ -295,17 +295,15 @@ def _refit(
         checkpoint_dir=None if checkpoint is None else os.path.join(os.fspath(checkpoint), "refit"),
     )
     run = prepare_run(model, data, refit)
-    winner = (
-        "the probe"
-        if epochs == 0
-        else f"the fine-tune after {epochs} epoch{'s' if epochs != 1 else ''}"
-    )
+    probe_won = epochs == 0
+    if probe_won:
+        winner, how = "the probe", " (its pooling and L2 strength chosen again by cross-validation)"
+    else:
+        winner, how = f"the fine-tune after {epochs} epoch{'s' if epochs != 1 else ''}", ""
     reason = (
         f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
-        f"{run.data.n_train} labels"
+        f"{run.data.n_train} labels{how}"
     )
-    if epochs == 0:
-        reason += " (its pooling and L2 strength chosen again by cross-validation)"
     rate = _winning_rate(chosen)
     if rate is not None:  # the rate successive halving chose, not the first candidate
         reason += f" at lr {rate:g}"
@@ -323,7 +321,7 @@ def _refit(
     # A fine-tune that won grows from the probe it started from: that probe is fitted
     # again. A probe that won is chosen again, by cross-validation on every label: its
     # pooling and strength on a fifth more examples.
-    run.given_probe = chosen.probe if epochs else None
+    run.given_probe = None if probe_won else chosen.probe
     run.log(f"kerasft: {reason}")
     result = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
     result.selection = chosen

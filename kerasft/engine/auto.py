@@ -276,6 +276,10 @@ class AutoDecision:
     def refit(self) -> bool:
         return self.selection == "holdout, then refit"
 
+    def describe(self) -> list[str]:
+        """The plan's and the summary's lines: a heading, then one line per reason."""
+        return ["recipe='auto' decided:", *(f"  - {reason}" for reason in self.reasons)]
+
 
 def _selection(n_examples: int, n_train: int, given_validation: bool) -> tuple[str, str]:
     """How the probe and the fine-tune are chosen between, and the plan's line for it."""

@@ -282,8 +282,7 @@ class Plan:
                 f"{self.total_params:,} parameters in all; {self.steps_per_epoch} steps per epoch"
             )
         if self.decision is not None:
-            lines.append("recipe='auto' decided:")
-            lines += [f"  - {reason}" for reason in self.decision.reasons]
+            lines += self.decision.describe()
         return "\n".join(lines)
 
 

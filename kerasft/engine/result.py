@@ -281,8 +281,7 @@ class FinetuneResult:
         """
         lines = []
         if self.decision is not None:
-            lines.append("recipe='auto' decided:")
-            lines.extend(f"  - {reason}" for reason in self.decision.reasons)
+            lines.extend(self.decision.describe())
         if self.selection is not None:
             lines.append("choosing run (on the holdout):")
             lines.extend(f"  {line}" for line in _phase_lines(self.selection))
