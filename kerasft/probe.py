@@ -244,7 +244,10 @@ class _Problem:
         if self.kind == "ridge":
             return Ridge(alpha=strength).fit(x, y)
         if self.centre is not None:
-            return _fit_towards(x, y, self.centre, strength, _sample_weights(y, self.class_weight))
+            start = warm if isinstance(warm, _Towards) else None
+            return _fit_towards(
+                x, y, self.centre, strength, _sample_weights(y, self.class_weight), start
+            )
         present = np.unique(y)
         if len(present) < 2:  # one class only in this fold: a constant predictor
             return ("constant", int(present[0]))
@@ -321,12 +324,14 @@ def _fit_towards(
     centre: tuple[np.ndarray, np.ndarray],
     strength: float,
     sample_weight: np.ndarray | None,
+    start: _Towards | None = None,
 ) -> _Towards:
     """Multinomial logistic regression, L2 on the distance from ``centre``'s kernel.
 
     Minimises ``sum_i w_i loss_i + ||W - W0||^2 / (2 C)`` over the kernel ``W`` and the
-    (unpenalised) bias with L-BFGS, from the centre: scikit-learn's objective with the
-    penalty moved from zero to ``W0``.
+    (unpenalised) bias with L-BFGS, from ``start`` (the fit at a neighbouring strength,
+    as cross-validation walks the grid) or else from the centre: scikit-learn's objective
+    with the penalty moved from zero to ``W0``.
     """
     from scipy.optimize import minimize
 
@@ -343,9 +348,14 @@ def _fit_towards(
         gradient = np.concatenate([(x.T @ residual + step / strength).ravel(), residual.sum(0)])
         return float(loss + np.sum(step**2) / (2 * strength)), gradient
 
+    theta0 = (
+        np.zeros(d * k + k)
+        if start is None
+        else np.concatenate([(start.kernel - kernel0).ravel(), start.bias - bias0])
+    )
     solved = minimize(
         objective,
-        np.zeros(d * k + k),
+        theta0,
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": _MAX_ITER},

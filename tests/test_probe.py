@@ -204,6 +204,45 @@ def test_a_penalty_centred_on_the_pretrained_head(shipped_model, digits):
     assert binary.centre == "zero"
 
 
+def test_centred_fits_start_from_the_neighbouring_strength(pixels, monkeypatch):
+    """Cross-validation walks the strengths; each centred fit starts from the last one's."""
+    import scipy.optimize
+
+    x, y, _, _ = pixels
+    z = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    rng = np.random.default_rng(0)
+    centre = (rng.normal(scale=0.1, size=(64, 10)), np.zeros(10))
+    iterations = []
+    minimize = scipy.optimize.minimize
+
+    def counted(*args, **kwargs):
+        solved = minimize(*args, **kwargs)
+        iterations.append(solved.nit)
+        return solved
+
+    monkeypatch.setattr(scipy.optimize, "minimize", counted)
+    cold = probe._fit_towards(z, y, centre, 1.0, None)
+    warm = probe._fit_towards(
+        z, y, centre, 1.0, None, start=probe._fit_towards(z, y, centre, 0.3, None)
+    )
+    # The same optimum (a convex problem), reached in fewer L-BFGS iterations.
+    np.testing.assert_allclose(warm.kernel, cold.kernel, atol=2e-3)
+    np.testing.assert_allclose(warm.bias, cold.bias, atol=2e-3)
+    assert iterations[2] < iterations[0]
+    # _select hands each fold's fit to the next strength: fewer iterations, same choice.
+    problem = probe._Problem("multinomial", 10, None, 0, single_label=True, centre=centre)
+    iterations.clear()
+    walked = probe._select(problem, z[:200], y[:200], None, None, 3, 0)
+    warm_total = sum(iterations)
+    fit_towards = probe._fit_towards
+    monkeypatch.setattr(
+        probe, "_fit_towards", lambda x, y, c, s, w, start=None: fit_towards(x, y, c, s, w)
+    )
+    iterations.clear()
+    cold_walk = probe._select(problem, z[:200], y[:200], None, None, 3, 0)
+    assert walked[0] == cold_walk[0] and warm_total < sum(iterations)
+
+
 def test_finetune_centres_the_probe_on_a_kept_head_only_where_it_helps(shipped_model, digits):
     """The MNIST head is a good centre for digits; with the labels renamed it is not."""
     x, y = digits
