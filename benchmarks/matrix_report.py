@@ -164,29 +164,25 @@ def _seconds(stats: dict, method: str) -> str:
 
 def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_name: str) -> str:
     summary = summarize(rows, cases)
-    machines = {
-        (r["machine"]["cpu"], r["machine"]["cores"], r["machine"]["memory_gib"])
-        for r in rows
-        if "machine" in r
-    }
+    # What the tables show: each (case, seed, method)'s latest row.
+    shown = [r for r in latest(rows).values() if "error" not in r and "machine" in r]
+    machines: dict[tuple, list[dict]] = {}
+    for r in shown:
+        key = (r["machine"]["cpu"], r["machine"]["cores"], r["machine"]["memory_gib"])
+        machines.setdefault(key, []).append(r)
     versions = {
         tuple(
             (k, r["machine"].get(k))
             for k in ("python", "tensorflow", "keras", "keras_hub", "onednn")
         )
-        for r in rows
-        if "machine" in r
+        for r in shown
     }
     commits = sorted(
-        {
-            str(r["machine"].get("commit"))
-            for r in rows
-            if r.get("method") == "kerasft" and "machine" in r
-        }
+        {str(r["machine"].get("commit")) for r in shown if r.get("method") == "kerasft"}
     )
-    times = sorted(r["time"] for r in rows if "time" in r)
+    times = sorted(r["time"] for r in shown if "time" in r)
     seeds = sorted({r["seed"] for r in rows})
-    loads = [r["loadavg"] for r in rows if "loadavg" in r]
+    loads = [r["loadavg"] for r in shown if "loadavg" in r]
     errors = [r for r in latest(rows).values() if "error" in r]
     lines = [
         "# Benchmark matrix: kerasft's defaults against the baselines a user would write",
@@ -220,13 +216,24 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
             "- **Quick run** (`--quick`): one seed, test sets capped at 500 images / 200 texts, "
             "no fit30. Indicative only."
         )
-    for cpu, cores, mem in sorted(machines):
+    for (cpu, cores, mem), ran in sorted(machines.items(), key=lambda kv: -len(kv[1])):
+        which = ""
+        if len(ran) < len(shown) / 2:  # name the few rows of a second machine
+            by_case: dict[str, set] = {}
+            for r in ran:
+                by_case.setdefault(r["case"], set()).add(r["method"])
+            which = ": " + "; ".join(
+                f"{case} ({', '.join(sorted(methods))})" for case, methods in by_case.items()
+            )
         lines.append(
-            f"- Machine: {cpu}, {cores} cores, {mem} GiB RAM, no GPU; shared with other jobs "
-            f"(1-minute load average at the start of a row: "
-            f"{min(loads):.1f}-{max(loads):.1f}), so seconds drift by 10-20%."
-            if loads
-            else f"- Machine: {cpu}, {cores} cores, {mem} GiB RAM."
+            f"- Machine: {cpu}, {cores} cores, {mem} GiB RAM, no GPU, {len(ran)} of the "
+            f"{len(shown)} rows in the tables{which}."
+        )
+    if loads:
+        lines.append(
+            "- Machines shared with other jobs (1-minute load average at the start of a row: "
+            f"{min(loads):.1f}-{max(loads):.1f}), so seconds drift by 10-20%; a time ratio "
+            "whose two rows ran on different machines mixes their speeds."
         )
     for v in sorted(versions):
         d = dict(v)
@@ -237,7 +244,7 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
         )
     lines += [
         f"- kerasft at commit {', '.join(f'`{c}`' for c in commits) or 'n/a'} "
-        f"(the `kerasft` rows); rows from {times[0] if times else 'n/a'} to "
+        f"(the `kerasft` rows shown); rows shown from {times[0] if times else 'n/a'} to "
         f"{times[-1] if times else 'n/a'}; "
         f"seeds {', '.join(map(str, seeds))}; {len(rows)} rows in `{results_path}`.",
         "- Batch 32 everywhere; MiniLM at sequence length 128 (`BertTextClassifierPreprocessor"
