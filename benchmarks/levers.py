@@ -8,8 +8,8 @@ MNIST test sample), each over seeds 0, 1, 2 (split, shuffles and head initialisa
 and ``text`` (the text job of ``kerasft.jobs.textjob``: MiniLM on 400 Rotten Tomatoes
 reviews, 600 test), seed 0 by default (``--text-seeds``).
 
-Every row is ``kerasft.finetune`` with the default recipe (LP-FT, 5 + 10 epochs, head
-rate 1e-2; the text job's own ``TEXT_RECIPE``) plus one lever. ``tta`` is the default
+Every row is ``kerasft.finetune`` with its defaults (``recipe="auto"``; for ``text``, the
+text job's ``finetune(task, data)`` with defaults) plus one lever. ``tta`` is the default
 run evaluated with flip test-time augmentation. Image-only levers are skipped for text.
 
 Run: ``python benchmarks/levers.py`` (image tasks: about 10 minutes on 2 cores;

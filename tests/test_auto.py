@@ -224,6 +224,24 @@ def test_text_task_probes_both_poolings_and_keeps_the_users_preprocessor(tmp_pat
     )
 
 
+@pytest.mark.slow
+def test_copy_false_leaves_the_users_task_whole_through_a_refit():
+    """A probe on mean pooling returns another task; the user's keeps its preprocessor."""
+    from kerasft.jobs import textdata
+
+    reviews = textdata.rotten_tomatoes_few_shot(n_train=240, n_test=16, seed=0)
+    task = small_bert_classifier(reviews.x_train)
+    preprocessor = task.preprocessor
+    data = (reviews.x_train, reviews.y_train)
+    result = kerasft.finetune(task, data, copy=False, epochs=1, seed=0, verbose=0)
+    # 240 labels: 48 held out to choose on, then the winner trained again on all of them.
+    assert result.selection is not None and "on all 240 labels" in result.decision.reasons[-1]
+    assert result.probe.pooling == "mean" and result.model is not task
+    assert task.preprocessor is preprocessor and preprocessor.sequence_length == 32
+    assert task.predict(reviews.x_test, verbose=0).shape == (16, 2)
+    assert result.model.predict(reviews.x_test, verbose=0).shape == (16, 2)
+
+
 def test_a_validation_monitor_is_kept_for_the_choice_not_the_refit(shipped_model, digits):
     """The holdout is scored on the monitor given; the refit on all labels holds nothing out."""
     x, y = digits

@@ -82,6 +82,8 @@ class Run:
         compare_final: each phase is one candidate, scored by its last epoch (the probe
             against the whole fine-tune), not one candidate per epoch.
         restore_length: ``(preprocessor, sequence length)`` to put back after the run.
+        started_with: the model the run started from, which a probe on other features
+            may replace (``run.model`` then differs); its preprocessor goes back on it too.
     """
 
     options: Options
@@ -110,6 +112,7 @@ class Run:
     halving: list[dict[str, Any]] | None = None
     keep_final: bool = False
     restore_length: tuple[Any, int] | None = None
+    started_with: keras.Model | None = field(default=None, repr=False)
     unused: tuple[Any, list] | None = field(default=None, repr=False)
     compare_final: bool = False
 
@@ -236,6 +239,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         keep_final=decision is not None and not has_val,
         compare_final=decision is not None and has_val,
         restore_length=restore_length,
+        started_with=model,
     )
 
 
@@ -451,6 +455,9 @@ class Runner:
         finally:
             speed.close()
             _attach_preprocessor(run.model, task.preprocessor)
+            if run.started_with is not None and run.started_with is not run.model:
+                # copy=False: the user's task, left behind by a probe on other features
+                _attach_preprocessor(run.started_with, task.preprocessor)
             _restore_length(run.restore_length)
         if not getattr(run.model, "compiled", False):  # every phase was restored from a checkpoint
             run.model.compile(loss=task.loss, metrics=task.metrics)
