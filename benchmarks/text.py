@@ -26,7 +26,7 @@ Measured on a shared machine with 2 CPU cores, 24 GiB RAM, no GPU, TensorFlow 2.
 oneDNN off (kerasft's default), Keras 3.15.1, keras-hub 0.32.0. The load drifts: expect
 +-15% on the seconds between runs.
 
-Run: ``python benchmarks/text.py --seeds 0 1 2`` (all rows per seed, about 2 minutes
+Run: ``python benchmarks/text.py --seeds 0 1 2`` (all rows per seed, about 4 minutes
 per seed on a quiet machine) or ``python benchmarks/text.py --only baseline``. The
 ``kerasft`` row is the same ``kerasft.finetune`` call as ``kerasft finetune --task text``
 (its time is the whole call: preprocessing, feature caching, both phases). The first
