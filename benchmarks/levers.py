@@ -12,7 +12,7 @@ Every row is ``kerasft.finetune`` with its defaults (``recipe="auto"``; for ``te
 text job's ``finetune(task, data)`` with defaults) plus one lever. ``tta`` is the default
 run evaluated with flip test-time augmentation. Image-only levers are skipped for text.
 
-Run: ``python benchmarks/levers.py`` (image tasks: about 10 minutes on 2 cores;
+Run: ``python benchmarks/levers.py`` (image tasks: about 15 minutes on 2 cores;
 ``--tasks text`` adds about 30 s per lever and seed).
 """
 
