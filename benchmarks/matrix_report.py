@@ -165,7 +165,8 @@ def _seconds(stats: dict, method: str) -> str:
 def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_name: str) -> str:
     summary = summarize(rows, cases)
     # What the tables show: each (case, seed, method)'s latest row.
-    shown = [r for r in latest(rows).values() if "error" not in r and "machine" in r]
+    last = latest(rows).values()
+    shown = [r for r in last if "error" not in r and "machine" in r]
     machines: dict[tuple, list[dict]] = {}
     for r in shown:
         key = (r["machine"]["cpu"], r["machine"]["cores"], r["machine"]["memory_gib"])
@@ -183,7 +184,7 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
     times = sorted(r["time"] for r in shown if "time" in r)
     seeds = sorted({r["seed"] for r in rows})
     loads = [r["loadavg"] for r in shown if "loadavg" in r]
-    errors = [r for r in latest(rows).values() if "error" in r]
+    errors = [r for r in last if "error" in r]
     lines = [
         "# Benchmark matrix: kerasft's defaults against the baselines a user would write",
         "",
