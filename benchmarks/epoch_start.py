@@ -21,7 +21,7 @@ largest difference between the weights the two ways end with (the same batches i
 same order; the CNN's convolutions on CPU are not bit for bit reproducible between two
 fits either way).
 
-Run: ``python benchmarks/epoch_start.py`` (about 3 minutes on 2 shared CPU cores).
+Run: ``python benchmarks/epoch_start.py`` (under 2 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
