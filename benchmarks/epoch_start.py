@@ -39,10 +39,11 @@ import tensorflow as tf
 
 from kerasft import data as data_lib
 from kerasft import datasets
+from kerasft.cli import default_model_path
 
 
 def shipped() -> keras.Model:
-    return keras.models.load_model("saved_models/mnist_cnn.keras")
+    return keras.models.load_model(default_model_path())
 
 
 def dense() -> keras.Model:

@@ -326,16 +326,17 @@ def make_pipeline(
     ds = ds.batch(batch_size)
     if transform is not None:
         ds = ds.map(transform, num_parallel_calls=_AUTOTUNE)
-    return without_autotuning(ds.prefetch(_AUTOTUNE))
+    return _without_autotuning(ds.prefetch(_AUTOTUNE))
 
 
-def without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
+def _without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
     """``ds`` with tf.data's autotuning off.
 
     Over data already in memory there is nothing for it to tune, and it costs: each new
     iterator (every epoch, every evaluation) starts its tuning, which stalled the first
     step of about a third of the epochs by 200-300 ms on a 2-core machine (a 30 ms step
-    at batch 8). Parallel maps keep a fixed parallelism (the smaller of 16 and the cores).
+    at batch 8). A parallel map (augmentation) still runs in parallel; tf.data fixes its
+    parallelism instead of tuning it.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
