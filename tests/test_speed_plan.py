@@ -186,14 +186,24 @@ def test_each_phase_traces_its_training_step_once(shipped_model, digits_small, m
     assert len(traced) == 2, traced  # one per phase
 
 
+def _dense_digits_model() -> keras.Model:
+    """A dense network over 28x28 digits: ``auto`` halves between two rates on its holdout."""
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
+    outputs = keras.layers.Dense(10, activation="softmax", name="head")(h)
+    return keras.Model(inputs, outputs, name="dense_digits")
+
+
 @pytest.mark.parametrize("later_wins", [True, False])
 def test_successive_halving_compiles_again_only_for_an_earlier_rate(
-    shipped_model, digits_small, monkeypatch, later_wins
+    digits_small, monkeypatch, later_wins
 ):
-    # auto on 300 examples: a holdout, two rates by successive halving, then a refit. The
-    # model is compiled once per rate tried; continuing with the last rate tried needs no
-    # new compile (nor a new trace), continuing with an earlier one does. Which wins is
-    # forced: every score offered is higher (or lower) than the one before.
+    # auto on 300 examples with a dense network: a holdout, two rates by successive
+    # halving, then a refit. The model is compiled once per rate tried; continuing with
+    # the last rate tried needs no new compile (nor a new trace), continuing with an
+    # earlier one does. Which wins is forced: every score offered is higher (or lower)
+    # than the one before.
     traced = []
     step = keras.Model.train_step
 
@@ -206,9 +216,10 @@ def test_successive_halving_compiles_again_only_for_an_earlier_rate(
     monkeypatch.setattr(
         hooks._Tracker, "score", lambda self, logs: next(calls) * (1 if later_wins else -1)
     )
-    result = kerasft.finetune(shipped_model, digits_small, epochs=2, seed=0, verbose=0)
+    model = _dense_digits_model()
+    result = kerasft.finetune(model, digits_small, epochs=2, seed=0, verbose=0)
     chosen = result.selection
-    assert len(chosen.halving) == 2
+    assert chosen.decision.profile.family == "mlp" and len(chosen.halving) == 2
     # later wins: the second rate continues as compiled, then the fine-tune is refitted
     # (one trace); earlier wins: the first rate is compiled again, then the probe is refitted.
     assert len(traced) == 3, (traced, chosen.halving, chosen.best_phase)
