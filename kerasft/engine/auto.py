@@ -373,7 +373,7 @@ def decide(
     epochs, why = _budget(family, steps_per_epoch, batch_size, user.get("epochs"))
     reasons.append(why)
     optimizer, rate, layer_decay, weight_decay = _optimizer(profile, user)
-    moves = family == "cnn" and n_examples >= SMALL_DATA and user.get("lr") is None
+    moves = _moves_further(family, n_examples, user)
     if moves:
         rate *= _HOT
         reasons.append(
@@ -475,23 +475,30 @@ def _batch_norm(profile: ModelProfile, user: dict[str, Any]) -> tuple[bool, str]
     return train_bn, f"; {norm}" if speak else ""
 
 
+def _moves_further(family: str, n_examples: int, user: dict[str, Any]) -> bool:
+    """Whether the network trains at :data:`_HOT` times its rate outright, nothing halved.
+
+    A convolutional network with :data:`SMALL_DATA` labelled examples or more, unless a
+    rate is given. On the matrix's convolutional cases with a holdout (fashion_mnist20,
+    mnist_fashion100, rotation200, dict200, multilabel300; seeds 0-2) the fine-tune won
+    14 of the 15 holdouts; successive halving had chosen the higher rate for 11 of them,
+    and on the other three the lower rate cost 2.7, 3.4 and 0.1 points of test score
+    against the higher one (Fashion-MNIST features to MNIST and MNIST to Fashion-MNIST
+    seed 0, multi-label digits seed 2): a choice made at half the budget on 40 to 200
+    held-out examples. Below that many labels the higher rate loses (on digits10,
+    digits3, faces40 and mnist04_59, seeds 0-2: -0.3, -1.0, -2.3 and -0.6 points a case).
+    """
+    return family == "cnn" and n_examples >= SMALL_DATA and user.get("lr") is None
+
+
 def _candidates(
     family: str, rate: float, selection: str, epochs: int, user: dict[str, Any]
 ) -> tuple[float, ...]:
     """The other rates tried beside ``rate``: none without data to choose on or a rate given.
 
     Transformers try none: their rate carries across the text cases (docs/matrix.md), and
-    each extra trial of a transformer body costs minutes on a CPU. Nor does a
-    convolutional network from :data:`SMALL_DATA` labelled examples up, which trains at
-    the higher rate outright (:func:`decide`). On the matrix's convolutional cases with
-    a holdout (fashion_mnist20, mnist_fashion100, rotation200, dict200, multilabel300;
-    seeds 0-2) the fine-tune won 14 of the 15 holdouts; halving had chosen the higher
-    rate for 11 of them, and on the other three the lower rate cost 2.7, 3.4 and 0.1
-    points of test score against the higher one (Fashion-MNIST features to MNIST and
-    MNIST to Fashion-MNIST seed 0, multi-label digits seed 2): a choice made at half the
-    budget on 40 to 200 held-out examples. Below that many labels the higher rate loses
-    (on digits10, digits3, faces40 and mnist04_59, seeds 0-2: -0.3, -1.0, -2.3 and -0.6
-    points a case).
+    each extra trial of a transformer body costs minutes on a CPU. Nor does a network
+    that trains at the higher rate outright (:func:`_moves_further`).
     """
     if family == "transformer" or selection == "none" or epochs < 2 or user.get("lr") is not None:
         return ()
