@@ -57,6 +57,11 @@ REGULARIZATION_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 1
 # Ridge strengths (alpha), the same span.
 RIDGE_GRID = tuple(float(a) for a in np.logspace(-2, 4, 13))
 _MAX_ITER = 1000
+# Solver tolerance of the fits that choose a strength (gradient norm; the kept fit solves
+# to 1e-8). Held-out losses of neighbouring strengths differ far more than this moves
+# them: on the matrix's splits every strength, centre and pooling chosen stayed the same,
+# in half the solver time (docs/finetune.md).
+_SELECTION_TOL = 1e-4
 # Above this many feature values, the strength is chosen on a sample of the examples.
 _SELECTION_CELLS = 20_000_000
 
@@ -239,6 +244,7 @@ class _Problem:
     def fit(
         self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None, tol: float = 1e-6
     ) -> Any:
+        """Fit at ``strength`` from ``warm``, to the solver tolerance ``tol``."""
         from sklearn.linear_model import LogisticRegression, Ridge
 
         if self.kind == "ridge":
@@ -246,7 +252,7 @@ class _Problem:
         if self.centre is not None:
             start = warm if isinstance(warm, _Towards) else None
             return _fit_towards(
-                x, y, self.centre, strength, _sample_weights(y, self.class_weight), start
+                x, y, self.centre, strength, _sample_weights(y, self.class_weight), start, tol
             )
         present = np.unique(y)
         if len(present) < 2:  # one class only in this fold: a constant predictor
@@ -325,13 +331,16 @@ def _fit_towards(
     strength: float,
     sample_weight: np.ndarray | None,
     start: _Towards | None = None,
+    tol: float | None = None,
 ) -> _Towards:
     """Multinomial logistic regression, L2 on the distance from ``centre``'s kernel.
 
     Minimises ``sum_i w_i loss_i + ||W - W0||^2 / (2 C)`` over the kernel ``W`` and the
     (unpenalised) bias with L-BFGS, from ``start`` (the fit at a neighbouring strength,
     as cross-validation walks the grid) or else from the centre: scikit-learn's objective
-    with the penalty moved from zero to ``W0``.
+    with the penalty moved from zero to ``W0``. ``tol`` at or above ``_SELECTION_TOL``
+    stops at that gradient norm (and a relative decrease of ``tol / 100``); below it,
+    SciPy's own tolerances apply.
     """
     from scipy.optimize import minimize
 
@@ -353,13 +362,10 @@ def _fit_towards(
         if start is None
         else np.concatenate([(start.kernel - kernel0).ravel(), start.bias - bias0])
     )
-    solved = minimize(
-        objective,
-        theta0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": _MAX_ITER},
-    )
+    options: dict[str, float] = {"maxiter": _MAX_ITER}
+    if tol is not None and tol >= _SELECTION_TOL:
+        options.update(gtol=tol, ftol=tol / 100)
+    solved = minimize(objective, theta0, jac=True, method="L-BFGS-B", options=options)
     step, shift = solved.x[: d * k].reshape(d, k), solved.x[d * k :]
     return _Towards(kernel0 + step, bias0 + shift)
 
@@ -407,7 +413,7 @@ def _select(
         total = 0.0
         errors[strength] = np.full(len(xv) if xv is not None else len(x), np.nan)
         for i, (xa, ya, xb, yb) in enumerate(splits):
-            fitted = problem.fit(xa, ya, strength, warm[i])
+            fitted = problem.fit(xa, ya, strength, warm[i], tol=_SELECTION_TOL)
             warm[i] = None if isinstance(fitted, tuple) or problem.kind == "ridge" else fitted
             losses = problem.example_losses(fitted, xb, yb)
             total += float(np.average(losses, weights=problem.weights(yb))) * len(yb)

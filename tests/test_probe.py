@@ -236,11 +236,47 @@ def test_centred_fits_start_from_the_neighbouring_strength(pixels, monkeypatch):
     warm_total = sum(iterations)
     fit_towards = probe._fit_towards
     monkeypatch.setattr(
-        probe, "_fit_towards", lambda x, y, c, s, w, start=None: fit_towards(x, y, c, s, w)
+        probe,
+        "_fit_towards",
+        lambda x, y, c, s, w, start=None, tol=None: fit_towards(x, y, c, s, w, tol=tol),
     )
     iterations.clear()
     cold_walk = probe._select(problem, z[:200], y[:200], None, None, 3, 0)
     assert walked[0] == cold_walk[0] and warm_total < sum(iterations)
+
+
+@pytest.mark.parametrize("centred", [False, True], ids=["zero", "centred"])
+def test_strength_selection_solves_loosely_and_chooses_as_a_tight_solve_does(
+    pixels, monkeypatch, centred
+):
+    """Cross-validation's fits stop at _SELECTION_TOL: the same losses and choice, fewer steps."""
+    import scipy.optimize
+
+    x, y, _, _ = pixels
+    z = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    centre = (np.random.default_rng(0).normal(scale=0.1, size=(64, 10)), np.zeros(10))
+    problem = probe._Problem(
+        "multinomial", 10, None, 0, single_label=True, centre=centre if centred else None
+    )
+    iterations = []
+    minimize = scipy.optimize.minimize
+
+    def counted(*args, **kwargs):  # scikit-learn's L-BFGS and the centred fit both call it
+        solved = minimize(*args, **kwargs)
+        iterations.append(solved.nit)
+        return solved
+
+    monkeypatch.setattr(scipy.optimize, "minimize", counted)
+    loose = probe._select(problem, z[:300], y[:300], None, None, 5, 0)
+    loose_steps = sum(iterations)
+    iterations.clear()
+    monkeypatch.setattr(probe, "_SELECTION_TOL", 1e-9)
+    tight = probe._select(problem, z[:300], y[:300], None, None, 5, 0)
+    assert loose[0] == tight[0]  # the strength chosen
+    assert set(loose[3]) == set(tight[3])  # the strengths walked
+    for strength, score in tight[3].items():  # within 3.4% at worst (C=30, nearly separable)
+        assert abs(loose[3][strength] - score) < 0.05 * score, strength
+    assert loose_steps < 0.8 * sum(iterations)
 
 
 def test_finetune_centres_the_probe_on_a_kept_head_only_where_it_helps(shipped_model, digits):
