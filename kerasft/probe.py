@@ -243,7 +243,7 @@ class _Problem:
         return RIDGE_GRID if self.kind == "ridge" else REGULARIZATION_GRID
 
     def fit(
-        self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None, tol: float = 1e-6
+        self, x: np.ndarray, y: np.ndarray, strength: float, warm: Any = None, *, tol: float
     ) -> Any:
         """Fit at ``strength`` from ``warm``, to the solver tolerance ``tol``."""
         from sklearn.linear_model import LogisticRegression, Ridge
