@@ -42,7 +42,7 @@ from kerasft.configs import (
 from kerasft.engine.defaults import default_hooks
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
-from kerasft.engine.plan import Plan, Rate
+from kerasft.engine.plan import Plan
 from kerasft.engine.result import FinetuneResult, PhaseResult
 from kerasft.engine.runner import Runner, prepare_run
 from kerasft.speed.distribute import resolve_strategy
@@ -304,19 +304,9 @@ def _refit(
         f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
         f"{run.data.n_train} labels{how}"
     )
-    rate = _winning_rate(chosen)
-    if rate is not None:  # the rate successive halving chose, not the first candidate
-        reason += f" at lr {rate:g}"
-        run.plan.phases = [
-            dataclasses.replace(p, rate=Rate(rate), candidates=()) if p.name == "finetune" else p
-            for p in run.plan.phases
-        ]
-    run.decision = dataclasses.replace(
-        chosen.decision,
-        rate=rate if rate is not None else chosen.decision.rate,
-        candidates=(),
-        reasons=(*chosen.decision.reasons, reason),
-    )
+    # (No rate to carry over: successive halving runs only on validation data the user
+    # gave, and a refit follows only a holdout of the user's own labels.)
+    run.decision = dataclasses.replace(chosen.decision, reasons=(*chosen.decision.reasons, reason))
     run.plan.decision = run.decision
     # A fine-tune that won grows from the probe it started from: that probe is fitted
     # again. A probe that won is chosen again, by cross-validation on every label: its
@@ -325,15 +315,7 @@ def _refit(
     run.log(f"kerasft: {reason}")
     result = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
     result.selection = chosen
-    result.halving = chosen.halving  # the rates the choice tried, on the held-out data
     return result
-
-
-def _winning_rate(result: FinetuneResult) -> float | None:
-    """The peak rate of the fine-tune that won, when successive halving chose it."""
-    if not result.halving or result.best_phase in (None, "probe"):
-        return None
-    return next(p.learning_rate for p in result.phases if p.name == result.best_phase)
 
 
 def _winning_epochs(result: FinetuneResult) -> tuple[int, float]:

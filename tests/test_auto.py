@@ -125,16 +125,33 @@ def test_holdout_choice_then_refit_on_all_labels(shipped_model, digits):
         assert float(result.plan.phases[1].rate) == pytest.approx(9e-4)
 
 
-def test_rate_candidates_only_where_the_data_can_choose(shipped_model):
+def test_rate_candidates_only_on_validation_data_given(shipped_model):
     profile = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
     common = dict(n_train=240, batch_size=32, given_validation=False)
     dense = dataclasses.replace(profile, family="mlp")
+    # a holdout of the user's own labels: the family's rate, nothing halved
     held = auto.decide(dense, n_examples=300, user={}, **common)
-    assert held.candidates == pytest.approx((3 * held.rate,)) and "successive halving" in " ".join(
-        held.reasons
+    assert held.selection == "holdout, then refit" and held.candidates == ()
+    assert held.rate == pytest.approx(1e-3) and "successive halving" not in " ".join(held.reasons)
+    # validation data given: the family's rate and three times it, by successive halving
+    given = auto.decide(
+        dense, n_examples=240, n_train=240, batch_size=32, given_validation=True, user={}
     )
-    # a rate given, or no holdout to choose on: one rate
-    assert auto.decide(dense, n_examples=300, user={"lr": 1e-3}, **common).candidates == ()
+    assert given.candidates == pytest.approx((3e-3,)) and "successive halving" in " ".join(
+        given.reasons
+    )
+    # a rate given: one rate
+    assert (
+        auto.decide(
+            dense,
+            n_examples=240,
+            n_train=240,
+            batch_size=32,
+            given_validation=True,
+            user={"lr": 1e-3},
+        ).candidates
+        == ()
+    )
     small = auto.decide(
         profile, n_examples=100, n_train=100, batch_size=8, given_validation=False, user={}
     )

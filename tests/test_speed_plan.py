@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kerasft
-from kerasft import SpeedConfig, surgery
+from kerasft import SpeedConfig, datasets, surgery
 from kerasft.data import prepare_data
 from kerasft.engine import hooks
 from kerasft.speed import caching
@@ -187,7 +187,7 @@ def test_each_phase_traces_its_training_step_once(shipped_model, digits_small, m
 
 
 def _dense_digits_model() -> keras.Model:
-    """A dense network over 28x28 digits: ``auto`` halves between two rates on its holdout."""
+    """A dense network over 28x28 digits: `auto` halves two rates on validation data only."""
     inputs = keras.Input((28, 28, 1))
     h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
     h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
@@ -197,13 +197,61 @@ def _dense_digits_model() -> keras.Model:
 
 @pytest.mark.parametrize("later_wins", [True, False])
 def test_successive_halving_compiles_again_only_for_an_earlier_rate(
-    digits_small, monkeypatch, later_wins
+    digits, monkeypatch, later_wins
 ):
-    # auto on 300 examples with a dense network: a holdout, two rates by successive
-    # halving, then a refit. The model is compiled once per rate tried; continuing with
-    # the last rate tried needs no new compile (nor a new trace), continuing with an
-    # earlier one does. Which wins is forced: every score offered is higher (or lower)
-    # than the one before.
+    # auto with validation data given and a dense network: two rates by successive
+    # halving. The model is compiled once per rate tried; continuing with the last rate
+    # tried needs no new compile (nor a new trace), continuing with an earlier one does.
+    # Which wins is forced: every score offered is higher (or lower) than the one before.
+    x, y = digits
+    split = datasets.few_shot_split(x, y, shots=30, seed=0)
+    traced = _count_traces(monkeypatch, later_wins)
+    result = kerasft.finetune(
+        _dense_digits_model(),
+        (split.x_train, split.y_train),
+        validation_data=(split.x_test[:200], split.y_test[:200]),
+        epochs=2,
+        seed=0,
+        verbose=0,
+    )
+    assert result.decision.profile.family == "mlp" and len(result.halving) == 2
+    assert result.selection is None  # validation data given: nothing trained again
+    # later wins: the second rate continues as compiled (two traces in all); earlier
+    # wins: the first rate is compiled again to continue (three)
+    assert len(traced) == (2 if later_wins else 3), (traced, result.halving, result.best_phase)
+    assert result.best_phase == ("finetune" if later_wins else "probe")
+    won = result.halving[-1 if later_wins else 0]["lr"]
+    assert result.phases[1].learning_rate == pytest.approx(won)
+
+
+@pytest.mark.parametrize("later_wins", [True, False])
+def test_refit_trains_the_holdout_winner_again(digits_small, monkeypatch, later_wins):
+    # auto on 300 examples with a dense network: a holdout, one rate (nothing halved on
+    # the user's own labels), then a refit of the winner on all of them. Which wins is
+    # forced: every score offered is higher (or lower) than the one before.
+    traced = _count_traces(monkeypatch, later_wins)
+    result = kerasft.finetune(_dense_digits_model(), digits_small, epochs=2, seed=0, verbose=0)
+    chosen = result.selection
+    assert chosen.decision.profile.family == "mlp" and not chosen.decision.candidates
+    assert not chosen.halving and not result.halving and "halving" not in str(result.plan)
+    assert chosen.best_phase == ("finetune" if later_wins else "probe")
+    # one trace for the choosing run's fine-tune, one for the refit's when it won
+    assert len(traced) == (2 if later_wins else 1), (traced, chosen.best_phase)
+    # the refit trains the winner again: the probe, or the fine-tune for the epochs that won
+    refitted = [(p.name, p.epochs) for p in result.phases]
+    assert refitted == ([("probe", 1), ("finetune", 2)] if later_wins else [("probe", 1)])
+    if later_wins:  # at the rate it chose with
+        assert result.phases[1].learning_rate == pytest.approx(chosen.phases[1].learning_rate)
+    # a probe that won is chosen again by cross-validation on all 300 labels; the probe a
+    # fine-tune grows from is fitted again as it was chosen
+    assert result.probe.head.selection == ("given" if later_wins else "5-fold cross-validation")
+    said = "pooling and L2 strength chosen again by cross-validation" in result.summary()
+    assert said != later_wins
+    assert "choosing run (on the holdout):" in result.summary()
+
+
+def _count_traces(monkeypatch, later_wins: bool) -> list[str]:
+    """Count training-step traces; force each score offered above (or below) the last."""
     traced = []
     step = keras.Model.train_step
 
@@ -216,20 +264,4 @@ def test_successive_halving_compiles_again_only_for_an_earlier_rate(
     monkeypatch.setattr(
         hooks._Tracker, "score", lambda self, logs: next(calls) * (1 if later_wins else -1)
     )
-    model = _dense_digits_model()
-    result = kerasft.finetune(model, digits_small, epochs=2, seed=0, verbose=0)
-    chosen = result.selection
-    assert chosen.decision.profile.family == "mlp" and len(chosen.halving) == 2
-    # later wins: the second rate continues as compiled, then the fine-tune is refitted
-    # (one trace); earlier wins: the first rate is compiled again, then the probe is refitted.
-    assert len(traced) == 3, (traced, chosen.halving, chosen.best_phase)
-    assert chosen.best_phase == ("finetune" if later_wins else "probe")
-    # the refit trains the winner again: the probe, or the fine-tune for the epochs that won
-    refitted = [(p.name, p.epochs) for p in result.phases]
-    assert refitted == ([("probe", 1), ("finetune", 2)] if later_wins else [("probe", 1)])
-    # a probe that won is chosen again by cross-validation on all 300 labels; the probe a
-    # fine-tune grows from is fitted again as it was chosen
-    assert result.probe.head.selection == ("given" if later_wins else "5-fold cross-validation")
-    said = "pooling and L2 strength chosen again by cross-validation" in result.summary()
-    assert said != later_wins
-    assert "choosing run (on the holdout):" in result.summary()
+    return traced

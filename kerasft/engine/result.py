@@ -102,7 +102,7 @@ class FinetuneResult:
             again on all labels, the result of the choosing run (its phases and scores).
         halving: the rates a phase tried by successive halving, each with its score on
             the validation data after half the phase (``{"lr", "score"}``; higher score is
-            better), or ``None``. After a refit on all labels, those of the choosing run.
+            better), or ``None``.
     """
 
     model: keras.Model
