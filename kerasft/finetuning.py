@@ -279,10 +279,13 @@ def _refit(
 
     A probe that won is fitted again as with no holdout: its features (the pooling) and
     L2 strength chosen by cross-validation on every label. A fine-tune that won runs for
-    the epochs that won, at the same batch size, with no holdout, from the probe it
-    started from, fitted again with the features and strength chosen before.
+    the epochs that won (or, when the choosing run trained a whole schedule over half
+    the budget, for all of it: ``decision.refit_epochs``), at the same batch size, with
+    no holdout, from the probe it started from, fitted again with the features and
+    strength chosen before.
     """
     epochs, score = _winning_epochs(chosen)
+    full = chosen.decision.refit_epochs if epochs and chosen.decision.refit_epochs else epochs
     checkpoint = options.run.checkpoint_dir
     refit = options.replace(
         # nothing is held out: a fixed budget, whose last weights are returned
@@ -290,7 +293,7 @@ def _refit(
         if str(options.monitor.monitor or "").startswith("val_")
         else options.monitor.monitor,
         validation_split=0.0,
-        epochs=epochs,
+        epochs=full,
         batch_size=chosen.options.data.batch_size,
         checkpoint_dir=None if checkpoint is None else os.path.join(os.fspath(checkpoint), "refit"),
     )
@@ -300,6 +303,8 @@ def _refit(
         winner, how = "the probe", " (its pooling and L2 strength chosen again by cross-validation)"
     else:
         winner, how = f"the fine-tune after {epochs} epoch{'s' if epochs != 1 else ''}", ""
+    if full != epochs:
+        how = f" for the whole budget, {full} epochs"
     reason = (
         f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
         f"{run.data.n_train} labels{how}"
@@ -307,6 +312,13 @@ def _refit(
     # (No rate to carry over: successive halving runs only on validation data the user
     # gave, and a refit follows only a holdout of the user's own labels.)
     run.decision = dataclasses.replace(chosen.decision, reasons=(*chosen.decision.reasons, reason))
+    if full != epochs:  # what the returned fine-tune trained
+        run.decision = dataclasses.replace(
+            run.decision,
+            epochs=full,
+            steps=full * run.data.steps_per_epoch,
+            refit_epochs=None,
+        )
     run.plan.decision = run.decision
     # A fine-tune that won grows from the probe it started from: that probe is fitted
     # again. A probe that won is chosen again, by cross-validation on every label: its

@@ -125,6 +125,26 @@ def test_holdout_choice_then_refit_on_all_labels(shipped_model, digits):
         assert float(result.plan.phases[1].rate) == pytest.approx(9e-4)
 
 
+def test_choosing_run_fine_tunes_half_the_budget_only_before_a_refit(shipped_model):
+    profile = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
+    holdout = dict(n_examples=300, n_train=240, batch_size=16, given_validation=False)
+    chosen = auto.decide(profile, user={}, **holdout)
+    assert chosen.refit and chosen.refit_epochs == 20 and chosen.epochs == 10
+    assert chosen.steps == 10 * 15 and "half of them (10 epochs)" in " ".join(chosen.reasons)
+    dense = dataclasses.replace(profile, family="mlp")
+    assert auto.decide(dense, user={}, **holdout).refit_epochs == 20
+    # epochs given, a transformer, no holdout, validation data given, or no refit: as is
+    assert auto.decide(profile, user={"epochs": 6}, **holdout).refit_epochs is None
+    bert = dataclasses.replace(profile, family="transformer")
+    assert auto.decide(bert, user={}, **holdout).refit_epochs is None
+    for n, n_train, given in ((100, 100, False), (240, 240, True), (3000, 2400, False)):
+        other = auto.decide(
+            profile, n_examples=n, n_train=n_train, batch_size=16, given_validation=given, user={}
+        )
+        assert other.refit_epochs is None and "half of them" not in " ".join(other.reasons)
+        assert other.steps >= 300 or other.epochs == 30  # the whole budget
+
+
 def test_rate_candidates_only_on_validation_data_given(shipped_model):
     profile = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
     common = dict(n_train=240, batch_size=32, given_validation=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import keras
 import numpy as np
@@ -265,3 +266,19 @@ def _count_traces(monkeypatch, later_wins: bool) -> list[str]:
         hooks._Tracker, "score", lambda self, logs: next(calls) * (1 if later_wins else -1)
     )
     return traced
+
+
+def test_choosing_run_fine_tunes_half_the_budget_and_a_refit_all_of_it(digits_small, monkeypatch):
+    # auto on 300 examples, no epochs given: the choosing run's fine-tune is a whole
+    # schedule over half the budget; the fine-tune that wins is trained again on all
+    # labels for the whole budget. The fine-tune is forced to win.
+    _count_traces(monkeypatch, later_wins=True)
+    result = kerasft.finetune(_dense_digits_model(), digits_small, seed=0, verbose=0)
+    chosen = result.selection
+    half, whole = chosen.decision.epochs, chosen.decision.refit_epochs
+    assert chosen.best_phase == "finetune" and whole >= 2 and half == whole // 2
+    assert chosen.phases[1].epochs == half and result.phases[1].epochs == whole
+    assert result.decision.epochs == whole and result.decision.refit_epochs is None
+    assert result.decision.steps == whole * math.ceil(300 / result.options.data.batch_size)
+    assert f"a refit of it all {whole}" in str(result.plan)
+    assert f"for the whole budget, {whole} epochs" in str(result.plan)
