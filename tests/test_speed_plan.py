@@ -188,7 +188,7 @@ def test_each_phase_traces_its_training_step_once(shipped_model, digits_small, m
 
 
 def _dense_digits_model() -> keras.Model:
-    """A dense network over 28x28 digits: `auto` halves two rates on validation data only."""
+    """A dense network over 28x28 digits: ``auto`` halves two rates on validation data only."""
     inputs = keras.Input((28, 28, 1))
     h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
     h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
