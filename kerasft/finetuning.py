@@ -309,16 +309,10 @@ def _refit(
         f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
         f"{run.data.n_train} labels{how}"
     )
-    # (No rate to carry over: successive halving runs only on validation data the user
-    # gave, and a refit follows only a holdout of the user's own labels.)
-    run.decision = dataclasses.replace(chosen.decision, reasons=(*chosen.decision.reasons, reason))
+    changes: dict[str, Any] = {"reasons": (*chosen.decision.reasons, reason)}
     if full != epochs:  # what the returned fine-tune trained
-        run.decision = dataclasses.replace(
-            run.decision,
-            epochs=full,
-            steps=full * run.data.steps_per_epoch,
-            refit_epochs=None,
-        )
+        changes.update(epochs=full, steps=full * run.data.steps_per_epoch, refit_epochs=None)
+    run.decision = dataclasses.replace(chosen.decision, **changes)
     run.plan.decision = run.decision
     # A fine-tune that won grows from the probe it started from: that probe is fitted
     # again. A probe that won is chosen again, by cross-validation on every label: its
