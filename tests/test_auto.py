@@ -133,10 +133,11 @@ def test_choosing_run_fine_tunes_half_the_budget_only_before_a_refit(shipped_mod
     assert chosen.steps == 10 * 15 and "half of them (10 epochs)" in " ".join(chosen.reasons)
     dense = dataclasses.replace(profile, family="mlp")
     assert auto.decide(dense, user={}, **holdout).refit_epochs == 20
-    # epochs given, a transformer, no holdout, validation data given, or no refit: as is
+    bert = dataclasses.replace(profile, family="transformer")  # 60 steps: 4 epochs of 15
+    text = auto.decide(bert, user={}, **holdout)
+    assert text.refit_epochs == 4 and text.epochs == 2 and text.steps == 2 * 15
+    # epochs given, no holdout, validation data given, or no refit: the whole budget
     assert auto.decide(profile, user={"epochs": 6}, **holdout).refit_epochs is None
-    bert = dataclasses.replace(profile, family="transformer")
-    assert auto.decide(bert, user={}, **holdout).refit_epochs is None
     for n, n_train, given in ((100, 100, False), (240, 240, True), (3000, 2400, False)):
         other = auto.decide(
             profile, n_examples=n, n_train=n_train, batch_size=16, given_validation=given, user={}
