@@ -389,6 +389,18 @@ CASES = {
             "shipped MNIST CNN -> Fashion-MNIST, 100 labels/class (1,000); test: 2,000",
         ),
         Case(
+            "mnist_fashion300",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            image_transfer(fashion, 300),
+            shipped,
+            "shipped MNIST CNN -> Fashion-MNIST, 300 labels/class (3,000: a holdout is kept, "
+            "no refit); test: 2,000",
+        ),
+        Case(
             "fashion_mnist20",
             "held-out",
             "cnn",
