@@ -214,6 +214,10 @@ def mnist04_cnn(split=None) -> keras.Model:
     return keras.models.load_model(md.pretrained_cnn("mnist04_cnn", md.mnist_0_4, 5))
 
 
+def fashion04_cnn(split=None) -> keras.Model:
+    return keras.models.load_model(md.pretrained_cnn("fashion04_cnn", md.fashion_0_4, 5))
+
+
 def fashion_cnn(split=None) -> keras.Model:
     return keras.models.load_model(md.pretrained_cnn("fashion_cnn", fashion, 10))
 
@@ -304,6 +308,19 @@ CASES = {
             mnist04_cnn,
             "CNN pretrained here on MNIST 0-4 (2 epochs) -> MNIST 5-9, 10 labels/class (50); "
             "test: 2,000 of 5-9 from MNIST's test set",
+        ),
+        Case(
+            "fashion04_59_500",
+            "dev",
+            "cnn",
+            "classification",
+            "accuracy",
+            5,
+            image_transfer(fashion, 500, classes=(5, 6, 7, 8, 9)),
+            fashion04_cnn,
+            "CNN pretrained here on Fashion-MNIST classes 0-4 (clothes; 2 epochs) -> classes 5-9 "
+            "(shoes, shirts, bags), 500 labels/class (2,500: a holdout is kept, no refit); "
+            "test: 2,000 of 5-9 from its test set",
         ),
         Case(
             "rt400",

@@ -317,6 +317,12 @@ def mnist_0_4():
     return (x[y < 5], y[y < 5]), (xt[yt < 5], yt[yt < 5])
 
 
+def fashion_0_4():
+    """Fashion-MNIST restricted to classes 0-4 (the pretraining data of ``fashion04_59_500``)."""
+    (x, y), (xt, yt) = load_fashion_mnist()
+    return (x[y < 5], y[y < 5]), (xt[yt < 5], yt[yt < 5])
+
+
 def digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits in MNIST's frame (``kerasft.datasets.load_digits``)."""
     return datasets.load_digits()
