@@ -146,6 +146,27 @@ def test_choosing_run_fine_tunes_half_the_budget_only_before_a_refit(shipped_mod
         assert other.steps >= 300 or other.epochs == 30  # the whole budget
 
 
+def test_a_convolutional_budget_covers_at_least_15_epochs(shipped_model):
+    profile = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
+    common = dict(batch_size=32, given_validation=False, user={})
+    # 2,400 examples train, 75 steps an epoch: 300 steps would be 4 passes; 15 are taken
+    many = auto.decide(profile, n_examples=3000, n_train=2400, **common)
+    assert (many.epochs, many.steps) == (15, 15 * 75)
+    assert "sees its data at least 15 times" in " ".join(many.reasons)
+    # a few hundred examples: about 300 steps, at most 30 epochs, as before
+    few = auto.decide(profile, n_examples=300, n_train=240, **common)
+    assert few.refit_epochs == 30 and "about 300 optimizer steps" in " ".join(few.reasons)
+    # dense networks and transformers keep their floors (5 and 3 epochs)
+    dense = dataclasses.replace(profile, family="mlp")
+    assert auto.decide(dense, n_examples=3000, n_train=2400, **common).epochs == 5
+    assert (
+        auto.decide(
+            profile, n_examples=3000, n_train=2400, **{**common, "user": {"epochs": 4}}
+        ).epochs
+        == 4
+    )
+
+
 def test_rate_candidates_only_on_validation_data_given(shipped_model):
     profile = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
     common = dict(n_train=240, batch_size=32, given_validation=False)
