@@ -477,6 +477,19 @@ CASES = {
             new_layers=("hidden",),
         ),
         Case(
+            "glove_rt4000",
+            "held-out",
+            "glove",
+            "classification",
+            "accuracy",
+            2,
+            rt_split(4000),
+            glove_model,
+            "the same GloVe model, Rotten Tomatoes, 4,000 labelled (a holdout is kept, no "
+            "refit); test: 1,000",
+            new_layers=("hidden",),
+        ),
+        Case(
             "dict200",
             "held-out",
             "cnn",
