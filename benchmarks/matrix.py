@@ -371,6 +371,19 @@ CASES = {
             "clarity proportions; test: 2,000 other D-G diamonds",
         ),
         Case(
+            "diamonds_dg_2400",
+            "dev",
+            "mlp",
+            "classification",
+            "accuracy",
+            8,
+            matrix_tabular.diamonds_split(labelled=2400, part="D-G"),
+            matrix_tabular.pretrained_loader("diamonds_hj_mlp"),
+            "tabular: the MLP pretrained on colours H-J -> colours D-G, 2,400 labels drawn in "
+            "their clarity proportions (a holdout is kept, no refit); test: 2,000 other D-G "
+            "diamonds",
+        ),
+        Case(
             "diamonds_cut",
             "dev",
             "mlp",
