@@ -311,16 +311,20 @@ def _example_builder() -> Callable:
     return module.build_mnist_cnn
 
 
+def _classes_below(load, k: int):
+    """``load()``'s ``(train), (test)`` pair restricted to the classes below ``k``."""
+    (x, y), (xt, yt) = load()
+    return (x[y < k], y[y < k]), (xt[yt < k], yt[yt < k])
+
+
 def mnist_0_4():
     """Full MNIST restricted to digits 0-4 (the pretraining data of ``mnist04_59``)."""
-    (x, y), (xt, yt) = load_full_mnist()
-    return (x[y < 5], y[y < 5]), (xt[yt < 5], yt[yt < 5])
+    return _classes_below(load_full_mnist, 5)
 
 
 def fashion_0_4():
     """Fashion-MNIST restricted to classes 0-4 (the pretraining data of ``fashion04_59_500``)."""
-    (x, y), (xt, yt) = load_fashion_mnist()
-    return (x[y < 5], y[y < 5]), (xt[yt < 5], yt[yt < 5])
+    return _classes_below(load_fashion_mnist, 5)
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
