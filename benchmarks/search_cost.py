@@ -16,7 +16,7 @@ data: scikit-learn's digits with 10 labels per class (100 images), and Fashion-M
 drawn with each seed. Every run uses ``recipe="lp-ft"`` with its default epochs (5 head
 epochs on cached features, 10 fine-tuning epochs of the whole network, 20% held out for
 validation): the default recipe, ``"auto"``, holds nothing out below 200 examples and
-trains again on all labels below 2,000, so a search has no ``val_loss`` to compare its
+trains again on all labels below 5,000, so a search has no ``val_loss`` to compare its
 trials on. The space is the rates (``lr`` x ``finetune_lr``, 9 configurations, the same
 network in every trial; ``--space layers`` adds ``unfreeze``, whose values are different
 networks to train); the search's seed is the data's.

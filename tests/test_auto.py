@@ -138,7 +138,7 @@ def test_choosing_run_fine_tunes_half_the_budget_only_before_a_refit(shipped_mod
     assert text.refit_epochs == 4 and text.epochs == 2 and text.steps == 2 * 15
     # epochs given, no holdout, validation data given, or no refit: the whole budget
     assert auto.decide(profile, user={"epochs": 6}, **holdout).refit_epochs is None
-    for n, n_train, given in ((100, 100, False), (240, 240, True), (3000, 2400, False)):
+    for n, n_train, given in ((100, 100, False), (240, 240, True), (6000, 4800, False)):
         other = auto.decide(
             profile, n_examples=n, n_train=n_train, batch_size=16, given_validation=given, user={}
         )
@@ -146,19 +146,24 @@ def test_choosing_run_fine_tunes_half_the_budget_only_before_a_refit(shipped_mod
         assert other.steps >= 300 or other.epochs == 30  # the whole budget
 
 
-def test_a_convolutional_budget_covers_at_least_15_epochs(shipped_model):
+def test_a_convolutional_or_dense_budget_covers_at_least_15_epochs(shipped_model):
     profile = auto.profile_model(shipped_model, kerasft.find_head(shipped_model))
-    common = dict(batch_size=32, given_validation=False, user={})
-    # 2,400 examples train, 75 steps an epoch: 300 steps would be 4 passes; 15 are taken
-    many = auto.decide(profile, n_examples=3000, n_train=2400, **common)
-    assert (many.epochs, many.steps) == (15, 15 * 75)
-    assert "sees its data at least 15 times" in " ".join(many.reasons)
-    # a few hundred examples: about 300 steps, at most 30 epochs, as before
-    few = auto.decide(profile, n_examples=300, n_train=240, **common)
-    assert few.refit_epochs == 30 and "about 300 optimizer steps" in " ".join(few.reasons)
-    # a dense network keeps its floor of 5 epochs; epochs= wins over both
     dense = dataclasses.replace(profile, family="mlp")
-    assert auto.decide(dense, n_examples=3000, n_train=2400, **common).epochs == 5
+    common = dict(batch_size=32, given_validation=False, user={})
+    for family in (profile, dense):
+        # 4,800 examples train, 150 steps an epoch: 300 steps would be 2 passes; 15 are taken
+        many = auto.decide(family, n_examples=6000, n_train=4800, **common)
+        assert (many.epochs, many.steps, many.refit_epochs) == (15, 15 * 150, None)
+        assert "sees its data at least 15 times" in " ".join(many.reasons)
+        # 2,400 train of 3,000: chosen on half of those 15 epochs, the winner refitted on all
+        refit = auto.decide(family, n_examples=3000, n_train=2400, **common)
+        assert refit.refit and (refit.refit_epochs, refit.epochs) == (15, 7)
+        # a few hundred examples: about 300 steps, at most 30 epochs, as before
+        few = auto.decide(family, n_examples=300, n_train=240, **common)
+        assert few.refit_epochs == 30 and "about 300 optimizer steps" in " ".join(few.reasons)
+    # a transformer keeps its floor of 3 epochs; epochs= wins over every floor
+    bert = dataclasses.replace(profile, family="transformer")
+    assert auto.decide(bert, n_examples=6000, n_train=4800, **common).epochs == 3
     given = dict(common, user={"epochs": 4})
     assert auto.decide(profile, n_examples=3000, n_train=2400, **given).epochs == 4
 
