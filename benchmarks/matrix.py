@@ -319,7 +319,7 @@ CASES = {
             image_transfer(fashion, 500, classes=(5, 6, 7, 8, 9)),
             fashion04_cnn,
             "CNN pretrained here on Fashion-MNIST classes 0-4 (clothes; 2 epochs) -> classes 5-9 "
-            "(shoes, shirts, bags), 500 labels/class (2,500: a holdout is kept, no refit); "
+            "(shoes, shirts, bags), 500 labels/class (2,500); "
             "test: 2,000 of 5-9 from its test set",
         ),
         Case(
@@ -380,7 +380,7 @@ CASES = {
             matrix_tabular.diamonds_split(labelled=2400, part="D-G"),
             matrix_tabular.pretrained_loader("diamonds_hj_mlp"),
             "tabular: the MLP pretrained on colours H-J -> colours D-G, 2,400 labels drawn in "
-            "their clarity proportions (a holdout is kept, no refit); test: 2,000 other D-G "
+            "their clarity proportions; test: 2,000 other D-G "
             "diamonds",
         ),
         Case(
@@ -427,8 +427,7 @@ CASES = {
             10,
             image_transfer(fashion, 300),
             shipped,
-            "shipped MNIST CNN -> Fashion-MNIST, 300 labels/class (3,000: a holdout is kept, "
-            "no refit); test: 2,000",
+            "shipped MNIST CNN -> Fashion-MNIST, 300 labels/class (3,000); test: 2,000",
         ),
         Case(
             "fashion_mnist20",
@@ -498,8 +497,7 @@ CASES = {
             2,
             rt_split(4000),
             glove_model,
-            "the same GloVe model, Rotten Tomatoes, 4,000 labelled (a holdout is kept, no "
-            "refit); test: 1,000",
+            "the same GloVe model, Rotten Tomatoes, 4,000 labelled; test: 1,000",
             new_layers=("hidden",),
         ),
         Case(
