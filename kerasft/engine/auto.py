@@ -18,14 +18,13 @@ task), and writes down each decision and its reason in the plan:
    budget counted in optimizer steps (converted to epochs of the batch size that fits
    the data: at least about ten steps an epoch; a convolutional or dense network's
    covers at least 15 epochs, more than the steps once its labels number in the
-   thousands). A
-   convolutional network with :data:`SMALL_DATA` labelled examples or more trains at
-   three times its rate: labels enough to move the body further. Given validation data,
-   convolutional and dense networks try two rates, the family's and three times it, by
-   successive halving: both train the first half of the budget, the better on the
-   validation data trains the second half (1.5 times one fine-tune's steps). On a
-   holdout of their own labels they keep the family's rate: a choice at half the budget
-   on a few dozen held-out examples chose no better than either rate alone.
+   thousands). A convolutional network with :data:`SMALL_DATA` labelled examples or more
+   trains at three times its rate: labels enough to move the body further. Given
+   validation data, convolutional and dense networks try two rates, the family's and
+   three times it, by successive halving: both train the first half of the budget, the
+   better on the validation data trains the second half (1.5 times one fine-tune's
+   steps). On a holdout of their own labels they keep the family's rate: a choice at half
+   the budget on a few dozen held-out examples chose no better than either rate alone.
 3. **Selection that the data can support.** From :data:`SMALL_DATA` examples up, 20% is
    held out (stratified); the probe and the fine-tune (its last epoch) are scored on it,
    and the better wins (so the result is never worse on validation than the probe).
