@@ -39,6 +39,7 @@ from kerasft.configs import (
     given_keywords,
     sort_keywords,
 )
+from kerasft.engine import auto
 from kerasft.engine.defaults import default_hooks
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
@@ -267,25 +268,34 @@ def finetune(
         result = Runner(prepared, hooks, strategy).run()
         if prepared.decision is None or not prepared.decision.refit:
             return result
-        if original is not None:
-            model.set_weights(original)
-        return _refit(model, data, options, result, strategy)
+        return _refit(model, data, options, result, strategy, original)
 
 
 def _refit(
-    model: Any, data: Any, options: Options, chosen: FinetuneResult, strategy: Any
+    model: Any,
+    data: Any,
+    options: Options,
+    chosen: FinetuneResult,
+    strategy: Any,
+    original: list | None,
 ) -> FinetuneResult:
-    """Train the winner of a holdout choice again on all labels (``recipe="auto"`` on small data).
+    """Train the winner of a holdout choice on all labels (``recipe="auto"`` on small data).
 
     A probe that won is fitted again as with no holdout: its features (the pooling) and
-    L2 strength chosen by cross-validation on every label. A fine-tune that won runs for
-    the epochs that won (or, when the choosing run trained a whole schedule over half
-    the budget, for all of it: ``decision.refit_epochs``), at the same batch size, with
-    no holdout, from the probe it started from, fitted again with the features and
-    strength chosen before.
+    L2 strength chosen by cross-validation on every label. A fine-tune that won after a
+    whole schedule over half the budget (``decision.refit_epochs``) either continues from
+    the weights it won with, on every label, for the rest of the budget (a second warmup
+    and cosine schedule at the same rate and batch size, no probe: convolutional and
+    dense networks, :func:`kerasft.engine.auto.continues_winner`), or trains again for
+    the whole budget (transformers). A fine-tune trained again, or one that won over the
+    epochs given, starts from the pretrained weights (``original`` puts them back on a
+    model trained in place) and the probe it started from, fitted again with the
+    features and strength chosen before, at the same batch size.
     """
     epochs, score = _winning_epochs(chosen)
-    full = chosen.decision.refit_epochs if epochs and chosen.decision.refit_epochs else epochs
+    whole = chosen.decision.refit_epochs if epochs else None
+    continues = whole is not None and auto.continues_winner(chosen.decision.profile.family)
+    full = (max(1, whole - epochs) if continues else whole) if whole is not None else epochs
     checkpoint = options.run.checkpoint_dir
     refit = options.replace(
         # nothing is held out: a fixed budget, whose last weights are returned
@@ -297,31 +307,59 @@ def _refit(
         batch_size=chosen.options.data.batch_size,
         checkpoint_dir=None if checkpoint is None else os.path.join(os.fspath(checkpoint), "refit"),
     )
-    run = prepare_run(model, data, refit)
-    probe_won = epochs == 0
-    if probe_won:
-        winner, how = "the probe", " (its pooling and L2 strength chosen again by cross-validation)"
+    if continues:  # from the fine-tune's weights (a copy of them, unless copy=False)
+        run = prepare_run(chosen.model, data, refit)
     else:
-        winner, how = f"the fine-tune after {epochs} epoch{'s' if epochs != 1 else ''}", ""
-    if full != epochs:
-        how = f" for the whole budget, {full} epochs"
-    reason = (
-        f"refit: {winner} won on the holdout ({chosen.monitor} {score:.4g}); trained again on all "
-        f"{run.data.n_train} labels{how}"
-    )
+        if original is not None:  # trained in place by the choosing run
+            model.set_weights(original)
+        run = prepare_run(model, data, refit)
+    won = f"won on the holdout ({chosen.monitor} {score:.4g})"
+    if not epochs:
+        what = (
+            f"the probe {won}; trained again on all {run.data.n_train} labels (its pooling and "
+            "L2 strength chosen again by cross-validation)"
+        )
+    elif continues:
+        what = (
+            f"the fine-tune after {_epochs(epochs)} {won}; it continues on all "
+            f"{run.data.n_train} labels for the rest of the budget, {_epochs(full)} more "
+            f"({whole} in all)"
+        )
+    else:
+        budget = f" for the whole budget, {_epochs(full)}" if whole is not None else ""
+        what = (
+            f"the fine-tune after {_epochs(epochs)} {won}; trained again on all "
+            f"{run.data.n_train} labels{budget}"
+        )
+    reason = f"refit: {what}"
     changes: dict[str, Any] = {"reasons": (*chosen.decision.reasons, reason)}
-    if full != epochs:  # what the returned fine-tune trained
-        changes.update(epochs=full, steps=full * run.data.steps_per_epoch, refit_epochs=None)
-    run.decision = dataclasses.replace(chosen.decision, **changes)
-    run.plan.decision = run.decision
-    # A fine-tune that won grows from the probe it started from: that probe is fitted
-    # again. A probe that won is chosen again, by cross-validation on every label: its
-    # pooling and strength on a fifth more examples.
-    run.given_probe = None if probe_won else chosen.probe
+    if whole is not None:  # what the returned fine-tune trains
+        changes.update(
+            epochs=full,
+            steps=full * run.data.steps_per_epoch,
+            refit_epochs=None,
+            continues=continues,
+        )
+    decision = dataclasses.replace(chosen.decision, **changes)
+    if continues:  # its plan has no probe
+        run.replan(decision)
+    else:  # its plan trains what won: the probe alone, or the fine-tune for its epochs
+        run.decision = run.plan.decision = decision
+    # A fine-tune that continues keeps the probe it grew from; one trained again grows
+    # from that probe fitted again. A probe that won is chosen again, by cross-validation
+    # on every label: its pooling and strength on a fifth more examples.
+    if continues:
+        run.probe = chosen.probe
+    else:
+        run.given_probe = chosen.probe if epochs else None
     run.log(f"kerasft: {reason}")
-    result = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
-    result.selection = chosen
-    return result
+    refitted = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
+    refitted.selection = chosen
+    return refitted
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _winning_epochs(result: FinetuneResult) -> tuple[int, float]:

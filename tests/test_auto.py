@@ -136,6 +136,14 @@ def test_choosing_run_fine_tunes_half_the_budget_only_before_a_refit(shipped_mod
     bert = dataclasses.replace(profile, family="transformer")  # 60 steps: 4 epochs of 15
     text = auto.decide(bert, user={}, **holdout)
     assert text.refit_epochs == 4 and text.epochs == 2 and text.steps == 2 * 15
+    # a convolutional or dense fine-tune that wins continues for the other half; a
+    # transformer's trains again for the whole budget
+    said = {
+        p.family: " ".join(auto.decide(p, user={}, **holdout).reasons) for p in (profile, dense)
+    }
+    assert all("continues on all labels for the other 10" in why for why in said.values())
+    assert "a refit of it all 4" in " ".join(text.reasons) and "continues" not in text.reasons[2]
+    assert [auto.continues_winner(f) for f in ("cnn", "mlp", "transformer")] == [True, True, False]
     # epochs given, no holdout, validation data given, or no refit: the whole budget
     assert auto.decide(profile, user={"epochs": 6}, **holdout).refit_epochs is None
     for n, n_train, given in ((100, 100, False), (240, 240, True), (6000, 4800, False)):

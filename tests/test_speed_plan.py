@@ -12,7 +12,7 @@ import pytest
 import kerasft
 from kerasft import SpeedConfig, datasets, surgery
 from kerasft.data import prepare_data
-from kerasft.engine import hooks
+from kerasft.engine import auto, hooks
 from kerasft.speed import caching
 from kerasft.speed.plan import PhaseSpeed, SpeedPlan, SpeedRecord, check_options
 
@@ -268,17 +268,61 @@ def _count_traces(monkeypatch, later_wins: bool) -> list[str]:
     return traced
 
 
-def test_choosing_run_fine_tunes_half_the_budget_and_a_refit_all_of_it(digits_small, monkeypatch):
-    # auto on 300 examples, no epochs given: the choosing run's fine-tune is a whole
-    # schedule over half the budget; the fine-tune that wins is trained again on all
-    # labels for the whole budget. The fine-tune is forced to win.
+def test_a_fine_tune_that_won_trains_again_where_its_family_does_not_continue(
+    digits_small, monkeypatch
+):
+    # the transformers' rule (auto.continues_winner), on a dense network to keep it small:
+    # the fine-tune that won at half the budget trains again on all labels for all of it,
+    # from the probe fitted again. The fine-tune is forced to win.
     _count_traces(monkeypatch, later_wins=True)
+    monkeypatch.setattr(auto, "continues_winner", lambda family: False)
     result = kerasft.finetune(_dense_digits_model(), digits_small, seed=0, verbose=0)
     chosen = result.selection
     half, whole = chosen.decision.epochs, chosen.decision.refit_epochs
     assert chosen.best_phase == "finetune" and whole >= 2 and half == whole // 2
-    assert chosen.phases[1].epochs == half and result.phases[1].epochs == whole
-    assert result.decision.epochs == whole and result.decision.refit_epochs is None
+    assert [(p.name, p.epochs) for p in result.phases] == [("probe", 1), ("finetune", whole)]
+    assert result.decision.epochs == whole and not result.decision.continues
     assert result.decision.steps == whole * math.ceil(300 / result.options.data.batch_size)
     assert f"a refit of it all {whole}" in str(result.plan)
     assert f"for the whole budget, {whole} epochs" in str(result.plan)
+    assert result.probe.head.selection == "given"
+
+
+def test_a_fine_tune_that_won_at_half_the_budget_continues_on_all_labels(digits_small, monkeypatch):
+    # auto on 300 examples, no epochs given: the choosing run's fine-tune is a whole
+    # schedule over half the budget; the fine-tune that wins continues from its weights on
+    # all labels for the other half, with no probe before. The fine-tune is forced to win.
+    traced = _count_traces(monkeypatch, later_wins=True)
+    model = _dense_digits_model()
+    pretrained = [w.copy() for w in model.get_weights()]
+    result = kerasft.finetune(model, digits_small, seed=0, verbose=0)
+    chosen = result.selection
+    half, whole = chosen.decision.epochs, chosen.decision.refit_epochs
+    assert chosen.best_phase == "finetune" and whole >= 2 and half == whole // 2
+    assert chosen.phases[1].epochs == half
+    assert [(p.name, p.epochs) for p in result.phases] == [("finetune", whole - half)]
+    assert [p.name for p in result.plan.phases] == ["finetune"]
+    assert result.decision.continues and result.decision.refit_epochs is None
+    assert result.decision.epochs == whole - half
+    assert result.decision.steps == (whole - half) * math.ceil(300 / result.options.data.batch_size)
+    assert f"if it wins, it continues on all labels for the other {whole - half}" in str(
+        result.plan
+    )
+    assert f"for the rest of the budget, {whole - half} epochs more ({whole} in all)" in str(
+        result.plan
+    )
+    # the probe the fine-tune grew from is the one reported; the rate and batch are kept
+    assert result.probe is chosen.probe
+    assert result.phases[0].learning_rate == pytest.approx(chosen.phases[1].learning_rate)
+    assert result.options.data.batch_size == chosen.options.data.batch_size
+    assert len(traced) == 2  # the choosing run's fine-tune, then the continuation's
+    # it grew from the weights that won, not from the pretrained ones: its first epoch
+    # starts where the choosing run ended, below where that run started
+    first = chosen.phases[1].history["loss"]
+    assert result.phases[0].history["loss"][0] < first[0]
+    # the user's model is left as it came (copy=True); with copy=False it is the one
+    # trained, in the choosing run and on from there
+    assert all(np.array_equal(a, b) for a, b in zip(pretrained, model.get_weights()))
+    in_place = kerasft.finetune(model, digits_small, seed=0, verbose=0, copy=False)
+    assert in_place.model is model and in_place.decision.continues
+    assert not all(np.array_equal(a, b) for a, b in zip(pretrained, model.get_weights()))

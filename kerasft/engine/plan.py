@@ -416,21 +416,21 @@ def _auto(
 ) -> list[Phase]:
     if decision is None:
         raise ValueError("recipe='auto' is planned from the data: use kerasft.plan(model, data).")
-    return [
-        Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn),
-        Phase(
-            "finetune",
-            decision.epochs,
-            decision.unfreeze,
-            Rate(decision.rate),
-            "warmup_cosine",
-            decision.warmup,
-            spread=decision.layer_decay is not None or o.lr_mult is not None,
-            train_bn=o.train_bn,
-            layer_decay=decision.layer_decay,
-            candidates=tuple(getattr(decision, "candidates", ())),
-        ),
-    ]
+    finetune = Phase(
+        "finetune",
+        decision.epochs,
+        decision.unfreeze,
+        Rate(decision.rate),
+        "warmup_cosine",
+        decision.warmup,
+        spread=decision.layer_decay is not None or o.lr_mult is not None,
+        train_bn=o.train_bn,
+        layer_decay=decision.layer_decay,
+        candidates=tuple(getattr(decision, "candidates", ())),
+    )
+    if getattr(decision, "continues", False):  # a refit from a fine-tune's weights: no probe
+        return [finetune]
+    return [Phase("probe", 0, "head", Rate(0.0), solver="probe", train_bn=o.train_bn), finetune]
 
 
 @register_recipe("phases")

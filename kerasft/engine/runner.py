@@ -125,6 +125,13 @@ class Run:
         self.task.model = model
         self.task.head = surgery.find_head(model)
 
+    def replan(self, decision: Any) -> None:
+        """Plan the run again for ``decision``: what ``recipe="auto"`` decides for a refit."""
+        self.decision = decision
+        self.plan = build_plan(
+            self.model, self.task.head, self.options.recipe, self.data.steps_per_epoch, decision
+        ).count(self.model, self.task.head, self.task.adapters)
+
     def make_optimizer(self, learning_rate: Any) -> keras.optimizers.Optimizer:
         return self.options.optimizer.make(learning_rate)
 
