@@ -39,7 +39,6 @@ from kerasft.configs import (
     given_keywords,
     sort_keywords,
 )
-from kerasft.engine import auto
 from kerasft.engine.defaults import default_hooks
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
@@ -283,18 +282,19 @@ def _refit(
 
     A probe that won is fitted again as with no holdout: its features (the pooling) and
     L2 strength chosen by cross-validation on every label. A fine-tune that won after a
-    whole schedule over half the budget (``decision.refit_epochs``) either continues from
-    the weights it won with, on every label, for the rest of the budget (a second warmup
-    and cosine schedule at the same rate and batch size, no probe: convolutional and
-    dense networks, :func:`kerasft.engine.auto.continues_winner`), or trains again for
-    the whole budget (transformers). A fine-tune trained again, or one that won over the
-    epochs given, starts from the pretrained weights (``original`` puts them back on a
-    model trained in place) and the probe it started from, fitted again with the
-    features and strength chosen before, at the same batch size.
+    whole schedule over half the budget (``decision.refit_epochs``) continues from the
+    weights it won with, on every label, for the rest of the budget, when
+    ``decision.refit_continues`` (a second warmup and cosine schedule at the same rate
+    and batch size, no probe: convolutional and dense networks without L2-SP,
+    :func:`kerasft.engine.auto.continues_winner`); else it trains again for the whole
+    budget. A fine-tune trained again, or one that won over the epochs given, starts
+    from the pretrained weights (``original`` puts them back on a model trained in
+    place) and the probe it started from, fitted again with the features and strength
+    chosen before, at the same batch size.
     """
     epochs, score = _winning_epochs(chosen)
     whole = chosen.decision.refit_epochs if epochs else None
-    continues = whole is not None and auto.continues_winner(chosen.decision.profile.family)
+    continues = whole is not None and chosen.decision.refit_continues
     full = (max(1, whole - epochs) if continues else whole) if whole is not None else epochs
     checkpoint = options.run.checkpoint_dir
     refit = options.replace(
@@ -338,6 +338,7 @@ def _refit(
             epochs=full,
             steps=full * run.data.steps_per_epoch,
             refit_epochs=None,
+            refit_continues=False,
             continues=continues,
         )
     decision = dataclasses.replace(chosen.decision, **changes)

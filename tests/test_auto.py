@@ -144,6 +144,10 @@ def test_choosing_run_fine_tunes_half_the_budget_only_before_a_refit(shipped_mod
     assert all("continues on all labels for the other 10" in why for why in said.values())
     assert "a refit of it all 4" in " ".join(text.reasons) and "continues" not in text.reasons[2]
     assert [auto.continues_winner(f) for f in ("cnn", "mlp", "transformer")] == [True, True, False]
+    assert chosen.refit_continues and not text.refit_continues
+    # L2-SP anchors on the weights a run starts from: its winner trains again
+    anchored = auto.decide(profile, user={"l2sp": 1e-4}, **holdout)
+    assert not anchored.refit_continues and "a refit of it all 20" in " ".join(anchored.reasons)
     # epochs given, no holdout, validation data given, or no refit: the whole budget
     assert auto.decide(profile, user={"epochs": 6}, **holdout).refit_epochs is None
     for n, n_train, given in ((100, 100, False), (240, 240, True), (6000, 4800, False)):

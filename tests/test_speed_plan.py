@@ -268,15 +268,21 @@ def _count_traces(monkeypatch, later_wins: bool) -> list[str]:
     return traced
 
 
-def test_a_fine_tune_that_won_trains_again_where_its_family_does_not_continue(
-    digits_small, monkeypatch
+@pytest.mark.parametrize("why", ["transformer", "l2sp"])
+def test_a_fine_tune_that_won_trains_again_for_a_transformer_or_under_l2sp(
+    digits_small, monkeypatch, why
 ):
-    # the transformers' rule (auto.continues_winner), on a dense network to keep it small:
-    # the fine-tune that won at half the budget trains again on all labels for all of it,
+    # the transformers' rule (auto.continues_winner), on a dense network to keep it small,
+    # and L2-SP (anchored on the pretrained weights, not on the choosing run's): the
+    # fine-tune that won at half the budget trains again on all labels for all of it,
     # from the probe fitted again. The fine-tune is forced to win.
     _count_traces(monkeypatch, later_wins=True)
-    monkeypatch.setattr(auto, "continues_winner", lambda family: False)
-    result = kerasft.finetune(_dense_digits_model(), digits_small, seed=0, verbose=0)
+    keywords = {}
+    if why == "transformer":
+        monkeypatch.setattr(auto, "continues_winner", lambda family, user=None: False)
+    else:
+        keywords["regularization"] = kerasft.RegularizationConfig(l2sp=1e-4)
+    result = kerasft.finetune(_dense_digits_model(), digits_small, seed=0, verbose=0, **keywords)
     chosen = result.selection
     half, whole = chosen.decision.epochs, chosen.decision.refit_epochs
     assert chosen.best_phase == "finetune" and whole >= 2 and half == whole // 2

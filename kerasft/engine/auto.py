@@ -271,6 +271,9 @@ class AutoDecision:
         refit_epochs: when the winner is trained on all labels, the whole budget, of
             which the choosing run's fine-tune trained ``epochs``, a whole schedule over
             half of it; else ``None``.
+        refit_continues: with ``refit_epochs``, whether a fine-tune that wins continues
+            on all labels for the rest of the budget (:func:`continues_winner`) or
+            trains again for all of it.
         continues: the refit of a fine-tune that won such a choice: it continues from
             the weights that won, on all labels, for ``epochs`` more (the rest of the
             budget), with no probe before.
@@ -301,6 +304,7 @@ class AutoDecision:
     train_bn: bool = True
     candidates: tuple[float, ...] = ()
     refit_epochs: int | None = None
+    refit_continues: bool = False
     continues: bool = False
 
     @property
@@ -409,7 +413,7 @@ def decide(
         refit_epochs, epochs = epochs, epochs // 2
         then = (
             f"if it wins, it continues on all labels for the other {refit_epochs - epochs}"
-            if continues_winner(family)
+            if continues_winner(family, user)
             else f"a refit of it all {refit_epochs}"
         )
         why += (
@@ -463,6 +467,7 @@ def decide(
         train_bn,
         candidates,
         refit_epochs,
+        refit_epochs is not None and continues_winner(family, user),
     )
 
 
@@ -554,13 +559,15 @@ def _chooses_on_half(selection: str, epochs: int, user: dict[str, Any]) -> bool:
     return selection == "holdout, then refit" and epochs >= 2 and user.get("epochs") is None
 
 
-def continues_winner(family: str) -> bool:
+def continues_winner(family: str, user: dict[str, Any] | None = None) -> bool:
     """Whether a fine-tune of ``family`` that won at half the budget continues on all labels.
 
     Convolutional and dense networks continue from the weights that won, on every label,
     for the rest of the budget (a second warmup and cosine schedule, no probe): a choosing
     run and a continuation make about 0.9 of one fine-tune's steps, where training again
-    for the whole budget made 1.4. Transformers train again for the whole budget.
+    for the whole budget made 1.4. Transformers train again for the whole budget, and so
+    does any network under L2-SP (``user["l2sp"]``), which pulls towards the weights a
+    run starts from: those must be the pretrained ones.
     Measured on the matrix's cases with a holdout and a refit (test score, seeds 0-2,
     training again -> continuing): convolutional, fashion_mnist20 89.30/89.35/89.50 ->
     89.30/89.45/90.60, rotation200 (R2) 93.53/96.09/95.86 -> 95.08/96.79/96.63, dict200
@@ -577,7 +584,7 @@ def continues_winner(family: str) -> bool:
     between the families is drawn from those text cases, two of them held out, which
     are no longer unseen evidence for it.
     """
-    return family != "transformer"
+    return family != "transformer" and not (user or {}).get("l2sp")
 
 
 def _candidates(

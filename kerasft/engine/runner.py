@@ -369,6 +369,7 @@ def _decide(
         "weight_decay": options.optimizer.weight_decay,
         "unfreeze": r.unfreeze if "unfreeze" in given else None,
         "train_bn": r.train_bn if "train_bn" in given else None,
+        "l2sp": options.regularization.l2sp,
     }
     split = options.data.validation_data is None
     n_examples = prepared.n_train + (prepared.n_validation if split else 0)
