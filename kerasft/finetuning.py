@@ -39,6 +39,7 @@ from kerasft.configs import (
     given_keywords,
     sort_keywords,
 )
+from kerasft.engine.auto import epochs_text
 from kerasft.engine.defaults import default_hooks
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
@@ -321,14 +322,14 @@ def _refit(
         )
     elif continues:
         what = (
-            f"the fine-tune after {_epochs(epochs)} {won}; it continues on all "
-            f"{run.data.n_train} labels for the rest of the budget, {_epochs(full)} more "
+            f"the fine-tune after {epochs_text(epochs)} {won}; it continues on all "
+            f"{run.data.n_train} labels for the rest of the budget, {epochs_text(full)} more "
             f"({whole} in all)"
         )
     else:
-        budget = f" for the whole budget, {_epochs(full)}" if whole is not None else ""
+        budget = f" for the whole budget, {epochs_text(full)}" if whole is not None else ""
         what = (
-            f"the fine-tune after {_epochs(epochs)} {won}; trained again on all "
+            f"the fine-tune after {epochs_text(epochs)} {won}; trained again on all "
             f"{run.data.n_train} labels{budget}"
         )
     reason = f"refit: {what}"
@@ -342,25 +343,20 @@ def _refit(
             continues=continues,
         )
     decision = dataclasses.replace(chosen.decision, **changes)
-    if continues:  # its plan has no probe
-        run.replan(decision)
-    else:  # its plan trains what won: the probe alone, or the fine-tune for its epochs
-        run.decision = run.plan.decision = decision
-    # A fine-tune that continues keeps the probe it grew from; one trained again grows
-    # from that probe fitted again. A probe that won is chosen again, by cross-validation
-    # on every label: its pooling and strength on a fifth more examples.
+    # A fine-tune that continues has no probe in its plan and keeps the one it grew from;
+    # one trained again grows from that probe fitted again. A probe that won is chosen
+    # again, by cross-validation on every label: its pooling and strength on a fifth
+    # more examples. Otherwise the plan already trains what won.
     if continues:
+        run.replan(decision)
         run.probe = chosen.probe
     else:
+        run.decision = run.plan.decision = decision
         run.given_probe = chosen.probe if epochs else None
     run.log(f"kerasft: {reason}")
     refitted = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
     refitted.selection = chosen
     return refitted
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _winning_epochs(result: FinetuneResult) -> tuple[int, float]:

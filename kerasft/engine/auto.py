@@ -353,22 +353,23 @@ def _budget(
     epochs = int(min(high, max(low, round(target / steps_per_epoch))))
     if given is not None:
         epochs = int(given)
-        why = f"budget: {_epochs(epochs)} as given ({epochs * steps_per_epoch} steps)"
+        why = f"budget: {epochs_text(epochs)} as given ({epochs * steps_per_epoch} steps)"
     elif epochs == low and low * steps_per_epoch > target:
         why = (
-            f"budget: {_epochs(epochs)} of {steps_per_epoch} steps at batch {batch_size}: "
+            f"budget: {epochs_text(epochs)} of {steps_per_epoch} steps at batch {batch_size}: "
             f"{_KINDS[family]} sees its data at least {low} times, more than about {target} "
             "optimizer steps"
         )
     else:
         why = (
-            f"budget: about {target} optimizer steps for {_KINDS[family]}: {_epochs(epochs)} of "
-            f"{steps_per_epoch} steps at batch {batch_size}"
+            f"budget: about {target} optimizer steps for {_KINDS[family]}: "
+            f"{epochs_text(epochs)} of {steps_per_epoch} steps at batch {batch_size}"
         )
     return epochs, why
 
 
-def _epochs(n: int) -> str:
+def epochs_text(n: int) -> str:
+    """``"1 epoch"``, ``"15 epochs"``: how the plan's lines count epochs."""
     return f"{n} epoch{'s' if n != 1 else ''}"
 
 
@@ -418,7 +419,7 @@ def decide(
         )
         why += (
             f"; the choosing run's fine-tune trains a whole schedule over half of them "
-            f"({_epochs(epochs)}) to be scored against the probe, {then}"
+            f"({epochs_text(epochs)}) to be scored against the probe, {then}"
         )
     reasons.append(why)
     optimizer, rate, layer_decay, weight_decay = _optimizer(profile, user)
