@@ -41,6 +41,7 @@ from kerasft.configs import (
 )
 from kerasft.engine.auto import epochs_text
 from kerasft.engine.defaults import default_hooks
+from kerasft.engine.hooks import TargetScale
 from kerasft.engine.loading import load_model
 from kerasft.engine.options import Options
 from kerasft.engine.plan import Plan
@@ -350,6 +351,8 @@ def _refit(
     if continues:
         run.replan(decision)
         run.probe = chosen.probe
+        if run.task.spec.target_std is not None:  # the winner's head predicts in units
+            TargetScale.unfold(run)
     else:
         run.decision = run.plan.decision = decision
         run.given_probe = chosen.probe if epochs else None

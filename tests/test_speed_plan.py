@@ -268,6 +268,32 @@ def _count_traces(monkeypatch, later_wins: bool) -> list[str]:
     return traced
 
 
+def test_a_continuation_on_standardised_targets_predicts_in_their_units(digits_small, monkeypatch):
+    # standardize_targets=True: the choosing run folds the scale into the head when it
+    # ends; the continuation standardises the targets again and must start from the head
+    # put back on that scale, or the returned model predicts in neither. Real digits, a
+    # target in units far from 0 and 1 (ink in the image's top half, in grey levels),
+    # the fine-tune forced to win.
+    _count_traces(monkeypatch, later_wins=True)
+    x, _ = digits_small
+    y = x[:, :14].reshape(len(x), -1).mean(axis=1).astype("float32") + 500.0
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(h), name="dense_ink")
+    result = kerasft.finetune(
+        model, (x, y), seed=0, verbose=0, head=kerasft.HeadConfig(standardize_targets=True)
+    )
+    assert result.selection.best_phase == "finetune" and result.decision.continues
+    assert result.target_std is not None
+    predicted = result.model.predict(x, verbose=0).ravel()
+    error = float(np.sqrt(np.mean((predicted - y) ** 2)))
+    # in units: far better than predicting the mean, and as good as the choosing run's
+    chosen = result.selection.model.predict(x, verbose=0).ravel()
+    assert error < 0.5 * float(np.std(y))
+    assert error < 1.5 * float(np.sqrt(np.mean((chosen - y) ** 2)))
+
+
 @pytest.mark.parametrize("why", ["transformer", "l2sp"])
 def test_a_fine_tune_that_won_trains_again_for_a_transformer_or_under_l2sp(
     digits_small, monkeypatch, why

@@ -470,6 +470,22 @@ class TargetScale(Hook):
             f"(mean {mean.round(4).tolist()}, std {std.round(4).tolist()})"
         )
 
+    @staticmethod
+    def unfold(run: Run) -> None:
+        """Put a head already in the targets' units back on ``run``'s standardised targets.
+
+        The inverse of :meth:`run_end` at ``run``'s scale, for a model that comes out of
+        one run (its head folded to units) and trains on in another, which standardises
+        the targets again: a continuation on all labels after a holdout choice. The
+        model predicts what it did; ``run_end`` folds the head back at the end.
+        """
+        spec, head = run.task.spec, run.task.head
+        std = np.asarray(spec.target_std, "float32")
+        mean = np.asarray(spec.target_mean, "float32")
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in (head.kernel, head.bias))
+        head.kernel.assign(kernel / std)
+        head.bias.assign((bias - mean) / std)
+
 
 class Thresholds(Hook):
     """Per-label decision thresholds of a multi-label task: given, or tuned for F1 on validation."""
