@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import os
 import reprlib
 import warnings
@@ -83,6 +84,33 @@ class _Config:
         return f"{type(self).__name__}({fields})"
 
 
+def _check_class_prior(prior: Any) -> None:
+    """Raise a ``ValueError`` unless ``prior`` is None, positive proportions, or a dict of them."""
+    if prior is None:
+        return
+    if isinstance(prior, Mapping):
+        keys_ok = all(
+            isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 0 for k in prior
+        )
+        values = list(prior.values())
+    elif hasattr(prior, "__len__") and not isinstance(prior, (str, bytes)):  # a list, an array
+        values = prior.tolist() if hasattr(prior, "tolist") else list(prior)
+        keys_ok = len(values) >= 2
+    else:
+        keys_ok, values = False, []
+    if not (
+        keys_ok
+        and values
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+        and all(math.isfinite(float(v)) and float(v) > 0 for v in values)
+    ):
+        raise ValueError(
+            "Argument `class_prior` must be None, a list of one proportion > 0 per class "
+            "(at least two), or a dict {class id: proportion > 0}: the class proportions the "
+            f"model will meet. Received: class_prior={prior!r}"
+        )
+
+
 @dataclass(frozen=True, repr=False)
 class HeadConfig(_Config):
     """What the model is fine-tuned for: the task, how labels are read, the head and its loss.
@@ -132,6 +160,12 @@ class HeadConfig(_Config):
             Defaults to `"tune"`.
         label_smoothing: smooth class labels by this much (Keras's ``label_smoothing``:
             one-hot targets become ``y * (1 - s) + s / num_classes``). Defaults to `0.0`.
+        class_prior: the class proportions the model will meet in use, when they are not
+            the labels' (one per class, or ``{class id: proportion}``; scaled to sum to 1).
+            At the end, ``log(prior / seen)`` is added to the head's bias, ``seen`` the
+            labels' proportions weighted by ``class_weight``: the model then predicts for
+            ``prior`` (see :mod:`kerasft.engine.prior`). Single-label classification with
+            a Dense head that has a bias; kept on ``result.class_prior``. Defaults to `None`.
 
     Raises:
         ValueError: a value out of range or not among the choices.
@@ -159,9 +193,11 @@ class HeadConfig(_Config):
     standardize_targets: bool = False
     thresholds: str | Sequence[float] | None = "tune"
     label_smoothing: float = 0.0
+    class_prior: Sequence[float] | Mapping[int, float] | None = None
 
     def __post_init__(self) -> None:
         labels.check_choices(self.task, self.label_mode, self.num_classes)
+        _check_class_prior(self.class_prior)
         if self.output is not None and not isinstance(self.output, str):
             raise ValueError(
                 "Argument `output` must be the name of a model output, or None. "

@@ -39,6 +39,7 @@ from kerasft.configs import (
     given_keywords,
     sort_keywords,
 )
+from kerasft.engine import prior
 from kerasft.engine.auto import epochs_text
 from kerasft.engine.defaults import default_hooks
 from kerasft.engine.hooks import TargetScale
@@ -265,11 +266,24 @@ def finetune(
     # Under a strategy, the copy, the new head and the optimizers are created in its scope.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         prepared = prepare_run(model, data, options)
+        prior.check(prepared.model, prepared.task.spec, prepared.options)
         hooks = default_hooks(prepared.options, prepared.monitor, prepared.data.spec)
         result = Runner(prepared, hooks, strategy).run()
-        if prepared.decision is None or not prepared.decision.refit:
-            return result
-        return _refit(model, data, options, result, strategy, original)
+        if prepared.decision is not None and prepared.decision.refit:
+            result = _refit(model, data, options, result, strategy, original)
+    return _to_prior(result)
+
+
+def _to_prior(result: FinetuneResult) -> FinetuneResult:
+    """Shift the returned model to ``HeadConfig(class_prior=...)``, once, after any refit."""
+    result.class_prior = prior.apply(result.model, result.spec, result.options)
+    if result.class_prior is not None and result.options.run.verbose:
+        print(
+            "kerasft: head bias shifted from the labels' class proportions to class_prior "
+            f"{[round(p, 4) for p in result.class_prior]}",
+            flush=True,
+        )
+    return result
 
 
 def _refit(
@@ -403,7 +417,9 @@ def plan(model: keras.Model | str | os.PathLike, data: Any, **keywords: Any) -> 
 
         return plan_from_facade(model, data, given_keywords(flat, configs))
     options = Options.build({**flat, "copy": True}, configs)
-    return prepare_run(model, data, options).plan
+    run = prepare_run(model, data, options)
+    prior.check(run.model, run.task.spec, run.options)
+    return run.plan
 
 
 def _is_causal_lm(model: Any) -> bool:

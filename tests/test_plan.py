@@ -298,6 +298,10 @@ def test_every_conflict_row_is_hit_by_its_case_alone():
             r"`label_smoothing=0.1` smooths class labels",
         ),
         (
+            dict(task="multilabel", class_prior=[0.2, 0.8]),
+            r"`class_prior` shifts single-label class outputs.*task='multilabel'",
+        ),
+        (
             dict(task="regression", class_weight="balanced"),
             r"`class_weight='balanced'` applies to classification",
         ),

@@ -132,6 +132,7 @@ class TaskOptions:
     standardize_targets: bool = False
     thresholds: str | Sequence[float] | None = "tune"
     label_smoothing: float = 0.0
+    class_prior: Sequence[float] | Mapping[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -530,6 +531,13 @@ CONFLICTS: list[Conflict] = [
         lambda o: (
             f"Argument `label_smoothing={o.task.label_smoothing}` smooths class labels, but "
             "task='regression'. HINT: pass label_smoothing=0."
+        ),
+    ),
+    Conflict(
+        lambda o: o.task.class_prior is not None and o.task.task in ("regression", "multilabel"),
+        lambda o: (
+            "Argument `class_prior` shifts single-label class outputs to the proportions given, "
+            f"but task={o.task.task!r}. HINT: pass class_prior=None."
         ),
     ),
     Conflict(

@@ -103,6 +103,8 @@ class FinetuneResult:
         halving: the rates a phase tried by successive halving, each with its score on
             the validation data after half the phase (``{"lr", "score"}``; higher score is
             better), or ``None``.
+        class_prior: the class proportions the model's head bias was shifted to
+            (``HeadConfig(class_prior=...)``, scaled to sum to 1), or ``None``.
     """
 
     model: keras.Model
@@ -133,6 +135,7 @@ class FinetuneResult:
     probe: Any = None
     selection: Any = None
     halving: list[dict[str, Any]] | None = None
+    class_prior: list[float] | None = None
 
     @property
     def history(self) -> dict[str, dict[str, list[float]]]:

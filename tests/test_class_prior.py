@@ -1,0 +1,114 @@
+"""HeadConfig(class_prior=...): the returned model predicts for the class proportions given."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import kerasft
+from kerasft import datasets
+
+
+def _dense_digits_model(use_bias: bool = True) -> keras.Model:
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
+    outputs = keras.layers.Dense(10, activation="softmax", use_bias=use_bias, name="head")(h)
+    return keras.Model(inputs, outputs, name="dense_digits")
+
+
+def _skewed(x: np.ndarray, y: np.ndarray, prior: np.ndarray, seed: int = 0):
+    """Examples of ``(x, y)`` drawn in ``prior``'s proportions (as many of class 0 as there are)."""
+    rng = np.random.default_rng(seed)
+    per_class = {c: rng.permutation(np.flatnonzero(y == c)) for c in range(10)}
+    total = int(len(per_class[0]) / prior[0])
+    keep = np.concatenate([per_class[c][: int(round(prior[c] * total))] for c in range(10)])
+    return x[keep], y[keep]
+
+
+def test_class_prior_shifts_the_head_bias_and_predicts_for_those_proportions(digits):
+    # 30 labels of each digit (auto: a holdout, a choice, then all labels), the model to
+    # meet a population where half the digits are 0: the same run, its head's bias moved
+    # by log(prior / seen) at the very end, after the refit; nothing else changes.
+    x, y = digits
+    split = datasets.few_shot_split(x, y, shots=30, seed=0)
+    prior = np.full(10, 0.5 / 9)
+    prior[0] = 0.5
+    model = _dense_digits_model()  # copied by each call: both start from the same weights
+    plain = kerasft.finetune(model, (split.x_train, split.y_train), verbose=0)
+    shifted = kerasft.finetune(
+        model,
+        (split.x_train, split.y_train),
+        verbose=0,
+        head=kerasft.HeadConfig(class_prior=prior * 7),  # scaled to sum to 1
+    )
+    assert plain.class_prior is None
+    assert shifted.class_prior == pytest.approx(prior.tolist())
+    before, after = plain.model.get_weights(), shifted.model.get_weights()
+    for a, b in zip(before[:-1], after[:-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after[-1] - before[-1], np.log(prior / 0.1), rtol=1e-4, atol=1e-4)
+    # on digits drawn in those proportions, the shifted model is the better one
+    xt, yt = _skewed(split.x_test, split.y_test, prior)  # digits not trained on
+    assert np.mean(yt == 0) == pytest.approx(0.5, abs=0.02)
+    accuracy = {
+        name: float(np.mean(r.model.predict(xt, verbose=0).argmax(1) == yt))
+        for name, r in (("plain", plain), ("shifted", shifted))
+    }
+    assert accuracy["shifted"] > accuracy["plain"]
+    assert shifted.evaluate((xt, yt))["accuracy"] == pytest.approx(accuracy["shifted"])
+
+
+def test_class_prior_counts_class_weights_in_what_training_saw(digits_small):
+    # balanced weights on balanced labels change nothing training saw: the same shift
+    x, y = digits_small
+    prior = {c: (2.0 if c < 5 else 1.0) for c in range(10)}
+    result = kerasft.finetune(
+        _dense_digits_model(),
+        (x, y),
+        recipe="head",
+        head_epochs=1,
+        class_weight="balanced",
+        verbose=0,
+        head=kerasft.HeadConfig(class_prior=prior),
+    )
+    expected = np.asarray([prior[c] for c in range(10)]) / 15.0
+    assert result.class_prior == pytest.approx(expected.tolist())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[0.5, -0.5], [1.0], "rare", {0: 0.5, "a": 0.5}, [0.2, float("nan")], [True, False]],
+)
+def test_class_prior_bad_values_name_the_argument(value):
+    with pytest.raises(ValueError, match="Argument `class_prior` must be None"):
+        kerasft.HeadConfig(class_prior=value)
+
+
+def test_class_prior_that_does_not_fit_the_model_or_task_fails_before_training(digits_small):
+    x, y = digits_small
+    data = (x, y)
+    with pytest.raises(ValueError, match="has 3 proportions, but the labels have 10 classes"):
+        kerasft.finetune(
+            _dense_digits_model(), data, verbose=0, head=kerasft.HeadConfig(class_prior=[1, 1, 1])
+        )
+    with pytest.raises(ValueError, match=r"missing ids \[9\]"):
+        kerasft.plan(
+            _dense_digits_model(),
+            data,
+            head=kerasft.HeadConfig(class_prior={c: 1 for c in range(9)}),
+        )
+    with pytest.raises(ValueError, match="needs a Dense head with a bias"):
+        kerasft.plan(
+            _dense_digits_model(use_bias=False),
+            data,
+            head=kerasft.HeadConfig(class_prior=[1] * 10),
+        )
+    with pytest.raises(ValueError, match="task='regression'"):
+        kerasft.finetune(
+            _dense_digits_model(),
+            (x, y.astype("float32") + 0.5),
+            verbose=0,
+            head=kerasft.HeadConfig(task="regression", class_prior=[1, 1]),
+        )
