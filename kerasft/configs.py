@@ -198,6 +198,16 @@ class HeadConfig(_Config):
     def __post_init__(self) -> None:
         labels.check_choices(self.task, self.label_mode, self.num_classes)
         _check_class_prior(self.class_prior)
+        if self.class_prior is not None:  # plain numbers: a model card shows them, options compare
+            prior = self.class_prior
+            plain = (
+                {int(k): float(v) for k, v in prior.items()}
+                if isinstance(prior, Mapping)
+                else tuple(
+                    float(v) for v in (prior.tolist() if hasattr(prior, "tolist") else prior)
+                )
+            )
+            object.__setattr__(self, "class_prior", plain)
         if self.output is not None and not isinstance(self.output, str):
             raise ValueError(
                 "Argument `output` must be the name of a model output, or None. "

@@ -75,6 +75,9 @@ def test_class_prior_counts_class_weights_in_what_training_saw(digits_small):
     )
     expected = np.asarray([prior[c] for c in range(10)]) / 15.0
     assert result.class_prior == pytest.approx(expected.tolist())
+    # the model card lists what was asked for, as numbers
+    card = kerasft.export.model_card(result=result).to_markdown()
+    assert "class_prior" in card and '"0": 2.0' in card
 
 
 @pytest.mark.parametrize(
