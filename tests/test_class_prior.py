@@ -27,37 +27,46 @@ def _skewed(x: np.ndarray, y: np.ndarray, prior: np.ndarray, seed: int = 0):
     return x[keep], y[keep]
 
 
-def test_class_prior_shifts_the_head_bias_and_predicts_for_those_proportions(digits):
+def test_class_prior_shifts_the_head_bias_and_predicts_for_those_proportions(digits, monkeypatch):
     # 30 labels of each digit (auto: a holdout, a choice, then all labels), the model to
-    # meet a population where half the digits are 0: the same run, its head's bias moved
-    # by log(prior / seen) at the very end, after the refit; nothing else changes.
+    # meet a population where half the digits are 0: once, at the very end, after the
+    # refit, the returned model's head bias moves by log(prior / seen); nothing else does.
     x, y = digits
     split = datasets.few_shot_split(x, y, shots=30, seed=0)
     prior = np.full(10, 0.5 / 9)
     prior[0] = 0.5
-    model = _dense_digits_model()  # copied by each call: both start from the same weights
-    plain = kerasft.finetune(model, (split.x_train, split.y_train), verbose=0)
-    shifted = kerasft.finetune(
-        model,
+    seen = []  # the weights of every model the shift is applied to, before it
+    apply = kerasft.engine.prior.apply
+
+    def spied(model, spec, options):
+        seen.append((model, [w.copy() for w in model.get_weights()]))
+        return apply(model, spec, options)
+
+    monkeypatch.setattr(kerasft.engine.prior, "apply", spied)
+    result = kerasft.finetune(
+        _dense_digits_model(),
         (split.x_train, split.y_train),
         verbose=0,
         head=kerasft.HeadConfig(class_prior=prior * 7),  # scaled to sum to 1
     )
-    assert plain.class_prior is None
-    assert shifted.class_prior == pytest.approx(prior.tolist())
-    before, after = plain.model.get_weights(), shifted.model.get_weights()
+    assert result.selection is not None  # a choosing run, then all labels
+    assert len(seen) == 1 and seen[0][0] is result.model
+    assert result.class_prior == pytest.approx(prior.tolist())
+    before, after = seen[0][1], result.model.get_weights()
     for a, b in zip(before[:-1], after[:-1]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(after[-1] - before[-1], np.log(prior / 0.1), rtol=1e-4, atol=1e-4)
-    # on digits drawn in those proportions, the shifted model is the better one
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(after[-1] - before[-1], np.log(prior / 0.1), rtol=1e-5, atol=1e-5)
+    # on digits drawn in those proportions, the shifted model beats the same one unshifted
     xt, yt = _skewed(split.x_test, split.y_test, prior)  # digits not trained on
     assert np.mean(yt == 0) == pytest.approx(0.5, abs=0.02)
+    unshifted = keras.models.clone_model(result.model)
+    unshifted.set_weights(before)
     accuracy = {
-        name: float(np.mean(r.model.predict(xt, verbose=0).argmax(1) == yt))
-        for name, r in (("plain", plain), ("shifted", shifted))
+        name: float(np.mean(m.predict(xt, verbose=0).argmax(1) == yt))
+        for name, m in (("plain", unshifted), ("shifted", result.model))
     }
     assert accuracy["shifted"] > accuracy["plain"]
-    assert shifted.evaluate((xt, yt))["accuracy"] == pytest.approx(accuracy["shifted"])
+    assert result.evaluate((xt, yt))["accuracy"] == pytest.approx(accuracy["shifted"])
 
 
 def test_class_prior_counts_class_weights_in_what_training_saw(digits_small):
