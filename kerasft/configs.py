@@ -84,10 +84,14 @@ class _Config:
         return f"{type(self).__name__}({fields})"
 
 
-def _check_class_prior(prior: Any) -> None:
-    """Raise a ``ValueError`` unless ``prior`` is None, positive proportions, or a dict of them."""
+def _plain_class_prior(prior: Any) -> tuple[float, ...] | dict[int, float] | None:
+    """``prior`` checked, as plain numbers (a tuple, or a dict of floats): a model card shows them.
+
+    Raises:
+        ValueError: unless ``prior`` is None, positive proportions, or a dict of them.
+    """
     if prior is None:
-        return
+        return None
     if isinstance(prior, Mapping):
         keys_ok = all(
             isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 0 for k in prior
@@ -109,6 +113,9 @@ def _check_class_prior(prior: Any) -> None:
             "(at least two), or a dict {class id: proportion > 0}: the class proportions the "
             f"model will meet. Received: class_prior={prior!r}"
         )
+    if isinstance(prior, Mapping):
+        return {int(k): float(v) for k, v in prior.items()}
+    return tuple(float(v) for v in values)
 
 
 @dataclass(frozen=True, repr=False)
@@ -197,17 +204,7 @@ class HeadConfig(_Config):
 
     def __post_init__(self) -> None:
         labels.check_choices(self.task, self.label_mode, self.num_classes)
-        _check_class_prior(self.class_prior)
-        if self.class_prior is not None:  # plain numbers: a model card shows them, options compare
-            prior = self.class_prior
-            plain = (
-                {int(k): float(v) for k, v in prior.items()}
-                if isinstance(prior, Mapping)
-                else tuple(
-                    float(v) for v in (prior.tolist() if hasattr(prior, "tolist") else prior)
-                )
-            )
-            object.__setattr__(self, "class_prior", plain)
+        object.__setattr__(self, "class_prior", _plain_class_prior(self.class_prior))
         if self.output is not None and not isinstance(self.output, str):
             raise ValueError(
                 "Argument `output` must be the name of a model output, or None. "

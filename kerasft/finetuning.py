@@ -266,7 +266,6 @@ def finetune(
     # Under a strategy, the copy, the new head and the optimizers are created in its scope.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         prepared = prepare_run(model, data, options)
-        prior.check(prepared.model, prepared.task.spec, prepared.options)
         hooks = default_hooks(prepared.options, prepared.monitor, prepared.data.spec)
         result = Runner(prepared, hooks, strategy).run()
         if prepared.decision is not None and prepared.decision.refit:
@@ -417,9 +416,7 @@ def plan(model: keras.Model | str | os.PathLike, data: Any, **keywords: Any) -> 
 
         return plan_from_facade(model, data, given_keywords(flat, configs))
     options = Options.build({**flat, "copy": True}, configs)
-    run = prepare_run(model, data, options)
-    prior.check(run.model, run.task.spec, run.options)
-    return run.plan
+    return prepare_run(model, data, options).plan
 
 
 def _is_causal_lm(model: Any) -> bool:

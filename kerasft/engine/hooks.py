@@ -442,6 +442,15 @@ class FrozenBackboneDropout(Hook):
 # ------------------------------------------------------------------------- task outputs
 
 
+def _target_scale(run: Run) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(head, std, mean, kernel, bias)``: the run's target scale and its head's weights."""
+    spec, head = run.task.spec, run.task.head
+    std = np.asarray(spec.target_std, "float32")
+    mean = np.asarray(spec.target_mean, "float32")
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (head.kernel, head.bias))
+    return head, std, mean, kernel, bias
+
+
 class TargetScale(Hook):
     """Fold the standardisation of regression targets into the head, so the model predicts units.
 
@@ -459,10 +468,7 @@ class TargetScale(Hook):
             )
 
     def run_end(self, run: Run) -> None:
-        spec, head = run.task.spec, run.task.head
-        std = np.asarray(spec.target_std, "float32")
-        mean = np.asarray(spec.target_mean, "float32")
-        kernel, bias = (keras.ops.convert_to_numpy(w) for w in (head.kernel, head.bias))
+        head, std, mean, kernel, bias = _target_scale(run)
         head.kernel.assign(kernel * std)
         head.bias.assign(bias * std + mean)
         run.log(
@@ -479,10 +485,7 @@ class TargetScale(Hook):
         the targets again: a continuation on all labels after a holdout choice. The
         model predicts what it did; ``run_end`` folds the head back at the end.
         """
-        spec, head = run.task.spec, run.task.head
-        std = np.asarray(spec.target_std, "float32")
-        mean = np.asarray(spec.target_mean, "float32")
-        kernel, bias = (keras.ops.convert_to_numpy(w) for w in (head.kernel, head.bias))
+        head, std, mean, kernel, bias = _target_scale(run)
         head.kernel.assign(kernel / std)
         head.bias.assign((bias - mean) / std)
 

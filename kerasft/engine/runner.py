@@ -25,7 +25,7 @@ import tensorflow as tf
 from kerasft import _onednn, convert, surgery
 from kerasft import data as data_lib
 from kerasft.data.sample import export_sample
-from kerasft.engine import auto
+from kerasft.engine import auto, prior
 from kerasft.engine.hooks import Hook
 from kerasft.engine.loading import load_model
 from kerasft.engine.optim import PhaseOptimizer, phase_optimizer, staged_optimizer
@@ -225,6 +225,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
         task = setup_task(
             model, prepared.spec, options.task, seed=options.data.seed, preprocessor=preprocessor
         )
+        prior.check(task.model, prepared.spec, options)  # before training, not after it
         if options.recipe.adapters is not None:
             add_adapters(task, options.recipe)
         monitor = _monitor(options, decision, prepared, task)
