@@ -18,8 +18,8 @@ task), and writes down each decision and its reason in the plan:
    budget counted in optimizer steps (converted to epochs of the batch size that fits
    the data: at least about ten steps an epoch; a convolutional or dense network's
    covers at least 15 epochs, more than the steps above 640 training examples at batch
-   32). A convolutional network with :data:`SMALL_DATA` labelled examples or more
-   trains at three times its rate: labels enough to move the body further. Given
+   32). A convolutional network with :data:`MOVES_FURTHER_FROM` labelled examples or
+   more trains at three times its rate: labels enough to move the body further. Given
    validation data, convolutional and dense networks try two rates, the family's and
    three times it, by successive halving: both train the first half of the budget, the
    better on the validation data trains the second half (1.5 times one fine-tune's
@@ -34,9 +34,9 @@ task), and writes down each decision and its reason in the plan:
    probe; a probe that won is chosen again by cross-validation on all labels, and a
    fine-tune that won continues from its weights on all labels for the other half
    (a transformer's trains again for the whole budget: :func:`continues_winner`).
-   Below :data:`SMALL_DATA` examples a validation set would hold a few dozen examples at
-   most, too few to choose on (Perez et al., 2021): the probe is cross-validated, and
-   the fine-tune trains on every label for the budget, with no selection.
+   Below :data:`SMALL_DATA` examples a validation set would hold fewer than a hundred,
+   too few to choose on (Perez et al., 2021): the probe is cross-validated, and the
+   fine-tune trains on every label for the budget, with no selection.
 4. **Work sized to the data**: a KerasHub text task trains at the sequence length its
    texts need (the 98th percentile of their token counts), not the preprocessor's
    padding length, which is put back on the returned task.
@@ -66,12 +66,25 @@ __all__ = [
     "auto_validation_split",
     "needed_sequence_length",
     "SMALL_DATA",
+    "MOVES_FURTHER_FROM",
     "REFIT_LIMIT",
     "continues_winner",
 ]
 
-# Fewer examples than this: no holdout to choose on (a 20% split would hold < 40).
-SMALL_DATA = 200
+# Fewer examples than this: no holdout to choose on (a 20% split would hold < 100,
+# where one example is a point of accuracy or more). From 200 to 499 labels a holdout
+# of 40-99 chose worse than none (dev cases, test accuracy, seeds 0-4, a choice on 20%
+# then a refit -> the fine-tune on all labels): the shipped CNN on digits 20/class
+# 98.05 -> 98.77 and 30/class 98.72 -> 98.90, the MNIST 0-4 CNN on MNIST 5-9 40/class
+# 94.91 -> 95.90, the Fashion 0-4 CNN on Fashion 5-9 40/class 92.04 -> 92.41 and
+# 80/class 94.67 -> 94.49, in 0.8-1.0 of the time (the probe had won two of those 25
+# holdouts; the fine-tune on all labels scored 1.6 and 4.6 points more on test); the
+# diamonds MLP dg_from_hj 44.67 -> 44.46 and cut 41.89 -> 42.02 in 0.6-0.7 of the
+# time; MiniLM on 400 Rotten Tomatoes labels the same scores in 0.6 of the time.
+SMALL_DATA = 500
+# A convolutional network with this many labelled examples or more trains at _HOT
+# times its rate outright (_moves_further).
+MOVES_FURTHER_FROM = 200
 # Fewer than this (and a holdout was used): train the winner again on all labels. At
 # 2,400-4,000 labels a fifth kept out cost about a point (diamonds_dg_2400, dev: seeds
 # 0-2 47.10/47.60/48.20 keeping it, 47.40/48.95/48.60 refitting, with the dense floor
@@ -99,7 +112,8 @@ _CNN_REFERENCE_PARAMS = 2_000_000
 # Given validation data, convolutional and dense networks also try this multiple of
 # their rate (successive halving): a target far from the pretraining data wants the
 # body to move further than a near one does, and the data say which case this is. A
-# convolutional network with SMALL_DATA labelled examples or more trains at it outright.
+# convolutional network with MOVES_FURTHER_FROM labelled examples or more trains at it
+# outright.
 _HOT = 3.0
 _TEXT_LENGTH_QUANTILE = 98
 
@@ -428,7 +442,7 @@ def decide(
         rate *= _HOT
         reasons.append(
             f"rate: {_HOT:g} times a convolutional network's ({rate:.2g}): {n_examples} labelled "
-            f"examples (>= {SMALL_DATA}) carry the body further than a few dozen do"
+            f"examples (>= {MOVES_FURTHER_FROM}) carry the body further than a few dozen do"
         )
     unfreeze, what = _what_trains(profile, user)
     train_bn, norm = _batch_norm(profile, user)
@@ -529,8 +543,8 @@ def _batch_norm(profile: ModelProfile, user: dict[str, Any]) -> tuple[bool, str]
 def _moves_further(family: str, n_examples: int, user: dict[str, Any]) -> bool:
     """Whether the network trains at :data:`_HOT` times its rate outright, nothing halved.
 
-    A convolutional network with :data:`SMALL_DATA` labelled examples or more, unless a
-    rate is given. On the matrix's convolutional cases with a holdout (fashion_mnist20,
+    A convolutional network with :data:`MOVES_FURTHER_FROM` labelled examples or more,
+    unless a rate is given. On the matrix's convolutional cases with a holdout (fashion_mnist20,
     mnist_fashion100, rotation200, dict200, multilabel300; seeds 0-2) the fine-tune won
     14 of the 15 holdouts; successive halving had chosen the higher rate for 11 of them,
     and on the other three the lower rate cost 2.7, 3.4 and 0.1 points of test score
@@ -539,7 +553,7 @@ def _moves_further(family: str, n_examples: int, user: dict[str, Any]) -> bool:
     held-out examples. Below that many labels the higher rate loses (on digits10,
     digits3, faces40 and mnist04_59, seeds 0-2: -0.3, -1.0, -2.3 and -0.6 points a case).
     """
-    return family == "cnn" and n_examples >= SMALL_DATA and user.get("lr") is None
+    return family == "cnn" and n_examples >= MOVES_FURTHER_FROM and user.get("lr") is None
 
 
 def _chooses_on_half(selection: str, epochs: int, user: dict[str, Any]) -> bool:
