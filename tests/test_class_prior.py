@@ -28,8 +28,8 @@ def _skewed(x: np.ndarray, y: np.ndarray, prior: np.ndarray, seed: int = 0):
 
 
 def test_class_prior_shifts_the_head_bias_and_predicts_for_those_proportions(digits, monkeypatch):
-    # 30 labels of each digit (a fifth held out as asked, a choice, then all labels), the
-    # model to meet a population where half the digits are 0: once, at the very end, after the
+    # 30 labels of each digit (auto: a holdout, a choice, then all labels), the model to
+    # meet a population where half the digits are 0: once, at the very end, after the
     # refit, the returned model's head bias moves by log(prior / seen); nothing else does.
     x, y = digits
     split = datasets.few_shot_split(x, y, shots=30, seed=0)
@@ -47,7 +47,6 @@ def test_class_prior_shifts_the_head_bias_and_predicts_for_those_proportions(dig
         _dense_digits_model(),
         (split.x_train, split.y_train),
         verbose=0,
-        validation_split=0.2,
         head=kerasft.HeadConfig(class_prior=prior * 7),  # scaled to sum to 1
     )
     assert result.selection is not None  # a choosing run, then all labels

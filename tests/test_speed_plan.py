@@ -226,12 +226,12 @@ def test_successive_halving_compiles_again_only_for_an_earlier_rate(
 
 
 @pytest.mark.parametrize("later_wins", [True, False])
-def test_refit_trains_the_holdout_winner_again(digits_holdout, monkeypatch, later_wins):
-    # auto on 500 examples with a dense network: a holdout, one rate (nothing halved on
+def test_refit_trains_the_holdout_winner_again(digits_small, monkeypatch, later_wins):
+    # auto on 300 examples with a dense network: a holdout, one rate (nothing halved on
     # the user's own labels), then a refit of the winner on all of them. Which wins is
     # forced: every score offered is higher (or lower) than the one before.
     traced = _count_traces(monkeypatch, later_wins)
-    result = kerasft.finetune(_dense_digits_model(), digits_holdout, epochs=2, seed=0, verbose=0)
+    result = kerasft.finetune(_dense_digits_model(), digits_small, epochs=2, seed=0, verbose=0)
     chosen = result.selection
     assert chosen.decision.profile.family == "mlp" and not chosen.decision.candidates
     assert not chosen.halving and not result.halving and "halving" not in str(result.plan)
@@ -243,7 +243,7 @@ def test_refit_trains_the_holdout_winner_again(digits_holdout, monkeypatch, late
     assert refitted == ([("probe", 1), ("finetune", 2)] if later_wins else [("probe", 1)])
     if later_wins:  # at the rate it chose with
         assert result.phases[1].learning_rate == pytest.approx(chosen.phases[1].learning_rate)
-    # a probe that won is chosen again by cross-validation on all 500 labels; the probe a
+    # a probe that won is chosen again by cross-validation on all 300 labels; the probe a
     # fine-tune grows from is fitted again as it was chosen
     assert result.probe.head.selection == ("given" if later_wins else "5-fold cross-validation")
     said = "pooling and L2 strength chosen again by cross-validation" in result.summary()
@@ -268,16 +268,14 @@ def _count_traces(monkeypatch, later_wins: bool) -> list[str]:
     return traced
 
 
-def test_a_continuation_on_standardised_targets_predicts_in_their_units(
-    digits_holdout, monkeypatch
-):
+def test_a_continuation_on_standardised_targets_predicts_in_their_units(digits_small, monkeypatch):
     # standardize_targets=True: the choosing run folds the scale into the head when it
     # ends; the continuation standardises the targets again and must start from the head
     # put back on that scale, or the returned model predicts in neither. Real digits, a
     # target in units far from 0 and 1 (ink in the image's top half, in grey levels),
     # the fine-tune forced to win.
     _count_traces(monkeypatch, later_wins=True)
-    x, _ = digits_holdout
+    x, _ = digits_small
     y = x[:, :14].reshape(len(x), -1).mean(axis=1).astype("float32") + 500.0
     inputs = keras.Input((28, 28, 1))
     h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
@@ -298,7 +296,7 @@ def test_a_continuation_on_standardised_targets_predicts_in_their_units(
 
 @pytest.mark.parametrize("why", ["transformer", "l2sp"])
 def test_a_fine_tune_that_won_trains_again_for_a_transformer_or_under_l2sp(
-    digits_holdout, monkeypatch, why
+    digits_small, monkeypatch, why
 ):
     # the transformers' rule (auto.continues_winner), on a dense network to keep it small,
     # and L2-SP (anchored on the pretrained weights, not on the choosing run's): the
@@ -310,28 +308,26 @@ def test_a_fine_tune_that_won_trains_again_for_a_transformer_or_under_l2sp(
         monkeypatch.setattr(auto, "continues_winner", lambda family, user=None: False)
     else:
         keywords["regularization"] = kerasft.RegularizationConfig(l2sp=1e-4)
-    result = kerasft.finetune(_dense_digits_model(), digits_holdout, seed=0, verbose=0, **keywords)
+    result = kerasft.finetune(_dense_digits_model(), digits_small, seed=0, verbose=0, **keywords)
     chosen = result.selection
     half, whole = chosen.decision.epochs, chosen.decision.refit_epochs
     assert chosen.best_phase == "finetune" and whole >= 2 and half == whole // 2
     assert [(p.name, p.epochs) for p in result.phases] == [("probe", 1), ("finetune", whole)]
     assert result.decision.epochs == whole and not result.decision.continues
-    assert result.decision.steps == whole * math.ceil(500 / result.options.data.batch_size)
+    assert result.decision.steps == whole * math.ceil(300 / result.options.data.batch_size)
     assert f"a refit of it all {whole}" in str(result.plan)
     assert f"for the whole budget, {whole} epochs" in str(result.plan)
     assert result.probe.head.selection == "given"
 
 
-def test_a_fine_tune_that_won_at_half_the_budget_continues_on_all_labels(
-    digits_holdout, monkeypatch
-):
-    # auto on 500 examples, no epochs given: the choosing run's fine-tune is a whole
+def test_a_fine_tune_that_won_at_half_the_budget_continues_on_all_labels(digits_small, monkeypatch):
+    # auto on 300 examples, no epochs given: the choosing run's fine-tune is a whole
     # schedule over half the budget; the fine-tune that wins continues from its weights on
     # all labels for the other half, with no probe before. The fine-tune is forced to win.
     traced = _count_traces(monkeypatch, later_wins=True)
     model = _dense_digits_model()
     pretrained = [w.copy() for w in model.get_weights()]
-    result = kerasft.finetune(model, digits_holdout, seed=0, verbose=0)
+    result = kerasft.finetune(model, digits_small, seed=0, verbose=0)
     chosen = result.selection
     half, whole = chosen.decision.epochs, chosen.decision.refit_epochs
     assert chosen.best_phase == "finetune" and whole >= 2 and half == whole // 2
@@ -340,7 +336,7 @@ def test_a_fine_tune_that_won_at_half_the_budget_continues_on_all_labels(
     assert [p.name for p in result.plan.phases] == ["finetune"]
     assert result.decision.continues and result.decision.refit_epochs is None
     assert result.decision.epochs == whole - half
-    assert result.decision.steps == (whole - half) * math.ceil(500 / result.options.data.batch_size)
+    assert result.decision.steps == (whole - half) * math.ceil(300 / result.options.data.batch_size)
     assert f"if it wins, it continues on all labels for the other {whole - half}" in str(
         result.plan
     )
@@ -359,6 +355,6 @@ def test_a_fine_tune_that_won_at_half_the_budget_continues_on_all_labels(
     # the user's model is left as it came (copy=True); with copy=False it is the one
     # trained, in the choosing run and on from there
     assert all(np.array_equal(a, b) for a, b in zip(pretrained, model.get_weights()))
-    in_place = kerasft.finetune(model, digits_holdout, seed=0, verbose=0, copy=False)
+    in_place = kerasft.finetune(model, digits_small, seed=0, verbose=0, copy=False)
     assert in_place.model is model and in_place.decision.continues
     assert not all(np.array_equal(a, b) for a, b in zip(pretrained, model.get_weights()))

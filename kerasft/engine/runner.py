@@ -12,6 +12,7 @@ plan; ``kerasft.finetune`` and ``kerasft.plan`` both start there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -209,7 +210,7 @@ def prepare_run(model: keras.Model | str | os.PathLike, data: Any, options: Opti
     profile = auto.profile_model(model, head) if options.auto else None
     restore_length = _size_sequences(preprocessor, data, options) if options.auto else None
     try:
-        prepared = _prepare_data(data, model, head, preprocessor, options)
+        prepared = _prepare_data(data, model, head, preprocessor, options, profile)
         _warn_unscaled_pixels(model, prepared)
         decision = None
         if options.auto:
@@ -273,17 +274,25 @@ def _own_model(model: keras.Model | str | os.PathLike, options: Options) -> kera
 
 
 def _prepare_data(
-    data: Any, model: keras.Model, head: Any, preprocessor: Any, options: Options
+    data: Any,
+    model: keras.Model,
+    head: Any,
+    preprocessor: Any,
+    options: Options,
+    profile: auto.ModelProfile | None,
 ) -> data_lib.PreparedData:
     """Check and batch ``data`` for ``model``; "auto" sizes the holdout and the batch."""
     o, t, given = options.data, options.task, options.given
     own = not options.auto
+    family = profile.family if profile is not None else None
     return data_lib.prepare_data(
         data,
         model=model,
         validation_data=o.validation_data,
         validation_split=(
-            o.validation_split if own or "validation_split" in given else auto.auto_validation_split
+            o.validation_split
+            if own or "validation_split" in given
+            else functools.partial(auto.auto_validation_split, family=family)
         ),
         batch_size=o.batch_size if own or "batch_size" in given else auto.auto_batch_size,
         seed=o.seed,
@@ -316,7 +325,7 @@ def _monitor(options: Options, decision: Any, prepared: data_lib.PreparedData, t
     if monitor.startswith("val_") and not has_val:
         why = (
             f"recipe='auto' holds nothing out of {prepared.n_train} examples (fewer than "
-            f"{auto.SMALL_DATA})"
+            f"{auto.small_data(decision.profile.family)})"
             if decision is not None and "validation_split" not in options.given
             else "validation_split=0"
         )
