@@ -577,8 +577,7 @@ def _chooses_on_half(selection: str, epochs: int, user: dict[str, Any]) -> bool:
     other four choosing the other candidate for +0.65, -0.75, +0.30 and +0.30 points.
     Transformers too: on the matrix's three MiniLM cases with a holdout (rt400, ng20, r52;
     seeds 0-2, when 400 labels held a fifth out) every choice and every score stayed the
-    same. The budget is not halved
-    when epochs are given.
+    same. The budget is not halved when epochs are given.
     """
     return selection == "holdout, then refit" and epochs >= 2 and user.get("epochs") is None
 
