@@ -329,7 +329,7 @@ def _refit(
         if original is not None:  # trained in place by the choosing run
             model.set_weights(original)
         run = prepare_run(model, data, refit)
-    won = f"won on the holdout ({chosen.monitor} {score:.4g})"
+    won = f"won on the holdout ({chosen.monitor} {score:.4g}{_within_margin(chosen, score)})"
     if not epochs:
         what = (
             f"the probe {won}; trained again on all {run.data.n_train} labels (its pooling and "
@@ -374,6 +374,18 @@ def _refit(
     refitted = Runner(run, default_hooks(run.options, run.monitor, run.data.spec), strategy).run()
     refitted.selection = chosen
     return refitted
+
+
+def _within_margin(result: FinetuneResult, score: float) -> str:
+    """``"; the probe's 1 was within the margin, 0.16"`` when the margin decided, else ``""``."""
+    margin = getattr(result.decision, "probe_margin", 0.0)
+    probe = next((p for p in result.phases if p.name == "probe"), None)
+    if not margin or result.best_phase in (None, "probe") or probe is None:
+        return ""
+    value = (probe.history.get(result.monitor) or [None])[0]
+    if value is None or not value >= score:
+        return ""
+    return f"; the probe's {value:.4g} was within the margin, {margin:.2g}"
 
 
 def _winning_epochs(result: FinetuneResult) -> tuple[int, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import keras
 import numpy as np
@@ -375,3 +376,45 @@ def test_each_phase_counts_its_own_training_metrics(shipped_model, digits_split)
     for phase in result.phases:
         correct = phase.history["accuracy"][0] * n
         assert correct == pytest.approx(round(correct), abs=1e-3), (phase.name, correct)
+
+
+def test_a_probe_must_beat_a_cnn_that_moves_further_by_two_standard_errors(shipped_model, digits):
+    """From 200 labels a CNN's probe wins the holdout only by more than 1/sqrt(held out)."""
+    x, y = digits
+    split = datasets.few_shot_split(x, y, shots=21, seed=4)  # 210 examples: 42 held out
+    data = (split.x_train, split.y_train)
+    plan = kerasft.plan(shipped_model, data)
+    held_out = int(re.search(r"selection: (\d+) held out", str(plan)).group(1))
+    assert plan.decision.selection == "holdout, then refit" and held_out == 40
+    assert plan.decision.probe_margin == pytest.approx(1 / np.sqrt(40))
+    assert "the probe wins the holdout only by more than 0.16 of accuracy" in str(plan)
+    assert plan.decision.continues is False
+    # Not when the holdout is scored on another monitor, the rate or budget is given, or
+    # below 200 labels.
+    assert kerasft.plan(shipped_model, data, monitor="val_loss").decision.probe_margin == 0
+    assert kerasft.plan(shipped_model, data, lr=1e-3).decision.probe_margin == 0
+    assert kerasft.plan(shipped_model, data, epochs=3).decision.probe_margin == 0
+    small = kerasft.plan(shipped_model, (split.x_train[:100], split.y_train[:100]))
+    assert small.decision.probe_margin == 0 and "the probe wins" not in str(small)
+
+
+def test_a_handicapped_candidate_wins_only_by_more_than_its_handicap():
+    """The tracker takes the handicap off the probe's score, not off what it reports."""
+    from kerasft.engine.hooks import _Tracker
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    probe_weights = [w.copy() for w in model.get_weights()]
+    for finetuned, winner in ((0.90, "finetune"), (0.80, "probe")):
+        model.set_weights(probe_weights)
+        tracker = _Tracker("val_accuracy", "max", final_only=True, tie_break="val_loss")
+        tracker.offer({"val_accuracy": 0.95, "val_loss": 0.2}, model, "probe", handicap=0.1)
+        model.set_weights([w + 1.0 for w in probe_weights])
+        tracker.phase = "finetune"
+        tracker.set_model(model)
+        tracker.on_train_begin()
+        tracker.on_epoch_end(0, {"val_accuracy": finetuned, "val_loss": 0.3})
+        tracker.on_train_end()
+        assert tracker.best_phase == winner
+        assert tracker.best_value == pytest.approx(0.95 if winner == "probe" else finetuned)
+        kept = probe_weights[0] if winner == "probe" else probe_weights[0] + 1.0
+        np.testing.assert_allclose(tracker.best_weights[0], kept)

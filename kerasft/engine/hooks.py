@@ -138,17 +138,25 @@ class _Tracker(keras.callbacks.Callback):
         if self.final_only and self._last is not None:
             self._consider(self._last, self.model, self.phase)
 
-    def _consider(self, logs: dict[str, Any], model: keras.Model, phase: str) -> None:
+    def _consider(
+        self, logs: dict[str, Any], model: keras.Model, phase: str, handicap: float = 0.0
+    ) -> None:
         score = self.score(logs)
-        if score is not None and score > self.best:
-            self.best = score
+        if score is not None and score - handicap > self.best:
+            self.best = score - handicap
             self.best_weights = model.get_weights()
             self.best_phase = phase
             self.best_logged = float(logs[self.monitor])
 
-    def offer(self, logs: dict[str, Any], model: keras.Model, phase: str) -> None:
-        """Score ``model``'s current weights as if an epoch of ``phase`` had ended with ``logs``."""
-        self._consider(logs, model, phase)
+    def offer(
+        self, logs: dict[str, Any], model: keras.Model, phase: str, handicap: float = 0.0
+    ) -> None:
+        """Score ``model``'s current weights as if an epoch of ``phase`` had ended with ``logs``.
+
+        ``handicap`` (in the monitor's units) is taken off this candidate's score: a later
+        one wins unless this one is better by more than that.
+        """
+        self._consider(logs, model, phase, handicap)
 
     @property
     def best_value(self) -> float | None:

@@ -380,6 +380,7 @@ def _decide(
         "unfreeze": r.unfreeze if "unfreeze" in given else None,
         "train_bn": r.train_bn if "train_bn" in given else None,
         "l2sp": options.regularization.l2sp,
+        "monitor": options.monitor.monitor,
     }
     split = options.data.validation_data is None
     n_examples = prepared.n_train + (prepared.n_validation if split else 0)
@@ -393,6 +394,7 @@ def _decide(
         user=user,
         sequence_length=length,
         user_length=restore_length[1] if restore_length else None,
+        single_label=prepared.spec.task == "classification",
     )
 
 
@@ -537,7 +539,9 @@ class Runner:
             logs = model.evaluate(run.data.validation, verbose=0, return_dict=True)
             history.update({f"val_{k}": [float(v)] for k, v in logs.items()})
         if run.best is not None and not run.keep_final:
-            run.best.offer({k: v[0] for k, v in history.items()}, model, "probe")
+            margin = getattr(run.decision, "probe_margin", 0.0)
+            handicap = margin if run.best.monitor == "val_accuracy" else 0.0
+            run.best.offer({k: v[0] for k, v in history.items()}, model, "probe", handicap)
         seconds = time.perf_counter() - start
         trainable = sum(int(np.prod(v.shape)) for v in task.head.weights)
         return PhaseResult("probe", 1, history, seconds, trainable, 0.0, 0)
