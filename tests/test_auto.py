@@ -381,7 +381,7 @@ def test_each_phase_counts_its_own_training_metrics(shipped_model, digits_split)
 def test_a_probe_must_beat_a_cnn_that_moves_further_by_two_standard_errors(shipped_model, digits):
     """From 200 labels a CNN's probe wins the holdout only by more than 1/sqrt(held out)."""
     x, y = digits
-    split = datasets.few_shot_split(x, y, shots=21, seed=4)  # 210 examples: 42 held out
+    split = datasets.few_shot_split(x, y, shots=21, seed=4)  # 210 examples: 40 held out
     data = (split.x_train, split.y_train)
     plan = kerasft.plan(shipped_model, data)
     held_out = int(re.search(r"selection: (\d+) held out", str(plan)).group(1))

@@ -597,11 +597,10 @@ def _probe_margin(
     20/class seeds 0 and 6 +1.88 and +1.88, 40/class seeds 1 and 5 +1.21 and +0.93, the
     MNIST 0-4 CNN on MNIST 5-9 40/class seed 3 +4.85, the shipped CNN on Fashion-MNIST
     30/class seed 6 +9.60; held out, dict200 seeds 0, 3, 6 and 7 +2.07, +0.75, +2.38 and
-    -0.06. The fine-tune had
-    won the other 54 already (two of them, run again, scored the same). A margin of two
-    standard errors of an accuracy near 0.5 leaves the probe the win only where the
-    fine-tune did clearly worse; the returned model is trained again on all labels, so
-    no holdout score of it is given up.
+    -0.06. The fine-tune had won the other 54 already (two of them, run again, scored
+    the same). A margin of two standard errors of an accuracy near 0.5 leaves the probe
+    the win only where the fine-tune did clearly worse; the returned model is trained
+    again on all labels, so no holdout score of it is given up.
     """
     if not (moves and single_label and selection == "holdout, then refit" and held_out > 0):
         return 0.0
