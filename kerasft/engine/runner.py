@@ -539,9 +539,9 @@ class Runner:
             logs = model.evaluate(run.data.validation, verbose=0, return_dict=True)
             history.update({f"val_{k}": [float(v)] for k, v in logs.items()})
         if run.best is not None and not run.keep_final:
+            # auto sets a margin only where the holdout is scored by accuracy
             margin = getattr(run.decision, "probe_margin", 0.0)
-            handicap = margin if run.best.monitor == "val_accuracy" else 0.0
-            run.best.offer({k: v[0] for k, v in history.items()}, model, "probe", handicap)
+            run.best.offer({k: v[0] for k, v in history.items()}, model, "probe", margin)
         seconds = time.perf_counter() - start
         trainable = sum(int(np.prod(v.shape)) for v in task.head.weights)
         return PhaseResult("probe", 1, history, seconds, trainable, 0.0, 0)
