@@ -28,6 +28,7 @@ from typing import Any
 
 import keras
 
+from kerasft.callbacks import monitor_mode
 from kerasft.configs import (
     HeadConfig,
     LayerwiseConfig,
@@ -383,7 +384,16 @@ def _within_margin(result: FinetuneResult, score: float) -> str:
     if not margin or result.best_phase in (None, "probe") or probe is None:
         return ""
     value = (probe.history.get(result.monitor) or [None])[0]
-    if value is None or not value >= score:
+    if value is None:
+        return ""
+    if monitor_mode(result.monitor) == "min":  # a loss: the margin is a fraction of it
+        if not value <= score:
+            return ""
+        return (
+            f"; the probe's {value:.4g} was within the margin: the fine-tune's was under "
+            f"{1 + margin:.2f} times it"
+        )
+    if not value >= score:
         return ""
     return f"; the probe's {value:.4g} was within the margin, {margin:.2g}"
 

@@ -398,6 +398,53 @@ def test_a_probe_must_beat_a_cnn_that_moves_further_by_two_standard_errors(shipp
     assert small.decision.probe_margin == 0 and "the probe wins" not in str(small)
 
 
+def test_a_probe_must_beat_a_cnn_regressor_by_two_standard_errors_of_its_loss(
+    shipped_model, digits
+):
+    """For regression the margin is 2*sqrt(2/held out) of the probe's mean squared error."""
+    x, _ = digits
+    ink = x.reshape(len(x), -1).mean(axis=1)  # a real-valued target of each image
+    data = (x[:210], ink[:210])  # 210 examples: 42 held out
+    model = keras.Model(
+        shipped_model.inputs, keras.layers.Dense(1)(shipped_model.layers[-2].output)
+    )
+    plan = kerasft.plan(model, data, head=kerasft.HeadConfig(task="regression"))
+    held_out = int(re.search(r"selection: (\d+) held out", str(plan)).group(1))
+    assert plan.decision.selection == "holdout, then refit" and held_out == 42
+    assert plan.decision.probe_margin == pytest.approx(2 * np.sqrt(2 / 42))
+    assert "where the fine-tune's loss is more than 1.44 times the probe's" in str(plan)
+    # Not for another loss, whose spread a mean squared error's does not tell.
+    huber = kerasft.HeadConfig(task="regression", loss="huber")
+    assert kerasft.plan(model, data, head=huber).decision.probe_margin == 0
+
+
+def test_the_probe_handicap_is_a_fraction_of_its_loss():
+    """A loss-scored probe wins only where the fine-tune's loss is over (1 + margin) times its."""
+    from kerasft.engine.hooks import _Tracker
+    from kerasft.engine.runner import probe_handicap
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    margin = 2 * np.sqrt(2 / 40)  # 0.447
+    for probe, finetuned, winner in (
+        (80.6, 86.8, "finetune"),
+        (92.5, 130.1, "finetune"),
+        (92.5, 140.0, "probe"),
+    ):
+        tracker = _Tracker("val_loss", "min", final_only=True)
+        logs = {"val_loss": probe}
+        assert probe_handicap(margin, tracker, logs) == pytest.approx(margin * probe)
+        tracker.offer(logs, model, "probe", probe_handicap(margin, tracker, logs))
+        tracker.phase = "finetune"
+        tracker.set_model(model)
+        tracker.on_train_begin()
+        tracker.on_epoch_end(0, {"val_loss": finetuned})
+        tracker.on_train_end()
+        assert tracker.best_phase == winner, (probe, finetuned)
+    accuracy = _Tracker("val_accuracy", "max", final_only=True)
+    assert probe_handicap(0.16, accuracy, {"val_accuracy": 0.9}) == 0.16
+    assert probe_handicap(0.0, accuracy, {"val_accuracy": 0.9}) == 0.0
+
+
 def test_a_handicapped_candidate_wins_only_by_more_than_its_handicap():
     """The tracker takes the handicap off the probe's score, not off what it reports."""
     from kerasft.engine.hooks import _Tracker

@@ -360,6 +360,19 @@ def _restore_length(saved: tuple[Any, int] | None) -> None:
         saved[0].sequence_length = saved[1]
 
 
+def probe_handicap(margin: float, tracker: Any, logs: dict[str, Any]) -> float:
+    """The probe's handicap in the monitor's units, from ``recipe="auto"``'s margin.
+
+    ``auto`` sets a margin only where the holdout is scored by accuracy, where it is the
+    handicap, or by a mean squared error, where it is a fraction of the probe's own: the
+    fine-tune then wins unless its loss is more than ``1 + margin`` times the probe's.
+    """
+    value = logs.get(tracker.monitor)
+    if not margin or value is None or not np.isfinite(value):
+        return 0.0
+    return margin if tracker.sign > 0 else margin * abs(float(value))
+
+
 def _decide(
     profile: Any,
     prepared: data_lib.PreparedData,
@@ -381,6 +394,7 @@ def _decide(
         "train_bn": r.train_bn if "train_bn" in given else None,
         "l2sp": options.regularization.l2sp,
         "monitor": options.monitor.monitor,
+        "loss": options.task.loss,
     }
     split = options.data.validation_data is None
     n_examples = prepared.n_train + (prepared.n_validation if split else 0)
@@ -395,6 +409,7 @@ def _decide(
         sequence_length=length,
         user_length=restore_length[1] if restore_length else None,
         single_label=prepared.spec.task == "classification",
+        regression=prepared.spec.task == "regression",
     )
 
 
@@ -539,9 +554,9 @@ class Runner:
             logs = model.evaluate(run.data.validation, verbose=0, return_dict=True)
             history.update({f"val_{k}": [float(v)] for k, v in logs.items()})
         if run.best is not None and not run.keep_final:
-            # auto sets a margin only where the holdout is scored by accuracy
+            logs = {k: v[0] for k, v in history.items()}
             margin = getattr(run.decision, "probe_margin", 0.0)
-            run.best.offer({k: v[0] for k, v in history.items()}, model, "probe", margin)
+            run.best.offer(logs, model, "probe", probe_handicap(margin, run.best, logs))
         seconds = time.perf_counter() - start
         trainable = sum(int(np.prod(v.shape)) for v in task.head.weights)
         return PhaseResult("probe", 1, history, seconds, trainable, 0.0, 0)
