@@ -119,10 +119,6 @@ _CNN_REFERENCE_PARAMS = 2_000_000
 # body to move further than a near one does, and the data say which case this is. A
 # convolutional network with SMALL_DATA labelled examples or more trains at it outright.
 _HOT = 3.0
-# ... and a regression head this multiple: a continuous target (a pose, a size, a place
-# in the frame) is often what classification pretraining learned to ignore, so the body
-# has further to move than for new classes (:func:`_moves_further`).
-_HOT_REGRESSION = 10.0
 _TEXT_LENGTH_QUANTILE = 98
 
 
@@ -465,17 +461,10 @@ def decide(
     optimizer, rate, layer_decay, weight_decay = _optimizer(profile, user)
     moves = _moves_further(family, n_examples, user)
     if moves:
-        hot = _HOT_REGRESSION if regression else _HOT
-        rate *= hot
+        rate *= _HOT
         reasons.append(
-            f"rate: {hot:g} times a convolutional network's ({rate:.2g}): {n_examples} labelled "
+            f"rate: {_HOT:g} times a convolutional network's ({rate:.2g}): {n_examples} labelled "
             f"examples (>= {SMALL_DATA}) carry the body further than a few dozen do"
-            + (
-                "; a regression target further still (a pose, size or position that "
-                "classification pretraining had no need to keep)"
-                if regression
-                else ""
-            )
         )
     unfreeze, what = _what_trains(profile, user)
     train_bn, norm = _batch_norm(profile, user)
@@ -600,16 +589,6 @@ def _moves_further(family: str, n_examples: int, user: dict[str, Any]) -> bool:
     seed 0, multi-label digits seed 2): a choice made at half the budget on 40 to 200
     held-out examples. Below that many labels the higher rate loses (on digits10,
     digits3, faces40 and mnist04_59, seeds 0-2: -0.3, -1.0, -2.3 and -0.6 points a case).
-
-    A regression head trains at :data:`_HOT_REGRESSION` times the rate instead. On
-    regression dev cases drawn for it (the shipped CNN on the angle of rotated MNIST and
-    Fashion-MNIST images, the zoom of MNIST digits and the horizontal shift of
-    Fashion-MNIST images, the Fashion-MNIST CNN on rotated Fashion-MNIST; 200 labels,
-    seeds 0-7 or 0-3; 2-core AMD EPYC VM) ten times against three gained a mean R2 of
-    +1.26, +3.50, +0.66, +2.32 and +1.55 a case, higher on 28 of the 32 case-seeds. Ten
-    times for new classes loses (digits 20/class, MNIST 5-9 from the MNIST 0-4 CNN and
-    Fashion-MNIST 5-9 from the Fashion-MNIST 0-4 CNN 40/class, Fashion-MNIST from the
-    shipped CNN 30/class, seeds 0-2: -0.46, -0.12, -0.13 and -1.00 points a case).
     """
     return family == "cnn" and n_examples >= SMALL_DATA and user.get("lr") is None
 
