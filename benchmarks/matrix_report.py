@@ -231,10 +231,15 @@ def render(rows: Sequence[dict], cases: Sequence[Any], results_path: str, png_na
             f"{len(shown)} rows in the tables{which}."
         )
     if loads:
+        mixed = (
+            "; a time ratio whose two rows ran on different machines mixes their speeds"
+            if len(machines) > 1
+            else ""
+        )
         lines.append(
-            "- Machines shared with other jobs (1-minute load average at the start of a row: "
-            f"{min(loads):.1f}-{max(loads):.1f}), so seconds drift by 10-20%; a time ratio "
-            "whose two rows ran on different machines mixes their speeds."
+            f"- {'Machines' if len(machines) > 1 else 'The machine was'} shared with other jobs "
+            f"(1-minute load average at the start of a row: {min(loads):.1f}-{max(loads):.1f}), "
+            f"so seconds drift by 10-20%{mixed}."
         )
     for v in sorted(versions):
         d = dict(v)
