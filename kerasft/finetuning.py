@@ -28,7 +28,6 @@ from typing import Any
 
 import keras
 
-from kerasft.callbacks import monitor_mode
 from kerasft.configs import (
     HeadConfig,
     LayerwiseConfig,
@@ -390,7 +389,7 @@ def _within_margin(result: FinetuneResult, score: float) -> str:
     value = (probe.history.get(result.monitor) or [None])[0]
     if value is None:
         return ""
-    if monitor_mode(result.monitor) == "min":  # a loss: the margin is a fraction of it
+    if result.decision.probe_margin_relative:  # of a loss: a fraction of the probe's
         if not value <= score:
             return ""
         return (

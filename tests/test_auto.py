@@ -418,13 +418,21 @@ def test_a_probe_must_beat_a_cnn_regressor_by_two_standard_errors_of_its_loss(
     assert kerasft.plan(model, data, head=huber).decision.probe_margin == 0
 
 
-def test_the_probe_handicap_is_a_fraction_of_its_loss():
+def test_the_probe_handicap_is_a_fraction_of_its_loss(shipped_model, digits):
     """A loss-scored probe wins only where the fine-tune's loss is over (1 + margin) times its."""
     from kerasft.engine.hooks import _Tracker
     from kerasft.engine.runner import probe_handicap
 
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x, y = digits
+    ink = x.reshape(len(x), -1).mean(axis=1)
+    regressor = keras.Model(
+        shipped_model.inputs, keras.layers.Dense(1)(shipped_model.layers[-2].output)
+    )
+    head = kerasft.HeadConfig(task="regression")
+    decision = kerasft.plan(regressor, (x[:200], ink[:200]), head=head).decision
     margin = 2 * np.sqrt(2 / 40)  # 0.447
+    assert decision.probe_margin_relative and decision.probe_margin == pytest.approx(margin)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     for probe, finetuned, winner in (
         (80.6, 86.8, "finetune"),
         (92.5, 130.1, "finetune"),
@@ -432,17 +440,21 @@ def test_the_probe_handicap_is_a_fraction_of_its_loss():
     ):
         tracker = _Tracker("val_loss", "min", final_only=True)
         logs = {"val_loss": probe}
-        assert probe_handicap(margin, tracker, logs) == pytest.approx(margin * probe)
-        tracker.offer(logs, model, "probe", probe_handicap(margin, tracker, logs))
+        assert probe_handicap(decision, probe) == pytest.approx(margin * probe)
+        tracker.offer(logs, model, "probe", probe_handicap(decision, probe))
         tracker.phase = "finetune"
         tracker.set_model(model)
         tracker.on_train_begin()
         tracker.on_epoch_end(0, {"val_loss": finetuned})
         tracker.on_train_end()
         assert tracker.best_phase == winner, (probe, finetuned)
-    accuracy = _Tracker("val_accuracy", "max", final_only=True)
-    assert probe_handicap(0.16, accuracy, {"val_accuracy": 0.9}) == 0.16
-    assert probe_handicap(0.0, accuracy, {"val_accuracy": 0.9}) == 0.0
+    # Of accuracy the margin is the handicap itself, whatever the probe scored.
+    split = datasets.few_shot_split(x, y, shots=21, seed=4)  # 210 examples: 40 held out
+    accuracy = kerasft.plan(shipped_model, (split.x_train, split.y_train)).decision
+    assert not accuracy.probe_margin_relative
+    assert probe_handicap(accuracy, 0.9) == pytest.approx(1 / np.sqrt(40))
+    assert probe_handicap(accuracy, None) == 0.0
+    assert probe_handicap(None, 0.9) == 0.0
 
 
 def test_a_handicapped_candidate_wins_only_by_more_than_its_handicap():

@@ -309,8 +309,9 @@ class AutoDecision:
         sequence_length: the length text is trained at (``None``: the preprocessor's).
         reasons: one line per decision, for the plan.
         probe_margin: by how much the probe must beat the fine-tune on the holdout to
-            win (:func:`_probe_margin`): of accuracy, or for a loss a fraction of the
-            probe's; 0: the better wins.
+            win (:func:`_probe_margin`); 0: the better wins.
+        probe_margin_relative: whether ``probe_margin`` is a fraction of the probe's
+            holdout loss (a mean squared error) rather than points of accuracy.
     """
 
     profile: ModelProfile
@@ -333,6 +334,7 @@ class AutoDecision:
     refit_continues: bool = False
     continues: bool = False
     probe_margin: float = 0.0
+    probe_margin_relative: bool = False
 
     @property
     def refit(self) -> bool:
@@ -417,8 +419,7 @@ def decide(
     user: dict[str, Any],
     sequence_length: int | None = None,
     user_length: int | None = None,
-    single_label: bool = False,
-    regression: bool = False,
+    task: str | None = None,
 ) -> AutoDecision:
     """Decide the fine-tune of a model of ``profile`` on ``n_examples`` labelled examples.
 
@@ -431,10 +432,8 @@ def decide(
         user: the options the user set (``epochs``, ``lr``, ``optimizer``...), which win.
         sequence_length: the text length chosen, if any; ``user_length`` the
             preprocessor's.
-        single_label: whether the task is single-label classification (the holdout
-            is then scored by accuracy).
-        regression: whether the task is regression (the holdout is then scored by its
-            loss).
+        task: ``"classification"`` (single-label: the holdout is scored by accuracy),
+            ``"multilabel"`` or ``"regression"`` (scored by its loss); ``None``: unknown.
 
     Returns:
         An :class:`AutoDecision`.
@@ -470,8 +469,8 @@ def decide(
     train_bn, norm = _batch_norm(profile, user)
     candidates = () if moves else _candidates(family, rate, selection, epochs, user)
     held_out = n_examples - n_train
-    margin = _probe_margin(moves, selection, held_out, single_label, user, regression)
-    if margin and single_label:
+    margin, relative = _probe_margin(moves, selection, held_out, task, user)
+    if margin and not relative:
         reasons.append(
             f"choice: the probe wins the holdout only by more than {margin:.2g} of accuracy "
             f"(two standard errors of an accuracy near 0.5 on {held_out} examples): "
@@ -520,6 +519,7 @@ def decide(
         refit_epochs,
         refit_epochs is not None and continues_winner(family, user),
         probe_margin=margin,
+        probe_margin_relative=relative,
     )
 
 
@@ -597,11 +597,13 @@ def _probe_margin(
     moves: bool,
     selection: str,
     held_out: int,
-    single_label: bool,
+    task: str | None,
     user: dict[str, Any],
-    regression: bool = False,
-) -> float:
+) -> tuple[float, bool]:
     """By how much the probe must beat the fine-tune on the holdout: two standard errors.
+
+    Returns ``(margin, relative)``: ``relative`` when the margin is a fraction of the
+    probe's holdout loss rather than points of accuracy; ``(0.0, False)`` for none.
 
     For a convolutional network that trains at :data:`_HOT` times its rate (labels enough
     to move the body further, :func:`_moves_further`) choosing on a fifth of its own
@@ -633,14 +635,14 @@ def _probe_margin(
     up.
     """
     if not (moves and selection == "holdout, then refit" and held_out > 0):
-        return 0.0
+        return 0.0, False
     if user.get("monitor") is not None or user.get("epochs") is not None:
-        return 0.0
-    if single_label:
-        return 1.0 / math.sqrt(held_out)
-    if regression and user.get("loss") is None:
-        return 2.0 * math.sqrt(2.0 / held_out)
-    return 0.0
+        return 0.0, False
+    if task == "classification":
+        return 1.0 / math.sqrt(held_out), False
+    if task == "regression" and user.get("loss") is None:
+        return 2.0 * math.sqrt(2.0 / held_out), True
+    return 0.0, False
 
 
 def _chooses_on_half(selection: str, epochs: int, user: dict[str, Any]) -> bool:

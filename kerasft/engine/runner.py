@@ -360,17 +360,18 @@ def _restore_length(saved: tuple[Any, int] | None) -> None:
         saved[0].sequence_length = saved[1]
 
 
-def probe_handicap(margin: float, tracker: Any, logs: dict[str, Any]) -> float:
-    """The probe's handicap in the monitor's units, from ``recipe="auto"``'s margin.
+def probe_handicap(decision: Any, value: Any) -> float:
+    """The probe's handicap in its holdout score's units, from ``recipe="auto"``'s margin.
 
-    ``auto`` sets a margin only where the holdout is scored by accuracy, where it is the
-    handicap, or by a mean squared error, where it is a fraction of the probe's own: the
-    fine-tune then wins unless its loss is more than ``1 + margin`` times the probe's.
+    ``value`` is the probe's holdout score. A margin of accuracy is the handicap; a
+    relative one (``AutoDecision.probe_margin_relative``, for a mean squared error) is
+    a fraction of the probe's own loss: the fine-tune then wins unless its loss is more
+    than ``1 + margin`` times the probe's.
     """
-    value = logs.get(tracker.monitor)
+    margin = getattr(decision, "probe_margin", 0.0)
     if not margin or value is None or not np.isfinite(value):
         return 0.0
-    return margin if tracker.sign > 0 else margin * abs(float(value))
+    return margin * abs(float(value)) if decision.probe_margin_relative else margin
 
 
 def _decide(
@@ -408,8 +409,7 @@ def _decide(
         user=user,
         sequence_length=length,
         user_length=restore_length[1] if restore_length else None,
-        single_label=prepared.spec.task == "classification",
-        regression=prepared.spec.task == "regression",
+        task=prepared.spec.task,
     )
 
 
@@ -555,8 +555,8 @@ class Runner:
             history.update({f"val_{k}": [float(v)] for k, v in logs.items()})
         if run.best is not None and not run.keep_final:
             logs = {k: v[0] for k, v in history.items()}
-            margin = getattr(run.decision, "probe_margin", 0.0)
-            run.best.offer(logs, model, "probe", probe_handicap(margin, run.best, logs))
+            handicap = probe_handicap(run.decision, logs.get(run.best.monitor))
+            run.best.offer(logs, model, "probe", handicap)
         seconds = time.perf_counter() - start
         trainable = sum(int(np.prod(v.shape)) for v in task.head.weights)
         return PhaseResult("probe", 1, history, seconds, trainable, 0.0, 0)
