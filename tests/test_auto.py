@@ -477,3 +477,41 @@ def test_a_handicapped_candidate_wins_only_by_more_than_its_handicap():
         assert tracker.best_value == pytest.approx(0.95 if winner == "probe" else finetuned)
         kept = probe_weights[0] if winner == "probe" else probe_weights[0] + 1.0
         np.testing.assert_allclose(tracker.best_weights[0], kept)
+
+
+def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
+    """A tabular MLP with < 200 labels and nothing held out: the probe, no fine-tune."""
+    x, y = digits
+    flat = x.reshape(len(x), -1).astype("float32") / 255.0
+    inputs = keras.Input((flat.shape[1],))
+    hidden = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
+    mlp = keras.Model(inputs, keras.layers.Dense(5, name="head")(hidden))
+    mlp.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    source = y < 5
+    mlp.fit(flat[source], y[source], epochs=3, batch_size=64, verbose=0)  # "pretrained" on 0-4
+    target = np.flatnonzero(y >= 5)
+    train, test = target[:120], target[120:]
+    data = (flat[train], y[train] - 5)
+    result = kerasft.finetune(mlp, data, seed=0, verbose=0)
+    assert result.decision.epochs == 0 and [p.name for p in result.phases] == ["probe"]
+    assert "fine-tune: none, the probe is returned" in str(result.plan)
+    assert "the fine-tune trains on all labels" not in str(result.plan)
+    assert result.evaluate((flat[test], y[test] - 5))["accuracy"] > 0.6
+    # Asked for a fine-tune (epochs or a rate), it fine-tunes.
+    for given in ({"epochs": 2}, {"lr": 1e-3}):
+        plan = kerasft.plan(mlp, data, **given)
+        assert plan.decision.epochs > 0 and "the probe is returned" not in str(plan), given
+    # Not with a holdout to choose on, nor for regression, nor for a model with embeddings.
+    profile = auto.profile_model(mlp, mlp.layers[-1])
+    assert profile.family == "mlp" and not profile.embeddings
+    small = dict(n_examples=120, n_train=120, batch_size=8, given_validation=False, user={})
+    assert auto.decide(profile, task="classification", **small).epochs == 0
+    assert auto.decide(profile, task="regression", **small).epochs > 0
+    held = dict(small, n_examples=240, n_train=192)
+    assert auto.decide(profile, task="classification", **held).epochs > 0
+    tokens = keras.Input((6,), dtype="int32")
+    bag = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(tokens))
+    text = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.Dense(4)(bag)))
+    words = auto.profile_model(text, text.layers[-1])
+    assert words.family == "mlp" and words.embeddings
+    assert auto.decide(words, task="classification", **small).epochs > 0
