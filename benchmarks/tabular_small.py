@@ -1,0 +1,125 @@
+"""Tabular MLPs with fewer than 200 labels: the probe alone against a fine-tune from it.
+
+Below 200 labelled examples ``recipe="auto"`` holds nothing out, so nothing checks a
+fine-tune; for a dense network without embeddings it returns the cross-validated probe
+alone. This script is the evidence, in one process per case and seed, on the same split:
+
+- ``kerasft``: ``kerasft.finetune(model, data, seed=seed)``, the defaults;
+- ``finetune``: the same call with ``epochs=`` the budget auto would give a fine-tune
+  (about 300 steps, 15 to 30 epochs), i.e. the probe then the fine-tune from it, which
+  was the default before;
+- ``ref``: the Keras transfer-learning guide's recipe (the matrix's ``ref``);
+- ``fit30``: plain ``fit``, ``Adam(1e-3)``, 30 epochs, batch 32 (the matrix's ``fit30``).
+
+Cases are the matrix's tabular models at other label counts (ggplot2's diamonds, labels
+drawn in the target part's clarity proportions, 2,000 others to test): ``dev`` ones
+chose the rule; ``held-out`` ones judged it (colours H-J from the D-G MLP, the model of
+the matrix's held-out diamonds cases).
+
+Run::
+
+    python benchmarks/tabular_small.py                       # every case, seeds 0-2
+    python benchmarks/tabular_small.py --cases dgfh120 --seeds 0 1 2 3 4 5 6 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import kerasft  # noqa: E402  (before TensorFlow: oneDNN off)
+
+# isort: split
+import keras  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import matrix  # noqa: E402
+import matrix_tabular as mt  # noqa: E402
+
+CUTS = "Fair/Good/Very Good cut"
+# name -> (group, labelled, the part fine-tuned on, the pretrained MLP)
+CASES = {
+    "dgfh60": ("dev", 60, "D-G", "diamonds_hj_mlp"),
+    "dgfh120": ("dev", 120, "D-G", "diamonds_hj_mlp"),
+    "dgfh180": ("dev", 180, "D-G", "diamonds_hj_mlp"),
+    "cut60": ("dev", 60, CUTS, "diamonds_fine_cut_mlp"),
+    "cut120": ("dev", 120, CUTS, "diamonds_fine_cut_mlp"),
+    "cut180": ("dev", 180, CUTS, "diamonds_fine_cut_mlp"),
+    "hj120": ("held-out", 120, "H-J", "diamonds_dg_mlp"),
+}
+METHODS = ("kerasft", "finetune", "ref", "fit30")
+
+
+def _case(name: str) -> matrix.Case:
+    group, labelled, part, mlp = CASES[name]
+    return matrix.Case(
+        name,
+        group,
+        "mlp",
+        "classification",
+        "accuracy",
+        len(mt.CLARITIES),
+        mt.diamonds_split(labelled=labelled, part=part),
+        mt.pretrained_loader(mlp),
+        f"{mlp} -> {part}, {labelled} labels drawn in its clarity proportions",
+    )
+
+
+def _accuracy(model: keras.Model, split) -> float:
+    predicted = model.predict(split.x_test, batch_size=1024, verbose=0).argmax(axis=1)
+    return 100.0 * float((predicted == split.y_test).mean())
+
+
+def run_one(case: matrix.Case, method: str, split, seed: int) -> tuple[float, float]:
+    """``(test accuracy x 100, training seconds)`` of ``method`` on ``split``."""
+    keras.utils.set_random_seed(seed)
+    data = (split.x_train, split.y_train)
+    start = time.perf_counter()
+    if method in ("kerasft", "finetune"):
+        model = case.model(split)
+        given = {}
+        if method == "finetune":  # the fine-tune auto's budget would give, after the probe
+            plan = kerasft.plan(model, data, seed=seed)
+            given["epochs"] = min(30, max(15, round(300 / plan.steps_per_epoch)))
+        result = kerasft.finetune(model, data, seed=seed, verbose=0, **given)
+        seconds = time.perf_counter() - start
+        return 100.0 * result.evaluate((split.x_test, split.y_test))["accuracy"], seconds
+    out = matrix.run_ref(case, split) if method == "ref" else matrix.run_fit(case, split, 30)
+    return _accuracy(out["model"], split), out["train_seconds"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    print(f"| case | set | seed | {' | '.join(METHODS)} | kerasft - finetune |")
+    print("|---|---|---|" + "---|" * len(METHODS) + "---|")
+    gains = {}
+    for name in args.cases:
+        case = _case(name)
+        for seed in args.seeds:
+            split = case.load(seed, False)
+            scores = {}
+            for method in METHODS:
+                scores[method], _ = run_one(case, method, split, seed)
+                keras.backend.clear_session()
+            gain = scores["kerasft"] - scores["finetune"]
+            gains.setdefault(name, []).append(gain)
+            cells = " | ".join(f"{scores[m]:.2f}" for m in METHODS)
+            print(f"| {name} | {case.group} | {seed} | {cells} | {gain:+.2f} |", flush=True)
+    for name, values in gains.items():
+        wins = sum(v > 0 for v in values)
+        print(
+            f"{name}: kerasft - finetune {statistics.mean(values):+.2f} a seed, "
+            f"higher on {wins} of {len(values)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
