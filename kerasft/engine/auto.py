@@ -41,10 +41,11 @@ task), and writes down each decision and its reason in the plan:
    (a transformer's trains again for the whole budget: :func:`continues_winner`).
    Below :data:`SMALL_DATA` examples a validation set would hold a few dozen examples at
    most, too few to choose on (Perez et al., 2021): the probe is cross-validated, and
-   the fine-tune trains on every label for the budget, with no selection. A
-   transformer's line is higher: its fine-tune that wins is trained again for the whole
-   budget anyway, so below :data:`SMALL_DATA_TRANSFORMER` (a holdout under 100) the
-   choosing run, a third of the call, is left out.
+   the fine-tune trains on every label for the budget, with no selection, except for a
+   dense network without embeddings classifying, which returns its probe alone
+   (:func:`_probe_only`). A transformer's line is higher: its fine-tune that wins is
+   trained again for the whole budget anyway, so below :data:`SMALL_DATA_TRANSFORMER`
+   (a holdout under 100) the choosing run, a third of the call, is left out.
 4. **Work sized to the data**: a KerasHub text task trains at the sequence length its
    texts need (the 98th percentile of their token counts), not the preprocessor's
    padding length, which is put back on the returned task.
