@@ -364,8 +364,7 @@ def _selection(
         selection = "none"
         why = (
             f"selection: none; {n_examples} examples are too few to hold some out and choose on "
-            f"(< {small_data(family)}): the probe is cross-validated, the fine-tune trains on "
-            "all labels"
+            f"(< {small_data(family)}): the probe is cross-validated"
         )
     elif n_examples < REFIT_LIMIT:
         selection = "holdout, then refit"
@@ -447,8 +446,8 @@ def decide(
     reasons = [f"model: {profile.describe()}"]
     selection, why = _selection(n_examples, n_train, given_validation, family)
     probe_only = _probe_only(profile, selection, task, user)
-    if probe_only:
-        why = why.replace(", the fine-tune trains on all labels", "")
+    if selection == "none" and not probe_only:
+        why += ", the fine-tune trains on all labels"
     reasons.append(why)
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     epochs, why = _budget(family, steps_per_epoch, batch_size, user.get("epochs"))
