@@ -413,6 +413,10 @@ def test_a_probe_must_beat_a_cnn_regressor_by_two_standard_errors_of_its_loss(
     assert plan.decision.selection == "holdout, then refit" and held_out == 42
     assert plan.decision.probe_margin == pytest.approx(2 * np.sqrt(2 / 42))
     assert "where the fine-tune's loss is more than 1.44 times the probe's" in str(plan)
+    # Below 200 labels a regression head still trains at three times the rate.
+    small = kerasft.plan(model, (x[:100], ink[:100]), head=kerasft.HeadConfig(task="regression"))
+    assert small.decision.rate == pytest.approx(9e-4) and "a regression target" in str(small)
+    assert small.decision.probe_margin == 0  # nothing held out to choose on
     # Not for another loss, whose spread a mean squared error's does not tell.
     huber = kerasft.HeadConfig(task="regression", loss="huber")
     assert kerasft.plan(model, data, head=huber).decision.probe_margin == 0
