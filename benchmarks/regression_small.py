@@ -26,10 +26,8 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
-import statistics
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,6 +41,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import matrix  # noqa: E402
 import matrix_data as md  # noqa: E402
+import side_by_side  # noqa: E402
 
 SHOTS = 10
 METHODS = ("kerasft", "rate1x", "fit30")
@@ -120,31 +119,16 @@ def run_one(method: str, x, y, xt, yt, seed: int) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    args = parser.parse_args(argv)
-    print(f"| case | set | seed | {' | '.join(METHODS)} | kerasft - rate1x |")
-    print("|---|---|---|" + "---|" * len(METHODS) + "---|")
-    gains = {}
-    for name in args.cases:
+    def scores(name: str, seed: int) -> tuple[str, dict[str, float]]:
         group, source, kind = CASES[name]
-        for seed in args.seeds:
-            x, y, xt, yt = _split(source, kind, seed)
-            scores = {}
-            for method in METHODS:
-                scores[method] = run_one(method, x, y, xt, yt, seed)
-                keras.backend.clear_session()
-            gain = scores["kerasft"] - scores["rate1x"]
-            gains.setdefault(name, []).append(gain)
-            cells = " | ".join(f"{scores[m]:.2f}" for m in METHODS)
-            print(f"| {name} | {group} | {seed} | {cells} | {gain:+.2f} |", flush=True)
-    for name, values in gains.items():
-        wins = sum(v > 0 for v in values)
-        print(
-            f"{name}: kerasft - rate1x {statistics.mean(values):+.2f} a seed, "
-            f"higher on {wins} of {len(values)}"
-        )
+        x, y, xt, yt = _split(source, kind, seed)
+        got = {}
+        for method in METHODS:
+            got[method] = run_one(method, x, y, xt, yt, seed)
+            keras.backend.clear_session()
+        return group, got
+
+    side_by_side.main(__doc__.splitlines()[0], CASES, METHODS, "rate1x", scores, argv)
 
 
 if __name__ == "__main__":

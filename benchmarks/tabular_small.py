@@ -24,9 +24,7 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -40,6 +38,7 @@ import keras  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import matrix  # noqa: E402
 import matrix_tabular as mt  # noqa: E402
+import side_by_side  # noqa: E402
 
 CUTS = "Fair/Good/Very Good cut"
 # name -> (group, labelled, the part fine-tuned on, the pretrained MLP)
@@ -94,31 +93,16 @@ def run_one(case: matrix.Case, method: str, split, seed: int) -> tuple[float, fl
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    args = parser.parse_args(argv)
-    print(f"| case | set | seed | {' | '.join(METHODS)} | kerasft - finetune |")
-    print("|---|---|---|" + "---|" * len(METHODS) + "---|")
-    gains = {}
-    for name in args.cases:
+    def scores(name: str, seed: int) -> tuple[str, dict[str, float]]:
         case = _case(name)
-        for seed in args.seeds:
-            split = case.load(seed, False)
-            scores = {}
-            for method in METHODS:
-                scores[method], _ = run_one(case, method, split, seed)
-                keras.backend.clear_session()
-            gain = scores["kerasft"] - scores["finetune"]
-            gains.setdefault(name, []).append(gain)
-            cells = " | ".join(f"{scores[m]:.2f}" for m in METHODS)
-            print(f"| {name} | {case.group} | {seed} | {cells} | {gain:+.2f} |", flush=True)
-    for name, values in gains.items():
-        wins = sum(v > 0 for v in values)
-        print(
-            f"{name}: kerasft - finetune {statistics.mean(values):+.2f} a seed, "
-            f"higher on {wins} of {len(values)}"
-        )
+        split = case.load(seed, False)
+        got = {}
+        for method in METHODS:
+            got[method], _ = run_one(case, method, split, seed)
+            keras.backend.clear_session()
+        return case.group, got
+
+    side_by_side.main(__doc__.splitlines()[0], CASES, METHODS, "finetune", scores, argv)
 
 
 if __name__ == "__main__":
