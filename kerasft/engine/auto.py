@@ -473,19 +473,16 @@ def decide(
     reasons.append(why)
     optimizer, rate, layer_decay, weight_decay = _optimizer(profile, user)
     moves = _moves_further(family, n_examples, user, task)
-    if moves and n_examples >= SMALL_DATA:
+    if moves:
         rate *= _HOT
-        reasons.append(
-            f"rate: {_HOT:g} times a convolutional network's ({rate:.2g}): {n_examples} labelled "
-            f"examples (>= {SMALL_DATA}) carry the body further than a few dozen do"
+        why = (
+            f"{n_examples} labelled examples (>= {SMALL_DATA}) carry the body further than a "
+            "few dozen do"
+            if n_examples >= SMALL_DATA
+            else "a regression target, a new quantity to read off the inputs, moves the body "
+            "further than new classes do"
         )
-    elif moves:
-        rate *= _HOT
-        reasons.append(
-            f"rate: {_HOT:g} times a convolutional network's ({rate:.2g}): a regression "
-            "target, a new quantity to read off the inputs, moves the body further than new "
-            "classes do"
-        )
+        reasons.append(f"rate: {_HOT:g} times a convolutional network's ({rate:.2g}): {why}")
     unfreeze, what = _what_trains(profile, user)
     train_bn, norm = _batch_norm(profile, user)
     candidates = () if moves else _candidates(family, rate, selection, epochs, user)
