@@ -181,14 +181,18 @@ def ink_profile(x: np.ndarray) -> np.ndarray:
     return np.concatenate([img.sum(axis=2), img.sum(axis=1)], axis=1) / 28.0
 
 
+def transform(x: np.ndarray, values: np.ndarray, fn) -> np.ndarray:
+    """``fn(image, value)`` of each 28x28 image and its value, clipped to 0-255, as
+    ``(n, 28, 28, 1)`` float32."""
+    out = np.stack([fn(img[..., 0], v) for img, v in zip(x, values)])
+    return np.clip(out, 0.0, 255.0)[..., None].astype("float32")
+
+
 def rotate(x: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """Rotate each 28x28 image by its angle (degrees, counter-clockwise), keeping the frame."""
     from scipy import ndimage
 
-    out = np.stack(
-        [ndimage.rotate(img[..., 0], a, reshape=False, order=1) for img, a in zip(x, angles)]
-    )
-    return np.clip(out, 0.0, 255.0)[..., None].astype("float32")
+    return transform(x, angles, lambda img, a: ndimage.rotate(img, a, reshape=False, order=1))
 
 
 # --- text ----------------------------------------------------------------------------
