@@ -47,6 +47,7 @@ __all__ = [
     "fit_probe",
     "fit_linear_head",
     "head_features",
+    "redraw_head",
     "set_head_weights",
     "probe_targets",
     "REGULARIZATION_GRID",
@@ -124,6 +125,8 @@ class ProbeChoice:
         chance: the held-out loss of guessing from label frequencies, when there are
             enough examples to compare with it.
         accuracies: held-out accuracy per pooling tried (single-label classification).
+        target_mean: regression: the mean of the training targets, per output (the bias of
+            a head drawn afresh: :func:`redraw_head`); otherwise `None`.
     """
 
     pooling: str
@@ -135,6 +138,7 @@ class ProbeChoice:
     model: Any = field(default=None, repr=False)
     chance: float | None = None
     accuracies: dict[str, float] = field(default_factory=dict)
+    target_mean: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def no_signal(self) -> bool:
@@ -748,6 +752,18 @@ def set_head_weights(head: keras.layers.Layer, linear: LinearHead) -> None:
         )
 
 
+def redraw_head(head: keras.layers.Layer, bias: np.ndarray, *, seed: int = 0) -> None:
+    """Draw ``head``'s kernel afresh (Glorot uniform, as a new Dense layer's) and set its
+    bias to ``bias``: where a regression fine-tune starts (see
+    :attr:`kerasft.engine.auto.AutoDecision.fresh_head`)."""
+    kernel_var = head.kernel
+    drawn = keras.initializers.GlorotUniform(seed=seed)(tuple(kernel_var.shape))
+    kernel_var.assign(keras.ops.cast(drawn, kernel_var.dtype))
+    if getattr(head, "bias", None) is not None:
+        value = np.broadcast_to(np.asarray(bias, "float64").reshape(-1), tuple(head.bias.shape))
+        head.bias.assign(value.astype(head.bias.dtype))
+
+
 def _training_examples(data: Any) -> tuple[Any, np.ndarray]:
     """``(x, y)`` of the training split: the arrays in memory, else one pass of the pipeline."""
     if data.arrays is not None:
@@ -881,6 +897,7 @@ def fit_probe(
         model,
         chance_loss(y, spec.label_mode) if judge else None,
         {k: v.accuracy for k, v in fitted.items() if v.accuracy is not None},
+        np.mean(np.asarray(y, "float64"), axis=0) if spec.label_mode == "continuous" else None,
     )
 
 

@@ -519,3 +519,51 @@ def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     words = auto.profile_model(text, text.layers[-1])
     assert words.family == "mlp" and words.embeddings
     assert auto.decide(words, task="classification", **small).epochs > 0
+
+
+def test_a_cnn_regressor_fine_tunes_from_a_new_head_not_the_probes(shipped_model, digits):
+    """Regression with training BatchNormalization: the fine-tune starts from a head drawn
+    afresh with its bias at the targets' mean; the probe stays a candidate."""
+    from kerasft import probe as probe_lib
+
+    x, y = digits
+    ink = x.reshape(len(x), -1).mean(axis=1).astype("float32")  # a real-valued target
+    regressor = keras.Model(
+        shipped_model.inputs, keras.layers.Dense(1)(shipped_model.layers[-2].output)
+    )
+    head = kerasft.HeadConfig(task="regression")
+    seen = []
+
+    class FirstStep(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if not seen:
+                dense = self.model.layers[-1]
+                seen.append((np.array(dense.kernel), np.array(dense.bias)))
+
+    result = kerasft.finetune(
+        regressor,
+        (x[:100], ink[:100]),
+        head=head,
+        epochs=1,
+        seed=0,
+        verbose=0,
+        callbacks=[FirstStep()],
+    )
+    assert result.decision.fresh_head
+    assert "from a new head" in str(result.plan) and "head: the fine-tune starts" in str(
+        result.plan
+    )
+    kernel, bias = seen[0]
+    assert bias == pytest.approx([ink[:100].mean()], rel=1e-5)
+    assert not np.allclose(kernel, result.probe.head.kernel.reshape(kernel.shape))
+    # The drawn kernel is a new Dense layer's (Glorot uniform), not the probe's.
+    limit = np.sqrt(6.0 / (kernel.shape[0] + kernel.shape[1]))
+    assert np.all(np.abs(kernel) <= limit) and np.std(kernel) > limit / 4
+    layer = keras.layers.Dense(1)
+    layer.build((None, 4))
+    probe_lib.redraw_head(layer, np.array([2.5]), seed=1)
+    assert np.array(layer.bias) == pytest.approx([2.5])
+    # Not for classification, nor with BatchNormalization in inference mode.
+    assert not kerasft.plan(shipped_model, (x[:100], y[:100])).decision.fresh_head
+    frozen_bn = kerasft.plan(regressor, (x[:100], ink[:100]), head=head, train_bn=False)
+    assert not frozen_bn.decision.fresh_head and "from the probe" in str(frozen_bn)
