@@ -317,9 +317,10 @@ class AutoDecision:
             win (:func:`_probe_margin`); 0: the better wins.
         probe_margin_relative: whether ``probe_margin`` is a fraction of the probe's
             holdout loss (a mean squared error) rather than points of accuracy.
-        fresh_head: whether the fine-tune after the probe starts from a head drawn afresh
-            (its bias at the targets' mean) rather than from the probe's (:func:`_fresh_head`);
-            the probe stays a candidate.
+        batch_stats_head: whether the fine-tune after the probe starts from a linear head
+            fitted to the features as its training steps compute them (BatchNormalization
+            normalising by each batch) rather than from the probe's
+            (:func:`_batch_stats_head`); the probe stays a candidate.
     """
 
     profile: ModelProfile
@@ -343,7 +344,7 @@ class AutoDecision:
     continues: bool = False
     probe_margin: float = 0.0
     probe_margin_relative: bool = False
-    fresh_head: bool = False
+    batch_stats_head: bool = False
 
     @property
     def refit(self) -> bool:
@@ -489,7 +490,7 @@ def decide(
         reasons.append(f"rate: {_HOT:g} times a convolutional network's ({rate:.2g}): {why}")
     unfreeze, what = _what_trains(profile, user)
     train_bn, norm = _batch_norm(profile, user)
-    fresh = not probe_only and _fresh_head(profile, task, train_bn)
+    refit_head = not probe_only and _batch_stats_head(profile, task, train_bn)
     candidates = () if moves else _candidates(family, rate, selection, epochs, user)
     held_out = n_examples - n_train
     margin, relative = _probe_margin(moves, selection, held_out, task, user)
@@ -509,17 +510,15 @@ def decide(
     spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
     if not probe_only:
         reasons.append(
-            f"fine-tune: {what} from {'a new head' if fresh else 'the probe'}, {optimizer} at "
-            f"{peak} peak{spread}, warmup "
-            f"10% and cosine decay{norm}"
+            f"fine-tune: {what} from the probe{' (its head fitted again)' if refit_head else ''}, "
+            f"{optimizer} at {peak} peak{spread}, warmup 10% and cosine decay{norm}"
         )
-    if fresh:
+    if refit_head:
         reasons.append(
-            "head: the fine-tune starts from a head drawn afresh, its bias at the targets' "
-            "mean, not from the probe's (which stays a candidate): the probe was fitted to "
-            "features under BatchNormalization's stored statistics, and under the batch "
-            "statistics the fine-tune trains with, its regression head predicts worse than "
-            "the mean"
+            "head: the fine-tune starts from a linear head fitted like the probe's, but to the "
+            "features as its training steps compute them (BatchNormalization normalising by "
+            "each batch); the probe's, fitted under the stored statistics, can predict worse "
+            "than the targets' mean there, and stays a candidate"
         )
     if candidates:
         reasons.append(
@@ -553,7 +552,7 @@ def decide(
         refit_epochs is not None and continues_winner(family, user),
         probe_margin=margin,
         probe_margin_relative=relative,
-        fresh_head=fresh,
+        batch_stats_head=refit_head,
     )
 
 
@@ -611,18 +610,21 @@ def _batch_norm(profile: ModelProfile, user: dict[str, Any]) -> tuple[bool, str]
     return train_bn, f"; {norm}" if speak else ""
 
 
-def _fresh_head(profile: ModelProfile, task: str | None, train_bn: bool) -> bool:
-    """Whether a regression fine-tune starts from a head drawn afresh, not the probe's.
+def _batch_stats_head(profile: ModelProfile, task: str | None, train_bn: bool) -> bool:
+    """Whether a regression fine-tune starts from a head fitted under batch statistics.
 
     The probe fits the head to the body's features in inference mode, where
     BatchNormalization uses its stored statistics; a fine-tune where it trains normalises
     by each batch's instead, and on new data those differ: on rotated sklearn digits (the
     shipped MNIST CNN, 500 labels) the probe's head predicts with a mean squared error of
-    157 in inference mode and 1,140 under batch statistics, where the targets' variance is
-    574. The fine-tune's first steps then chase that error through the body. A head drawn
-    as a new Dense layer is, with its bias at the targets' mean (a zero bias leaves a
-    target far from 0, such as a zoom factor of 60-100, unlearnt: R2 of 8-53).
-    Classification keeps the probe's head (not measured here).
+    114 in inference mode and 741 under batch statistics, where the targets' variance is
+    517. The fine-tune's first steps then chase that error through the body. The head it
+    starts from is instead fitted (ridge, strength cross-validated) to the features as its
+    training steps compute them (:func:`kerasft.probe.fit_start_head`). A head drawn
+    afresh did better where the stored statistics are far off (Fashion-MNIST through the
+    MNIST CNN) and far worse where they are close (rotated MNIST at 500 labels: R2 66,
+    64, 69 against 75, 77, 73 from the probe's head); see ``benchmarks/regression_head.py``.
+    Classification keeps the probe's head (not measured).
     """
     return task == "regression" and profile.batch_norm and train_bn and profile.family == "cnn"
 
