@@ -1,26 +1,30 @@
-"""A CNN regressor's fine-tune from a head fitted under batch statistics, or the probe's.
+"""A CNN regressor's fine-tune from a new head against one from the probe's head.
 
 ``recipe="auto"`` fits a linear probe first, then fine-tunes. A convolutional regressor
-whose BatchNormalization trains now starts that fine-tune from a linear head fitted to
-the features as its training steps compute them (BatchNormalization normalising by each
-batch), not from the probe's: the probe's head was fitted under the stored statistics
-and, under batch statistics, can predict worse than the targets' mean. This script is
-the evidence, in one process per case and seed, on the same labelled examples:
+whose BatchNormalization trains, with fewer than 500 labels, starts that fine-tune from
+a head drawn afresh (Glorot kernel, bias at the targets' mean), not from the probe's:
+the probe's head was fitted under BatchNormalization's stored statistics and, under the
+batch statistics the fine-tune trains with, can predict worse than the mean. This
+script is the evidence, in one process per case and seed, on the same labelled
+examples:
 
 - ``kerasft``: ``kerasft.finetune(model, data, seed=seed)``, the defaults;
 - ``probe_head``: the same call, the fine-tune starting from the probe's head (the
-  default before; ``kerasft.engine.auto._batch_stats_head`` patched to say no);
+  default before, and still from 500 labels up; ``kerasft.engine.auto._fresh_head``
+  patched to say no);
 - ``fit30``: plain ``fit``, ``Adam(1e-3)``, 30 epochs, batch 32.
 
 Cases and model as ``benchmarks/regression_small.py`` (the shipped MNIST CNN with a
 one-unit linear head; dev: rotation angle of MNIST and Fashion-MNIST, zoom of MNIST,
 shift of Fashion-MNIST; held out: rotated sklearn digits), with ``--shots`` labels per
-class (10, 20 or 50: 100, 200 or 500 labels).
+class (10 or 20: 100 or 200 labels). With 500 labels the default keeps the probe's
+head: measured at commit 206a9ba, where the rule had no limit, a new head lost 4.5-12.5
+points on rotated MNIST and gained 0.5-3.6 on the other cases.
 
 Run::
 
     python benchmarks/regression_head.py --shots 20      # every case, seeds 0-2
-    python benchmarks/regression_head.py --shots 50 --cases digits_rotation
+    python benchmarks/regression_head.py --shots 10 --cases digits_rotation
 """
 
 from __future__ import annotations
@@ -54,16 +58,15 @@ def run_one(method: str, x, y, xt, yt, seed: int) -> float:
         return regression_small.run_one("fit30", x, y, xt, yt, seed)
     keras.utils.set_random_seed(seed)
     model = matrix.rotation_model()
-    before = mock.patch.object(auto, "_batch_stats_head", return_value=False)
+    before = mock.patch.object(auto, "_fresh_head", return_value=False)
     with before if method == "probe_head" else contextlib.nullcontext():
         result = kerasft.finetune(model, (x, y), seed=seed, verbose=0)
-    assert result.decision.batch_stats_head == (method == "kerasft"), method
     return 100.0 * result.evaluate((xt, yt))["r2"]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--shots", type=int, default=20, choices=(10, 20, 50))
+    parser.add_argument("--shots", type=int, default=20, choices=(10, 20))
     known, rest = parser.parse_known_args(argv)
     regression_small.SHOTS = known.shots
 

@@ -47,8 +47,7 @@ __all__ = [
     "fit_probe",
     "fit_linear_head",
     "head_features",
-    "batch_statistics_features",
-    "fit_start_head",
+    "redraw_head",
     "set_head_weights",
     "probe_targets",
     "REGULARIZATION_GRID",
@@ -126,6 +125,8 @@ class ProbeChoice:
         chance: the held-out loss of guessing from label frequencies, when there are
             enough examples to compare with it.
         accuracies: held-out accuracy per pooling tried (single-label classification).
+        target_mean: regression: the mean of the training targets, per output (the bias of
+            a head drawn afresh: :func:`redraw_head`); otherwise `None`.
     """
 
     pooling: str
@@ -137,6 +138,7 @@ class ProbeChoice:
     model: Any = field(default=None, repr=False)
     chance: float | None = None
     accuracies: dict[str, float] = field(default_factory=dict)
+    target_mean: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def no_signal(self) -> bool:
@@ -750,66 +752,16 @@ def set_head_weights(head: keras.layers.Layer, linear: LinearHead) -> None:
         )
 
 
-def batch_statistics_features(
-    model: keras.Model, x: Any, *, batch_size: int, seed: int = 0
-) -> np.ndarray:
-    """What ``model``'s head reads as a training step computes it, as ``(n, d)``.
-
-    The inputs go through in shuffled batches of ``batch_size`` in training mode, so that
-    BatchNormalization normalises each batch by its own statistics (and dropout drops),
-    as in a fine-tune's steps; the model's variables (BatchNormalization's moving
-    statistics among them) are left as they were.
-
-    Raises:
-        ValueError: a head inside a nested model.
-    """
-    tensor = surgery.classifier_input(model)
-    if tensor is None:
-        raise ValueError(
-            f"The head of model {model.name!r} is inside a nested model; kerasft reads features "
-            "only from a head of the outer graph."
-        )
-    extractor = keras.Model(model.inputs, tensor)
-    n = len(keras.tree.flatten(x)[0])
-    order = np.random.default_rng(seed).permutation(n)
-    saved = [np.array(v) for v in model.non_trainable_variables]
-    parts: list[np.ndarray] = []
-    try:
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            batch = keras.tree.map_structure(lambda a, rows=rows: a[rows], x)
-            out = keras.ops.convert_to_numpy(extractor(batch, training=True))
-            parts.append(out.reshape(len(out), -1))
-    finally:
-        for variable, value in zip(model.non_trainable_variables, saved):
-            variable.assign(value)
-    features = np.empty((n, parts[0].shape[1]), parts[0].dtype)
-    features[order] = np.concatenate(parts)
-    return features
-
-
-def fit_start_head(
-    model: keras.Model, task: Any, data: Any, *, batch_size: int, seed: int = 0, folds: int = 5
-) -> LinearHead:
-    """A regression head fitted, like the probe, on the features a fine-tune's steps see.
-
-    Ridge regression with its strength cross-validated, on
-    :func:`batch_statistics_features`; put into ``model``'s head. Where a fine-tune starts
-    from it (:attr:`kerasft.engine.auto.AutoDecision.batch_stats_head`), its first steps
-    fit targets the head already reads, under the statistics they are taken with.
-    """
-    x, y = _training_examples(data)
-    features = batch_statistics_features(model, x, batch_size=batch_size, seed=seed)
-    linear = fit_linear_head(
-        features,
-        y,
-        task.spec.label_mode,
-        task.spec.num_classes,
-        folds=min(folds, max(2, len(y) // 2)),
-        seed=seed,
-    )
-    set_head_weights(surgery.find_head(model), linear)
-    return linear
+def redraw_head(head: keras.layers.Layer, bias: np.ndarray, *, seed: int = 0) -> None:
+    """Draw ``head``'s kernel afresh (Glorot uniform, as a new Dense layer's) and set its
+    bias to ``bias``: where a regression fine-tune starts (see
+    :attr:`kerasft.engine.auto.AutoDecision.fresh_head`)."""
+    kernel_var = head.kernel
+    drawn = keras.initializers.GlorotUniform(seed=seed)(tuple(kernel_var.shape))
+    kernel_var.assign(keras.ops.cast(drawn, kernel_var.dtype))
+    if getattr(head, "bias", None) is not None:
+        value = np.broadcast_to(np.asarray(bias, "float64").reshape(-1), tuple(head.bias.shape))
+        head.bias.assign(value.astype(head.bias.dtype))
 
 
 def _training_examples(data: Any) -> tuple[Any, np.ndarray]:
@@ -945,6 +897,7 @@ def fit_probe(
         model,
         chance_loss(y, spec.label_mode) if judge else None,
         {k: v.accuracy for k, v in fitted.items() if v.accuracy is not None},
+        np.mean(np.asarray(y, "float64"), axis=0) if spec.label_mode == "continuous" else None,
     )
 
 

@@ -521,11 +521,9 @@ def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     assert auto.decide(words, task="classification", **small).epochs > 0
 
 
-def test_a_cnn_regressor_fine_tunes_from_a_head_fitted_under_batch_statistics(
-    shipped_model, digits
-):
-    """Regression with training BatchNormalization: the fine-tune starts from a ridge head
-    on the features as training steps compute them; the probe stays a candidate."""
+def test_a_cnn_regressor_fine_tunes_from_a_new_head_not_the_probes(shipped_model, digits):
+    """Regression with training BatchNormalization: the fine-tune starts from a head drawn
+    afresh with its bias at the targets' mean; the probe stays a candidate."""
     from kerasft import probe as probe_lib
 
     x, y = digits
@@ -542,35 +540,33 @@ def test_a_cnn_regressor_fine_tunes_from_a_head_fitted_under_batch_statistics(
                 dense = self.model.layers[-1]
                 seen.append((np.array(dense.kernel), np.array(dense.bias)))
 
-    data = (x[:100], ink[:100])
-    before = [np.array(v) for v in regressor.non_trainable_variables]
     result = kerasft.finetune(
-        regressor, data, head=head, epochs=1, seed=0, verbose=0, callbacks=[FirstStep()]
+        regressor,
+        (x[:100], ink[:100]),
+        head=head,
+        epochs=1,
+        seed=0,
+        verbose=0,
+        callbacks=[FirstStep()],
     )
-    assert result.decision.batch_stats_head
-    assert "(its head fitted again)" in str(result.plan) and "head: the fine-tune" in str(
+    assert result.decision.fresh_head
+    assert "from a new head" in str(
         result.plan
-    )
+    ) and "head: with fewer than 500 labels, the fine-tune starts" in str(result.plan)
     kernel, bias = seen[0]
+    assert bias == pytest.approx([ink[:100].mean()], rel=1e-5)
     assert not np.allclose(kernel, result.probe.head.kernel.reshape(kernel.shape))
-    # The start head is the ridge fit on the batch-statistics features, which a
-    # training-mode forward pass reproduces; the model's moving statistics are untouched.
-    copy = keras.models.clone_model(regressor)
-    copy.set_weights([np.array(w) for w in regressor.weights])
-    features = probe_lib.batch_statistics_features(copy, data[0], batch_size=8, seed=0)
-    kept = [np.array(v) for v in copy.non_trainable_variables]
-    assert features.shape == (100, kernel.shape[0])
-    assert all(np.array_equal(a, b) for a, b in zip(kept, copy.non_trainable_variables))
-    inference = probe_lib.head_features(copy, data[0])
-    assert not np.allclose(features, inference, atol=1e-3)
-    assert all(
-        np.array_equal(a, np.array(b)) for a, b in zip(before, regressor.non_trainable_variables)
-    )
-    fitted = probe_lib.fit_linear_head(features, data[1], "continuous", 1, seed=0)
-    start_loss = np.mean((features @ kernel + bias - data[1][:, None]) ** 2)
-    assert start_loss <= np.var(data[1])  # no worse than the mean where training sees it
-    assert fitted.kernel.shape == kernel.shape
-    # Not for classification, nor with BatchNormalization in inference mode.
-    assert not kerasft.plan(shipped_model, (x[:100], y[:100])).decision.batch_stats_head
-    frozen_bn = kerasft.plan(regressor, data, head=head, train_bn=False)
-    assert not frozen_bn.decision.batch_stats_head and "head fitted again" not in str(frozen_bn)
+    # The drawn kernel is a new Dense layer's (Glorot uniform), not the probe's.
+    limit = np.sqrt(6.0 / (kernel.shape[0] + kernel.shape[1]))
+    assert np.all(np.abs(kernel) <= limit) and np.std(kernel) > limit / 4
+    layer = keras.layers.Dense(1)
+    layer.build((None, 4))
+    probe_lib.redraw_head(layer, np.array([2.5]), seed=1)
+    assert np.array(layer.bias) == pytest.approx([2.5])
+    # Not from 500 labels up, for classification, nor with BatchNormalization in
+    # inference mode.
+    many = kerasft.plan(regressor, (x[:500], ink[:500]), head=head)
+    assert not many.decision.fresh_head and "from the probe" in str(many)
+    assert not kerasft.plan(shipped_model, (x[:100], y[:100])).decision.fresh_head
+    frozen_bn = kerasft.plan(regressor, (x[:100], ink[:100]), head=head, train_bn=False)
+    assert not frozen_bn.decision.fresh_head and "from the probe" in str(frozen_bn)

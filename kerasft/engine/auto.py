@@ -97,6 +97,9 @@ SMALL_DATA_TRANSFORMER = 500
 # below); from 5,000 up the holdout is left out, untried. MiniLM on 2,400 Rotten Tomatoes
 # labels: 77.0/78.8 refitting against 76.9/78.6 keeping it (seeds 0-1), in 1.54 times the time.
 REFIT_LIMIT = 5000
+# Fewer labels than this: a CNN regressor's fine-tune starts from a head drawn afresh
+# (_fresh_head).
+FRESH_HEAD_LIMIT = 500
 # Fine-tuning budgets in optimizer steps, and the epochs they may span, per family.
 # (Budgets and rates come from the dev cases of benchmarks/matrix.py; docs/matrix.md.)
 # A convolutional or dense network sees its data at least 15 times. With 2,500 labels
@@ -317,10 +320,9 @@ class AutoDecision:
             win (:func:`_probe_margin`); 0: the better wins.
         probe_margin_relative: whether ``probe_margin`` is a fraction of the probe's
             holdout loss (a mean squared error) rather than points of accuracy.
-        batch_stats_head: whether the fine-tune after the probe starts from a linear head
-            fitted to the features as its training steps compute them (BatchNormalization
-            normalising by each batch) rather than from the probe's
-            (:func:`_batch_stats_head`); the probe stays a candidate.
+        fresh_head: whether the fine-tune after the probe starts from a head drawn afresh
+            (its bias at the targets' mean) rather than from the probe's (:func:`_fresh_head`);
+            the probe stays a candidate.
     """
 
     profile: ModelProfile
@@ -344,7 +346,7 @@ class AutoDecision:
     continues: bool = False
     probe_margin: float = 0.0
     probe_margin_relative: bool = False
-    batch_stats_head: bool = False
+    fresh_head: bool = False
 
     @property
     def refit(self) -> bool:
@@ -490,7 +492,7 @@ def decide(
         reasons.append(f"rate: {_HOT:g} times a convolutional network's ({rate:.2g}): {why}")
     unfreeze, what = _what_trains(profile, user)
     train_bn, norm = _batch_norm(profile, user)
-    refit_head = not probe_only and _batch_stats_head(profile, task, train_bn)
+    fresh = not probe_only and _fresh_head(profile, task, train_bn, n_examples)
     candidates = () if moves else _candidates(family, rate, selection, epochs, user)
     held_out = n_examples - n_train
     margin, relative = _probe_margin(moves, selection, held_out, task, user)
@@ -510,15 +512,17 @@ def decide(
     spread = f", layer-wise decay {layer_decay}" if layer_decay else ""
     if not probe_only:
         reasons.append(
-            f"fine-tune: {what} from the probe{' (its head fitted again)' if refit_head else ''}, "
-            f"{optimizer} at {peak} peak{spread}, warmup 10% and cosine decay{norm}"
+            f"fine-tune: {what} from {'a new head' if fresh else 'the probe'}, {optimizer} at "
+            f"{peak} peak{spread}, warmup "
+            f"10% and cosine decay{norm}"
         )
-    if refit_head:
+    if fresh:
         reasons.append(
-            "head: the fine-tune starts from a linear head fitted like the probe's, but to the "
-            "features as its training steps compute them (BatchNormalization normalising by "
-            "each batch); the probe's, fitted under the stored statistics, can predict worse "
-            "than the targets' mean there, and stays a candidate"
+            f"head: with fewer than {FRESH_HEAD_LIMIT} labels, the fine-tune starts from a head "
+            "drawn afresh, its bias at the targets' mean, not from the probe's (which stays a "
+            "candidate): the probe was fitted to features under BatchNormalization's stored "
+            "statistics, and under the batch statistics the fine-tune trains with, its "
+            "regression head can predict worse than the mean"
         )
     if candidates:
         reasons.append(
@@ -552,7 +556,7 @@ def decide(
         refit_epochs is not None and continues_winner(family, user),
         probe_margin=margin,
         probe_margin_relative=relative,
-        batch_stats_head=refit_head,
+        fresh_head=fresh,
     )
 
 
@@ -610,23 +614,33 @@ def _batch_norm(profile: ModelProfile, user: dict[str, Any]) -> tuple[bool, str]
     return train_bn, f"; {norm}" if speak else ""
 
 
-def _batch_stats_head(profile: ModelProfile, task: str | None, train_bn: bool) -> bool:
-    """Whether a regression fine-tune starts from a head fitted under batch statistics.
+def _fresh_head(profile: ModelProfile, task: str | None, train_bn: bool, n_examples: int) -> bool:
+    """Whether a regression fine-tune starts from a head drawn afresh, not the probe's.
 
     The probe fits the head to the body's features in inference mode, where
     BatchNormalization uses its stored statistics; a fine-tune where it trains normalises
     by each batch's instead, and on new data those differ: on rotated sklearn digits (the
     shipped MNIST CNN, 500 labels) the probe's head predicts with a mean squared error of
-    114 in inference mode and 741 under batch statistics, where the targets' variance is
-    517. The fine-tune's first steps then chase that error through the body. The head it
-    starts from is instead fitted (ridge, strength cross-validated) to the features as its
-    training steps compute them (:func:`kerasft.probe.fit_start_head`). A head drawn
-    afresh did better where the stored statistics are far off (Fashion-MNIST through the
-    MNIST CNN) and far worse where they are close (rotated MNIST at 500 labels: R2 66,
-    64, 69 against 75, 77, 73 from the probe's head); see ``benchmarks/regression_head.py``.
-    Classification keeps the probe's head (not measured).
+    157 in inference mode and 1,140 under batch statistics, where the targets' variance is
+    574, and the fine-tune's first steps chase that error through the body. A head drawn
+    as a new Dense layer's is, with its bias at the targets' mean (a zero bias leaves a
+    target far from 0, such as a zoom factor of 60-100, unlearnt: R2 of 8-53).
+
+    Below ``FRESH_HEAD_LIMIT`` labels only: on the four dev cases of
+    ``benchmarks/regression_head.py`` (seeds 0-2) the new head scored higher on 23 of 24
+    case-seeds with 100 and 200 labels, but with 500 it lost 4.5-12.5 points on rotated
+    MNIST (in the CNN's own domain, where its stored statistics fit) while gaining 0.5-3.6
+    on the others. A ridge head fitted under batch statistics instead of a drawn one was
+    tried and did worse than both at 200 labels. Classification keeps the probe's head
+    (not measured).
     """
-    return task == "regression" and profile.batch_norm and train_bn and profile.family == "cnn"
+    return (
+        task == "regression"
+        and profile.batch_norm
+        and train_bn
+        and profile.family == "cnn"
+        and n_examples < FRESH_HEAD_LIMIT
+    )
 
 
 def _moves_further(

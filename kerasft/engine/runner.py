@@ -360,14 +360,15 @@ def _restore_length(saved: tuple[Any, int] | None) -> None:
         saved[0].sequence_length = saved[1]
 
 
-def _starts_from_batch_statistics(run: Run) -> bool:
-    """Whether this phase, a fine-tune right after the probe, starts from a head fitted
-    under batch statistics (:attr:`kerasft.engine.auto.AutoDecision.batch_stats_head`)."""
+def _starts_afresh(run: Run) -> bool:
+    """Whether this phase, a fine-tune right after the probe, starts from a new head
+    (:attr:`kerasft.engine.auto.AutoDecision.fresh_head`)."""
     return (
-        getattr(run.decision, "batch_stats_head", False)
+        getattr(run.decision, "fresh_head", False)
         and run.phase_index > 0
         and run.plan.phases[run.phase_index - 1].probe
         and run.probe is not None
+        and run.probe.target_mean is not None
         and not run.phase.staged
     )
 
@@ -586,19 +587,13 @@ class Runner:
             if replacement is not None:
                 run.replace_model(replacement)
         model = run.model
-        if _starts_from_batch_statistics(run):
+        if _starts_afresh(run):
             from kerasft import probe as probe_lib
 
-            start = probe_lib.fit_start_head(
-                model,
-                run.task,
-                run.data,
-                batch_size=run.data.batch_size,
-                seed=run.options.data.seed,
-            )
+            probe_lib.redraw_head(run.task.head, run.probe.target_mean, seed=run.options.data.seed)
             run.log(
-                "kerasft: the fine-tune starts from a head fitted to the features under batch "
-                f"statistics (ridge, strength {start.strength:g}); the probe stays a candidate"
+                "kerasft: the fine-tune starts from a head drawn afresh (bias at the targets' "
+                "mean); the probe stays a candidate"
             )
         run.phase_optimizer = self._optimizer(run, phase)
         if not model.trainable_weights:
