@@ -549,10 +549,9 @@ def test_a_cnn_regressor_fine_tunes_from_a_new_head_not_the_probes(shipped_model
         verbose=0,
         callbacks=[FirstStep()],
     )
-    assert result.decision.fresh_head
-    assert "from a new head" in str(
-        result.plan
-    ) and "head: with fewer than 500 labels, the fine-tune starts" in str(result.plan)
+    plan = str(result.plan)
+    assert result.decision.fresh_head and "from a new head" in plan
+    assert "head: with fewer than 500 labels, the fine-tune starts" in plan
     kernel, bias = seen[0]
     assert bias == pytest.approx([ink[:100].mean()], rel=1e-5)
     assert not np.allclose(kernel, result.probe.head.kernel.reshape(kernel.shape))
