@@ -18,9 +18,10 @@ Cases and model as ``benchmarks/regression_small.py`` (the shipped MNIST CNN wit
 one-unit linear head; dev: rotation angle of MNIST and Fashion-MNIST, zoom of MNIST,
 shift of Fashion-MNIST; held out: rotated sklearn digits), with ``--shots`` labels per
 class (10 or 20: 100 or 200 labels). With 500 labels the default keeps the probe's
-head: measured at commit 206a9ba, where the rule had no limit, a new head lost 4.5-12.5
-points on rotated MNIST and 1.6 on MNIST zoom (seed 0), and gained 0.5-3.6 on the other
-three cases.
+head: measured at commit 206a9ba, where the rule had no limit (2-core AMD EPYC VM, seeds
+0-2, this script's settings with 50 labels per class), a new head lost 4.5-12.5 points on
+rotated MNIST and 1.6 on MNIST zoom (seed 0), and gained 0.5-3.6 on the other three
+cases.
 
 Run::
 

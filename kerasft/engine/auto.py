@@ -635,10 +635,10 @@ def _fresh_head(profile: ModelProfile, task: str | None, train_bn: bool, n_examp
     MNIST (in the CNN's own domain, where its stored statistics fit) and 1.6 on MNIST zoom
     (seed 0) while gaining 0.5-3.6 on the other three cases. A ridge head fitted under
     batch statistics instead of a drawn one was tried and did worse on average than both
-    at 200 labels. Classification keeps the probe's head: a
-    new one (zero bias) lost on the matrix's convolutional dev cases, seeds 0-2: digits10
-    98.47/99.06/96.52 -> 84.80/92.87/96.29, mnist04_59 88.95/93.05/89.70 ->
-    89.25/91.05/88.30, faces40 96.25/94.38/98.12 -> 96.25/94.38/96.88.
+    at 200 labels. Classification keeps the probe's head: a new one (zero bias) lost on
+    the matrix's convolutional dev cases, seeds 0-2: digits10 98.47/99.06/96.52 ->
+    84.80/92.87/96.29, mnist04_59 88.95/93.05/89.70 -> 89.25/91.05/88.30, faces40
+    96.25/94.38/98.12 -> 96.25/94.38/96.88.
     """
     return (
         task == "regression"
