@@ -551,6 +551,31 @@ CASES = {
             "(stratified; diamonds_hj balances them, 30 per grade, while its test set keeps "
             "H-J's proportions); test: 2,000 of the other H-J diamonds",
         ),
+        Case(
+            "price_hj60",
+            "held-out",
+            "mlp",
+            "regression",
+            "r2",
+            1,
+            matrix_tabular.price_split(60),
+            matrix_tabular.pretrained_loader("diamonds_dg_price_mlp"),
+            "tabular regression: MLP pretrained here on the log price of diamonds of colours "
+            "D-G (from carat, cut, proportions and clarity) -> colours H-J, 60 labelled; "
+            "test: 2,000 of the other H-J diamonds",
+        ),
+        Case(
+            "price_hj600",
+            "held-out",
+            "mlp",
+            "regression",
+            "r2",
+            1,
+            matrix_tabular.price_split(600),
+            matrix_tabular.pretrained_loader("diamonds_dg_price_mlp"),
+            "the same price MLP -> colours H-J, 600 labelled; test: 2,000 of the other H-J "
+            "diamonds",
+        ),
     ]
 }
 

@@ -119,3 +119,22 @@ def test_diamonds_split_drawn_in_the_parts_proportions():
     assert len(mt.in_part("D-G")) + len(mt.in_part("H-J")) == len(y)
     with pytest.raises(ValueError, match="one of"):
         mt.diamonds_split(30, labelled=240)
+
+
+def test_price_split_regresses_log_price_of_colours_h_to_j():
+    """The tabular regression case: log prices of H-J diamonds, clarity an input."""
+    import matrix_tabular as mt
+
+    x, y = mt.load_prices()
+    raw, clarity, colour = mt.load_diamonds()
+    assert x.shape == (53_940, len(mt.PRICE_FEATURES)) and y.dtype == np.float32
+    np.testing.assert_array_equal(y, raw[:, mt.FEATURES.index("log price")])
+    np.testing.assert_array_equal(x[:, -1], clarity)
+    split = mt.price_split(60)(0, True)
+    assert len(split.y_train) == 60 and len(split.y_test) == 500
+    rows = {tuple(r) for r in x[np.isin(colour, mt.TARGET_COLOURS)].tolist()}
+    assert {tuple(r) for r in [*split.x_train.tolist(), *split.x_test.tolist()]} <= rows
+    assert not {tuple(r) for r in split.x_train.tolist()} & {
+        tuple(r) for r in split.x_test.tolist()
+    }
+    np.testing.assert_array_equal(mt.price_split(60)(0, True).y_train, split.y_train)  # seeded
