@@ -125,8 +125,10 @@ class ProbeChoice:
         chance: the held-out loss of guessing from label frequencies, when there are
             enough examples to compare with it.
         accuracies: held-out accuracy per pooling tried (single-label classification).
-        target_mean: regression: the mean of the training targets, per output (the bias of
-            a head drawn afresh: :func:`redraw_head`); otherwise `None`.
+        target_mean: regression: the mean of the training targets in the head's
+            pre-activation units (the targets' mean for a linear head, the mean of their
+            logits for a sigmoid head), per output: the bias of a head drawn afresh
+            (:func:`redraw_head`); otherwise `None`.
     """
 
     pooling: str
@@ -176,6 +178,46 @@ class ProbeChoice:
 
 
 # ----------------------------------------------------------------------------- targets
+
+
+# Regression heads whose activation the probe can invert: name -> (range, inverse).
+_INVERTIBLE = {
+    "sigmoid": ((0.0, 1.0), lambda t: np.log(t) - np.log1p(-t)),
+    "tanh": ((-1.0, 1.0), np.arctanh),
+}
+# How far inside the activation's range targets on its edges are pulled, as a share of it.
+EDGE = 0.01
+
+
+def pre_activation_targets(y: np.ndarray, activation: str) -> np.ndarray:
+    """Regression targets in the units the head's kernel and bias produce.
+
+    A linear head predicts the targets themselves. A ``sigmoid`` or ``tanh`` head predicts
+    the activation of its pre-activation value, so the probe fits the activation's
+    inverse of the targets (their logits for a sigmoid), targets on the edges of the
+    range pulled :data:`EDGE` of it inside (0 and 1 become 0.01 and 0.99 for a sigmoid):
+    least squares there is a start and a candidate, not the fit that minimises the
+    squared error of the outputs.
+
+    Raises:
+        ProbeUnavailable: another activation, or targets outside the activation's range.
+    """
+    y = np.asarray(y, "float64")
+    if activation == "linear":
+        return y
+    if activation not in _INVERTIBLE:
+        raise ProbeUnavailable(
+            f"a regression head with activation {activation!r}: the probe fits a linear head, "
+            f"or one through {sorted(_INVERTIBLE)}"
+        )
+    (low, high), inverse = _INVERTIBLE[activation]
+    if y.size and (y.min() < low or y.max() > high):
+        raise ProbeUnavailable(
+            f"a {activation} head outputs values in [{low:g}, {high:g}], and the targets span "
+            f"[{y.min():.4g}, {y.max():.4g}]"
+        )
+    margin = EDGE * (high - low)
+    return inverse(np.clip(y, low + margin, high - margin))
 
 
 def probe_targets(y: np.ndarray, label_mode: str) -> np.ndarray:
@@ -840,6 +882,9 @@ def fit_probe(
     feature_sets = _feature_sets(model, x)
     feature_seconds = time.perf_counter() - start
     spec = task.spec
+    targets = y  # what the head's kernel and bias fit: regression in pre-activation units
+    if spec.label_mode == "continuous":
+        targets = pre_activation_targets(y, surgery.head_activation(model))
     class_weight = task.class_weight
     if spec.label_mode == "multi_hot" and getattr(task.loss, "pos_weight", None) is not None:
         class_weight = dict(enumerate(task.loss.pos_weight))  # the weighted loss's positives
@@ -857,7 +902,7 @@ def fit_probe(
     def fit(features: np.ndarray, towards: Any) -> LinearHead:
         return fit_linear_head(
             features,
-            y,
+            targets,
             spec.label_mode,
             spec.num_classes,
             class_weight=class_weight,
@@ -895,9 +940,9 @@ def fit_probe(
         time.perf_counter() - start - feature_seconds,
         train_loss,
         model,
-        chance_loss(y, spec.label_mode) if judge else None,
+        chance_loss(targets, spec.label_mode) if judge else None,
         {k: v.accuracy for k, v in fitted.items() if v.accuracy is not None},
-        np.mean(np.asarray(y, "float64"), axis=0) if spec.label_mode == "continuous" else None,
+        np.mean(targets, axis=0) if spec.label_mode == "continuous" else None,
     )
 
 

@@ -289,3 +289,36 @@ def test_finetune_centres_the_probe_on_a_kept_head_only_where_it_helps(shipped_m
     renamed = (split.y_train + 1) % 10  # class c is now called c + 1: the head means otherwise
     other = kerasft.finetune(shipped_model, (split.x_train, renamed), epochs=0, verbose=0)
     assert other.probe.head.centre == "zero"
+
+
+def test_a_sigmoid_regression_head_is_probed_in_its_logits(shipped_model, digits_small):
+    """Targets in 0-1 through a sigmoid head: the probe fits their logits, not the values."""
+    x, y = digits_small
+    share = ((y + 0.5) / 10.0).astype("float32")  # each digit's value as a share of 10
+    spec = kerasft.data.infer_spec(share)
+
+    def probed(activation: str):
+        model = keras.models.clone_model(shipped_model)
+        model.set_weights(shipped_model.get_weights())
+        options = kerasft.Options.from_keywords(head=kerasft.HeadConfig(activation=activation))
+        task = kerasft.engine.setup_task(model, spec, options.task, seed=0)
+        choice = probe.fit_probe(task.model, task, types.SimpleNamespace(arrays=(x, share)))
+        predicted = choice.model.predict(x, verbose=0)[:, 0]
+        return choice, float(np.mean((predicted - share) ** 2))
+
+    sigmoid, sigmoid_mse = probed("sigmoid")
+    linear, linear_mse = probed("linear")
+    assert probe.surgery.head_activation(sigmoid.model) == "sigmoid"
+    # fitted in logits and read through the sigmoid: as close as the linear head
+    assert sigmoid_mse < 1.5 * linear_mse and sigmoid_mse < 0.5 * np.var(share)
+    assert sigmoid.train_loss == pytest.approx(sigmoid_mse, rel=1e-3)
+    logits = np.log(share) - np.log1p(-share)
+    assert float(np.squeeze(sigmoid.target_mean)) == pytest.approx(logits.mean(), abs=1e-6)
+    assert float(np.squeeze(linear.target_mean)) == pytest.approx(share.mean(), rel=1e-5)
+    edges = probe.pre_activation_targets(np.array([0.0, 0.5, 1.0]), "sigmoid")
+    np.testing.assert_allclose(edges, [np.log(0.01 / 0.99), 0.0, np.log(0.99 / 0.01)])
+    np.testing.assert_allclose(probe.pre_activation_targets(np.array([-1.0, 0.0]), "tanh")[1], 0.0)
+    with pytest.raises(probe.ProbeUnavailable, match=r"outputs values in \[0, 1\].*\[0, 9\]"):
+        probe.pre_activation_targets(y.astype("float64"), "sigmoid")
+    with pytest.raises(probe.ProbeUnavailable, match="activation 'relu'"):
+        probe.pre_activation_targets(share, "relu")
