@@ -39,6 +39,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from kerasft import surgery
+from kerasft.data.inputs import for_keras
 
 __all__ = [
     "LinearHead",
@@ -766,7 +767,7 @@ def head_features(model: keras.Model, x: Any, *, batch_size: int = 64) -> np.nda
             "only from a head of the outer graph."
         )
     extractor = keras.Model(model.inputs, tensor)
-    out = extractor.predict(x, batch_size=batch_size, verbose=0)
+    out = extractor.predict(for_keras(x), batch_size=batch_size, verbose=0)
     return np.asarray(out).reshape(len(out), -1)
 
 

@@ -111,6 +111,24 @@ def test_raw_strings_into_a_text_vectorization_model(reviews):
         kerasft.finetune(model, (np.zeros((10,)), np.arange(10) % 2), verbose=0)
 
 
+def test_raw_strings_reach_the_closed_form_probe(reviews):
+    """The default recipe probes a text model's head on its features from the raw strings."""
+    vectorize = keras.layers.TextVectorization(
+        max_tokens=3000, output_sequence_length=40, name="vectorize"
+    )
+    vectorize.adapt(reviews.x_train)
+    inputs = keras.Input((), dtype="string", name="text")
+    x = keras.layers.Embedding(3000, 16, name="embed")(vectorize(inputs))
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+    texts = np.asarray(reviews.x_train)  # numpy's fixed-width unicode, as users hold text
+    assert texts.dtype.kind == "U"
+    result = kerasft.finetune(model, (texts, reviews.y_train), seed=0, verbose=0)
+    assert result.probe is not None and result.probe.pooling == "head input"
+    assert result.probe.head.selection == "5-fold cross-validation"
+    assert result.evaluate((np.asarray(reviews.x_test), reviews.y_test)).num_examples == 200
+
+
 def test_variable_length_token_ids_are_padded(reviews):
     words = {
         w: i + 1

@@ -240,6 +240,14 @@ def restructure(flat: Sequence[Any], like: Any) -> Any:
     return flat[0]
 
 
+def for_keras(x: Any) -> Any:
+    """``x`` as Keras's array adapter takes it: numpy's fixed-width unicode text as Python
+    strings (an object array); everything else as it is."""
+    return keras.tree.map_structure(
+        lambda a: a.astype(object) if isinstance(a, np.ndarray) and a.dtype.kind == "U" else a, x
+    )
+
+
 def num_examples(x: Any, argument: str = "data") -> int:
     """The number of examples in ``x``, checking every input has the same.
 

@@ -148,12 +148,12 @@ def evaluate(
         ValueError: ``tta=True`` for a model whose input is not an image.
     """
     from kerasft.data import InputSignature, read_examples
+    from kerasft.data.inputs import for_keras
 
     hub = "keras_hub" in type(model).__module__ or getattr(model, "preprocessor", None) is not None
     signature = None if hub else InputSignature.of(model)
     x, y = read_examples(data, signature=signature, argument="data", label_columns=label_columns)
-    # Keras's array adapter takes text as Python strings, not numpy's fixed-width unicode.
-    x = keras.tree.map_structure(lambda a: a.astype(object) if a.dtype.kind == "U" else a, x)
+    x = for_keras(x)
     if tta:
         if from_logits is None:
             from_logits = _outputs_are_logits(model)
