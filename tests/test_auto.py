@@ -483,6 +483,33 @@ def test_a_handicapped_candidate_wins_only_by_more_than_its_handicap():
         np.testing.assert_allclose(tracker.best_weights[0], kept)
 
 
+def test_a_probe_trained_by_gradient_carries_the_same_handicap(digits):
+    """Where the closed form is unavailable the probe trains by ``fit``: its margin holds."""
+    from kerasft.engine.hooks import _Tracker
+
+    x, y = digits[0][:200], digits[1][:200]
+    flat = x.reshape(200, -1).astype("float32") / 255.0
+    model = keras.Sequential([keras.Input((flat.shape[1],)), keras.layers.Dense(10)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss, metrics=["accuracy"])
+    tracker = _Tracker("val_accuracy", "max", final_only=True, tie_break="val_loss")
+    tracker.phase, tracker.handicap = "probe", lambda value: 1.0  # a whole accuracy: never wins
+    model.fit(
+        flat[:160],
+        y[:160],
+        validation_data=(flat[160:], y[160:]),
+        epochs=2,
+        verbose=0,
+        callbacks=[tracker],
+    )
+    assert tracker.best_phase == "probe"  # alone it is the best there is
+    tracker.phase, tracker.handicap = "finetune", None
+    tracker.on_train_begin()
+    tracker.on_epoch_end(0, {"val_accuracy": 0.1, "val_loss": 2.3})
+    tracker.on_train_end()
+    assert tracker.best_phase == "finetune" and tracker.best_value == pytest.approx(0.1)
+
+
 def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     """A tabular MLP with < 200 labels and nothing held out: the probe, no fine-tune."""
     x, y = digits

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import re
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -106,6 +107,8 @@ class _Tracker(keras.callbacks.Callback):
         self.best_logged: float | None = None
         self.phase = ""
         self.from_epoch = 0
+        # The current phase's handicap from its logged value (a probe trained by gradient).
+        self.handicap: Callable[[Any], float] | None = None
         self._last: dict[str, Any] | None = None
 
     def restart(self, from_epoch: int) -> None:
@@ -132,11 +135,14 @@ class _Tracker(keras.callbacks.Callback):
         if self.final_only:
             self._last = dict(logs or {})
             return
-        self._consider(logs or {}, self.model, self.phase)
+        self._consider(logs or {}, self.model, self.phase, self._handicap(logs or {}))
 
     def on_train_end(self, logs=None):
         if self.final_only and self._last is not None:
-            self._consider(self._last, self.model, self.phase)
+            self._consider(self._last, self.model, self.phase, self._handicap(self._last))
+
+    def _handicap(self, logs: dict[str, Any]) -> float:
+        return 0.0 if self.handicap is None else self.handicap(logs.get(self.monitor))
 
     def _consider(
         self, logs: dict[str, Any], model: keras.Model, phase: str, handicap: float = 0.0

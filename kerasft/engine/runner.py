@@ -538,7 +538,14 @@ class Runner:
                 f"{epochs} epochs"
             )
             run.phase = dataclasses.replace(run.phase, solver="fit", epochs=epochs, rate=Rate(1e-2))
-            return self._phase(run, speed)
+            if run.best is None or run.keep_final:
+                return self._phase(run, speed)
+            # The closed-form probe's margin holds for one trained by gradient too.
+            run.best.handicap = functools.partial(probe_handicap, run.decision)
+            try:
+                return self._phase(run, speed)
+            finally:
+                run.best.handicap = None
         if run.probe.model is not run.model:
             run.replace_model(run.probe.model)
             if run.task.adapters is not None:  # the new head trains beside the adapters
