@@ -185,6 +185,23 @@ def image_transfer(source: Callable, shots: int, classes: tuple[int, ...] | None
     return load
 
 
+def footwear_split(shots: int) -> Callable[[int, bool], FewShotSplit]:
+    """Fashion-MNIST footwear (sandal, sneaker, ankle boot: 1) against the other 7 classes (0).
+
+    ``shots`` images of each of the 10 classes, so 30% of the labels are footwear, as in
+    the fixed 2,000 test images drawn in the test set's proportions.
+    """
+
+    def load(seed: int, quick: bool) -> FewShotSplit:
+        (x, y), (xt, yt) = fashion()
+        train = md.per_class(y, shots, seed)
+        test = md.stratified_sample(yt, _cap(quick, "image", 2000))
+        footwear = lambda labels: np.isin(labels, (5, 7, 9)).astype("int64")  # noqa: E731
+        return FewShotSplit(x[train], footwear(y[train]), xt[test], footwear(yt[test]))
+
+    return load
+
+
 def rt_split(n_train: int) -> Callable[[int, bool], FewShotSplit]:
     def load(seed: int, quick: bool) -> FewShotSplit:
         texts, labels = rotten()
@@ -419,6 +436,29 @@ CASES = {
             "shipped MNIST CNN -> Fashion-MNIST, 100 labels/class (1,000); test: 2,000",
         ),
         Case(
+            "mnist_fashion10",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            image_transfer(fashion, 10),
+            shipped,
+            "shipped MNIST CNN -> Fashion-MNIST, 10 labels/class (100); test: 2,000",
+        ),
+        Case(
+            "footwear20",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            2,
+            footwear_split(20),
+            shipped,
+            "shipped MNIST CNN (its 10-way head replaced by 2) -> Fashion-MNIST footwear or "
+            "not, 20 images of each of the 10 classes (200, 60 of them footwear); test: 2,000",
+        ),
+        Case(
             "mnist_fashion300",
             "held-out",
             "cnn",
@@ -440,6 +480,17 @@ CASES = {
             fashion_cnn,
             "CNN pretrained here on Fashion-MNIST (2 epochs) -> MNIST, 20 labels/class (200); "
             "test: 2,000",
+        ),
+        Case(
+            "fashion_mnist5",
+            "held-out",
+            "cnn",
+            "classification",
+            "accuracy",
+            10,
+            image_transfer(full_mnist, 5),
+            fashion_cnn,
+            "the Fashion-MNIST CNN -> MNIST, 5 labels/class (50); test: 2,000",
         ),
         Case(
             "ng20",
@@ -474,6 +525,18 @@ CASES = {
             corpus_split("reuters-r8", 20),
             minilm(8),
             "MiniLM BertTextClassifier -> Reuters R8, 20 labels/class (160); test: 1,000",
+        ),
+        Case(
+            "glove_rt200",
+            "held-out",
+            "glove",
+            "classification",
+            "accuracy",
+            2,
+            rt_split(200),
+            glove_model,
+            "the GloVe model of glove_rt1000, Rotten Tomatoes, 200 labelled; test: 1,000",
+            new_layers=("hidden",),
         ),
         Case(
             "glove_rt1000",
