@@ -528,7 +528,7 @@ CASES = {
         ),
         Case(
             "glove_rt200",
-            "held-out",
+            "dev",
             "glove",
             "classification",
             "accuracy",

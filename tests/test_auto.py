@@ -546,6 +546,13 @@ def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     words = auto.profile_model(text, text.layers[-1])
     assert words.family == "mlp" and words.embeddings
     assert auto.decide(words, task="classification", **small).epochs > 0
+    # With a holdout, a model with embeddings keeps its fine-tune unless the probe is
+    # clearly better; a tabular MLP and a regressor with embeddings choose on the scores.
+    kept = auto.decide(words, task="classification", **held)
+    assert kept.probe_margin == pytest.approx(1 / np.sqrt(48)) and not kept.probe_margin_relative
+    assert any("a model that trains its embeddings wins" in r for r in kept.reasons)
+    assert auto.decide(profile, task="classification", **held).probe_margin == 0
+    assert auto.decide(words, task="regression", **held).probe_margin == 0
 
 
 def test_a_cnn_regressor_fine_tunes_from_a_new_head_not_the_probes(shipped_model, digits):
