@@ -564,6 +564,19 @@ CASES = {
             new_layers=("hidden",),
         ),
         Case(
+            "glove_r8_40",
+            "held-out",
+            "glove",
+            "classification",
+            "accuracy",
+            8,
+            corpus_split("reuters-r8", 40),
+            glove_model,
+            "the GloVe model of glove_rt1000 (its 2-way head replaced by 8) -> Reuters R8, 40 "
+            "labels/class (320); test: 1,000",
+            new_layers=("hidden",),
+        ),
+        Case(
             "dict200",
             "held-out",
             "cnn",
