@@ -32,7 +32,8 @@ task), and writes down each decision and its reason in the plan:
    that trains at three times its rate, choosing on accuracy or on a mean squared error
    before a refit, keeps its fine-tune unless the probe is better by more than two
    standard errors (:func:`_probe_margin`): a holdout of a few dozen examples tells them
-   apart by chance.
+   apart by chance. So does a dense classifier with embeddings
+   (:func:`_embeddings_fine_tune`).
    Below :data:`REFIT_LIMIT` examples the winner is then trained on all labels, since
    a fifth of a small data set is too much to leave out: the choosing run fine-tunes a
    whole schedule over half the budget, enough to say whether a fine-tune beats the
