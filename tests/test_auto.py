@@ -553,6 +553,14 @@ def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     assert any("a model that trains its embeddings wins" in r for r in kept.reasons)
     assert auto.decide(profile, task="classification", **held).probe_margin == 0
     assert auto.decide(words, task="regression", **held).probe_margin == 0
+    # A model with embeddings counts 600 steps (a step moves only the vectors of its
+    # batch's words), a tabular MLP 300: 25 and 12 epochs of 24 steps, halved to choose.
+    assert any(
+        r.startswith("budget: about 600 optimizer steps for a model with embeddings: 25")
+        for r in kept.reasons
+    ), kept.reasons
+    tabular = auto.decide(profile, task="classification", **held)
+    assert any(r.startswith("budget: 15 epochs of 24 steps") for r in tabular.reasons)
 
 
 def test_a_cnn_regressor_fine_tunes_from_a_new_head_not_the_probes(shipped_model, digits):
