@@ -554,7 +554,7 @@ def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     assert auto.decide(profile, task="classification", **held).probe_margin == 0
     assert auto.decide(words, task="regression", **held).probe_margin == 0
     # A model with embeddings counts 600 steps (a step moves only the vectors of its
-    # batch's words), a tabular MLP 300: 25 and 12 epochs of 24 steps, halved to choose.
+    # batch's words): 25 epochs of 24 steps; a tabular MLP 300, under its floor of 15.
     assert any(
         r.startswith("budget: about 600 optimizer steps for a model with embeddings: 25")
         for r in kept.reasons

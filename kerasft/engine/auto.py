@@ -18,7 +18,8 @@ task), and writes down each decision and its reason in the plan:
    budget counted in optimizer steps (converted to epochs of the batch size that fits
    the data: at least about ten steps an epoch; a convolutional or dense network's
    covers at least 15 epochs, more than the steps above 640 training examples at batch
-   32). A convolutional network with :data:`SMALL_DATA` labelled examples or more
+   32; a model with embeddings counts twice the steps, :data:`EMBEDDING_STEPS`). A
+   convolutional network with :data:`SMALL_DATA` labelled examples or more
    trains at three times its rate: labels enough to move the body further. Given
    validation data, convolutional and dense networks try two rates, the family's and
    three times it, by successive halving: both train the first half of the budget, the
