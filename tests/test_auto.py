@@ -13,6 +13,8 @@ from test_tasks import small_bert_classifier
 import kerasft
 from kerasft import datasets
 from kerasft.engine import auto
+from kerasft.engine import plan as plan_lib
+from kerasft.engine.options import RecipeOptions
 
 
 @pytest.fixture(scope="module")
@@ -561,6 +563,16 @@ def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     ), kept.reasons
     tabular = auto.decide(profile, task="classification", **held)
     assert any(r.startswith("budget: 15 epochs of 24 steps") for r in tabular.reasons)
+    # After its warmup, a classifier with embeddings keeps its peak rate to the end; the
+    # others decay along a cosine, and so does the plan's phase.
+    assert kept.schedule == "warmup_constant"
+    assert any("warmup 10% and then that rate to the end" in r for r in kept.reasons)
+    assert tabular.schedule == "warmup_cosine"
+    assert auto.decide(words, task="regression", **held).schedule == "warmup_cosine"
+    phases = plan_lib.build_plan(
+        text, text.layers[-1], RecipeOptions(recipe="auto"), 24, decision=kept
+    ).phases
+    assert [p.schedule for p in phases] == ["constant", "warmup_constant"]
 
 
 def test_a_cnn_regressor_fine_tunes_from_a_new_head_not_the_probes(shipped_model, digits):

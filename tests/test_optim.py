@@ -9,7 +9,12 @@ import pytest
 from kerasft import _keras_compat as compat
 from kerasft import schedules
 from kerasft.callbacks import GradualUnfreezing
-from kerasft.engine.optim import phase_optimizer, staged_optimizer, warmup_cosine
+from kerasft.engine.optim import (
+    phase_optimizer,
+    staged_optimizer,
+    warmup_constant,
+    warmup_cosine,
+)
 from kerasft.engine.plan import Phase, Rate, Stage
 
 
@@ -42,6 +47,26 @@ def test_warmup_cosine_keeps_degenerate_lengths_valid():
     full = warmup_cosine(2e-3, total_steps=4, warmup_fraction=1.0)
     assert (full.total_steps, full.warmup_steps) == (4, 3)
     assert float(full(3)) == pytest.approx(2e-3)
+
+
+def test_warmup_constant_holds_the_peak_after_its_warmup():
+    sched = warmup_constant(1e-3, total_steps=100, warmup_fraction=0.1)
+    assert isinstance(sched, schedules.WarmupCosineDecay)
+    assert (sched.total_steps, sched.warmup_steps, sched.final_learning_rate) == (100, 10, 1e-3)
+    values = [float(sched(step)) for step in (0, 5, 10, 55, 100, 150)]
+    np.testing.assert_allclose(values, [0.0, 5e-4, 1e-3, 1e-3, 1e-3, 1e-3], rtol=1e-6)
+    # A plateau callback scales it as it scales the cosine.
+    np.testing.assert_allclose(float(sched.scaled(0.5)(55)), 5e-4, rtol=1e-6)
+
+
+def test_a_phase_warmed_up_then_constant_gets_that_schedule(shipped_model):
+    phase = Phase(
+        "finetune", epochs=3, trains="all", rate=Rate(2e-3), schedule="warmup_constant", warmup=0.2
+    )
+    out = phase_optimizer(shipped_model, phase, _adam, steps_per_epoch=5)
+    sched = compat.learning_rate_object(out.optimizer)
+    assert (sched.total_steps, sched.warmup_steps) == (15, 3)
+    assert float(sched(14)) == pytest.approx(2e-3) and out.peak == 2e-3
 
 
 def test_warmup_cosine_survives_serialization():

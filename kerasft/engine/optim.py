@@ -1,7 +1,8 @@
 """The optimizer of each phase: its schedule, its layer-wise rates, and the stages.
 
 A phase trains at one peak rate, constant (head phases) or warmed up linearly and
-decayed along a cosine (phases that train the body). With ``lr_mult`` or
+decayed along a cosine (phases that train the body), or warmed up and then held at its
+peak (``recipe="auto"``'s fine-tune of a model with embeddings). With ``lr_mult`` or
 ``layer_decay`` the rate spreads over layer groups through a Keras ``MultiOptimizer``
 (:mod:`kerasft.layerwise`). A staged phase (gradual unfreezing) gets one sub-optimizer
 per stage, each with its own warmup from the epoch its layers join, and the
@@ -22,7 +23,13 @@ from kerasft.callbacks import GradualUnfreezing
 from kerasft.engine.plan import Phase
 from kerasft.unfreezing import apply_trainable
 
-__all__ = ["PhaseOptimizer", "warmup_cosine", "phase_optimizer", "staged_optimizer"]
+__all__ = [
+    "PhaseOptimizer",
+    "warmup_cosine",
+    "warmup_constant",
+    "phase_optimizer",
+    "staged_optimizer",
+]
 
 MakeOptimizer = Callable[[Any], keras.optimizers.Optimizer]
 
@@ -58,6 +65,24 @@ def warmup_cosine(
     return _schedules.WarmupCosineDecay(peak, total_steps=total_steps, warmup_steps=warmup)
 
 
+def warmup_constant(
+    peak: float, total_steps: int, warmup_fraction: float
+) -> _schedules.WarmupCosineDecay:
+    """Linear warmup over ``warmup_fraction`` of ``total_steps``, then ``peak`` to the end.
+
+    A :class:`~kerasft.schedules.WarmupCosineDecay` whose final rate is its peak, so
+    ``ReduceLROnPlateauScaled`` can scale it as it scales the cosine.
+    """
+    total_steps = max(1, total_steps)
+    warmup = min(int(round(warmup_fraction * total_steps)), total_steps - 1)
+    return _schedules.WarmupCosineDecay(
+        peak, total_steps=total_steps, warmup_steps=warmup, final_learning_rate=peak
+    )
+
+
+_SCHEDULES = {"warmup_cosine": warmup_cosine, "warmup_constant": warmup_constant}
+
+
 def phase_optimizer(
     model: keras.Model,
     phase: Phase,
@@ -71,8 +96,8 @@ def phase_optimizer(
     """The optimizer of a non-staged phase: one rate, or one per layer group."""
     peak = float(phase.rate)
     rate: Any = peak
-    if phase.schedule == "warmup_cosine":
-        rate = warmup_cosine(peak, phase.epochs * steps_per_epoch, phase.warmup)
+    if phase.schedule in _SCHEDULES:
+        rate = _SCHEDULES[phase.schedule](peak, phase.epochs * steps_per_epoch, phase.warmup)
     template = make(rate)
     if phase.spread and (lr_mult is not None or layer_decay is not None):
         optimizer = layerwise.discriminative_optimizer(

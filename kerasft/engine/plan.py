@@ -94,6 +94,10 @@ class Stage:
     rate: Rate = Rate()
 
 
+#: How plans and logs name a phase's schedule (a constant rate goes unnamed).
+SCHEDULE_NAMES = {"warmup_cosine": "warmup+cosine", "warmup_constant": "warmup+constant"}
+
+
 @dataclass(frozen=True)
 class Phase:
     """One ``fit`` of a run.
@@ -105,7 +109,8 @@ class Phase:
             top fraction, a regex), ``"stages"``, or ``"adapters"`` (low-rank adapters and
             the layers trained in full beside them, as ``kerasft.peft.apply_lora`` set them).
         rate: the peak learning rate.
-        schedule: ``"constant"`` or ``"warmup_cosine"``.
+        schedule: ``"constant"``, ``"warmup_cosine"`` or ``"warmup_constant"`` (warmed up,
+            then held at the peak).
         warmup: fraction of the phase's steps spent warming up.
         spread: whether ``lr_mult`` / ``layer_decay`` spread the rate over layer groups.
         stages: for a staged phase, when which layers join (trainable set changes in fit).
@@ -246,7 +251,8 @@ class Plan:
                 out.append((phase.name, 0, counts[0], "closed form (L-BFGS/ridge)"))
                 continue
             if not phase.staged:
-                schedule = " warmup+cosine" if phase.schedule == "warmup_cosine" else ""
+                named = SCHEDULE_NAMES.get(phase.schedule)
+                schedule = f" {named}" if named else ""
                 spread = (
                     f" layer decay {phase.layer_decay:g}"
                     if phase.layer_decay
@@ -421,7 +427,7 @@ def _auto(
         decision.epochs,
         decision.unfreeze,
         Rate(decision.rate),
-        "warmup_cosine",
+        getattr(decision, "schedule", "warmup_cosine"),
         decision.warmup,
         spread=decision.layer_decay is not None or o.lr_mult is not None,
         train_bn=o.train_bn,

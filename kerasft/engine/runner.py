@@ -32,6 +32,7 @@ from kerasft.engine.loading import load_model
 from kerasft.engine.optim import PhaseOptimizer, phase_optimizer, staged_optimizer
 from kerasft.engine.options import Options
 from kerasft.engine.plan import (
+    SCHEDULE_NAMES,
     Phase,
     Plan,
     Rate,
@@ -360,6 +361,12 @@ def _restore_length(saved: tuple[Any, int] | None) -> None:
         saved[0].sequence_length = saved[1]
 
 
+def _schedule_text(schedule: str) -> str:
+    """The phase log's note of a schedule: ``" (warmup+cosine)"``, or none for a constant rate."""
+    named = SCHEDULE_NAMES.get(schedule)
+    return f" ({named})" if named else ""
+
+
 def _starts_afresh(run: Run) -> bool:
     """Whether this phase, a fine-tune right after the probe, starts from a new head
     (:attr:`kerasft.engine.auto.AutoDecision.fresh_head`)."""
@@ -619,7 +626,7 @@ class Runner:
             f"kerasft phase {run.phase_index + 1}/{len(run.plan.phases)} '{phase.name}': "
             f"{phase.epochs} epoch{'s' if phase.epochs != 1 else ''}, "
             f"lr {self._rates_text(run, phase)}"
-            f"{' (warmup+cosine)' if phase.schedule != 'constant' else ''}, {run.phase_counts}"
+            f"{_schedule_text(phase.schedule)}, {run.phase_counts}"
         )
         start = time.perf_counter()
         earlier: dict[str, list[float]] = {}
