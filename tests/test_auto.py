@@ -623,3 +623,25 @@ def test_a_cnn_regressor_fine_tunes_from_a_new_head_not_the_probes(shipped_model
     assert not kerasft.plan(shipped_model, (x[:100], y[:100])).decision.fresh_head
     frozen_bn = kerasft.plan(regressor, (x[:100], ink[:100]), head=head, train_bn=False)
     assert not frozen_bn.decision.fresh_head and "from the probe" in str(frozen_bn)
+
+
+def test_a_planned_new_head_with_no_closed_form_probe_says_it_is_not_drawn(
+    shipped_model, digits, capsys
+):
+    """A sigmoid regression head whose targets leave 0-1 has no closed-form probe (nor a
+    targets' mean in its units): the fine-tune starts from the head trained in its place,
+    and the run says so where the plan had promised a new one."""
+    x, y = digits
+    regressor = keras.Model(
+        shipped_model.inputs,
+        keras.layers.Dense(1, activation="sigmoid")(shipped_model.layers[-2].output),
+    )
+    head = kerasft.HeadConfig(task="regression", activation="sigmoid")
+    result = kerasft.finetune(
+        regressor, (x[:100], y[:100].astype("float32")), head=head, epochs=1, seed=0, verbose=1
+    )
+    out = capsys.readouterr().out
+    assert result.decision.fresh_head and result.probe is None
+    assert "no closed-form probe" in out
+    assert "not one drawn afresh as planned" in out
+    assert "starts from a head drawn afresh" not in out

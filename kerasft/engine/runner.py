@@ -367,17 +367,21 @@ def _schedule_text(schedule: str) -> str:
     return f" ({named})" if named else ""
 
 
-def _starts_afresh(run: Run) -> bool:
-    """Whether this phase, a fine-tune right after the probe, starts from a new head
-    (:attr:`kerasft.engine.auto.AutoDecision.fresh_head`)."""
+def _plans_afresh(run: Run) -> bool:
+    """Whether the plan has this phase, a fine-tune right after the probe, start from a new
+    head (:attr:`kerasft.engine.auto.AutoDecision.fresh_head`)."""
     return (
         getattr(run.decision, "fresh_head", False)
         and run.phase_index > 0
         and run.plan.phases[run.phase_index - 1].probe
-        and run.probe is not None
-        and run.probe.target_mean is not None
         and not run.phase.staged
     )
+
+
+def _starts_afresh(run: Run) -> bool:
+    """Whether this phase starts from a new head as planned: the probe gave the targets'
+    mean in the head's units, which the new head's bias takes."""
+    return _plans_afresh(run) and run.probe is not None and run.probe.target_mean is not None
 
 
 def probe_handicap(decision: Any, value: Any) -> float:
@@ -608,6 +612,12 @@ class Runner:
             run.log(
                 "kerasft: the fine-tune starts from a head drawn afresh (bias at the targets' "
                 "mean); the probe stays a candidate"
+            )
+        elif _plans_afresh(run):
+            run.log(
+                "kerasft: the fine-tune starts from the head trained in the probe's place, not "
+                "one drawn afresh as planned: with no closed-form probe there is no targets' "
+                "mean in the head's units for its bias"
             )
         run.phase_optimizer = self._optimizer(run, phase)
         if not model.trainable_weights:
