@@ -300,8 +300,8 @@ def _refit(
     L2 strength chosen by cross-validation on every label. A fine-tune that won after a
     whole schedule over half the budget (``decision.refit_epochs``) continues from the
     weights it won with, on every label, for the rest of the budget, when
-    ``decision.refit_continues`` (a second warmup and cosine schedule at the same rate
-    and batch size, no probe: convolutional and dense networks without L2-SP,
+    ``decision.refit_continues`` (a second warmup and schedule at the same rate and
+    batch size, no probe: convolutional and dense networks without L2-SP,
     :func:`kerasft.engine.auto.continues_winner`); else it trains again for the whole
     budget. A fine-tune trained again, or one that won over the epochs given, starts
     from the pretrained weights (``original`` puts them back on a model trained in
