@@ -763,6 +763,7 @@ def _schedule(profile: ModelProfile, task: str | None) -> str:
     20 Newsgroups 40 and 100 a class 52.8 and 61.5; Rotten Tomatoes 4,000 71.9), and a
     fine-tune from a head drawn afresh rather than the probe's lost 3.8-6.3 a seed on
     the dev cases (at half the budget it trailed the probe on the holdout: R52's probe won).
+    ``benchmarks/embedding_schedule.py`` prints the comparison.
     """
     return "warmup_constant" if _embeddings_fine_tune(profile, task) else "warmup_cosine"
 
