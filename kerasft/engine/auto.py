@@ -758,7 +758,7 @@ def _schedule(profile: ModelProfile, task: str | None) -> str:
     73.1 -> 72.2, where plain ``fit`` scores 71.8), the one loss. Two other architectures,
     held out (20 Newsgroups 40 a class, R8 40 a class, Rotten Tomatoes 1,000, the six
     groups 60 a class): GloVe -> mean -> head, +2.5, +0.7, -0.2, +1.6; a wider new layer
-    (Dense(256) and dropout 0.3), +3.1, +0.4, -0.0, +0.7. Tried and not kept: the constant
+    (Dense(256) and dropout 0.3), +3.2, +0.4, -0.0, +0.7. Tried and not kept: the constant
     rate in the choosing run and a cosine in the continuation fell between the two (dev
     20 Newsgroups 40 and 100 a class 52.8 and 61.5; Rotten Tomatoes 4,000 71.9), and a
     fine-tune from a head drawn afresh rather than the probe's lost 3.8-6.3 a seed on
