@@ -1,14 +1,18 @@
-"""A model that trains its embeddings: its fine-tune's rate held after warmup, or decayed.
+"""A model that trains its embeddings: its fine-tune's rate and its start from the probe.
 
 ``recipe="auto"`` warms a fine-tune up over 10% of its steps, then decays the rate along
-a cosine to zero; a dense classifier with embeddings instead keeps its peak rate to the
-end (``kerasft.engine.auto._schedule``): a word's vector moves only in the steps whose
-batch holds it, and under a cosine a rare word's last steps come at almost no rate. This
-script is the evidence, in one process per case and seed, on the same labelled examples:
+a cosine to zero, from the probe's head. A dense classifier with embeddings instead keeps
+its peak rate to the end (``kerasft.engine.auto._schedule``: a word's vector moves only
+in the steps whose batch holds it, and under a cosine a rare word's last steps come at
+almost no rate) and starts from the probe's head with its kernel halved
+(``kerasft.engine.auto._head_scale``: a head fitted to convergence leaves little error to
+move the layers below it). This script is the evidence, in one process per case and seed,
+on the same labelled examples:
 
 - ``kerasft``: ``kerasft.finetune(model, data, seed=seed)``, the defaults;
 - ``cosine``: the same call with the cosine decay every other model gets
   (``kerasft.engine.auto._schedule`` patched);
+- ``probe_head``: the same call from the probe's head as it is (``_head_scale`` patched);
 - ``fit30``: plain ``fit``, ``Adam(1e-3)``, 30 epochs, batch 32 (the matrix's).
 
 The model is the matrix's GloVe bag-of-words model (a ``TextVectorization`` over the
@@ -51,7 +55,7 @@ import side_by_side  # noqa: E402
 from kerasft.datasets import FewShotSplit  # noqa: E402
 from kerasft.engine import auto  # noqa: E402
 
-METHODS = ("kerasft", "cosine", "fit30")
+METHODS = ("kerasft", "cosine", "probe_head", "fit30")
 
 # 20 Newsgroups' groups by their top-level name (comp, rec, sci, talk, religion, misc).
 _TOP_LEVEL = {
@@ -145,8 +149,11 @@ def main(argv=None) -> None:
         split = case.load(seed, False)
         got = {}
         for method in METHODS:
-            cosine = mock.patch.object(auto, "_schedule", return_value="warmup_cosine")
-            with cosine if method == "cosine" else contextlib.nullcontext():
+            patch = {
+                "cosine": mock.patch.object(auto, "_schedule", return_value="warmup_cosine"),
+                "probe_head": mock.patch.object(auto, "_head_scale", return_value=1.0),
+            }.get(method, contextlib.nullcontext())
+            with patch:
                 out = matrix.run_method(
                     case, "fit30" if method == "fit30" else "kerasft", split, seed, False
                 )

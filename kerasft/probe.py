@@ -795,6 +795,18 @@ def set_head_weights(head: keras.layers.Layer, linear: LinearHead) -> None:
         )
 
 
+def scale_head(head: keras.layers.Layer, factor: float) -> bool:
+    """Multiply ``head``'s kernel by ``factor``, its bias kept: where the fine-tune of a
+    classifier with embeddings starts (see
+    :attr:`kerasft.engine.auto.AutoDecision.head_scale`). ``False`` for a head with no
+    kernel, left as it is."""
+    kernel_var = getattr(head, "kernel", None)
+    if kernel_var is None:
+        return False
+    kernel_var.assign(kernel_var * keras.ops.cast(factor, kernel_var.dtype))
+    return True
+
+
 def redraw_head(head: keras.layers.Layer, bias: np.ndarray, *, seed: int = 0) -> None:
     """Draw ``head``'s kernel afresh (Glorot uniform, as a new Dense layer's) and set its
     bias to ``bias``: where a regression fine-tune starts (see

@@ -569,6 +569,12 @@ def test_a_dense_network_below_the_holdout_line_returns_its_probe(digits):
     assert any("warmup 10% and then that rate to the end" in r for r in kept.reasons)
     assert tabular.schedule == "warmup_cosine"
     assert auto.decide(words, task="regression", **held).schedule == "warmup_cosine"
+    # ... and starts from the probe's head with its kernel halved; the others as it is.
+    assert kept.head_scale == 0.5
+    assert any(
+        r.startswith("head: the fine-tune starts from the probe's head") for r in kept.reasons
+    )
+    assert tabular.head_scale == auto.decide(words, task="regression", **held).head_scale == 1.0
     phases = plan_lib.build_plan(
         text, text.layers[-1], RecipeOptions(recipe="auto"), 24, decision=kept
     ).phases

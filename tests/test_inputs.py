@@ -129,6 +129,45 @@ def test_raw_strings_reach_the_closed_form_probe(reviews):
     assert result.evaluate((np.asarray(reviews.x_test), reviews.y_test)).num_examples == 200
 
 
+def test_a_text_classifier_fine_tunes_from_the_probes_head_halved(reviews):
+    """A model that trains its embeddings: the fine-tune starts from the probe's head with
+    its kernel times ``EMBEDDING_HEAD_SCALE``, its bias as the probe fitted it, at a rate
+    held after the warmup."""
+    from kerasft.engine import auto
+
+    vectorize = keras.layers.TextVectorization(
+        max_tokens=2000, output_sequence_length=32, name="vectorize"
+    )
+    vectorize.adapt(reviews.x_train[:120])
+    inputs = keras.Input((), dtype="string", name="text")
+    x = keras.layers.Embedding(2000, 16, name="embed")(vectorize(inputs))
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+    seen = []
+
+    class FirstStep(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if not seen:
+                head = self.model.get_layer("head")
+                seen.append((np.array(head.kernel), np.array(head.bias)))
+
+    texts = np.asarray(reviews.x_train[:120])
+    result = kerasft.finetune(
+        model, (texts, reviews.y_train[:120]), seed=0, epochs=1, verbose=0, callbacks=[FirstStep()]
+    )
+    decision = result.decision
+    assert decision.head_scale == auto.EMBEDDING_HEAD_SCALE == 0.5
+    assert decision.schedule == "warmup_constant"
+    assert "from the probe's head at 0.5 of its weights" in str(result.plan)
+    kernel, bias = seen[0]
+    probe = result.probe.head
+    np.testing.assert_allclose(
+        kernel, 0.5 * probe.kernel.reshape(kernel.shape), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(bias, probe.bias.reshape(bias.shape), rtol=1e-4, atol=1e-6)
+
+
 def test_variable_length_token_ids_are_padded(reviews):
     words = {
         w: i + 1

@@ -384,6 +384,17 @@ def _starts_afresh(run: Run) -> bool:
     return _plans_afresh(run) and run.probe is not None and run.probe.target_mean is not None
 
 
+def _scales_head(run: Run) -> bool:
+    """Whether this phase, a fine-tune right after the probe, starts from the probe's head
+    scaled (:attr:`kerasft.engine.auto.AutoDecision.head_scale`)."""
+    return (
+        getattr(run.decision, "head_scale", 1.0) != 1.0
+        and run.phase_index > 0
+        and run.plan.phases[run.phase_index - 1].probe
+        and not run.phase.staged
+    )
+
+
 def probe_handicap(decision: Any, value: Any) -> float:
     """The probe's handicap in its holdout score's units, from ``recipe="auto"``'s margin.
 
@@ -619,6 +630,20 @@ class Runner:
                 "one drawn afresh as planned: with no closed-form probe there is no targets' "
                 "mean in the head's units for its bias"
             )
+        elif _scales_head(run):
+            from kerasft import probe as probe_lib
+
+            factor = run.decision.head_scale
+            if probe_lib.scale_head(run.task.head, factor):
+                run.log(
+                    f"kerasft: the fine-tune starts from the probe's head with its kernel times "
+                    f"{factor:g} (bias kept); the probe stays a candidate"
+                )
+            else:
+                run.log(
+                    f"kerasft: the head {run.task.head.name!r} has no kernel to scale; the "
+                    "fine-tune starts from the probe's head as it is"
+                )
         run.phase_optimizer = self._optimizer(run, phase)
         if not model.trainable_weights:
             raise ValueError(
