@@ -798,10 +798,11 @@ def set_head_weights(head: keras.layers.Layer, linear: LinearHead) -> None:
 def scale_head(head: keras.layers.Layer, factor: float) -> bool:
     """Multiply ``head``'s kernel by ``factor``, its bias kept: where the fine-tune of a
     classifier with embeddings starts (see
-    :attr:`kerasft.engine.auto.AutoDecision.head_scale`). ``False`` for a head with no
-    kernel, left as it is."""
+    :attr:`kerasft.engine.auto.AutoDecision.head_scale`). ``False``, the head left as it
+    is, where its kernel is no floating-point variable (none, a quantized one, or a sum
+    with low-rank adapters)."""
     kernel_var = getattr(head, "kernel", None)
-    if kernel_var is None:
+    if not isinstance(kernel_var, keras.Variable) or "float" not in str(kernel_var.dtype):
         return False
     kernel_var.assign(kernel_var * keras.ops.cast(factor, kernel_var.dtype))
     return True

@@ -159,13 +159,23 @@ def test_a_text_classifier_fine_tunes_from_the_probes_head_halved(reviews):
     decision = result.decision
     assert decision.head_scale == auto.EMBEDDING_HEAD_SCALE == 0.5
     assert decision.schedule == "warmup_constant"
-    assert "from the probe's head at 0.5 of its weights" in str(result.plan)
+    assert "from the probe's head, its kernel times 0.5," in str(result.plan)
     kernel, bias = seen[0]
     probe = result.probe.head
     np.testing.assert_allclose(
         kernel, 0.5 * probe.kernel.reshape(kernel.shape), rtol=1e-4, atol=1e-6
     )
     np.testing.assert_allclose(bias, probe.bias.reshape(bias.shape), rtol=1e-4, atol=1e-6)
+    # A kernel that is no float variable (low-rank adapters summed in) is left as it is.
+    from kerasft import probe as probe_lib
+
+    dense = keras.layers.Dense(2)
+    dense.build((None, 4))
+    before = np.array(dense.kernel)
+    assert probe_lib.scale_head(dense, 0.5)
+    np.testing.assert_allclose(np.array(dense.kernel), 0.5 * before)
+    dense.enable_lora(2)
+    assert not probe_lib.scale_head(dense, 0.5)
 
 
 def test_variable_length_token_ids_are_padded(reviews):

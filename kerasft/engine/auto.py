@@ -555,7 +555,7 @@ def decide(
     head_scale = 1.0 if probe_only or fresh else _head_scale(profile, task)
     start = "a new head" if fresh else "the probe"
     if head_scale != 1.0:
-        start = f"the probe's head at {head_scale:g} of its weights"
+        start = f"the probe's head, its kernel times {head_scale:g}"
     if not probe_only:
         reasons.append(
             f"fine-tune: {what} from {start}, {optimizer} at "

@@ -641,8 +641,8 @@ class Runner:
                 )
             else:
                 run.log(
-                    f"kerasft: the head {run.task.head.name!r} has no kernel to scale; the "
-                    "fine-tune starts from the probe's head as it is"
+                    f"kerasft: the head {run.task.head.name!r} has no floating-point kernel "
+                    "variable to scale; the fine-tune starts from the probe's head as it is"
                 )
         run.phase_optimizer = self._optimizer(run, phase)
         if not model.trainable_weights:
