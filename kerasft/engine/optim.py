@@ -60,9 +60,7 @@ def warmup_cosine(
     kerasft's schedule rather than Keras's ``CosineDecay``: ``ReduceLROnPlateauScaled``
     can scale it.
     """
-    total_steps = max(1, total_steps)
-    warmup = min(int(round(warmup_fraction * total_steps)), total_steps - 1)
-    return _schedules.WarmupCosineDecay(peak, total_steps=total_steps, warmup_steps=warmup)
+    return _warmup_then(peak, total_steps, warmup_fraction, final=0.0)
 
 
 def warmup_constant(
@@ -73,10 +71,18 @@ def warmup_constant(
     A :class:`~kerasft.schedules.WarmupCosineDecay` whose final rate is its peak, so
     ``ReduceLROnPlateauScaled`` can scale it as it scales the cosine.
     """
+    return _warmup_then(peak, total_steps, warmup_fraction, final=peak)
+
+
+def _warmup_then(
+    peak: float, total_steps: int, warmup_fraction: float, final: float
+) -> _schedules.WarmupCosineDecay:
+    """Linear warmup over ``warmup_fraction`` of ``total_steps`` (at least 1, the warmup
+    shorter), then a cosine from ``peak`` to ``final``."""
     total_steps = max(1, total_steps)
     warmup = min(int(round(warmup_fraction * total_steps)), total_steps - 1)
     return _schedules.WarmupCosineDecay(
-        peak, total_steps=total_steps, warmup_steps=warmup, final_learning_rate=peak
+        peak, total_steps=total_steps, warmup_steps=warmup, final_learning_rate=final
     )
 
 

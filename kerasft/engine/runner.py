@@ -367,15 +367,18 @@ def _schedule_text(schedule: str) -> str:
     return f" ({named})" if named else ""
 
 
+def _right_after_probe(run: Run) -> bool:
+    """Whether this phase is an unstaged fine-tune right after the probe (or the head
+    trained by gradient in its place)."""
+    return (
+        run.phase_index > 0 and run.plan.phases[run.phase_index - 1].probe and not run.phase.staged
+    )
+
+
 def _plans_afresh(run: Run) -> bool:
     """Whether the plan has this phase, a fine-tune right after the probe, start from a new
     head (:attr:`kerasft.engine.auto.AutoDecision.fresh_head`)."""
-    return (
-        getattr(run.decision, "fresh_head", False)
-        and run.phase_index > 0
-        and run.plan.phases[run.phase_index - 1].probe
-        and not run.phase.staged
-    )
+    return getattr(run.decision, "fresh_head", False) and _right_after_probe(run)
 
 
 def _starts_afresh(run: Run) -> bool:
@@ -387,12 +390,7 @@ def _starts_afresh(run: Run) -> bool:
 def _scales_head(run: Run) -> bool:
     """Whether this phase, a fine-tune right after the probe, starts from the probe's head
     scaled (:attr:`kerasft.engine.auto.AutoDecision.head_scale`)."""
-    return (
-        getattr(run.decision, "head_scale", 1.0) != 1.0
-        and run.phase_index > 0
-        and run.plan.phases[run.phase_index - 1].probe
-        and not run.phase.staged
-    )
+    return getattr(run.decision, "head_scale", 1.0) != 1.0 and _right_after_probe(run)
 
 
 def probe_handicap(decision: Any, value: Any) -> float:
